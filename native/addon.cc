@@ -1,0 +1,527 @@
+// N-API binding: model loading and forward passes run on libuv worker threads (the event loop
+// stays free); JS objects own native ones through shared_ptr so dispose() during a pass is safe.
+#include <napi.h>
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+
+#include "backend.h"
+#include "engine.h"
+#include "errors.h"
+#include "kernels.h"
+#include "model.h"
+
+namespace dg {
+
+namespace {
+
+Napi::Error makeError(Napi::Env env, const std::string& code, const std::string& message, const std::string& file) {
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Set("code", Napi::String::New(env, code));
+  if (!file.empty()) e.Set("file", Napi::String::New(env, file));
+  return e;
+}
+
+[[noreturn]] void throwArg(Napi::Env env, const std::string& message) {
+  throw makeError(env, kErrArg, message, "");
+}
+
+// Reads a flag that JS may set at any time from another thread's point of view.
+bool flagSet(const int32_t* flag) { return flag && __atomic_load_n(flag, __ATOMIC_RELAXED) != 0; }
+
+int32_t* flagPointer(Napi::Value v, Napi::Reference<Napi::Value>& keep) {
+  if (!v.IsTypedArray()) return nullptr;
+  auto ta = v.As<Napi::TypedArray>();
+  if (ta.TypedArrayType() != napi_int32_array || ta.ElementLength() < 1) return nullptr;
+  keep = Napi::Persistent(v);
+  return reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+}
+
+// Catches engine errors on the worker thread and re-raises them as coded JS errors.
+class CodedWorker : public Napi::AsyncWorker {
+ protected:
+  using Napi::AsyncWorker::AsyncWorker;
+  template <typename F>
+  void guarded(F&& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      code_ = e.code;
+      file_ = e.file;
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = kErrMemory;
+      SetError("out of host memory");
+    } catch (const std::exception& e) {
+      code_ = "ERR_DEPTHGATE_INTERNAL";
+      SetError(e.what());
+    }
+  }
+  void OnError(const Napi::Error& e) override {
+    Napi::Env env = Env();
+    deferred_.Reject(makeError(env, code_, e.Message(), file_).Value());
+  }
+  Napi::Promise::Deferred deferred_{Napi::Promise::Deferred::New(Env())};
+  std::string code_ = "ERR_DEPTHGATE_INTERNAL", file_;
+
+ public:
+  Napi::Promise promise() { return deferred_.Promise(); }
+};
+
+// ---------------------------------------------------------------------------------------------
+
+class NativeSequence;
+
+// Constructors live in the env's instance data, so the addon works when loaded into several
+// environments (worker threads, jest workers).
+struct AddonData {
+  Napi::FunctionReference model, sequence;
+};
+AddonData& addonData(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
+
+class NativeModel : public Napi::ObjectWrap<NativeModel> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "NativeModel",
+                                   {InstanceMethod("info", &NativeModel::Info),
+                                    InstanceMethod("createSequence", &NativeModel::CreateSequence),
+                                    InstanceMethod("forward", &NativeModel::Forward),
+                                    InstanceMethod("dispose", &NativeModel::Dispose)});
+    addonData(env).model = Napi::Persistent(f);
+    exports.Set("NativeModel", f);
+  }
+  explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
+
+  std::shared_ptr<Engine> engine;
+
+  std::shared_ptr<Engine> live(Napi::Env env) {
+    if (!engine) throw makeError(env, kErrDisposed, "the model has been disposed", "");
+    return engine;
+  }
+  Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value CreateSequence(const Napi::CallbackInfo& info);
+  Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    engine.reset();  // workers in flight hold their own reference
+    return info.Env().Undefined();
+  }
+};
+
+class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "NativeSequence",
+                                   {InstanceAccessor("length", &NativeSequence::Length, nullptr),
+                                    InstanceAccessor("contextSize", &NativeSequence::ContextSize, nullptr),
+                                    InstanceMethod("truncate", &NativeSequence::Truncate),
+                                    InstanceMethod("setSeed", &NativeSequence::SetSeed),
+                                    InstanceMethod("dispose", &NativeSequence::Dispose)});
+    addonData(env).sequence = Napi::Persistent(f);
+    exports.Set("NativeSequence", f);
+  }
+  explicit NativeSequence(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSequence>(info) {}
+
+  std::shared_ptr<Engine> engine;  // declared before seq: the sequence is freed first
+  std::shared_ptr<Sequence> seq;
+
+  std::shared_ptr<Sequence> live(Napi::Env env) {
+    if (!seq) throw makeError(env, kErrDisposed, "the sequence has been disposed", "");
+    return seq;
+  }
+  Napi::Value Length(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), seq ? double(seq->length) : 0);
+  }
+  Napi::Value ContextSize(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), seq ? double(seq->maxContext) : 0);
+  }
+  Napi::Value Truncate(const Napi::CallbackInfo& info) {
+    auto s = live(info.Env());
+    if (!info[0].IsNumber()) throwArg(info.Env(), "truncate(length) needs a number");
+    s->engine->truncate(*s, info[0].As<Napi::Number>().Int64Value());
+    return info.Env().Undefined();
+  }
+  Napi::Value SetSeed(const Napi::CallbackInfo& info) {
+    auto s = live(info.Env());
+    if (!info[0].IsNumber()) throwArg(info.Env(), "setSeed(seed) needs a number");
+    s->rng = uint64_t(info[0].As<Napi::Number>().Int64Value());
+    return info.Env().Undefined();
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    seq.reset();
+    engine.reset();
+    return info.Env().Undefined();
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// loadModel({files, config, threads, prefault}, onProgress?, abortFlag?) -> Promise<NativeModel>
+
+ModelConfig readConfig(Napi::Env env, Napi::Object o) {
+  ModelConfig c;
+  auto num = [&](const char* k) -> double {
+    Napi::Value v = o.Get(k);
+    if (!v.IsNumber()) throwArg(env, std::string("config.") + k + " must be a number");
+    return v.As<Napi::Number>().DoubleValue();
+  };
+  auto boolean = [&](const char* k) -> bool {
+    Napi::Value v = o.Get(k);
+    if (!v.IsBoolean()) throwArg(env, std::string("config.") + k + " must be a boolean");
+    return v.As<Napi::Boolean>().Value();
+  };
+  auto str = [&](const char* k) -> std::string {
+    Napi::Value v = o.Get(k);
+    if (!v.IsString()) throwArg(env, std::string("config.") + k + " must be a string");
+    return v.As<Napi::String>().Utf8Value();
+  };
+  c.architecture = str("architecture");
+  c.vocab = int(num("vocabSize"));
+  c.hidden = int(num("hiddenSize"));
+  c.layers = int(num("numLayers"));
+  c.heads = int(num("numHeads"));
+  c.kvHeads = int(num("numKvHeads"));
+  c.headDim = int(num("headDim"));
+  c.intermediate = int(num("intermediateSize"));
+  c.maxPositions = int(num("maxPositionEmbeddings"));
+  c.rmsEps = float(num("rmsNormEps"));
+  c.ropeTheta = num("ropeTheta");
+  c.ropeType = str("ropeType");
+  c.ropeFactor = num("ropeFactor");
+  c.lowFreqFactor = num("ropeLowFreqFactor");
+  c.highFreqFactor = num("ropeHighFreqFactor");
+  c.originalMaxPositions = int(num("ropeOriginalMaxPositions"));
+  c.tiedEmbeddings = boolean("tieWordEmbeddings");
+  c.qkvBias = boolean("qkvBias");
+  c.oBias = boolean("oBias");
+  c.mlpBias = boolean("mlpBias");
+  c.slidingWindow = int(num("slidingWindow"));
+  return c;
+}
+
+class LoadWorker : public Napi::AsyncProgressWorker<double> {
+ public:
+  LoadWorker(Napi::Env env, ModelConfig cfg, std::vector<std::string> files, int threads, bool prefault,
+             Napi::Function progress, int32_t* abortFlag, Napi::Reference<Napi::Value> keep)
+      : Napi::AsyncProgressWorker<double>(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        cfg_(std::move(cfg)),
+        files_(std::move(files)),
+        threads_(threads),
+        prefault_(prefault),
+        abort_(abortFlag),
+        keepAbort_(std::move(keep)) {
+    if (!progress.IsEmpty()) progress_ = Napi::Persistent(progress);
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute(const ExecutionProgress& progress) override {
+    try {
+      auto model = loadModel(cfg_, files_, prefault_, [&](double f) {
+        progress.Send(&f, 1);
+        return !flagSet(abort_);
+      });
+      std::shared_ptr<Model> shared(std::move(model));
+      engine_ = std::make_shared<Engine>(shared, std::unique_ptr<Ops>(createCpuOps(threads_)));
+    } catch (const Error& e) {
+      code_ = e.code;
+      file_ = e.file;
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = kErrMemory;
+      SetError("out of host memory while loading the model");
+    } catch (const std::exception& e) {
+      code_ = "ERR_DEPTHGATE_INTERNAL";
+      SetError(e.what());
+    }
+  }
+  void OnProgress(const double* data, size_t n) override {
+    if (!progress_.IsEmpty() && n > 0) {
+      Napi::HandleScope scope(Env());
+      progress_.Call({Napi::Number::New(Env(), data[n - 1])});
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object obj = addonData(env).model.New({});
+    NativeModel::Unwrap(obj)->engine = std::move(engine_);
+    deferred_.Resolve(obj);
+  }
+  void OnError(const Napi::Error& e) override {
+    deferred_.Reject(makeError(Env(), code_, e.Message(), file_).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  ModelConfig cfg_;
+  std::vector<std::string> files_;
+  int threads_;
+  bool prefault_;
+  int32_t* abort_;
+  Napi::Reference<Napi::Value> keepAbort_;
+  Napi::FunctionReference progress_;
+  std::shared_ptr<Engine> engine_;
+  std::string code_ = "ERR_DEPTHGATE_INTERNAL", file_;
+};
+
+Napi::Value LoadModel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throwArg(env, "loadModel(spec) needs an object");
+  Napi::Object spec = info[0].As<Napi::Object>();
+  Napi::Value filesV = spec.Get("files");
+  if (!filesV.IsArray()) throwArg(env, "spec.files must be an array of paths");
+  Napi::Array arr = filesV.As<Napi::Array>();
+  std::vector<std::string> files;
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value f = arr.Get(i);
+    if (!f.IsString()) throwArg(env, "spec.files must hold strings");
+    files.push_back(f.As<Napi::String>().Utf8Value());
+  }
+  if (files.empty()) throwArg(env, "spec.files is empty");
+  if (!spec.Get("config").IsObject()) throwArg(env, "spec.config must be an object");
+  ModelConfig cfg = readConfig(env, spec.Get("config").As<Napi::Object>());
+  int threads = spec.Get("threads").IsNumber() ? spec.Get("threads").As<Napi::Number>().Int32Value() : 1;
+  if (threads < 1 || threads > 1024) throwArg(env, "threads must be between 1 and 1024");
+  bool prefault = spec.Get("prefault").IsBoolean() ? spec.Get("prefault").As<Napi::Boolean>().Value() : true;
+  Napi::Function progress = info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
+  Napi::Reference<Napi::Value> keep;
+  int32_t* abortFlag = flagPointer(info[2], keep);
+  auto* w = new LoadWorker(env, std::move(cfg), std::move(files), threads, prefault, progress, abortFlag,
+                           std::move(keep));
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Napi::Value NativeModel::Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto e = live(env);
+  const Model& m = e->model();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("parameters", Napi::Number::New(env, double(m.parameters)));
+  o.Set("weightBytes", Napi::Number::New(env, double(m.weightBytes)));
+  o.Set("dtype", Napi::String::New(env, m.dtypeSummary));
+  o.Set("backend", Napi::String::New(env, e->ops().name()));
+  Napi::Array files = Napi::Array::New(env);
+  for (size_t i = 0; i < m.store.files().size(); i++) files.Set(uint32_t(i), m.store.files()[i]->path());
+  o.Set("files", files);
+  Napi::Array names = Napi::Array::New(env);
+  Napi::Array where = Napi::Array::New(env);
+  uint32_t k = 0;
+  for (auto& kv : m.store.all()) {
+    names.Set(k, kv.first);
+    where.Set(k, Napi::Number::New(env, kv.second->file));
+    k++;
+  }
+  o.Set("tensorNames", names);
+  o.Set("tensorFiles", where);
+  return o;
+}
+
+Napi::Value NativeModel::CreateSequence(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto e = live(env);
+  if (!info[0].IsNumber()) throwArg(env, "createSequence(contextSize, seed) needs a number");
+  int64_t ctx = info[0].As<Napi::Number>().Int64Value();
+  if (ctx < 1) throwArg(env, "contextSize must be at least 1");
+  uint64_t seed = info[1].IsNumber() ? uint64_t(info[1].As<Napi::Number>().Int64Value()) : 0;
+  Napi::Object obj = addonData(env).sequence.New({});
+  NativeSequence* ns = NativeSequence::Unwrap(obj);
+  ns->engine = e;
+  ns->seq = std::shared_ptr<Sequence>(e->createSequence(ctx, seed).release());
+  return obj;
+}
+
+class ForwardWorker : public CodedWorker {
+ public:
+  ForwardWorker(Napi::Env env, std::shared_ptr<Engine> engine) : CodedWorker(env), engine_(std::move(engine)) {}
+  std::shared_ptr<Engine> engine_;
+  std::vector<std::shared_ptr<Sequence>> seqs_;
+  std::vector<Request> requests_;
+  std::vector<Response> responses_;
+
+  void Execute() override {
+    guarded([&] { engine_->forward(requests_, responses_); });
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Array out = Napi::Array::New(env, responses_.size());
+    for (size_t i = 0; i < responses_.size(); i++) {
+      Napi::Object r = Napi::Object::New(env);
+      auto& lg = responses_[i].logits;
+      if (!lg.empty()) {
+        Napi::Float32Array a = Napi::Float32Array::New(env, lg.size());
+        std::memcpy(a.Data(), lg.data(), lg.size() * 4);
+        r.Set("logits", a);
+      }
+      if (requests_[i].sample) r.Set("token", Napi::Number::New(env, responses_[i].token));
+      out.Set(uint32_t(i), r);
+    }
+    deferred_.Resolve(out);
+  }
+};
+
+// forward([{sequence, tokens: Int32Array, logits: 'none'|'last'|'all', sample?: {temperature, topK, topP}}])
+Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto e = live(env);
+  if (!info[0].IsArray()) throwArg(env, "forward(requests) needs an array");
+  Napi::Array arr = info[0].As<Napi::Array>();
+  auto* w = new ForwardWorker(env, e);
+  try {
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      if (!arr.Get(i).IsObject()) throwArg(env, "each request must be an object");
+      Napi::Object o = arr.Get(i).As<Napi::Object>();
+      Napi::Value sv = o.Get("sequence");
+      if (!sv.IsObject() || !sv.As<Napi::Object>().InstanceOf(addonData(env).sequence.Value()))
+        throwArg(env, "request.sequence must be a sequence of this addon");
+      NativeSequence* ns = NativeSequence::Unwrap(sv.As<Napi::Object>());
+      auto seq = ns->live(env);
+      if (ns->engine != e) throwArg(env, "request.sequence belongs to another model");
+      Napi::Value tv = o.Get("tokens");
+      if (!tv.IsTypedArray() || tv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+        throwArg(env, "request.tokens must be an Int32Array");
+      Napi::Int32Array t = tv.As<Napi::Int32Array>();
+      Request rq;
+      rq.seq = seq.get();
+      rq.tokens.assign(t.Data(), t.Data() + t.ElementLength());
+      std::string mode = o.Get("logits").IsString() ? o.Get("logits").As<Napi::String>().Utf8Value() : "last";
+      if (mode == "none") rq.logits = LogitsMode::None;
+      else if (mode == "last") rq.logits = LogitsMode::Last;
+      else if (mode == "all") rq.logits = LogitsMode::All;
+      else throwArg(env, "request.logits must be 'none', 'last' or 'all'");
+      Napi::Value smp = o.Get("sample");
+      if (smp.IsObject()) {
+        Napi::Object so = smp.As<Napi::Object>();
+        rq.sample = true;
+        rq.sampling.temperature = so.Get("temperature").IsNumber() ? so.Get("temperature").As<Napi::Number>().FloatValue() : 0.f;
+        rq.sampling.topK = so.Get("topK").IsNumber() ? so.Get("topK").As<Napi::Number>().Int32Value() : 0;
+        rq.sampling.topP = so.Get("topP").IsNumber() ? so.Get("topP").As<Napi::Number>().FloatValue() : 1.f;
+      }
+      w->seqs_.push_back(seq);
+      w->requests_.push_back(std::move(rq));
+    }
+  } catch (...) {
+    delete w;
+    throw;
+  }
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels exposed for tests and microbenchmarks (synchronous, single call each).
+
+Weight weightArg(Napi::Env env, Napi::Value v) {
+  if (!v.IsObject()) throwArg(env, "weight must be {data, dtype, rows, cols}");
+  Napi::Object o = v.As<Napi::Object>();
+  Napi::Value d = o.Get("data");
+  if (!d.IsTypedArray()) throwArg(env, "weight.data must be a typed array");
+  auto ta = d.As<Napi::TypedArray>();
+  std::string dt = o.Get("dtype").IsString() ? o.Get("dtype").As<Napi::String>().Utf8Value() : "";
+  Weight w;
+  w.dtype = dt == "f32" ? DType::F32 : dt == "f16" ? DType::F16 : dt == "bf16" ? DType::BF16 : DType(-1);
+  if (int(w.dtype) < 0) throwArg(env, "weight.dtype must be f32, f16 or bf16");
+  w.rows = o.Get("rows").As<Napi::Number>().Int64Value();
+  w.cols = o.Get("cols").As<Napi::Number>().Int64Value();
+  if (w.rows <= 0 || w.cols <= 0 || size_t(ta.ByteLength()) < w.bytes())
+    throwArg(env, "weight.data is smaller than rows * cols");
+  w.data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  return w;
+}
+
+float* floatsArg(Napi::Env env, Napi::Value v, size_t need, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throwArg(env, std::string(what) + " must be a Float32Array");
+  auto a = v.As<Napi::Float32Array>();
+  if (a.ElementLength() < need) throwArg(env, std::string(what) + " is too short");
+  return a.Data();
+}
+
+ThreadPool& kernelPool(int threads) {
+  static std::unique_ptr<ThreadPool> pool;
+  if (!pool || pool->size() != threads) pool = std::make_unique<ThreadPool>(threads);
+  return *pool;
+}
+
+// matmul(out, x, rows, weight, threads, bias?)
+Napi::Value KernelMatmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Weight w = weightArg(env, info[3]);
+  int64_t rows = info[2].As<Napi::Number>().Int64Value();
+  if (rows < 1) throwArg(env, "rows must be positive");
+  float* out = floatsArg(env, info[0], size_t(rows * w.rows), "out");
+  float* x = floatsArg(env, info[1], size_t(rows * w.cols), "x");
+  int threads = info[4].IsNumber() ? info[4].As<Napi::Number>().Int32Value() : 1;
+  const float* bias = info[5].IsTypedArray() ? floatsArg(env, info[5], size_t(w.rows), "bias") : nullptr;
+  matmul(kernelPool(threads < 1 ? 1 : threads), out, w.rows, x, w.cols, rows, w, bias);
+  return env.Undefined();
+}
+
+// rmsnorm(out, x, rows, dim, weight, eps, threads)
+Napi::Value KernelRmsnorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t rows = info[2].As<Napi::Number>().Int64Value(), dim = info[3].As<Napi::Number>().Int64Value();
+  if (rows < 1 || dim < 1) throwArg(env, "rows and dim must be positive");
+  float* out = floatsArg(env, info[0], size_t(rows * dim), "out");
+  float* x = floatsArg(env, info[1], size_t(rows * dim), "x");
+  float* wt = floatsArg(env, info[4], size_t(dim), "weight");
+  int threads = info[6].IsNumber() ? info[6].As<Napi::Number>().Int32Value() : 1;
+  rmsnorm(kernelPool(threads < 1 ? 1 : threads), out, x, rows, dim, wt, info[5].As<Napi::Number>().FloatValue());
+  return env.Undefined();
+}
+
+// copy(dst, src): memcpy of the smaller byte length (for bandwidth floors).
+Napi::Value KernelCopy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || !info[1].IsTypedArray()) throwArg(env, "copy(dst, src) needs typed arrays");
+  auto d = info[0].As<Napi::TypedArray>(), s = info[1].As<Napi::TypedArray>();
+  size_t n = std::min(d.ByteLength(), s.ByteLength());
+  std::memcpy(static_cast<uint8_t*>(d.ArrayBuffer().Data()) + d.ByteOffset(),
+              static_cast<uint8_t*>(s.ArrayBuffer().Data()) + s.ByteOffset(), n);
+  return env.Undefined();
+}
+
+Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  const CpuFeatures& f = cpuFeatures();
+  Napi::Array feats = Napi::Array::New(env);
+  uint32_t k = 0;
+  if (f.avx2) feats.Set(k++, "avx2");
+  if (f.fma) feats.Set(k++, "fma");
+  if (f.f16c) feats.Set(k++, "f16c");
+  if (f.avx512f) feats.Set(k++, "avx512f");
+  if (f.avx512bw) feats.Set(k++, "avx512bw");
+  o.Set("cpuFeatures", feats);
+  o.Set("cpuKernels", Napi::String::New(env, cpuKernelVariant()));
+  Napi::Array backends = Napi::Array::New(env);
+  backends.Set(0u, "cpu");
+  o.Set("backends", backends);
+  o.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
+  return o;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  env.SetInstanceData(new AddonData());
+  NativeModel::Init(env, exports);
+  NativeSequence::Init(env, exports);
+  exports.Set("loadModel", Napi::Function::New(env, LoadModel));
+  exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
+  Napi::Object kernels = Napi::Object::New(env);
+  kernels.Set("matmul", Napi::Function::New(env, KernelMatmul));
+  kernels.Set("rmsnorm", Napi::Function::New(env, KernelRmsnorm));
+  kernels.Set("copy", Napi::Function::New(env, KernelCopy));
+  exports.Set("kernels", kernels);
+  return exports;
+}
+
+}  // namespace
+
+}  // namespace dg
+
+static Napi::Object InitDepthgate(Napi::Env env, Napi::Object exports) { return dg::Init(env, exports); }
+
+NODE_API_MODULE(depthgate, InitDepthgate)

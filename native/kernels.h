@@ -1,0 +1,65 @@
+// CPU kernel families. Activations are f32 row-major; weights stay in their stored dtype.
+// Each family lives in one file under native/cpu/; the CPU backend (cpu/cpu_backend.cc) is the
+// only caller inside the engine, and the addon exposes them to tests and microbenchmarks.
+#pragma once
+#include <cstdint>
+
+#include "tensor.h"
+#include "threadpool.h"
+
+namespace dg {
+
+// cpu/features.cc: what the processor offers and which kernel variant the dispatcher chose.
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false;
+};
+const CpuFeatures& cpuFeatures();
+// "avx512", "avx2" or "scalar"; DEPTHGATE_CPU_KERNELS=scalar|avx2|avx512 caps it (for tests).
+const char* cpuKernelVariant();
+
+// cpu/matmul.cc: out[r, o] = sum_i x[r, i] * W[o, i] (+ bias[o]), r < rows, o < W.rows.
+// x is [rows, W.cols] with row stride ldx; out is [rows, W.rows] with row stride ldo.
+// rows == 1 is the bandwidth-bound decode case (matrix-vector); larger rows reuse each
+// converted weight block across rows (matrix-matrix).
+void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
+            const Weight& W, const float* bias);
+
+// cpu/norm.cc: out = x / sqrt(mean(x^2) + eps) * weight, per row of width `dim`.
+// The mean of squares is accumulated in f32 like HF does (variance in fp32).
+void rmsnorm(ThreadPool& pool, float* out, const float* x, int64_t rows, int64_t dim,
+             const float* weight, float eps);
+
+// cpu/rope.cc: rotates each head of each row in place by its position, HF "rotate_half"
+// layout (pairs i and i + headDim/2). invFreq has headDim/2 entries.
+void rope(ThreadPool& pool, float* x, int64_t ldx, int64_t rows, const int32_t* positions,
+          int nHeads, int headDim, const float* invFreq);
+
+// cpu/activation.cc: gate[i] = silu(gate[i]) * up[i] over rows of width n.
+void siluMul(ThreadPool& pool, float* gate, int64_t ldg, const float* up, int64_t ldu,
+             int64_t rows, int64_t n);
+
+// cpu/attention.cc: causal attention for a batch of query rows over per-sequence KV caches.
+// Row r has query q[r] ([nHeads*headDim]), absolute position pos[r], and reads keys/values
+// at positions max(0, pos[r]-window+1) .. pos[r] from k[r]/v[r] (each [ctx, nKv*headDim]);
+// window <= 0 means unlimited. Query head h reads KV head h / (nHeads / nKv).
+struct AttentionRow {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  int32_t pos;
+};
+void attention(ThreadPool& pool, const AttentionRow* rows, int64_t nRows, int nHeads, int nKv,
+               int headDim, int window, float scale);
+
+// cpu/sampling.cc: picks a token from one row of logits.
+struct SamplingParams {
+  float temperature = 0.f;  // 0 = greedy (argmax, lowest id on ties)
+  int topK = 0;             // 0 = all
+  float topP = 1.f;         // 1 = all
+};
+// Draws use `rngState` (advanced in place), so the same seed gives the same tokens.
+int32_t sampleToken(const float* logits, int64_t vocab, const SamplingParams& p, uint64_t& rngState);
+uint64_t rngNext(uint64_t& state);  // splitmix64
+
+}  // namespace dg

@@ -1,0 +1,60 @@
+// A loaded checkpoint: dimensions, weight views into the mapped files, and the few small
+// tensors (norms, biases) converted to f32 at load. Large weights are never copied.
+#pragma once
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "safetensors.h"
+#include "tensor.h"
+
+namespace dg {
+
+// Normalised by src/config.ts from config.json; every field is validated there and here.
+struct ModelConfig {
+  std::string architecture;  // LlamaForCausalLM | MistralForCausalLM | Qwen2ForCausalLM
+  int vocab = 0, hidden = 0, layers = 0, heads = 0, kvHeads = 0, headDim = 0, intermediate = 0;
+  int maxPositions = 0;
+  float rmsEps = 1e-6f;
+  double ropeTheta = 10000.0;
+  std::string ropeType = "default";  // default | linear | llama3
+  double ropeFactor = 1.0, lowFreqFactor = 1.0, highFreqFactor = 4.0;
+  int originalMaxPositions = 8192;
+  bool tiedEmbeddings = false;
+  bool qkvBias = false;   // Qwen2, or Llama attention_bias
+  bool oBias = false;     // Llama attention_bias
+  bool mlpBias = false;   // Llama mlp_bias
+  int slidingWindow = 0;  // 0 = none (Mistral sets it)
+};
+
+struct LayerWeights {
+  std::vector<float> inputNorm, postAttnNorm;
+  Weight q, k, v, o, gate, up, down;
+  std::vector<float> qBias, kBias, vBias, oBias, gateBias, upBias, downBias;  // empty when absent
+};
+
+struct Model {
+  ModelConfig config;
+  TensorStore store;
+  Weight embed;    // [vocab, hidden]
+  Weight lmHead;   // [vocab, hidden]; aliases embed when tied
+  std::vector<float> finalNorm;
+  std::vector<LayerWeights> layers;
+  std::vector<float> invFreq;  // [headDim/2], RoPE frequencies after scaling
+  size_t weightBytes = 0;      // bytes of every tensor the model uses
+  int64_t parameters = 0;
+  std::string dtypeSummary;    // e.g. "BF16" or "BF16+F32"
+};
+
+// Opens `files`, checks that exactly the tensors the config needs are there with the right
+// shapes, and binds them. onProgress(done, total) is called while pages are read in.
+// Throws dg::Error; everything taken so far is released by the throw.
+std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files,
+                                 bool prefault, const std::function<bool(double)>& onProgress);
+
+// RoPE inverse frequencies with HF's scaling rules (default, linear, llama3).
+std::vector<float> ropeInvFreq(const ModelConfig& c);
+
+}  // namespace dg

@@ -1,0 +1,38 @@
+// A fixed pool of worker threads running one parallel loop at a time. The calling thread
+// takes part, so a pool of N threads uses N-1 helpers.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace dg {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return nthreads_; }
+  // Calls fn(begin, end, worker) over [0, n) split into contiguous chunks, one per worker,
+  // and returns when every chunk is done. `worker` is in [0, size()).
+  void parallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
+
+ private:
+  void workerLoop(int id);
+  int nthreads_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable start_cv_, done_cv_;
+  const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
+  int64_t job_n_ = 0;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace dg

@@ -1,0 +1,217 @@
+#!/usr/bin/env node
+/**
+ * depthgate command line:
+ *   depthgate generate [MODEL_DIR] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+ *   depthgate info [MODEL_DIR]
+ *   depthgate logits MODEL_DIR --tokens 1,2,3 --json
+ */
+import { parseArgs } from 'node:util';
+import { defaultModelDir } from './defaultModel';
+import { DepthgateError } from './errors';
+import { getBuildInfo, loadModel, type GenerateOptions, type Model } from './index';
+
+const USAGE = `Usage:
+  depthgate generate [MODEL_DIR] --prompt TEXT [options]   stream a completion (default model if no MODEL_DIR)
+      --prompt, -p TEXT     the prompt (required)
+      --chat                wrap the prompt as a user message in the model's chat template
+      --system TEXT         system message (with --chat)
+      --max-tokens N        most tokens to generate (default 128)
+      --temperature T       0 = greedy (default 0)
+      --top-k K             sample among the K most likely tokens
+      --top-p P             nucleus sampling threshold
+      --seed S              sampling seed (same seed, same output)
+      --stop TEXT           stop string (repeatable)
+      --threads N           CPU threads (default: all cores)
+  depthgate info [MODEL_DIR]             architecture, parameters, dtype, memory, build
+  depthgate logits MODEL_DIR --tokens 1,2,3 --json
+                                         logits at every position as {"logits": [[...], ...]}
+`;
+
+class UsageError extends Error {}
+
+function intArg(v: string | undefined, name: string, min: number): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^-?\d+$/.test(v) || Number(v) < min) throw new UsageError(`--${name} must be an integer >= ${min}, got '${v}'`);
+  return Number(v);
+}
+
+function numArg(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got '${v}'`);
+  return n;
+}
+
+function progressBar(label: string): ((f: number) => void) | undefined {
+  if (!process.stderr.isTTY) return undefined;
+  let last = -1;
+  return (f: number) => {
+    const pct = Math.floor(f * 100);
+    if (pct === last) return;
+    last = pct;
+    const width = 30;
+    const fill = Math.round(f * width);
+    process.stderr.write(`\r${label} [${'#'.repeat(fill)}${' '.repeat(width - fill)}] ${pct}%`);
+    if (f >= 1) process.stderr.write('\n');
+  };
+}
+
+async function open(dir: string | undefined, threads?: number): Promise<Model> {
+  const modelDir = dir ?? defaultModelDir();
+  if (!dir) process.stderr.write(`using the default model (random weights, for trying the engine): ${modelDir}\n`);
+  return loadModel(modelDir, { onProgress: progressBar('loading'), ...(threads ? { threads } : {}) });
+}
+
+async function generate(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      prompt: { type: 'string', short: 'p' },
+      chat: { type: 'boolean' },
+      system: { type: 'string' },
+      'max-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-k': { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string' },
+      stop: { type: 'string', multiple: true },
+      threads: { type: 'string' },
+    },
+  });
+  if (positionals.length > 1) throw new UsageError(`generate takes one MODEL_DIR, got ${positionals.length}`);
+  if (values.prompt === undefined) throw new UsageError('generate needs --prompt');
+  const opts: GenerateOptions = { maxTokens: intArg(values['max-tokens'], 'max-tokens', 1) ?? 128 };
+  const t = numArg(values.temperature, 'temperature');
+  if (t !== undefined) opts.temperature = t;
+  const k = intArg(values['top-k'], 'top-k', 0);
+  if (k !== undefined) opts.topK = k;
+  const p = numArg(values['top-p'], 'top-p');
+  if (p !== undefined) opts.topP = p;
+  const seed = intArg(values.seed, 'seed', 0);
+  if (seed !== undefined) opts.seed = seed;
+  if (values.stop) opts.stop = values.stop;
+  const model = await open(positionals[0], intArg(values.threads, 'threads', 1));
+  try {
+    const ac = new AbortController();
+    const onSigint = () => ac.abort();
+    process.once('SIGINT', onSigint);
+    const input = values.chat
+      ? [...(values.system ? [{ role: 'system', content: values.system }] : []), { role: 'user', content: values.prompt }]
+      : values.prompt;
+    const stream = model.stream(input, { ...opts, signal: ac.signal, stopOnAbort: true });
+    if (!values.chat) process.stdout.write(values.prompt);
+    for await (const chunk of stream) process.stdout.write(chunk.text);
+    process.removeListener('SIGINT', onSigint);
+    const r = await stream.result;
+    process.stdout.write('\n');
+    process.stderr.write(
+      `[${r.usage.promptTokens} prompt tokens, ${r.usage.completionTokens} generated (${r.finishReason}); ` +
+        `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s]\n`,
+    );
+  } finally {
+    await model.dispose();
+  }
+}
+
+function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+async function info(argv: string[]): Promise<void> {
+  const { positionals } = parseArgs({ args: argv, allowPositionals: true, options: {} });
+  if (positionals.length > 1) throw new UsageError(`info takes one MODEL_DIR, got ${positionals.length}`);
+  const b = getBuildInfo();
+  console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'})`);
+  console.log(`addon: ${b.addonPath}`);
+  console.log('CUDA: not available (this build has no CUDA backend)');
+  const model = await open(positionals[0]);
+  try {
+    const i = model.info;
+    const c = model.config;
+    console.log(`model: ${model.dir}`);
+    console.log(`architecture: ${i.architecture} (${c.numLayers} layers, hidden ${c.hiddenSize}, ${c.numHeads} heads / ${c.numKvHeads} KV heads of ${c.headDim}, MLP ${c.intermediateSize}, vocab ${c.vocabSize})`);
+    console.log(`parameters: ${i.parameters.toLocaleString('en-US')} (${(i.parameters / 1e6).toFixed(2)} M)`);
+    console.log(`dtype: ${i.dtype}`);
+    console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
+    console.log(`KV cache: ${bytes(i.kvBytesPerToken)} per token; ${bytes(i.kvBytesPerToken * i.contextSize)} at the full context of ${i.contextSize}`);
+    console.log(`rope: theta ${c.ropeTheta}, scaling ${c.ropeType}${c.ropeType !== 'default' ? ` x${c.ropeFactor}` : ''}; tied embeddings ${c.tieWordEmbeddings}; eos ${c.eosTokenIds.join(', ')}`);
+  } finally {
+    await model.dispose();
+  }
+}
+
+async function logits(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { tokens: { type: 'string' }, json: { type: 'boolean' }, threads: { type: 'string' } },
+  });
+  if (positionals.length !== 1) throw new UsageError('logits needs exactly one MODEL_DIR');
+  if (!values.tokens) throw new UsageError('logits needs --tokens 1,2,3');
+  if (!values.json) throw new UsageError('logits prints JSON only; pass --json');
+  const tokens = values.tokens.split(',').map((s) => {
+    if (!/^\d+$/.test(s.trim())) throw new UsageError(`--tokens must be comma-separated token ids, got '${s}'`);
+    return Number(s.trim());
+  });
+  const model = await loadModel(positionals[0], intArg(values.threads, 'threads', 1) ? { threads: Number(values.threads) } : {});
+  try {
+    const r = await model.evaluate(tokens);
+    process.stdout.write(JSON.stringify({ logits: r.logits.map((row) => Array.from(row)) }) + '\n');
+  } finally {
+    await model.dispose();
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case 'generate':
+        await generate(rest);
+        return 0;
+      case 'info':
+        await info(rest);
+        return 0;
+      case 'logits':
+        await logits(rest);
+        return 0;
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
+        process.stdout.write(USAGE);
+        return cmd === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`unknown command '${cmd}'`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`depthgate: ${(e as Error).message}\n\n${USAGE}`);
+      return 2;
+    }
+    if (e instanceof DepthgateError) {
+      process.stderr.write(`depthgate: ${e.message} [${e.code}]\n`);
+      return 1;
+    }
+    throw e;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e) => {
+      process.stderr.write(`depthgate: internal error: ${(e as Error).stack ?? String(e)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

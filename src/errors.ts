@@ -1,0 +1,112 @@
+/**
+ * Typed errors. Every error depthgate throws is a {@link DepthgateError} with a stable `code`;
+ * errors about a file carry `file`, errors about an option carry `option`.
+ */
+
+/** Base class of every error depthgate throws. */
+export class DepthgateError extends Error {
+  /** Stable machine-readable code, e.g. `ERR_DEPTHGATE_MODEL_FORMAT`. */
+  readonly code: string;
+  /** The file at fault, when there is one. */
+  readonly file?: string;
+  constructor(code: string, message: string, options?: { file?: string; cause?: unknown }) {
+    super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
+    this.name = new.target.name;
+    this.code = code;
+    if (options?.file !== undefined) this.file = options.file;
+  }
+}
+
+/** A checkpoint file is malformed: bad safetensors header, wrong shapes, missing or extra tensors, bad config. */
+export class ModelFormatError extends DepthgateError {
+  constructor(message: string, file?: string, cause?: unknown) {
+    super('ERR_DEPTHGATE_MODEL_FORMAT', file ? `${file}: ${message}` : message, { file, cause });
+  }
+}
+
+/** A model file is missing or cannot be read. */
+export class ModelFileError extends DepthgateError {
+  constructor(message: string, file?: string, cause?: unknown) {
+    super('ERR_DEPTHGATE_MODEL_IO', file ? `${file}: ${message}` : message, { file, cause });
+  }
+}
+
+/** The model's architecture or a config option is valid Hugging Face but not supported here. */
+export class UnsupportedModelError extends DepthgateError {
+  constructor(message: string, file?: string) {
+    super('ERR_DEPTHGATE_UNSUPPORTED', file ? `${file}: ${message}` : message, { file });
+  }
+}
+
+/** An option has the wrong type or value. `option` names it. */
+export class InvalidOptionError extends DepthgateError {
+  readonly option: string;
+  constructor(option: string, message: string) {
+    super('ERR_DEPTHGATE_INVALID_OPTION', `option '${option}': ${message}`);
+    this.option = option;
+  }
+}
+
+/** The prompt (plus what must be generated) does not fit in the sequence's context. */
+export class ContextOverflowError extends DepthgateError {
+  constructor(message: string) {
+    super('ERR_DEPTHGATE_CONTEXT_OVERFLOW', message);
+  }
+}
+
+/** Memory for weights, KV cache or scratch could not be allocated. */
+export class OutOfMemoryError extends DepthgateError {
+  constructor(message: string) {
+    super('ERR_DEPTHGATE_OUT_OF_MEMORY', message);
+  }
+}
+
+/** The object was used after dispose(). */
+export class DisposedError extends DepthgateError {
+  constructor(what: string) {
+    super('ERR_DEPTHGATE_DISPOSED', `${what} has been disposed`);
+  }
+}
+
+/** The operation was cancelled through an AbortSignal. */
+export class AbortError extends DepthgateError {
+  constructor(message = 'the operation was aborted', cause?: unknown) {
+    super('ERR_DEPTHGATE_ABORTED', message, { cause });
+  }
+}
+
+/** The native addon could not be loaded; `attempts` says what was tried and why each failed. */
+export class NativeLoadError extends DepthgateError {
+  readonly attempts: { path: string; error: string }[];
+  constructor(message: string, attempts: { path: string; error: string }[]) {
+    super('ERR_DEPTHGATE_NATIVE_LOAD', message);
+    this.attempts = attempts;
+  }
+}
+
+/** Maps an error thrown by the native addon (which carries `code` and maybe `file`) to its typed class. */
+export function fromNative(e: unknown): Error {
+  if (e instanceof DepthgateError) return e;
+  if (!(e instanceof Error)) return new DepthgateError('ERR_DEPTHGATE_INTERNAL', String(e));
+  const code = (e as { code?: unknown }).code;
+  const file = (e as { file?: unknown }).file;
+  const f = typeof file === 'string' ? file : undefined;
+  switch (code) {
+    case 'ERR_DEPTHGATE_MODEL_FORMAT':
+      return new ModelFormatError(e.message, f, e);
+    case 'ERR_DEPTHGATE_MODEL_IO':
+      return new ModelFileError(e.message, f, e);
+    case 'ERR_DEPTHGATE_CONTEXT_OVERFLOW':
+      return new ContextOverflowError(e.message);
+    case 'ERR_DEPTHGATE_OUT_OF_MEMORY':
+      return new OutOfMemoryError(e.message);
+    case 'ERR_DEPTHGATE_DISPOSED':
+      return new DepthgateError('ERR_DEPTHGATE_DISPOSED', e.message, { cause: e });
+    case 'ERR_DEPTHGATE_ABORTED':
+      return new AbortError(e.message, e);
+    case 'ERR_DEPTHGATE_INVALID_ARGUMENT':
+      return new DepthgateError('ERR_DEPTHGATE_INVALID_ARGUMENT', e.message, { file: f, cause: e });
+    default:
+      return new DepthgateError(typeof code === 'string' ? code : 'ERR_DEPTHGATE_INTERNAL', e.message, { file: f, cause: e });
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * depthgate: run Hugging Face Llama-family models from TypeScript.
+ *
+ * ```ts
+ * import { loadModel } from 'depthgate';
+ * await using model = await loadModel('/path/to/model');
+ * const r = await model.generate('Once upon a time', { maxTokens: 32 });
+ * ```
+ */
+import { native, nativePath } from './binding';
+
+export { loadModel, Model, Sequence, GenerationStream } from './model';
+export type { GenerateInput, ModelInfo, EvaluateResult } from './model';
+export type { GenerateOptions, GenerateResult, LoadOptions, TokenChunk } from './options';
+export type { ChatMessage } from './tokenizer';
+export { Tokenizer } from './tokenizer';
+export type { ModelConfig, Architecture } from './config';
+export { SUPPORTED_ARCHITECTURES, readModelConfig } from './config';
+export { defaultModelDir } from './defaultModel';
+export { writeTinyModel } from './tinyModel';
+export type { TinyModelOptions } from './tinyModel';
+export * from './errors';
+
+/** What this build of depthgate has and what this machine offers. */
+export interface BuildInfo {
+  /** Package version. */
+  version: string;
+  /** Backends compiled in. */
+  backends: string[];
+  /** Path of the native addon that was loaded. */
+  addonPath: string;
+  /** x86-64 features the processor reports (avx2, fma, f16c, avx512f, avx512bw). */
+  cpuFeatures: string[];
+  /** The CPU kernel variant in use: avx512, avx2 or scalar. */
+  cpuKernels: string;
+  /** Node-API version the addon was built for. */
+  napiVersion: number;
+}
+
+/** Reports the version, the compiled backends and the CPU features in use. */
+export function getBuildInfo(): BuildInfo {
+  const b = native().buildInfo();
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const version = (require('../package.json') as { version: string }).version;
+  return { version, backends: b.backends, addonPath: nativePath(), cpuFeatures: b.cpuFeatures, cpuKernels: b.cpuKernels, napiVersion: b.napiVersion };
+}

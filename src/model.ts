@@ -1,0 +1,565 @@
+/**
+ * Model and Sequence: the user-facing objects. A Model owns the native weights and a scheduler
+ * that batches the forward passes of every sequence that is waiting (so concurrent generations
+ * share one pass per step); a Sequence owns one KV cache and remembers its tokens, so a chat can
+ * continue where it left off.
+ */
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { randomInt } from 'node:crypto';
+import { native, type NativeModel, type NativeRequest, type NativeResponse, type NativeSequence } from './binding';
+import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
+import {
+  AbortError,
+  ContextOverflowError,
+  DisposedError,
+  InvalidOptionError,
+  ModelFormatError,
+  fromNative,
+} from './errors';
+import {
+  checkInt,
+  checkObject,
+  validateGenerateOptions,
+  validateLoadOptions,
+  type GenerateOptions,
+  type GenerateResult,
+  type LoadOptions,
+  type TokenChunk,
+} from './options';
+import { StreamDecoder, Tokenizer, type ChatMessage } from './tokenizer';
+
+/** What to generate from: plain text, chat messages (rendered with the chat template), or token ids. */
+export type GenerateInput = string | ChatMessage[] | { tokens: ArrayLike<number> };
+
+/** Facts about a loaded model. */
+export interface ModelInfo {
+  architecture: string;
+  parameters: number;
+  /** Bytes of weights (as stored, memory-mapped). */
+  weightBytes: number;
+  /** Stored dtype(s) of the weights, e.g. "BF16". */
+  dtype: string;
+  backend: string;
+  numLayers: number;
+  hiddenSize: number;
+  vocabSize: number;
+  contextSize: number;
+  /** KV-cache bytes per token of context (f32 K and V for every layer). */
+  kvBytesPerToken: number;
+  files: string[];
+}
+
+/** Per-position logits from {@link Model.evaluate}. */
+export interface EvaluateResult {
+  /** One row of `vocabSize` logits per input position. */
+  logits: Float32Array[];
+  vocabSize: number;
+}
+
+interface Pending {
+  request: NativeRequest;
+  resolve(r: NativeResponse): void;
+  reject(e: unknown): void;
+}
+
+/** Loads a Hugging Face model directory (config.json, safetensors weights, tokenizer files). */
+export async function loadModel(dir: string, options?: LoadOptions): Promise<Model> {
+  if (typeof dir !== 'string' || dir.length === 0) throw new InvalidOptionError('modelDir', 'must be a non-empty path');
+  const opts = validateLoadOptions(options);
+  const root = path.resolve(dir);
+  const config = readModelConfig(root);
+  const tokenizer = Tokenizer.fromDirectory(root, config.bosTokenId);
+  const { files, weightMap, indexFile } = listWeightFiles(root);
+  const abortFlag = new Int32Array(1);
+  const signal = opts.signal;
+  if (signal?.aborted) throw new AbortError('model load was aborted', signal.reason);
+  const onAbort = () => {
+    abortFlag[0] = 1;
+  };
+  signal?.addEventListener('abort', onAbort, { once: true });
+  let nm: NativeModel;
+  try {
+    nm = await native().loadModel(
+      { files, config, threads: opts.threads ?? os.availableParallelism(), prefault: opts.prefault ?? true },
+      opts.onProgress,
+      abortFlag,
+    );
+  } catch (e) {
+    throw fromNative(e);
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+  try {
+    const info = nm.info();
+    if (weightMap && indexFile) {
+      // Every tensor must be where the index says it is, and the index must list every tensor.
+      const listed = new Set(Object.keys(weightMap));
+      info.tensorNames.forEach((name, i) => {
+        const where = info.files[info.tensorFiles[i]];
+        if (!listed.has(name)) throw new ModelFormatError(`tensor '${name}' in ${where} is not listed in the index`, indexFile);
+        if (weightMap[name] !== where)
+          throw new ModelFormatError(`the index puts tensor '${name}' in ${weightMap[name]} but it is in ${where}`, indexFile);
+        listed.delete(name);
+      });
+      for (const name of listed)
+        throw new ModelFormatError(`tensor '${name}' is listed in the index but missing from ${weightMap[name]}`, indexFile);
+    }
+    return new Model(root, config, tokenizer, nm, opts.contextSize ?? config.maxPositionEmbeddings);
+  } catch (e) {
+    nm.dispose();
+    throw e;
+  }
+}
+
+/** A loaded model. Dispose it (or use `await using`) to free its memory. */
+export class Model implements AsyncDisposable {
+  /** The model directory. */
+  readonly dir: string;
+  readonly config: ModelConfig;
+  readonly tokenizer: Tokenizer;
+  /** Default context size of new sequences. */
+  readonly contextSize: number;
+  private nm: NativeModel | null;
+  private queue: Pending[] = [];
+  private inFlight: Promise<void> | null = null;
+  private sequences = new Set<Sequence>();
+
+  /** @internal use {@link loadModel} */
+  constructor(dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number) {
+    this.dir = dir;
+    this.config = config;
+    this.tokenizer = tokenizer;
+    this.nm = nm;
+    this.contextSize = contextSize;
+  }
+
+  /** True once dispose() was called. */
+  get disposed(): boolean {
+    return this.nm === null;
+  }
+
+  /** Architecture, parameter count, dtype and memory. */
+  get info(): ModelInfo {
+    const ni = this.live().info();
+    const c = this.config;
+    return {
+      architecture: c.architecture,
+      parameters: ni.parameters,
+      weightBytes: ni.weightBytes,
+      dtype: ni.dtype,
+      backend: ni.backend,
+      numLayers: c.numLayers,
+      hiddenSize: c.hiddenSize,
+      vocabSize: c.vocabSize,
+      contextSize: this.contextSize,
+      kvBytesPerToken: 2 * 4 * c.numLayers * c.numKvHeads * c.headDim,
+      files: ni.files,
+    };
+  }
+
+  /** Text to token ids (with BOS as the tokenizer config says, unless addSpecialTokens is false). */
+  tokenize(text: string, options?: { addSpecialTokens?: boolean }): number[] {
+    if (typeof text !== 'string') throw new InvalidOptionError('text', 'must be a string');
+    return this.tokenizer.encode(text, options?.addSpecialTokens ?? true);
+  }
+
+  /** Token ids to text. */
+  detokenize(tokens: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string {
+    return this.tokenizer.decode(tokens, options?.skipSpecialTokens ?? true);
+  }
+
+  /** Renders chat messages with the model's chat template. */
+  applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean }): string {
+    return this.tokenizer.applyChatTemplate(messages, options?.addGenerationPrompt ?? true);
+  }
+
+  /** A new sequence with its own KV cache. */
+  createSequence(options?: { contextSize?: number }): Sequence {
+    const o = checkObject(options, 'options');
+    for (const k of Object.keys(o)) if (k !== 'contextSize') throw new InvalidOptionError(k, 'is not a known option (known: contextSize)');
+    checkInt(o.contextSize, 'contextSize', 1, 2 ** 31 - 1);
+    const ctx = (o.contextSize as number | undefined) ?? this.contextSize;
+    const ns = this.live().createSequence(ctx, 0);
+    const s = new Sequence(this, ns, ctx);
+    this.sequences.add(s);
+    return s;
+  }
+
+  /** Generates a completion in a fresh sequence. */
+  async generate(input: GenerateInput, options?: GenerateOptions): Promise<GenerateResult> {
+    const opts = validateGenerateOptions(options);
+    const seq = this.createSequence();
+    try {
+      return await seq.generate(input, opts);
+    } finally {
+      seq.dispose();
+    }
+  }
+
+  /** Streams a completion token by token; `result` resolves when it ends. Breaking out of the loop stops it. */
+  stream(input: GenerateInput, options?: GenerateOptions): GenerationStream {
+    const opts = validateGenerateOptions(options);
+    const seq = this.createSequence();
+    return new GenerationStream(seq, input, opts, true);
+  }
+
+  /** Logits at every position of `tokens` (a fresh sequence from position 0). */
+  async evaluate(tokens: ArrayLike<number>): Promise<EvaluateResult> {
+    const seq = this.createSequence({ contextSize: Math.max(1, tokens.length) });
+    try {
+      return await seq.evaluate(tokens);
+    } finally {
+      seq.dispose();
+    }
+  }
+
+  /**
+   * Frees the model. Queued passes reject with DisposedError; a pass already running finishes
+   * first; every sequence of this model is disposed.
+   */
+  async dispose(): Promise<void> {
+    if (!this.nm) return;
+    const nm = this.nm;
+    this.nm = null;
+    for (const p of this.queue.splice(0)) p.reject(new DisposedError('the model'));
+    if (this.inFlight) await this.inFlight.catch(() => undefined);
+    for (const s of this.sequences) s.dispose();
+    nm.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.dispose();
+  }
+
+  /** @internal */
+  live(): NativeModel {
+    if (!this.nm) throw new DisposedError('the model');
+    return this.nm;
+  }
+
+  /** @internal */
+  forget(s: Sequence): void {
+    this.sequences.delete(s);
+  }
+
+  /** @internal Queues one request; requests waiting together run as one batch. */
+  run(request: NativeRequest): Promise<NativeResponse> {
+    this.live();
+    return new Promise((resolve, reject) => {
+      this.queue.push({ request, resolve, reject });
+      if (!this.inFlight) this.inFlight = this.pump();
+    });
+  }
+
+  private async pump(): Promise<void> {
+    // Yield once so that requests made in the same tick join the batch.
+    await new Promise<void>((r) => setImmediate(r));
+    while (this.queue.length && this.nm) {
+      const batch: Pending[] = [];
+      const seen = new Set<NativeSequence>();
+      for (let i = 0; i < this.queue.length; ) {
+        const p = this.queue[i];
+        if (seen.has(p.request.sequence)) {
+          i++;
+          continue;
+        }
+        seen.add(p.request.sequence);
+        batch.push(p);
+        this.queue.splice(i, 1);
+      }
+      await this.runBatch(batch);
+    }
+    this.inFlight = null;
+  }
+
+  private async runBatch(batch: Pending[]): Promise<void> {
+    const nm = this.nm!;
+    try {
+      const out = await nm.forward(batch.map((p) => p.request));
+      batch.forEach((p, i) => p.resolve(out[i]));
+    } catch (e) {
+      if (batch.length === 1) batch[0].reject(fromNative(e));
+      else for (const p of batch) await this.runBatch([p]); // find which request failed
+    }
+  }
+}
+
+/** One sequence of tokens with its own KV cache (a conversation, a document). */
+export class Sequence implements AsyncDisposable {
+  /** Tokens whose K/V are in the cache. */
+  readonly tokens: number[] = [];
+  /** Context length in tokens. */
+  readonly contextSize: number;
+  private ns: NativeSequence | null;
+  private busy = false;
+  /** A sampled token not yet fed to the model; it leads the next call's input. */
+  private pendingToken: number | null = null;
+
+  /** @internal use {@link Model.createSequence} */
+  constructor(readonly model: Model, ns: NativeSequence, contextSize: number) {
+    this.ns = ns;
+    this.contextSize = contextSize;
+  }
+
+  get disposed(): boolean {
+    return this.ns === null;
+  }
+
+  /** Frees the KV cache. */
+  dispose(): void {
+    if (!this.ns) return;
+    this.ns.dispose();
+    this.ns = null;
+    this.model.forget(this);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+
+  /** Forgets everything: the next input starts at position 0. */
+  reset(): void {
+    this.live().truncate(0);
+    this.tokens.length = 0;
+    this.pendingToken = null;
+  }
+
+  private live(): NativeSequence {
+    if (!this.ns) throw new DisposedError('the sequence');
+    this.model.live();
+    return this.ns;
+  }
+
+  /** @internal converts input to ids: BOS only at the start of a sequence; chat templates render their own. */
+  inputTokens(input: GenerateInput): number[] {
+    const tk = this.model.tokenizer;
+    const fresh = this.tokens.length === 0 && this.pendingToken === null;
+    let ids: number[];
+    if (typeof input === 'string') ids = tk.encode(input, fresh);
+    else if (Array.isArray(input)) ids = tk.encode(tk.applyChatTemplate(input, true), false);
+    else if (input && typeof input === 'object' && 'tokens' in input) ids = Array.from(input.tokens);
+    else throw new InvalidOptionError('input', 'must be a string, an array of chat messages, or {tokens}');
+    const vocab = this.model.config.vocabSize;
+    for (const t of ids)
+      if (!Number.isInteger(t) || t < 0 || t >= vocab)
+        throw new InvalidOptionError('input', `token id ${t} is outside the vocabulary (0..${vocab - 1})`);
+    if (this.pendingToken !== null) ids.unshift(this.pendingToken);
+    if (ids.length === 0) throw new InvalidOptionError('input', 'is empty');
+    return ids;
+  }
+
+  private checkFits(n: number): void {
+    const used = this.tokens.length;
+    if (used + n > this.contextSize)
+      throw new ContextOverflowError(
+        `the input is ${n} tokens but the sequence has ${this.contextSize - used} of its ${this.contextSize} context positions left`,
+      );
+  }
+
+  /** Logits at every position of `tokens`, appended to this sequence. */
+  async evaluate(tokens: ArrayLike<number>): Promise<EvaluateResult> {
+    const ids = this.inputTokens({ tokens });
+    this.checkFits(ids.length);
+    const ns = this.acquire();
+    try {
+      const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(ids), logits: 'all' });
+      this.tokens.push(...ids);
+      this.pendingToken = null;
+      const v = this.model.config.vocabSize;
+      const logits: Float32Array[] = [];
+      for (let i = 0; i < ids.length; i++) logits.push(r.logits!.subarray(i * v, (i + 1) * v));
+      return { logits, vocabSize: v };
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** Generates a continuation of this sequence. */
+  async generate(input: GenerateInput, options?: GenerateOptions): Promise<GenerateResult> {
+    const stream = new GenerationStream(this, input, validateGenerateOptions(options), false);
+    for await (const _ of stream) {
+      // drain; onToken (if any) is called by the stream
+    }
+    return stream.result;
+  }
+
+  /** Streams a continuation of this sequence. */
+  stream(input: GenerateInput, options?: GenerateOptions): GenerationStream {
+    return new GenerationStream(this, input, validateGenerateOptions(options), false);
+  }
+
+  /** @internal */
+  acquire(): NativeSequence {
+    const ns = this.live();
+    if (this.busy) throw new InvalidOptionError('sequence', 'is already generating; use another sequence for concurrent work');
+    this.busy = true;
+    return ns;
+  }
+
+  /** @internal */
+  release(): void {
+    this.busy = false;
+  }
+
+  /** @internal */
+  commit(tokens: number[], pending: number | null): void {
+    this.tokens.push(...tokens);
+    this.pendingToken = pending;
+  }
+}
+
+/**
+ * A running generation: iterate it for tokens, await `result` for the outcome. Leaving the loop
+ * early stops generation (finishReason 'abort').
+ */
+export class GenerationStream implements AsyncIterable<TokenChunk> {
+  /** Resolves with the outcome when generation ends. */
+  readonly result: Promise<GenerateResult>;
+  private resolveResult!: (r: GenerateResult) => void;
+  private rejectResult!: (e: unknown) => void;
+  private started = false;
+
+  /** @internal */
+  constructor(
+    private readonly seq: Sequence,
+    private readonly input: GenerateInput,
+    private readonly opts: GenerateOptions,
+    private readonly ownsSequence: boolean,
+  ) {
+    this.result = new Promise((res, rej) => {
+      this.resolveResult = res;
+      this.rejectResult = rej;
+    });
+    // An unobserved rejection here is reported through the iterator instead.
+    this.result.catch(() => undefined);
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<TokenChunk> {
+    if (this.started) throw new InvalidOptionError('stream', 'can be iterated only once');
+    this.started = true;
+    return this.run();
+  }
+
+  private async *run(): AsyncGenerator<TokenChunk> {
+    const { seq, opts } = this;
+    const model = seq.model;
+    const maxTokens = opts.maxTokens ?? 256;
+    const stops = opts.stop ?? [];
+    const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
+    const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
+    let finishReason: GenerateResult['finishReason'] = 'length';
+    const generated: number[] = [];
+    const fed: number[] = [];
+    let pending: number | null = null;
+    let ns: NativeSequence | null = null;
+    let promptTokens = 0;
+    let prefillMs = 0;
+    let decodeStart = 0;
+    let text = '';
+    let emitted = 0;
+    let completed = false;
+    const waiting: TokenChunk[] = [];
+    // Hands out the held tokens; the text not yet given out goes with the last of them.
+    const onToken = opts.onToken;
+    function* flush(): Generator<TokenChunk> {
+      if (waiting.length === 0) return;
+      waiting[waiting.length - 1].text = text.slice(emitted);
+      emitted = text.length;
+      for (const c of waiting.splice(0)) {
+        onToken?.(c);
+        yield c;
+      }
+    }
+    try {
+      const ids = seq.inputTokens(this.input);
+      promptTokens = ids.length;
+      if (seq.tokens.length + ids.length > seq.contextSize)
+        throw new ContextOverflowError(
+          `the prompt is ${ids.length} tokens but the context holds ${seq.contextSize - seq.tokens.length} more (contextSize ${seq.contextSize})`,
+        );
+      ns = seq.acquire();
+      ns.setSeed(opts.seed ?? randomInt(0, 2 ** 47));
+      const decoder = new StreamDecoder(model.tokenizer);
+      const abortCheck = () => {
+        if (opts.signal?.aborted) throw new AbortError('generation was aborted', opts.signal.reason);
+      };
+      abortCheck();
+      const t0 = performance.now();
+      let input = ids;
+      for (let i = 0; i < maxTokens; i++) {
+        const r = await model.run({ sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling });
+        fed.push(...input);
+        const token = r.token!;
+        pending = token;
+        if (i === 0) {
+          prefillMs = performance.now() - t0;
+          decodeStart = performance.now();
+        }
+        generated.push(token);
+        if (eos.has(token)) {
+          finishReason = 'eos';
+          break;
+        }
+        text += decoder.push(token);
+        waiting.push({ token, text: '', index: i });
+        // Text that may be the start of a stop string is held back, together with its tokens.
+        let hit = -1;
+        for (const s of stops) {
+          const at = text.indexOf(s, Math.max(0, emitted - s.length));
+          if (at >= 0 && (hit < 0 || at < hit)) hit = at;
+        }
+        if (hit >= 0) {
+          text = text.slice(0, hit);
+          finishReason = 'stop';
+          break;
+        }
+        let safe = text.length;
+        for (const s of stops)
+          for (let k = Math.min(s.length - 1, text.length); k > 0; k--)
+            if (text.endsWith(s.slice(0, k))) {
+              safe = Math.min(safe, text.length - k);
+              break;
+            }
+        if (safe === text.length) yield* flush();
+        abortCheck();
+        if (seq.tokens.length + fed.length + 1 > seq.contextSize) {
+          finishReason = 'context';
+          break;
+        }
+        input = [token];
+      }
+      yield* flush();
+      completed = true;
+    } catch (e) {
+      if (e instanceof AbortError && opts.stopOnAbort) {
+        finishReason = 'abort';
+        completed = true;
+      } else {
+        this.rejectResult(e);
+        throw e;
+      }
+    } finally {
+      if (!completed && ns) finishReason = 'abort'; // the consumer left the loop
+      if (ns) {
+        seq.commit(fed, pending);
+        seq.release();
+      }
+      if (this.ownsSequence) seq.dispose();
+      const end = performance.now();
+      const decodeMs = generated.length > 1 ? end - decodeStart : 0;
+      this.resolveResult({
+        text,
+        tokens: generated,
+        finishReason,
+        usage: { promptTokens, completionTokens: generated.length },
+        timings: {
+          prefillMs,
+          decodeMs,
+          decodeTokensPerSecond: decodeMs > 0 ? ((generated.length - 1) * 1000) / decodeMs : 0,
+          prefillTokensPerSecond: prefillMs > 0 ? (promptTokens * 1000) / prefillMs : 0,
+        },
+      });
+    }
+  }
+}

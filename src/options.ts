@@ -1,0 +1,160 @@
+/**
+ * Option types and their validation. Unknown keys and wrong types are refused with an
+ * InvalidOptionError naming the option, so a typo never silently falls back to a default.
+ */
+import { InvalidOptionError } from './errors';
+
+/** Options of {@link loadModel}. */
+export interface LoadOptions {
+  /** Compute backend. 'auto' (default) and 'cpu' run on the CPU in this version. */
+  backend?: 'auto' | 'cpu';
+  /** Worker threads for the CPU kernels (default: all available cores). */
+  threads?: number;
+  /** Default context length (tokens) of new sequences (default: the model's max_position_embeddings). */
+  contextSize?: number;
+  /** Read every weight page in during load (default true) so the first token is not slow. */
+  prefault?: boolean;
+  /** Called with the fraction loaded, from 0 to 1. */
+  onProgress?: (fraction: number) => void;
+  /** Cancels the load; the promise rejects with AbortError and everything taken is freed. */
+  signal?: AbortSignal;
+}
+
+/** Options of generation. */
+export interface GenerateOptions {
+  /** Most tokens to generate (default 256). */
+  maxTokens?: number;
+  /** 0 (default) picks the most likely token; higher values sample more freely. */
+  temperature?: number;
+  /** Sample among the k most likely tokens (0 = all, the default). */
+  topK?: number;
+  /** Sample from the smallest set whose probability reaches p (1 = all, the default). */
+  topP?: number;
+  /** Seed for sampling: the same seed, prompt and options give the same output. */
+  seed?: number;
+  /** Stop when the generated text contains one of these strings (which is not included). */
+  stop?: string[];
+  /** Stop on the model's end-of-sequence tokens (default true). */
+  stopOnEos?: boolean;
+  /** Cancels generation: the promise rejects with AbortError, or resolves with what was made if `stopOnAbort`. */
+  signal?: AbortSignal;
+  /** With a `signal`, resolve with the partial result (finishReason 'abort') instead of rejecting. */
+  stopOnAbort?: boolean;
+  /** Called for every generated token. */
+  onToken?: (chunk: TokenChunk) => void;
+}
+
+/** One generated token. */
+export interface TokenChunk {
+  /** The token id. */
+  token: number;
+  /** Text this token completes (may be empty while a multi-byte character or a possible stop string is held back). */
+  text: string;
+  /** Index of the token among the generated ones, from 0. */
+  index: number;
+}
+
+/** The outcome of a generation. */
+export interface GenerateResult {
+  /** The generated text (without the prompt and without a matched stop string). */
+  text: string;
+  /** The generated token ids. */
+  tokens: number[];
+  /** Why generation ended. */
+  finishReason: 'eos' | 'stop' | 'length' | 'context' | 'abort';
+  usage: { promptTokens: number; completionTokens: number };
+  timings: {
+    /** Time to process the prompt and pick the first token, in ms. */
+    prefillMs: number;
+    /** Time spent on the remaining tokens, in ms. */
+    decodeMs: number;
+    /** Tokens per second after the first one. */
+    decodeTokensPerSecond: number;
+    /** Prompt tokens per second. */
+    prefillTokensPerSecond: number;
+  };
+}
+
+const GENERATE_KEYS = new Set([
+  'maxTokens', 'temperature', 'topK', 'topP', 'seed', 'stop', 'stopOnEos', 'signal', 'stopOnAbort', 'onToken',
+]);
+const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'prefault', 'onProgress', 'signal']);
+
+function checkKeys(o: object, allowed: Set<string>, prefix: string): void {
+  for (const k of Object.keys(o))
+    if (!allowed.has(k))
+      throw new InvalidOptionError(prefix + k, `is not a known option (known: ${[...allowed].join(', ')})`);
+}
+
+export function checkObject(o: unknown, name: string): Record<string, unknown> {
+  if (o === undefined) return {};
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new InvalidOptionError(name, 'must be an object');
+  return o as Record<string, unknown>;
+}
+
+export function checkInt(v: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new InvalidOptionError(name, `must be an integer, got ${describe(v)}`);
+  if (v < min || v > max) throw new InvalidOptionError(name, `must be between ${min} and ${max}, got ${v}`);
+}
+
+function checkNumber(v: unknown, name: string, min: number, max: number, minExclusive = false): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new InvalidOptionError(name, `must be a finite number, got ${describe(v)}`);
+  if (v < min || v > max || (minExclusive && v === min))
+    throw new InvalidOptionError(name, `must be ${minExclusive ? 'above' : 'at least'} ${min} and at most ${max}, got ${v}`);
+}
+
+function checkBool(v: unknown, name: string): void {
+  if (v !== undefined && typeof v !== 'boolean') throw new InvalidOptionError(name, `must be true or false, got ${describe(v)}`);
+}
+
+function checkFunction(v: unknown, name: string): void {
+  if (v !== undefined && typeof v !== 'function') throw new InvalidOptionError(name, `must be a function, got ${describe(v)}`);
+}
+
+function checkSignal(v: unknown, name: string): void {
+  if (v === undefined) return;
+  const s = v as AbortSignal;
+  if (typeof s !== 'object' || s === null || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function')
+    throw new InvalidOptionError(name, 'must be an AbortSignal');
+}
+
+function describe(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return typeof v === 'object' ? 'an object' : String(v);
+}
+
+export function validateGenerateOptions(o: unknown): GenerateOptions {
+  const opts = checkObject(o, 'options');
+  checkKeys(opts, GENERATE_KEYS, '');
+  checkInt(opts.maxTokens, 'maxTokens', 1);
+  checkNumber(opts.temperature, 'temperature', 0, 100);
+  checkInt(opts.topK, 'topK', 0);
+  checkNumber(opts.topP, 'topP', 0, 1, true);
+  checkInt(opts.seed, 'seed', 0);
+  if (opts.stop !== undefined) {
+    if (!Array.isArray(opts.stop) || opts.stop.some((s) => typeof s !== 'string' || s.length === 0))
+      throw new InvalidOptionError('stop', 'must be an array of non-empty strings');
+  }
+  checkBool(opts.stopOnEos, 'stopOnEos');
+  checkBool(opts.stopOnAbort, 'stopOnAbort');
+  checkSignal(opts.signal, 'signal');
+  checkFunction(opts.onToken, 'onToken');
+  return opts as GenerateOptions;
+}
+
+export function validateLoadOptions(o: unknown): LoadOptions {
+  const opts = checkObject(o, 'options');
+  checkKeys(opts, LOAD_KEYS, '');
+  if (opts.backend !== undefined && opts.backend !== 'auto' && opts.backend !== 'cpu')
+    throw new InvalidOptionError('backend', `must be 'auto' or 'cpu' (CUDA is not in this build), got ${describe(opts.backend)}`);
+  checkInt(opts.threads, 'threads', 1, 1024);
+  checkInt(opts.contextSize, 'contextSize', 1, 2 ** 31 - 1);
+  checkBool(opts.prefault, 'prefault');
+  checkFunction(opts.onProgress, 'onProgress');
+  checkSignal(opts.signal, 'signal');
+  return opts as LoadOptions;
+}
