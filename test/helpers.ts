@@ -1,0 +1,59 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { writeTinyModel, type TinyModelOptions } from '../src/tinyModel';
+
+const roots: string[] = [];
+
+/** A fresh temporary folder, removed by cleanup(). */
+export function tmpDir(prefix = 'depthgate-test-'): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  roots.push(d);
+  return d;
+}
+
+/** Writes a tiny random model into a temporary folder and returns its path. */
+export function tinyModel(options: TinyModelOptions = {}): string {
+  const dir = path.join(tmpDir(), 'model');
+  writeTinyModel(dir, options);
+  return dir;
+}
+
+export function cleanup(): void {
+  for (const d of roots.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+}
+
+/** max |a - b| / max |b| over a row: the relative error used for logits. */
+export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / den;
+}
+
+/** Random token ids in [lo, hi). Deterministic for a seed. */
+export function randomTokens(n: number, lo: number, hi: number, seed = 1): number[] {
+  let s = seed >>> 0;
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out.push(lo + (s % (hi - lo)));
+  }
+  return out;
+}
+
+/** Paths of files the process has memory-mapped or open (Linux), to check nothing is left after a failure. */
+export function openedFiles(): string[] {
+  const maps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').map((l) => l.split(/\s+/).slice(5).join(' '));
+  const fds = fs.readdirSync('/proc/self/fd').map((fd) => {
+    try {
+      return fs.readlinkSync(path.join('/proc/self/fd', fd));
+    } catch {
+      return '';
+    }
+  });
+  return [...maps, ...fds].filter(Boolean);
+}
