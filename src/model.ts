@@ -460,6 +460,7 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
     let emitted = 0;
     let completed = false;
     const waiting: TokenChunk[] = [];
+    let decoder: StreamDecoder;
     // Hands out the held tokens; the text not yet given out goes with the last of them.
     const onToken = opts.onToken;
     function* flush(): Generator<TokenChunk> {
@@ -480,7 +481,7 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
         );
       ns = seq.acquire();
       ns.setSeed(opts.seed ?? randomInt(0, 2 ** 47));
-      const decoder = new StreamDecoder(model.tokenizer);
+      decoder = new StreamDecoder(model.tokenizer);
       const abortCheck = () => {
         if (opts.signal?.aborted) throw new AbortError('generation was aborted', opts.signal.reason);
       };
@@ -521,7 +522,7 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
               safe = Math.min(safe, text.length - k);
               break;
             }
-        if (safe === text.length) yield* flush();
+        if (safe === text.length && !decoder.holding) yield* flush();
         abortCheck();
         if (seq.tokens.length + fed.length + 1 > seq.contextSize) {
           finishReason = 'context';
@@ -529,6 +530,7 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
         }
         input = [token];
       }
+      if (finishReason !== 'stop') text += decoder.finish();
       yield* flush();
       completed = true;
     } catch (e) {

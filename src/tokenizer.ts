@@ -130,12 +130,25 @@ export class StreamDecoder {
   private emitted = '';
   constructor(private readonly tokenizer: Tokenizer) {}
 
+  /** True while the last token ended inside a multi-byte character. */
+  holding = false;
+
   push(id: number): string {
     this.ids.push(id);
     const text = this.tokenizer.decode(this.ids);
-    if (text.endsWith('\uFFFD')) return '';
-    const delta = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : text.slice(this.emitted.length);
+    this.holding = text.endsWith('\uFFFD');
+    if (this.holding) return '';
+    const delta = text.slice(this.emitted.length);
     this.emitted = text;
+    return delta;
+  }
+
+  /** The text still held back (an incomplete character at the very end), once generation is over. */
+  finish(): string {
+    const text = this.tokenizer.decode(this.ids);
+    const delta = text.slice(this.emitted.length);
+    this.emitted = text;
+    this.holding = false;
     return delta;
   }
 

@@ -1,0 +1,194 @@
+/** Generation behaviour: sampling, stopping, streaming, abort, chat, lifecycle. */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { AbortError, DisposedError, loadModel, type Model } from '../src';
+import { cleanup, randomTokens, tinyModel } from './helpers';
+
+afterAll(cleanup);
+
+let model: Model;
+let dir: string;
+beforeAll(async () => {
+  dir = tinyModel({ seed: 5, maxPositions: 512 });
+  model = await loadModel(dir, { threads: 2 });
+});
+afterAll(async () => model?.dispose());
+
+const prompt = { tokens: randomTokens(6, 0, 256, 9) };
+
+describe('sampling', () => {
+  test('the same seed gives the same tokens; another seed gives others', async () => {
+    const o = { maxTokens: 24, temperature: 1.0, stopOnEos: false };
+    const a = await model.generate(prompt, { ...o, seed: 42 });
+    const b = await model.generate(prompt, { ...o, seed: 42 });
+    const c = await model.generate(prompt, { ...o, seed: 43 });
+    expect(b.tokens).toEqual(a.tokens);
+    expect(c.tokens).not.toEqual(a.tokens);
+  });
+
+  test('topK 1 and a tiny topP both reduce sampling to greedy', async () => {
+    const greedy = await model.generate(prompt, { maxTokens: 12, stopOnEos: false });
+    const k1 = await model.generate(prompt, { maxTokens: 12, temperature: 1.5, topK: 1, seed: 1, stopOnEos: false });
+    const p0 = await model.generate(prompt, { maxTokens: 12, temperature: 1.5, topP: 1e-6, seed: 2, stopOnEos: false });
+    expect(k1.tokens).toEqual(greedy.tokens);
+    expect(p0.tokens).toEqual(greedy.tokens);
+  });
+
+  test('sampling at temperature 1 differs from greedy', async () => {
+    const greedy = await model.generate(prompt, { maxTokens: 24, stopOnEos: false });
+    const hot = await model.generate(prompt, { maxTokens: 24, temperature: 1, seed: 7, stopOnEos: false });
+    expect(hot.tokens).not.toEqual(greedy.tokens);
+  });
+});
+
+describe('stopping', () => {
+  test('the token limit ends generation with finishReason length', async () => {
+    const r = await model.generate(prompt, { maxTokens: 5, stopOnEos: false });
+    expect(r.tokens).toHaveLength(5);
+    expect(r.finishReason).toBe('length');
+    expect(r.usage).toEqual({ promptTokens: 6, completionTokens: 5 });
+    expect(r.timings.prefillMs).toBeGreaterThan(0);
+    expect(r.timings.decodeTokensPerSecond).toBeGreaterThan(0);
+  });
+
+  test('an eos id from generation_config.json stops generation and is not streamed', async () => {
+    const free = await model.generate(prompt, { maxTokens: 8, stopOnEos: false });
+    const eos = free.tokens[3];
+    const eosDir = path.join(path.dirname(dir), 'eos-model');
+    fs.cpSync(dir, eosDir, { recursive: true });
+    fs.writeFileSync(path.join(eosDir, 'generation_config.json'), JSON.stringify({ eos_token_id: [999999 % 320, eos] }));
+    const m2 = await loadModel(eosDir, { threads: 1 });
+    try {
+      const chunks: number[] = [];
+      const r = await m2.generate(prompt, { maxTokens: 8, onToken: (c) => chunks.push(c.token) });
+      const at = free.tokens.indexOf(eos);
+      expect(r.finishReason).toBe('eos');
+      expect(r.tokens).toEqual(free.tokens.slice(0, at + 1));
+      expect(chunks).toEqual(free.tokens.slice(0, at));
+    } finally {
+      await m2.dispose();
+    }
+  });
+
+  test('a stop string ends generation before it, and the streamed text never contains it', async () => {
+    const free = await model.generate('The', { maxTokens: 40, stopOnEos: false });
+    // Pick a short stop string from the middle of the free-running text.
+    let stop = '';
+    for (let i = 6; i < free.text.length - 2 && !stop; i++) {
+      const s = free.text.slice(i, i + 2);
+      if (/^[\x20-\x7e]{2}$/.test(s) && free.text.indexOf(s) === i) stop = s;
+    }
+    expect(stop).not.toBe('');
+    let streamed = '';
+    const r = await model.generate('The', { maxTokens: 40, stopOnEos: false, stop: [stop], onToken: (c) => (streamed += c.text) });
+    expect(r.finishReason).toBe('stop');
+    expect(r.text).toBe(free.text.slice(0, free.text.indexOf(stop)));
+    expect(streamed).toBe(r.text);
+  });
+});
+
+describe('streaming', () => {
+  test('stream() yields every token and its text adds up to the result', async () => {
+    const s = model.stream(prompt, { maxTokens: 10, stopOnEos: false });
+    const tokens: number[] = [];
+    let text = '';
+    for await (const c of s) {
+      tokens.push(c.token);
+      text += c.text;
+    }
+    const r = await s.result;
+    expect(tokens).toEqual(r.tokens);
+    expect(text).toBe(r.text);
+    expect(r.text).toBe(model.detokenize(r.tokens));
+  });
+
+  test('leaving the loop early stops generation', async () => {
+    const s = model.stream(prompt, { maxTokens: 50, stopOnEos: false });
+    let n = 0;
+    for await (const _ of s) if (++n === 3) break;
+    const r = await s.result;
+    expect(r.finishReason).toBe('abort');
+    expect(r.tokens).toHaveLength(3);
+  });
+});
+
+describe('abort', () => {
+  test('an AbortSignal rejects with AbortError, or resolves the partial result with stopOnAbort', async () => {
+    const ac = new AbortController();
+    await expect(
+      model.generate(prompt, { maxTokens: 50, stopOnEos: false, signal: ac.signal, onToken: (c) => c.index === 2 && ac.abort() }),
+    ).rejects.toBeInstanceOf(AbortError);
+    const ac2 = new AbortController();
+    const r = await model.generate(prompt, {
+      maxTokens: 50, stopOnEos: false, signal: ac2.signal, stopOnAbort: true, onToken: (c) => c.index === 2 && ac2.abort(),
+    });
+    expect(r.finishReason).toBe('abort');
+    expect(r.tokens).toHaveLength(3);
+  });
+
+  test('an already aborted signal does no work', async () => {
+    const ac = new AbortController();
+    ac.abort();
+    await expect(model.generate(prompt, { signal: ac.signal })).rejects.toBeInstanceOf(AbortError);
+  });
+});
+
+describe('text and chat input', () => {
+  test('text prompts are tokenized with BOS; chat messages go through the chat template', async () => {
+    const ids = model.tokenize('Hello world');
+    expect(ids[0]).toBe(model.tokenizer.bosTokenId);
+    expect(model.detokenize(ids)).toBe('Hello world');
+    const messages = [{ role: 'user', content: 'Hi there' }];
+    const rendered = model.applyChatTemplate(messages);
+    expect(rendered).toContain('Hi there');
+    const viaChat = await model.generate(messages, { maxTokens: 4, stopOnEos: false });
+    const viaTokens = await model.generate({ tokens: model.tokenize(rendered, { addSpecialTokens: false }) }, { maxTokens: 4, stopOnEos: false });
+    expect(viaChat.tokens).toEqual(viaTokens.tokens);
+    expect(viaChat.usage.promptTokens).toBe(model.tokenize(rendered, { addSpecialTokens: false }).length);
+  });
+});
+
+describe('lifecycle', () => {
+  test('the event loop keeps running during a long prefill', async () => {
+    const big = await loadModel(tinyModel({ hidden: 256, heads: 4, kvHeads: 2, intermediate: 1024, layers: 6, maxPositions: 1024 }), { threads: 1 });
+    try {
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 2);
+      const t0 = performance.now();
+      await big.evaluate(randomTokens(700, 0, 256, 4));
+      const ms = performance.now() - t0;
+      clearInterval(timer);
+      expect(ms).toBeGreaterThan(20);
+      expect(ticks).toBeGreaterThan(2);
+    } finally {
+      await big.dispose();
+    }
+  });
+
+  test('await using disposes the model; later calls throw DisposedError', async () => {
+    let escaped: Model | undefined;
+    {
+      await using m = await loadModel(dir, { threads: 1 });
+      escaped = m;
+      expect((await m.generate(prompt, { maxTokens: 2 })).tokens.length).toBeGreaterThan(0);
+    }
+    expect(escaped!.disposed).toBe(true);
+    await expect(escaped!.generate(prompt)).rejects.toBeInstanceOf(DisposedError);
+  });
+
+  test('dispose() during generation lets the pass finish, then rejects the rest with DisposedError', async () => {
+    const m = await loadModel(dir, { threads: 1 });
+    const running = m.generate(prompt, { maxTokens: 200, stopOnEos: false });
+    await new Promise((r) => setTimeout(r, 5));
+    await m.dispose();
+    await expect(running).rejects.toBeInstanceOf(DisposedError);
+  });
+
+  test('the load progress callback reaches 1', async () => {
+    const seen: number[] = [];
+    const m = await loadModel(dir, { threads: 1, onProgress: (f) => seen.push(f) });
+    await m.dispose();
+    expect(seen.at(-1)).toBe(1);
+    expect(seen.every((f, i) => i === 0 || f >= seen[i - 1])).toBe(true);
+  });
+});
