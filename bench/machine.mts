@@ -1,0 +1,55 @@
+// What the benchmarks ran on, and the memory bandwidth measured by a copy in the same run.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+export const depthgate = require('../../dist/index.js') as typeof import('../dist/index.js');
+export const binding = require('../../dist/binding.js') as typeof import('../dist/binding.js');
+
+export function machine() {
+  const cpuinfo = fs.existsSync('/proc/cpuinfo') ? fs.readFileSync('/proc/cpuinfo', 'utf8') : '';
+  const model = /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? os.cpus()[0]?.model ?? 'unknown';
+  const b = depthgate.getBuildInfo();
+  return {
+    cpu: model,
+    cores: os.availableParallelism(),
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    cpuKernels: b.cpuKernels,
+    cpuFeatures: b.cpuFeatures,
+    node: process.version,
+    depthgate: b.version,
+  };
+}
+
+/**
+ * Copy bandwidth (STREAM convention: a copy of N bytes moves 2N), best of several copies of a
+ * buffer far larger than the caches.
+ */
+export function copyBandwidth(bytes = 512 * 2 ** 20, reps = 8): number {
+  const src = new Uint8Array(bytes);
+  const dst = new Uint8Array(bytes);
+  for (let i = 0; i < bytes; i += 4096) src[i] = i & 255;
+  const copy = binding.native().kernels.copy;
+  copy(dst, src);
+  let best = Infinity;
+  for (let r = 0; r < reps; r++) {
+    const t0 = process.hrtime.bigint();
+    copy(dst, src);
+    best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  return (2 * bytes) / best;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+export function saveResult(name: string, data: unknown): string {
+  const dir = new URL('../results/', import.meta.url);
+  fs.mkdirSync(dir, { recursive: true });
+  const file = new URL(name, dir);
+  fs.writeFileSync(file, JSON.stringify(data, null, 2) + '\n');
+  return file.pathname;
+}
