@@ -35,7 +35,12 @@ static bool knownSafetensorsDtype(const std::string& s) {
 }
 
 std::vector<TensorEntry> parseSafetensorsHeader(const char* json, size_t len, size_t dataSize) {
-  JsonValue root = parseJson(json, len);
+  JsonValue root;
+  try {
+    root = parseJson(json, len);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(std::string("header is not valid JSON: ") + e.what());
+  }
   if (root.kind != JsonValue::Object) throw std::runtime_error("header is not a JSON object");
   std::vector<TensorEntry> out;
   for (auto& m : root.members) {
@@ -93,16 +98,19 @@ std::vector<TensorEntry> parseSafetensorsHeader(const char* json, size_t len, si
     e.end = size_t(en);
     out.push_back(std::move(e));
   }
+  // Overlap check over non-empty tensors sorted by start, against the furthest end seen so far
+  // (an empty tensor must not hide an overlap between its neighbours).
   std::vector<const TensorEntry*> sorted;
-  for (auto& e : out) sorted.push_back(&e);
+  for (auto& e : out)
+    if (e.end > e.begin) sorted.push_back(&e);
   std::sort(sorted.begin(), sorted.end(), [](const TensorEntry* a, const TensorEntry* b) {
     return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
   });
-  for (size_t i = 1; i < sorted.size(); i++) {
-    if (sorted[i]->begin < sorted[i - 1]->end && sorted[i]->begin != sorted[i]->end &&
-        sorted[i - 1]->begin != sorted[i - 1]->end)
-      throw std::runtime_error("tensors '" + sorted[i - 1]->name + "' and '" + sorted[i]->name +
-                               "' overlap");
+  const TensorEntry* furthest = nullptr;
+  for (const TensorEntry* t : sorted) {
+    if (furthest && t->begin < furthest->end)
+      throw std::runtime_error("tensors '" + furthest->name + "' and '" + t->name + "' overlap");
+    if (!furthest || t->end > furthest->end) furthest = t;
   }
   return out;
 }

@@ -63,8 +63,9 @@ export class OutOfMemoryError extends DepthgateError {
 
 /** The object was used after dispose(). */
 export class DisposedError extends DepthgateError {
-  constructor(what: string) {
-    super('ERR_DEPTHGATE_DISPOSED', `${what} has been disposed`);
+  /** @param what the object, e.g. "the model"; or, with `message`, ignored. */
+  constructor(what: string, message?: string) {
+    super('ERR_DEPTHGATE_DISPOSED', message ?? `${what} has been disposed`);
   }
 }
 
@@ -87,26 +88,31 @@ export class NativeLoadError extends DepthgateError {
 /** Maps an error thrown by the native addon (which carries `code` and maybe `file`) to its typed class. */
 export function fromNative(e: unknown): Error {
   if (e instanceof DepthgateError) return e;
-  if (!(e instanceof Error)) return new DepthgateError('ERR_DEPTHGATE_INTERNAL', String(e));
+  // Errors made by the addon belong to the realm of the caller's main context, so under jest or
+  // vm they fail `instanceof Error` here: recognise them by shape instead.
+  if (typeof e !== 'object' || e === null || typeof (e as { message?: unknown }).message !== 'string')
+    return new DepthgateError('ERR_DEPTHGATE_INTERNAL', String(e));
+  const err = e as Error;
   const code = (e as { code?: unknown }).code;
   const file = (e as { file?: unknown }).file;
   const f = typeof file === 'string' ? file : undefined;
   switch (code) {
     case 'ERR_DEPTHGATE_MODEL_FORMAT':
-      return new ModelFormatError(e.message, f, e);
+      return new ModelFormatError(err.message, f, err);
     case 'ERR_DEPTHGATE_MODEL_IO':
-      return new ModelFileError(e.message, f, e);
+      return new ModelFileError(err.message, f, err);
     case 'ERR_DEPTHGATE_CONTEXT_OVERFLOW':
-      return new ContextOverflowError(e.message);
+      return new ContextOverflowError(err.message);
     case 'ERR_DEPTHGATE_OUT_OF_MEMORY':
-      return new OutOfMemoryError(e.message);
+      return new OutOfMemoryError(err.message);
     case 'ERR_DEPTHGATE_DISPOSED':
-      return new DepthgateError('ERR_DEPTHGATE_DISPOSED', e.message, { cause: e });
+      return new DisposedError('', err.message);
     case 'ERR_DEPTHGATE_ABORTED':
-      return new AbortError(e.message, e);
+      return new AbortError(err.message, err);
     case 'ERR_DEPTHGATE_INVALID_ARGUMENT':
-      return new DepthgateError('ERR_DEPTHGATE_INVALID_ARGUMENT', e.message, { file: f, cause: e });
+      if (f) return new ModelFormatError(err.message, f, err);
+      return new DepthgateError('ERR_DEPTHGATE_INVALID_ARGUMENT', err.message, { cause: err });
     default:
-      return new DepthgateError(typeof code === 'string' ? code : 'ERR_DEPTHGATE_INTERNAL', e.message, { file: f, cause: e });
+      return new DepthgateError(typeof code === 'string' ? code : 'ERR_DEPTHGATE_INTERNAL', err.message, { file: f, cause: err });
   }
 }

@@ -4,6 +4,7 @@
  * share one pass per step); a Sequence owns one KV cache and remembers its tokens, so a chat can
  * continue where it left off.
  */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
@@ -14,6 +15,7 @@ import {
   ContextOverflowError,
   DisposedError,
   InvalidOptionError,
+  ModelFileError,
   ModelFormatError,
   fromNative,
 } from './errors';
@@ -68,6 +70,8 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidOptionError('modelDir', 'must be a non-empty path');
   const opts = validateLoadOptions(options);
   const root = path.resolve(dir);
+  if (!fs.existsSync(root)) throw new ModelFileError('the model directory does not exist', root);
+  if (!fs.statSync(root).isDirectory()) throw new ModelFileError('is not a directory (expected a Hugging Face model directory)', root);
   const config = readModelConfig(root);
   const tokenizer = Tokenizer.fromDirectory(root, config.bosTokenId);
   const { files, weightMap, indexFile } = listWeightFiles(root);
