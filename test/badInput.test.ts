@@ -1073,8 +1073,8 @@ describe('use after dispose', () => {
     }
   });
 
-  // Regression (disposed): the error is a bare DepthgateError with code
-  // ERR_DEPTHGATE_DISPOSED, because fromNative() does not map that code to DisposedError.
+  // Regression (disposed): the error used to be a bare DepthgateError with code
+  // ERR_DEPTHGATE_DISPOSED, because fromNative() did not map that code to DisposedError.
   test('a sequence disposed while it generates', async () => {
     const model = await loadModel(goodDir, { threads: 1 });
     try {
