@@ -1,0 +1,47 @@
+// Processor feature detection and the choice of kernel variant. Every SIMD kernel is compiled
+// with a per-function target attribute, so one binary runs everywhere and this file decides
+// at run time which of them may execute.
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels.h"
+
+namespace dg {
+
+const CpuFeatures& cpuFeatures() {
+  static const CpuFeatures features = [] {
+    CpuFeatures f;
+#if defined(__x86_64__) || defined(__i386__)
+    // libgcc's detection also checks that the OS saves the wide registers (XGETBV), so a
+    // feature reported here is usable, not merely present in CPUID.
+    __builtin_cpu_init();
+    f.avx2 = __builtin_cpu_supports("avx2");
+    f.fma = __builtin_cpu_supports("fma");
+    f.f16c = __builtin_cpu_supports("f16c");
+    f.avx512f = __builtin_cpu_supports("avx512f");
+    f.avx512bw = __builtin_cpu_supports("avx512bw");
+#endif
+    return f;
+  }();
+  return features;
+}
+
+const char* cpuKernelVariant() {
+  // Read once: kernels cache function choices, and switching mid-run would mix variants.
+  static const char* const variant = [] {
+    const CpuFeatures& f = cpuFeatures();
+    bool haveAvx2 = f.avx2 && f.fma && f.f16c;
+    bool haveAvx512 = haveAvx2 && f.avx512f && f.avx512bw;
+    int best = haveAvx512 ? 2 : haveAvx2 ? 1 : 0;
+    int cap = 2;
+    if (const char* env = std::getenv("DEPTHGATE_CPU_KERNELS")) {
+      if (std::strcmp(env, "scalar") == 0) cap = 0;
+      else if (std::strcmp(env, "avx2") == 0) cap = 1;
+    }
+    int chosen = best < cap ? best : cap;
+    return chosen == 2 ? "avx512" : chosen == 1 ? "avx2" : "scalar";
+  }();
+  return variant;
+}
+
+}  // namespace dg

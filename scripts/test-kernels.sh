@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds test/native/kernels_test.cc against the CPU kernels and runs it once per kernel
+# variant this machine supports, then again under AddressSanitizer + UBSan.
+# Usage: scripts/test-kernels.sh   (exits non-zero if anything fails)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out="${TMPDIR:-/tmp}/depthgate-kernels-test.$$"
+mkdir -p "$out"
+trap 'rm -rf "$out"' EXIT
+
+# The kernel files by name: native/cpu/ also holds the CPU backend, which needs the engine.
+kernels=(features convert matmul norm rope activation attention sampling)
+sources=(test/native/kernels_test.cc native/threadpool.cc)
+for k in "${kernels[@]}"; do sources+=("native/cpu/$k.cc"); done
+flags=(-std=c++17 -O2 -pthread -Inative)
+
+variants=(scalar)
+if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo && grep -qw f16c /proc/cpuinfo; then
+  variants+=(avx2)
+  if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo; then variants+=(avx512); fi
+fi
+
+status=0
+run() {  # run <binary> <variant>
+  echo "== $1 DEPTHGATE_CPU_KERNELS=$2"
+  if ! DEPTHGATE_CPU_KERNELS="$2" "$out/$1"; then status=1; fi
+}
+
+echo "building kernels_test"
+g++ "${flags[@]}" "${sources[@]}" -o "$out/kernels_test"
+for v in "${variants[@]}"; do run kernels_test "$v"; done
+
+echo "building kernels_test with -fsanitize=address,undefined"
+g++ "${flags[@]}" -g -fsanitize=address,undefined -fno-sanitize-recover=all "${sources[@]}" \
+  -o "$out/kernels_test_san"
+for v in "${variants[@]}"; do
+  [ "$v" = avx512 ] && continue  # scalar + avx2 cover the sanitized code paths asked for
+  run kernels_test_san "$v"
+done
+
+if [ "$status" -ne 0 ]; then echo "kernel tests FAILED"; else echo "kernel tests passed"; fi
+exit "$status"

@@ -1,0 +1,524 @@
+// Standalone checks of the CPU kernels against plain double-precision references on random
+// (never zero) inputs. The kernel variant under test is chosen by DEPTHGATE_CPU_KERNELS, so
+// scripts/test-kernels.sh runs this binary once per variant the machine supports.
+// Prints "N passed, M failed" last and exits non-zero on any failure.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "tensor.h"
+#include "threadpool.h"
+
+using namespace dg;
+
+static int passed = 0, failed = 0;
+
+static void check(bool ok, const std::string& what) {
+  if (ok) {
+    passed++;
+  } else {
+    failed++;
+    std::printf("FAIL %s\n", what.c_str());
+  }
+}
+
+static std::mt19937_64 rng(12345);
+
+// Uniform in +-[0.05, 1]: random sign and magnitude, never zero.
+static float randomValue() {
+  std::uniform_real_distribution<float> mag(0.05f, 1.0f);
+  return (rng() & 1) ? mag(rng) : -mag(rng);
+}
+static std::vector<float> randomVector(size_t n) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = randomValue();
+  return v;
+}
+
+// Independent IEEE half decoder (arithmetic, not bit tricks) used as the reference.
+static double halfRef(uint16_t h) {
+  int sign = (h >> 15) ? -1 : 1;
+  int exponent = (h >> 10) & 0x1f;
+  int mantissa = h & 0x3ff;
+  if (exponent == 0) return sign * std::ldexp(double(mantissa), -24);
+  if (exponent == 31) return mantissa ? NAN : sign * INFINITY;
+  return sign * std::ldexp(1.0 + mantissa / 1024.0, exponent - 15);
+}
+
+// ---- conversions ---------------------------------------------------------------------------
+
+static void testConversions() {
+  int bad = 0;
+  for (uint32_t h = 0; h < 65536; h++) {
+    float got = f16ToF32(uint16_t(h));
+    double want = halfRef(uint16_t(h));
+    if (std::isnan(want) ? !std::isnan(got) : double(got) != want) bad++;
+  }
+  check(bad == 0, "f16ToF32 exhaustive (" + std::to_string(bad) + " wrong)");
+
+  // Reference encoder: nearest representable half, ties to the even code. Code 0x7c00 (inf)
+  // stands at 65536 in the ladder, which yields exactly IEEE's overflow rounding.
+  std::vector<double> ladder(0x7c01);
+  for (uint32_t c = 0; c < 0x7c00; c++) ladder[c] = halfRef(uint16_t(c));
+  ladder[0x7c00] = 65536.0;
+  auto encodeRef = [&](float f) -> uint16_t {
+    uint16_t sign = std::signbit(f) ? 0x8000 : 0;
+    double a = std::fabs(double(f));
+    if (a >= 65536.0) return sign | 0x7c00;
+    size_t hi = size_t(std::lower_bound(ladder.begin(), ladder.end(), a) - ladder.begin());
+    if (ladder[hi] == a || hi == 0) return uint16_t(sign | hi);
+    size_t lo = hi - 1;
+    double dl = a - ladder[lo], dh = ladder[hi] - a;
+    size_t pick = dl < dh ? lo : dh < dl ? hi : (lo % 2 == 0 ? lo : hi);
+    return uint16_t(sign | pick);
+  };
+  bad = 0;
+  std::vector<float> probes;
+  for (uint32_t h = 0; h < 65536; h++) {  // every half value and the midpoints around it
+    double v = halfRef(uint16_t(h));
+    if (std::isnan(v) || std::isinf(v)) continue;
+    probes.push_back(float(v));
+    uint32_t u;
+    float f = float(v);
+    std::memcpy(&u, &f, 4);
+    // Halfway points between normal halves sit 0x1000 f32 ulps away; probe them and 1 ulp
+    // either side, where round-to-nearest-even decides.
+    for (int d = -2; d <= 2; d++)
+      for (int e = -1; e <= 1; e++) {
+        uint32_t w = u + uint32_t(d) * 0x1000u + uint32_t(e);
+        float g;
+        std::memcpy(&g, &w, 4);
+        if (std::isfinite(g)) probes.push_back(g);
+      }
+  }
+  std::uniform_int_distribution<uint32_t> bits;
+  for (int i = 0; i < 200000; i++) {
+    uint32_t u = bits(rng);
+    float f;
+    std::memcpy(&f, &u, 4);
+    if (std::isfinite(f)) probes.push_back(f);
+  }
+  for (float f : {65504.f, 65519.99f, 65520.f, 65536.f, 1e10f, 5.9604645e-8f, 2.9802322e-8f,
+                  2.9802326e-8f, 1e-30f, 6.1035156e-5f, 6.1032e-5f})
+    probes.push_back(f), probes.push_back(-f);
+  for (float f : probes)
+    if (f32ToF16(f) != encodeRef(f)) bad++;
+  check(bad == 0, "f32ToF16 rounding (" + std::to_string(bad) + " of " +
+                      std::to_string(probes.size()) + " wrong)");
+  check(f32ToF16(INFINITY) == 0x7c00 && f32ToF16(-INFINITY) == 0xfc00, "f32ToF16 inf");
+  uint16_t nanHalf = f32ToF16(NAN);
+  check((nanHalf & 0x7c00) == 0x7c00 && (nanHalf & 0x3ff) != 0, "f32ToF16 nan stays nan");
+  bad = 0;
+  for (uint32_t h = 0; h < 65536; h++) {
+    if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;
+    if (f32ToF16(f16ToF32(uint16_t(h))) != h) bad++;
+  }
+  check(bad == 0, "f16 round trip exhaustive");
+
+  // Bulk conversion from unaligned storage at odd offsets and lengths.
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    const size_t n = 1000;
+    std::vector<unsigned char> storage(n * 4 + 8);
+    unsigned char* base = storage.data() + 2;  // deliberately misaligned
+    std::vector<float> expect(n);
+    for (size_t i = 0; i < n; i++) {
+      float f = randomValue() * 100.f;
+      if (t == DType::F32) std::memcpy(base + 4 * i, &f, 4);
+      else {
+        uint16_t h = t == DType::F16 ? f32ToF16(f) : f32ToBf16(f);
+        std::memcpy(base + 2 * i, &h, 2);
+        f = t == DType::F16 ? float(halfRef(h)) : bf16ToF32(h);
+      }
+      expect[i] = f;
+    }
+    for (size_t offset : {size_t(0), size_t(1), size_t(3), size_t(17)})
+      for (size_t len : {size_t(1), size_t(7), size_t(8), size_t(15), size_t(16), size_t(33), size_t(983)}) {
+        if (offset + len > n) continue;
+        std::vector<float> got(len + 1, 123.f);
+        toF32(got.data(), base, t, offset, len);
+        bool ok = got[len] == 123.f;
+        for (size_t i = 0; i < len; i++) ok = ok && got[i] == expect[offset + i];
+        check(ok, std::string("toF32 ") + dtypeName(t) + " offset " + std::to_string(offset) +
+                      " n " + std::to_string(len));
+      }
+  }
+}
+
+// ---- matmul ----------------------------------------------------------------------------------
+
+struct StoredWeight {
+  std::vector<unsigned char> storage;
+  std::vector<double> decoded;  // what the stored values mean, for the reference
+  Weight w;
+};
+
+static StoredWeight makeWeight(DType t, int64_t rows, int64_t cols) {
+  StoredWeight s;
+  size_t n = size_t(rows * cols), es = dtypeSize(t);
+  s.storage.resize(n * es + 16);
+  unsigned char* base = s.storage.data() + 2;  // 2 bytes past an aligned start
+  s.decoded.resize(n);
+  for (size_t i = 0; i < n; i++) {
+    float f = randomValue();
+    if (t == DType::F32) {
+      std::memcpy(base + 4 * i, &f, 4);
+      s.decoded[i] = f;
+    } else if (t == DType::F16) {
+      uint16_t h = f32ToF16(f);
+      std::memcpy(base + 2 * i, &h, 2);
+      s.decoded[i] = halfRef(h);
+    } else {
+      uint16_t h = f32ToBf16(f);
+      std::memcpy(base + 2 * i, &h, 2);
+      s.decoded[i] = bf16ToF32(h);
+    }
+  }
+  s.w = Weight{base, t, rows, cols};
+  return s;
+}
+
+static void testMatmulCase(ThreadPool& pool, DType t, int64_t rows, int64_t k, int64_t n,
+                           bool withBias, int64_t ldxPad, int64_t ldoPad) {
+  StoredWeight sw = makeWeight(t, n, k);
+  const int64_t ldx = k + ldxPad, ldo = n + ldoPad;
+  std::vector<float> x(size_t(rows * ldx));
+  for (auto& v : x) v = randomValue();
+  std::vector<float> bias = randomVector(size_t(n));
+  const float sentinel = 1234.5f;
+  std::vector<float> out(size_t(rows * ldo), sentinel);
+  matmul(pool, out.data(), ldo, x.data(), ldx, rows, sw.w, withBias ? bias.data() : nullptr);
+
+  // Error is judged against the sum of |terms|: that is the scale f32 rounding works on, and
+  // random signs make the result itself arbitrarily small by cancellation.
+  double worst = 0;
+  bool paddingIntact = true;
+  for (int64_t r = 0; r < rows; r++) {
+    for (int64_t o = 0; o < n; o++) {
+      double sum = withBias ? bias[size_t(o)] : 0.0, scale = std::fabs(sum);
+      for (int64_t i = 0; i < k; i++) {
+        double term = double(x[size_t(r * ldx + i)]) * sw.decoded[size_t(o * k + i)];
+        sum += term;
+        scale += std::fabs(term);
+      }
+      double err = std::fabs(double(out[size_t(r * ldo + o)]) - sum) / scale;
+      if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
+    }
+    for (int64_t o = n; o < ldo; o++) paddingIntact = paddingIntact && out[size_t(r * ldo + o)] == sentinel;
+  }
+  char name[200];
+  std::snprintf(name, sizeof name, "matmul %s rows=%lld k=%lld n=%lld bias=%d ldx+%lld ldo+%lld threads=%d (rel err %.2e)",
+                dtypeName(t), (long long)rows, (long long)k, (long long)n, int(withBias),
+                (long long)ldxPad, (long long)ldoPad, pool.size(), worst);
+  check(worst <= 1e-5 && paddingIntact, name);
+}
+
+static void testMatmul(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3) {
+  struct Shape {
+    int64_t rows, k, n;
+  };
+  const Shape shapes[] = {{1, 7, 1},    {1, 7, 5},      {1, 1, 9},       {2, 7, 3},
+                          {3, 33, 65},  {3, 65, 33},    {1, 33, 65},     {4, 16, 8},
+                          {5, 513, 31}, {17, 130, 257}, {1, 130, 257},   {64, 256, 96},
+                          {9, 300, 50}, {1, 1024, 4096}, {1, 4096, 1024}, {70, 1024, 48}};
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    int i = 0;
+    for (const Shape& s : shapes) {
+      ThreadPool& pool = i % 3 == 0 ? pool1 : i % 3 == 1 ? pool2 : pool3;
+      testMatmulCase(pool, t, s.rows, s.k, s.n, i % 2 == 0, 0, 0);
+      testMatmulCase(pool, t, s.rows, s.k, s.n, i % 2 == 1, 3, 5);
+      i++;
+    }
+  }
+}
+
+// ---- rmsnorm / rope / siluMul ------------------------------------------------------------
+
+static void testRmsnorm(ThreadPool& pool) {
+  for (int64_t dim : {1, 7, 64, 4096}) {
+    for (int64_t rows : {1, 5, 40}) {
+      std::vector<float> x = randomVector(size_t(rows * dim)), w = randomVector(size_t(dim));
+      std::vector<float> out(x.size());
+      const float eps = 1e-5f;
+      rmsnorm(pool, out.data(), x.data(), rows, dim, w.data(), eps);
+      double worst = 0;
+      for (int64_t r = 0; r < rows; r++) {
+        double ms = 0;
+        for (int64_t i = 0; i < dim; i++) ms += double(x[size_t(r * dim + i)]) * x[size_t(r * dim + i)];
+        double inv = 1.0 / std::sqrt(ms / double(dim) + double(eps));
+        for (int64_t i = 0; i < dim; i++) {
+          double want = double(x[size_t(r * dim + i)]) * inv * w[size_t(i)];
+          worst = std::max(worst, std::fabs(out[size_t(r * dim + i)] - want) / std::fabs(want));
+        }
+      }
+      check(worst <= 1e-5, "rmsnorm rows=" + std::to_string(rows) + " dim=" + std::to_string(dim) +
+                               " (rel err " + std::to_string(worst) + ")");
+    }
+  }
+}
+
+static void testRope(ThreadPool& pool) {
+  for (int headDim : {2, 16, 64, 128}) {
+    const int nHeads = 3, half = headDim / 2;
+    const int64_t rows = 6, ldx = int64_t(nHeads) * headDim + 4;
+    std::vector<float> invFreq(static_cast<size_t>(half));
+    for (int i = 0; i < half; i++) invFreq[size_t(i)] = float(1.0 / std::pow(500000.0, 2.0 * i / headDim));
+    std::vector<int32_t> positions = {0, 1, 7, 1000, 31999, 131071};
+    std::vector<float> x = randomVector(size_t(rows * ldx)), before = x;
+    rope(pool, x.data(), ldx, rows, positions.data(), nHeads, headDim, invFreq.data());
+    double worst = 0;
+    bool paddingIntact = true;
+    for (int64_t r = 0; r < rows; r++) {
+      for (int h = 0; h < nHeads; h++) {
+        for (int i = 0; i < half; i++) {
+          size_t lo = size_t(r * ldx + h * headDim + i), hi = lo + size_t(half);
+          double angle = double(positions[size_t(r)]) * double(invFreq[size_t(i)]);
+          double c = std::cos(angle), s = std::sin(angle), a = before[lo], b = before[hi];
+          double scale = std::fabs(a) + std::fabs(b);
+          worst = std::max(worst, std::fabs(x[lo] - (a * c - b * s)) / scale);
+          worst = std::max(worst, std::fabs(x[hi] - (b * c + a * s)) / scale);
+        }
+      }
+      for (int64_t i = int64_t(nHeads) * headDim; i < ldx; i++)
+        paddingIntact = paddingIntact && x[size_t(r * ldx + i)] == before[size_t(r * ldx + i)];
+    }
+    check(worst <= 1e-5 && paddingIntact,
+          "rope headDim=" + std::to_string(headDim) + " (rel err " + std::to_string(worst) + ")");
+  }
+}
+
+static void testSiluMul(ThreadPool& pool) {
+  for (int64_t n : {1, 7, 300, 5000}) {
+    for (int64_t rows : {1, 3}) {
+      const int64_t ldg = n + 2, ldu = n + 5;
+      std::vector<float> g(size_t(rows * ldg)), u = randomVector(size_t(rows * ldu));
+      for (auto& v : g) v = randomValue() * 12.f;
+      std::vector<float> before = g;
+      siluMul(pool, g.data(), ldg, u.data(), ldu, rows, n);
+      double worst = 0;
+      bool paddingIntact = true;
+      for (int64_t r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < n; i++) {
+          double gv = before[size_t(r * ldg + i)];
+          double want = gv / (1.0 + std::exp(-gv)) * u[size_t(r * ldu + i)];
+          worst = std::max(worst, std::fabs(g[size_t(r * ldg + i)] - want) / std::fabs(want));
+        }
+        for (int64_t i = n; i < ldg; i++) paddingIntact = paddingIntact && g[size_t(r * ldg + i)] == before[size_t(r * ldg + i)];
+      }
+      check(worst <= 1e-5 && paddingIntact, "siluMul rows=" + std::to_string(rows) + " n=" +
+                                               std::to_string(n) + " (rel err " + std::to_string(worst) + ")");
+    }
+  }
+  std::vector<float> g = {-200.f, -89.f, 100.f}, u = {1.f, 1.f, 2.f};
+  siluMul(pool, g.data(), 3, u.data(), 3, 1, 3);
+  check(std::fabs(g[0]) < 1e-30f && std::fabs(g[1]) < 1e-30f && g[2] == 200.f, "siluMul extremes");
+}
+
+// ---- attention -------------------------------------------------------------------------------
+
+static void testAttention(ThreadPool& pool) {
+  struct Config {
+    int nHeads, nKv, headDim, window;
+  };
+  const Config configs[] = {{4, 2, 16, 0}, {8, 2, 64, 0}, {4, 4, 20, 3}, {6, 1, 128, 5}, {2, 2, 7, 0}};
+  for (const Config& c : configs) {
+    const int ctx = 40;
+    const int64_t kvWidth = int64_t(c.nKv) * c.headDim, qWidth = int64_t(c.nHeads) * c.headDim;
+    // Two sequences; rows 1..3 are a prefill of sequence 1, row 0 a decode of sequence 0.
+    std::vector<float> kCache[2] = {randomVector(size_t(ctx * kvWidth)), randomVector(size_t(ctx * kvWidth))};
+    std::vector<float> vCache[2] = {randomVector(size_t(ctx * kvWidth)), randomVector(size_t(ctx * kvWidth))};
+    const int seqOf[] = {0, 1, 1, 1, 0};
+    const int32_t posOf[] = {39, 0, 1, 17, 5};
+    const int nRows = 5;
+    std::vector<float> q = randomVector(size_t(nRows * qWidth)), out(size_t(nRows * qWidth), 99.f);
+    std::vector<AttentionRow> rows(nRows);
+    for (int r = 0; r < nRows; r++)
+      rows[size_t(r)] = {q.data() + r * qWidth, kCache[seqOf[r]].data(), vCache[seqOf[r]].data(),
+                         out.data() + r * qWidth, posOf[r]};
+    const float scale = 1.0f / std::sqrt(float(c.headDim));
+    attention(pool, rows.data(), nRows, c.nHeads, c.nKv, c.headDim, c.window, scale);
+
+    double worst = 0;
+    for (int r = 0; r < nRows; r++) {
+      const float* K = kCache[seqOf[r]].data();
+      const float* V = vCache[seqOf[r]].data();
+      for (int h = 0; h < c.nHeads; h++) {
+        const int kvh = h / (c.nHeads / c.nKv);
+        const int pos = posOf[r];
+        const int first = c.window > 0 ? std::max(0, pos - c.window + 1) : 0;
+        std::vector<double> p;
+        double maxS = -INFINITY;
+        for (int t = first; t <= pos; t++) {
+          double s = 0;
+          for (int i = 0; i < c.headDim; i++)
+            s += double(q[size_t(r * qWidth + h * c.headDim + i)]) * K[size_t(t * kvWidth + kvh * c.headDim + i)];
+          p.push_back(s * scale);
+          maxS = std::max(maxS, s * scale);
+        }
+        double total = 0;
+        for (auto& v : p) total += (v = std::exp(v - maxS));
+        for (int i = 0; i < c.headDim; i++) {
+          double want = 0, mag = 0;
+          for (int t = first; t <= pos; t++) {
+            double vv = V[size_t(t * kvWidth + kvh * c.headDim + i)];
+            want += p[size_t(t - first)] / total * vv;
+            mag += p[size_t(t - first)] / total * std::fabs(vv);
+          }
+          double got = out[size_t(r * qWidth + h * c.headDim + i)];
+          worst = std::max(worst, std::fabs(got - want) / mag);
+        }
+      }
+    }
+    check(worst <= 1e-5, "attention heads=" + std::to_string(c.nHeads) + " kv=" + std::to_string(c.nKv) +
+                             " dim=" + std::to_string(c.headDim) + " window=" + std::to_string(c.window) +
+                             " (rel err " + std::to_string(worst) + ")");
+  }
+}
+
+// ---- sampling --------------------------------------------------------------------------------
+
+static void testSampling() {
+  std::vector<float> logits = randomVector(1000);
+  logits[417] = 5.f;
+  uint64_t state = 7;
+  SamplingParams greedy;
+  check(sampleToken(logits.data(), 1000, greedy, state) == 417 && state == 7, "greedy argmax");
+  logits[12] = 5.f;
+  check(sampleToken(logits.data(), 1000, greedy, state) == 12, "greedy ties pick lowest id");
+  logits[3] = NAN;
+  check(sampleToken(logits.data(), 1000, greedy, state) == 12, "greedy skips NaN");
+
+  SamplingParams warm;
+  warm.temperature = 1.f;
+  std::vector<float> vocab128k = randomVector(128256);
+  for (auto& v : vocab128k) v *= 8.f;
+  vocab128k[100] = NAN;
+  vocab128k[101] = -INFINITY;
+  {
+    uint64_t a = 42, b = 42;
+    bool same = true;
+    for (int i = 0; i < 50; i++)
+      same = same && sampleToken(vocab128k.data(), 128256, warm, a) == sampleToken(vocab128k.data(), 128256, warm, b);
+    check(same, "same seed gives the same tokens");
+  }
+  {
+    SamplingParams k1 = warm;
+    k1.topK = 1;
+    uint64_t s = 9;
+    int32_t g = sampleToken(vocab128k.data(), 128256, greedy, s);
+    bool ok = true;
+    for (int i = 0; i < 20; i++) ok = ok && sampleToken(vocab128k.data(), 128256, k1, s) == g;
+    check(ok, "topK=1 equals greedy");
+    SamplingParams pTiny = warm;
+    pTiny.topP = 1e-6f;
+    ok = true;
+    for (int i = 0; i < 20; i++) ok = ok && sampleToken(vocab128k.data(), 128256, pTiny, s) == g;
+    check(ok, "tiny topP equals greedy");
+    SamplingParams cold = warm;
+    cold.temperature = 1e-3f;
+    std::vector<float> clearWinner = vocab128k;
+    clearWinner[size_t(g)] += 0.05f;  // 50 units at this temperature: e^-50 for the runner-up
+    ok = true;
+    for (int i = 0; i < 20; i++) ok = ok && sampleToken(clearWinner.data(), 128256, cold, s) == g;
+    check(ok, "near-zero temperature equals greedy");
+  }
+  {
+    // Empirical distribution at temperature 1 against the softmax.
+    std::vector<float> small = {1.0f, 0.5f, -0.3f, 2.0f, 0.1f, -1.0f, 0.7f, 1.5f};
+    const int n = int(small.size()), draws = 20000;
+    std::vector<double> prob(static_cast<size_t>(n));
+    double total = 0;
+    for (int i = 0; i < n; i++) total += (prob[size_t(i)] = std::exp(double(small[size_t(i)])));
+    std::vector<int> counts(static_cast<size_t>(n));
+    uint64_t s = 2024;
+    for (int i = 0; i < draws; i++) counts[size_t(sampleToken(small.data(), n, warm, s))]++;
+    double worst = 0;
+    for (int i = 0; i < n; i++) worst = std::max(worst, std::fabs(counts[size_t(i)] / double(draws) - prob[size_t(i)] / total));
+    check(worst < 0.015, "sampling matches softmax (max abs freq diff " + std::to_string(worst) + ")");
+
+    // Temperature 2 flattens: compare against softmax(logits / 2).
+    SamplingParams t2 = warm;
+    t2.temperature = 2.f;
+    total = 0;
+    for (int i = 0; i < n; i++) total += (prob[size_t(i)] = std::exp(double(small[size_t(i)]) / 2));
+    std::fill(counts.begin(), counts.end(), 0);
+    for (int i = 0; i < draws; i++) counts[size_t(sampleToken(small.data(), n, t2, s))]++;
+    worst = 0;
+    for (int i = 0; i < n; i++) worst = std::max(worst, std::fabs(counts[size_t(i)] / double(draws) - prob[size_t(i)] / total));
+    check(worst < 0.015, "sampling at temperature 2 (max abs freq diff " + std::to_string(worst) + ")");
+  }
+  {
+    // probs 0.5, 0.3, 0.15, 0.05: topP 0.7 keeps ids 0 and 1 in ratio 5:3; topK 3 drops id 3.
+    std::vector<float> l = {float(std::log(0.5)), float(std::log(0.3)), float(std::log(0.15)), float(std::log(0.05))};
+    SamplingParams nucleus = warm;
+    nucleus.topP = 0.7f;
+    std::vector<int> counts(4);
+    uint64_t s = 5;
+    for (int i = 0; i < 20000; i++) counts[size_t(sampleToken(l.data(), 4, nucleus, s))]++;
+    check(counts[2] == 0 && counts[3] == 0 && std::fabs(counts[0] / 20000.0 - 0.625) < 0.015,
+          "topP nucleus keeps the right set, renormalised");
+    SamplingParams topk = warm;
+    topk.topK = 3;
+    std::fill(counts.begin(), counts.end(), 0);
+    for (int i = 0; i < 20000; i++) counts[size_t(sampleToken(l.data(), 4, topk, s))]++;
+    check(counts[3] == 0 && std::fabs(counts[0] / 20000.0 - 0.5 / 0.95) < 0.015, "topK keeps the k best, renormalised");
+  }
+  {
+    std::vector<float> bad = {NAN, NAN, NAN};
+    uint64_t s = 1;
+    check(sampleToken(bad.data(), 3, warm, s) == 0 && sampleToken(bad.data(), 3, greedy, s) == 0, "all-NaN logits give 0");
+    std::vector<float> ninf = {-INFINITY, -INFINITY};
+    check(sampleToken(ninf.data(), 2, warm, s) == 0, "all -inf logits give 0");
+    std::vector<float> mixed = {NAN, -INFINITY, 0.5f, NAN};
+    bool ok = true;
+    for (int i = 0; i < 100; i++) ok = ok && sampleToken(mixed.data(), 4, warm, s) == 2;
+    check(ok, "NaN and -inf are never drawn");
+    std::vector<float> inf = {1.f, INFINITY, 3.f, INFINITY};
+    ok = true;
+    for (int i = 0; i < 100; i++) {
+      int32_t t = sampleToken(inf.data(), 4, warm, s);
+      ok = ok && (t == 1 || t == 3);
+    }
+    check(ok, "+inf logits take all the mass");
+  }
+  {
+    // Speed at Llama-3 vocabulary size; reported, not asserted.
+    SamplingParams k40 = warm;
+    k40.topK = 40;
+    k40.topP = 0.9f;
+    SamplingParams pOnly = warm;
+    pOnly.topP = 0.9f;
+    uint64_t s = 3;
+    auto time = [&](const SamplingParams& sp) {
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 20; i++) sampleToken(vocab128k.data(), 128256, sp, s);
+      return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / 20;
+    };
+    std::printf("sampling 128k vocab, flat logits: greedy %.0f us, temp %.0f us, topK40+topP %.0f us, topP only %.0f us\n",
+                time(greedy), time(warm), time(k40), time(pOnly));
+    for (auto& v : vocab128k) v *= 3.f;  // peakier, closer to a trained model's logits
+    std::printf("sampling 128k vocab, peaky logits: topP only %.0f us\n", time(pOnly));
+  }
+}
+
+int main() {
+  std::printf("kernel variant: %s\n", cpuKernelVariant());
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  testConversions();
+  testMatmul(pool1, pool2, pool3);
+  testRmsnorm(pool2);
+  testRmsnorm(pool3);
+  testRope(pool2);
+  testSiluMul(pool2);
+  testSiluMul(pool3);
+  testAttention(pool1);
+  testAttention(pool3);
+  testSampling();
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
