@@ -195,6 +195,15 @@ ModelConfig readConfig(Napi::Env env, Napi::Object o) {
   c.oBias = boolean("oBias");
   c.mlpBias = boolean("mlpBias");
   c.slidingWindow = int(num("slidingWindow"));
+  Napi::Value rl = o.Get("routingLayers");
+  if (rl.IsArray()) {
+    c.hasRoutingLayers = true;
+    Napi::Array a = rl.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      if (!a.Get(i).IsNumber()) throwArg(env, "config.routingLayers must hold layer numbers");
+      c.routingLayers.push_back(a.Get(i).As<Napi::Number>().Int32Value());
+    }
+  }
   return c;
 }
 
@@ -315,6 +324,11 @@ Napi::Value NativeModel::Info(const Napi::CallbackInfo& info) {
     k++;
   }
   o.Set("tensorNames", names);
+  Napi::Array fd = Napi::Array::New(env), sk = Napi::Array::New(env);
+  for (size_t i = 0; i < m.flexiDepthLayers.size(); i++) fd.Set(uint32_t(i), m.flexiDepthLayers[i]);
+  for (size_t i = 0; i < m.skipRouterLayers.size(); i++) sk.Set(uint32_t(i), m.skipRouterLayers[i]);
+  o.Set("flexiDepthLayers", fd);
+  o.Set("skipRouterLayers", sk);
   o.Set("tensorFiles", where);
   return o;
 }
@@ -340,9 +354,10 @@ class ForwardWorker : public CodedWorker {
   std::vector<std::shared_ptr<Sequence>> seqs_;
   std::vector<Request> requests_;
   std::vector<Response> responses_;
+  PolicySpec policy_;
 
   void Execute() override {
-    guarded([&] { engine_->forward(requests_, responses_); });
+    guarded([&] { engine_->forward(requests_, responses_, policy_); });
   }
   void OnOK() override {
     Napi::Env env = Env();
@@ -356,19 +371,75 @@ class ForwardWorker : public CodedWorker {
         r.Set("logits", a);
       }
       if (requests_[i].sample) r.Set("token", Napi::Number::New(env, responses_[i].token));
+      auto& ex = responses_[i].executed;
+      Napi::Uint8Array e = Napi::Uint8Array::New(env, ex.size());
+      std::memcpy(e.Data(), ex.data(), ex.size());
+      r.Set("executed", e);
+      auto& wt = responses_[i].weights;
+      Napi::Float32Array w = Napi::Float32Array::New(env, wt.size());
+      std::memcpy(w.Data(), wt.data(), wt.size() * 4);
+      r.Set("weights", w);
       out.Set(uint32_t(i), r);
     }
     deferred_.Resolve(out);
   }
 };
 
-// forward([{sequence, tokens: Int32Array, logits: 'none'|'last'|'all', sample?: {temperature, topK, topP}}])
+std::vector<int> intList(Napi::Env env, Napi::Value v, const char* what) {
+  std::vector<int> out;
+  if (v.IsUndefined()) return out;
+  if (!v.IsArray()) throwArg(env, std::string(what) + " must be an array of layer numbers");
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    if (!a.Get(i).IsNumber()) throwArg(env, std::string(what) + " must be an array of layer numbers");
+    out.push_back(a.Get(i).As<Napi::Number>().Int32Value());
+  }
+  return out;
+}
+
+// {type: 'none'|'static'|'flexidepth'|'skiplayer'|'d3', ...} as normalised by src/policy.ts
+PolicySpec readPolicy(Napi::Env env, Napi::Value v) {
+  PolicySpec s;
+  if (v.IsUndefined() || v.IsNull()) return s;
+  if (!v.IsObject()) throwArg(env, "policy must be an object");
+  Napi::Object o = v.As<Napi::Object>();
+  std::string type = o.Get("type").IsString() ? o.Get("type").As<Napi::String>().Utf8Value() : "";
+  auto num = [&](const char* k, double def) {
+    Napi::Value x = o.Get(k);
+    return x.IsNumber() ? x.As<Napi::Number>().DoubleValue() : def;
+  };
+  if (type == "none") s.type = PolicySpec::None;
+  else if (type == "static") {
+    s.type = PolicySpec::Static;
+    s.skipLayers = intList(env, o.Get("skipLayers"), "policy.skipLayers");
+    s.skipAttention = intList(env, o.Get("skipAttention"), "policy.skipAttention");
+    s.skipMlp = intList(env, o.Get("skipMlp"), "policy.skipMlp");
+  } else if (type == "flexidepth") {
+    s.type = PolicySpec::FlexiDepth;
+    s.threshold = float(num("threshold", 0.5));
+  } else if (type == "skiplayer") {
+    s.type = PolicySpec::SkipLayer;
+  } else if (type == "d3") {
+    s.type = PolicySpec::D3;
+    s.alpha = num("alpha", 1.0);
+    s.start = int(num("start", 0));
+    s.minLayers = int(num("minLayers", 2));
+  } else {
+    throwArg(env, "policy.type must be none, static, flexidepth, skiplayer or d3");
+  }
+  return s;
+}
+
+// forward([{sequence, tokens: Int32Array, logits: 'none'|'last'|'all', sample?: {temperature, topK, topP},
+//           genIndex?}], policy?)
 Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto e = live(env);
   if (!info[0].IsArray()) throwArg(env, "forward(requests) needs an array");
   Napi::Array arr = info[0].As<Napi::Array>();
+  PolicySpec policy = readPolicy(env, info[1]);
   auto* w = new ForwardWorker(env, e);
+  w->policy_ = policy;
   try {
     for (uint32_t i = 0; i < arr.Length(); i++) {
       if (!arr.Get(i).IsObject()) throwArg(env, "each request must be an object");
@@ -399,6 +470,7 @@ Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
         rq.sampling.topK = so.Get("topK").IsNumber() ? so.Get("topK").As<Napi::Number>().Int32Value() : 0;
         rq.sampling.topP = so.Get("topP").IsNumber() ? so.Get("topP").As<Napi::Number>().FloatValue() : 1.f;
       }
+      if (o.Get("genIndex").IsNumber()) rq.genIndex = o.Get("genIndex").As<Napi::Number>().Int32Value();
       w->seqs_.push_back(seq);
       w->requests_.push_back(std::move(rq));
     }

@@ -55,6 +55,7 @@ class Ops {
   virtual void attention(float* out, const float* q, const AttnRow* rows, int64_t nRows, int nHeads, int nKv,
                          int headDim, int window) = 0;
   virtual void siluMul(float* gate, const float* up, int64_t rows, int64_t n) = 0;
+  virtual void tanhInPlace(float* x, int64_t n) = 0;
   // x[r] += y[r] over all rows
   virtual void addRows(float* x, const float* y, int64_t rows, int64_t dim) = 0;
   // dst[i] = src[idx[i]]  (compacting the active rows)

@@ -1,5 +1,6 @@
 // The decoder forward pass over a ragged batch: any number of sequences, each bringing any
-// number of new tokens (a prompt to prefill, or one token to decode), each with its own KV cache.
+// number of new tokens (a prompt to prefill, or one token to decode), each with its own KV cache,
+// with a skip policy deciding per token and per layer what runs.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -8,6 +9,7 @@
 
 #include "backend.h"
 #include "model.h"
+#include "policy.h"
 
 namespace dg {
 
@@ -33,11 +35,14 @@ struct Request {
   LogitsMode logits = LogitsMode::Last;
   bool sample = false;
   SamplingParams sampling;
+  int32_t genIndex = -1;  // index of the generated token this pass produces (D3); -1 = prompt
 };
 
 struct Response {
-  std::vector<float> logits;  // [rows, vocab]: 1 row for Last, tokens.size() for All
-  int32_t token = -1;         // sampled from the last row when Request::sample
+  std::vector<float> logits;     // [rows, vocab]: 1 row for Last (or sample), tokens.size() for All
+  std::vector<uint8_t> executed;  // [rows, layers]: 1 where the layer's full computation ran
+  std::vector<float> weights;     // [rows, layers]: router weight, NaN where there is none
+  int32_t token = -1;             // sampled from the last row when Request::sample
 };
 
 class Engine {
@@ -49,35 +54,49 @@ class Engine {
   Ops& ops() { return *ops_; }
 
   std::unique_ptr<Sequence> createSequence(int64_t maxContext, uint64_t seed);
-  // Runs every request in one pass per layer. Throws dg::Error (context overflow, memory)
-  // before any cache is modified when a request cannot fit.
-  void forward(std::vector<Request>& requests, std::vector<Response>& responses);
+  // Runs every request in one pass per layer under `policy`. Throws dg::Error (context overflow,
+  // bad policy, memory) before any cache is modified when a request cannot fit.
+  void forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& policy);
   void truncate(Sequence& s, int64_t length);  // forget positions >= length
   void releaseSequence(Sequence& s);
+
+  // Weights and norms as the backend holds them.
+  struct LayerDev {
+    const float *inputNorm, *postAttnNorm, *qB, *kB, *vB, *oB, *gateB, *upB, *downB;
+    Weight q, k, v, o, gate, up, down;
+    bool flexi = false;
+    Weight fEnc, fDec, fHead, fGate, fDown, fUp;
+    const float* fNorm = nullptr;
+    Weight sLayer, sAttn, sMlp;
+  };
+  const LayerDev& layer(int l) const { return layers_[size_t(l)]; }
+  // Scratch for routers: [rows, n] floats of backend memory, and a host copy for decisions.
+  float* routerScratch(int which) { return which == 0 ? r0_ : r1_; }
+  std::vector<float>& routerHost() { return routerHost_; }
 
  private:
   void ensureCapacity(Sequence& s, int64_t needed);
   void ensureScratch(int64_t rows);
-  void runChunk(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
-                const std::vector<Sequence*>& seqs, int64_t rows);
+  void runChunk(const std::vector<int32_t>& tokens, const std::vector<RowMeta>& meta,
+                const std::vector<Sequence*>& seqs, int64_t rows, Policy* policy, uint8_t* executed, float* weights);
+  void routedMlp(const LayerDev& L, int layer, int64_t rows, LayerPlan& plan, Policy* policy);
 
   std::shared_ptr<Model> model_;
   std::unique_ptr<Ops> ops_;
-  std::vector<Weight> deviceWeights_;
   std::mutex mu_;  // one forward at a time per engine
   // Scratch, sized for kChunk rows.
   int64_t scratchRows_ = 0;
-  float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *kNew_ = nullptr, *vNew_ = nullptr, *att_ = nullptr,
-        *proj_ = nullptr, *gate_ = nullptr, *up_ = nullptr;
+  float *x_ = nullptr, *xn_ = nullptr, *xg_ = nullptr, *q_ = nullptr, *kNew_ = nullptr, *vNew_ = nullptr,
+        *att_ = nullptr, *proj_ = nullptr, *gate_ = nullptr, *up_ = nullptr, *r0_ = nullptr, *r1_ = nullptr;
+  std::vector<float> routerHost_;
   std::vector<float*> small_;  // norms and biases in backend memory
-  struct LayerDev {
-    const float *inputNorm, *postAttnNorm, *qB, *kB, *vB, *oB, *gateB, *upB, *downB;
-    Weight q, k, v, o, gate, up, down;
-  };
   std::vector<LayerDev> layers_;
   const float* finalNorm_ = nullptr;
   const float* invFreq_ = nullptr;
   Weight embed_, lmHead_;
+  // Per-chunk index lists (host); the CUDA backend will keep them on the device.
+  std::vector<int32_t> attnIdx_, mlpIdx_, adaIdx_, posAct_;
+  std::vector<float> mlpScale_, adaScale_;
 };
 
 }  // namespace dg

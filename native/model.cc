@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -93,6 +94,64 @@ bool ignorable(const std::string& name) {
   return name.find("rotary_emb.inv_freq") != std::string::npos;
 }
 
+// Optional router weights: a layer has all of a router's tensors or none of them.
+void bindRouters(Model& m, Binder& b) {
+  const ModelConfig& c = m.config;
+  int64_t d = c.hidden;
+  for (int i = 0; i < c.layers; i++) {
+    std::string p = "model.layers." + std::to_string(i) + ".";
+    LayerWeights& L = m.layers[size_t(i)];
+    static const char* fdNames[] = {"router.router_enc.weight", "router.router_norm.weight", "router.router_dec.weight",
+                                    "router.router_head.weight", "router_proj.gate_proj.weight",
+                                    "router_proj.down_proj.weight", "router_proj.up_proj.weight"};
+    int have = 0;
+    for (auto n : fdNames) have += m.store.find(p + n) ? 1 : 0;
+    if (have > 0 && have < 7) {
+      for (auto n : fdNames)
+        if (!m.store.find(p + n))
+          throw Error(kErrFormat, "incomplete FlexiDepth weights for layer " + std::to_string(i) + ": missing '" + p + n + "'",
+                      b.fileHint());
+    }
+    if (have == 7) {
+      const TensorEntry* enc = m.store.find(p + "router.router_enc.weight");
+      const TensorEntry* gate = m.store.find(p + "router_proj.gate_proj.weight");
+      if (enc->shape.size() != 2 || gate->shape.size() != 2)
+        throw Error(kErrFormat, "FlexiDepth weights of layer " + std::to_string(i) + " must be matrices",
+                    m.store.files()[enc->file]->path());
+      int64_t r = enc->shape[0], mm = gate->shape[0];
+      FlexiDepthWeights& f = L.flexi;
+      f.enc = b.matrix(p + "router.router_enc.weight", r, d);
+      f.norm = b.vec(p + "router.router_norm.weight", r);
+      f.dec = b.matrix(p + "router.router_dec.weight", d, r);
+      f.head = b.matrix(p + "router.router_head.weight", 1, d);
+      f.gate = b.matrix(p + "router_proj.gate_proj.weight", mm, d);
+      f.down = b.matrix(p + "router_proj.down_proj.weight", mm, d);
+      f.up = b.matrix(p + "router_proj.up_proj.weight", d, mm);
+      f.present = true;
+      m.flexiDepthLayers.push_back(i);
+    }
+    SkipRouterWeights& s = L.skip;
+    if (m.store.find(p + "skip_router.weight")) s.wLayer = b.matrix(p + "skip_router.weight", 2, d), s.layer = true;
+    if (m.store.find(p + "self_attn.skip_router.weight"))
+      s.wAttn = b.matrix(p + "self_attn.skip_router.weight", 2, d), s.attn = true;
+    if (m.store.find(p + "mlp.skip_router.weight")) s.wMlp = b.matrix(p + "mlp.skip_router.weight", 2, d), s.mlp = true;
+    if (s.layer && (s.attn || s.mlp))
+      throw Error(kErrFormat, "layer " + std::to_string(i) + " has both a whole-layer and a per-module SkipLayer router",
+                  b.fileHint());
+    if (s.layer || s.attn || s.mlp) m.skipRouterLayers.push_back(i);
+  }
+  if (c.hasRoutingLayers) {
+    for (int l : c.routingLayers)
+      if (l < 0 || l >= c.layers || !m.layers[size_t(l)].flexi.present)
+        throw Error(kErrFormat, "config.json routing_layers lists layer " + std::to_string(l) +
+                                    ", which has no FlexiDepth router weights", "config.json");
+    for (int l : m.flexiDepthLayers)
+      if (std::find(c.routingLayers.begin(), c.routingLayers.end(), l) == c.routingLayers.end())
+        throw Error(kErrFormat, "layer " + std::to_string(l) + " has FlexiDepth router weights but config.json routing_layers does not list it",
+                    "config.json");
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files, bool prefault,
@@ -130,6 +189,7 @@ std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::
       L.downBias = b.vec(p + "mlp.down_proj.bias", d);
     }
   }
+  bindRouters(*m, b);
   m->finalNorm = b.vec("model.norm.weight", d);
   if (c.tiedEmbeddings) {
     m->lmHead = m->embed;

@@ -27,12 +27,35 @@ struct ModelConfig {
   bool oBias = false;     // Llama attention_bias
   bool mlpBias = false;   // Llama mlp_bias
   int slidingWindow = 0;  // 0 = none (Mistral sets it)
+  // FlexiDepth's config.routing_layers, when config.json has it (an add-on file brings none).
+  bool hasRoutingLayers = false;
+  std::vector<int> routingLayers;
+};
+
+// FlexiDepth router and adapter of one layer, under the official key names
+// model.layers.{i}.router.* and model.layers.{i}.router_proj.* (research/methods.md 1.3).
+struct FlexiDepthWeights {
+  bool present = false;
+  Weight enc, dec, head;     // [r, d], [d, r], [1, d]
+  std::vector<float> norm;   // [r] router_norm
+  Weight gate, down, up;     // adapter: [m, d], [m, d] (maps d -> m despite its name), [d, m]
+};
+
+// SkipLayer routers: bias-free Linear(hidden -> 2) with logits [skip, run]. Key names (ours):
+// model.layers.{i}.skip_router.weight (whole layer, on input_layernorm(h)), or per module
+// model.layers.{i}.self_attn.skip_router.weight (on input_layernorm(h)) and
+// model.layers.{i}.mlp.skip_router.weight (on post_attention_layernorm(h')).
+struct SkipRouterWeights {
+  bool layer = false, attn = false, mlp = false;
+  Weight wLayer, wAttn, wMlp;  // [2, d]
 };
 
 struct LayerWeights {
   std::vector<float> inputNorm, postAttnNorm;
   Weight q, k, v, o, gate, up, down;
   std::vector<float> qBias, kBias, vBias, oBias, gateBias, upBias, downBias;  // empty when absent
+  FlexiDepthWeights flexi;
+  SkipRouterWeights skip;
 };
 
 struct Model {
@@ -46,9 +69,11 @@ struct Model {
   size_t weightBytes = 0;      // bytes of every tensor the model uses
   int64_t parameters = 0;
   std::string dtypeSummary;    // e.g. "BF16" or "BF16+F32"
+  std::vector<int> flexiDepthLayers;  // layers with FlexiDepth routers
+  std::vector<int> skipRouterLayers;  // layers with any SkipLayer router
 };
 
-// Opens `files`, checks that exactly the tensors the config needs are there with the right
+// Opens `files` (the checkpoint's shards, then any add-on files with router weights), checks that exactly the tensors the config needs are there with the right
 // shapes, and binds them. onProgress(done, total) is called while pages are read in.
 // Throws dg::Error; everything taken so far is released by the throw.
 std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files,

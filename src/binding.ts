@@ -29,6 +29,8 @@ export interface NativeConfig {
   oBias: boolean;
   mlpBias: boolean;
   slidingWindow: number;
+  /** FlexiDepth's config.routing_layers, when config.json has it. */
+  routingLayers?: number[];
 }
 
 export interface NativeSequence {
@@ -44,11 +46,17 @@ export interface NativeRequest {
   tokens: Int32Array;
   logits: 'none' | 'last' | 'all';
   sample?: { temperature: number; topK: number; topP: number };
+  /** Index of the generated token this pass produces (D3); absent for prompt passes. */
+  genIndex?: number;
 }
 
 export interface NativeResponse {
   logits?: Float32Array;
   token?: number;
+  /** [rows, layers]: 1 where the layer ran in full; rows = all positions for 'all', else the last. */
+  executed: Uint8Array;
+  /** [rows, layers]: router weights, NaN where none. */
+  weights: Float32Array;
 }
 
 export interface NativeModelInfo {
@@ -59,12 +67,14 @@ export interface NativeModelInfo {
   files: string[];
   tensorNames: string[];
   tensorFiles: number[];
+  flexiDepthLayers: number[];
+  skipRouterLayers: number[];
 }
 
 export interface NativeModel {
   info(): NativeModelInfo;
   createSequence(contextSize: number, seed: number): NativeSequence;
-  forward(requests: NativeRequest[]): Promise<NativeResponse[]>;
+  forward(requests: NativeRequest[], policy?: import('./policy').Policy): Promise<NativeResponse[]>;
   dispose(): void;
 }
 

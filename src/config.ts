@@ -156,6 +156,13 @@ export function readModelConfig(dir: string): ModelConfig {
   if (arch === 'MistralForCausalLM' && raw.sliding_window !== undefined && raw.sliding_window !== null)
     slidingWindow = f.int('sliding_window');
   const mlpBias = f.bool('mlp_bias', false);
+  let routingLayers: number[] | undefined;
+  if (raw.routing_layers !== undefined && raw.routing_layers !== null) {
+    const rl = raw.routing_layers;
+    if (!Array.isArray(rl) || rl.some((x) => !Number.isInteger(x) || x < 0))
+      f.fail('routing_layers', 'must be a list of layer numbers');
+    routingLayers = rl as number[];
+  }
   if (raw.pretraining_tp !== undefined && raw.pretraining_tp !== null && raw.pretraining_tp !== 1)
     f.int('pretraining_tp'); // any integer is fine: tensor-parallel slicing gives the same math
 
@@ -183,6 +190,7 @@ export function readModelConfig(dir: string): ModelConfig {
     oBias,
     mlpBias,
     slidingWindow,
+    ...(routingLayers ? { routingLayers } : {}),
     bosTokenId: tokenIds(raw.bos_token_id, 'bos_token_id', file)[0] ?? null,
     eosTokenIds: tokenIds(raw.eos_token_id, 'eos_token_id', file),
   };

@@ -30,6 +30,7 @@ import {
   type TokenChunk,
 } from './options';
 import { StreamDecoder, Tokenizer, type ChatMessage } from './tokenizer';
+import { validatePolicy, type Policy } from './policy';
 
 /** What to generate from: plain text, chat messages (rendered with the chat template), or token ids. */
 export type GenerateInput = string | ChatMessage[] | { tokens: ArrayLike<number> };
@@ -50,6 +51,10 @@ export interface ModelInfo {
   /** KV-cache bytes per token of context (f32 K and V for every layer). */
   kvBytesPerToken: number;
   files: string[];
+  /** Layers with FlexiDepth router weights (from the checkpoint or add-ons). */
+  flexiDepthLayers: number[];
+  /** Layers with SkipLayer routers. */
+  skipRouterLayers: number[];
 }
 
 /** Per-position logits from {@link Model.evaluate}. */
@@ -57,10 +62,16 @@ export interface EvaluateResult {
   /** One row of `vocabSize` logits per input position. */
   logits: Float32Array[];
   vocabSize: number;
+  /** Per position, per layer: 1 where the layer's full computation ran for that token. */
+  executed: Uint8Array[];
+  /** Per position, per layer: router weight (FlexiDepth), NaN where none. */
+  routerWeights: Float32Array[];
 }
 
 interface Pending {
   request: NativeRequest;
+  policy: Policy;
+  policyKey: string;
   resolve(r: NativeResponse): void;
   reject(e: unknown): void;
 }
@@ -75,6 +86,8 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   const config = readModelConfig(root);
   const tokenizer = Tokenizer.fromDirectory(root, config.bosTokenId);
   const { files, weightMap, indexFile } = listWeightFiles(root);
+  const addons = (opts.addons ?? []).map((a) => path.resolve(root, a));
+  for (const a of addons) if (!fs.existsSync(a)) throw new ModelFileError('add-on file does not exist', a);
   const abortFlag = new Int32Array(1);
   const signal = opts.signal;
   if (signal?.aborted) throw new AbortError('model load was aborted', signal.reason);
@@ -85,7 +98,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   let nm: NativeModel;
   try {
     nm = await native().loadModel(
-      { files, config, threads: opts.threads ?? os.availableParallelism(), prefault: opts.prefault ?? true },
+      { files: [...files, ...addons], config, threads: opts.threads ?? os.availableParallelism(), prefault: opts.prefault ?? true },
       opts.onProgress,
       abortFlag,
     );
@@ -101,6 +114,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
       const listed = new Set(Object.keys(weightMap));
       info.tensorNames.forEach((name, i) => {
         const where = info.files[info.tensorFiles[i]];
+        if (addons.includes(where)) return;
         if (!listed.has(name)) throw new ModelFormatError(`tensor '${name}' in ${where} is not listed in the index`, indexFile);
         if (weightMap[name] !== where)
           throw new ModelFormatError(`the index puts tensor '${name}' in ${weightMap[name]} but it is in ${where}`, indexFile);
@@ -159,6 +173,8 @@ export class Model implements AsyncDisposable {
       contextSize: this.contextSize,
       kvBytesPerToken: 2 * 4 * c.numLayers * c.numKvHeads * c.headDim,
       files: ni.files,
+      flexiDepthLayers: ni.flexiDepthLayers,
+      skipRouterLayers: ni.skipRouterLayers,
     };
   }
 
@@ -208,11 +224,11 @@ export class Model implements AsyncDisposable {
     return new GenerationStream(seq, input, opts, true);
   }
 
-  /** Logits at every position of `tokens` (a fresh sequence from position 0). */
-  async evaluate(tokens: ArrayLike<number>): Promise<EvaluateResult> {
+  /** Logits (and the layers each token ran) at every position of `tokens`, in a fresh sequence. */
+  async evaluate(tokens: ArrayLike<number>, options?: { policy?: Policy }): Promise<EvaluateResult> {
     const seq = this.createSequence({ contextSize: Math.max(1, tokens.length) });
     try {
-      return await seq.evaluate(tokens);
+      return await seq.evaluate(tokens, options);
     } finally {
       seq.dispose();
     }
@@ -247,11 +263,11 @@ export class Model implements AsyncDisposable {
     this.sequences.delete(s);
   }
 
-  /** @internal Queues one request; requests waiting together run as one batch. */
-  run(request: NativeRequest): Promise<NativeResponse> {
+  /** @internal Queues one request; requests waiting together under the same policy run as one batch. */
+  run(request: NativeRequest, policy: Policy = { type: 'none' }): Promise<NativeResponse> {
     this.live();
     return new Promise((resolve, reject) => {
-      this.queue.push({ request, resolve, reject });
+      this.queue.push({ request, policy, policyKey: JSON.stringify(policy), resolve, reject });
       if (!this.inFlight) this.inFlight = this.pump();
     });
   }
@@ -262,9 +278,10 @@ export class Model implements AsyncDisposable {
     while (this.queue.length && this.nm) {
       const batch: Pending[] = [];
       const seen = new Set<NativeSequence>();
+      const key = this.queue[0].policyKey;
       for (let i = 0; i < this.queue.length; ) {
         const p = this.queue[i];
-        if (seen.has(p.request.sequence)) {
+        if (seen.has(p.request.sequence) || p.policyKey !== key) {
           i++;
           continue;
         }
@@ -280,7 +297,7 @@ export class Model implements AsyncDisposable {
   private async runBatch(batch: Pending[]): Promise<void> {
     const nm = this.nm!;
     try {
-      const out = await nm.forward(batch.map((p) => p.request));
+      const out = await nm.forward(batch.map((p) => p.request), batch[0].policy);
       batch.forEach((p, i) => p.resolve(out[i]));
     } catch (e) {
       if (batch.length === 1) batch[0].reject(fromNative(e));
@@ -361,19 +378,29 @@ export class Sequence implements AsyncDisposable {
       );
   }
 
-  /** Logits at every position of `tokens`, appended to this sequence. */
-  async evaluate(tokens: ArrayLike<number>): Promise<EvaluateResult> {
+  /** Logits (and the layers each token ran) at every position of `tokens`, appended to this sequence. */
+  async evaluate(tokens: ArrayLike<number>, options?: { policy?: Policy }): Promise<EvaluateResult> {
+    const o = checkObject(options, 'options');
+    for (const k of Object.keys(o)) if (k !== 'policy') throw new InvalidOptionError(k, 'is not a known option (known: policy)');
+    const L = this.model.config.numLayers;
+    const policy = validatePolicy(o.policy, L);
     const ids = this.inputTokens({ tokens });
     this.checkFits(ids.length);
     const ns = this.acquire();
     try {
-      const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(ids), logits: 'all' });
+      const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(ids), logits: 'all' }, policy);
       this.tokens.push(...ids);
       this.pendingToken = null;
       const v = this.model.config.vocabSize;
       const logits: Float32Array[] = [];
-      for (let i = 0; i < ids.length; i++) logits.push(r.logits!.subarray(i * v, (i + 1) * v));
-      return { logits, vocabSize: v };
+      const executed: Uint8Array[] = [];
+      const routerWeights: Float32Array[] = [];
+      for (let i = 0; i < ids.length; i++) {
+        logits.push(r.logits!.subarray(i * v, (i + 1) * v));
+        executed.push(r.executed.subarray(i * L, (i + 1) * L));
+        routerWeights.push(r.weights.subarray(i * L, (i + 1) * L));
+      }
+      return { logits, vocabSize: v, executed, routerWeights };
     } finally {
       this.busy = false;
     }
@@ -452,6 +479,10 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
     const stops = opts.stop ?? [];
     const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
     const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
+    const L = model.config.numLayers;
+    const policy = validatePolicy(opts.policy, L);
+    const layerCounts = new Array<number>(L).fill(0);
+    let depthTokens = 0;
     let finishReason: GenerateResult['finishReason'] = 'length';
     const generated: number[] = [];
     const fed: number[] = [];
@@ -493,7 +524,11 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
       const t0 = performance.now();
       let input = ids;
       for (let i = 0; i < maxTokens; i++) {
-        const r = await model.run({ sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling });
+        // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
+        const r = await model.run(
+          { sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling, ...(i > 0 ? { genIndex: i } : {}) },
+          policy,
+        );
         fed.push(...input);
         const token = r.token!;
         pending = token;
@@ -502,12 +537,18 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
           decodeStart = performance.now();
         }
         generated.push(token);
+        let layers = 0;
+        for (let l = 0; l < L; l++) {
+          layerCounts[l] += r.executed[l];
+          layers += r.executed[l];
+        }
+        depthTokens++;
         if (eos.has(token)) {
           finishReason = 'eos';
           break;
         }
         text += decoder.push(token);
-        waiting.push({ token, text: '', index: i });
+        waiting.push({ token, text: '', index: i, layers, executed: r.executed, routerWeights: r.weights });
         // Text that may be the start of a stop string is held back, together with its tokens.
         let hit = -1;
         for (const s of stops) {
@@ -559,6 +600,11 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
         tokens: generated,
         finishReason,
         usage: { promptTokens, completionTokens: generated.length },
+        depth: {
+          layerCounts,
+          meanLayers: depthTokens ? layerCounts.reduce((a, b) => a + b, 0) / depthTokens : 0,
+          tokens: depthTokens,
+        },
         timings: {
           prefillMs,
           decodeMs,

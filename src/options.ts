@@ -3,6 +3,7 @@
  * InvalidOptionError naming the option, so a typo never silently falls back to a default.
  */
 import { InvalidOptionError } from './errors';
+import type { Policy } from './policy';
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
@@ -18,6 +19,11 @@ export interface LoadOptions {
   onProgress?: (fraction: number) => void;
   /** Cancels the load; the promise rejects with AbortError and everything taken is freed. */
   signal?: AbortSignal;
+  /**
+   * Add-on safetensors files with router weights (FlexiDepth `model.layers.{i}.router.*` and
+   * `router_proj.*`, or SkipLayer `skip_router`) applied to this base model.
+   */
+  addons?: string[];
 }
 
 /** Options of generation. */
@@ -42,6 +48,8 @@ export interface GenerateOptions {
   stopOnAbort?: boolean;
   /** Called for every generated token. */
   onToken?: (chunk: TokenChunk) => void;
+  /** Which layers each token runs (default: all). */
+  policy?: Policy;
 }
 
 /** One generated token. */
@@ -52,6 +60,22 @@ export interface TokenChunk {
   text: string;
   /** Index of the token among the generated ones, from 0. */
   index: number;
+  /** Number of layers whose full computation ran in the pass that produced this token. */
+  layers: number;
+  /** Per layer, 1 where the full computation ran for the row that produced this token. */
+  executed: Uint8Array;
+  /** Per layer, the router weight (FlexiDepth), NaN where the layer has none. */
+  routerWeights: Float32Array;
+}
+
+/** Depth statistics of a generation, over its generated tokens. */
+export interface DepthStats {
+  /** Per layer, how many generated tokens ran it in full. */
+  layerCounts: number[];
+  /** Mean number of layers run per generated token. */
+  meanLayers: number;
+  /** Tokens counted. */
+  tokens: number;
 }
 
 /** The outcome of a generation. */
@@ -63,6 +87,8 @@ export interface GenerateResult {
   /** Why generation ended. */
   finishReason: 'eos' | 'stop' | 'length' | 'context' | 'abort';
   usage: { promptTokens: number; completionTokens: number };
+  /** Which layers the generated tokens ran. */
+  depth: DepthStats;
   timings: {
     /** Time to process the prompt and pick the first token, in ms. */
     prefillMs: number;
@@ -76,9 +102,9 @@ export interface GenerateResult {
 }
 
 const GENERATE_KEYS = new Set([
-  'maxTokens', 'temperature', 'topK', 'topP', 'seed', 'stop', 'stopOnEos', 'signal', 'stopOnAbort', 'onToken',
+  'maxTokens', 'temperature', 'topK', 'topP', 'seed', 'stop', 'stopOnEos', 'signal', 'stopOnAbort', 'onToken', 'policy',
 ]);
-const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'prefault', 'onProgress', 'signal']);
+const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'prefault', 'onProgress', 'signal', 'addons']);
 
 function checkKeys(o: object, allowed: Set<string>, prefix: string): void {
   for (const k of Object.keys(o))
@@ -156,5 +182,7 @@ export function validateLoadOptions(o: unknown): LoadOptions {
   checkBool(opts.prefault, 'prefault');
   checkFunction(opts.onProgress, 'onProgress');
   checkSignal(opts.signal, 'signal');
+  if (opts.addons !== undefined && (!Array.isArray(opts.addons) || opts.addons.some((a) => typeof a !== 'string' || a === '')))
+    throw new InvalidOptionError('addons', 'must be an array of safetensors file paths');
   return opts as LoadOptions;
 }

@@ -24,6 +24,10 @@
  *   lm_head rows ~ N(0, 9/d) times a per-row factor in [0.5, 2) (logit spread ~20-30);
  *   RMSNorm weights uniform in [0.8, 1.2]; biases ~ N(0, 0.1^2).
  *
+ * Optional dynamic-depth tensors: FlexiDepth routers + adapters (`flexidepth`) and SkipLayer
+ * routers (`skiplayer`), in the checkpoint itself or in a separate add-on safetensors file;
+ * see TinyFlexiDepthOptions and TinySkipLayerOptions for names, shapes and scales.
+ *
  * The tokenizer is byte-level BPE: the 256 GPT-2 byte symbols, then merges learned at call
  * time from a built-in English sample (most frequent pair first, ties by string order), then
  * five special tokens at the top ids: <|begin_of_text|>, <|end_of_text|>,
@@ -87,6 +91,65 @@ export interface TinyModelOptions {
   rmsNormEps?: number;
   /** Whether the tokenizer prepends <|begin_of_text|> (default true). */
   addBos?: boolean;
+  /** FlexiDepth routers and adapters on some layers (default none). */
+  flexidepth?: TinyFlexiDepthOptions;
+  /** SkipLayer routers (default none). */
+  skiplayer?: TinySkipLayerOptions;
+}
+
+/**
+ * FlexiDepth (arXiv 2503.23798, HF xuan-luo/FlexiDepth-Llama-3-8B-Instruct) tensors, bias-free,
+ * for each layer i in `layers`:
+ *
+ *   model.layers.{i}.router.router_enc.weight      [r, d]   (r = max(2, floor(d / routerReduction)))
+ *   model.layers.{i}.router.router_norm.weight     [r]
+ *   model.layers.{i}.router.router_dec.weight      [d, r]
+ *   model.layers.{i}.router.router_head.weight     [1, d]
+ *   model.layers.{i}.router_proj.gate_proj.weight  [m, d]   (m = max(2, floor(intermediate / adapterReduction)))
+ *   model.layers.{i}.router_proj.down_proj.weight  [m, d]   (maps d -> m despite its name)
+ *   model.layers.{i}.router_proj.up_proj.weight    [d, m]
+ *
+ * Without `addonFile` they go into the model's own checkpoint and config.json gets
+ * `routing_layers`; with it they go into that separate safetensors file in the output
+ * directory only, and config.json stays that of the plain base model.
+ *
+ * Scaling: router_head is scaled so that the fused vector v = router_dec^T router_head has norm
+ * routerGain / sqrt(E[tanh(N(0,1))^2]); the router logit v . tanh(rmsnorm(router_enc x)) then
+ * has a standard deviation of about `routerGain` over tokens, so decisions split both ways and
+ * few weights sit near 0.5. The adapter is initialised like the MLP (output gain 2).
+ */
+export interface TinyFlexiDepthOptions {
+  /** Routed layer indices (each in [0, layers)). */
+  layers: number[];
+  /** File name (in the output directory) for an add-on safetensors file, e.g. "flexidepth.safetensors". */
+  addonFile?: string;
+  /** Approximate standard deviation of the router logit over tokens (default 3). */
+  routerGain?: number;
+  /** Router bottleneck reduction (default 16; the width is at least 2). */
+  routerReduction?: number;
+  /** Adapter reduction (default 16; the width is at least 2). */
+  adapterReduction?: number;
+}
+
+/**
+ * SkipLayer (arXiv 2311.15436) routers: bias-free Linear(hidden -> 2), logits ordered
+ * [skip, run]; greedy decision run = logit[1] > logit[0].
+ *
+ *   mode 'layer':  model.layers.{i}.skip_router.weight            [2, d]  (input: input_layernorm(h))
+ *   mode 'module': model.layers.{i}.self_attn.skip_router.weight  [2, d]  (input: input_layernorm(h))
+ *                  model.layers.{i}.mlp.skip_router.weight        [2, d]  (input: post_attention_layernorm(h'))
+ *
+ * Rows ~ N(0, gain^2 / d). Without `addonFile` they go into the model's own checkpoint; config.json
+ * is never changed.
+ */
+export interface TinySkipLayerOptions {
+  mode: 'layer' | 'module';
+  /** Layers with routers (default all). */
+  layers?: number[];
+  /** File name (in the output directory) for an add-on safetensors file, e.g. "skiplayer.safetensors". */
+  addonFile?: string;
+  /** Row scale (default 2): the run-minus-skip logit has a std of about gain * sqrt(2). */
+  gain?: number;
 }
 
 export interface TinyModelSpecialTokens {
@@ -109,10 +172,14 @@ export interface TinyModelInfo {
   files: string[];
   /** Absolute paths of the safetensors files. */
   weightFiles: string[];
-  /** Tensor names in module (state_dict) order. */
+  /** Tensor names of the model checkpoint in module (state_dict) order (add-on tensors excluded). */
   tensorNames: string[];
-  /** Shapes by tensor name. */
+  /** Shapes by tensor name (checkpoint and add-on tensors). */
   tensorShapes: Record<string, number[]>;
+  /** Absolute paths of the add-on safetensors files (flexidepth / skiplayer `addonFile`), in the order written. */
+  addonFiles: string[];
+  /** Names of the tensors written to add-on files, in module order. */
+  addonTensorNames: string[];
   /** The object written to config.json. */
   config: Record<string, unknown>;
   /** Ids of the special tokens. */
@@ -577,6 +644,12 @@ const TRANSFORMERS_VERSION = '4.46.3';
 const RESIDUAL_GAIN = 2;
 /** Gain on lm_head: logits have a standard deviation of a few units (a spread of ~20-30). */
 const LM_GAIN = 3;
+/** Default FlexiDepth routerGain: the router logit's standard deviation over tokens. */
+export const FLEXIDEPTH_ROUTER_GAIN = 3;
+/** Default SkipLayer router gain. */
+export const SKIPLAYER_ROUTER_GAIN = 2;
+/** E[tanh(Z)^2] for Z ~ N(0, 1) (numerical integral), the variance of a router_norm'ed, tanh'ed unit. */
+const TANH_SQ_MEAN = 0.3942;
 
 interface TensorSpec {
   name: string;
@@ -620,6 +693,28 @@ const lmHeadInit = (rows: number, cols: number, gain: number) => (rng: Rng, out:
     for (let c = 0; c < cols; c++) out[r * cols + c] = rng.normal() * std * scale;
   }
 };
+
+/** Layer index list check: integers in [0, layers), no duplicates; returned sorted. */
+function checkLayerList(what: string, list: unknown, layers: number): number[] {
+  if (!Array.isArray(list)) throw new RangeError(`writeTinyModel: ${what} must be an array of layer indices`);
+  const out = [...(list as unknown[])].map((v) => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= layers) {
+      throw new RangeError(`writeTinyModel: ${what}: layer ${String(v)} out of range [0, ${layers})`);
+    }
+    return v;
+  });
+  out.sort((a, b) => a - b);
+  for (let i = 1; i < out.length; i++) if (out[i] === out[i - 1]) throw new RangeError(`writeTinyModel: ${what}: layer ${out[i]} repeated`);
+  return out;
+}
+
+function checkAddonFile(what: string, name: string | undefined): string | undefined {
+  if (name === undefined) return undefined;
+  if (typeof name !== 'string' || !/^[A-Za-z0-9._-]+\.safetensors$/.test(name) || name.startsWith('model')) {
+    throw new RangeError(`writeTinyModel: ${what}.addonFile must be a plain *.safetensors file name not starting with "model" (got ${String(name)})`);
+  }
+  return name;
+}
 
 function writeSafetensorsFile(file: string, specs: TensorSpec[], dtype: TinyDtype, seed: number): number {
   const info = DTYPE_INFO[dtype];
@@ -713,6 +808,19 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
   const eosList = options.eosList ?? false;
   const rmsNormEps = options.rmsNormEps ?? 1e-5;
   const addBos = options.addBos ?? true;
+  const fd = options.flexidepth;
+  const fdLayers = fd ? checkLayerList('flexidepth.layers', fd.layers, layers) : [];
+  const fdAddon = fd ? checkAddonFile('flexidepth', fd.addonFile) : undefined;
+  const fdGain = fd?.routerGain ?? FLEXIDEPTH_ROUTER_GAIN;
+  if (fd && !(fdGain > 0 && Number.isFinite(fdGain))) throw new RangeError('writeTinyModel: flexidepth.routerGain must be positive');
+  const fdR = fd ? Math.max(2, Math.floor(hidden / checkInt('flexidepth.routerReduction', fd.routerReduction ?? 16, 1))) : 0;
+  const fdM = fd ? Math.max(2, Math.floor(intermediate / checkInt('flexidepth.adapterReduction', fd.adapterReduction ?? 16, 1))) : 0;
+  const sl = options.skiplayer;
+  if (sl && sl.mode !== 'layer' && sl.mode !== 'module') throw new RangeError(`writeTinyModel: skiplayer.mode must be 'layer' or 'module'`);
+  const slLayers = sl ? (sl.layers === undefined ? Array.from({ length: layers }, (_, i) => i) : checkLayerList('skiplayer.layers', sl.layers, layers)) : [];
+  const slAddon = sl ? checkAddonFile('skiplayer', sl.addonFile) : undefined;
+  const slGain = sl?.gain ?? SKIPLAYER_ROUTER_GAIN;
+  if (sl && !(slGain > 0 && Number.isFinite(slGain))) throw new RangeError('writeTinyModel: skiplayer.gain must be positive');
 
   // ---- tokenizer ----
   const bpe = trainBpe(vocabSize - SPECIAL_TOKENS.length);
@@ -787,6 +895,7 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
       use_sliding_window: false,
     };
   }
+  if (fd && fdAddon === undefined) configJson['routing_layers'] = fdLayers;
 
   // ---- tensors, in module (state_dict) order ----
   const d = hidden;
@@ -799,9 +908,37 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
   });
   const biasT = (name: string, n: number): TensorSpec => ({ name, shape: [n], init: normalInit(0.1) });
   const normT = (name: string, n: number): TensorSpec => ({ name, shape: [n], init: normWeightInit });
+  // router_head: N(0, 1/d), then scaled so that |router_dec^T router_head| = target. The
+  // router_dec values are regenerated from that tensor's own stream (same seed and name).
+  const routerHead = (decName: string, r: number, target: number): TensorSpec['init'] => (rng, out) => {
+    normalInit(1 / Math.sqrt(d))(rng, out);
+    const dec = new Float32Array(d * r);
+    normalInit(1 / Math.sqrt(r))(new Rng(hashString(decName, seed)), dec);
+    let n2 = 0;
+    for (let j = 0; j < r; j++) {
+      let v = 0;
+      for (let i = 0; i < d; i++) v += dec[i * r + j]! * out[i]!;
+      n2 += v * v;
+    }
+    const scale = target / Math.sqrt(n2);
+    for (let i = 0; i < d; i++) out[i] = out[i]! * scale;
+  };
   const specs: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [vocabSize, d], init: normalInit(1) }];
+  /** Tensors for the add-on files, by file name. */
+  const addonSpecs = new Map<string, TensorSpec[]>();
+  const place = (file: string | undefined, s: TensorSpec): void => {
+    if (file === undefined) {
+      specs.push(s);
+      return;
+    }
+    let list = addonSpecs.get(file);
+    if (!list) addonSpecs.set(file, (list = []));
+    list.push(s);
+  };
+  const slRouter = (name: string): TensorSpec => ({ name, shape: [2, d], init: normalInit(slGain / Math.sqrt(d)) });
   for (let i = 0; i < layers; i++) {
     const p = `model.layers.${i}`;
+    const slHere = sl !== undefined && slLayers.includes(i);
     specs.push(linear(`${p}.self_attn.q_proj.weight`, qDim, d));
     if (qkvBias) specs.push(biasT(`${p}.self_attn.q_proj.bias`, qDim));
     specs.push(linear(`${p}.self_attn.k_proj.weight`, kvDim, d));
@@ -810,11 +947,24 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
     if (qkvBias) specs.push(biasT(`${p}.self_attn.v_proj.bias`, kvDim));
     specs.push(linear(`${p}.self_attn.o_proj.weight`, d, qDim, RESIDUAL_GAIN));
     if (oBias) specs.push(biasT(`${p}.self_attn.o_proj.bias`, d));
+    if (slHere && sl.mode === 'module') place(slAddon, slRouter(`${p}.self_attn.skip_router.weight`));
     specs.push(linear(`${p}.mlp.gate_proj.weight`, intermediate, d));
     specs.push(linear(`${p}.mlp.up_proj.weight`, intermediate, d));
     specs.push(linear(`${p}.mlp.down_proj.weight`, d, intermediate, RESIDUAL_GAIN));
+    if (slHere && sl.mode === 'module') place(slAddon, slRouter(`${p}.mlp.skip_router.weight`));
     specs.push(normT(`${p}.input_layernorm.weight`, d));
     specs.push(normT(`${p}.post_attention_layernorm.weight`, d));
+    if (fd !== undefined && fdLayers.includes(i)) {
+      const decName = `${p}.router.router_dec.weight`;
+      place(fdAddon, linear(`${p}.router.router_enc.weight`, fdR, d));
+      place(fdAddon, normT(`${p}.router.router_norm.weight`, fdR));
+      place(fdAddon, linear(decName, d, fdR));
+      place(fdAddon, { name: `${p}.router.router_head.weight`, shape: [1, d], init: routerHead(decName, fdR, fdGain / Math.sqrt(TANH_SQ_MEAN)) });
+      place(fdAddon, linear(`${p}.router_proj.gate_proj.weight`, fdM, d));
+      place(fdAddon, linear(`${p}.router_proj.down_proj.weight`, fdM, d));
+      place(fdAddon, linear(`${p}.router_proj.up_proj.weight`, d, fdM, RESIDUAL_GAIN));
+    }
+    if (slHere && sl.mode === 'layer') place(slAddon, slRouter(`${p}.skip_router.weight`));
   }
   specs.push(normT('model.norm.weight', d));
   if (!tied) specs.push({ name: 'lm_head.weight', shape: [vocabSize, d], init: lmHeadInit(vocabSize, d, LM_GAIN) });
@@ -875,6 +1025,15 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
     });
     write('model.safetensors.index.json', formatJson({ metadata: { total_size: total }, weight_map: weightMap }, true) + '\n');
   }
+  const addonFiles: string[] = [];
+  const addonTensorNames: string[] = [];
+  for (const [fileName, list] of addonSpecs) {
+    const p = path.join(outDir, fileName);
+    writeSafetensorsFile(p, list, dtype, seed);
+    files.push(p);
+    addonFiles.push(p);
+    for (const s of list) addonTensorNames.push(s.name);
+  }
 
   write('tokenizer.json', formatJson(buildTokenizerJson(bpe, specialIds, addBos), false) + '\n');
   const addedTokensDecoder: { [k: string]: JsonLike } = {};
@@ -909,10 +1068,13 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
 
   const tensorShapes: Record<string, number[]> = {};
   for (const s of specs) tensorShapes[s.name] = [...s.shape];
+  for (const list of addonSpecs.values()) for (const s of list) tensorShapes[s.name] = [...s.shape];
   return {
     dir: outDir,
     files,
     weightFiles,
+    addonFiles,
+    addonTensorNames,
     tensorNames: specs.map((s) => s.name),
     tensorShapes,
     config: toPlain(configJson) as Record<string, unknown>,

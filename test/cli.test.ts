@@ -64,7 +64,7 @@ test('bad arguments and bad models give a message and a non-zero exit, not a cra
   expect(unknown.stderr).toMatch(/bogus/);
   const missing = run(['info', path.join(dir, 'nope')]);
   expect(missing.code).toBe(1);
-  expect(missing.stderr).toMatch(/config\.json is missing \[ERR_DEPTHGATE_MODEL_IO\]/);
+  expect(missing.stderr).toMatch(/model directory does not exist \[ERR_DEPTHGATE_MODEL_IO\]/);
   const cmd = run(['frobnicate']);
   expect(cmd.code).toBe(2);
 });

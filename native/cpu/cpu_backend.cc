@@ -64,6 +64,9 @@ class CpuOps final : public Ops {
   void siluMul(float* gate, const float* up, int64_t rows, int64_t n) override {
     dg::siluMul(pool_, gate, n, up, n, rows, n);
   }
+  void tanhInPlace(float* x, int64_t n) override {
+    for (int64_t i = 0; i < n; i++) x[i] = std::tanh(x[i]);
+  }
   void addRows(float* x, const float* y, int64_t rows, int64_t dim) override {
     int64_t total = rows * dim;
     pool_.parallelFor(total, [&](int64_t b, int64_t e, int) {

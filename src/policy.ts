@@ -1,0 +1,158 @@
+/**
+ * Skip policies: which layers each token runs. Typed specs, their validation, and the
+ * `--policy` syntax of the CLI. The native side (native/policies/) does the routing.
+ */
+import { InvalidOptionError } from './errors';
+
+/** Run every layer for every token. */
+export interface NonePolicy {
+  type: 'none';
+}
+
+/**
+ * Skip the same layers for every token, prompt included: `skipLayers` drops whole layers,
+ * `skipAttention` / `skipMlp` drop one module. Skipped layers still write K/V.
+ */
+export interface StaticPolicy {
+  type: 'static';
+  skipLayers?: number[];
+  skipAttention?: number[];
+  skipMlp?: number[];
+}
+
+/**
+ * FlexiDepth: a learned router per layer decides per token (prompt tokens too); skipped tokens take
+ * the router's adapter. Needs FlexiDepth weights in the checkpoint or an add-on file
+ * (`loadModel(dir, {addons: [...]})`).
+ */
+export interface FlexiDepthPolicy {
+  type: 'flexidepth';
+  /** A token runs the layer when its router weight w > threshold (default 0.5, as the released model). */
+  threshold?: number;
+}
+
+/** SkipLayer: a learned Linear(hidden -> 2) router per layer or per module, argmax, identity when skipped. */
+export interface SkipLayerPolicy {
+  type: 'skiplayer';
+}
+
+/**
+ * D3: the pass producing the i-th generated token keeps N = floor(L * alpha^max(0, i - start))
+ * layers (at least max(minLayers, 2)): the first ceil(N/2) and the last floor(N/2). The prompt and
+ * the first generated token run at full depth.
+ */
+export interface D3Policy {
+  type: 'd3';
+  alpha: number;
+  /** Generated tokens before the decay starts (default 0). */
+  start?: number;
+  /** Minimum depth (default 2: the first and last layers). */
+  minLayers?: number;
+}
+
+/** A skip policy. */
+export type Policy = NonePolicy | StaticPolicy | FlexiDepthPolicy | SkipLayerPolicy | D3Policy;
+
+const KEYS: Record<Policy['type'], string[]> = {
+  none: ['type'],
+  static: ['type', 'skipLayers', 'skipAttention', 'skipMlp'],
+  flexidepth: ['type', 'threshold'],
+  skiplayer: ['type'],
+  d3: ['type', 'alpha', 'start', 'minLayers'],
+};
+
+function layerList(v: unknown, name: string, layers: number): number[] | undefined {
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || v.some((x) => !Number.isInteger(x) || x < 0 || x >= layers))
+    throw new InvalidOptionError(name, `must be an array of layer numbers 0..${layers - 1}`);
+  return [...new Set(v as number[])].sort((a, b) => a - b);
+}
+
+/** Validates a policy against a model of `layers` layers; returns a normalised copy. */
+export function validatePolicy(p: unknown, layers: number): Policy {
+  if (p === undefined) return { type: 'none' };
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) throw new InvalidOptionError('policy', 'must be an object with a type');
+  const o = p as Record<string, unknown>;
+  const type = o.type as Policy['type'];
+  if (!(type in KEYS))
+    throw new InvalidOptionError('policy.type', `must be one of ${Object.keys(KEYS).join(', ')}, got ${JSON.stringify(o.type)}`);
+  for (const k of Object.keys(o))
+    if (!KEYS[type].includes(k)) throw new InvalidOptionError(`policy.${k}`, `is not an option of the ${type} policy (known: ${KEYS[type].join(', ')})`);
+  switch (type) {
+    case 'none':
+    case 'skiplayer':
+      return { type };
+    case 'static': {
+      const out: StaticPolicy = { type };
+      const sl = layerList(o.skipLayers, 'policy.skipLayers', layers);
+      const sa = layerList(o.skipAttention, 'policy.skipAttention', layers);
+      const sm = layerList(o.skipMlp, 'policy.skipMlp', layers);
+      if (sl) out.skipLayers = sl;
+      if (sa) out.skipAttention = sa;
+      if (sm) out.skipMlp = sm;
+      return out;
+    }
+    case 'flexidepth': {
+      const t = o.threshold;
+      if (t !== undefined && (typeof t !== 'number' || !(t >= 0 && t <= 1)))
+        throw new InvalidOptionError('policy.threshold', `must be a number in [0, 1], got ${JSON.stringify(t)}`);
+      return t === undefined ? { type } : { type, threshold: t };
+    }
+    case 'd3': {
+      const { alpha, start, minLayers } = o;
+      if (typeof alpha !== 'number' || !(alpha > 0 && alpha <= 1))
+        throw new InvalidOptionError('policy.alpha', `must be a number in (0, 1], got ${JSON.stringify(alpha)}`);
+      if (start !== undefined && (!Number.isInteger(start) || (start as number) < 0))
+        throw new InvalidOptionError('policy.start', `must be an integer >= 0, got ${JSON.stringify(start)}`);
+      if (minLayers !== undefined && (!Number.isInteger(minLayers) || (minLayers as number) < 0 || (minLayers as number) > layers))
+        throw new InvalidOptionError('policy.minLayers', `must be an integer in 0..${layers}, got ${JSON.stringify(minLayers)}`);
+      const out: D3Policy = { type, alpha };
+      if (start !== undefined) out.start = start as number;
+      if (minLayers !== undefined) out.minLayers = minLayers as number;
+      return out;
+    }
+  }
+}
+
+/** D3's depth for the pass producing generated token `genIndex` (0 = the prompt pass: full depth). */
+export function d3Depth(layers: number, genIndex: number, alpha: number, start = 0, minLayers = 2): number {
+  if (genIndex < 1) return layers;
+  const n = Math.floor(layers * alpha ** Math.max(0, genIndex - start) + 1e-9);
+  return Math.min(layers, Math.max(Math.max(minLayers, 2), n));
+}
+
+/** The layers D3 keeps at a depth: the first ceil(N/2) and the last floor(N/2). */
+export function d3LayerSet(layers: number, depth: number): number[] {
+  const head = Math.ceil(depth / 2);
+  const tail = Math.floor(depth / 2);
+  const out: number[] = [];
+  for (let l = 0; l < layers; l++) if (l < head || l >= layers - tail) out.push(l);
+  return out;
+}
+
+/**
+ * Parses the CLI syntax: `none`, `static:skip=3+5`, `static:attn=2,mlp=4+6`, `flexidepth`,
+ * `flexidepth:threshold=0.6`, `skiplayer`, `d3:alpha=0.9,start=4,min=8`.
+ */
+export function parsePolicy(text: string, layers: number): Policy {
+  const [type, rest] = text.split(':', 2);
+  const params: Record<string, string> = {};
+  if (rest)
+    for (const kv of rest.split(',')) {
+      const [k, v] = kv.split('=', 2);
+      if (!k || v === undefined) throw new InvalidOptionError('policy', `'${kv}' is not key=value`);
+      params[k.trim()] = v.trim();
+    }
+  const list = (v: string | undefined) => (v === undefined ? undefined : v.split('+').filter(Boolean).map(Number));
+  const num = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  const spec: Record<string, unknown> = { type };
+  const rename: Record<string, string> = {
+    skip: 'skipLayers', attn: 'skipAttention', mlp: 'skipMlp', threshold: 'threshold', alpha: 'alpha', start: 'start', min: 'minLayers',
+  };
+  for (const [k, v] of Object.entries(params)) {
+    const key = rename[k];
+    if (!key) throw new InvalidOptionError(`policy.${k}`, 'is not a known policy parameter (skip, attn, mlp, threshold, alpha, start, min)');
+    spec[key] = ['skipLayers', 'skipAttention', 'skipMlp'].includes(key) ? list(v) : num(v);
+  }
+  return validatePolicy(spec, layers);
+}
