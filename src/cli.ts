@@ -5,10 +5,13 @@
  *   depthgate info [MODEL_DIR]
  *   depthgate logits MODEL_DIR --tokens 1,2,3 --json
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { defaultModelDir } from './defaultModel';
 import { DepthgateError } from './errors';
 import { getBuildInfo, loadModel, type GenerateOptions, type Model } from './index';
+import { parsePolicy } from './policy';
 
 const USAGE = `Usage:
   depthgate generate [MODEL_DIR] --prompt TEXT [options]   stream a completion (default model if no MODEL_DIR)
@@ -22,9 +25,15 @@ const USAGE = `Usage:
       --seed S              sampling seed (same seed, same output)
       --stop TEXT           stop string (repeatable)
       --threads N           CPU threads (default: all cores)
+      --policy SPEC         which layers each token runs (default none):
+                              none | static:skip=3+5 | static:attn=2,mlp=4+6 | flexidepth[:threshold=0.5]
+                              | skiplayer | d3:alpha=0.9[,start=4][,min=8]
+      --addon FILE          router weights to apply to the model (repeatable)
+      --trace FILE          write one JSON line per generated token: layers run, router weights
   depthgate info [MODEL_DIR]             architecture, parameters, dtype, memory, build
-  depthgate logits MODEL_DIR --tokens 1,2,3 --json
-                                         logits at every position as {"logits": [[...], ...]}
+  depthgate logits MODEL_DIR --tokens 1,2,3 --json [--policy SPEC] [--addon FILE]
+                                         logits at every position as {"logits": [[...], ...]};
+                                         with --policy also "executed": [[1,0,...], ...] per position
 `;
 
 class UsageError extends Error {}
@@ -56,10 +65,14 @@ function progressBar(label: string): ((f: number) => void) | undefined {
   };
 }
 
-async function open(dir: string | undefined, threads?: number): Promise<Model> {
+async function open(dir: string | undefined, threads?: number, addons?: string[]): Promise<Model> {
   const modelDir = dir ?? defaultModelDir();
   if (!dir) process.stderr.write(`using the default model (random weights, for trying the engine): ${modelDir}\n`);
-  return loadModel(modelDir, { onProgress: progressBar('loading'), ...(threads ? { threads } : {}) });
+  return loadModel(modelDir, {
+    onProgress: progressBar('loading'),
+    ...(threads ? { threads } : {}),
+    ...(addons?.length ? { addons: addons.map((a) => path.resolve(a)) } : {}),
+  });
 }
 
 async function generate(argv: string[]): Promise<void> {
@@ -77,6 +90,9 @@ async function generate(argv: string[]): Promise<void> {
       seed: { type: 'string' },
       stop: { type: 'string', multiple: true },
       threads: { type: 'string' },
+      policy: { type: 'string' },
+      addon: { type: 'string', multiple: true },
+      trace: { type: 'string' },
     },
   });
   if (positionals.length > 1) throw new UsageError(`generate takes one MODEL_DIR, got ${positionals.length}`);
@@ -91,8 +107,19 @@ async function generate(argv: string[]): Promise<void> {
   const seed = intArg(values.seed, 'seed', 0);
   if (seed !== undefined) opts.seed = seed;
   if (values.stop) opts.stop = values.stop;
-  const model = await open(positionals[0], intArg(values.threads, 'threads', 1));
+  const model = await open(positionals[0], intArg(values.threads, 'threads', 1), values.addon);
   try {
+    if (values.policy) opts.policy = parsePolicy(values.policy, model.config.numLayers);
+    const trace = values.trace ? fs.openSync(values.trace, 'w') : undefined;
+    if (trace !== undefined)
+      opts.onToken = (c) =>
+        fs.writeSync(
+          trace,
+          JSON.stringify({
+            index: c.index, token: c.token, text: c.text, layers: c.layers, executed: Array.from(c.executed),
+            routerWeights: Array.from(c.routerWeights, (w) => (Number.isNaN(w) ? null : +w.toFixed(6))),
+          }) + '\n',
+        );
     const ac = new AbortController();
     const onSigint = () => ac.abort();
     process.once('SIGINT', onSigint);
@@ -105,9 +132,11 @@ async function generate(argv: string[]): Promise<void> {
     process.removeListener('SIGINT', onSigint);
     const r = await stream.result;
     process.stdout.write('\n');
+    if (trace !== undefined) fs.closeSync(trace);
     process.stderr.write(
       `[${r.usage.promptTokens} prompt tokens, ${r.usage.completionTokens} generated (${r.finishReason}); ` +
-        `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s]\n`,
+        `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s; ` +
+        `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n`,
     );
   } finally {
     await model.dispose();
@@ -125,13 +154,13 @@ function bytes(n: number): string {
 }
 
 async function info(argv: string[]): Promise<void> {
-  const { positionals } = parseArgs({ args: argv, allowPositionals: true, options: {} });
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { addon: { type: 'string', multiple: true } } });
   if (positionals.length > 1) throw new UsageError(`info takes one MODEL_DIR, got ${positionals.length}`);
   const b = getBuildInfo();
   console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'})`);
   console.log(`addon: ${b.addonPath}`);
   console.log('CUDA: not available (this build has no CUDA backend)');
-  const model = await open(positionals[0]);
+  const model = await open(positionals[0], undefined, values.addon);
   try {
     const i = model.info;
     const c = model.config;
@@ -141,6 +170,7 @@ async function info(argv: string[]): Promise<void> {
     console.log(`dtype: ${i.dtype}`);
     console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
     console.log(`KV cache: ${bytes(i.kvBytesPerToken)} per token; ${bytes(i.kvBytesPerToken * i.contextSize)} at the full context of ${i.contextSize}`);
+    console.log(`routers: FlexiDepth on layers [${i.flexiDepthLayers.join(', ')}]; SkipLayer on layers [${i.skipRouterLayers.join(', ')}]`);
     console.log(`rope: theta ${c.ropeTheta}, scaling ${c.ropeType}${c.ropeType !== 'default' ? ` x${c.ropeFactor}` : ''}; tied embeddings ${c.tieWordEmbeddings}; eos ${c.eosTokenIds.join(', ')}`);
   } finally {
     await model.dispose();
@@ -151,7 +181,10 @@ async function logits(argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { tokens: { type: 'string' }, json: { type: 'boolean' }, threads: { type: 'string' } },
+    options: {
+      tokens: { type: 'string' }, json: { type: 'boolean' }, threads: { type: 'string' },
+      policy: { type: 'string' }, addon: { type: 'string', multiple: true },
+    },
   });
   if (positionals.length !== 1) throw new UsageError('logits needs exactly one MODEL_DIR');
   if (!values.tokens) throw new UsageError('logits needs --tokens 1,2,3');
@@ -160,10 +193,13 @@ async function logits(argv: string[]): Promise<void> {
     if (!/^\d+$/.test(s.trim())) throw new UsageError(`--tokens must be comma-separated token ids, got '${s}'`);
     return Number(s.trim());
   });
-  const model = await loadModel(positionals[0], intArg(values.threads, 'threads', 1) ? { threads: Number(values.threads) } : {});
+  const model = await open(positionals[0], intArg(values.threads, 'threads', 1), values.addon);
   try {
-    const r = await model.evaluate(tokens);
-    process.stdout.write(JSON.stringify({ logits: r.logits.map((row) => Array.from(row)) }) + '\n');
+    const policy = values.policy ? parsePolicy(values.policy, model.config.numLayers) : undefined;
+    const r = await model.evaluate(tokens, policy ? { policy } : {});
+    const out: { logits: number[][]; executed?: number[][] } = { logits: r.logits.map((row) => Array.from(row)) };
+    if (policy) out.executed = r.executed.map((row) => Array.from(row));
+    process.stdout.write(JSON.stringify(out) + '\n');
   } finally {
     await model.dispose();
   }
