@@ -59,7 +59,12 @@ export interface ModelInfo {
 
 /** Per-position logits from {@link Model.evaluate}. */
 export interface EvaluateResult {
-  /** One row of `vocabSize` logits per input position. */
+  /**
+   * The token ids fed, one per row: the input, led by the last generated token of a previous
+   * `generate()` on the same sequence when that token had not been fed yet.
+   */
+  tokens: number[];
+  /** One row of `vocabSize` logits per fed token. */
   logits: Float32Array[];
   vocabSize: number;
   /** Per position, per layer: 1 where the layer's full computation ran for that token. */
@@ -400,7 +405,7 @@ export class Sequence implements AsyncDisposable {
         executed.push(r.executed.subarray(i * L, (i + 1) * L));
         routerWeights.push(r.weights.subarray(i * L, (i + 1) * L));
       }
-      return { logits, vocabSize: v, executed, routerWeights };
+      return { tokens: ids, logits, vocabSize: v, executed, routerWeights };
     } finally {
       this.busy = false;
     }

@@ -207,7 +207,8 @@ export function loadReference(dir: string): ReferenceModel {
 // Forward pass
 // ---------------------------------------------------------------------------------------------
 
-function tensor(model: ReferenceModel, name: string, shape: number[]): Float64Array {
+/** A tensor's data, checked against `shape`. */
+export function tensor(model: ReferenceModel, name: string, shape: number[]): Float64Array {
   const t = model.tensors.get(name);
   if (!t) throw new Error(`reference: missing tensor ${name}`);
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
@@ -216,12 +217,12 @@ function tensor(model: ReferenceModel, name: string, shape: number[]): Float64Ar
   return t.data;
 }
 
-function optionalTensor(model: ReferenceModel, name: string, shape: number[]): Float64Array | null {
+export function optionalTensor(model: ReferenceModel, name: string, shape: number[]): Float64Array | null {
   return model.tensors.has(name) ? tensor(model, name, shape) : null;
 }
 
 /** y = W x (+ b), W is [out, in] row-major. */
-function linear(w: Float64Array, b: Float64Array | null, x: Float64Array, outDim: number, inDim: number): Float64Array {
+export function linear(w: Float64Array, b: Float64Array | null, x: Float64Array, outDim: number, inDim: number): Float64Array {
   const y = new Float64Array(outDim);
   for (let o = 0; o < outDim; o++) {
     let s = 0;
@@ -232,7 +233,7 @@ function linear(w: Float64Array, b: Float64Array | null, x: Float64Array, outDim
   return y;
 }
 
-function rmsNorm(x: Float64Array, w: Float64Array, eps: number): Float64Array {
+export function rmsNorm(x: Float64Array, w: Float64Array, eps: number): Float64Array {
   let ss = 0;
   for (let i = 0; i < x.length; i++) ss += x[i]! * x[i]!;
   const scale = 1 / Math.sqrt(ss / x.length + eps);
@@ -242,7 +243,7 @@ function rmsNorm(x: Float64Array, w: Float64Array, eps: number): Float64Array {
 }
 
 /** In place, rotate_half layout: pairs (i, i + hd/2) for each head of size hd. */
-function applyRope(v: Float64Array, nHeads: number, hd: number, pos: number, invFreq: Float64Array): void {
+export function applyRope(v: Float64Array, nHeads: number, hd: number, pos: number, invFreq: Float64Array): void {
   const half = hd / 2;
   for (let h = 0; h < nHeads; h++) {
     const base = h * hd;
@@ -258,7 +259,7 @@ function applyRope(v: Float64Array, nHeads: number, hd: number, pos: number, inv
   }
 }
 
-const silu = (x: number): number => x / (1 + Math.exp(-x));
+export const silu = (x: number): number => x / (1 + Math.exp(-x));
 
 /** Logits (one Float64Array of vocab_size per position) for `tokens` starting at position 0. */
 export function referenceLogits(model: ReferenceModel, tokens: number[]): Float64Array[] {

@@ -1,0 +1,139 @@
+// Routed-layer benchmark on the CPU, against the ideal:
+//  - prefill of a realistic-shape model with 25/50/75% of tokens active (FlexiDepth routers on
+//    every layer, threshold set to give that fraction) against dense; the ideal time is the dense
+//    time scaled by the routed work (K/V projections and routers for every row, queries,
+//    attention, output and MLP for active rows, the adapter for skipped rows);
+//  - batch-1 decode with k layers fully skipped (static policy) against full depth; the ideal
+//    time is the full time scaled by the weight bytes still read (a skipped layer still reads
+//    its K/V projections, because every token writes K/V).
+//   npm run bench:routing     (writes bench/results/cpu-routing.json)
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { depthgate, machine, median, saveResult } from './machine.mjs';
+
+const { values } = parseArgs({
+  options: {
+    hidden: { type: 'string', default: '1024' },
+    layers: { type: 'string', default: '16' },
+    intermediate: { type: 'string', default: '2816' },
+    prompt: { type: 'string', default: '256' },
+    threads: { type: 'string', default: String(os.availableParallelism()) },
+    runs: { type: 'string', default: '3' },
+  },
+});
+const hidden = Number(values.hidden);
+const L = Number(values.layers);
+const ff = Number(values.intermediate);
+const shape = {
+  arch: 'llama' as const, hidden, layers: L, heads: hidden / 64, kvHeads: Math.max(1, hidden / 256), intermediate: ff,
+  vocabSize: 32000, dtype: 'bf16' as const, maxPositions: 4096, seed: 1,
+  flexidepth: { layers: Array.from({ length: L }, (_, i) => i) },
+};
+const dir = path.join(os.tmpdir(), `depthgate-bench-routed-${hidden}x${L}`);
+if (!fs.existsSync(path.join(dir, 'config.json'))) {
+  console.error(`writing a random bf16 model with FlexiDepth routers on every layer to ${dir} ...`);
+  depthgate.writeTinyModel(dir, shape);
+}
+const threads = Number(values.threads);
+const runs = Number(values.runs);
+const model = await depthgate.loadModel(dir, { threads });
+const c = model.config;
+const T = Number(values.prompt);
+const tokens = Array.from({ length: T }, (_, i) => (i * 7919) % 256);
+
+async function timeEval(policy: import('../dist/policy.js').Policy): Promise<{ ms: number; active: number[] }> {
+  await model.evaluate(tokens.slice(0, 16), { policy });
+  const times: number[] = [];
+  let active: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const t0 = performance.now();
+    const e = await model.evaluate(tokens, { policy });
+    times.push(performance.now() - t0);
+    active = Array.from({ length: L }, (_, l) => e.executed.reduce((s, row) => s + row[l], 0) / T);
+  }
+  return { ms: median(times), active };
+}
+
+// Per-row multiply-adds of each part of a layer (attention over a T-token prompt averages T/2 keys).
+const d = hidden;
+const qd = c.numHeads * c.headDim;
+const kvd = c.numKvHeads * c.headDim;
+const r = Math.max(2, Math.floor(d / 16));
+const m = Math.max(2, Math.floor(ff / 16));
+const work = {
+  kv: 2 * d * kvd,
+  q: d * qd,
+  attn: 2 * (T / 2) * qd,
+  o: qd * d,
+  mlp: 3 * d * ff,
+  router: d * r + r * d + d,
+  adapter: 3 * d * m,
+};
+const lmHead = d * c.vocabSize / T; // the LM head runs for the last row only
+const denseWork = L * (work.kv + work.q + work.attn + work.o + work.mlp) + lmHead;
+function routedWork(active: number[]): number {
+  let w = lmHead;
+  for (const a of active) w += work.kv + work.router + a * (work.q + work.attn + work.o + work.mlp) + (1 - a) * work.adapter;
+  return w;
+}
+
+// Thresholds giving 25/50/75% active rows overall: quantiles of the router weights.
+const probe = await model.evaluate(tokens, { policy: { type: 'flexidepth', threshold: 0.5 } });
+const ws = probe.routerWeights.flatMap((row) => Array.from(row)).sort((a, b) => a - b);
+const dense = await timeEval({ type: 'none' });
+const prefill = [];
+for (const frac of [0.25, 0.5, 0.75, 1.0]) {
+  const threshold = frac === 1 ? 0 : ws[Math.floor((1 - frac) * ws.length)];
+  const res = await timeEval({ type: 'flexidepth', threshold });
+  const activeMean = res.active.reduce((a, b) => a + b, 0) / L;
+  const ideal = dense.ms * (routedWork(res.active) / denseWork);
+  prefill.push({
+    targetActive: frac, activeMeasured: +activeMean.toFixed(3), threshold: +threshold.toFixed(4), ms: +res.ms.toFixed(1),
+    denseMs: +dense.ms.toFixed(1), idealMs: +ideal.toFixed(1), ratioToIdeal: +(res.ms / ideal).toFixed(3),
+    speedupVsDense: +(dense.ms / res.ms).toFixed(3),
+  });
+}
+
+// Decode at batch 1 with k layers skipped.
+const info = model.info;
+const bytesPerParam = info.weightBytes / info.parameters;
+const routerBytesPerLayer = (work.router + work.adapter) * bytesPerParam;
+const layerBytes = (work.kv + work.q + work.o + work.mlp) * bytesPerParam; // what a plain layer reads
+const kvBytes = work.kv * bytesPerParam;
+const headBytes = d * c.vocabSize * bytesPerParam;
+async function decodeMs(policy: import('../dist/policy.js').Policy): Promise<number> {
+  const prompt = { tokens: tokens.slice(0, 8) };
+  await model.generate(prompt, { maxTokens: 4, stopOnEos: false, policy });
+  const per: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const res = await model.generate(prompt, { maxTokens: 32, stopOnEos: false, policy });
+    per.push(res.timings.decodeMs / (res.tokens.length - 1));
+  }
+  return median(per);
+}
+const full = await decodeMs({ type: 'none' });
+const decode = [];
+for (const k of [1, 4, 8]) {
+  const skip = Array.from({ length: k }, (_, i) => Math.floor(L / 2) - Math.floor(k / 2) + i);
+  const ms = await decodeMs({ type: 'static', skipLayers: skip });
+  const fullBytes = L * layerBytes + headBytes;
+  const skippedBytes = fullBytes - k * (layerBytes - kvBytes);
+  const ideal = full * (skippedBytes / fullBytes);
+  decode.push({
+    skippedLayers: k, ms: +ms.toFixed(2), fullMs: +full.toFixed(2), idealMs: +ideal.toFixed(2),
+    ratioToIdeal: +(ms / ideal).toFixed(3), savingRealised: +((full - ms) / (full - ideal)).toFixed(3),
+  });
+}
+await model.dispose();
+console.log(`prefill of ${T} tokens, ${L} layers, hidden ${hidden}, bf16, ${threads} threads:`);
+console.table(prefill);
+console.log('batch-1 decode with k layers skipped (static):');
+console.table(decode);
+console.log(`saved ${saveResult('cpu-routing.json', {
+  benchmark: 'cpu-routing', command: `npm run bench:routing -- ${process.argv.slice(2).join(' ')}`.trim(), date: new Date().toISOString(),
+  machine: machine(), model: { ...shape, flexidepth: 'all layers', parameters: info.parameters }, threads, promptTokens: T,
+  note: 'ideal prefill = dense time x routed multiply-adds / dense multiply-adds; ideal decode = full time x weight bytes still read / full bytes (skipped layers still read Wk, Wv)',
+  routerBytesPerLayer, prefill, decode,
+})}`);

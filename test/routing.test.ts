@@ -1,0 +1,282 @@
+/**
+ * Token-routed layers: the engine (compacted active rows, gather/scatter, K/V for every token)
+ * against a dense-then-mask float64 reference that computes every layer for every token and then
+ * masks as the policy says. Decisions must be identical and logits within 1e-4.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { InvalidOptionError, DepthgateError, loadModel, type Model, type Policy } from '../src';
+import { d3Depth as engineD3Depth, d3LayerSet as engineD3Set } from '../src/policy';
+import type { TinyModelOptions } from '../src/tinyModel';
+import { argmax } from './reference/reference';
+import { d3Depth, d3LayerSet, loadRoutedReference, referenceRouted, type RefPolicy } from './reference/routed';
+import { cleanup, randomTokens, relError, tinyModel } from './helpers';
+
+afterAll(cleanup);
+const TOL = 1e-4;
+
+/** Engine decisions and logits at every position equal the reference's. */
+async function expectMatches(model: Model, dir: string, tokens: number[], policy: Policy, ref: RefPolicy, addons: string[] = []) {
+  const want = referenceRouted(loadRoutedReference(dir, addons), tokens, ref);
+  const got = await model.evaluate(tokens, { policy });
+  for (let p = 0; p < tokens.length; p++) {
+    expect(Array.from(got.executed[p])).toEqual(want.executed[p]);
+    expect(relError(got.logits[p], want.logits[p])).toBeLessThan(TOL);
+    want.weights[p].forEach((w, l) => {
+      if (Number.isNaN(w)) expect(got.routerWeights[p][l]).toBeNaN();
+      else expect(Math.abs(got.routerWeights[p][l] - w)).toBeLessThan(1e-5);
+    });
+  }
+  return { got, want };
+}
+
+/** Some token skips layer l while a later token runs it: its K/V must have been written. */
+function skippedThenRead(executed: number[][]): boolean {
+  for (let l = 0; l < executed[0].length; l++)
+    for (let p = 0; p < executed.length; p++)
+      if (!executed[p][l] && executed.slice(p + 1).some((row) => row[l])) return true;
+  return false;
+}
+
+describe.each<[string, TinyModelOptions]>([
+  ['f32', { dtype: 'f32' }],
+  ['bf16 GQA qwen2', { arch: 'qwen2', dtype: 'bf16' }],
+])('FlexiDepth (%s)', (_n, base) => {
+  let model: Model;
+  let dir: string;
+  beforeAll(async () => {
+    dir = tinyModel({ ...base, layers: 6, seed: 11, flexidepth: { layers: [2, 3, 4, 5] } });
+    model = await loadModel(dir, { threads: 2 });
+  });
+  afterAll(async () => model?.dispose());
+
+  test('decisions, router weights and logits match the reference; decisions split both ways', async () => {
+    const tokens = randomTokens(24, 0, 300, 5);
+    const { want } = await expectMatches(model, dir, tokens, { type: 'flexidepth' }, { type: 'flexidepth' });
+    const routed = want.executed.flatMap((row) => row.slice(2));
+    const runs = routed.filter(Boolean).length;
+    expect(runs).toBeGreaterThan(routed.length * 0.2);
+    expect(runs).toBeLessThan(routed.length * 0.8);
+    expect(want.executed.every((row) => row[0] === 1 && row[1] === 1)).toBe(true); // layers 0, 1 are plain
+    expect(skippedThenRead(want.executed)).toBe(true);
+  });
+
+  test('another threshold', async () => {
+    await expectMatches(model, dir, randomTokens(16, 0, 300, 6), { type: 'flexidepth', threshold: 0.3 }, { type: 'flexidepth', threshold: 0.3 });
+  });
+
+  test('decode, one token at a time through the cache, equals the full-sequence reference', async () => {
+    const tokens = randomTokens(14, 0, 300, 7);
+    const want = referenceRouted(loadRoutedReference(dir), tokens, { type: 'flexidepth' });
+    const seq = model.createSequence();
+    await seq.evaluate(tokens.slice(0, 6), { policy: { type: 'flexidepth' } });
+    for (let p = 6; p < tokens.length; p++) {
+      const r = await seq.evaluate([tokens[p]], { policy: { type: 'flexidepth' } });
+      expect(Array.from(r.executed[0])).toEqual(want.executed[p]);
+      expect(relError(r.logits[0], want.logits[p])).toBeLessThan(TOL);
+    }
+    seq.dispose();
+  });
+
+  test('the prompt is routed and generated tokens report their layers', async () => {
+    const prompt = randomTokens(6, 0, 256, 8);
+    const r = await model.generate({ tokens: prompt }, { maxTokens: 6, stopOnEos: false, policy: { type: 'flexidepth' } });
+    const all = [...prompt, ...r.tokens];
+    const want = referenceRouted(loadRoutedReference(dir), all, { type: 'flexidepth' });
+    // Token i is produced at position P-1+i: greedy argmax there, and the layers reported are that row's.
+    r.tokens.forEach((t, i) => expect(t).toBe(argmax(want.logits[prompt.length - 1 + i])));
+    const counts = want.executed.slice(prompt.length - 1, prompt.length - 1 + r.tokens.length);
+    expect(r.depth.layerCounts).toEqual(counts.reduce((acc, row) => acc.map((a, l) => a + row[l]), new Array(6).fill(0)));
+    expect(r.depth.meanLayers).toBeCloseTo(counts.flat().reduce((a, b) => a + b, 0) / r.tokens.length, 10);
+  });
+});
+
+test('FlexiDepth weights from an add-on file applied to a base model give the same result', async () => {
+  const dir = tinyModel({ layers: 6, seed: 11, flexidepth: { layers: [2, 3, 4, 5], addonFile: 'flexidepth.safetensors' } });
+  const addon = path.join(dir, 'flexidepth.safetensors');
+  const plain = await loadModel(dir, { threads: 1 });
+  await expect(plain.evaluate([1, 2, 3], { policy: { type: 'flexidepth' } })).rejects.toThrow(/no FlexiDepth router weights/);
+  await plain.dispose();
+  const model = await loadModel(dir, { threads: 2, addons: [addon] });
+  expect(model.info.flexiDepthLayers).toEqual([2, 3, 4, 5]);
+  await expectMatches(model, dir, randomTokens(16, 0, 300, 9), { type: 'flexidepth' }, { type: 'flexidepth' }, [addon]);
+  await model.dispose();
+});
+
+describe.each(['layer', 'module'] as const)('SkipLayer per %s', (mode) => {
+  let model: Model;
+  let dir: string;
+  beforeAll(async () => {
+    dir = tinyModel({ layers: 5, seed: 4, skiplayer: { mode } });
+    model = await loadModel(dir, { threads: 2 });
+  });
+  afterAll(async () => model?.dispose());
+
+  test('decisions and logits match the reference; decisions split both ways', async () => {
+    const { want } = await expectMatches(model, dir, randomTokens(20, 0, 300, 3), { type: 'skiplayer' }, { type: 'skiplayer' });
+    const flat = want.executed.flat();
+    expect(flat.some((x) => x === 1)).toBe(true);
+    expect(flat.some((x) => x === 0)).toBe(true);
+    expect(skippedThenRead(want.executed)).toBe(true);
+  });
+});
+
+test('a policy that runs every layer gives exactly the no-skip logits', async () => {
+  const dir = tinyModel({ layers: 4, seed: 2, skiplayer: { mode: 'layer' } });
+  const model = await loadModel(dir, { threads: 1 });
+  const tokens = randomTokens(30, 0, 300, 12);
+  const none = await model.evaluate(tokens);
+  const routedAll = await model.evaluate(tokens, { policy: { type: 'static' } });
+  routedAll.logits.forEach((row, i) => expect(Array.from(row)).toEqual(Array.from(none.logits[i])));
+  expect(routedAll.executed.every((row) => row.every((x) => x === 1))).toBe(true);
+  // A learned router: every position that ran all layers, after positions that all did too, is
+  // bit-identical to the no-skip pass.
+  const sl = await model.evaluate(tokens, { policy: { type: 'skiplayer' } });
+  for (let p = 0; p < tokens.length && sl.executed[p].every((x) => x === 1); p++)
+    expect(Array.from(sl.logits[p])).toEqual(Array.from(none.logits[p]));
+  await model.dispose();
+});
+
+describe('static and D3', () => {
+  let model: Model;
+  let dir: string;
+  beforeAll(async () => {
+    dir = tinyModel({ layers: 8, seed: 21, maxPositions: 512 });
+    model = await loadModel(dir, { threads: 2 });
+  });
+  afterAll(async () => model?.dispose());
+
+  test.each<[string, Policy]>([
+    ['skipLayers', { type: 'static', skipLayers: [2, 5] }],
+    ['skipAttention and skipMlp', { type: 'static', skipAttention: [1, 6], skipMlp: [3, 6] }],
+    ['every layer', { type: 'static', skipLayers: [0, 1, 2, 3, 4, 5, 6, 7] }],
+  ])('static %s matches the reference and its documented layer set', async (_n, policy) => {
+    const { got } = await expectMatches(model, dir, randomTokens(12, 0, 300, 4), policy, policy as RefPolicy);
+    const p = policy as { skipLayers?: number[]; skipAttention?: number[]; skipMlp?: number[] };
+    const off = new Set([...(p.skipLayers ?? []), ...(p.skipAttention ?? []), ...(p.skipMlp ?? [])]);
+    for (const row of got.executed) expect(Array.from(row)).toEqual(Array.from({ length: 8 }, (_, l) => (off.has(l) ? 0 : 1)));
+  });
+
+  test('D3 depth schedule and layer sets are the documented ones (and agree with the reference)', () => {
+    expect(engineD3Set(16, 10)).toEqual([0, 1, 2, 3, 4, 11, 12, 13, 14, 15]);
+    expect(engineD3Set(12, 6)).toEqual([0, 1, 2, 9, 10, 11]);
+    expect(engineD3Set(12, 3)).toEqual([0, 1, 11]);
+    expect(engineD3Set(12, 2)).toEqual([0, 11]);
+    for (const [L, a, s, m] of [[12, 0.5, 0, 2], [16, 0.9, 3, 4], [8, 0.7, 1, 2], [32, 0.95, 0, 8]])
+      for (let i = 0; i < 40; i++) {
+        expect(engineD3Depth(L, i, a, s, m)).toBe(d3Depth(L, i, a, s, m));
+        expect(engineD3Set(L, engineD3Depth(L, i, a, s, m))).toEqual(d3LayerSet(L, i, a, s, m));
+      }
+  });
+
+  test.each<[string, { alpha: number; start?: number; minLayers?: number }]>([
+    ['alpha 0.7', { alpha: 0.7 }],
+    ['alpha 0.8, start 3, min 4', { alpha: 0.8, start: 3, minLayers: 4 }],
+  ])('D3 %s: generated tokens run the documented layers and match the reference', async (_n, o) => {
+    const prompt = randomTokens(5, 0, 256, 13);
+    const chunks: Uint8Array[] = [];
+    const r = await model.generate({ tokens: prompt }, {
+      maxTokens: 10, stopOnEos: false, policy: { type: 'd3', ...o }, onToken: (c) => chunks.push(c.executed),
+    });
+    r.tokens.forEach((_, i) => {
+      const set = d3LayerSet(8, i, o.alpha, o.start ?? 0, o.minLayers ?? 2);
+      expect(Array.from(chunks[i])).toEqual(Array.from({ length: 8 }, (_, l) => (set.includes(l) ? 1 : 0)));
+    });
+    // The reference runs the whole history with each generated token at its own depth.
+    const all = [...prompt, ...r.tokens.slice(0, -1)];
+    const want = referenceRouted(loadRoutedReference(dir), all, { type: 'd3', ...o, promptLength: prompt.length });
+    r.tokens.forEach((t, i) => expect(t).toBe(argmax(want.logits[prompt.length - 1 + i])));
+    expect(r.depth.meanLayers).toBeLessThan(8);
+  });
+
+  test('a later full-depth turn reads the K/V that skipped tokens wrote at skipped layers', async () => {
+    const prompt = randomTokens(4, 0, 256, 17);
+    const seq = model.createSequence();
+    const r = await seq.generate({ tokens: prompt }, { maxTokens: 5, stopOnEos: false, policy: { type: 'd3', alpha: 0.5 } });
+    // The last generated token is pending (not yet fed); the next turn starts with it.
+    const turn2 = randomTokens(3, 0, 256, 18);
+    const next = await seq.evaluate(turn2); // full depth
+    const history = [...prompt, ...r.tokens, ...turn2];
+    const firstTurn2 = prompt.length + r.tokens.length - 1; // the pending token leads turn 2
+    const want = referenceRouted(loadRoutedReference(dir), history, {
+      type: 'd3', alpha: 0.5, promptLength: prompt.length, fullDepthFrom: firstTurn2,
+    });
+    expect(want.executed.slice(prompt.length, firstTurn2).some((row) => row.includes(0))).toBe(true);
+    expect(next.tokens).toEqual([r.tokens.at(-1), ...turn2]);
+    next.logits.forEach((row, i) => expect(relError(row, want.logits[firstTurn2 + i])).toBeLessThan(TOL));
+    // The skipped tokens' K/V matter: the same history at full depth gives other logits.
+    const dense = await model.evaluate(history);
+    expect(relError(next.logits[0], dense.logits[firstTurn2])).toBeGreaterThan(1e-3);
+    seq.dispose();
+  });
+
+  test('sequences at different D3 depths share one batch and get the same tokens as alone', async () => {
+    const prompts = [randomTokens(4, 0, 256, 31), randomTokens(6, 0, 256, 32), randomTokens(3, 0, 256, 33)];
+    const policy: Policy = { type: 'd3', alpha: 0.75 };
+    const alone: import('../src').GenerateResult[] = [];
+    for (const p of prompts) alone.push(await model.generate({ tokens: p }, { maxTokens: 8, stopOnEos: false, policy }));
+    // Start them staggered so that their generated-token indices differ inside shared batches.
+    const started: Promise<import('../src').GenerateResult>[] = [];
+    const first = model.generate({ tokens: prompts[0] }, {
+      maxTokens: 8, stopOnEos: false, policy,
+      onToken: (c) => {
+        if (c.index === 2) started.push(model.generate({ tokens: prompts[1] }, { maxTokens: 8, stopOnEos: false, policy }));
+        if (c.index === 4) started.push(model.generate({ tokens: prompts[2] }, { maxTokens: 8, stopOnEos: false, policy }));
+      },
+    });
+    const results = [await first, ...(await Promise.all(started))];
+    results.forEach((r, i) => {
+      expect(r.tokens).toEqual(alone[i].tokens);
+      expect(r.depth.layerCounts).toEqual(alone[i].depth.layerCounts);
+    });
+  });
+});
+
+describe('policy options', () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(tinyModel({ layers: 4 }), { threads: 1 });
+  });
+  afterAll(async () => model?.dispose());
+
+  test.each<[unknown, string]>([
+    [{ type: 'bogus' }, 'policy.type'],
+    [{ type: 'static', skipLayers: [9] }, 'policy.skipLayers'],
+    [{ type: 'static', skipLayers: 'x' }, 'policy.skipLayers'],
+    [{ type: 'static', foo: 1 }, 'policy.foo'],
+    [{ type: 'flexidepth', threshold: 2 }, 'policy.threshold'],
+    [{ type: 'd3' }, 'policy.alpha'],
+    [{ type: 'd3', alpha: 1.5 }, 'policy.alpha'],
+    [{ type: 'd3', alpha: 0.5, start: -1 }, 'policy.start'],
+    [{ type: 'd3', alpha: 0.5, minLayers: 9 }, 'policy.minLayers'],
+    ['static', 'policy'],
+  ])('%j is refused naming %s', async (policy, option) => {
+    const err = await model.generate({ tokens: [1, 2] }, { policy: policy as Policy }).catch((e) => e);
+    expect(err).toBeInstanceOf(InvalidOptionError);
+    expect((err as InvalidOptionError).option).toBe(option);
+    const err2 = await model.evaluate([1, 2], { policy: policy as Policy }).catch((e) => e);
+    expect(err2).toBeInstanceOf(InvalidOptionError);
+  });
+
+  test('a learned policy on a model without router weights is a clear error', async () => {
+    for (const type of ['flexidepth', 'skiplayer'] as const) {
+      const err = await model.evaluate([1, 2], { policy: { type } }).catch((e) => e);
+      expect(err).toBeInstanceOf(DepthgateError);
+      expect(String(err.message)).toMatch(type === 'flexidepth' ? /no FlexiDepth router weights/ : /no SkipLayer router weights/);
+    }
+    expect((await model.generate({ tokens: [1, 2] }, { maxTokens: 2 })).tokens).toHaveLength(2);
+  });
+
+  test('incomplete FlexiDepth weights in a checkpoint are refused at load', async () => {
+    const dir = tinyModel({ layers: 3, flexidepth: { layers: [1], addonFile: 'fd.safetensors' } });
+    const file = path.join(dir, 'fd.safetensors');
+    // Drop one tensor from the add-on header.
+    const buf = fs.readFileSync(file);
+    const n = Number(buf.readBigUInt64LE(0));
+    const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+    delete header['model.layers.1.router_proj.up_proj.weight'];
+    const text = Buffer.from(JSON.stringify(header).padEnd(n, ' '));
+    fs.writeFileSync(file, Buffer.concat([buf.subarray(0, 8), text, buf.subarray(8 + n)]));
+    await expect(loadModel(dir, { addons: [file] })).rejects.toThrow(/incomplete FlexiDepth weights for layer 1/);
+  });
+});
