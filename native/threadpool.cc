@@ -1,6 +1,19 @@
 #include "threadpool.h"
 
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void cpuRelax() { _mm_pause(); }
+#else
+static inline void cpuRelax() {}
+#endif
+
 namespace dg {
+
+// How long an idle worker spins before sleeping: long enough to cover the gaps between the ops
+// of one forward pass, short enough not to burn a core between requests.
+constexpr auto kSpin = std::chrono::microseconds(2000);
 
 ThreadPool::ThreadPool(int threads) : nthreads_(threads < 1 ? 1 : threads) {
   for (int i = 1; i < nthreads_; i++) workers_.emplace_back([this, i] { workerLoop(i); });
@@ -9,9 +22,10 @@ ThreadPool::ThreadPool(int threads) : nthreads_(threads < 1 ? 1 : threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    stop_ = true;
+    stop_.store(true);
+    generation_.fetch_add(1);
   }
-  start_cv_.notify_all();
+  wake_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
@@ -22,47 +36,59 @@ static inline void chunkOf(int64_t n, int parts, int i, int64_t& b, int64_t& e) 
 
 void ThreadPool::parallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
   if (n <= 0) return;
-  int parts = nthreads_;
-  if (parts == 1 || n == 1) {
+  if (nthreads_ == 1 || n == 1) {
     fn(0, n, 0);
     return;
   }
   {
+    // The lock orders the job's publication against a worker deciding to sleep.
     std::lock_guard<std::mutex> lk(mu_);
     job_ = &fn;
-    job_n_ = n;
-    pending_ = parts - 1;
-    generation_++;
+    jobN_ = n;
+    pending_.store(nthreads_ - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
-  start_cv_.notify_all();
+  if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
   int64_t b, e;
-  chunkOf(n, parts, 0, b, e);
+  chunkOf(n, nthreads_, 0, b, e);
   if (b < e) fn(b, e, 0);
-  std::unique_lock<std::mutex> lk(mu_);
-  done_cv_.wait(lk, [this] { return pending_ == 0; });
-  job_ = nullptr;
+  while (pending_.load(std::memory_order_acquire) != 0) cpuRelax();
 }
 
 void ThreadPool::workerLoop(int id) {
   uint64_t seen = 0;
   for (;;) {
+    // Spin for the next loop, then sleep.
+    auto until = std::chrono::steady_clock::now() + kSpin;
+    uint64_t g;
+    int spins = 0;
+    while ((g = generation_.load(std::memory_order_acquire)) == seen) {
+      cpuRelax();
+      if (++spins == 1024) {
+        spins = 0;
+        if (std::chrono::steady_clock::now() > until) break;
+      }
+    }
+    if (g == seen) {
+      std::unique_lock<std::mutex> lk(mu_);
+      sleepers_.fetch_add(1, std::memory_order_acq_rel);
+      wake_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+      g = generation_.load(std::memory_order_acquire);
+    }
+    if (stop_.load()) return;
+    seen = g;
     const std::function<void(int64_t, int64_t, int)>* job;
     int64_t n;
     {
-      std::unique_lock<std::mutex> lk(mu_);
-      start_cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+      std::lock_guard<std::mutex> lk(mu_);
       job = job_;
-      n = job_n_;
+      n = jobN_;
     }
     int64_t b, e;
     chunkOf(n, nthreads_, id, b, e);
     if (b < e) (*job)(b, e, id);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
-    }
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 

@@ -1,6 +1,9 @@
 // A fixed pool of worker threads running one parallel loop at a time. The calling thread
-// takes part, so a pool of N threads uses N-1 helpers.
+// takes part, so a pool of N threads uses N-1 helpers. Decode runs a few hundred short loops per
+// token, so waking by condition variable (tens of microseconds each) would dominate: workers spin
+// on an atomic generation counter for a while after each loop and only then go to sleep.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -27,12 +30,13 @@ class ThreadPool {
   int nthreads_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable start_cv_, done_cv_;
+  std::condition_variable wake_;
   const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
-  int64_t job_n_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  int64_t jobN_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace dg
