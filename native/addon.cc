@@ -379,6 +379,7 @@ class ForwardWorker : public CodedWorker {
       Napi::Float32Array w = Napi::Float32Array::New(env, wt.size());
       std::memcpy(w.Data(), wt.data(), wt.size() * 4);
       r.Set("weights", w);
+      r.Set("weightBytes", Napi::Number::New(env, double(responses_[i].weightBytes)));
       out.Set(uint32_t(i), r);
     }
     deferred_.Resolve(out);

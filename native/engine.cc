@@ -174,6 +174,7 @@ void Engine::runChunk(const std::vector<int32_t>& tokens, const std::vector<RowM
   Ops& ops = *ops_;
   int64_t d = c.hidden, qd = int64_t(c.heads) * c.headDim, kvd = int64_t(c.kvHeads) * c.headDim;
   ops.embed(x_, tokens.data(), rows, embed_);
+  bytesRead_ += uint64_t(rows) * uint64_t(d) * dtypeSize(embed_.dtype);
   std::vector<int32_t> positions(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; r++) positions[size_t(r)] = meta[size_t(r)].pos;
   std::vector<KvSlot> slots(static_cast<size_t>(rows));
@@ -183,8 +184,8 @@ void Engine::runChunk(const std::vector<int32_t>& tokens, const std::vector<RowM
     const LayerDev& L = layers_[size_t(l)];
     ops.rmsnorm(xn_, x_, rows, d, L.inputNorm, c.rmsEps);
     // Every token writes its K/V, skipped or not, so later tokens can attend to it.
-    ops.matmul(kNew_, kvd, xn_, d, rows, L.k, L.kB);
-    ops.matmul(vNew_, kvd, xn_, d, rows, L.v, L.vB);
+    matmul(kNew_, kvd, xn_, d, rows, L.k, L.kB);
+    matmul(vNew_, kvd, xn_, d, rows, L.v, L.vB);
     ops.rope(kNew_, kvd, rows, positions.data(), c.kvHeads, c.headDim, invFreq_);
     for (int64_t r = 0; r < rows; r++) {
       Sequence* s = seqs[size_t(r)];
@@ -213,10 +214,10 @@ void Engine::runChunk(const std::vector<int32_t>& tokens, const std::vector<RowM
         Sequence* s = seqs[size_t(r)];
         attn[size_t(i)] = AttnRow{int32_t(i), int32_t(i), meta[size_t(r)].pos, s->k[size_t(l)], s->v[size_t(l)]};
       }
-      ops.matmul(q_, qd, qIn, d, A, L.q, L.qB);
+      matmul(q_, qd, qIn, d, A, L.q, L.qB);
       ops.rope(q_, qd, A, posAct_.data(), c.heads, c.headDim, invFreq_);
       ops.attention(att_, q_, attn.data(), A, c.heads, c.kvHeads, c.headDim, c.slidingWindow);
-      ops.matmul(proj_, d, att_, qd, A, L.o, L.oB);
+      matmul(proj_, d, att_, qd, A, L.o, L.oB);
       if (A == rows) ops.addRows(x_, proj_, rows, d);
       else ops.scatterAddRows(x_, proj_, attnIdx_.data(), nullptr, A, d);
     }
@@ -254,10 +255,10 @@ void Engine::routedMlp(const LayerDev& L, int layer, int64_t rows, LayerPlan& pl
       ops.rmsnorm(xg_, xg_, M, d, L.postAttnNorm, c.rmsEps);
       y = xg_;
     }
-    ops.matmul(gate_, ff, y, d, M, L.gate, L.gateB);
-    ops.matmul(up_, ff, y, d, M, L.up, L.upB);
+    matmul(gate_, ff, y, d, M, L.gate, L.gateB);
+    matmul(up_, ff, y, d, M, L.up, L.upB);
     ops.siluMul(gate_, up_, M, ff);
-    ops.matmul(proj_, d, gate_, ff, M, L.down, L.downB);
+    matmul(proj_, d, gate_, ff, M, L.down, L.downB);
     if (plan.flexiDepth) {
       mlpScale_.resize(size_t(M));
       for (int64_t i = 0; i < M; i++) mlpScale_[size_t(i)] = plan.weight[size_t(mlpIdx_[size_t(i)])];
@@ -279,10 +280,10 @@ void Engine::routedMlp(const LayerDev& L, int layer, int64_t rows, LayerPlan& pl
     }
   int64_t S = int64_t(adaIdx_.size()), m = L.fGate.rows;
   ops.gatherRows(xg_, xn_, adaIdx_.data(), S, d);
-  ops.matmul(gate_, m, xg_, d, S, L.fGate, nullptr);
-  ops.matmul(up_, m, xg_, d, S, L.fDown, nullptr);
+  matmul(gate_, m, xg_, d, S, L.fGate, nullptr);
+  matmul(up_, m, xg_, d, S, L.fDown, nullptr);
   ops.siluMul(gate_, up_, S, m);
-  ops.matmul(proj_, d, gate_, m, S, L.fUp, nullptr);
+  matmul(proj_, d, gate_, m, S, L.fUp, nullptr);
   ops.scatterAddRows(x_, proj_, adaIdx_.data(), adaScale_.data(), S, d);
 }
 
@@ -291,6 +292,7 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
   const ModelConfig& c = model_->config;
   const int L = c.layers;
   std::unique_ptr<Policy> policy = makePolicy(*this, spec);
+  bytesRead_ = 0;
   // Validate everything before touching any cache.
   for (auto& rq : requests) {
     if (!rq.seq) throw Error(kErrArg, "request has no sequence");
@@ -380,7 +382,7 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
           logitsDev = ops_->alloc(size_t(n) * size_t(c.vocab));
           logitsCap = n;
         }
-        ops_->matmul(logitsDev, c.vocab, xn_, c.hidden, n, lmHead_, nullptr);
+        matmul(logitsDev, c.vocab, xn_, c.hidden, n, lmHead_, nullptr);
         for (int64_t i = 0; i < n; i++)
           ops_->download(logitDst[size_t(i)], logitsDev + i * c.vocab, size_t(c.vocab));
       }
@@ -393,6 +395,7 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
 
   for (size_t i = 0; i < requests.size(); i++) {
     Request& rq = requests[i];
+    responses[i].weightBytes = bytesRead_;
     rq.seq->length += int64_t(rq.tokens.size());
     if (rq.sample) {
       Response& rs = responses[i];

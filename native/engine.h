@@ -43,6 +43,7 @@ struct Response {
   std::vector<uint8_t> executed;  // [rows, layers]: 1 where the layer's full computation ran
   std::vector<float> weights;     // [rows, layers]: router weight, NaN where there is none
   int32_t token = -1;             // sampled from the last row when Request::sample
+  uint64_t weightBytes = 0;       // weight bytes the whole batch pass read (same for every response)
 };
 
 class Engine {
@@ -70,6 +71,13 @@ class Engine {
     Weight sLayer, sAttn, sMlp;
   };
   const LayerDev& layer(int l) const { return layers_[size_t(l)]; }
+  // Every weight product goes through here, so the pass can count the weight bytes it reads
+  // (a matrix is read once per call, whatever the number of rows; none when rows == 0).
+  void matmul(float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W, const float* bias) {
+    if (rows <= 0) return;
+    bytesRead_ += W.bytes();
+    ops_->matmul(out, ldo, x, ldx, rows, W, bias);
+  }
   // Scratch for routers: [rows, n] floats of backend memory, and a host copy for decisions.
   float* routerScratch(int which) { return which == 0 ? r0_ : r1_; }
   std::vector<float>& routerHost() { return routerHost_; }
@@ -97,6 +105,7 @@ class Engine {
   // Per-chunk index lists (host); the CUDA backend will keep them on the device.
   std::vector<int32_t> attnIdx_, mlpIdx_, adaIdx_, posAct_;
   std::vector<float> mlpScale_, adaScale_;
+  uint64_t bytesRead_ = 0;
 };
 
 }  // namespace dg

@@ -57,6 +57,8 @@ export interface NativeResponse {
   executed: Uint8Array;
   /** [rows, layers]: router weights, NaN where none. */
   weights: Float32Array;
+  /** Weight bytes the batch pass read. */
+  weightBytes: number;
 }
 
 export interface NativeModelInfo {

@@ -71,6 +71,11 @@ export interface EvaluateResult {
   executed: Uint8Array[];
   /** Per position, per layer: router weight (FlexiDepth), NaN where none. */
   routerWeights: Float32Array[];
+  /**
+   * Weight bytes read by the forward pass that served this call (shared with any requests the
+   * scheduler batched with it): what skipping saves in memory traffic.
+   */
+  weightBytes: number;
 }
 
 interface Pending {
@@ -405,7 +410,7 @@ export class Sequence implements AsyncDisposable {
         executed.push(r.executed.subarray(i * L, (i + 1) * L));
         routerWeights.push(r.weights.subarray(i * L, (i + 1) * L));
       }
-      return { tokens: ids, logits, vocabSize: v, executed, routerWeights };
+      return { tokens: ids, logits, vocabSize: v, executed, routerWeights, weightBytes: r.weightBytes };
     } finally {
       this.busy = false;
     }

@@ -280,3 +280,29 @@ describe('policy options', () => {
     await expect(loadModel(dir, { addons: [file] })).rejects.toThrow(/incomplete FlexiDepth weights for layer 1/);
   });
 });
+
+describe('weights that are not needed are not read', () => {
+  test('a skipped layer reads only its K/V projections; a layer with no active token reads no query, output or MLP weights', async () => {
+    const dir = tinyModel({ layers: 6, seed: 11, dtype: 'bf16', flexidepth: { layers: [2, 3, 4, 5] } });
+    const model = await loadModel(dir, { threads: 1 });
+    const c = model.config;
+    const b = 2; // bf16
+    const d = c.hiddenSize, qd = c.numHeads * c.headDim, ff = c.intermediateSize;
+    const queryOutMlp = b * (2 * d * qd + 3 * d * ff);
+    const one = async (policy: Policy) => (await model.evaluate([42], { policy })).weightBytes;
+    const none = await one({ type: 'none' });
+    expect(none).toBe(b * d + 6 * (b * 2 * d * c.numKvHeads * c.headDim) + 6 * queryOutMlp + b * c.vocabSize * d);
+    expect(none - (await one({ type: 'static', skipLayers: [1, 4] }))).toBe(2 * queryOutMlp);
+    expect(none - (await one({ type: 'static', skipMlp: [3] }))).toBe(b * 3 * d * ff);
+    // FlexiDepth on one token: each routed layer either runs (query/output/MLP) or takes the adapter.
+    const e = await model.evaluate([42], { policy: { type: 'flexidepth' } });
+    const r = Math.max(2, Math.floor(d / 16));
+    const m = Math.max(2, Math.floor(ff / 16));
+    const router = b * (r * d + d * r + d);
+    const adapter = b * 3 * d * m;
+    const skipped = [2, 3, 4, 5].filter((l) => e.executed[0][l] === 0).length;
+    expect(skipped).toBeGreaterThan(0);
+    expect(e.weightBytes).toBe(none + 4 * router + skipped * (adapter - queryOutMlp));
+    await model.dispose();
+  });
+});

@@ -28,11 +28,11 @@ class FlexiDepthPolicy final : public Policy {
     int64_t d = c.hidden, r = L.fEnc.rows;
     float* z = e.routerScratch(1);  // [n, r]
     float* u = e.routerScratch(0);  // [n, d]
-    ops.matmul(z, r, xn, d, n, L.fEnc, nullptr);
+    e.matmul(z, r, xn, d, n, L.fEnc, nullptr);
     ops.rmsnorm(z, z, n, r, L.fNorm, c.rmsEps);
     ops.tanhInPlace(z, n * r);
-    ops.matmul(u, d, z, r, n, L.fDec, nullptr);
-    ops.matmul(z, 1, u, d, n, L.fHead, nullptr);  // the logit, one per row
+    e.matmul(u, d, z, r, n, L.fDec, nullptr);
+    e.matmul(z, 1, u, d, n, L.fHead, nullptr);  // the logit, one per row
     std::vector<float>& host = e.routerHost();
     ops.download(host.data(), z, size_t(n));
     plan.flexiDepth = true;

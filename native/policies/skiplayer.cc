@@ -15,7 +15,7 @@ namespace {
 void decide(Engine& e, const Weight& w, const float* in, int64_t n, std::vector<uint8_t>& run) {
   Ops& ops = e.ops();
   float* out = e.routerScratch(1);
-  ops.matmul(out, 2, in, e.model().config.hidden, n, w, nullptr);
+  e.matmul(out, 2, in, e.model().config.hidden, n, w, nullptr);
   std::vector<float>& host = e.routerHost();
   ops.download(host.data(), out, size_t(2 * n));
   for (int64_t i = 0; i < n; i++) run[size_t(i)] = host[size_t(2 * i + 1)] > host[size_t(2 * i)] ? 1 : 0;
