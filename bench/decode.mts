@@ -56,7 +56,7 @@ await model.dispose();
 const ms = median(perToken);
 const result = {
   benchmark: 'cpu-decode',
-  command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+  command: ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
   date: new Date().toISOString(),
   machine: machine(),
   model: { ...shape, parameters: info.parameters, weightBytes: info.weightBytes },

@@ -132,7 +132,7 @@ console.table(prefill);
 console.log('batch-1 decode with k layers skipped (static):');
 console.table(decode);
 console.log(`saved ${saveResult('cpu-routing.json', {
-  benchmark: 'cpu-routing', command: `npm run bench:routing -- ${process.argv.slice(2).join(' ')}`.trim(), date: new Date().toISOString(),
+  benchmark: 'cpu-routing', command: ['npm run bench:routing', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '), date: new Date().toISOString(),
   machine: machine(), model: { ...shape, flexidepth: 'all layers', parameters: info.parameters }, threads, promptTokens: T,
   note: 'ideal prefill = dense time x routed multiply-adds / dense multiply-adds; ideal decode = full time x weight bytes still read / full bytes (skipped layers still read Wk, Wv)',
   routerBytesPerLayer, prefill, decode,
