@@ -10,7 +10,7 @@
 import { native, nativePath } from './binding';
 
 export { loadModel, Model, Sequence, GenerationStream } from './model';
-export type { GenerateInput, ModelInfo, EvaluateResult } from './model';
+export type { GenerateInput, ModelInfo, EvaluateResult, EvaluateOptions } from './model';
 export type { GenerateOptions, GenerateResult, LoadOptions, TokenChunk, DepthStats } from './options';
 export type { Policy, NonePolicy, StaticPolicy, FlexiDepthPolicy, SkipLayerPolicy, D3Policy } from './policy';
 export { validatePolicy, parsePolicy, d3Depth, d3LayerSet } from './policy';

@@ -32,6 +32,9 @@ import {
 import { StreamDecoder, Tokenizer, type ChatMessage } from './tokenizer';
 import { validatePolicy, type Policy } from './policy';
 
+/** Longest slice of input tokens fed to one forward pass. */
+const PREFILL_SLICE = 512;
+
 /** What to generate from: plain text, chat messages (rendered with the chat template), or token ids. */
 export type GenerateInput = string | ChatMessage[] | { tokens: ArrayLike<number> };
 
@@ -57,6 +60,14 @@ export interface ModelInfo {
   skipRouterLayers: number[];
 }
 
+/** Options of {@link Model.evaluate} and {@link Sequence.evaluate}. */
+export interface EvaluateOptions {
+  /** Which layers each token runs (default: all). */
+  policy?: Policy;
+  /** Cancels between slices of 512 tokens; the promise rejects with AbortError. */
+  signal?: AbortSignal;
+}
+
 /** Per-position logits from {@link Model.evaluate}. */
 export interface EvaluateResult {
   /**
@@ -72,8 +83,8 @@ export interface EvaluateResult {
   /** Per position, per layer: router weight (FlexiDepth), NaN where none. */
   routerWeights: Float32Array[];
   /**
-   * Weight bytes read by the forward pass that served this call (shared with any requests the
-   * scheduler batched with it): what skipping saves in memory traffic.
+   * Weight bytes read by the forward passes that served this call (a pass is shared with any
+   * requests the scheduler batched with it): what skipping saves in memory traffic.
    */
   weightBytes: number;
 }
@@ -235,7 +246,7 @@ export class Model implements AsyncDisposable {
   }
 
   /** Logits (and the layers each token ran) at every position of `tokens`, in a fresh sequence. */
-  async evaluate(tokens: ArrayLike<number>, options?: { policy?: Policy }): Promise<EvaluateResult> {
+  async evaluate(tokens: ArrayLike<number>, options?: EvaluateOptions): Promise<EvaluateResult> {
     const seq = this.createSequence({ contextSize: Math.max(1, tokens.length) });
     try {
       return await seq.evaluate(tokens, options);
@@ -389,28 +400,38 @@ export class Sequence implements AsyncDisposable {
   }
 
   /** Logits (and the layers each token ran) at every position of `tokens`, appended to this sequence. */
-  async evaluate(tokens: ArrayLike<number>, options?: { policy?: Policy }): Promise<EvaluateResult> {
+  async evaluate(tokens: ArrayLike<number>, options?: EvaluateOptions): Promise<EvaluateResult> {
     const o = checkObject(options, 'options');
-    for (const k of Object.keys(o)) if (k !== 'policy') throw new InvalidOptionError(k, 'is not a known option (known: policy)');
+    for (const k of Object.keys(o))
+      if (k !== 'policy' && k !== 'signal') throw new InvalidOptionError(k, 'is not a known option (known: policy, signal)');
+    const signal = o.signal as AbortSignal | undefined;
+    if (signal !== undefined && (typeof signal !== 'object' || signal === null || typeof signal.aborted !== 'boolean'))
+      throw new InvalidOptionError('signal', 'must be an AbortSignal');
     const L = this.model.config.numLayers;
     const policy = validatePolicy(o.policy, L);
     const ids = this.inputTokens({ tokens });
     this.checkFits(ids.length);
     const ns = this.acquire();
     try {
-      const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(ids), logits: 'all' }, policy);
-      this.tokens.push(...ids);
-      this.pendingToken = null;
       const v = this.model.config.vocabSize;
       const logits: Float32Array[] = [];
       const executed: Uint8Array[] = [];
       const routerWeights: Float32Array[] = [];
-      for (let i = 0; i < ids.length; i++) {
-        logits.push(r.logits!.subarray(i * v, (i + 1) * v));
-        executed.push(r.executed.subarray(i * L, (i + 1) * L));
-        routerWeights.push(r.weights.subarray(i * L, (i + 1) * L));
+      let weightBytes = 0;
+      for (let start = 0; start < ids.length; start += PREFILL_SLICE) {
+        if (signal?.aborted) throw new AbortError('evaluation was aborted', signal.reason);
+        const slice = ids.slice(start, start + PREFILL_SLICE);
+        const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'all' }, policy);
+        this.tokens.push(...slice);
+        this.pendingToken = null;
+        weightBytes += r.weightBytes;
+        for (let i = 0; i < slice.length; i++) {
+          logits.push(r.logits!.subarray(i * v, (i + 1) * v));
+          executed.push(r.executed.subarray(i * L, (i + 1) * L));
+          routerWeights.push(r.weights.subarray(i * L, (i + 1) * L));
+        }
       }
-      return { tokens: ids, logits, vocabSize: v, executed, routerWeights, weightBytes: r.weightBytes };
+      return { tokens: ids, logits, vocabSize: v, executed, routerWeights, weightBytes };
     } finally {
       this.busy = false;
     }
@@ -532,7 +553,16 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
       };
       abortCheck();
       const t0 = performance.now();
+      // A long prompt goes in slices: an abort takes effect between them, and other sequences'
+      // decode steps are not held up behind the whole prefill.
       let input = ids;
+      while (input.length > PREFILL_SLICE) {
+        const slice = input.slice(0, PREFILL_SLICE);
+        await model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'none' }, policy);
+        fed.push(...slice);
+        input = input.slice(PREFILL_SLICE);
+        abortCheck();
+      }
       for (let i = 0; i < maxTokens; i++) {
         // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
         const r = await model.run(
