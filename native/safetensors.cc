@@ -122,10 +122,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  struct stat st;
-  if (fstat(fd, &st) != 0) throw Error(kErrIo, "cannot stat: " + std::string(std::strerror(errno)), path);
-  if (!S_ISREG(st.st_mode)) throw Error(kErrIo, "not a regular file", path);
-  size_ = size_t(st.st_size);
+  // statx rather than fstat: fstat is a GLIBC_2.33 symbol, statx keeps the prebuilt binary
+  // loadable on glibc 2.28+.
+  struct statx st;
+  if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE, &st) != 0)
+    throw Error(kErrIo, "cannot stat: " + std::string(std::strerror(errno)), path);
+  if (!S_ISREG(st.stx_mode)) throw Error(kErrIo, "not a regular file", path);
+  size_ = size_t(st.stx_size);
   if (size_ < 8) throw Error(kErrFormat, "file is truncated: " + std::to_string(size_) +
                                              " bytes, shorter than the 8-byte header length", path);
   unsigned char lenBytes[8];

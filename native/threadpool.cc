@@ -11,6 +11,14 @@ static inline void cpuRelax() {}
 
 namespace dg {
 
+namespace {
+struct Lock {
+  pthread_mutex_t* m;
+  explicit Lock(pthread_mutex_t* mu) : m(mu) { pthread_mutex_lock(m); }
+  ~Lock() { pthread_mutex_unlock(m); }
+};
+}  // namespace
+
 // How long an idle worker spins before sleeping: long enough to cover the gaps between the ops
 // of one forward pass, short enough not to burn a core between requests.
 constexpr auto kSpin = std::chrono::microseconds(2000);
@@ -21,12 +29,14 @@ ThreadPool::ThreadPool(int threads) : nthreads_(threads < 1 ? 1 : threads) {
 
 ThreadPool::~ThreadPool() {
   {
-    std::lock_guard<std::mutex> lk(mu_);
+    Lock lk(&mu_);
     stop_.store(true);
     generation_.fetch_add(1);
+    pthread_cond_broadcast(&wake_);
   }
-  wake_.notify_all();
   for (auto& t : workers_) t.join();
+  pthread_cond_destroy(&wake_);
+  pthread_mutex_destroy(&mu_);
 }
 
 static inline void chunkOf(int64_t n, int parts, int i, int64_t& b, int64_t& e) {
@@ -42,13 +52,13 @@ void ThreadPool::parallelFor(int64_t n, const std::function<void(int64_t, int64_
   }
   {
     // The lock orders the job's publication against a worker deciding to sleep.
-    std::lock_guard<std::mutex> lk(mu_);
+    Lock lk(&mu_);
     job_ = &fn;
     jobN_ = n;
     pending_.store(nthreads_ - 1, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
+    if (sleepers_.load(std::memory_order_acquire) > 0) pthread_cond_broadcast(&wake_);
   }
-  if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
   int64_t b, e;
   chunkOf(n, nthreads_, 0, b, e);
   if (b < e) fn(b, e, 0);
@@ -70,9 +80,9 @@ void ThreadPool::workerLoop(int id) {
       }
     }
     if (g == seen) {
-      std::unique_lock<std::mutex> lk(mu_);
+      Lock lk(&mu_);
       sleepers_.fetch_add(1, std::memory_order_acq_rel);
-      wake_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      while (generation_.load(std::memory_order_acquire) == seen) pthread_cond_wait(&wake_, &mu_);
       sleepers_.fetch_sub(1, std::memory_order_acq_rel);
       g = generation_.load(std::memory_order_acquire);
     }
@@ -81,7 +91,7 @@ void ThreadPool::workerLoop(int id) {
     const std::function<void(int64_t, int64_t, int)>* job;
     int64_t n;
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      Lock lk(&mu_);
       job = job_;
       n = jobN_;
     }

@@ -2,12 +2,15 @@
 // takes part, so a pool of N threads uses N-1 helpers. Decode runs a few hundred short loops per
 // token, so waking by condition variable (tens of microseconds each) would dominate: workers spin
 // on an atomic generation counter for a while after each loop and only then go to sleep.
+// Sleeping uses pthread's mutex and condition variable rather than std::condition_variable,
+// whose wait() needs GCC 12's libstdc++ (GLIBCXX_3.4.30) and would narrow the distributions the
+// prebuilt binary loads on.
 #pragma once
+#include <pthread.h>
+
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -29,8 +32,8 @@ class ThreadPool {
   void workerLoop(int id);
   int nthreads_;
   std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable wake_;
+  pthread_mutex_t mu_ = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t wake_ = PTHREAD_COND_INITIALIZER;
   const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
   int64_t jobN_ = 0;
   std::atomic<uint64_t> generation_{0};
