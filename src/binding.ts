@@ -104,65 +104,96 @@ export interface NativeAddon {
 /** The package root (where package.json, build/ and prebuilds/ are). */
 export const packageRoot = path.resolve(__dirname, '..');
 
+/** One binary the loader tried, and why it failed. */
+export interface LoadAttempt {
+  path: string;
+  error: string;
+}
+
 let cached: { addon: NativeAddon; path: string } | undefined;
 
 /** Returns the loaded addon, loading it on first use. Throws {@link NativeLoadError}. */
 export function native(): NativeAddon {
-  return loadNative().addon;
+  cached ??= loadNativeFrom(packageRoot, process.env.DEPTHGATE_NATIVE_PATH);
+  return cached.addon;
 }
 
 /** Path of the loaded addon binary. */
 export function nativePath(): string {
-  return loadNative().path;
+  native();
+  return cached!.path;
 }
 
-function loadNative(): { addon: NativeAddon; path: string } {
-  if (cached) return cached;
-  const attempts: { path: string; error: string }[] = [];
-  const explicit = process.env.DEPTHGATE_NATIVE_PATH;
+function runtimeLibc(): 'glibc' | 'musl' {
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+  return report?.header?.glibcVersionRuntime ? 'glibc' : 'musl';
+}
+
+/** glibc version of this process, when it runs on glibc. */
+export function glibcVersion(): string | undefined {
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+  return report?.header?.glibcVersionRuntime;
+}
+
+/**
+ * Loads the addon from `root`: `explicit` (DEPTHGATE_NATIVE_PATH) alone when given; otherwise a
+ * local build (build/Release, build/Debug), then the prebuilt binaries for this platform
+ * (prebuilds/<platform>-<arch>/, tagged glibc or musl). A failure lists every candidate and why.
+ */
+export function loadNativeFrom(root: string, explicit?: string): { addon: NativeAddon; path: string } {
+  const attempts: LoadAttempt[] = [];
+  const tryLoad = (file: string): { addon: NativeAddon; path: string } | undefined => {
+    if (!fs.existsSync(file)) {
+      attempts.push({ path: file, error: 'not found' });
+      return undefined;
+    }
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const addon = require(file) as NativeAddon;
+      if (typeof addon?.loadModel !== 'function') throw new Error('not a depthgate addon (no loadModel export)');
+      return { addon, path: file };
+    } catch (e) {
+      attempts.push({ path: file, error: (e as Error).message.split('\n')[0] });
+      return undefined;
+    }
+  };
   if (explicit) {
-    try {
-      cached = { addon: require(path.resolve(explicit)) as NativeAddon, path: path.resolve(explicit) };
-      return cached;
-    } catch (e) {
-      attempts.push({ path: explicit, error: (e as Error).message });
-      throw failure(attempts, 'DEPTHGATE_NATIVE_PATH is set but that binary could not be loaded');
+    const got = tryLoad(path.resolve(explicit));
+    if (got) return got;
+    throw failure(attempts, 'DEPTHGATE_NATIVE_PATH is set but that binary could not be loaded', root);
+  }
+  for (const local of ['build/Release/depthgate.node', 'build/Debug/depthgate.node']) {
+    const got = tryLoad(path.join(root, local));
+    if (got) return got;
+  }
+  const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  const libc = runtimeLibc();
+  const prebuilt = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.node')).sort() : [];
+  if (prebuilt.length === 0) attempts.push({ path: path.join(dir, '*.node'), error: 'no prebuilt binary for this platform' });
+  for (const f of prebuilt) {
+    const tags = f.split('.');
+    const wantsOther = (libc === 'glibc' && tags.includes('musl')) || (libc === 'musl' && tags.includes('glibc'));
+    if (wantsOther) {
+      attempts.push({ path: path.join(dir, f), error: `built for ${libc === 'glibc' ? 'musl' : 'glibc'}, this system uses ${libc}` });
+      continue;
     }
+    const got = tryLoad(path.join(dir, f));
+    if (got) return got;
   }
-  let resolved: string | undefined;
-  try {
-    // node-gyp-build's resolver returns the best match without loading it.
-    const gypBuild = require('node-gyp-build') as { resolve(dir: string): string };
-    resolved = gypBuild.resolve(packageRoot);
-  } catch (e) {
-    attempts.push({ path: path.join(packageRoot, 'build/Release/*.node'), error: 'not found' });
-    attempts.push({
-      path: path.join(packageRoot, `prebuilds/${process.platform}-${process.arch}/*.node`),
-      error: (e as Error).message.split('\n')[0],
-    });
-  }
-  if (resolved) {
-    try {
-      cached = { addon: require(resolved) as NativeAddon, path: resolved };
-      return cached;
-    } catch (e) {
-      attempts.push({ path: resolved, error: (e as Error).message });
-    }
-  }
-  throw failure(attempts, 'no usable native addon was found');
+  throw failure(attempts, 'no usable native addon was found', root);
 }
 
-function failure(attempts: { path: string; error: string }[], why: string): NativeLoadError {
+function failure(attempts: LoadAttempt[], why: string, root: string): NativeLoadError {
   const lines = attempts.map((a) => `  - ${a.path}: ${a.error}`).join('\n');
-  const glibc = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header
-    ?.glibcVersionRuntime;
+  const glibc = glibcVersion();
   const platform = `${process.platform}-${process.arch}, node ${process.versions.node} (napi ${process.versions.napi})` +
-    (glibc ? `, glibc ${glibc}` : '');
-  const hasSources = fs.existsSync(path.join(packageRoot, 'binding.gyp'));
+    (glibc ? `, glibc ${glibc}` : ', musl');
+  const hasSources = fs.existsSync(path.join(root, 'binding.gyp'));
   return new NativeLoadError(
     `depthgate: ${why} for ${platform}.\nTried:\n${lines}\n` +
+      'Prebuilt binaries need x86-64 Linux with glibc >= 2.32 and libstdc++ from GCC 11 or newer. ' +
       (hasSources
-        ? 'Rebuild from source with `npm rebuild depthgate` (needs python3, make and a C++17 compiler), ' +
+        ? 'Rebuild from source with `npm rebuild depthgate --build-from-source` (needs python3, make and a C++17 compiler), ' +
           'or point DEPTHGATE_NATIVE_PATH at a depthgate.node.'
         : 'Point DEPTHGATE_NATIVE_PATH at a depthgate.node.'),
     attempts,

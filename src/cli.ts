@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { defaultModelDir } from './defaultModel';
 import { DepthgateError } from './errors';
-import { getBuildInfo, loadModel, type GenerateOptions, type Model } from './index';
+import { getBuildInfo, loadModel, type GenerateOptions, type LoadOptions, type Model } from './index';
 import { parsePolicy } from './policy';
 
 const USAGE = `Usage:
@@ -25,6 +25,7 @@ const USAGE = `Usage:
       --seed S              sampling seed (same seed, same output)
       --stop TEXT           stop string (repeatable)
       --threads N           CPU threads (default: all cores)
+      --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
       --policy SPEC         which layers each token runs (default none):
                               none | static:skip=3+5 | static:attn=2,mlp=4+6 | flexidepth[:threshold=0.5]
                               | skiplayer | d3:alpha=0.9[,start=4][,min=8]
@@ -65,13 +66,21 @@ function progressBar(label: string): ((f: number) => void) | undefined {
   };
 }
 
-async function open(dir: string | undefined, threads?: number, addons?: string[]): Promise<Model> {
+function backendArg(v: string | undefined): LoadOptions['backend'] {
+  if (v === undefined) return undefined;
+  if (v !== 'auto' && v !== 'cpu' && v !== 'cuda') throw new UsageError(`--backend must be auto, cpu or cuda, got '${v}'`);
+  return v;
+}
+
+async function open(dir: string | undefined, o: { threads?: number; addons?: string[]; backend?: string } = {}): Promise<Model> {
+  const backend = backendArg(o.backend);
   const modelDir = dir ?? defaultModelDir();
   if (!dir) process.stderr.write(`using the default model (random weights, for trying the engine): ${modelDir}\n`);
   return loadModel(modelDir, {
     onProgress: progressBar('loading'),
-    ...(threads ? { threads } : {}),
-    ...(addons?.length ? { addons: addons.map((a) => path.resolve(a)) } : {}),
+    ...(o.threads ? { threads: o.threads } : {}),
+    ...(o.addons?.length ? { addons: o.addons.map((a) => path.resolve(a)) } : {}),
+    ...(backend ? { backend } : {}),
   });
 }
 
@@ -93,6 +102,7 @@ async function generate(argv: string[]): Promise<void> {
       policy: { type: 'string' },
       addon: { type: 'string', multiple: true },
       trace: { type: 'string' },
+      backend: { type: 'string' },
     },
   });
   if (positionals.length > 1) throw new UsageError(`generate takes one MODEL_DIR, got ${positionals.length}`);
@@ -107,7 +117,7 @@ async function generate(argv: string[]): Promise<void> {
   const seed = intArg(values.seed, 'seed', 0);
   if (seed !== undefined) opts.seed = seed;
   if (values.stop) opts.stop = values.stop;
-  const model = await open(positionals[0], intArg(values.threads, 'threads', 1), values.addon);
+  const model = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
   try {
     if (values.policy) opts.policy = parsePolicy(values.policy, model.config.numLayers);
     const trace = values.trace ? fs.openSync(values.trace, 'w') : undefined;
@@ -154,13 +164,15 @@ function bytes(n: number): string {
 }
 
 async function info(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { addon: { type: 'string', multiple: true } } });
+  const { values, positionals } = parseArgs({
+    args: argv, allowPositionals: true, options: { addon: { type: 'string', multiple: true }, backend: { type: 'string' } },
+  });
   if (positionals.length > 1) throw new UsageError(`info takes one MODEL_DIR, got ${positionals.length}`);
   const b = getBuildInfo();
   console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'})`);
-  console.log(`addon: ${b.addonPath}`);
-  console.log('CUDA: not available (this build has no CUDA backend)');
-  const model = await open(positionals[0], undefined, values.addon);
+  console.log(`addon: ${b.addonPath} (${b.prebuilt ? 'prebuilt' : 'local build'}, napi ${b.napiVersion}${b.glibc ? `, glibc ${b.glibc}` : ''})`);
+  console.log(`CUDA: ${b.cuda.available ? 'available' : `not available: ${b.cuda.reason}`}; GPUs: ${b.cuda.devices.length ? b.cuda.devices.map((d) => `${d.name} (sm_${d.computeCapability}, ${bytes(d.memoryBytes)})`).join(', ') : 'none seen'}`);
+  const model = await open(positionals[0], { addons: values.addon, backend: values.backend });
   try {
     const i = model.info;
     const c = model.config;
@@ -183,7 +195,7 @@ async function logits(argv: string[]): Promise<void> {
     allowPositionals: true,
     options: {
       tokens: { type: 'string' }, json: { type: 'boolean' }, threads: { type: 'string' },
-      policy: { type: 'string' }, addon: { type: 'string', multiple: true },
+      policy: { type: 'string' }, addon: { type: 'string', multiple: true }, backend: { type: 'string' },
     },
   });
   if (positionals.length !== 1) throw new UsageError('logits needs exactly one MODEL_DIR');
@@ -193,7 +205,7 @@ async function logits(argv: string[]): Promise<void> {
     if (!/^\d+$/.test(s.trim())) throw new UsageError(`--tokens must be comma-separated token ids, got '${s}'`);
     return Number(s.trim());
   });
-  const model = await open(positionals[0], intArg(values.threads, 'threads', 1), values.addon);
+  const model = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
   try {
     const policy = values.policy ? parsePolicy(values.policy, model.config.numLayers) : undefined;
     const r = await model.evaluate(tokens, policy ? { policy } : {});

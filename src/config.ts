@@ -10,6 +10,7 @@ import { ModelFileError, ModelFormatError, UnsupportedModelError } from './error
 
 /** The architectures depthgate runs. */
 export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
+/** One of {@link SUPPORTED_ARCHITECTURES}. */
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
 /** A model's configuration, normalised from config.json. */
@@ -21,6 +22,7 @@ export interface ModelConfig extends NativeConfig {
   eosTokenIds: number[];
 }
 
+/** Reads and parses a JSON file of a model directory; typed errors name the file. */
 export function readJson(file: string, what: string): unknown {
   let text: string;
   try {

@@ -76,6 +76,17 @@ export class AbortError extends DepthgateError {
   }
 }
 
+/** The requested compute backend cannot be used here; `reason` says why. */
+export class BackendUnavailableError extends DepthgateError {
+  readonly backend: string;
+  readonly reason: string;
+  constructor(backend: string, reason: string) {
+    super('ERR_DEPTHGATE_BACKEND_UNAVAILABLE', `backend '${backend}' is not available: ${reason}`);
+    this.backend = backend;
+    this.reason = reason;
+  }
+}
+
 /** The native addon could not be loaded; `attempts` says what was tried and why each failed. */
 export class NativeLoadError extends DepthgateError {
   readonly attempts: { path: string; error: string }[];

@@ -7,7 +7,8 @@
  * const r = await model.generate('Once upon a time', { maxTokens: 32 });
  * ```
  */
-import { native, nativePath } from './binding';
+import { glibcVersion, native, nativePath } from './binding';
+import { CUDA_UNAVAILABLE } from './options';
 
 export { loadModel, Model, Sequence, GenerationStream } from './model';
 export type { GenerateInput, ModelInfo, EvaluateResult, EvaluateOptions } from './model';
@@ -21,7 +22,19 @@ export { SUPPORTED_ARCHITECTURES, readModelConfig } from './config';
 export { defaultModelDir } from './defaultModel';
 export { writeTinyModel } from './tinyModel';
 export type { TinyModelOptions } from './tinyModel';
-export * from './errors';
+export {
+  DepthgateError,
+  ModelFormatError,
+  ModelFileError,
+  UnsupportedModelError,
+  InvalidOptionError,
+  ContextOverflowError,
+  OutOfMemoryError,
+  DisposedError,
+  AbortError,
+  BackendUnavailableError,
+  NativeLoadError,
+} from './errors';
 
 /** What this build of depthgate has and what this machine offers. */
 export interface BuildInfo {
@@ -37,6 +50,12 @@ export interface BuildInfo {
   cpuKernels: string;
   /** Node-API version the addon was built for. */
   napiVersion: number;
+  /** True when the addon came from the package's prebuilt binaries (not a local build). */
+  prebuilt: boolean;
+  /** glibc version of this process. */
+  glibc?: string;
+  /** CUDA: whether the backend is compiled in and usable, why not, and the GPUs seen. */
+  cuda: { compiled: boolean; available: boolean; reason?: string; devices: { name: string; computeCapability: string; memoryBytes: number }[] };
 }
 
 /** Reports the version, the compiled backends and the CPU features in use. */
@@ -44,5 +63,16 @@ export function getBuildInfo(): BuildInfo {
   const b = native().buildInfo();
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const version = (require('../package.json') as { version: string }).version;
-  return { version, backends: b.backends, addonPath: nativePath(), cpuFeatures: b.cpuFeatures, cpuKernels: b.cpuKernels, napiVersion: b.napiVersion };
+  const addonPath = nativePath();
+  return {
+    version,
+    backends: b.backends,
+    addonPath,
+    cpuFeatures: b.cpuFeatures,
+    cpuKernels: b.cpuKernels,
+    napiVersion: b.napiVersion,
+    prebuilt: addonPath.split(/[\\/]/).includes('prebuilds'),
+    ...(glibcVersion() ? { glibc: glibcVersion() } : {}),
+    cuda: { compiled: false, available: false, reason: CUDA_UNAVAILABLE, devices: [] },
+  };
 }

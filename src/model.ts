@@ -24,6 +24,7 @@ import {
   checkObject,
   validateGenerateOptions,
   validateLoadOptions,
+  resolveBackend,
   type GenerateOptions,
   type GenerateResult,
   type LoadOptions,
@@ -40,19 +41,27 @@ export type GenerateInput = string | ChatMessage[] | { tokens: ArrayLike<number>
 
 /** Facts about a loaded model. */
 export interface ModelInfo {
+  /** config.json's architecture, e.g. LlamaForCausalLM. */
   architecture: string;
+  /** Parameters in the tensors the model uses (routers and adapters included). */
   parameters: number;
   /** Bytes of weights (as stored, memory-mapped). */
   weightBytes: number;
   /** Stored dtype(s) of the weights, e.g. "BF16". */
   dtype: string;
+  /** The backend running the model ('cpu'). */
   backend: string;
+  /** Decoder layers. */
   numLayers: number;
+  /** Hidden size. */
   hiddenSize: number;
+  /** Vocabulary size. */
   vocabSize: number;
+  /** Default context size of new sequences. */
   contextSize: number;
   /** KV-cache bytes per token of context (f32 K and V for every layer). */
   kvBytesPerToken: number;
+  /** The safetensors files mapped (shards, then add-ons). */
   files: string[];
   /** Layers with FlexiDepth router weights (from the checkpoint or add-ons). */
   flexiDepthLayers: number[];
@@ -77,6 +86,7 @@ export interface EvaluateResult {
   tokens: number[];
   /** One row of `vocabSize` logits per fed token. */
   logits: Float32Array[];
+  /** Length of each logits row. */
   vocabSize: number;
   /** Per position, per layer: 1 where the layer's full computation ran for that token. */
   executed: Uint8Array[];
@@ -101,6 +111,7 @@ interface Pending {
 export async function loadModel(dir: string, options?: LoadOptions): Promise<Model> {
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidOptionError('modelDir', 'must be a non-empty path');
   const opts = validateLoadOptions(options);
+  resolveBackend(opts.backend);
   const root = path.resolve(dir);
   if (!fs.existsSync(root)) throw new ModelFileError('the model directory does not exist', root);
   if (!fs.statSync(root).isDirectory()) throw new ModelFileError('is not a directory (expected a Hugging Face model directory)', root);

@@ -2,13 +2,16 @@
  * Option types and their validation. Unknown keys and wrong types are refused with an
  * InvalidOptionError naming the option, so a typo never silently falls back to a default.
  */
-import { InvalidOptionError } from './errors';
+import { BackendUnavailableError, InvalidOptionError } from './errors';
 import type { Policy } from './policy';
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
-  /** Compute backend. 'auto' (default) and 'cpu' run on the CPU in this version. */
-  backend?: 'auto' | 'cpu';
+  /**
+   * Compute backend (default: $DEPTHGATE_BACKEND, else 'auto'). 'auto' uses the CPU in this
+   * version; 'cuda' is refused with BackendUnavailableError because this build has no CUDA backend.
+   */
+  backend?: 'auto' | 'cpu' | 'cuda';
   /** Worker threads for the CPU kernels (default: all available cores). */
   threads?: number;
   /** Default context length (tokens) of new sequences (default: the model's max_position_embeddings). */
@@ -86,9 +89,11 @@ export interface GenerateResult {
   tokens: number[];
   /** Why generation ended. */
   finishReason: 'eos' | 'stop' | 'length' | 'context' | 'abort';
+  /** Tokens in the prompt (as fed, including a pending token from a previous turn) and generated. */
   usage: { promptTokens: number; completionTokens: number };
   /** Which layers the generated tokens ran. */
   depth: DepthStats;
+  /** Where the time went. */
   timings: {
     /** Time to process the prompt and pick the first token, in ms. */
     prefillMs: number;
@@ -112,12 +117,14 @@ function checkKeys(o: object, allowed: Set<string>, prefix: string): void {
       throw new InvalidOptionError(prefix + k, `is not a known option (known: ${[...allowed].join(', ')})`);
 }
 
+/** @internal Checks that an options argument is a plain object (or undefined). */
 export function checkObject(o: unknown, name: string): Record<string, unknown> {
   if (o === undefined) return {};
   if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new InvalidOptionError(name, 'must be an object');
   return o as Record<string, unknown>;
 }
 
+/** @internal Checks an optional integer option against a range. */
 export function checkInt(v: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): void {
   if (v === undefined) return;
   if (typeof v !== 'number' || !Number.isInteger(v)) throw new InvalidOptionError(name, `must be an integer, got ${describe(v)}`);
@@ -153,6 +160,7 @@ function describe(v: unknown): string {
   return typeof v === 'object' ? 'an object' : String(v);
 }
 
+/** Validates generation options; throws InvalidOptionError naming the first bad one. */
 export function validateGenerateOptions(o: unknown): GenerateOptions {
   const opts = checkObject(o, 'options');
   checkKeys(opts, GENERATE_KEYS, '');
@@ -172,11 +180,27 @@ export function validateGenerateOptions(o: unknown): GenerateOptions {
   return opts as GenerateOptions;
 }
 
+/** The backend a load uses: the option, else $DEPTHGATE_BACKEND, else 'auto'; resolved to the one that runs. */
+export function resolveBackend(option: LoadOptions['backend']): { backend: 'cpu'; requested: string; reason?: string } {
+  let requested: string = option ?? 'auto';
+  if (option === undefined && process.env.DEPTHGATE_BACKEND) {
+    requested = process.env.DEPTHGATE_BACKEND;
+    if (!['auto', 'cpu', 'cuda'].includes(requested))
+      throw new InvalidOptionError('DEPTHGATE_BACKEND', `must be auto, cpu or cuda, got ${describe(requested)}`);
+  }
+  if (requested === 'cuda') throw new BackendUnavailableError('cuda', CUDA_UNAVAILABLE);
+  return requested === 'auto' ? { backend: 'cpu', requested, reason: CUDA_UNAVAILABLE } : { backend: 'cpu', requested };
+}
+
+/** Why CUDA cannot be used by this build. */
+export const CUDA_UNAVAILABLE = 'this build of depthgate has no CUDA backend (CPU only)';
+
+/** Validates load options; throws InvalidOptionError naming the first bad one. */
 export function validateLoadOptions(o: unknown): LoadOptions {
   const opts = checkObject(o, 'options');
   checkKeys(opts, LOAD_KEYS, '');
-  if (opts.backend !== undefined && opts.backend !== 'auto' && opts.backend !== 'cpu')
-    throw new InvalidOptionError('backend', `must be 'auto' or 'cpu' (CUDA is not in this build), got ${describe(opts.backend)}`);
+  if (opts.backend !== undefined && opts.backend !== 'auto' && opts.backend !== 'cpu' && opts.backend !== 'cuda')
+    throw new InvalidOptionError('backend', `must be 'auto', 'cpu' or 'cuda', got ${describe(opts.backend)}`);
   checkInt(opts.threads, 'threads', 1, 1024);
   checkInt(opts.contextSize, 'contextSize', 1, 2 ** 31 - 1);
   checkBool(opts.prefault, 'prefault');

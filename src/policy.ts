@@ -15,8 +15,11 @@ export interface NonePolicy {
  */
 export interface StaticPolicy {
   type: 'static';
+  /** Layers skipped entirely (attention and MLP). */
   skipLayers?: number[];
+  /** Layers whose attention is skipped (K/V still written). */
   skipAttention?: number[];
+  /** Layers whose MLP is skipped. */
   skipMlp?: number[];
 }
 
@@ -43,6 +46,7 @@ export interface SkipLayerPolicy {
  */
 export interface D3Policy {
   type: 'd3';
+  /** Decay per generated token, in (0, 1]; 1 keeps every layer. */
   alpha: number;
   /** Generated tokens before the decay starts (default 0). */
   start?: number;

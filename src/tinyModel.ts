@@ -44,10 +44,14 @@ import * as path from 'node:path';
 // Public types
 // ---------------------------------------------------------------------------------------------
 
+/** Architecture of a tiny model. */
 export type TinyArch = 'llama' | 'mistral' | 'qwen2';
+/** Storage dtype of a tiny model. */
 export type TinyDtype = 'f32' | 'f16' | 'bf16';
+/** RoPE scaling of a tiny model. */
 export type TinyRopeScaling = 'none' | 'llama3' | 'linear';
 
+/** Options of {@link writeTinyModel}; every field has a default that gives a fast test model. */
 export interface TinyModelOptions {
   /** Architecture (default 'llama'). */
   arch?: TinyArch;
@@ -152,6 +156,7 @@ export interface TinySkipLayerOptions {
   gain?: number;
 }
 
+/** Ids of the special tokens of a tiny model. */
 export interface TinyModelSpecialTokens {
   /** `<|begin_of_text|>` */
   bos: number;
@@ -165,6 +170,7 @@ export interface TinyModelSpecialTokens {
   eot: number;
 }
 
+/** What {@link writeTinyModel} wrote. */
 export interface TinyModelInfo {
   /** Absolute path of the output directory. */
   dir: string;

@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import * as vm from 'node:vm';
 import {
   AbortError,
+  BackendUnavailableError,
   ContextOverflowError,
   DepthgateError,
   DisposedError,
@@ -25,10 +26,10 @@ import {
   ModelFileError,
   ModelFormatError,
   UnsupportedModelError,
-  fromNative,
   loadModel,
   type Model,
 } from '../src';
+import { fromNative } from '../src/errors';
 import { cleanup, openedFiles, tinyModel, tmpDir } from './helpers';
 
 afterAll(cleanup);
@@ -902,13 +903,38 @@ describe('load options', () => {
     ['contextSize: 1.5', { contextSize: 1.5 }, 'contextSize', /must be an integer, got 1\.5/],
     ['contextSize: 0', { contextSize: 0 }, 'contextSize', /between 1 and/],
     ['bogus: 1', { bogus: 1 }, 'bogus', /not a known option/],
-    ['backend: "cuda"', { backend: 'cuda' }, 'backend', /CUDA/],
+    ['backend: "gpu"', { backend: 'gpu' }, 'backend', /'auto', 'cpu' or 'cuda'/],
     ['prefault: "yes"', { prefault: 'yes' }, 'prefault', /true or false/],
     ['onProgress: 5', { onProgress: 5 }, 'onProgress', /function/],
     ['signal: {}', { signal: {} }, 'signal', /AbortSignal/],
   ])('%s', async (_name, opts, option, message) => {
     await expectOption(loadModel(goodDir, opts as never), option, message);
     expect(leftOpen(goodDir)).toEqual([]);
+  });
+
+  test("backend 'cuda' in a build without CUDA is a BackendUnavailableError with the reason", async () => {
+    const err = await loadModel(goodDir, { backend: 'cuda' }).catch((e) => e);
+    expect(err).toBeInstanceOf(BackendUnavailableError);
+    expect(err.code).toBe('ERR_DEPTHGATE_BACKEND_UNAVAILABLE');
+    expect(err.message).toMatch(/no CUDA backend/);
+    expect(leftOpen(goodDir)).toEqual([]);
+  });
+
+  test('DEPTHGATE_BACKEND chooses the default backend and is validated', async () => {
+    const saved = process.env.DEPTHGATE_BACKEND;
+    try {
+      process.env.DEPTHGATE_BACKEND = 'cuda';
+      await expect(loadModel(goodDir)).rejects.toBeInstanceOf(BackendUnavailableError);
+      process.env.DEPTHGATE_BACKEND = 'tpu';
+      await expectOption(loadModel(goodDir), 'DEPTHGATE_BACKEND', /auto, cpu or cuda/);
+      process.env.DEPTHGATE_BACKEND = 'cpu';
+      const m = await loadModel(goodDir, { threads: 1 });
+      expect(m.info.backend).toBe('cpu');
+      await m.dispose();
+    } finally {
+      if (saved === undefined) delete process.env.DEPTHGATE_BACKEND;
+      else process.env.DEPTHGATE_BACKEND = saved;
+    }
   });
 
   test('an already aborted signal', async () => {

@@ -225,7 +225,8 @@ static void testMatmul(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3) 
   const Shape shapes[] = {{1, 7, 1},    {1, 7, 5},      {1, 1, 9},       {2, 7, 3},
                           {3, 33, 65},  {3, 65, 33},    {1, 33, 65},     {4, 16, 8},
                           {5, 513, 31}, {17, 130, 257}, {1, 130, 257},   {64, 256, 96},
-                          {9, 300, 50}, {1, 1024, 4096}, {1, 4096, 1024}, {70, 1024, 48}};
+                          {9, 300, 50}, {1, 1024, 4096}, {1, 4096, 1024}, {70, 1024, 48},
+                          {7, 8200, 13}};  // > 4096 columns: several K blocks in the prefill path
   for (DType t : {DType::F32, DType::F16, DType::BF16}) {
     int i = 0;
     for (const Shape& s : shapes) {

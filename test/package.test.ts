@@ -1,0 +1,90 @@
+/**
+ * The package as users get it: prebuildify a binary, `npm pack`, then install the tarball into an
+ * empty folder with no compiler, no cmake, no python and no network (only node, npm and sh on PATH,
+ * `--offline`), and generate text there with the CPU backend.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { cleanup, tmpDir } from './helpers';
+
+afterAll(cleanup);
+const root = path.join(__dirname, '..');
+
+function run(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv }) {
+  const r = spawnSync(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, encoding: 'utf8', timeout: 600000 });
+  if (r.status !== 0) process.stderr.write(`$ ${cmd} ${args.join(' ')}\n${r.stdout}\n${r.stderr}\n`);
+  return { code: r.status, out: `${r.stdout}\n${r.stderr}`, stdout: r.stdout };
+}
+
+/** A scratch copy of the package sources (node_modules linked), so the build here is left alone. */
+function packageCopy(): string {
+  const dir = tmpDir('depthgate-src-');
+  for (const f of ['package.json', 'tsconfig.json', 'binding.gyp', 'CMakeLists.txt', 'README.md', 'src', 'native'])
+    fs.cpSync(path.join(root, f), path.join(dir, f), { recursive: true });
+  fs.symlinkSync(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
+  return dir;
+}
+
+test('npm pack + offline install with no compiler gives a working package', () => {
+  const src = packageCopy();
+  const pre = run('npx', ['prebuildify', '--napi', '--strip', '--tag-libc'], { cwd: src });
+  expect(pre.code).toBe(0);
+  const prebuilt = fs.readdirSync(path.join(src, 'prebuilds', `linux-x64`)).filter((f) => f.endsWith('.node'));
+  expect(prebuilt.length).toBeGreaterThan(0);
+
+  // The binary's floor: glibc 2.32 and GCC 11's libstdc++ (as the README states).
+  const syms = run('objdump', ['-T', path.join(src, 'prebuilds', 'linux-x64', prebuilt[0])], { cwd: src }).stdout;
+  const newest = (prefix: string) =>
+    [...syms.matchAll(new RegExp(`\\(${prefix}_([0-9.]+)\\)`, 'g'))].map((m) => m[1].split('.').map(Number))
+      .sort((a, b) => a[0] - b[0] || a[1] - b[1] || (a[2] ?? 0) - (b[2] ?? 0)).at(-1)!;
+  expect(newest('GLIBC')).toEqual([2, 32]);
+  expect(newest('GLIBCXX')).toEqual([3, 4, 29]);
+
+  const dest = tmpDir('depthgate-pack-');
+  const pack = run('npm', ['pack', '--json', '--pack-destination', dest], { cwd: src });
+  expect(pack.code).toBe(0);
+  const info = JSON.parse(pack.stdout.slice(pack.stdout.indexOf('['))) as { filename: string; size: number; unpackedSize: number; files: { path: string }[] }[];
+  const files = info[0].files.map((f) => f.path);
+  expect(files).toEqual(expect.arrayContaining([
+    'dist/index.js', 'dist/index.d.ts', 'dist/cli.js', `prebuilds/linux-x64/${prebuilt[0]}`, 'binding.gyp', 'native/sources.json', 'native/engine.cc',
+  ]));
+  // Lean: no tests, benchmarks, TypeScript sources, source maps, build folders or model files.
+  for (const f of files) expect(f).not.toMatch(/^(test|bench|src|build|scripts)\/|\.map$|\.safetensors$|\.ts$(?<!\.d\.ts)/);
+  expect(info[0].size).toBeLessThan(1.5 * 2 ** 20);
+  console.log(`tarball ${info[0].filename}: ${(info[0].size / 1024).toFixed(0)} KiB packed, ${(info[0].unpackedSize / 1024).toFixed(0)} KiB unpacked, ${files.length} files`);
+
+  // An environment with node, npm and sh only.
+  const bin = tmpDir('depthgate-bin-');
+  fs.symlinkSync(process.execPath, path.join(bin, 'node'));
+  fs.symlinkSync('/bin/sh', path.join(bin, 'sh')); // npm runs install scripts through sh
+  const npmCli = fs.realpathSync(run('/bin/sh', ['-c', 'command -v npm'], { cwd: root }).stdout.trim());
+  fs.writeFileSync(path.join(bin, 'npm'), `#!/bin/sh\nexec "${process.execPath}" "${npmCli}" "$@"\n`, { mode: 0o755 });
+  const env: NodeJS.ProcessEnv = { PATH: bin, HOME: process.env.HOME, DEPTHGATE_CACHE_DIR: tmpDir() };
+  for (const tool of ['cc', 'gcc', 'g++', 'make', 'cmake', 'python3'])
+    expect(run('/bin/sh', ['-c', `command -v ${tool} || echo missing`], { cwd: bin, env }).stdout.trim()).toBe('missing');
+
+  const app = tmpDir('depthgate-app-');
+  fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', private: true }));
+  const install = run('npm', ['install', '--offline', '--no-audit', '--no-fund', path.join(dest, info[0].filename)], { cwd: app, env });
+  expect(install.out).not.toMatch(/gyp info|CXX\(target\)/);
+  expect(install.code).toBe(0);
+
+  const script = `
+    const dg = require('depthgate');
+    const b = dg.getBuildInfo();
+    dg.writeTinyModel('model', { layers: 2 });
+    dg.loadModel('model', { backend: 'cpu' }).then(async (m) => {
+      const r = await m.generate('Hello', { maxTokens: 5, stopOnEos: false });
+      console.log(JSON.stringify({ addon: b.addonPath, backends: b.backends, tokens: r.tokens.length }));
+      await m.dispose();
+    });`;
+  const gen = run('node', ['-e', script], { cwd: app, env });
+  expect(gen.code).toBe(0);
+  const res = JSON.parse(gen.stdout.trim().split('\n').at(-1)!) as { addon: string; backends: string[]; tokens: number };
+  expect(res.addon).toContain(path.join('node_modules', 'depthgate', 'prebuilds', 'linux-x64'));
+  expect(res.tokens).toBe(5);
+  const cli = run('node', [path.join(app, 'node_modules', '.bin', 'depthgate'), 'generate', '--prompt', 'Hi', '--max-tokens', '3'], { cwd: app, env });
+  expect(cli.code).toBe(0);
+  expect(cli.stdout.startsWith('Hi')).toBe(true);
+}, 900000);
