@@ -5,6 +5,8 @@
 //
 // Buffers passed to ops are backend memory (host memory for the CPU, device memory for CUDA).
 // Activations are f32; weights are Weight views that the backend got from prepareWeight().
+// Small index and scale arrays (tokens, positions, row indices, AttnRow, KvSlot, scales) are
+// host arrays; a device backend copies them over itself.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +41,7 @@ class Ops {
   virtual void release(float* p) = 0;
   virtual void copy(float* dst, const float* src, size_t floats) = 0;  // backend to backend
   virtual void download(float* host, const float* src, size_t floats) = 0;
+  virtual void upload(float* dst, const float* host, size_t floats) = 0;
   virtual Weight prepareWeight(const Weight& hostView) = 0;  // CPU: the mmap view itself
 
   // x[r] = table[tokens[r]]

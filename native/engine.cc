@@ -21,8 +21,7 @@ Engine::Engine(std::shared_ptr<Model> model, std::unique_ptr<Ops> ops)
     if (v.empty()) return nullptr;
     float* p = ops_->alloc(v.size());
     small_.push_back(p);
-    // CPU: a plain copy; a device backend's alloc/copy pair does the same for its memory.
-    std::memcpy(p, v.data(), v.size() * 4);
+    ops_->upload(p, v.data(), v.size());
     return p;
   };
   try {

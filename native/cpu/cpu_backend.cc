@@ -30,6 +30,7 @@ class CpuOps final : public Ops {
   void release(float* p) override { std::free(p); }
   void copy(float* dst, const float* src, size_t floats) override { std::memcpy(dst, src, floats * 4); }
   void download(float* host, const float* src, size_t floats) override { std::memcpy(host, src, floats * 4); }
+  void upload(float* dst, const float* host, size_t floats) override { std::memcpy(dst, host, floats * 4); }
   Weight prepareWeight(const Weight& w) override { return w; }
 
   void embed(float* x, const int32_t* tokens, int64_t rows, const Weight& t) override {
