@@ -17,6 +17,7 @@ import {
   InvalidOptionError,
   ModelFileError,
   ModelFormatError,
+  OutOfMemoryError,
   fromNative,
 } from './errors';
 import {
@@ -32,6 +33,12 @@ import {
 } from './options';
 import { StreamDecoder, Tokenizer, type ChatMessage } from './tokenizer';
 import { validatePolicy, type Policy } from './policy';
+
+/** Default context of new sequences when loadModel gets no contextSize (capped by the model's own). */
+const DEFAULT_CONTEXT = 4096;
+
+/** Default token limit of a generation. */
+const DEFAULT_MAX_TOKENS = 256;
 
 /** Longest slice of input tokens fed to one forward pass. */
 const PREFILL_SLICE = 512;
@@ -155,7 +162,9 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
       for (const name of listed)
         throw new ModelFormatError(`tensor '${name}' is listed in the index but missing from ${weightMap[name]}`, indexFile);
     }
-    return new Model(root, config, tokenizer, nm, opts.contextSize ?? config.maxPositionEmbeddings);
+    const contextSize = opts.contextSize ?? Math.min(config.maxPositionEmbeddings, DEFAULT_CONTEXT);
+    const budget = opts.memoryLimit ?? Math.floor(os.totalmem() * 0.9) - info.weightBytes;
+    return new Model(root, config, tokenizer, nm, contextSize, budget);
   } catch (e) {
     nm.dispose();
     throw e;
@@ -174,14 +183,23 @@ export class Model implements AsyncDisposable {
   private queue: Pending[] = [];
   private inFlight: Promise<void> | null = null;
   private sequences = new Set<Sequence>();
+  /** Bytes that the KV caches of live sequences may reach, all together. */
+  private readonly kvBudget: number;
 
   /** @internal use {@link loadModel} */
-  constructor(dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number) {
+  constructor(dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number, kvBudget: number) {
     this.dir = dir;
     this.config = config;
     this.tokenizer = tokenizer;
     this.nm = nm;
     this.contextSize = contextSize;
+    this.kvBudget = kvBudget;
+  }
+
+  /** KV bytes per token of context: K and V in f32 for every layer. */
+  private get kvBytesPerToken(): number {
+    const c = this.config;
+    return 2 * 4 * c.numLayers * c.numKvHeads * c.headDim;
   }
 
   /** True once dispose() was called. */
@@ -203,7 +221,7 @@ export class Model implements AsyncDisposable {
       hiddenSize: c.hiddenSize,
       vocabSize: c.vocabSize,
       contextSize: this.contextSize,
-      kvBytesPerToken: 2 * 4 * c.numLayers * c.numKvHeads * c.headDim,
+      kvBytesPerToken: this.kvBytesPerToken,
       files: ni.files,
       flexiDepthLayers: ni.flexiDepthLayers,
       skipRouterLayers: ni.skipRouterLayers,
@@ -226,13 +244,29 @@ export class Model implements AsyncDisposable {
     return this.tokenizer.applyChatTemplate(messages, options?.addGenerationPrompt ?? true);
   }
 
-  /** A new sequence with its own KV cache. */
+  /**
+   * A new sequence with its own KV cache. The cache grows as tokens arrive, but its full size is
+   * reserved up front against the memory budget (`memoryLimit`), so a context that could not fit
+   * is refused here with OutOfMemoryError instead of failing, or being killed, later.
+   */
   createSequence(options?: { contextSize?: number }): Sequence {
     const o = checkObject(options, 'options');
     for (const k of Object.keys(o)) if (k !== 'contextSize') throw new InvalidOptionError(k, 'is not a known option (known: contextSize)');
     checkInt(o.contextSize, 'contextSize', 1, 2 ** 31 - 1);
     const ctx = (o.contextSize as number | undefined) ?? this.contextSize;
-    const ns = this.live().createSequence(ctx, 0);
+    const nm = this.live();
+    let reserved = 0;
+    for (const s of this.sequences) reserved += s.contextSize * this.kvBytesPerToken;
+    const need = ctx * this.kvBytesPerToken;
+    if (reserved + need > this.kvBudget) {
+      const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+      throw new OutOfMemoryError(
+        `a sequence with contextSize ${ctx} needs ${gib(need)} of KV cache, but only ${gib(Math.max(0, this.kvBudget - reserved))} ` +
+          `of the ${gib(this.kvBudget)} budget is left (${this.sequences.size} live sequence(s)); ` +
+          'use a smaller contextSize, dispose sequences, or raise loadModel({memoryLimit})',
+      );
+    }
+    const ns = nm.createSequence(ctx, 0);
     const s = new Sequence(this, ns, ctx);
     this.sequences.add(s);
     return s;
@@ -241,19 +275,32 @@ export class Model implements AsyncDisposable {
   /** Generates a completion in a fresh sequence. */
   async generate(input: GenerateInput, options?: GenerateOptions): Promise<GenerateResult> {
     const opts = validateGenerateOptions(options);
-    const seq = this.createSequence();
+    const { seq, ids } = this.oneShot(input, opts);
     try {
-      return await seq.generate(input, opts);
+      return await seq.generate({ tokens: ids }, opts);
     } finally {
       seq.dispose();
     }
   }
 
+  /** A fresh sequence sized for the prompt plus maxTokens (not the whole default context). */
+  private oneShot(input: GenerateInput, opts: GenerateOptions): { seq: Sequence; ids: number[] } {
+    this.live();
+    const tk = this.tokenizer;
+    let ids: number[];
+    if (typeof input === 'string') ids = tk.encode(input, true);
+    else if (Array.isArray(input)) ids = tk.encode(tk.applyChatTemplate(input, true), false);
+    else if (input && typeof input === 'object' && 'tokens' in input) ids = Array.from(input.tokens);
+    else throw new InvalidOptionError('input', 'must be a string, an array of chat messages, or {tokens}');
+    const ctx = Math.max(1, Math.min(this.contextSize, ids.length + (opts.maxTokens ?? DEFAULT_MAX_TOKENS)));
+    return { seq: this.createSequence({ contextSize: ctx }), ids };
+  }
+
   /** Streams a completion token by token; `result` resolves when it ends. Breaking out of the loop stops it. */
   stream(input: GenerateInput, options?: GenerateOptions): GenerationStream {
     const opts = validateGenerateOptions(options);
-    const seq = this.createSequence();
-    return new GenerationStream(seq, input, opts, true);
+    const { seq, ids } = this.oneShot(input, opts);
+    return new GenerationStream(seq, { tokens: ids }, opts, true);
   }
 
   /** Logits (and the layers each token ran) at every position of `tokens`, in a fresh sequence. */
@@ -517,7 +564,7 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
   private async *run(): AsyncGenerator<TokenChunk> {
     const { seq, opts } = this;
     const model = seq.model;
-    const maxTokens = opts.maxTokens ?? 256;
+    const maxTokens = opts.maxTokens ?? DEFAULT_MAX_TOKENS;
     const stops = opts.stop ?? [];
     const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
     const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };

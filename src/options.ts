@@ -14,8 +14,13 @@ export interface LoadOptions {
   backend?: 'auto' | 'cpu' | 'cuda';
   /** Worker threads for the CPU kernels (default: all available cores). */
   threads?: number;
-  /** Default context length (tokens) of new sequences (default: the model's max_position_embeddings). */
+  /** Default context length (tokens) of new sequences (default: the model's max_position_embeddings, at most 4096). */
   contextSize?: number;
+  /**
+   * Bytes the KV caches of all live sequences may reach together (default: 90% of the machine's
+   * memory minus the weights). Each sequence reserves its whole context up front.
+   */
+  memoryLimit?: number;
   /** Read every weight page in during load (default true) so the first token is not slow. */
   prefault?: boolean;
   /** Called with the fraction loaded, from 0 to 1. */
@@ -109,7 +114,7 @@ export interface GenerateResult {
 const GENERATE_KEYS = new Set([
   'maxTokens', 'temperature', 'topK', 'topP', 'seed', 'stop', 'stopOnEos', 'signal', 'stopOnAbort', 'onToken', 'policy',
 ]);
-const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'prefault', 'onProgress', 'signal', 'addons']);
+const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'memoryLimit', 'prefault', 'onProgress', 'signal', 'addons']);
 
 function checkKeys(o: object, allowed: Set<string>, prefix: string): void {
   for (const k of Object.keys(o))
@@ -203,6 +208,7 @@ export function validateLoadOptions(o: unknown): LoadOptions {
     throw new InvalidOptionError('backend', `must be 'auto', 'cpu' or 'cuda', got ${describe(opts.backend)}`);
   checkInt(opts.threads, 'threads', 1, 1024);
   checkInt(opts.contextSize, 'contextSize', 1, 2 ** 31 - 1);
+  checkInt(opts.memoryLimit, 'memoryLimit', 0);
   checkBool(opts.prefault, 'prefault');
   checkFunction(opts.onProgress, 'onProgress');
   checkSignal(opts.signal, 'signal');

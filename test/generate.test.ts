@@ -1,7 +1,7 @@
 /** Generation behaviour: sampling, stopping, streaming, abort, chat, lifecycle. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { AbortError, DisposedError, loadModel, type Model } from '../src';
+import { AbortError, DisposedError, OutOfMemoryError, loadModel, type Model } from '../src';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';
 
 afterAll(cleanup);
@@ -232,5 +232,34 @@ describe('long inputs', () => {
     } finally {
       await m.dispose();
     }
+  });
+});
+
+describe('memory and concurrency', () => {
+  test('a context that cannot fit the memory budget is refused up front, and the model stays usable', async () => {
+    const m = await loadModel(tinyModel({ seed: 6, maxPositions: 100000 }), { threads: 1, memoryLimit: 10 * 2 ** 20 });
+    try {
+      const perToken = m.info.kvBytesPerToken;
+      const fits = Math.floor((10 * 2 ** 20) / perToken);
+      const err = await Promise.resolve().then(() => m.createSequence({ contextSize: fits + 1 })).catch((e) => e);
+      expect(err).toBeInstanceOf(OutOfMemoryError);
+      expect(err.message).toMatch(/needs .* GiB of KV cache/);
+      // Reservations add up across live sequences, and come back on dispose.
+      const a = m.createSequence({ contextSize: Math.floor(fits / 2) });
+      expect(() => m.createSequence({ contextSize: Math.floor(fits / 2) + 2 })).toThrow(OutOfMemoryError);
+      a.dispose();
+      m.createSequence({ contextSize: Math.floor(fits / 2) + 2 }).dispose();
+      expect((await m.generate({ tokens: [1, 2, 3] }, { maxTokens: 3, stopOnEos: false })).tokens).toHaveLength(3);
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  test('32 concurrent greedy generations give exactly the outputs of running them one by one', async () => {
+    const prompts = Array.from({ length: 32 }, (_, k) => randomTokens(2 + (k % 7), 0, 300, 500 + k));
+    const alone: number[][] = [];
+    for (const p of prompts) alone.push((await model.generate({ tokens: p }, { maxTokens: 12, stopOnEos: false })).tokens);
+    const together = await Promise.all(prompts.map((p) => model.generate({ tokens: p }, { maxTokens: 12, stopOnEos: false })));
+    expect(together.map((r) => r.tokens)).toEqual(alone);
   });
 });
