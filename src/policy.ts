@@ -78,7 +78,7 @@ export function validatePolicy(p: unknown, layers: number): Policy {
   if (typeof p !== 'object' || p === null || Array.isArray(p)) throw new InvalidOptionError('policy', 'must be an object with a type');
   const o = p as Record<string, unknown>;
   const type = o.type as Policy['type'];
-  if (!(type in KEYS))
+  if (typeof type !== 'string' || !Object.hasOwn(KEYS, type))
     throw new InvalidOptionError('policy.type', `must be one of ${Object.keys(KEYS).join(', ')}, got ${JSON.stringify(o.type)}`);
   for (const k of Object.keys(o))
     if (!KEYS[type].includes(k)) throw new InvalidOptionError(`policy.${k}`, `is not an option of the ${type} policy (known: ${KEYS[type].join(', ')})`);
@@ -154,7 +154,7 @@ export function parsePolicy(text: string, layers: number): Policy {
     skip: 'skipLayers', attn: 'skipAttention', mlp: 'skipMlp', threshold: 'threshold', alpha: 'alpha', start: 'start', min: 'minLayers',
   };
   for (const [k, v] of Object.entries(params)) {
-    const key = rename[k];
+    const key = Object.hasOwn(rename, k) ? rename[k] : undefined;
     if (!key) throw new InvalidOptionError(`policy.${k}`, 'is not a known policy parameter (skip, attn, mlp, threshold, alpha, start, min)');
     spec[key] = ['skipLayers', 'skipAttention', 'skipMlp'].includes(key) ? list(v) : num(v);
   }

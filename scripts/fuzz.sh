@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of the native parsers with libFuzzer + AddressSanitizer + UBSan.
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]        (default 60)
+# Needs clang (Debian: apt-get install clang). Seeds come from the tiny test models; crashes are
+# written to test/fuzz/crashes/ and kept as regression inputs (test/fuzz/regressions/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-60}"
+command -v clang++ >/dev/null || { echo "fuzz: clang++ not found (apt-get install clang)"; exit 3; }
+out="${FUZZ_OUT:-$(mktemp -d)}"
+mkdir -p "$out" test/fuzz/crashes
+flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Inative)
+common=(native/json.cc native/safetensors.cc native/model.cc native/cpu/convert.cc native/cpu/features.cc)
+clang++ "${flags[@]}" test/fuzz/fuzz_json.cc native/json.cc -o "$out/fuzz_json"
+clang++ "${flags[@]}" test/fuzz/fuzz_safetensors.cc "${common[@]}" -o "$out/fuzz_safetensors"
+clang++ "${flags[@]}" test/fuzz/fuzz_model.cc "${common[@]}" -o "$out/fuzz_model"
+
+# Seed corpora: real tiny checkpoints (with routers) and their headers.
+seeds="$out/seeds"
+mkdir -p "$seeds/st" "$seeds/json"
+for variant in "" "--dtype bf16 --tied" "--arch qwen2 --dtype f16" "--shards 2"; do
+  d="$out/model-$RANDOM"
+  # shellcheck disable=SC2086
+  node scripts/make-tiny-model.js "$d" --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 128 $variant >/dev/null
+  for f in "$d"/*.safetensors; do
+    cp "$f" "$seeds/st/$(basename "$d")-$(basename "$f")"
+    n=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
+    tail -c +9 "$f" | head -c "$n" > "$seeds/json/$(basename "$d")-$(basename "$f").json"
+  done
+done
+cp test/fuzz/regressions/* "$seeds/st/" 2>/dev/null || true
+
+status=0
+for target in fuzz_json fuzz_safetensors fuzz_model; do
+  corpus="$out/corpus-$target"
+  mkdir -p "$corpus"
+  seed="$seeds/st"
+  [ "$target" = fuzz_json ] && seed="$seeds/json"
+  echo "== $target: ${secs}s"
+  if ! "$out/$target" "$corpus" "$seed" -max_total_time="$secs" -max_len=1048576 -rss_limit_mb=2048 \
+       -artifact_prefix="test/fuzz/crashes/$target-" -print_final_stats=1 2>"$out/$target.log"; then
+    status=1
+    echo "fuzz: $target FOUND A CRASH (see test/fuzz/crashes/)"
+  fi
+  grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|cov: [0-9]+" "$out/$target.log" | tail -3 || true
+done
+exit $status
