@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "backend.h"
+#include "cuda_loader.h"
 #include "engine.h"
 #include "errors.h"
 #include "kernels.h"
@@ -210,8 +211,9 @@ ModelConfig readConfig(Napi::Env env, Napi::Object o) {
 class LoadWorker : public Napi::AsyncProgressWorker<double> {
  public:
   LoadWorker(Napi::Env env, ModelConfig cfg, std::vector<std::string> files, int threads, bool prefault,
-             Napi::Function progress, int32_t* abortFlag, Napi::Reference<Napi::Value> keep)
+             bool cuda, Napi::Function progress, int32_t* abortFlag, Napi::Reference<Napi::Value> keep)
       : Napi::AsyncProgressWorker<double>(env),
+        cuda_(cuda),
         deferred_(Napi::Promise::Deferred::New(env)),
         cfg_(std::move(cfg)),
         files_(std::move(files)),
@@ -230,7 +232,8 @@ class LoadWorker : public Napi::AsyncProgressWorker<double> {
         return !flagSet(abort_);
       });
       std::shared_ptr<Model> shared(std::move(model));
-      engine_ = std::make_shared<Engine>(shared, std::unique_ptr<Ops>(createCpuOps(threads_)));
+      std::unique_ptr<Ops> ops = cuda_ ? createCudaOps(0) : std::unique_ptr<Ops>(createCpuOps(threads_));
+      engine_ = std::make_shared<Engine>(shared, std::move(ops));
     } catch (const Error& e) {
       code_ = e.code;
       file_ = e.file;
@@ -260,6 +263,7 @@ class LoadWorker : public Napi::AsyncProgressWorker<double> {
   }
 
  private:
+  bool cuda_;
   Napi::Promise::Deferred deferred_;
   ModelConfig cfg_;
   std::vector<std::string> files_;
@@ -291,11 +295,13 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   int threads = spec.Get("threads").IsNumber() ? spec.Get("threads").As<Napi::Number>().Int32Value() : 1;
   if (threads < 1 || threads > 1024) throwArg(env, "threads must be between 1 and 1024");
   bool prefault = spec.Get("prefault").IsBoolean() ? spec.Get("prefault").As<Napi::Boolean>().Value() : true;
+  std::string backend = spec.Get("backend").IsString() ? spec.Get("backend").As<Napi::String>().Utf8Value() : "cpu";
+  if (backend != "cpu" && backend != "cuda") throwArg(env, "spec.backend must be 'cpu' or 'cuda'");
   Napi::Function progress = info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
   Napi::Reference<Napi::Value> keep;
   int32_t* abortFlag = flagPointer(info[2], keep);
-  auto* w = new LoadWorker(env, std::move(cfg), std::move(files), threads, prefault, progress, abortFlag,
-                           std::move(keep));
+  auto* w = new LoadWorker(env, std::move(cfg), std::move(files), threads, prefault, backend == "cuda", progress,
+                           abortFlag, std::move(keep));
   Napi::Promise p = w->promise();
   w->Queue();
   return p;
@@ -570,9 +576,17 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   if (f.avx512bw) feats.Set(k++, "avx512bw");
   o.Set("cpuFeatures", feats);
   o.Set("cpuKernels", Napi::String::New(env, cpuKernelVariant()));
+  CudaProbe cuda = probeCuda();
   Napi::Array backends = Napi::Array::New(env);
   backends.Set(0u, "cpu");
+  if (cuda.libraryFound) backends.Set(1u, "cuda");
   o.Set("backends", backends);
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("libraryFound", Napi::Boolean::New(env, cuda.libraryFound));
+  c.Set("libraryPath", Napi::String::New(env, cuda.libraryPath));
+  c.Set("error", Napi::String::New(env, cuda.error));
+  c.Set("probe", Napi::String::New(env, cuda.probeJson));
+  o.Set("cuda", c);
   o.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
   return o;
 }

@@ -89,11 +89,18 @@ export interface NativeWeightArg {
 
 export interface NativeAddon {
   loadModel(
-    spec: { files: string[]; config: NativeConfig; threads: number; prefault: boolean },
+    spec: { files: string[]; config: NativeConfig; threads: number; prefault: boolean; backend: 'cpu' | 'cuda' },
     onProgress?: (fraction: number) => void,
     abortFlag?: Int32Array,
   ): Promise<NativeModel>;
-  buildInfo(): { cpuFeatures: string[]; cpuKernels: string; backends: string[]; napiVersion: number };
+  buildInfo(): {
+    cpuFeatures: string[];
+    cpuKernels: string;
+    backends: string[];
+    napiVersion: number;
+    /** The CUDA library's load result and its own JSON report ({available, reason, devices}). */
+    cuda: { libraryFound: boolean; libraryPath: string; error: string; probe: string };
+  };
   kernels: {
     matmul(out: Float32Array, x: Float32Array, rows: number, w: NativeWeightArg, threads?: number, bias?: Float32Array): void;
     rmsnorm(out: Float32Array, x: Float32Array, rows: number, dim: number, weight: Float32Array, eps: number, threads?: number): void;

@@ -8,7 +8,7 @@
  * ```
  */
 import { glibcVersion, native, nativePath } from './binding';
-import { CUDA_UNAVAILABLE } from './options';
+import { cudaStatus, type CudaStatus } from './backend';
 
 export { loadModel, Model, Sequence, GenerationStream } from './model';
 export type { GenerateInput, ModelInfo, EvaluateResult, EvaluateOptions } from './model';
@@ -20,6 +20,8 @@ export { Tokenizer } from './tokenizer';
 export type { ModelConfig, Architecture } from './config';
 export { SUPPORTED_ARCHITECTURES, readModelConfig } from './config';
 export { defaultModelDir } from './defaultModel';
+export { cudaStatus, resolveBackend } from './backend';
+export type { CudaStatus, GpuInfo } from './backend';
 export { writeTinyModel } from './tinyModel';
 export type { TinyModelOptions } from './tinyModel';
 export {
@@ -54,8 +56,8 @@ export interface BuildInfo {
   prebuilt: boolean;
   /** glibc version of this process. */
   glibc?: string;
-  /** CUDA: whether the backend is compiled in and usable, why not, and the GPUs seen. */
-  cuda: { compiled: boolean; available: boolean; reason?: string; devices: { name: string; computeCapability: string; memoryBytes: number }[] };
+  /** CUDA: whether the backend library is there and usable, why not, and the GPUs seen. */
+  cuda: CudaStatus;
 }
 
 /** Reports the version, the compiled backends and the CPU features in use. */
@@ -73,6 +75,6 @@ export function getBuildInfo(): BuildInfo {
     napiVersion: b.napiVersion,
     prebuilt: addonPath.split(/[\\/]/).includes('prebuilds'),
     ...(glibcVersion() ? { glibc: glibcVersion() } : {}),
-    cuda: { compiled: false, available: false, reason: CUDA_UNAVAILABLE, devices: [] },
+    cuda: cudaStatus(),
   };
 }

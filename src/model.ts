@@ -25,7 +25,6 @@ import {
   checkObject,
   validateGenerateOptions,
   validateLoadOptions,
-  resolveBackend,
   type GenerateOptions,
   type GenerateResult,
   type LoadOptions,
@@ -33,6 +32,7 @@ import {
 } from './options';
 import { StreamDecoder, Tokenizer, type ChatMessage } from './tokenizer';
 import { validatePolicy, type Policy } from './policy';
+import { resolveBackend } from './backend';
 
 /** Default context of new sequences when loadModel gets no contextSize (capped by the model's own). */
 const DEFAULT_CONTEXT = 4096;
@@ -118,7 +118,7 @@ interface Pending {
 export async function loadModel(dir: string, options?: LoadOptions): Promise<Model> {
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidOptionError('modelDir', 'must be a non-empty path');
   const opts = validateLoadOptions(options);
-  resolveBackend(opts.backend);
+  const { backend } = resolveBackend(opts.backend);
   const root = path.resolve(dir);
   if (!fs.existsSync(root)) throw new ModelFileError('the model directory does not exist', root);
   if (!fs.statSync(root).isDirectory()) throw new ModelFileError('is not a directory (expected a Hugging Face model directory)', root);
@@ -137,7 +137,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   let nm: NativeModel;
   try {
     nm = await native().loadModel(
-      { files: [...files, ...addons], config, threads: opts.threads ?? os.availableParallelism(), prefault: opts.prefault ?? true },
+      { files: [...files, ...addons], config, threads: opts.threads ?? os.availableParallelism(), prefault: opts.prefault ?? true, backend },
       opts.onProgress,
       abortFlag,
     );

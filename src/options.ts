@@ -2,14 +2,15 @@
  * Option types and their validation. Unknown keys and wrong types are refused with an
  * InvalidOptionError naming the option, so a typo never silently falls back to a default.
  */
-import { BackendUnavailableError, InvalidOptionError } from './errors';
+import { InvalidOptionError } from './errors';
 import type { Policy } from './policy';
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
   /**
-   * Compute backend (default: $DEPTHGATE_BACKEND, else 'auto'). 'auto' uses the CPU in this
-   * version; 'cuda' is refused with BackendUnavailableError because this build has no CUDA backend.
+   * Compute backend (default: $DEPTHGATE_BACKEND, else 'auto'). 'auto' uses CUDA when the CUDA
+   * library is present and a usable GPU is seen, else the CPU; 'cuda' without them is a
+   * BackendUnavailableError whose reason says what is missing.
    */
   backend?: 'auto' | 'cpu' | 'cuda';
   /** Worker threads for the CPU kernels (default: all available cores). */
@@ -184,21 +185,6 @@ export function validateGenerateOptions(o: unknown): GenerateOptions {
   checkFunction(opts.onToken, 'onToken');
   return opts as GenerateOptions;
 }
-
-/** The backend a load uses: the option, else $DEPTHGATE_BACKEND, else 'auto'; resolved to the one that runs. */
-export function resolveBackend(option: LoadOptions['backend']): { backend: 'cpu'; requested: string; reason?: string } {
-  let requested: string = option ?? 'auto';
-  if (option === undefined && process.env.DEPTHGATE_BACKEND) {
-    requested = process.env.DEPTHGATE_BACKEND;
-    if (!['auto', 'cpu', 'cuda'].includes(requested))
-      throw new InvalidOptionError('DEPTHGATE_BACKEND', `must be auto, cpu or cuda, got ${describe(requested)}`);
-  }
-  if (requested === 'cuda') throw new BackendUnavailableError('cuda', CUDA_UNAVAILABLE);
-  return requested === 'auto' ? { backend: 'cpu', requested, reason: CUDA_UNAVAILABLE } : { backend: 'cpu', requested };
-}
-
-/** Why CUDA cannot be used by this build. */
-export const CUDA_UNAVAILABLE = 'this build of depthgate has no CUDA backend (CPU only)';
 
 /** Validates load options; throws InvalidOptionError naming the first bad one. */
 export function validateLoadOptions(o: unknown): LoadOptions {

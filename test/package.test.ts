@@ -20,7 +20,7 @@ function run(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.Proc
 /** A scratch copy of the package sources (node_modules linked), so the build here is left alone. */
 function packageCopy(): string {
   const dir = tmpDir('depthgate-src-');
-  for (const f of ['package.json', 'tsconfig.json', 'binding.gyp', 'CMakeLists.txt', 'README.md', 'src', 'native'])
+  for (const f of ['package.json', 'tsconfig.json', 'binding.gyp', 'CMakeLists.txt', 'README.md', 'src', 'native', 'cuda', 'scripts'])
     fs.cpSync(path.join(root, f), path.join(dir, f), { recursive: true });
   fs.symlinkSync(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
   return dir;
@@ -28,8 +28,11 @@ function packageCopy(): string {
 
 test('npm pack + offline install with no compiler gives a working package', () => {
   const src = packageCopy();
-  const pre = run('npx', ['prebuildify', '--napi', '--strip', '--tag-libc'], { cwd: src });
+  const pre = run('npm', ['run', 'prebuildify'], { cwd: src });
   expect(pre.code).toBe(0);
+  // With nvcc the CUDA backend library ships next to the addon; without, the prebuild is CPU-only.
+  const withCuda = /prebuild-cuda: \//.test(pre.out);
+  if (!withCuda) console.log('no nvcc here: the package is CPU-only');
   const prebuilt = fs.readdirSync(path.join(src, 'prebuilds', `linux-x64`)).filter((f) => f.endsWith('.node'));
   expect(prebuilt.length).toBeGreaterThan(0);
 
@@ -51,7 +54,8 @@ test('npm pack + offline install with no compiler gives a working package', () =
   ]));
   // Lean: no tests, benchmarks, TypeScript sources, source maps, build folders or model files.
   for (const f of files) expect(f).not.toMatch(/^(test|bench|src|build|scripts)\/|\.map$|\.safetensors$|\.ts$(?<!\.d\.ts)/);
-  expect(info[0].size).toBeLessThan(1.5 * 2 ** 20);
+  if (withCuda) expect(files).toContain('prebuilds/linux-x64/libdepthgate_cuda.so');
+  expect(info[0].size).toBeLessThan((withCuda ? 4 : 1.5) * 2 ** 20);
   console.log(`tarball ${info[0].filename}: ${(info[0].size / 1024).toFixed(0)} KiB packed, ${(info[0].unpackedSize / 1024).toFixed(0)} KiB unpacked, ${files.length} files`);
 
   // An environment with node, npm and sh only.
@@ -76,13 +80,16 @@ test('npm pack + offline install with no compiler gives a working package', () =
     dg.writeTinyModel('model', { layers: 2 });
     dg.loadModel('model', { backend: 'cpu' }).then(async (m) => {
       const r = await m.generate('Hello', { maxTokens: 5, stopOnEos: false });
-      console.log(JSON.stringify({ addon: b.addonPath, backends: b.backends, tokens: r.tokens.length }));
+      console.log(JSON.stringify({ addon: b.addonPath, backends: b.backends, cuda: b.cuda, tokens: r.tokens.length }));
       await m.dispose();
     });`;
   const gen = run('node', ['-e', script], { cwd: app, env });
   expect(gen.code).toBe(0);
-  const res = JSON.parse(gen.stdout.trim().split('\n').at(-1)!) as { addon: string; backends: string[]; tokens: number };
+  const res = JSON.parse(gen.stdout.trim().split('\n').at(-1)!) as { addon: string; backends: string[]; cuda: { compiled: boolean; available: boolean }; tokens: number };
   expect(res.addon).toContain(path.join('node_modules', 'depthgate', 'prebuilds', 'linux-x64'));
+  // The installed addon finds the packed CUDA library (no GPU here, so it is not usable).
+  expect(res.cuda.compiled).toBe(withCuda);
+  expect(res.backends).toEqual(withCuda ? ['cpu', 'cuda'] : ['cpu']);
   expect(res.tokens).toBe(5);
   const cli = run('node', [path.join(app, 'node_modules', '.bin', 'depthgate'), 'generate', '--prompt', 'Hi', '--max-tokens', '3'], { cwd: app, env });
   expect(cli.code).toBe(0);
