@@ -25,7 +25,7 @@ for variant in "" "--dtype bf16 --tied" "--arch qwen2 --dtype f16" "--shards 2";
   for f in "$d"/*.safetensors; do
     cp "$f" "$seeds/st/$(basename "$d")-$(basename "$f")"
     n=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
-    tail -c +9 "$f" | head -c "$n" > "$seeds/json/$(basename "$d")-$(basename "$f").json"
+    head -c "$((n + 8))" "$f" | tail -c "$n" > "$seeds/json/$(basename "$d")-$(basename "$f").json"
   done
 done
 cp test/fuzz/regressions/* "$seeds/st/" 2>/dev/null || true

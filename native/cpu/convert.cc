@@ -8,8 +8,10 @@
 #include "tensor.h"
 
 // GCC 12's avx512 headers use self-initialised "undefined" vectors that -Wall flags.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 namespace dg {
 

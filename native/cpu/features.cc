@@ -1,6 +1,8 @@
 // Processor feature detection and the choice of kernel variant. Every SIMD kernel is compiled
 // with a per-function target attribute, so one binary runs everywhere and this file decides
 // at run time which of them may execute.
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -17,7 +19,9 @@ const CpuFeatures& cpuFeatures() {
     __builtin_cpu_init();
     f.avx2 = __builtin_cpu_supports("avx2");
     f.fma = __builtin_cpu_supports("fma");
-    f.f16c = __builtin_cpu_supports("f16c");
+    // F16C from CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports has no "f16c".
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    f.f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
     f.avx512f = __builtin_cpu_supports("avx512f");
     f.avx512bw = __builtin_cpu_supports("avx512bw");
 #endif

@@ -22,8 +22,10 @@
 #include "tensor.h"
 
 // GCC 12's avx512 headers use self-initialised "undefined" vectors that -Wall flags.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 #define DG_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define DG_AVX512 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))

@@ -1,0 +1,22 @@
+/**
+ * A short coverage-guided fuzz run (libFuzzer + ASan + UBSan) of the native parsers: the JSON
+ * reader, whole safetensors files, and model binding. Longer runs: `bash scripts/fuzz.sh 600`.
+ * Needs clang; where it is missing the test says so and does nothing (.ci/run installs it).
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+
+const hasClang = spawnSync('sh', ['-c', 'command -v clang++']).status === 0;
+
+test('native parsers survive a short fuzz run with no sanitizer report', () => {
+  if (!hasClang) {
+    console.log('skipped: clang++ is not installed (apt-get install clang), so libFuzzer is unavailable');
+    return;
+  }
+  const seconds = process.env.DEPTHGATE_FUZZ_SECONDS ?? '20';
+  const r = spawnSync('bash', [path.join(__dirname, '..', 'scripts', 'fuzz.sh'), seconds], { encoding: 'utf8', timeout: 900000 });
+  const out = r.stdout + r.stderr;
+  expect(out).not.toMatch(/FOUND A CRASH|ERROR: AddressSanitizer|runtime error:/);
+  expect(out.match(/stat::number_of_executed_units:\s+\d+/g)).toHaveLength(3);
+  expect(r.status).toBe(0);
+}, 900000);
