@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "json.h"
 #include "cuda_loader.h"
 
 #define DG_EXPORT extern "C" __attribute__((visibility("default")))
@@ -287,23 +288,6 @@ class CudaOps final : public Ops {
   std::vector<float> host_;
 };
 
-std::string jsonString(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      o += '\\';
-      o += char(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      o += buf;
-    } else {
-      o += char(c);
-    }
-  }
-  return o + "\"";
-}
-
 void writeOut(char* out, size_t len, const std::string& s) {
   if (!out || len == 0) return;
   size_t n = std::min(len - 1, s.size());
@@ -321,7 +305,6 @@ constexpr int kMinMajor = 8;
 DG_EXPORT int dg_cuda_abi_version(void) { return DG_CUDA_ABI; }
 
 DG_EXPORT int dg_cuda_probe(char* out, size_t len) {
-  using dg::cuda::jsonString;
   try {
     int runtime = 0, driver = 0;
     cudaRuntimeGetVersion(&runtime);
@@ -332,7 +315,7 @@ DG_EXPORT int dg_cuda_probe(char* out, size_t len) {
     if (e != cudaSuccess) {
       cudaGetLastError();
       std::string reason = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(e);
-      dg::cuda::writeOut(out, len, "{\"available\":false,\"reason\":" + jsonString(reason) + ",\"devices\":[]" +
+      dg::cuda::writeOut(out, len, "{\"available\":false,\"reason\":" + dg::jsonQuote(reason) + ",\"devices\":[]" +
                                        versions + "}");
       return 0;
     }
@@ -345,7 +328,7 @@ DG_EXPORT int dg_cuda_probe(char* out, size_t len) {
         continue;
       }
       if (!devices.empty()) devices += ",";
-      devices += "{\"index\":" + std::to_string(i) + ",\"name\":" + jsonString(p.name) + ",\"computeCapability\":\"" +
+      devices += "{\"index\":" + std::to_string(i) + ",\"name\":" + dg::jsonQuote(p.name) + ",\"computeCapability\":\"" +
                  std::to_string(p.major) + "." + std::to_string(p.minor) + "\",\"memoryBytes\":" +
                  std::to_string(p.totalGlobalMem) + ",\"multiprocessors\":" + std::to_string(p.multiProcessorCount) + "}";
       if (p.major >= dg::cuda::kMinMajor) usable = true;
@@ -354,7 +337,7 @@ DG_EXPORT int dg_cuda_probe(char* out, size_t len) {
                          : usable   ? ""
                                     : "no CUDA device of compute capability 8.0 or newer (this build targets sm_80+)";
     dg::cuda::writeOut(out, len, std::string("{\"available\":") + (usable ? "true" : "false") + ",\"reason\":" +
-                                     jsonString(reason) + ",\"devices\":[" + devices + "]" + versions + "}");
+                                     dg::jsonQuote(reason) + ",\"devices\":[" + devices + "]" + versions + "}");
     return usable ? 1 : 0;
   } catch (...) {
     dg::cuda::writeOut(out, len, "{\"available\":false,\"reason\":\"the CUDA probe failed\",\"devices\":[]}");

@@ -39,25 +39,35 @@ int32_t* flagPointer(Napi::Value v, Napi::Reference<Napi::Value>& keep) {
   return reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
 }
 
+// Runs f on a worker thread; an exception becomes (code, file, message) for a coded JS error.
+// Returns false when f threw.
+template <typename F>
+bool runCaught(F&& f, std::string& code, std::string& file, std::string& message) {
+  try {
+    f();
+    return true;
+  } catch (const Error& e) {
+    code = e.code;
+    file = e.file;
+    message = e.what();
+  } catch (const std::bad_alloc&) {
+    code = kErrMemory;
+    message = "out of host memory";
+  } catch (const std::exception& e) {
+    code = "ERR_DEPTHGATE_INTERNAL";
+    message = e.what();
+  }
+  return false;
+}
+
 // Catches engine errors on the worker thread and re-raises them as coded JS errors.
 class CodedWorker : public Napi::AsyncWorker {
  protected:
   using Napi::AsyncWorker::AsyncWorker;
   template <typename F>
   void guarded(F&& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      code_ = e.code;
-      file_ = e.file;
-      SetError(e.what());
-    } catch (const std::bad_alloc&) {
-      code_ = kErrMemory;
-      SetError("out of host memory");
-    } catch (const std::exception& e) {
-      code_ = "ERR_DEPTHGATE_INTERNAL";
-      SetError(e.what());
-    }
+    std::string message;
+    if (!runCaught(f, code_, file_, message)) SetError(message);
   }
   void OnError(const Napi::Error& e) override {
     Napi::Env env = Env();
@@ -226,25 +236,19 @@ class LoadWorker : public Napi::AsyncProgressWorker<double> {
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute(const ExecutionProgress& progress) override {
-    try {
-      auto model = loadModel(cfg_, files_, prefault_, [&](double f) {
-        progress.Send(&f, 1);
-        return !flagSet(abort_);
-      });
-      std::shared_ptr<Model> shared(std::move(model));
-      std::unique_ptr<Ops> ops = cuda_ ? createCudaOps(0) : std::unique_ptr<Ops>(createCpuOps(threads_));
-      engine_ = std::make_shared<Engine>(shared, std::move(ops));
-    } catch (const Error& e) {
-      code_ = e.code;
-      file_ = e.file;
-      SetError(e.what());
-    } catch (const std::bad_alloc&) {
-      code_ = kErrMemory;
-      SetError("out of host memory while loading the model");
-    } catch (const std::exception& e) {
-      code_ = "ERR_DEPTHGATE_INTERNAL";
-      SetError(e.what());
-    }
+    std::string message;
+    bool ok = runCaught(
+        [&] {
+          auto model = loadModel(cfg_, files_, prefault_, [&](double f) {
+            progress.Send(&f, 1);
+            return !flagSet(abort_);
+          });
+          std::shared_ptr<Model> shared(std::move(model));
+          std::unique_ptr<Ops> ops = cuda_ ? createCudaOps(0) : std::unique_ptr<Ops>(createCpuOps(threads_));
+          engine_ = std::make_shared<Engine>(shared, std::move(ops));
+        },
+        code_, file_, message);
+    if (!ok) SetError(message);
   }
   void OnProgress(const double* data, size_t n) override {
     if (!progress_.IsEmpty() && n > 0) {

@@ -1,5 +1,6 @@
 // Finds, loads and checks libdepthgate_cuda.so at run time (see cuda_loader.h).
 #include "cuda_loader.h"
+#include "json.h"
 
 #include <cstdlib>
 #include <mutex>
@@ -34,24 +35,6 @@ namespace dg {
 namespace {
 
 const char* kLibName = "libdepthgate_cuda.so";
-
-std::string jsonString(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      o += '\\';
-      o += char(c);
-    } else if (c < 0x20) {
-      static const char* hex = "0123456789abcdef";
-      o += "\\u00";
-      o += hex[c >> 4];
-      o += hex[c & 15];
-    } else {
-      o += char(c);
-    }
-  }
-  return o + "\"";
-}
 
 struct Loaded {
   bool tried = false;
@@ -118,7 +101,7 @@ CudaProbe probeCuda() {
     r.libraryPath = L.path;
     r.error = L.error;
     if (!L.ok) {
-      r.probeJson = "{\"available\":false,\"reason\":" + jsonString(L.error) + ",\"devices\":[]}";
+      r.probeJson = "{\"available\":false,\"reason\":" + jsonQuote(L.error) + ",\"devices\":[]}";
       return r;
     }
     std::vector<char> buf(16384, 0);

@@ -212,6 +212,24 @@ bool JsonValue::asUint(int64_t& out) const {
   return true;
 }
 
+std::string jsonQuote(const std::string& s) {
+  static const char* hex = "0123456789abcdef";
+  std::string o = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += char(c);
+    } else if (c < 0x20) {
+      o += "\\u00";
+      o += hex[c >> 4];
+      o += hex[c & 15];
+    } else {
+      o += char(c);
+    }
+  }
+  return o + "\"";
+}
+
 JsonValue parseJson(const char* data, size_t size) {
   Parser ps{data, data + size, data};
   JsonValue v;

@@ -24,4 +24,7 @@ struct JsonValue {
 // Throws std::runtime_error with a position and reason on malformed input.
 JsonValue parseJson(const char* data, size_t size);
 
+// `s` as a JSON string literal, quotes included (for the small reports the addon builds).
+std::string jsonQuote(const std::string& s);
+
 }  // namespace dg
