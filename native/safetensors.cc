@@ -11,6 +11,7 @@
 
 #include "errors.h"
 #include "json.h"
+#include "mapguard.h"
 
 namespace dg {
 
@@ -159,13 +160,17 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       map_ = nullptr;
       throw Error(kErrIo, "cannot memory-map: " + std::string(std::strerror(errno)), path);
     }
+    guardMapping(map_, size_, path);
   }
   const char* base = static_cast<const char*>(map_) + dataStart;
   for (auto& t : tensors_) t.data = map_ ? base + t.begin : nullptr;
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  if (map_) munmap(map_, size_);
+  if (map_) {
+    unguardMapping(map_);
+    munmap(map_, size_);
+  }
 }
 
 void TensorStore::open(const std::vector<std::string>& paths) {

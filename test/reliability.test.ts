@@ -1,0 +1,89 @@
+/**
+ * Reliability: no leaks across load/generate/dispose cycles (native, under LeakSanitizer; and the
+ * process's own memory, mappings and file descriptors), KV memory returned when a sequence ends,
+ * and what happens when a checkpoint changes while it is memory-mapped.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { loadModel } from '../src';
+import { cleanup, openedFiles, randomTokens, tinyModel } from './helpers';
+
+afterAll(cleanup);
+const root = path.join(__dirname, '..');
+
+test('native load/run/free cycles, failed loads included, leak nothing (LeakSanitizer)', () => {
+  const r = spawnSync('bash', [path.join(root, 'scripts', 'test-leaks.sh')], { encoding: 'utf8', timeout: 900000 });
+  const out = r.stdout + r.stderr;
+  expect(out).not.toMatch(/LeakSanitizer|AddressSanitizer|runtime error:/);
+  expect(out).toMatch(/leak test passed/);
+  expect(r.status).toBe(0);
+}, 900000);
+
+test('100 load/generate/dispose cycles: memory, mappings and file descriptors come back', async () => {
+  const dir = tinyModel({ seed: 3, hidden: 128, intermediate: 256, layers: 3 });
+  const cycle = async () => {
+    const m = await loadModel(dir, { threads: 1 });
+    await m.generate({ tokens: [1, 2, 3] }, { maxTokens: 4, stopOnEos: false });
+    await m.dispose();
+  };
+  for (let i = 0; i < 10; i++) await cycle(); // warm-up: allocator and JIT settle
+  global.gc?.();
+  const rss0 = process.memoryUsage().rss;
+  const fds0 = fs.readdirSync('/proc/self/fd').length;
+  for (let i = 0; i < 100; i++) await cycle();
+  global.gc?.();
+  const grownMiB = (process.memoryUsage().rss - rss0) / 2 ** 20;
+  expect(grownMiB).toBeLessThan(24); // the model is 0.3 MB: 100 leaked loads would exceed this
+  expect(fs.readdirSync('/proc/self/fd').length).toBeLessThanOrEqual(fds0 + 2);
+  expect(openedFiles().filter((f) => f.startsWith(dir))).toEqual([]);
+});
+
+test('the KV cache is released when a sequence ends', async () => {
+  const m = await loadModel(tinyModel({ seed: 3, hidden: 256, heads: 4, kvHeads: 4, layers: 8, maxPositions: 4096 }), { threads: 2 });
+  try {
+    const seq = m.createSequence({ contextSize: 4096 });
+    await seq.evaluate(randomTokens(4000, 0, 300, 1));
+    const withCache = process.memoryUsage().rss;
+    seq.dispose();
+    const freed = (withCache - process.memoryUsage().rss) / 2 ** 20;
+    // 4096 positions x 8 layers x 2 (K, V) x 256 floats x 4 bytes = 64 MiB of cache.
+    expect(freed).toBeGreaterThan(40);
+  } finally {
+    await m.dispose();
+  }
+});
+
+describe('a checkpoint that changes while mapped', () => {
+  test('replaced by rename or deleted: the loaded model keeps working with its old weights', async () => {
+    const dir = tinyModel({ seed: 8 });
+    const m = await loadModel(dir, { threads: 1 });
+    try {
+      const before = await m.evaluate([5, 6, 7]);
+      const file = path.join(dir, 'model.safetensors');
+      const other = tinyModel({ seed: 9 });
+      fs.copyFileSync(path.join(other, 'model.safetensors'), file + '.new');
+      fs.renameSync(file + '.new', file); // the safe way to update a checkpoint
+      expect(Array.from((await m.evaluate([5, 6, 7])).logits[2])).toEqual(Array.from(before.logits[2]));
+      fs.rmSync(file);
+      expect(Array.from((await m.evaluate([5, 6, 7])).logits[2])).toEqual(Array.from(before.logits[2]));
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  test('truncated in place: the process dies of SIGBUS, but names the file and the cause first', () => {
+    const dir = tinyModel({ seed: 8, hidden: 128, intermediate: 512 });
+    const script = `
+      const fs = require('fs');
+      require('./dist/index.js').loadModel(${JSON.stringify(dir)}, { threads: 1 }).then(async (m) => {
+        fs.truncateSync(${JSON.stringify(path.join(dir, 'model.safetensors'))}, 4096);
+        await m.evaluate([1, 2, 3]);
+        console.log('survived');
+      });`;
+    const r = spawnSync(process.execPath, ['-e', script], { cwd: root, encoding: 'utf8', timeout: 60000 });
+    expect(r.signal).toBe('SIGBUS');
+    expect(r.stdout).not.toMatch(/survived/);
+    expect(r.stderr).toMatch(new RegExp(`the model file ${path.join(dir, 'model.safetensors').replace(/[/.]/g, '\\$&')} was truncated or rewritten while it was memory-mapped`));
+  });
+});
