@@ -114,6 +114,17 @@ interface Pending {
   reject(e: unknown): void;
 }
 
+/**
+ * Token ids of an input: text (with BOS at the start of a sequence, as the tokenizer config says),
+ * chat messages through the chat template (which writes its own special tokens), or ids as given.
+ */
+function tokenizeInput(tk: Tokenizer, input: GenerateInput, startOfSequence: boolean): number[] {
+  if (typeof input === 'string') return tk.encode(input, startOfSequence);
+  if (Array.isArray(input)) return tk.encode(tk.applyChatTemplate(input, true), false);
+  if (input && typeof input === 'object' && 'tokens' in input) return Array.from(input.tokens);
+  throw new InvalidOptionError('input', 'must be a string, an array of chat messages, or {tokens}');
+}
+
 /** Loads a Hugging Face model directory (config.json, safetensors weights, tokenizer files). */
 export async function loadModel(dir: string, options?: LoadOptions): Promise<Model> {
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidOptionError('modelDir', 'must be a non-empty path');
@@ -286,12 +297,7 @@ export class Model implements AsyncDisposable {
   /** A fresh sequence sized for the prompt plus maxTokens (not the whole default context). */
   private oneShot(input: GenerateInput, opts: GenerateOptions): { seq: Sequence; ids: number[] } {
     this.live();
-    const tk = this.tokenizer;
-    let ids: number[];
-    if (typeof input === 'string') ids = tk.encode(input, true);
-    else if (Array.isArray(input)) ids = tk.encode(tk.applyChatTemplate(input, true), false);
-    else if (input && typeof input === 'object' && 'tokens' in input) ids = Array.from(input.tokens);
-    else throw new InvalidOptionError('input', 'must be a string, an array of chat messages, or {tokens}');
+    const ids = tokenizeInput(this.tokenizer, input, true);
     const ctx = Math.max(1, Math.min(this.contextSize, ids.length + (opts.maxTokens ?? DEFAULT_MAX_TOKENS)));
     return { seq: this.createSequence({ contextSize: ctx }), ids };
   }
@@ -433,13 +439,8 @@ export class Sequence implements AsyncDisposable {
 
   /** @internal converts input to ids: BOS only at the start of a sequence; chat templates render their own. */
   inputTokens(input: GenerateInput): number[] {
-    const tk = this.model.tokenizer;
     const fresh = this.tokens.length === 0 && this.pendingToken === null;
-    let ids: number[];
-    if (typeof input === 'string') ids = tk.encode(input, fresh);
-    else if (Array.isArray(input)) ids = tk.encode(tk.applyChatTemplate(input, true), false);
-    else if (input && typeof input === 'object' && 'tokens' in input) ids = Array.from(input.tokens);
-    else throw new InvalidOptionError('input', 'must be a string, an array of chat messages, or {tokens}');
+    const ids = tokenizeInput(this.model.tokenizer, input, fresh);
     const vocab = this.model.config.vocabSize;
     for (const t of ids)
       if (!Number.isInteger(t) || t < 0 || t >= vocab)
@@ -449,11 +450,12 @@ export class Sequence implements AsyncDisposable {
     return ids;
   }
 
-  private checkFits(n: number): void {
+  /** @internal Throws ContextOverflowError when n more tokens do not fit. */
+  checkFits(n: number): void {
     const used = this.tokens.length;
     if (used + n > this.contextSize)
       throw new ContextOverflowError(
-        `the input is ${n} tokens but the sequence has ${this.contextSize - used} of its ${this.contextSize} context positions left`,
+        `the prompt is ${n} tokens but only ${this.contextSize - used} of its ${this.contextSize} context positions are left (contextSize ${this.contextSize})`,
       );
   }
 
@@ -599,10 +601,7 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
     try {
       const ids = seq.inputTokens(this.input);
       promptTokens = ids.length;
-      if (seq.tokens.length + ids.length > seq.contextSize)
-        throw new ContextOverflowError(
-          `the prompt is ${ids.length} tokens but the context holds ${seq.contextSize - seq.tokens.length} more (contextSize ${seq.contextSize})`,
-        );
+      seq.checkFits(ids.length);
       ns = seq.acquire();
       ns.setSeed(opts.seed ?? randomInt(0, 2 ** 47));
       decoder = new StreamDecoder(model.tokenizer);
