@@ -29,6 +29,12 @@ export interface CudaStatus {
   devices: GpuInfo[];
 }
 
+/**
+ * Whether 'auto' may pick CUDA. False until the GPU parity tests (test/cuda-gpu.test.ts) have
+ * passed on a GPU: an unvalidated backend is used only when asked for by name.
+ */
+export const CUDA_VALIDATED = false;
+
 let cached: CudaStatus | undefined;
 
 /** Asks the addon about the CUDA library and the GPUs (once per process). */
@@ -58,8 +64,8 @@ export function cudaStatus(): CudaStatus {
 
 /**
  * The backend a load uses: the option, else $DEPTHGATE_BACKEND, else 'auto'. 'auto' picks CUDA
- * when it is usable and otherwise the CPU, with the reason; 'cuda' without it throws
- * BackendUnavailableError.
+ * when it is usable (and validated, see CUDA_VALIDATED) and otherwise the CPU, with the reason;
+ * 'cuda' without a usable GPU throws BackendUnavailableError.
  */
 export function resolveBackend(option: LoadOptions['backend']): { backend: 'cpu' | 'cuda'; reason?: string } {
   let requested: string = option ?? 'auto';
@@ -74,5 +80,7 @@ export function resolveBackend(option: LoadOptions['backend']): { backend: 'cpu'
     if (!cuda.available) throw new BackendUnavailableError('cuda', cuda.reason ?? 'no usable GPU');
     return { backend: 'cuda' };
   }
+  if (cuda.available && !CUDA_VALIDATED)
+    return { backend: 'cpu', reason: "CUDA not used: the CUDA backend has not been validated on a GPU yet; ask for backend 'cuda' to try it" };
   return cuda.available ? { backend: 'cuda' } : { backend: 'cpu', reason: `CUDA not used: ${cuda.reason}` };
 }

@@ -8,9 +8,10 @@ import type { Policy } from './policy';
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
   /**
-   * Compute backend (default: $DEPTHGATE_BACKEND, else 'auto'). 'auto' uses CUDA when the CUDA
-   * library is present and a usable GPU is seen, else the CPU; 'cuda' without them is a
-   * BackendUnavailableError whose reason says what is missing.
+   * Compute backend (default: $DEPTHGATE_BACKEND, else 'auto'). 'cpu' is the tested backend.
+   * 'cuda' uses the CUDA library when it is present and a usable GPU is seen, and is otherwise a
+   * BackendUnavailableError with the reason. 'auto' picks the CPU in this version: the CUDA backend
+   * has not been validated on a GPU yet, so it runs only when asked for by name.
    */
   backend?: 'auto' | 'cpu' | 'cuda';
   /** Worker threads for the CPU kernels (default: all available cores). */
