@@ -97,6 +97,7 @@ export class Tokenizer {
 
   /** Decodes ids to text; special tokens are dropped unless `skipSpecialTokens` is false. */
   decode(ids: ArrayLike<number>, skipSpecialTokens = true): string {
+    if (ids.length === 0) return ''; // the HF tokenizer refuses an empty list
     return this.hf.decode(Array.from(ids), { skip_special_tokens: skipSpecialTokens });
   }
 
@@ -121,37 +122,46 @@ export class Tokenizer {
 }
 
 /**
- * Turns a growing list of generated ids into text deltas. Decoding the whole list each time and
- * holding back text that ends in an incomplete UTF-8 sequence (U+FFFD) keeps multi-byte
- * characters and word-joining decoders correct.
+ * Turns a growing list of generated ids into text deltas in constant work per token: it decodes
+ * a short window (the ids since the last emitted text, plus the few before them as context) and
+ * emits what the window adds to its own prefix. Decoding the context with the window keeps word
+ * joins and leading spaces right; text ending in an incomplete UTF-8 sequence (U+FFFD) is held
+ * back until the character is complete.
  */
 export class StreamDecoder {
   private ids: number[] = [];
+  private prefixOffset = 0; // start of the context window
+  private readOffset = 0; // ids before this are already emitted
   private emitted = '';
-  constructor(private readonly tokenizer: Tokenizer) {}
-
   /** True while the last token ended inside a multi-byte character. */
   holding = false;
+  constructor(private readonly tokenizer: Tokenizer) {}
 
   push(id: number): string {
     this.ids.push(id);
-    const text = this.tokenizer.decode(this.ids);
+    const prefix = this.tokenizer.decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const text = this.tokenizer.decode(this.ids.slice(this.prefixOffset));
     this.holding = text.endsWith('\uFFFD');
-    if (this.holding) return '';
-    const delta = text.slice(this.emitted.length);
-    this.emitted = text;
+    if (this.holding || text.length <= prefix.length) return '';
+    const delta = text.slice(prefix.length);
+    this.prefixOffset = this.readOffset;
+    this.readOffset = this.ids.length;
+    this.emitted += delta;
     return delta;
   }
 
   /** The text still held back (an incomplete character at the very end), once generation is over. */
   finish(): string {
-    const text = this.tokenizer.decode(this.ids);
-    const delta = text.slice(this.emitted.length);
-    this.emitted = text;
+    const prefix = this.tokenizer.decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const text = this.tokenizer.decode(this.ids.slice(this.prefixOffset));
+    const delta = text.length > prefix.length ? text.slice(prefix.length) : '';
+    this.prefixOffset = this.readOffset = this.ids.length;
+    this.emitted += delta;
     this.holding = false;
     return delta;
   }
 
+  /** All text emitted so far. */
   get text(): string {
     return this.emitted;
   }

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { AbortError, DisposedError, OutOfMemoryError, loadModel, type Model } from '../src';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';
+import { StreamDecoder } from '../src/tokenizer';
 
 afterAll(cleanup);
 
@@ -261,5 +262,28 @@ describe('memory and concurrency', () => {
     for (const p of prompts) alone.push((await model.generate({ tokens: p }, { maxTokens: 12, stopOnEos: false })).tokens);
     const together = await Promise.all(prompts.map((p) => model.generate({ tokens: p }, { maxTokens: 12, stopOnEos: false })));
     expect(together.map((r) => r.tokens)).toEqual(alone);
+  });
+});
+
+describe('streaming text', () => {
+  test('deltas add up to the full decode, for multi-byte text and special tokens, over many tokens', () => {
+    const tk = model.tokenizer;
+    const texts = ['héllo wörld 世界 🙂 and more text, repeated: 世界🙂🙂 ok', 'plain ascii words only here'];
+    for (const t of texts) {
+      const ids = tk.encode(t.repeat(20), false);
+      const d = new StreamDecoder(tk);
+      let out = '';
+      for (const id of ids) out += d.push(id);
+      out += d.finish();
+      expect(out).toBe(tk.decode(ids));
+      expect(d.text).toBe(out);
+    }
+    // Random ids (incomplete byte sequences, special tokens) still add up.
+    const ids = randomTokens(400, 0, 320, 99);
+    const d = new StreamDecoder(tk);
+    let out = '';
+    for (const id of ids) out += d.push(id);
+    out += d.finish();
+    expect(out).toBe(tk.decode(ids));
   });
 });
