@@ -56,7 +56,7 @@ export interface ModelInfo {
   weightBytes: number;
   /** Stored dtype(s) of the weights, e.g. "BF16". */
   dtype: string;
-  /** The backend running the model ('cpu'). */
+  /** The backend running the model: 'cpu' or 'cuda'. */
   backend: string;
   /** Decoder layers. */
   numLayers: number;
