@@ -71,5 +71,7 @@ class Ops {
 
 // cpu/cpu_backend.cc
 Ops* createCpuOps(int threads);
+// Bytes currently allocated by all CPU backends (for leak tests).
+size_t cpuBytesOutstanding();
 
 }  // namespace dg

@@ -7,7 +7,7 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 srcs=$(node -p "require('./native/sources.json').filter(f => !f.endsWith('addon.cc')).join(' ')")
 # shellcheck disable=SC2086
-g++ -std=c++17 -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -pthread -Inative \
+g++ -std=c++17 -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -pthread -Inative -Itest/native \
   test/native/leak_test.cc $srcs -ldl -o "$out/leak_test"
 node -e "require('./dist/tinyModel.js').writeTinyModel('$out/model', {layers: 2, flexidepth: {layers: [1]}, skiplayer: {mode: 'module', layers: [0]}})"
 head -c 3000 "$out/model/model.safetensors" > "$out/corrupt.safetensors"

@@ -9,6 +9,7 @@
 
 #include "errors.h"
 #include "model.h"
+#include "tiny_config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   int fd = memfd_create("fuzz-model.safetensors", MFD_CLOEXEC);
@@ -17,17 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     close(fd);
     return 0;
   }
-  dg::ModelConfig c;
-  c.architecture = "LlamaForCausalLM";
-  c.vocab = 320;
-  c.hidden = 64;
-  c.layers = 2;
-  c.heads = 4;
-  c.kvHeads = 2;
-  c.headDim = 16;
-  c.intermediate = 128;
-  c.maxPositions = 256;
-  c.rmsEps = 1e-5f;
+  dg::ModelConfig c = tinyTestConfig();
   try {
     auto m = dg::loadModel(c, {"/proc/self/fd/" + std::to_string(fd)}, true, nullptr);
   } catch (const dg::Error&) {
