@@ -375,7 +375,8 @@ class ForwardWorker : public CodedWorker {
     for (size_t i = 0; i < responses_.size(); i++) {
       Napi::Object r = Napi::Object::New(env);
       auto& lg = responses_[i].logits;
-      if (!lg.empty()) {
+      // Logits kept only for sampling stay native: no per-token copy of a vocabulary row.
+      if (!lg.empty() && requests_[i].logits != LogitsMode::None) {
         Napi::Float32Array a = Napi::Float32Array::New(env, lg.size());
         std::memcpy(a.Data(), lg.data(), lg.size() * 4);
         r.Set("logits", a);

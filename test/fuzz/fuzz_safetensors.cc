@@ -1,22 +1,16 @@
 // libFuzzer target: a whole safetensors file (length prefix, header, tensor table, data), opened
 // the way the loader opens a checkpoint, through a memfd so that mmap is exercised too.
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <cstdint>
 #include <string>
 
 #include "errors.h"
+#include "memfd.h"
 #include "safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  int fd = memfd_create("fuzz.safetensors", MFD_CLOEXEC);
+  int fd = memfdWith(data, size);
   if (fd < 0) return 0;
-  if (size && write(fd, data, size) != ssize_t(size)) {
-    close(fd);
-    return 0;
-  }
-  std::string path = "/proc/self/fd/" + std::to_string(fd);
+  std::string path = fdPath(fd);
   try {
     dg::SafetensorsFile f(path);
     // Touch every tensor's first and last byte: offsets must lie inside the mapping.

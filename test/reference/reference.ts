@@ -262,6 +262,37 @@ export function applyRope(v: Float64Array, nHeads: number, hd: number, pos: numb
 export const silu = (x: number): number => x / (1 + Math.exp(-x));
 
 /** Logits (one Float64Array of vocab_size per position) for `tokens` starting at position 0. */
+/**
+ * Causal attention of position t over positions max(0, t - window + 1)..t, softmax in float64;
+ * query head h reads KV head floor(h / (heads / kvHeads)).
+ */
+export function causalAttention(
+  qs: Float64Array[], ks: Float64Array[], vs: Float64Array[], t: number,
+  heads: number, kvHeads: number, hd: number, window: number | null,
+): Float64Array {
+  const group = heads / kvHeads;
+  const scale = 1 / Math.sqrt(hd);
+  const attn = new Float64Array(heads * hd);
+  const first = window === null ? 0 : Math.max(0, t - window + 1);
+  for (let h = 0; h < heads; h++) {
+    const kvh = Math.floor(h / group);
+    const scores: number[] = [];
+    for (let j = first; j <= t; j++) {
+      let s = 0;
+      for (let i = 0; i < hd; i++) s += qs[t]![h * hd + i]! * ks[j]![kvh * hd + i]!;
+      scores.push(s * scale);
+    }
+    const m = Math.max(...scores);
+    const e = scores.map((s) => Math.exp(s - m));
+    const z = e.reduce((a, b) => a + b, 0);
+    for (let j = first; j <= t; j++) {
+      const w = e[j - first]! / z;
+      for (let i = 0; i < hd; i++) attn[h * hd + i] = attn[h * hd + i]! + w * vs[j]![kvh * hd + i]!;
+    }
+  }
+  return attn;
+}
+
 export function referenceLogits(model: ReferenceModel, tokens: number[]): Float64Array[] {
   const c = model.config;
   const d = c.hidden;
@@ -270,7 +301,6 @@ export function referenceLogits(model: ReferenceModel, tokens: number[]): Float6
   const kvDim = c.kvHeads * hd;
   const ff = c.intermediate;
   const T = tokens.length;
-  const group = c.heads / c.kvHeads;
 
   const embed = tensor(model, 'model.embed_tokens.weight', [c.vocabSize, d]);
   let xs: Float64Array[] = tokens.map((tok) => {
@@ -310,27 +340,9 @@ export function referenceLogits(model: ReferenceModel, tokens: number[]): Float6
       ks.push(k);
       vs.push(v);
     }
-    const scale = 1 / Math.sqrt(hd);
     const next: Float64Array[] = [];
     for (let t = 0; t < T; t++) {
-      const attn = new Float64Array(qDim);
-      const first = window === null ? 0 : Math.max(0, t - window + 1);
-      for (let h = 0; h < c.heads; h++) {
-        const kvh = Math.floor(h / group);
-        const scores: number[] = [];
-        for (let j = first; j <= t; j++) {
-          let s = 0;
-          for (let i = 0; i < hd; i++) s += qs[t]![h * hd + i]! * ks[j]![kvh * hd + i]!;
-          scores.push(s * scale);
-        }
-        const m = Math.max(...scores);
-        const e = scores.map((s) => Math.exp(s - m));
-        const z = e.reduce((a, b) => a + b, 0);
-        for (let j = first; j <= t; j++) {
-          const w = e[j - first]! / z;
-          for (let i = 0; i < hd; i++) attn[h * hd + i] = attn[h * hd + i]! + w * vs[j]![kvh * hd + i]!;
-        }
-      }
+      const attn = causalAttention(qs, ks, vs, t, c.heads, c.kvHeads, hd, window);
       const o = linear(wo, bo, attn, d, qDim);
       const x = new Float64Array(d);
       for (let i = 0; i < d; i++) x[i] = xs[t]![i]! + o[i]!;

@@ -42,6 +42,7 @@ import {
   silu,
   tensor,
   type ReferenceModel,
+  causalAttention,
 } from './reference';
 
 export type RefPolicy =
@@ -150,7 +151,6 @@ export function referenceRouted(model: RoutedReferenceModel, tokens: number[], p
   const kvDim = c.kvHeads * hd;
   const ff = c.intermediate;
   const T = tokens.length;
-  const group = c.heads / c.kvHeads;
   const eps = c.rmsNormEps;
 
   // ---- policy set-up ----
@@ -270,27 +270,9 @@ export function referenceRouted(model: RoutedReferenceModel, tokens: number[], p
       ks.push(k);
       vs.push(v);
     }
-    const scale = 1 / Math.sqrt(hd);
     const next: Float64Array[] = [];
     for (let t = 0; t < T; t++) {
-      const attn = new Float64Array(qDim);
-      const first = window === null ? 0 : Math.max(0, t - window + 1);
-      for (let h = 0; h < c.heads; h++) {
-        const kvh = Math.floor(h / group);
-        const scores: number[] = [];
-        for (let j = first; j <= t; j++) {
-          let s = 0;
-          for (let i = 0; i < hd; i++) s += qs[t]![h * hd + i]! * ks[j]![kvh * hd + i]!;
-          scores.push(s * scale);
-        }
-        const m = Math.max(...scores);
-        const e = scores.map((s) => Math.exp(s - m));
-        const z = e.reduce((a, b) => a + b, 0);
-        for (let j = first; j <= t; j++) {
-          const w = e[j - first]! / z;
-          for (let i = 0; i < hd; i++) attn[h * hd + i] = attn[h * hd + i]! + w * vs[j]![kvh * hd + i]!;
-        }
-      }
+      const attn = causalAttention(qs, ks, vs, t, c.heads, c.kvHeads, hd, window);
       const o = linear(wo, bo, attn, d, qDim);
 
       // ---- decisions (attention side) ----
