@@ -1,5 +1,6 @@
 // N-API binding: model loading and forward passes run on libuv worker threads (the event loop
 // stays free); JS objects own native ones through shared_ptr so dispose() during a pass is safe.
+#include <cmath>
 #include <napi.h>
 
 #include <atomic>
@@ -443,7 +444,7 @@ PolicySpec readPolicy(Napi::Env env, Napi::Value v) {
 }
 
 // forward([{sequence, tokens: Int32Array, logits: 'none'|'last'|'all', sample?: {temperature, topK, topP},
-//           genIndex?}], policy?)
+//           genIndex?}], policy?); row i of a request with genIndex g produces generated token g + i
 Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto e = live(env);
@@ -482,7 +483,12 @@ Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
         rq.sampling.topK = so.Get("topK").IsNumber() ? so.Get("topK").As<Napi::Number>().Int32Value() : 0;
         rq.sampling.topP = so.Get("topP").IsNumber() ? so.Get("topP").As<Napi::Number>().FloatValue() : 1.f;
       }
-      if (o.Get("genIndex").IsNumber()) rq.genIndex = o.Get("genIndex").As<Napi::Number>().Int32Value();
+      if (o.Get("genIndex").IsNumber()) {
+        double g = o.Get("genIndex").As<Napi::Number>().DoubleValue();
+        if (!(std::fabs(g) < 1e9) || g != std::floor(g)) throwArg(env, "request.genIndex must be an integer");
+        rq.hasGenIndex = true;
+        rq.genIndex = int32_t(g);
+      }
       w->seqs_.push_back(seq);
       w->requests_.push_back(std::move(rq));
     }

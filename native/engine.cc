@@ -350,7 +350,8 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
       for (size_t i = start; i < end; i++) {
         Request& rq = requests[all[i].req];
         tokens.push_back(rq.tokens[all[i].idx]);
-        meta.push_back(RowMeta{int32_t(rq.seq->length + int64_t(all[i].idx)), rq.genIndex});
+        meta.push_back(RowMeta{int32_t(rq.seq->length + int64_t(all[i].idx)),
+                              rq.hasGenIndex ? int32_t(rq.genIndex + int64_t(all[i].idx)) : -1});
         seqs.push_back(rq.seq);
         Response& rs = responses[all[i].req];
         if (rq.logits == LogitsMode::All) {

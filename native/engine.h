@@ -35,7 +35,11 @@ struct Request {
   LogitsMode logits = LogitsMode::Last;
   bool sample = false;
   SamplingParams sampling;
-  int32_t genIndex = -1;  // index of the generated token this pass produces (D3); -1 = prompt
+  // D3 counts generated tokens: with hasGenIndex, row i of this request produces generated token
+  // genIndex + i (rows whose index is < 1 are prompt rows: full depth). Several rows happen when
+  // a known continuation is scored (evaluate's generatedFrom); a decode step has one row.
+  bool hasGenIndex = false;
+  int32_t genIndex = 0;
 };
 
 struct Response {

@@ -29,7 +29,7 @@ struct PolicySpec {
 // Per-row facts a policy may use.
 struct RowMeta {
   int32_t pos;       // absolute position in its sequence
-  int32_t genIndex;  // index of the generated token this pass produces; -1 for prompt rows
+  int32_t genIndex;  // index of the generated token this row produces; < 1 for prompt rows
 };
 
 // One layer's decisions for the rows of a chunk.

@@ -46,7 +46,7 @@ export interface NativeRequest {
   tokens: Int32Array;
   logits: 'none' | 'last' | 'all';
   sample?: { temperature: number; topK: number; topP: number };
-  /** Index of the generated token this pass produces (D3); absent for prompt passes. */
+  /** Index of the generated token this pass's first row produces (row i: genIndex + i; < 1 counts as prompt); absent for prompt passes. */
   genIndex?: number;
 }
 

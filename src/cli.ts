@@ -4,14 +4,17 @@
  *   depthgate generate [MODEL_DIR] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
  *   depthgate info [MODEL_DIR]
  *   depthgate logits MODEL_DIR --tokens 1,2,3 --json
+ *   depthgate eval [MODEL_DIR] --text FILE [--policy SPEC ...]
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { defaultModelDir } from './defaultModel';
+import { defaultModelSetup } from './defaultModel';
+import { depthLegendAnsi, renderDepthAnsi, renderDepthHtml, type DepthSpan } from './depthView';
 import { DepthgateError } from './errors';
 import { getBuildInfo, loadModel, type GenerateOptions, type LoadOptions, type Model } from './index';
-import { parsePolicy } from './policy';
+import { measurePerplexity } from './perplexity';
+import { parsePolicy, type Policy } from './policy';
 
 const USAGE = `Usage:
   depthgate generate [MODEL_DIR] --prompt TEXT [options]   stream a completion (default model if no MODEL_DIR)
@@ -30,11 +33,22 @@ const USAGE = `Usage:
                               none | static:skip=3+5 | static:attn=2,mlp=4+6 | flexidepth[:threshold=0.5]
                               | skiplayer | d3:alpha=0.9[,start=4][,min=8]
       --addon FILE          router weights to apply to the model (repeatable)
-      --trace FILE          write one JSON line per generated token: layers run, router weights
+      --trace FILE          write one JSON line per generated token: layers run, router weights;
+                            FILE.html writes a page with each token coloured by its depth
+      --show-depth          colour each generated token by the number of layers it ran
   depthgate info [MODEL_DIR]             architecture, parameters, dtype, memory, build
   depthgate logits MODEL_DIR --tokens 1,2,3 --json [--policy SPEC] [--addon FILE]
                                          logits at every position as {"logits": [[...], ...]};
                                          with --policy also "executed": [[1,0,...], ...] per position
+  depthgate eval [MODEL_DIR] --text FILE [--policy SPEC ...] [options]
+                                         perplexity of FILE and mean layers run per token, per policy
+      --policy SPEC         a policy to score (repeatable; default none)
+      --addon FILE          router weights to apply (repeatable)
+      --window N            tokens per window, each in a fresh sequence (default min(256, context))
+      --context N           unscored prompt tokens at the start of each window (default window/4);
+                            the rest is scored as a generated continuation (D3 decays along it)
+      --max-tokens N        stop after about N scored tokens
+      --json                print the results as JSON
 `;
 
 class UsageError extends Error {}
@@ -72,16 +86,37 @@ function backendArg(v: string | undefined): LoadOptions['backend'] {
   return v;
 }
 
-async function open(dir: string | undefined, o: { threads?: number; addons?: string[]; backend?: string } = {}): Promise<Model> {
+/**
+ * Loads MODEL_DIR, or with none the embedded default model together with its default FlexiDepth
+ * add-on (unless --addon names others); `defaultPolicy` is then the policy to run when the user
+ * gave none.
+ */
+async function open(
+  dir: string | undefined,
+  o: { threads?: number; addons?: string[]; backend?: string } = {},
+): Promise<{ model: Model; defaultPolicy?: Policy }> {
   const backend = backendArg(o.backend);
-  const modelDir = dir ?? defaultModelDir();
-  if (!dir) process.stderr.write(`using the default model (random weights, for trying the engine): ${modelDir}\n`);
-  return loadModel(modelDir, {
+  let addons = (o.addons ?? []).map((a) => path.resolve(a));
+  let modelDir = dir;
+  let defaultPolicy: Policy | undefined;
+  if (modelDir === undefined) {
+    const d = defaultModelSetup();
+    modelDir = d.dir;
+    if (!addons.length) {
+      addons = d.addons;
+      defaultPolicy = d.policy;
+    }
+    process.stderr.write(
+      `using the default model (12-layer Llama trained on the King James Bible${defaultPolicy ? ', FlexiDepth routers' : ''}): ${modelDir}\n`,
+    );
+  }
+  const model = await loadModel(modelDir, {
     onProgress: progressBar('loading'),
     ...(o.threads ? { threads: o.threads } : {}),
-    ...(o.addons?.length ? { addons: o.addons.map((a) => path.resolve(a)) } : {}),
+    ...(addons.length ? { addons } : {}),
     ...(backend ? { backend } : {}),
   });
+  return defaultPolicy ? { model, defaultPolicy } : { model };
 }
 
 async function generate(argv: string[]): Promise<void> {
@@ -102,6 +137,7 @@ async function generate(argv: string[]): Promise<void> {
       policy: { type: 'string' },
       addon: { type: 'string', multiple: true },
       trace: { type: 'string' },
+      'show-depth': { type: 'boolean' },
       backend: { type: 'string' },
     },
   });
@@ -117,10 +153,16 @@ async function generate(argv: string[]): Promise<void> {
   const seed = intArg(values.seed, 'seed', 0);
   if (seed !== undefined) opts.seed = seed;
   if (values.stop) opts.stop = values.stop;
-  const model = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
+  const { model, defaultPolicy } = await open(positionals[0], {
+    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend,
+  });
   try {
-    if (values.policy) opts.policy = parsePolicy(values.policy, model.config.numLayers);
-    const trace = values.trace ? fs.openSync(values.trace, 'w') : undefined;
+    const L = model.config.numLayers;
+    if (values.policy) opts.policy = parsePolicy(values.policy, L);
+    else if (defaultPolicy) opts.policy = defaultPolicy;
+    const html = values.trace !== undefined && /\.html?$/i.test(values.trace);
+    const trace = values.trace && !html ? fs.openSync(values.trace, 'w') : undefined;
+    const spans: DepthSpan[] = [];
     if (trace !== undefined)
       opts.onToken = (c) =>
         fs.writeSync(
@@ -138,11 +180,23 @@ async function generate(argv: string[]): Promise<void> {
       : values.prompt;
     const stream = model.stream(input, { ...opts, signal: ac.signal, stopOnAbort: true });
     if (!values.chat) process.stdout.write(values.prompt);
-    for await (const chunk of stream) process.stdout.write(chunk.text);
+    for await (const chunk of stream) {
+      if (html) spans.push({ text: chunk.text, layers: chunk.layers, executed: chunk.executed });
+      process.stdout.write(values['show-depth'] ? renderDepthAnsi({ text: chunk.text, layers: chunk.layers }, L) : chunk.text);
+    }
     process.removeListener('SIGINT', onSigint);
     const r = await stream.result;
     process.stdout.write('\n');
+    if (values['show-depth']) process.stdout.write(depthLegendAnsi(L) + '\n');
     if (trace !== undefined) fs.closeSync(trace);
+    if (html)
+      fs.writeFileSync(
+        values.trace!,
+        renderDepthHtml({
+          prompt: values.chat ? '' : values.prompt, spans, numLayers: L, meanLayers: r.depth.meanLayers,
+          model: path.basename(model.dir), policy: policyLabel(opts.policy), title: 'depthgate: layers per token',
+        }),
+      );
     process.stderr.write(
       `[${r.usage.promptTokens} prompt tokens, ${r.usage.completionTokens} generated (${r.finishReason}); ` +
         `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s; ` +
@@ -172,7 +226,7 @@ async function info(argv: string[]): Promise<void> {
   console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'})`);
   console.log(`addon: ${b.addonPath} (${b.prebuilt ? 'prebuilt' : 'local build'}, napi ${b.napiVersion}${b.glibc ? `, glibc ${b.glibc}` : ''})`);
   console.log(`CUDA: ${b.cuda.available ? 'available' : `not available: ${b.cuda.reason}`}; GPUs: ${b.cuda.devices.length ? b.cuda.devices.map((d) => `${d.name} (sm_${d.computeCapability}, ${bytes(d.memoryBytes)})`).join(', ') : 'none seen'}`);
-  const model = await open(positionals[0], { addons: values.addon, backend: values.backend });
+  const { model } = await open(positionals[0], { addons: values.addon, backend: values.backend });
   try {
     const i = model.info;
     const c = model.config;
@@ -205,13 +259,63 @@ async function logits(argv: string[]): Promise<void> {
     if (!/^\d+$/.test(s.trim())) throw new UsageError(`--tokens must be comma-separated token ids, got '${s}'`);
     return Number(s.trim());
   });
-  const model = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
+  const { model } = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
   try {
     const policy = values.policy ? parsePolicy(values.policy, model.config.numLayers) : undefined;
     const r = await model.evaluate(tokens, policy ? { policy } : {});
     const out: { logits: number[][]; executed?: number[][] } = { logits: r.logits.map((row) => Array.from(row)) };
     if (policy) out.executed = r.executed.map((row) => Array.from(row));
     process.stdout.write(JSON.stringify(out) + '\n');
+  } finally {
+    await model.dispose();
+  }
+}
+
+/** A policy as the CLI syntax writes it, for labels. */
+function policyLabel(p: Policy | undefined): string {
+  if (!p || p.type === 'none') return 'none';
+  const o = Object.entries(p).filter(([k]) => k !== 'type');
+  return o.length ? `${p.type}:${o.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}` : p.type;
+}
+
+async function evalText(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      text: { type: 'string' }, policy: { type: 'string', multiple: true }, addon: { type: 'string', multiple: true },
+      window: { type: 'string' }, context: { type: 'string' }, 'max-tokens': { type: 'string' }, json: { type: 'boolean' },
+      threads: { type: 'string' }, backend: { type: 'string' },
+    },
+  });
+  if (positionals.length > 1) throw new UsageError(`eval takes one MODEL_DIR, got ${positionals.length}`);
+  if (!values.text) throw new UsageError('eval needs --text FILE');
+  let text: string;
+  try {
+    text = fs.readFileSync(values.text, 'utf8');
+  } catch (e) {
+    throw new UsageError(`--text ${values.text}: ${(e as Error).message}`);
+  }
+  const window = intArg(values.window, 'window', 2);
+  const context = intArg(values.context, 'context', 1);
+  const maxTokens = intArg(values['max-tokens'], 'max-tokens', 1);
+  const { model } = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
+  try {
+    const L = model.config.numLayers;
+    const specs = values.policy?.length ? values.policy : ['none'];
+    const policies = specs.map((s) => parsePolicy(s, L));
+    const ids = model.tokenizer.encode(text, false);
+    const rows = [];
+    if (!values.json) console.log(`${'policy'.padEnd(34)} ${'perplexity'.padStart(10)} ${'mean layers'.padStart(12)} ${'tokens'.padStart(8)}`);
+    for (let i = 0; i < policies.length; i++) {
+      const r = await measurePerplexity(model, ids, {
+        policy: policies[i], ...(window ? { window } : {}), ...(context ? { context } : {}), ...(maxTokens ? { maxTokens } : {}),
+      });
+      rows.push({ policy: specs[i], ...r });
+      if (!values.json)
+        console.log(`${specs[i]!.padEnd(34)} ${r.perplexity.toFixed(3).padStart(10)} ${`${r.meanLayers.toFixed(2)} / ${L}`.padStart(12)} ${String(r.tokens).padStart(8)}`);
+    }
+    if (values.json) process.stdout.write(JSON.stringify({ model: model.dir, layers: L, text: values.text, results: rows }) + '\n');
   } finally {
     await model.dispose();
   }
@@ -229,6 +333,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case 'logits':
         await logits(rest);
+        return 0;
+      case 'eval':
+        await evalText(rest);
         return 0;
       case undefined:
       case '-h':

@@ -1,37 +1,23 @@
 /**
- * The embedded default model. Until a trained model ships with the package, the default is a
- * small random-weight Llama written on first use into a cache folder: it exercises the whole
- * engine but produces meaningless text.
+ * The embedded default model, shipped in the package under models/default: a 12-layer
+ * Llama-architecture model trained from scratch on the King James Bible by the scripts in
+ * train/ (see models/default/README.md for the data, licence and training record), with
+ * FlexiDepth routers and adapters as add-on files next to it. `generate` with no model
+ * directory uses it with its default FlexiDepth add-on and the flexidepth policy.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { writeTinyModel } from './tinyModel';
+import type { Policy } from './policy';
 
-/** Options of the default model; bump DEFAULT_MODEL_VERSION when they change. */
-const DEFAULT_MODEL_VERSION = 1;
-const DEFAULT_MODEL_OPTIONS = { arch: 'llama', layers: 4, hidden: 128, heads: 4, kvHeads: 2, intermediate: 256, dtype: 'bf16', seed: 1 } as const;
+/** The add-on that the default model runs with by default (FlexiDepth routers, the lower skip penalty). */
+export const DEFAULT_ADDON = 'flexidepth-p1e-2.safetensors';
 
-/** Where the default model lives: $DEPTHGATE_CACHE_DIR, else $XDG_CACHE_HOME/depthgate, else ~/.cache/depthgate. */
-export function cacheDir(): string {
-  if (process.env.DEPTHGATE_CACHE_DIR) return process.env.DEPTHGATE_CACHE_DIR;
-  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
-  return path.join(base, 'depthgate');
+/** Returns the default model's directory (inside the installed package). */
+export function defaultModelDir(): string {
+  return path.resolve(__dirname, '..', 'models', 'default');
 }
 
-/** Returns the default model's directory, writing it first if needed. */
-export function defaultModelDir(): string {
-  const dir = path.join(cacheDir(), `default-model-v${DEFAULT_MODEL_VERSION}`);
-  if (fs.existsSync(path.join(dir, 'config.json'))) return dir;
-  // Write to a temporary folder and rename, so a crash never leaves a half-written model.
-  fs.mkdirSync(path.dirname(dir), { recursive: true });
-  const tmp = fs.mkdtempSync(dir + '.tmp-');
-  writeTinyModel(tmp, { ...DEFAULT_MODEL_OPTIONS });
-  try {
-    fs.renameSync(tmp, dir);
-  } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    if (!fs.existsSync(path.join(dir, 'config.json'))) throw e;
-  }
-  return dir;
+/** The default model's directory, the add-on files it runs with and the policy they serve. */
+export function defaultModelSetup(): { dir: string; addons: string[]; policy: Policy } {
+  const dir = defaultModelDir();
+  return { dir, addons: [path.join(dir, DEFAULT_ADDON)], policy: { type: 'flexidepth' } };
 }

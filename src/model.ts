@@ -82,6 +82,13 @@ export interface EvaluateOptions {
   policy?: Policy;
   /** Cancels between slices of 512 tokens; the promise rejects with AbortError. */
   signal?: AbortSignal;
+  /**
+   * Index in `tokens` where a known continuation starts, to score it as if it had been generated
+   * (teacher forcing): the row at `generatedFrom + j` feeds generated token j and produces token
+   * j + 1, which is what D3 counts; earlier rows are prompt rows. Default: every row is prompt.
+   * Only D3 depends on it.
+   */
+  generatedFrom?: number;
 }
 
 /** Per-position logits from {@link Model.evaluate}. */
@@ -463,13 +470,19 @@ export class Sequence implements AsyncDisposable {
   async evaluate(tokens: ArrayLike<number>, options?: EvaluateOptions): Promise<EvaluateResult> {
     const o = checkObject(options, 'options');
     for (const k of Object.keys(o))
-      if (k !== 'policy' && k !== 'signal') throw new InvalidOptionError(k, 'is not a known option (known: policy, signal)');
+      if (k !== 'policy' && k !== 'signal' && k !== 'generatedFrom')
+        throw new InvalidOptionError(k, 'is not a known option (known: policy, signal, generatedFrom)');
     const signal = o.signal as AbortSignal | undefined;
     if (signal !== undefined && (typeof signal !== 'object' || signal === null || typeof signal.aborted !== 'boolean'))
       throw new InvalidOptionError('signal', 'must be an AbortSignal');
     const L = this.model.config.numLayers;
     const policy = validatePolicy(o.policy, L);
     const ids = this.inputTokens({ tokens });
+    const gf = o.generatedFrom;
+    if (gf !== undefined && (typeof gf !== 'number' || !Number.isInteger(gf) || gf < 0 || gf > tokens.length))
+      throw new InvalidOptionError('generatedFrom', `must be an integer in [0, ${tokens.length}] (an index in tokens)`);
+    // A pending token from an earlier generate() leads `ids`; generatedFrom indexes `tokens`.
+    const genStart = gf === undefined ? undefined : gf + ids.length - tokens.length;
     this.checkFits(ids.length);
     const ns = this.acquire();
     try {
@@ -481,7 +494,8 @@ export class Sequence implements AsyncDisposable {
       for (let start = 0; start < ids.length; start += PREFILL_SLICE) {
         if (signal?.aborted) throw new AbortError('evaluation was aborted', signal.reason);
         const slice = ids.slice(start, start + PREFILL_SLICE);
-        const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'all' }, policy);
+        const genIndex = genStart === undefined ? {} : { genIndex: start - genStart + 1 };
+        const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'all', ...genIndex }, policy);
         this.tokens.push(...slice);
         this.pendingToken = null;
         weightBytes += r.weightBytes;

@@ -1,0 +1,69 @@
+"""Shared pieces of the training scripts: token data, batches, held-out loss, the LR schedule."""
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def load_tokens(path):
+    """A .bin file from train/encode.js: uint16 ids, or uint32 when the vocabulary needs them."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    # encode.js writes 16-bit ids when they all fit; a model with a larger vocabulary gets 32-bit.
+    dtype = np.uint16 if path.endswith('.bin') and not path.endswith('.u32.bin') else np.uint32
+    return torch.from_numpy(raw.view(dtype).astype(np.int64))
+
+
+def batches(tokens, seq, batch, gen):
+    """Random windows of seq + 1 tokens, forever."""
+    n = len(tokens) - seq - 1
+    while True:
+        starts = torch.randint(0, n, (batch,), generator=gen)
+        w = torch.stack([tokens[s:s + seq + 1] for s in starts.tolist()])
+        yield w[:, :-1], w[:, 1:]
+
+
+def eval_windows(tokens, seq, count):
+    """count evenly spaced, non-overlapping windows: the same ones on every call."""
+    step = max(seq + 1, (len(tokens) - seq - 1) // count)
+    starts = list(range(0, len(tokens) - seq - 1, step))[:count]
+    w = torch.stack([tokens[s:s + seq + 1] for s in starts])
+    return w[:, :-1], w[:, 1:]
+
+
+@torch.no_grad()
+def heldout_loss(model, windows, mode='none', batch=8):
+    """Mean next-token cross-entropy (nats) and the fraction of routed layer passes that ran."""
+    model.eval()
+    x, y = windows
+    total, n, ran, routed = 0.0, 0, 0.0, 0
+    for i in range(0, len(x), batch):
+        logits, aux = model(x[i:i + batch], mode=mode)
+        total += F.cross_entropy(logits.flatten(0, 1), y[i:i + batch].flatten(), reduction='sum').item()
+        n += y[i:i + batch].numel()
+        for r in aux['run'].values():
+            ran += r.sum().item()
+            routed += r.numel()
+    model.train()
+    return total / n, (ran / routed if routed else 1.0)
+
+
+def cosine_lr(step, total, peak, warmup, floor=0.1):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+class Clock:
+    """Plans the number of steps that fit in a time budget from the first steps' speed."""
+
+    def __init__(self, minutes, probe_steps=5):
+        self.budget = minutes * 60
+        self.probe = probe_steps
+        self.t0 = time.time()
+
+    def plan(self, step):
+        el = time.time() - self.t0
+        return max(step + 1, int(self.budget / (el / step)))
