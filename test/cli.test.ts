@@ -1,5 +1,6 @@
 /** The depthgate command line, run as a user runs it (node dist/cli.js). */
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadReference, referenceLogits } from './reference/reference';
 import { cleanup, relError, tinyModel, tmpDir } from './helpers';
@@ -12,16 +13,40 @@ function run(args: string[], env: Record<string, string> = {}) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-test('generate with no model directory writes and uses the default model', () => {
-  const cache = tmpDir();
-  const r = run(['generate', '--prompt', 'Hello', '--max-tokens', '6'], { DEPTHGATE_CACHE_DIR: cache });
-  expect(r.stderr).toMatch(/default model/);
+test('generate with no model directory uses the embedded trained model and its FlexiDepth routers', () => {
+  const r = run(['generate', '--prompt', 'And God said', '--max-tokens', '12']);
   expect(r.code).toBe(0);
-  expect(r.stdout.startsWith('Hello')).toBe(true);
-  expect(r.stderr).toMatch(/6 generated/);
-  // The second run reuses the cached model and, greedy, prints the same text.
-  const again = run(['generate', '--prompt', 'Hello', '--max-tokens', '6'], { DEPTHGATE_CACHE_DIR: cache });
-  expect(again.stdout).toBe(r.stdout);
+  expect(r.stderr).toMatch(/default model \(12-layer .*FlexiDepth routers\)/);
+  expect(r.stdout.startsWith('And God said')).toBe(true);
+  expect(r.stderr).toMatch(/12 generated/);
+  // The routers really skip: fewer than all 12 layers per token on average.
+  const mean = Number(/([\d.]+) of 12 layers per token/.exec(r.stderr)![1]);
+  expect(mean).toBeLessThan(12);
+  expect(mean).toBeGreaterThan(6);
+  // Greedy: the same text again.
+  expect(run(['generate', '--prompt', 'And God said', '--max-tokens', '12']).stdout).toBe(r.stdout);
+  // --policy none overrides the default policy: every token runs all 12 layers.
+  const full = run(['generate', '--prompt', 'And God said', '--max-tokens', '4', '--policy', 'none']);
+  expect(full.stderr).toMatch(/12\.00 of 12 layers per token/);
+});
+
+test('--show-depth colours each generated token by its depth; --trace FILE.html writes the page', () => {
+  const dir = tinyModel({ layers: 4, seed: 21 });
+  const html = path.join(tmpDir(), 'depth.html');
+  const r = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7', '--show-depth', '--trace', html]);
+  expect(r.code).toBe(0);
+  expect(r.stdout.startsWith('Once')).toBe(true);
+  // 24-bit background colours, at least two different depths (D3 decays), and a legend.
+  const colours = new Set([...r.stdout.matchAll(/\x1b\[48;2;(\d+;\d+;\d+)m/g)].map((m) => m[1]));
+  expect(colours.size).toBeGreaterThanOrEqual(2);
+  expect(r.stdout).toMatch(/layers/);
+  const page = fs.readFileSync(html, 'utf8');
+  expect(page).toMatch(/^<!DOCTYPE html>/i);
+  expect((page.match(/<span class="tok"/g) ?? []).length).toBe(8);
+  expect(page).toMatch(/d3:alpha=0\.7/);
+  // Without --show-depth the output is plain text.
+  const plain = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7']);
+  expect(plain.stdout).not.toMatch(/\x1b\[/);
 });
 
 test('generate with sampling options and a seed is reproducible', () => {

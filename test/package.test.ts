@@ -6,6 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { DEFAULT_ADDON } from '../src/defaultModel';
 import { cleanup, tmpDir } from './helpers';
 
 afterAll(cleanup);
@@ -20,7 +21,7 @@ function run(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.Proc
 /** A scratch copy of the package sources (node_modules linked), so the build here is left alone. */
 function packageCopy(): string {
   const dir = tmpDir('depthgate-src-');
-  for (const f of ['package.json', 'tsconfig.json', 'binding.gyp', 'CMakeLists.txt', 'README.md', 'src', 'native', 'cuda', 'scripts'])
+  for (const f of ['package.json', 'tsconfig.json', 'binding.gyp', 'CMakeLists.txt', 'README.md', 'src', 'native', 'cuda', 'scripts', 'models'])
     fs.cpSync(path.join(root, f), path.join(dir, f), { recursive: true });
   fs.symlinkSync(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
   return dir;
@@ -52,10 +53,14 @@ test('npm pack + offline install with no compiler gives a working package', () =
   expect(files).toEqual(expect.arrayContaining([
     'dist/index.js', 'dist/index.d.ts', 'dist/cli.js', `prebuilds/linux-x64/${prebuilt[0]}`, 'binding.gyp', 'native/sources.json', 'native/engine.cc',
   ]));
-  // Lean: no tests, benchmarks, TypeScript sources, source maps, build folders or model files.
-  for (const f of files) expect(f).not.toMatch(/^(test|bench|src|build|scripts)\/|\.map$|\.safetensors$|\.ts$(?<!\.d\.ts)/);
+  // The embedded default model and its router add-ons ship; nothing else heavy does: no tests,
+  // benchmarks, training code, TypeScript sources, source maps or build folders.
+  expect(files).toEqual(expect.arrayContaining(['models/default/model.safetensors', 'models/default/tokenizer.json', `models/default/${DEFAULT_ADDON}`]));
+  for (const f of files) expect(f).not.toMatch(/^(test|bench|src|build|scripts|train)\/|\.map$|\.ts$(?<!\.d\.ts)/);
+  for (const f of files.filter((f) => f.endsWith('.safetensors'))) expect(f).toMatch(/^models\/default\//);
   if (withCuda) expect(files).toContain('prebuilds/linux-x64/libdepthgate_cuda.so');
-  expect(info[0].size).toBeLessThan((withCuda ? 4 : 1.5) * 2 ** 20);
+  // About 1.3 MiB of code (with the CUDA library) plus the default model's ~16 MiB of bf16 weights.
+  expect(info[0].size).toBeLessThan((withCuda ? 22 : 20) * 2 ** 20);
   console.log(`tarball ${info[0].filename}: ${(info[0].size / 1024).toFixed(0)} KiB packed, ${(info[0].unpackedSize / 1024).toFixed(0)} KiB unpacked, ${files.length} files`);
 
   // An environment with node, npm and sh only.
@@ -64,7 +69,7 @@ test('npm pack + offline install with no compiler gives a working package', () =
   fs.symlinkSync('/bin/sh', path.join(bin, 'sh')); // npm runs install scripts through sh
   const npmCli = fs.realpathSync(run('/bin/sh', ['-c', 'command -v npm'], { cwd: root }).stdout.trim());
   fs.writeFileSync(path.join(bin, 'npm'), `#!/bin/sh\nexec "${process.execPath}" "${npmCli}" "$@"\n`, { mode: 0o755 });
-  const env: NodeJS.ProcessEnv = { PATH: bin, HOME: process.env.HOME, DEPTHGATE_CACHE_DIR: tmpDir() };
+  const env: NodeJS.ProcessEnv = { PATH: bin, HOME: process.env.HOME };
   for (const tool of ['cc', 'gcc', 'g++', 'make', 'cmake', 'python3'])
     expect(run('/bin/sh', ['-c', `command -v ${tool} || echo missing`], { cwd: bin, env }).stdout.trim()).toBe('missing');
 
@@ -94,4 +99,7 @@ test('npm pack + offline install with no compiler gives a working package', () =
   const cli = run('node', [path.join(app, 'node_modules', '.bin', 'depthgate'), 'generate', '--prompt', 'Hi', '--max-tokens', '3'], { cwd: app, env });
   expect(cli.code).toBe(0);
   expect(cli.stdout.startsWith('Hi')).toBe(true);
+  // With no model directory: the packed default model and its FlexiDepth routers.
+  expect(cli.out).toMatch(/default model .*FlexiDepth/);
+  expect(cli.out).toMatch(/3 generated/);
 }, 900000);
