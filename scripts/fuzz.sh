@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of the native parsers with libFuzzer + AddressSanitizer + UBSan.
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]        (default 60)
+#   FUZZ_TARGETS="fuzz_safetensors fuzz_model" scripts/fuzz.sh 3600   (some targets only)
 # Needs clang (Debian: apt-get install clang). Seeds come from the tiny test models; crashes are
 # written to test/fuzz/crashes/ and kept as regression inputs (test/fuzz/regressions/).
 set -euo pipefail
@@ -31,7 +32,7 @@ done
 cp test/fuzz/regressions/* "$seeds/st/" 2>/dev/null || true
 
 status=0
-for target in fuzz_json fuzz_safetensors fuzz_model; do
+for target in ${FUZZ_TARGETS:-fuzz_json fuzz_safetensors fuzz_model}; do
   corpus="$out/corpus-$target"
   mkdir -p "$corpus"
   seed="$seeds/st"

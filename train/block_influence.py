@@ -44,7 +44,7 @@ def main():
             n += x[i:i + 8].numel()
     bi = (1 - sums / n).tolist()
     order = sorted(range(cfg.layers), key=lambda l: bi[l])
-    print(json.dumps({'model': os.path.abspath(a.model), 'tokens': n, 'block_influence': [round(v, 6) for v in bi],
+    print(json.dumps({'model': os.path.basename(os.path.abspath(a.model)), 'tokens': n, 'block_influence': [round(v, 6) for v in bi],
                       'skip_order': order}, indent=2))
 
 

@@ -1,5 +1,7 @@
 """Shared pieces of the training scripts: token data, batches, held-out loss, the LR schedule."""
+import json
 import math
+import os
 import time
 
 import numpy as np
@@ -8,11 +10,13 @@ import torch.nn.functional as F
 
 
 def load_tokens(path):
-    """A .bin file from train/encode.js: uint16 ids, or uint32 when the vocabulary needs them."""
-    raw = np.fromfile(path, dtype=np.uint8)
-    # encode.js writes 16-bit ids when they all fit; a model with a larger vocabulary gets 32-bit.
-    dtype = np.uint16 if path.endswith('.bin') and not path.endswith('.u32.bin') else np.uint32
-    return torch.from_numpy(raw.view(dtype).astype(np.int64))
+    """A .bin file from train/encode.js: uint16 ids, or uint32 when its .bin.json sidecar says so."""
+    dtype = np.uint16
+    meta = path + '.json'
+    if os.path.exists(meta):
+        with open(meta) as f:
+            dtype = {'uint16': np.uint16, 'uint32': np.uint32}[json.load(f)['dtype']]
+    return torch.from_numpy(np.fromfile(path, dtype=dtype).astype(np.int64))
 
 
 def batches(tokens, seq, batch, gen):

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Encodes a text file with a model folder's tokenizer.json through depthgate's own tokenizer
 // (the one generation uses), so training sees exactly the ids the engine will see.
-//   node train/encode.js MODEL_OR_TOKENIZER_DIR TEXT_FILE OUT.bin    (uint16 or uint32 little-endian)
+//   node train/encode.js MODEL_OR_TOKENIZER_DIR TEXT_FILE OUT.bin
+// OUT.bin holds little-endian uint16 ids (uint32 when an id is >= 65536); OUT.bin.json says which.
 'use strict';
 const fs = require('node:fs');
 const { Tokenizer } = require('../dist/tokenizer');
@@ -25,4 +26,6 @@ if (back !== text) {
 const max = ids.reduce((a, b) => Math.max(a, b), 0);
 const arr = max < 65536 ? Uint16Array.from(ids) : Uint32Array.from(ids);
 fs.writeFileSync(out, Buffer.from(arr.buffer));
+// The id width, for train/common.py's load_tokens.
+fs.writeFileSync(`${out}.json`, JSON.stringify({ dtype: arr.BYTES_PER_ELEMENT === 2 ? 'uint16' : 'uint32', tokens: ids.length }) + '\n');
 console.log(`${textFile}: ${text.length} bytes -> ${ids.length} tokens (${(text.length / ids.length).toFixed(2)} bytes/token), ${arr.BYTES_PER_ELEMENT * 8}-bit`);

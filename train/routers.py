@@ -93,6 +93,7 @@ def main():
     ap.add_argument('--max-steps', type=int, default=0)
     ap.add_argument('--threads', type=int, default=os.cpu_count())
     ap.add_argument('--seed', type=int, default=42)
+    ap.add_argument('--log-every', type=int, default=25)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -118,6 +119,8 @@ def main():
     held = eval_windows(load_tokens(os.path.join(a.data, 'heldout.bin')), a.seq, 32)
     base_loss, _ = heldout_loss(model, held, mode='none')
     print(f'held-out loss at full depth: {base_loss:.4f}')
+    init_loss, init_ran = heldout_loss(model, held, mode=a.kind)
+    print(f'at initialisation: held-out loss {init_loss:.4f}, routed layers run {init_ran:.2%}')
     gen = torch.Generator().manual_seed(a.seed)
     opt = torch.optim.AdamW(trainable, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
     clock = Clock(a.minutes)
@@ -147,7 +150,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         step += 1
-        if step % 25 == 0 or step == total:
+        if step % a.log_every == 0 or step == total:
             ran = torch.stack([aux['run'][l].float().mean() for l in layers]).mean().item()
             el = time.time() - clock.t0
             log.append({'step': step, 'ce': ce.item(), 'reg': reg.item(), 'ran': ran, 'seconds': el})
