@@ -29,7 +29,7 @@ const USAGE = `Usage:
       --stop TEXT           stop string (repeatable)
       --threads N           CPU threads (default: all cores)
       --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
-      --policy SPEC         which layers each token runs (default none):
+      --policy SPEC         which layers each token runs (default none; flexidepth for the default model):
                               none | static:skip=3+5 | static:attn=2,mlp=4+6 | flexidepth[:threshold=0.5]
                               | skiplayer | d3:alpha=0.9[,start=4][,min=8]
       --addon FILE          router weights to apply to the model (repeatable)
@@ -161,7 +161,15 @@ async function generate(argv: string[]): Promise<void> {
     if (values.policy) opts.policy = parsePolicy(values.policy, L);
     else if (defaultPolicy) opts.policy = defaultPolicy;
     const html = values.trace !== undefined && /\.html?$/i.test(values.trace);
-    const trace = values.trace && !html ? fs.openSync(values.trace, 'w') : undefined;
+    let traceFd: number | undefined;
+    if (values.trace !== undefined) {
+      try {
+        traceFd = fs.openSync(values.trace, 'w'); // before generating, so a bad path costs nothing
+      } catch (e) {
+        throw new UsageError(`--trace ${values.trace}: ${(e as Error).message}`);
+      }
+    }
+    const trace = html ? undefined : traceFd;
     const spans: DepthSpan[] = [];
     if (trace !== undefined)
       opts.onToken = (c) =>
@@ -191,12 +199,13 @@ async function generate(argv: string[]): Promise<void> {
     if (trace !== undefined) fs.closeSync(trace);
     if (html)
       fs.writeFileSync(
-        values.trace!,
+        traceFd!,
         renderDepthHtml({
           prompt: values.chat ? '' : values.prompt, spans, numLayers: L, meanLayers: r.depth.meanLayers,
           model: path.basename(model.dir), policy: policyLabel(opts.policy), title: 'depthgate: layers per token',
         }),
       );
+    if (html) fs.closeSync(traceFd!);
     process.stderr.write(
       `[${r.usage.promptTokens} prompt tokens, ${r.usage.completionTokens} generated (${r.finishReason}); ` +
         `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s; ` +

@@ -44,6 +44,11 @@ test('--show-depth colours each generated token by its depth; --trace FILE.html 
   expect(page).toMatch(/^<!DOCTYPE html>/i);
   expect((page.match(/<span class="tok"/g) ?? []).length).toBe(8);
   expect(page).toMatch(/d3:alpha=0\.7/);
+  // A trace file that cannot be written is a usage error before any generation.
+  const bad = run(['generate', dir, '--prompt', 'Once', '--trace', path.join(tmpDir(), 'no', 'such', 'dir', 'x.html')]);
+  expect(bad.code).toBe(2);
+  expect(bad.stderr).toMatch(/--trace .*x\.html: ENOENT/);
+  expect(bad.stdout).toBe('');
   // Without --show-depth the output is plain text.
   const plain = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7']);
   expect(plain.stdout).not.toMatch(/\x1b\[/);

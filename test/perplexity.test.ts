@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { InvalidOptionError, loadModel, measurePerplexity, type Policy } from '../src';
+import { InvalidOptionError, defaultModelSetup, loadModel, measurePerplexity, type Policy } from '../src';
 import { d3LayerSet, loadRoutedReference, referenceRouted, type RefPolicy } from './reference/routed';
 import { cleanup, randomTokens, relError, tinyModel, tmpDir } from './helpers';
 
@@ -164,4 +164,25 @@ test('depthgate eval prints perplexity and mean layers per policy, as a table or
   const missing = run(['eval', dir, '--text', path.join(tmpDir(), 'nope.txt')]);
   expect(missing.code).toBe(2);
   expect(missing.stderr).toMatch(/nope\.txt/);
+});
+
+test('the embedded default model has learned its text, and its FlexiDepth routers skip at small cost', async () => {
+  const d = defaultModelSetup();
+  const model = await loadModel(d.dir, { addons: d.addons });
+  try {
+    const text = fs.readFileSync(path.join(__dirname, '..', 'bench', 'data', 'kjv-heldout.txt'), 'utf8');
+    const ids = model.tokenizer.encode(text.slice(0, 20000), false);
+    const full = await measurePerplexity(model, ids, { maxTokens: 600 });
+    const routed = await measurePerplexity(model, ids, { maxTokens: 600, policy: d.policy });
+    // A 4096-token vocabulary guessed uniformly is perplexity 4096; the trained model is near 40.
+    expect(full.perplexity).toBeLessThan(80);
+    expect(full.meanLayers).toBe(12);
+    expect(routed.meanLayers).toBeLessThan(11.5);
+    expect(routed.meanLayers).toBeGreaterThan(8);
+    expect(routed.perplexity).toBeLessThan(full.perplexity * 1.15);
+    // Layers 0-5 carry no routers and always run.
+    expect(routed.layerFractions.slice(0, 6)).toEqual([1, 1, 1, 1, 1, 1]);
+  } finally {
+    await model.dispose();
+  }
 });

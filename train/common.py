@@ -60,6 +60,24 @@ def cosine_lr(step, total, peak, warmup, floor=0.1):
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def schedule(batch_iter, opt, peak_lr, warmup, minutes, max_steps=0, on_plan=None):
+    """Yields (step, x, y) with opt's LR set for the step: a cosine schedule over max_steps, or
+    over the number of steps that fit in `minutes` (planned from the first steps' speed)."""
+    clock = Clock(minutes)
+    total = max_steps or 10 ** 9
+    for step, (x, y) in enumerate(batch_iter):
+        if step == clock.probe and not max_steps:
+            total = clock.plan(step)
+            if on_plan:
+                on_plan(total)
+        if step >= total:
+            return
+        lr = cosine_lr(step, total, peak_lr, warmup=min(warmup, max(1, total // 10)))
+        for g in opt.param_groups:
+            g['lr'] = lr
+        yield step, total, lr, x, y
+
+
 class Clock:
     """Plans the number of steps that fit in a time budget from the first steps' speed."""
 

@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import Clock, batches, cosine_lr, eval_windows, heldout_loss, load_tokens
+from common import batches, eval_windows, heldout_loss, load_tokens, schedule
 from hf import write_json, write_safetensors
 from llama import Config, Llama, init_weights
 
@@ -69,19 +69,11 @@ def main():
     other = [p for n, p in model.named_parameters() if p.dim() <= 1]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1}, {'params': other, 'weight_decay': 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
-    clock = Clock(a.minutes)
-    total = a.max_steps or 10 ** 9
+    t0 = time.time()
     log = []
     step = 0
-    for x, y in batches(train, a.seq, a.batch, gen):
-        if step == clock.probe and not a.max_steps:
-            total = clock.plan(step)
-            print(f'planned {total} steps ({total * a.seq * a.batch / len(train):.2f} epochs)')
-        if step >= total:
-            break
-        lr = cosine_lr(step, total, a.lr, warmup=min(200, total // 10))
-        for g in opt.param_groups:
-            g['lr'] = lr
+    plan = lambda total: print(f'planned {total} steps ({total * a.seq * a.batch / len(train):.2f} epochs)')
+    for step, total, lr, x, y in schedule(batches(train, a.seq, a.batch, gen), opt, a.lr, 200, a.minutes, a.max_steps, plan):
         logits, _ = model(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
@@ -91,7 +83,7 @@ def main():
         step += 1
         if step % 100 == 0 or step == total:
             hl, _ = heldout_loss(model, held)
-            el = time.time() - clock.t0
+            el = time.time() - t0
             log.append({'step': step, 'train_loss': loss.item(), 'heldout_loss': hl, 'lr': lr, 'seconds': el})
             print(f'step {step}/{total} loss {loss.item():.3f} heldout {hl:.3f} lr {lr:.2e} {el / 60:.1f} min', flush=True)
 

@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import Clock, batches, cosine_lr, eval_windows, heldout_loss, load_tokens
+from common import batches, eval_windows, heldout_loss, load_tokens, schedule
 from hf import read_config, read_model_tensors, write_safetensors
 from llama import Config, Llama
 
@@ -123,20 +123,12 @@ def main():
     print(f'at initialisation: held-out loss {init_loss:.4f}, routed layers run {init_ran:.2%}')
     gen = torch.Generator().manual_seed(a.seed)
     opt = torch.optim.AdamW(trainable, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    clock = Clock(a.minutes)
-    total = a.max_steps or 10 ** 9
+    t0 = time.time()
     step = 0
     log = []
     model.train()
-    for x, y in batches(train, min(a.seq, cfg.max_pos), a.batch, gen):
-        if step == clock.probe and not a.max_steps:
-            total = clock.plan(step)
-            print(f'planned {total} steps')
-        if step >= total:
-            break
-        lr = cosine_lr(step, total, a.lr, warmup=min(50, total // 10))
-        for g in opt.param_groups:
-            g['lr'] = lr
+    batch_iter = batches(train, min(a.seq, cfg.max_pos), a.batch, gen)
+    for step, total, lr, x, y in schedule(batch_iter, opt, a.lr, 50, a.minutes, a.max_steps, lambda t: print(f'planned {t} steps')):
         logits, aux = model(x, mode=a.kind)
         ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         if a.kind == 'flexidepth':
@@ -152,7 +144,7 @@ def main():
         step += 1
         if step % a.log_every == 0 or step == total:
             ran = torch.stack([aux['run'][l].float().mean() for l in layers]).mean().item()
-            el = time.time() - clock.t0
+            el = time.time() - t0
             log.append({'step': step, 'ce': ce.item(), 'reg': reg.item(), 'ran': ran, 'seconds': el})
             print(f'step {step}/{total} ce {ce.item():.3f} reg {reg.item():.4f} routed layers run {ran:.2%} {el / 60:.1f} min', flush=True)
 
