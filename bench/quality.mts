@@ -35,10 +35,13 @@ const opts = {
 
 interface Row { method: string; policy: string; addon: string | null; perplexity: number; nll: number; meanLayers: number; tokens: number; layerFractions: number[]; seconds: number }
 const rows: Row[] = [];
+/** Layers that carry FlexiDepth routers, as the engine reports them once an add-on is loaded. */
+let routedLayers = 0;
 
 async function score(addon: string | null, runs: [string, string, Policy][]) {
   const model = await depthgate.loadModel(modelDir, addon ? { addons: [path.join(modelDir, addon)] } : {});
   try {
+    routedLayers = Math.max(routedLayers, model.info.flexiDepthLayers.length);
     const ids = model.tokenizer.encode(text, false);
     for (const [method, label, policy] of runs) {
       const t0 = performance.now();
@@ -81,14 +84,6 @@ function staticAt(depth: number): number | null {
   }
   return null;
 }
-const routedLayers = (() => {
-  const f = files.find((x) => /^flexidepth.*\.safetensors$/.test(x));
-  if (!f) return 0;
-  const hdr = fs.readFileSync(path.join(modelDir, f));
-  const n = Number(hdr.readBigUInt64LE(0));
-  const names = Object.keys(JSON.parse(hdr.subarray(8, 8 + n).toString()));
-  return new Set(names.filter((k) => k.includes('.router.router_head.')).map((k) => k.split('.')[2])).size;
-})();
 const claims = rows
   .filter((r) => r.method === 'FlexiDepth')
   .map((r) => {
@@ -108,6 +103,11 @@ console.log(`wrote ${out}`);
 fs.mkdirSync(path.dirname(values.svg!), { recursive: true });
 fs.writeFileSync(values.svg!, plot(rows, L));
 console.log(`wrote ${values.svg}`);
+
+/** The plot's series: the method, and for FlexiDepth the add-on's penalty. */
+function seriesKey(r: Row): string {
+  return r.method === 'FlexiDepth' && r.addon ? `${r.method} ${r.addon.replace(/^flexidepth-|\.safetensors$/g, '')}` : r.method;
+}
 
 /** Perplexity (log scale) against mean layers, one colour and marker per method. */
 function plot(rs: Row[], layers: number): string {
@@ -131,9 +131,9 @@ function plot(rs: Row[], layers: number): string {
     parts.push(`<line x1="${m.l - 5}" y1="${y(p)}" x2="${m.l + pw}" y2="${y(p)}" stroke="#ddd"/><text x="${m.l - 8}" y="${y(p) + 4}" text-anchor="end">${p >= 100 ? p.toFixed(0) : p.toFixed(1)}</text>`);
   }
   parts.push(`<text transform="translate(18 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle">perplexity (log scale)</text>`);
-  const methods = [...new Set(rs.map((r) => `${r.method}${r.addon && r.method === 'FlexiDepth' ? ` ${r.addon.replace(/^flexidepth-|\.safetensors$/g, '')}` : ''}`))];
+  const methods = [...new Set(rs.map(seriesKey))];
   methods.forEach((key, i) => {
-    const pts = rs.filter((r) => `${r.method}${r.addon && r.method === 'FlexiDepth' ? ` ${r.addon.replace(/^flexidepth-|\.safetensors$/g, '')}` : ''}` === key).sort((a, b) => a.meanLayers - b.meanLayers);
+    const pts = rs.filter((r) => seriesKey(r) === key).sort((a, b) => a.meanLayers - b.meanLayers);
     const c = colours[pts[0]!.method] ?? '#666';
     const dash = i % 2 ? ' stroke-dasharray="4 3"' : '';
     if (pts.length > 1) parts.push(`<polyline fill="none" stroke="${c}" stroke-width="1.5"${dash} points="${pts.map((r) => `${x(r.meanLayers).toFixed(1)},${y(r.perplexity).toFixed(1)}`).join(' ')}"/>`);

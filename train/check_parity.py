@@ -17,7 +17,7 @@ import sys
 import torch
 
 from hf import read_config, read_model_tensors, read_safetensors
-from llama import Config, FlexiAdapter, FlexiRouter, Llama
+from llama import Config, Llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,15 +28,13 @@ def build(model_dir, addon, policy):
     if addon:
         extra = read_safetensors(addon)
         layers = sorted({int(k.split('.')[2]) for k in extra})
-        for i in layers:
-            L = model.layers[i]
-            if policy == 'flexidepth':
-                r = extra[f'model.layers.{i}.router.router_enc.weight'].shape[0]
-                m = extra[f'model.layers.{i}.router_proj.gate_proj.weight'].shape[0]
-                L.router = FlexiRouter(model.cfg.hidden, r, model.cfg.eps)
-                L.router_proj = FlexiAdapter(model.cfg.hidden, m)
-            else:
-                L.skip_router = torch.nn.Linear(model.cfg.hidden, 2, bias=False)
+        if policy == 'flexidepth':
+            # The widths are the file's: a checkpoint may use another reduction factor than 16.
+            i = layers[0]
+            model.add_flexidepth(layers, extra[f'model.layers.{i}.router.router_enc.weight'].shape[0],
+                                 extra[f'model.layers.{i}.router_proj.gate_proj.weight'].shape[0])
+        else:
+            model.add_skiplayer(layers)
         tensors.update(extra)
     model.load_hf(tensors)
     return model.eval()

@@ -175,12 +175,13 @@ class Llama(nn.Module):
         self.gumbel_tau = 1.0
 
     # --- routing set-up ------------------------------------------------------------------------
-    def add_flexidepth(self, layers, router_reduction=16, proj_reduction=16):
+    def add_flexidepth(self, layers, router_width=None, adapter_width=None):
+        """Widths default to the release's reduction factor 16: hidden/16 and intermediate/16."""
         d = self.cfg.hidden
         for i in layers:
             L = self.layers[i]
-            L.router = FlexiRouter(d, max(1, d // router_reduction), self.cfg.eps)
-            L.router_proj = FlexiAdapter(d, max(1, self.cfg.inter // proj_reduction))
+            L.router = FlexiRouter(d, router_width or max(1, d // 16), self.cfg.eps)
+            L.router_proj = FlexiAdapter(d, adapter_width or max(1, self.cfg.inter // 16))
             # Zero output projection: a skipped token starts as "no MLP update" rather than noise.
             nn.init.zeros_(L.router_proj.up_proj.weight)
             nn.init.normal_(L.router.router_head.weight, std=0.02)

@@ -111,11 +111,11 @@ def main():
         model.add_flexidepth(layers)
     else:
         model.add_skiplayer(layers)
-    init_run_leaning(model, a.kind, layers, load_tokens(os.path.join(a.data, 'train.bin')), a.seed)
+    train = load_tokens(os.path.join(a.data, 'train.bin'))
+    init_run_leaning(model, a.kind, layers, train, a.seed)
     trainable = [p for n, p in model.named_parameters() if p.requires_grad]
     print(f'{a.kind}: layers {layers}, {sum(p.numel() for p in trainable)} trainable parameters')
 
-    train = load_tokens(os.path.join(a.data, 'train.bin'))
     held = eval_windows(load_tokens(os.path.join(a.data, 'heldout.bin')), a.seq, 32)
     base_loss, _ = heldout_loss(model, held, mode='none')
     print(f'held-out loss at full depth: {base_loss:.4f}')
