@@ -13,6 +13,7 @@
 #include "errors.h"
 #include "kernels.h"
 #include "model.h"
+#include "threadpool.h"
 
 namespace dg {
 
@@ -587,6 +588,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   if (f.avx512bw) feats.Set(k++, "avx512bw");
   o.Set("cpuFeatures", feats);
   o.Set("cpuKernels", Napi::String::New(env, cpuKernelVariant()));
+  o.Set("usableProcessors", Napi::Number::New(env, usableProcessors()));
   CudaProbe cuda = probeCuda();
   Napi::Array backends = Napi::Array::New(env);
   backends.Set(0u, "cpu");

@@ -96,6 +96,7 @@ export interface NativeAddon {
   buildInfo(): {
     cpuFeatures: string[];
     cpuKernels: string;
+    usableProcessors: number;
     backends: string[];
     napiVersion: number;
     /** The CUDA library's load result and its own JSON report ({available, reason, devices}). */

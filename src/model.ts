@@ -155,7 +155,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   let nm: NativeModel;
   try {
     nm = await native().loadModel(
-      { files: [...files, ...addons], config, threads: opts.threads ?? os.availableParallelism(), prefault: opts.prefault ?? true, backend },
+      { files: [...files, ...addons], config, threads: opts.threads ?? native().buildInfo().usableProcessors, prefault: opts.prefault ?? true, backend },
       opts.onProgress,
       abortFlag,
     );
