@@ -217,6 +217,9 @@ ModelConfig readConfig(Napi::Env env, Napi::Object o) {
       c.routingLayers.push_back(a.Get(i).As<Napi::Number>().Int32Value());
     }
   }
+  if (o.Get("routerReductionFactor").IsNumber()) c.routerReductionFactor = int(num("routerReductionFactor"));
+  if (o.Get("projReductionFactor").IsNumber()) c.projReductionFactor = int(num("projReductionFactor"));
+  if (o.Get("configFile").IsString()) c.configFile = str("configFile");
   return c;
 }
 

@@ -20,6 +20,8 @@ export { Tokenizer } from './tokenizer';
 export type { ModelConfig, Architecture } from './config';
 export { SUPPORTED_ARCHITECTURES, readModelConfig } from './config';
 export { defaultModelDir, defaultModelSetup, DEFAULT_ADDON } from './defaultModel';
+export type { DefaultPolicy } from './defaultPolicy';
+export { FLEXIDEPTH_ARCHITECTURE } from './flexiDepthConfig';
 export { measurePerplexity } from './perplexity';
 export type { PerplexityOptions, PerplexityResult } from './perplexity';
 export { depthColor, renderDepthAnsi, depthLegendAnsi, renderDepthViewAnsi, renderDepthHtml } from './depthView';

@@ -33,6 +33,7 @@ import {
 import { StreamDecoder, Tokenizer, type ChatMessage } from './tokenizer';
 import { validatePolicy, type Policy } from './policy';
 import { resolveBackend } from './backend';
+import { chooseDefaultPolicy, isDefaultModelSetup, type DefaultPolicy } from './defaultPolicy';
 
 /** Default context of new sequences when loadModel gets no contextSize (capped by the model's own). */
 const DEFAULT_CONTEXT = 4096;
@@ -72,13 +73,17 @@ export interface ModelInfo {
   files: string[];
   /** Layers with FlexiDepth router weights (from the checkpoint or add-ons). */
   flexiDepthLayers: number[];
+  /** Of those, the layers whose routers are in the checkpoint's own weights (config.json's routing_layers when it has them). */
+  checkpointFlexiDepthLayers: number[];
+  /** The policy calls run when they name none, and why (src/defaultPolicy.ts). */
+  defaultPolicy: DefaultPolicy;
   /** Layers with SkipLayer routers. */
   skipRouterLayers: number[];
 }
 
 /** Options of {@link Model.evaluate} and {@link Sequence.evaluate}. */
 export interface EvaluateOptions {
-  /** Which layers each token runs (default: all). */
+  /** Which layers each token runs (default: the model's `defaultPolicy`; `{type: 'none'}` runs all). */
   policy?: Policy;
   /** Cancels between slices of 512 tokens; the promise rejects with AbortError. */
   signal?: AbortSignal;
@@ -182,7 +187,16 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
     }
     const contextSize = opts.contextSize ?? Math.min(config.maxPositionEmbeddings, DEFAULT_CONTEXT);
     const budget = opts.memoryLimit ?? Math.floor(os.totalmem() * 0.9) - info.weightBytes;
-    return new Model(root, config, tokenizer, nm, contextSize, budget);
+    // A layer's routers are the checkpoint's own when its router_enc tensor is in a shard, not an add-on.
+    const fileOf = new Map(info.tensorNames.map((name, i) => [name, info.files[info.tensorFiles[i]]]));
+    const inCheckpoint = (l: number) => !addons.includes(fileOf.get(`model.layers.${l}.router.router_enc.weight`) ?? '');
+    const checkpointFlexiDepthLayers = info.flexiDepthLayers.filter(inCheckpoint);
+    const defaultPolicy = chooseDefaultPolicy({
+      checkpointFlexiDepthLayers,
+      addonFlexiDepthLayers: info.flexiDepthLayers.filter((l) => !inCheckpoint(l)),
+      defaultModelSetup: isDefaultModelSetup(root, addons),
+    });
+    return new Model(root, config, tokenizer, nm, contextSize, budget, { defaultPolicy, checkpointFlexiDepthLayers });
   } catch (e) {
     nm.dispose();
     throw e;
@@ -197,6 +211,9 @@ export class Model implements AsyncDisposable {
   readonly tokenizer: Tokenizer;
   /** Default context size of new sequences. */
   readonly contextSize: number;
+  /** The policy calls run when they name none, and why: FlexiDepth for routers that come with the model (src/defaultPolicy.ts). */
+  readonly defaultPolicy: DefaultPolicy;
+  private readonly checkpointFlexiDepthLayers: number[];
   private nm: NativeModel | null;
   private queue: Pending[] = [];
   private inFlight: Promise<void> | null = null;
@@ -205,7 +222,13 @@ export class Model implements AsyncDisposable {
   private readonly kvBudget: number;
 
   /** @internal use {@link loadModel} */
-  constructor(dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number, kvBudget: number) {
+  constructor(
+    dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number, kvBudget: number,
+    routers: { defaultPolicy: DefaultPolicy; checkpointFlexiDepthLayers: number[] },
+  ) {
+    const d = routers.defaultPolicy;
+    this.defaultPolicy = Object.freeze({ policy: Object.freeze({ ...d.policy }), reason: d.reason });
+    this.checkpointFlexiDepthLayers = routers.checkpointFlexiDepthLayers;
     this.dir = dir;
     this.config = config;
     this.tokenizer = tokenizer;
@@ -242,7 +265,9 @@ export class Model implements AsyncDisposable {
       kvBytesPerToken: this.kvBytesPerToken,
       files: ni.files,
       flexiDepthLayers: ni.flexiDepthLayers,
+      checkpointFlexiDepthLayers: [...this.checkpointFlexiDepthLayers],
       skipRouterLayers: ni.skipRouterLayers,
+      defaultPolicy: { policy: { ...this.defaultPolicy.policy }, reason: this.defaultPolicy.reason },
     };
   }
 
@@ -342,6 +367,11 @@ export class Model implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
+  }
+
+  /** @internal The policy a call runs: the one it names (validated), or the model's default. */
+  resolvePolicy(policy: unknown): Policy {
+    return policy === undefined ? { ...this.defaultPolicy.policy } : validatePolicy(policy, this.config.numLayers);
   }
 
   /** @internal */
@@ -476,7 +506,7 @@ export class Sequence implements AsyncDisposable {
     if (signal !== undefined && (typeof signal !== 'object' || signal === null || typeof signal.aborted !== 'boolean'))
       throw new InvalidOptionError('signal', 'must be an AbortSignal');
     const L = this.model.config.numLayers;
-    const policy = validatePolicy(o.policy, L);
+    const policy = this.model.resolvePolicy(o.policy);
     const ids = this.inputTokens({ tokens });
     const gf = o.generatedFrom;
     if (gf !== undefined && (typeof gf !== 'number' || !Number.isInteger(gf) || gf < 0 || gf > tokens.length))
@@ -585,7 +615,7 @@ export class GenerationStream implements AsyncIterable<TokenChunk> {
     const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
     const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
     const L = model.config.numLayers;
-    const policy = validatePolicy(opts.policy, L);
+    const policy = model.resolvePolicy(opts.policy);
     const layerCounts = new Array<number>(L).fill(0);
     let depthTokens = 0;
     let finishReason: GenerateResult['finishReason'] = 'length';

@@ -62,7 +62,7 @@ export interface GenerateOptions {
   stopOnAbort?: boolean;
   /** Called for every generated token. */
   onToken?: (chunk: TokenChunk) => void;
-  /** Which layers each token runs (default: all). */
+  /** Which layers each token runs (default: the model's `defaultPolicy`; `{type: 'none'}` runs all). */
   policy?: Policy;
 }
 
