@@ -250,7 +250,7 @@ class LoadWorker : public Napi::AsyncProgressWorker<double> {
           });
           std::shared_ptr<Model> shared(std::move(model));
           std::unique_ptr<Ops> ops = cuda_ ? createCudaOps(0) : std::unique_ptr<Ops>(createCpuOps(threads_));
-          engine_ = std::make_shared<Engine>(shared, std::move(ops));
+          engine_ = std::make_shared<Engine>(shared, std::move(ops), DType::F32);
         },
         code_, file_, message);
     if (!ok) SetError(message);
@@ -391,7 +391,7 @@ class ForwardWorker : public CodedWorker {
       Napi::Uint8Array e = Napi::Uint8Array::New(env, ex.size());
       std::memcpy(e.Data(), ex.data(), ex.size());
       r.Set("executed", e);
-      auto& wt = responses_[i].weights;
+      auto& wt = responses_[i].routerWeights;
       Napi::Float32Array w = Napi::Float32Array::New(env, wt.size());
       std::memcpy(w.Data(), wt.data(), wt.size() * 4);
       r.Set("weights", w);

@@ -1,41 +1,114 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "errors.h"
 
 namespace dg {
 
-// Rows per pass through the layers. Long prompts run in chunks so scratch memory stays bounded;
-// each chunk writes its K/V before the next chunk's queries read them.
-constexpr int64_t kChunk = 256;
+// The step's buffers in backend memory, and their host staging copy. One allocation:
+//
+//   work: attnIdx[R] attnCount mlpIdx[R] mlpCount skipIdx[R] skipCount   (backend only)
+//   in:   tokens[R] pos[R] seq[R] logitRows[R] | seqs: KvCacheRef[R] | sample: SampleRow[R]
+//   plan: attn u8[L*R] mlp u8[L*R] (padded) weight f32[L*R]              <- uploaded with `in`
+//   out:  tokens i32[R] | logits f32[logit rows * vocab]                 <- downloaded with `plan`
+//
+// R is the chunk's row count: offsets are computed per chunk, within a buffer sized for kChunk.
+// One upload covers in + plan and one download covers plan + out, so a step costs the host two
+// transfers whatever the policy.
+struct Engine::StepBuffers {
+  struct Layout {
+    size_t attnIdx, attnCount, mlpIdx, mlpCount, skipIdx, skipCount;
+    size_t tokens, pos, seq, logitRows, seqs, sample, planAttn, planMlp, planWeight, outTokens, logits, end;
+  };
+  static size_t align(size_t x, size_t a) { return (x + a - 1) / a * a; }
+  static Layout layout(int64_t rows, int layers, int64_t vocab, int64_t logitRows) {
+    Layout o{};
+    size_t R = size_t(rows), L = size_t(layers), at = 0;
+    auto take = [&](size_t bytes) {
+      at = align(at, 64);
+      size_t here = at;
+      at += bytes;
+      return here;
+    };
+    o.attnIdx = take(4 * R);
+    o.attnCount = take(4);
+    o.mlpIdx = take(4 * R);
+    o.mlpCount = take(4);
+    o.skipIdx = take(4 * R);
+    o.skipCount = take(4);
+    o.tokens = take(4 * R);
+    o.pos = take(4 * R);
+    o.seq = take(4 * R);
+    o.logitRows = take(4 * R);
+    o.seqs = take(sizeof(KvCacheRef) * R);
+    o.sample = take(sizeof(SampleRow) * R);
+    o.planAttn = take(L * R);
+    o.planMlp = take(L * R);
+    o.planWeight = take(4 * L * R);
+    o.outTokens = take(4 * R);
+    o.logits = take(4 * size_t(logitRows) * size_t(vocab));
+    o.end = at;
+    return o;
+  }
+  Ops* ops = nullptr;
+  char* dev = nullptr;  // backend memory
+  size_t capacity = 0;
+  std::vector<char> host;  // staging for in + plan, and the downloaded plan + out
+  ~StepBuffers() {
+    if (dev) ops->release(dev);
+  }
+  void reserve(size_t bytes) {
+    if (bytes <= capacity) return;
+    if (dev) ops->release(dev);
+    dev = nullptr;
+    capacity = 0;
+    dev = static_cast<char*>(ops->alloc(bytes));
+    capacity = bytes;
+  }
+  template <class T>
+  T* d(size_t off) {
+    return reinterpret_cast<T*>(dev + off);
+  }
+  template <class T>
+  T* h(size_t off) {
+    return reinterpret_cast<T*>(host.data() + off);
+  }
+};
 
 Sequence::~Sequence() {
   if (engine) engine->releaseSequence(*this);
 }
 
-Engine::Engine(std::shared_ptr<Model> model, std::unique_ptr<Ops> ops)
+Engine::Engine(std::shared_ptr<Model> model, std::unique_ptr<Ops> ops, DType kvType)
     : model_(std::move(model)), ops_(std::move(ops)) {
+  const ModelConfig& c = model_->config;
+  kv_.nHeads = c.heads;
+  kv_.nKv = c.kvHeads;
+  kv_.headDim = c.headDim;
+  kv_.window = c.slidingWindow;
+  kv_.kv = kvType;
   auto upload = [&](const std::vector<float>& v) -> const float* {
     if (v.empty()) return nullptr;
-    float* p = ops_->alloc(v.size());
+    void* p = ops_->alloc(v.size() * sizeof(float));
     small_.push_back(p);
-    ops_->upload(p, v.data(), v.size());
-    return p;
+    ops_->upload(p, v.data(), v.size() * sizeof(float));
+    return static_cast<const float*>(p);
   };
   try {
     for (auto& L : model_->layers) {
-      LayerDev d;
+      LayerWeights d;
       d.inputNorm = upload(L.inputNorm);
       d.postAttnNorm = upload(L.postAttnNorm);
-      d.qB = upload(L.qBias);
-      d.kB = upload(L.kBias);
-      d.vB = upload(L.vBias);
-      d.oB = upload(L.oBias);
-      d.gateB = upload(L.gateBias);
-      d.upB = upload(L.upBias);
-      d.downB = upload(L.downBias);
+      d.qBias = upload(L.qBias);
+      d.kBias = upload(L.kBias);
+      d.vBias = upload(L.vBias);
+      d.oBias = upload(L.oBias);
+      d.gateBias = upload(L.gateBias);
+      d.upBias = upload(L.upBias);
+      d.downBias = upload(L.downBias);
       d.q = ops_->prepareWeight(L.q);
       d.k = ops_->prepareWeight(L.k);
       d.v = ops_->prepareWeight(L.v);
@@ -43,35 +116,45 @@ Engine::Engine(std::shared_ptr<Model> model, std::unique_ptr<Ops> ops)
       d.gate = ops_->prepareWeight(L.gate);
       d.up = ops_->prepareWeight(L.up);
       d.down = ops_->prepareWeight(L.down);
-      if (L.flexi.present) {
-        d.flexi = true;
-        d.fEnc = ops_->prepareWeight(L.flexi.enc);
-        d.fDec = ops_->prepareWeight(L.flexi.dec);
-        d.fHead = ops_->prepareWeight(L.flexi.head);
-        d.fNorm = upload(L.flexi.norm);
-        d.fGate = ops_->prepareWeight(L.flexi.gate);
-        d.fDown = ops_->prepareWeight(L.flexi.down);
-        d.fUp = ops_->prepareWeight(L.flexi.up);
-      }
-      if (L.skip.layer) d.sLayer = ops_->prepareWeight(L.skip.wLayer);
-      if (L.skip.attn) d.sAttn = ops_->prepareWeight(L.skip.wAttn);
-      if (L.skip.mlp) d.sMlp = ops_->prepareWeight(L.skip.wMlp);
       layers_.push_back(d);
+      FlexiDepthRouter f;
+      if (L.flexi.present) {
+        f.enc = ops_->prepareWeight(L.flexi.enc);
+        f.dec = ops_->prepareWeight(L.flexi.dec);
+        f.head = ops_->prepareWeight(L.flexi.head);
+        f.norm = upload(L.flexi.norm);
+        f.adapterGate = ops_->prepareWeight(L.flexi.gate);
+        f.adapterDown = ops_->prepareWeight(L.flexi.down);
+        f.adapterUp = ops_->prepareWeight(L.flexi.up);
+      }
+      flexi_.push_back(f);
+      SkipRouters s;
+      if (L.skip.layer) s.layer = ops_->prepareWeight(L.skip.wLayer);
+      if (L.skip.attn) s.attn = ops_->prepareWeight(L.skip.wAttn);
+      if (L.skip.mlp) s.mlp = ops_->prepareWeight(L.skip.wMlp);
+      skip_.push_back(s);
     }
     finalNorm_ = upload(model_->finalNorm);
     invFreq_ = upload(model_->invFreq);
     embed_ = ops_->prepareWeight(model_->embed);
     lmHead_ = ops_->prepareWeight(model_->lmHead);
+    step_ = std::make_unique<StepBuffers>();
+    step_->ops = ops_.get();
   } catch (...) {
-    for (float* p : small_) ops_->release(p);
+    for (void* p : small_) ops_->release(p);
     throw;
   }
 }
 
 Engine::~Engine() {
-  for (float* p : small_) ops_->release(p);
-  for (float* p : {x_, xn_, xg_, q_, kNew_, vNew_, att_, proj_, gate_, up_, r0_, r1_})
+  step_.reset();
+  for (void* p : small_) ops_->release(p);
+  for (float* p : {x_, xn_, q_, kNew_, vNew_, att_, gate_, routerHidden_, routerSmall_})
     if (p) ops_->release(p);
+}
+
+size_t Engine::kvBytesPerPosition() const {
+  return 2 * size_t(model_->config.layers) * size_t(kv_.kvWidth()) * dtypeSize(kv_.kv);
 }
 
 std::unique_ptr<Sequence> Engine::createSequence(int64_t maxContext, uint64_t seed) {
@@ -79,16 +162,13 @@ std::unique_ptr<Sequence> Engine::createSequence(int64_t maxContext, uint64_t se
   s->engine = this;
   s->maxContext = maxContext;
   s->rng = seed;
-  s->k.assign(size_t(model_->config.layers), nullptr);
-  s->v.assign(size_t(model_->config.layers), nullptr);
   return s;
 }
 
 void Engine::releaseSequence(Sequence& s) {
-  for (auto& p : s.k)
-    if (p) ops_->release(p), p = nullptr;
-  for (auto& p : s.v)
-    if (p) ops_->release(p), p = nullptr;
+  if (s.k) ops_->release(s.k);
+  if (s.v) ops_->release(s.v);
+  s.k = s.v = nullptr;
   s.capacity = 0;
   s.length = 0;
 }
@@ -99,191 +179,188 @@ void Engine::truncate(Sequence& s, int64_t length) {
 
 void Engine::ensureCapacity(Sequence& s, int64_t needed) {
   if (needed <= s.capacity) return;
-  int64_t cap = std::min(s.maxContext, std::max<int64_t>({needed, s.capacity * 2, 64}));
-  const ModelConfig& c = model_->config;
-  size_t width = size_t(c.kvHeads) * size_t(c.headDim);
-  std::vector<float*> nk(s.k.size(), nullptr), nv(s.v.size(), nullptr);
+  const int64_t cap = std::min(s.maxContext, std::max<int64_t>({needed, s.capacity * 2, 64}));
+  const size_t layers = size_t(model_->config.layers);
+  const size_t rowBytes = size_t(kv_.kvWidth()) * dtypeSize(kv_.kv);
+  void* nk = ops_->alloc(layers * size_t(cap) * rowBytes);
+  void* nv = nullptr;
   try {
-    for (size_t l = 0; l < nk.size(); l++) {
-      nk[l] = ops_->alloc(size_t(cap) * width);
-      nv[l] = ops_->alloc(size_t(cap) * width);
-    }
+    nv = ops_->alloc(layers * size_t(cap) * rowBytes);
   } catch (...) {
-    for (float* p : nk)
-      if (p) ops_->release(p);
-    for (float* p : nv)
-      if (p) ops_->release(p);
+    ops_->release(nk);
     throw;
   }
-  for (size_t l = 0; l < nk.size(); l++) {
-    if (s.length > 0) {
-      ops_->copy(nk[l], s.k[l], size_t(s.length) * width);
-      ops_->copy(nv[l], s.v[l], size_t(s.length) * width);
+  // Each layer's block moves to its new offset (the layer stride is the capacity).
+  if (s.length > 0)
+    for (size_t l = 0; l < layers; l++) {
+      ops_->copy(static_cast<char*>(nk) + l * size_t(cap) * rowBytes,
+                 static_cast<const char*>(s.k) + l * size_t(s.capacity) * rowBytes, size_t(s.length) * rowBytes);
+      ops_->copy(static_cast<char*>(nv) + l * size_t(cap) * rowBytes,
+                 static_cast<const char*>(s.v) + l * size_t(s.capacity) * rowBytes, size_t(s.length) * rowBytes);
     }
-    if (s.k[l]) ops_->release(s.k[l]);
-    if (s.v[l]) ops_->release(s.v[l]);
-    s.k[l] = nk[l];
-    s.v[l] = nv[l];
-  }
+  if (s.k) ops_->release(s.k);
+  if (s.v) ops_->release(s.v);
+  s.k = nk;
+  s.v = nv;
   s.capacity = cap;
 }
 
-void Engine::ensureScratch(int64_t rows) {
-  if (rows <= scratchRows_) return;
+void Engine::ensureScratch() {
+  if (x_) return;
   const ModelConfig& c = model_->config;
-  int64_t d = c.hidden, qd = int64_t(c.heads) * c.headDim, kvd = int64_t(c.kvHeads) * c.headDim;
-  int64_t ff = c.intermediate, routerWidth = 2;
-  for (auto& L : model_->layers)
-    if (L.flexi.present) {
-      ff = std::max(ff, L.flexi.gate.rows);
-      routerWidth = std::max(routerWidth, L.flexi.enc.rows);
+  const size_t R = size_t(kChunk), d = size_t(c.hidden), qd = size_t(c.heads) * size_t(c.headDim),
+               kvd = size_t(kv_.kvWidth());
+  size_t ff = size_t(c.intermediate), routerWidth = 2;
+  for (auto& f : flexi_)
+    if (f.enc.data) {
+      ff = std::max(ff, size_t(f.adapterGate.rows));
+      routerWidth = std::max(routerWidth, size_t(f.enc.rows));
     }
-  for (float** p : {&x_, &xn_, &xg_, &q_, &kNew_, &vNew_, &att_, &proj_, &gate_, &up_, &r0_, &r1_})
-    if (*p) ops_->release(*p), *p = nullptr;
-  scratchRows_ = 0;
-  x_ = ops_->alloc(size_t(rows * d));
-  xn_ = ops_->alloc(size_t(rows * d));
-  xg_ = ops_->alloc(size_t(rows * d));
-  q_ = ops_->alloc(size_t(rows * qd));
-  kNew_ = ops_->alloc(size_t(rows * kvd));
-  vNew_ = ops_->alloc(size_t(rows * kvd));
-  att_ = ops_->alloc(size_t(rows * qd));
-  proj_ = ops_->alloc(size_t(rows * std::max(d, qd)));
-  gate_ = ops_->alloc(size_t(rows * ff));
-  up_ = ops_->alloc(size_t(rows * ff));
-  r0_ = ops_->alloc(size_t(rows * d));
-  r1_ = ops_->alloc(size_t(rows * routerWidth));
-  routerHost_.resize(size_t(rows * std::max<int64_t>(routerWidth, 2)));
-  scratchRows_ = rows;
-}
-
-// Indices of the rows whose flag is set: the compact list of active rows.
-static void compactRows(const std::vector<uint8_t>& flags, int64_t rows, std::vector<int32_t>& idx) {
-  idx.clear();
-  for (int64_t r = 0; r < rows; r++)
-    if (flags[size_t(r)]) idx.push_back(int32_t(r));
-}
-
-// One pass of `rows` tokens through every layer. On return x_ holds the last hidden states and
-// executed/weights ([rows, layers]) say what ran.
-void Engine::runChunk(const std::vector<int32_t>& tokens, const std::vector<RowMeta>& meta,
-                      const std::vector<Sequence*>& seqs, int64_t rows, Policy* policy, uint8_t* executed,
-                      float* weights) {
-  const ModelConfig& c = model_->config;
-  Ops& ops = *ops_;
-  int64_t d = c.hidden, qd = int64_t(c.heads) * c.headDim, kvd = int64_t(c.kvHeads) * c.headDim;
-  ops.embed(x_, tokens.data(), rows, embed_);
-  bytesRead_ += uint64_t(rows) * uint64_t(d) * dtypeSize(embed_.dtype);
-  std::vector<int32_t> positions(static_cast<size_t>(rows));
-  for (int64_t r = 0; r < rows; r++) positions[size_t(r)] = meta[size_t(r)].pos;
-  std::vector<KvSlot> slots(static_cast<size_t>(rows));
-  std::vector<AttnRow> attn;
-  LayerPlan plan;
-  for (int l = 0; l < c.layers; l++) {
-    const LayerDev& L = layers_[size_t(l)];
-    ops.rmsnorm(xn_, x_, rows, d, L.inputNorm, c.rmsEps);
-    // Every token writes its K/V, skipped or not, so later tokens can attend to it.
-    matmul(kNew_, kvd, xn_, d, rows, L.k, L.kB);
-    matmul(vNew_, kvd, xn_, d, rows, L.v, L.vB);
-    ops.rope(kNew_, kvd, rows, positions.data(), c.kvHeads, c.headDim, invFreq_);
-    for (int64_t r = 0; r < rows; r++) {
-      Sequence* s = seqs[size_t(r)];
-      slots[size_t(r)] = KvSlot{s->k[size_t(l)] + int64_t(meta[size_t(r)].pos) * kvd,
-                                s->v[size_t(l)] + int64_t(meta[size_t(r)].pos) * kvd};
-    }
-    ops.kvWrite(slots.data(), kNew_, vNew_, rows, kvd);
-
-    // Route, then compact the rows whose attention runs.
-    plan.reset(rows);
-    if (policy) policy->routeLayer(*this, l, xn_, meta.data(), rows, plan);
-    compactRows(plan.attn, rows, attnIdx_);
-    int64_t A = int64_t(attnIdx_.size());
-    if (A > 0) {
-      // All rows active: no copy. Otherwise gather the active rows into a compact buffer.
-      const float* qIn = xn_;
-      if (A < rows) {
-        ops.gatherRows(xg_, xn_, attnIdx_.data(), A, d);
-        qIn = xg_;
-      }
-      posAct_.resize(size_t(A));
-      attn.resize(size_t(A));
-      for (int64_t i = 0; i < A; i++) {
-        int32_t r = attnIdx_[size_t(i)];
-        posAct_[size_t(i)] = meta[size_t(r)].pos;
-        Sequence* s = seqs[size_t(r)];
-        attn[size_t(i)] = AttnRow{int32_t(i), int32_t(i), meta[size_t(r)].pos, s->k[size_t(l)], s->v[size_t(l)]};
-      }
-      matmul(q_, qd, qIn, d, A, L.q, L.qB);
-      ops.rope(q_, qd, A, posAct_.data(), c.heads, c.headDim, invFreq_);
-      ops.attention(att_, q_, attn.data(), A, c.heads, c.kvHeads, c.headDim, c.slidingWindow);
-      matmul(proj_, d, att_, qd, A, L.o, L.oB);
-      if (A == rows) ops.addRows(x_, proj_, rows, d);
-      else ops.scatterAddRows(x_, proj_, attnIdx_.data(), nullptr, A, d);
-    }
-    routedMlp(L, l, rows, plan, policy);
-    for (int64_t r = 0; r < rows; r++) {
-      executed[r * c.layers + l] = plan.attn[size_t(r)] && plan.mlp[size_t(r)];
-      weights[r * c.layers + l] = plan.weight[size_t(r)];
-    }
+  try {
+    x_ = static_cast<float*>(ops_->alloc(4 * R * d));
+    xn_ = static_cast<float*>(ops_->alloc(4 * R * d));
+    q_ = static_cast<float*>(ops_->alloc(4 * R * qd));
+    kNew_ = static_cast<float*>(ops_->alloc(4 * R * kvd));
+    vNew_ = static_cast<float*>(ops_->alloc(4 * R * kvd));
+    att_ = static_cast<float*>(ops_->alloc(4 * R * qd));
+    gate_ = static_cast<float*>(ops_->alloc(4 * R * ff));
+    routerHidden_ = static_cast<float*>(ops_->alloc(4 * R * d));
+    routerSmall_ = static_cast<float*>(ops_->alloc(4 * R * routerWidth));
+  } catch (...) {
+    for (float** p : {&x_, &xn_, &q_, &kNew_, &vNew_, &att_, &gate_, &routerHidden_, &routerSmall_})
+      if (*p) ops_->release(*p), *p = nullptr;
+    throw;
   }
 }
 
-// The MLP half of a layer under the plan: SwiGLU on the rows whose MLP runs (scaled by w for
-// FlexiDepth), FlexiDepth's adapter scaled by (1 - w) on the rest, identity otherwise.
-void Engine::routedMlp(const LayerDev& L, int layer, int64_t rows, LayerPlan& plan, Policy* policy) {
+namespace {
+// What the host knows of a layer's rows before the step: all run, none run, or some.
+enum HostRun : int { kSome = 0, kAll = 1, kNone = 2 };
+int hostRunOf(const uint8_t* flags, int64_t rows) {
+  int64_t on = 0;
+  for (int64_t r = 0; r < rows; r++) on += flags[r] != 0;
+  return on == rows ? kAll : on == 0 ? kNone : kSome;
+}
+}  // namespace
+
+// The rows whose attention runs: host-known (all, none) or compacted on the backend.
+void Engine::attentionBlock(int l, int64_t rows, const LayerFlags& f, bool routed, int hostRun) {
   const ModelConfig& c = model_->config;
-  Ops& ops = *ops_;
-  int64_t d = c.hidden, ff = c.intermediate;
-  // FlexiDepth needs y for both branches; a per-module router decides from y.
-  bool normAll = plan.flexiDepth || plan.routeMlpAfterAttention;
-  if (normAll) ops.rmsnorm(xn_, x_, rows, d, L.postAttnNorm, c.rmsEps);
-  if (plan.routeMlpAfterAttention && policy) policy->routeMlp(*this, layer, xn_, rows, plan);
-  compactRows(plan.mlp, rows, mlpIdx_);
-  int64_t M = int64_t(mlpIdx_.size());
-  if (M > 0) {
-    const float* y = xn_;
-    if (normAll) {
-      if (M < rows) {
-        ops.gatherRows(xg_, xn_, mlpIdx_.data(), M, d);
-        y = xg_;
-      }
-    } else if (M == rows) {
-      ops.rmsnorm(xn_, x_, rows, d, L.postAttnNorm, c.rmsEps);
-    } else {
-      ops.gatherRows(xg_, x_, mlpIdx_.data(), M, d);
-      ops.rmsnorm(xg_, xg_, M, d, L.postAttnNorm, c.rmsEps);
-      y = xg_;
-    }
-    matmul(gate_, ff, y, d, M, L.gate, L.gateB);
-    matmul(up_, ff, y, d, M, L.up, L.upB);
-    ops.siluMul(gate_, up_, M, ff);
-    matmul(proj_, d, gate_, ff, M, L.down, L.downB);
-    if (plan.flexiDepth) {
-      mlpScale_.resize(size_t(M));
-      for (int64_t i = 0; i < M; i++) mlpScale_[size_t(i)] = plan.weight[size_t(mlpIdx_[size_t(i)])];
-      ops.scatterAddRows(x_, proj_, mlpIdx_.data(), mlpScale_.data(), M, d);
-    } else if (M == rows) {
-      ops.addRows(x_, proj_, rows, d);
-    } else {
-      ops.scatterAddRows(x_, proj_, mlpIdx_.data(), nullptr, M, d);
-    }
+  const LayerWeights& W = layers_[size_t(l)];
+  const int64_t d = c.hidden, qd = int64_t(c.heads) * c.headDim;
+  StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0);
+  RowSet A = RowSet::dense(rows);
+  if (!routed && hostRun == kNone) return;
+  if (routed || hostRun == kSome) {
+    int32_t* idx = step_->d<int32_t>(o.attnIdx);
+    int32_t* count = step_->d<int32_t>(o.attnCount);
+    ops_->compact(f.attn, rows, idx, count, nullptr, nullptr);
+    A = RowSet{rows, count, idx};
   }
-  if (!plan.flexiDepth || M == rows) return;
+  StepRows sr{rows, step_->d<int32_t>(o.pos), step_->d<int32_t>(o.seq), step_->d<KvCacheRef>(o.seqs)};
+  ops_->matmul(q_, qd, xn_, d, A, W.q, W.qBias, Epilogue::store());
+  ops_->ropeRows(q_, qd, A, sr, c.heads, c.headDim, invFreq_);
+  ops_->attention(att_, q_, A, sr, l, kv_);
+  // The output projection reads the compact attention rows and adds into their residual rows.
+  const RowSet compactRows{rows, A.count, nullptr};
+  ops_->matmul(x_, d, att_, qd, compactRows, W.o, W.oBias, A.idx ? Epilogue::scatterAdd(A.idx) : Epilogue::add());
+}
+
+// The MLP half of a layer: SwiGLU on the rows whose MLP runs (scaled by w for FlexiDepth),
+// FlexiDepth's adapter scaled by (1 - w) on the rest, identity otherwise.
+void Engine::mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, bool routed, int hostRun) {
+  const ModelConfig& c = model_->config;
+  const LayerWeights& W = layers_[size_t(l)];
+  const int64_t d = c.hidden, ff = c.intermediate;
+  const bool flexi = policy && policy->flexiDepth(l);
+  const bool after = policy && policy->routesMlpAfterAttention(l);
+  StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0);
+  if (!routed && !after && hostRun == kNone) return;
+  ops_->rmsnorm(xn_, x_, RowSet::dense(rows), d, W.postAttnNorm, c.rmsEps);
+  if (after) policy->routeMlp(*this, l, xn_, rows, f);
+  RowSet M = RowSet::dense(rows), S{};
+  if (routed || after || hostRun == kSome) {
+    int32_t* idx = step_->d<int32_t>(o.mlpIdx);
+    int32_t* count = step_->d<int32_t>(o.mlpCount);
+    int32_t* sIdx = flexi ? step_->d<int32_t>(o.skipIdx) : nullptr;
+    int32_t* sCount = flexi ? step_->d<int32_t>(o.skipCount) : nullptr;
+    ops_->compact(f.mlp, rows, idx, count, sIdx, sCount);
+    M = RowSet{rows, count, idx};
+    S = RowSet{rows, sCount, sIdx};
+  }
+  ops_->matmulGateUp(gate_, ff, xn_, d, M, W.gate, W.gateBias, W.up, W.upBias);
+  const Epilogue ep = flexi  ? Epilogue::scatterAdd(M.idx, Epilogue::W, f.weight)
+                      : M.idx ? Epilogue::scatterAdd(M.idx)
+                              : Epilogue::add();
+  ops_->matmul(x_, d, gate_, ff, RowSet{rows, M.count, nullptr}, W.down, W.downBias, ep);
+  if (!flexi) return;
   // Skipped rows: adapter up(silu(gate(y)) * down(y)) scaled by (1 - w).
-  adaIdx_.clear();
-  adaScale_.clear();
-  for (int64_t r = 0; r < rows; r++)
-    if (!plan.mlp[size_t(r)]) {
-      adaIdx_.push_back(int32_t(r));
-      adaScale_.push_back(1.0f - plan.weight[size_t(r)]);
+  const FlexiDepthRouter& R = flexi_[size_t(l)];
+  const int64_t m = R.adapterGate.rows;
+  ops_->matmulGateUp(gate_, m, xn_, d, S, R.adapterGate, nullptr, R.adapterDown, nullptr);
+  ops_->matmul(x_, d, gate_, m, RowSet{rows, S.count, nullptr}, R.adapterUp, nullptr,
+               Epilogue::scatterAdd(S.idx, Epilogue::OneMinusW, f.weight));
+}
+
+// One step of `rows` rows through every layer, from the uploaded step buffers. On return x_ holds
+// the last hidden states and the plan in backend memory says what ran.
+void Engine::runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostRun) {
+  const ModelConfig& c = model_->config;
+  StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0);
+  const int64_t d = c.hidden, kvd = kv_.kvWidth();
+  const StepRows sr{rows, step_->d<int32_t>(o.pos), step_->d<int32_t>(o.seq), step_->d<KvCacheRef>(o.seqs)};
+  ops_->embed(x_, step_->d<int32_t>(o.tokens), rows, embed_);
+  for (int l = 0; l < c.layers; l++) {
+    const LayerWeights& W = layers_[size_t(l)];
+    ops_->rmsnorm(xn_, x_, RowSet::dense(rows), d, W.inputNorm, c.rmsEps);
+    // Every token writes its K/V, skipped or not, so later tokens can attend to it.
+    ops_->matmul2(kNew_, kvd, vNew_, kvd, xn_, d, RowSet::dense(rows), W.k, W.kBias, W.v, W.vBias);
+    ops_->kvWriteRope(kNew_, vNew_, sr, l, kv_, invFreq_);
+    const LayerFlags f{step_->d<uint8_t>(o.planAttn) + size_t(l) * size_t(rows),
+                       step_->d<uint8_t>(o.planMlp) + size_t(l) * size_t(rows),
+                       step_->d<float>(o.planWeight) + size_t(l) * size_t(rows)};
+    const bool routed = policy && policy->routed(l);
+    if (routed) policy->routeLayer(*this, l, xn_, rows, f);
+    attentionBlock(l, rows, f, routed, hostRun[size_t(2 * l)]);
+    mlpBlock(l, rows, policy, f, routed, hostRun[size_t(2 * l + 1)]);
+  }
+}
+
+// The weight bytes a step read, from the plan as executed: K/V projections and routers for every
+// row, queries/attention/output and the MLP where any row ran them, FlexiDepth's adapter where any
+// row skipped, the embedding rows and the LM head for the rows with logits.
+uint64_t Engine::weightBytesOf(int64_t rows, const uint8_t* attn, const uint8_t* mlp, Policy* policy,
+                               int64_t logitRows) const {
+  const ModelConfig& c = model_->config;
+  uint64_t bytes = uint64_t(rows) * uint64_t(c.hidden) * dtypeSize(embed_.dtype);
+  for (int l = 0; l < c.layers; l++) {
+    const LayerWeights& W = layers_[size_t(l)];
+    const uint8_t* a = attn + size_t(l) * size_t(rows);
+    const uint8_t* m = mlp + size_t(l) * size_t(rows);
+    bool anyAttn = false, anyMlp = false, anySkipMlp = false;
+    for (int64_t r = 0; r < rows; r++) {
+      anyAttn |= a[r] != 0;
+      anyMlp |= m[r] != 0;
+      anySkipMlp |= m[r] == 0;
     }
-  int64_t S = int64_t(adaIdx_.size()), m = L.fGate.rows;
-  ops.gatherRows(xg_, xn_, adaIdx_.data(), S, d);
-  matmul(gate_, m, xg_, d, S, L.fGate, nullptr);
-  matmul(up_, m, xg_, d, S, L.fDown, nullptr);
-  ops.siluMul(gate_, up_, S, m);
-  matmul(proj_, d, gate_, m, S, L.fUp, nullptr);
-  ops.scatterAddRows(x_, proj_, adaIdx_.data(), adaScale_.data(), S, d);
+    bytes += W.k.bytes() + W.v.bytes();
+    if (anyAttn) bytes += W.q.bytes() + W.o.bytes();
+    if (anyMlp) bytes += W.gate.bytes() + W.up.bytes() + W.down.bytes();
+    if (policy && policy->routed(l)) {
+      const FlexiDepthRouter& f = flexi_[size_t(l)];
+      const SkipRouters& s = skip_[size_t(l)];
+      if (policy->flexiDepth(l)) {
+        bytes += f.enc.bytes() + f.dec.bytes() + f.head.bytes();
+        if (anySkipMlp) bytes += f.adapterGate.bytes() + f.adapterDown.bytes() + f.adapterUp.bytes();
+      } else {
+        if (s.layer.data) bytes += s.layer.bytes();
+        if (s.attn.data) bytes += s.attn.bytes();
+      }
+    }
+    if (policy && policy->routesMlpAfterAttention(l)) bytes += skip_[size_t(l)].mlp.bytes();
+  }
+  if (logitRows > 0) bytes += lmHead_.bytes();
+  return bytes;
 }
 
 void Engine::forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& spec) {
@@ -291,7 +368,6 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
   const ModelConfig& c = model_->config;
   const int L = c.layers;
   std::unique_ptr<Policy> policy = makePolicy(*this, spec);
-  bytesRead_ = 0;
   // Validate everything before touching any cache.
   for (auto& rq : requests) {
     if (!rq.seq) throw Error(kErrArg, "request has no sequence");
@@ -308,17 +384,17 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
       if (&other != &rq && other.seq == rq.seq) throw Error(kErrArg, "a sequence appears twice in one batch");
   }
   for (auto& rq : requests) ensureCapacity(*rq.seq, rq.seq->length + int64_t(rq.tokens.size()));
-  ensureScratch(kChunk);
+  ensureScratch();
 
   // Rows that report back (logits and what ran): every row for All, the last one otherwise.
   responses.assign(requests.size(), Response());
   for (size_t i = 0; i < requests.size(); i++) {
     const Request& rq = requests[i];
     size_t reported = rq.logits == LogitsMode::All ? rq.tokens.size() : 1;
-    size_t withLogits = rq.logits == LogitsMode::All ? rq.tokens.size() : (rq.logits == LogitsMode::Last || rq.sample) ? 1 : 0;
+    size_t withLogits = rq.logits == LogitsMode::All ? rq.tokens.size() : rq.logits == LogitsMode::Last ? 1 : 0;
     responses[i].logits.resize(withLogits * size_t(c.vocab));
     responses[i].executed.resize(reported * size_t(L));
-    responses[i].weights.resize(reported * size_t(L));
+    responses[i].routerWeights.resize(reported * size_t(L));
   }
 
   // Flatten the batch into rows and run it chunk by chunk.
@@ -330,78 +406,115 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
   for (size_t i = 0; i < requests.size(); i++)
     for (size_t j = 0; j < requests[i].tokens.size(); j++) all.push_back({i, j});
 
-  std::vector<int32_t> tokens, logitRows;
   std::vector<RowMeta> meta;
-  std::vector<Sequence*> seqs;
-  std::vector<float*> logitDst;
-  std::vector<uint8_t> executed(size_t(kChunk) * size_t(L));
-  std::vector<float> weights(size_t(kChunk) * size_t(L));
-  float* logitsDev = nullptr;
-  int64_t logitsCap = 0;
-  try {
-    for (size_t start = 0; start < all.size(); start += size_t(kChunk)) {
-      size_t end = std::min(all.size(), start + size_t(kChunk));
-      int64_t rows = int64_t(end - start);
-      tokens.clear();
-      meta.clear();
-      seqs.clear();
-      logitRows.clear();
-      logitDst.clear();
-      for (size_t i = start; i < end; i++) {
-        Request& rq = requests[all[i].req];
-        tokens.push_back(rq.tokens[all[i].idx]);
-        meta.push_back(RowMeta{int32_t(rq.seq->length + int64_t(all[i].idx)),
-                              rq.hasGenIndex ? int32_t(rq.genIndex + int64_t(all[i].idx)) : -1});
-        seqs.push_back(rq.seq);
-        Response& rs = responses[all[i].req];
-        if (rq.logits == LogitsMode::All) {
-          logitRows.push_back(int32_t(i - start));
-          logitDst.push_back(rs.logits.data() + all[i].idx * size_t(c.vocab));
-        } else if (all[i].idx + 1 == rq.tokens.size() && !rs.logits.empty()) {
-          logitRows.push_back(int32_t(i - start));
-          logitDst.push_back(rs.logits.data());
-        }
-      }
-      runChunk(tokens, meta, seqs, rows, policy.get(), executed.data(), weights.data());
-      for (size_t i = start; i < end; i++) {
-        const Request& rq = requests[all[i].req];
-        bool last = all[i].idx + 1 == rq.tokens.size();
-        if (rq.logits != LogitsMode::All && !last) continue;
-        size_t slot = rq.logits == LogitsMode::All ? all[i].idx : 0;
-        Response& rs = responses[all[i].req];
-        std::copy_n(executed.begin() + (i - start) * size_t(L), L, rs.executed.begin() + slot * size_t(L));
-        std::copy_n(weights.begin() + (i - start) * size_t(L), L, rs.weights.begin() + slot * size_t(L));
-      }
-      if (!logitRows.empty()) {
-        int64_t n = int64_t(logitRows.size());
-        ops_->gatherRows(xn_, x_, logitRows.data(), n, c.hidden);
-        ops_->rmsnorm(xn_, xn_, n, c.hidden, finalNorm_, c.rmsEps);
-        if (n > logitsCap) {
-          if (logitsDev) ops_->release(logitsDev);
-          logitsDev = nullptr;
-          logitsDev = ops_->alloc(size_t(n) * size_t(c.vocab));
-          logitsCap = n;
-        }
-        matmul(logitsDev, c.vocab, xn_, c.hidden, n, lmHead_, nullptr);
-        for (int64_t i = 0; i < n; i++)
-          ops_->download(logitDst[size_t(i)], logitsDev + i * c.vocab, size_t(c.vocab));
+  std::vector<int32_t> logitRowOf;  // per chunk row: its logits row, or -1
+  std::vector<uint8_t> hostRun(size_t(2 * L));
+  uint64_t weightBytes = 0;
+  for (size_t start = 0; start < all.size(); start += size_t(kChunk)) {
+    const size_t end = std::min(all.size(), start + size_t(kChunk));
+    const int64_t rows = int64_t(end - start);
+    // Which rows need logits: All rows, the last row of Last, and the last row of a sample.
+    logitRowOf.assign(size_t(rows), -1);
+    int64_t nLogits = 0;
+    bool downloadLogits = false, anySample = false;
+    for (size_t i = start; i < end; i++) {
+      const Request& rq = requests[all[i].req];
+      const bool last = all[i].idx + 1 == rq.tokens.size();
+      const bool wants = rq.logits == LogitsMode::All || (last && (rq.logits == LogitsMode::Last || rq.sample));
+      if (wants) logitRowOf[i - start] = int32_t(nLogits++);
+      downloadLogits |= wants && rq.logits != LogitsMode::None;
+      anySample |= last && rq.sample;
+    }
+    const StepBuffers::Layout o = StepBuffers::layout(rows, L, c.vocab, nLogits);
+    step_->reserve(StepBuffers::layout(kChunk, L, c.vocab, nLogits).end);
+    step_->host.assign(o.end, 0);
+    // The step's facts.
+    std::vector<Sequence*> seqTable;
+    meta.resize(size_t(rows));
+    for (size_t i = start; i < end; i++) {
+      const size_t r = i - start;
+      Request& rq = requests[all[i].req];
+      const int32_t pos = int32_t(rq.seq->length + int64_t(all[i].idx));
+      meta[r] = RowMeta{pos, rq.hasGenIndex ? int32_t(rq.genIndex + int64_t(all[i].idx)) : -1};
+      size_t si = size_t(std::find(seqTable.begin(), seqTable.end(), rq.seq) - seqTable.begin());
+      if (si == seqTable.size()) seqTable.push_back(rq.seq);
+      step_->h<int32_t>(o.tokens)[r] = rq.tokens[all[i].idx];
+      step_->h<int32_t>(o.pos)[r] = pos;
+      step_->h<int32_t>(o.seq)[r] = int32_t(si);
+      const int32_t lr = logitRowOf[r];
+      if (lr >= 0) {
+        step_->h<int32_t>(o.logitRows)[lr] = int32_t(r);
+        SampleRow& sp = step_->h<SampleRow>(o.sample)[lr];
+        const bool draw = rq.sample && all[i].idx + 1 == rq.tokens.size();
+        sp.draw = draw ? 1 : 0;
+        sp.temperature = rq.sampling.temperature;
+        sp.topK = rq.sampling.topK;
+        sp.topP = rq.sampling.topP;
+        sp.rng = rq.seq->rng;
       }
     }
-  } catch (...) {
-    if (logitsDev) ops_->release(logitsDev);
-    throw;
-  }
-  if (logitsDev) ops_->release(logitsDev);
+    for (size_t si = 0; si < seqTable.size(); si++)
+      step_->h<KvCacheRef>(o.seqs)[si] = KvCacheRef{seqTable[si]->k, seqTable[si]->v, seqTable[si]->capacity};
+    // The plan: host decisions for the layers the policy does not route; routers overwrite theirs.
+    uint8_t* pa = step_->h<uint8_t>(o.planAttn);
+    uint8_t* pm = step_->h<uint8_t>(o.planMlp);
+    float* pw = step_->h<float>(o.planWeight);
+    std::fill(pa, pa + size_t(L) * size_t(rows), uint8_t(1));
+    std::fill(pm, pm + size_t(L) * size_t(rows), uint8_t(1));
+    std::fill(pw, pw + size_t(L) * size_t(rows), NAN);
+    for (int l = 0; l < L; l++) {
+      uint8_t* a = pa + size_t(l) * size_t(rows);
+      uint8_t* m = pm + size_t(l) * size_t(rows);
+      if (policy && !policy->routed(l)) policy->planLayer(l, meta.data(), rows, a, m);
+      hostRun[size_t(2 * l)] = uint8_t(hostRunOf(a, rows));
+      hostRun[size_t(2 * l + 1)] = uint8_t(hostRunOf(m, rows));
+    }
+    ops_->upload(step_->dev + o.tokens, step_->host.data() + o.tokens, o.outTokens - o.tokens);  // in + plan
 
-  for (size_t i = 0; i < requests.size(); i++) {
-    Request& rq = requests[i];
-    responses[i].weightBytes = bytesRead_;
-    rq.seq->length += int64_t(rq.tokens.size());
-    if (rq.sample) {
-      Response& rs = responses[i];
-      const float* last = rs.logits.data() + rs.logits.size() - size_t(c.vocab);
-      rs.token = ops_->sample(last, c.vocab, rq.sampling, rq.seq->rng);
+    runChunk(rows, policy.get(), hostRun);
+
+    if (nLogits > 0) {
+      const RowSet logitRows{nLogits, nullptr, step_->d<int32_t>(o.logitRows)};
+      float* logits = step_->d<float>(o.logits);
+      ops_->rmsnorm(xn_, x_, logitRows, c.hidden, finalNorm_, c.rmsEps);
+      ops_->matmul(logits, c.vocab, xn_, c.hidden, RowSet::dense(nLogits), lmHead_, nullptr, Epilogue::store());
+      if (anySample)
+        ops_->sample(step_->d<int32_t>(o.outTokens), logits, nLogits, c.vocab, step_->d<SampleRow>(o.sample));
     }
+    // The one download of the step: the plan as executed, sampled tokens, logits when asked.
+    const size_t downloadEnd = downloadLogits ? o.end : o.logits;
+    ops_->download(step_->host.data() + o.planAttn, step_->dev + o.planAttn, downloadEnd - o.planAttn);
+    weightBytes += weightBytesOf(rows, pa, pm, policy.get(), nLogits);
+
+    for (size_t i = start; i < end; i++) {
+      const size_t r = i - start;
+      const Request& rq = requests[all[i].req];
+      Response& rs = responses[all[i].req];
+      const bool last = all[i].idx + 1 == rq.tokens.size();
+      if (rq.logits == LogitsMode::All || last) {
+        const size_t slot = rq.logits == LogitsMode::All ? all[i].idx : 0;
+        for (int l = 0; l < L; l++) {
+          const size_t p = size_t(l) * size_t(rows) + r;
+          rs.executed[slot * size_t(L) + size_t(l)] = pa[p] && pm[p];
+          rs.routerWeights[slot * size_t(L) + size_t(l)] = pw[p];
+        }
+      }
+      const int32_t lr = logitRowOf[r];
+      if (lr >= 0 && rq.logits != LogitsMode::None) {
+        const size_t slot = rq.logits == LogitsMode::All ? all[i].idx : 0;
+        std::memcpy(rs.logits.data() + slot * size_t(c.vocab), step_->h<float>(o.logits) + size_t(lr) * size_t(c.vocab),
+                    size_t(c.vocab) * sizeof(float));
+      }
+      if (lr >= 0 && last && rq.sample) {
+        rs.token = step_->h<int32_t>(o.outTokens)[lr];
+        // The backend advanced its copy of the generator by the one draw a sampled token takes.
+        if (rq.sampling.temperature > 0.f) rngNext(rq.seq->rng);
+      }
+    }
+  }
+  for (size_t i = 0; i < requests.size(); i++) {
+    responses[i].weightBytes = weightBytes;
+    requests[i].seq->length += int64_t(requests[i].tokens.size());
   }
 }
 

@@ -1,6 +1,11 @@
 // The decoder forward pass over a ragged batch: any number of sequences, each bringing any
 // number of new tokens (a prompt to prefill, or one token to decode), each with its own KV cache,
 // with a skip policy deciding per token and per layer what runs.
+//
+// A step (one chunk of at most kChunk rows) talks to the backend twice: one upload of the step's
+// facts (tokens, positions, sequences, host-known plan, sampling parameters) at the start, and one
+// download of what the caller needs (the plan as executed, sampled tokens, logits when asked) at
+// the end. Everything between is backend ops, routing included (see backend.h).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -15,14 +20,15 @@ namespace dg {
 
 class Engine;
 
-// One sequence's KV cache: per layer, K and V of every position so far, [capacity, nKv*headDim],
+// One sequence's KV cache: K and V blocks of [layers][capacity][nKv * headDim] in the cache dtype,
 // in backend memory. Grows by doubling up to maxContext.
 struct Sequence {
   Engine* engine = nullptr;
   int64_t maxContext = 0;
   int64_t capacity = 0;
   int64_t length = 0;  // positions whose K/V are written in every layer
-  std::vector<float*> k, v;
+  void* k = nullptr;
+  void* v = nullptr;
   uint64_t rng = 0;
   ~Sequence();
 };
@@ -43,20 +49,27 @@ struct Request {
 };
 
 struct Response {
-  std::vector<float> logits;     // [rows, vocab]: 1 row for Last (or sample), tokens.size() for All
-  std::vector<uint8_t> executed;  // [rows, layers]: 1 where the layer's full computation ran
-  std::vector<float> weights;     // [rows, layers]: router weight, NaN where there is none
-  int32_t token = -1;             // sampled from the last row when Request::sample
-  uint64_t weightBytes = 0;       // weight bytes the whole batch pass read (same for every response)
+  std::vector<float> logits;        // [rows, vocab]: 1 row for Last, tokens.size() for All, none otherwise
+  std::vector<uint8_t> executed;    // [rows, layers]: 1 where the layer's full computation ran
+  std::vector<float> routerWeights;  // [rows, layers]: FlexiDepth router weight w, NaN where there is none
+  int32_t token = -1;               // sampled from the last row when Request::sample
+  uint64_t weightBytes = 0;         // weight bytes the whole batch pass read (same for every response)
 };
+
+// Rows per step through the layers. Long prompts run in chunks so scratch memory stays bounded;
+// each chunk writes its K/V before the next chunk's queries read them.
+constexpr int64_t kChunk = 256;
 
 class Engine {
  public:
-  Engine(std::shared_ptr<Model> model, std::unique_ptr<Ops> ops);
+  Engine(std::shared_ptr<Model> model, std::unique_ptr<Ops> ops, DType kvType);
   ~Engine();
 
   const Model& model() const { return *model_; }
   Ops& ops() { return *ops_; }
+  DType kvType() const { return kv_.kv; }
+  // Bytes of KV cache per position of one sequence (K and V, every layer).
+  size_t kvBytesPerPosition() const;
 
   std::unique_ptr<Sequence> createSequence(int64_t maxContext, uint64_t seed);
   // Runs every request in one pass per layer under `policy`. Throws dg::Error (context overflow,
@@ -66,50 +79,52 @@ class Engine {
   void releaseSequence(Sequence& s);
 
   // Weights and norms as the backend holds them.
-  struct LayerDev {
-    const float *inputNorm, *postAttnNorm, *qB, *kB, *vB, *oB, *gateB, *upB, *downB;
+  struct LayerWeights {
+    const float *inputNorm, *postAttnNorm;
+    const float *qBias, *kBias, *vBias, *oBias, *gateBias, *upBias, *downBias;  // null when absent
     Weight q, k, v, o, gate, up, down;
-    bool flexi = false;
-    Weight fEnc, fDec, fHead, fGate, fDown, fUp;
-    const float* fNorm = nullptr;
-    Weight sLayer, sAttn, sMlp;
   };
-  const LayerDev& layer(int l) const { return layers_[size_t(l)]; }
-  // Every weight product goes through here, so the pass can count the weight bytes it reads
-  // (a matrix is read once per call, whatever the number of rows; none when rows == 0).
-  void matmul(float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W, const float* bias) {
-    if (rows <= 0) return;
-    bytesRead_ += W.bytes();
-    ops_->matmul(out, ldo, x, ldx, rows, W, bias);
+  struct FlexiDepthRouter {  // present when the layer has FlexiDepth weights
+    Weight enc, dec, head;           // router: [r, d], [d, r], [1, d]
+    const float* norm = nullptr;     // [r]
+    Weight adapterGate, adapterDown, adapterUp;  // adapter: [m, d], [m, d] (d -> m despite the name), [d, m]
+  };
+  struct SkipRouters {
+    Weight layer, attn, mlp;  // [2, d] each; data null when absent
+  };
+  const LayerWeights& layer(int l) const { return layers_[size_t(l)]; }
+  const FlexiDepthRouter* flexiDepthRouter(int l) const {
+    return flexi_[size_t(l)].enc.data ? &flexi_[size_t(l)] : nullptr;
   }
-  // Scratch for routers: [rows, n] floats of backend memory, and a host copy for decisions.
-  float* routerScratch(int which) { return which == 0 ? r0_ : r1_; }
-  std::vector<float>& routerHost() { return routerHost_; }
+  const SkipRouters& skipRouters(int l) const { return skip_[size_t(l)]; }
+  // Router scratch in backend memory, for a policy's ops: [kChunk, hidden] and [kChunk, max router width].
+  float* routerHidden() { return routerHidden_; }
+  float* routerSmall() { return routerSmall_; }
 
  private:
+  struct StepBuffers;
   void ensureCapacity(Sequence& s, int64_t needed);
-  void ensureScratch(int64_t rows);
-  void runChunk(const std::vector<int32_t>& tokens, const std::vector<RowMeta>& meta,
-                const std::vector<Sequence*>& seqs, int64_t rows, Policy* policy, uint8_t* executed, float* weights);
-  void routedMlp(const LayerDev& L, int layer, int64_t rows, LayerPlan& plan, Policy* policy);
+  void ensureScratch();
+  void runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostPlanned);
+  void attentionBlock(int l, int64_t rows, const LayerFlags& f, bool routed, int hostRun);
+  void mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, bool routed, int hostRun);
+  uint64_t weightBytesOf(int64_t rows, const uint8_t* attn, const uint8_t* mlp, Policy* policy, int64_t logitRows) const;
 
   std::shared_ptr<Model> model_;
   std::unique_ptr<Ops> ops_;
+  AttnShape kv_;
   std::mutex mu_;  // one forward at a time per engine
-  // Scratch, sized for kChunk rows.
-  int64_t scratchRows_ = 0;
-  float *x_ = nullptr, *xn_ = nullptr, *xg_ = nullptr, *q_ = nullptr, *kNew_ = nullptr, *vNew_ = nullptr,
-        *att_ = nullptr, *proj_ = nullptr, *gate_ = nullptr, *up_ = nullptr, *r0_ = nullptr, *r1_ = nullptr;
-  std::vector<float> routerHost_;
-  std::vector<float*> small_;  // norms and biases in backend memory
-  std::vector<LayerDev> layers_;
+  // Activations, sized for kChunk rows (backend memory).
+  float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *kNew_ = nullptr, *vNew_ = nullptr, *att_ = nullptr,
+        *gate_ = nullptr, *routerHidden_ = nullptr, *routerSmall_ = nullptr;
+  std::unique_ptr<StepBuffers> step_;
+  std::vector<void*> small_;  // norms and biases in backend memory
+  std::vector<LayerWeights> layers_;
+  std::vector<FlexiDepthRouter> flexi_;
+  std::vector<SkipRouters> skip_;
   const float* finalNorm_ = nullptr;
   const float* invFreq_ = nullptr;
   Weight embed_, lmHead_;
-  // Per-chunk index lists (host); the CUDA backend will keep them on the device.
-  std::vector<int32_t> attnIdx_, mlpIdx_, adaIdx_, posAct_;
-  std::vector<float> mlpScale_, adaScale_;
-  uint64_t bytesRead_ = 0;
 };
 
 }  // namespace dg

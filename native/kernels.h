@@ -20,9 +20,21 @@ const char* cpuKernelVariant();
 // cpu/matmul.cc: out[r, o] = sum_i x[r, i] * W[o, i] (+ bias[o]), r < rows, o < W.rows.
 // x is [rows, W.cols] with row stride ldx; out is [rows, W.rows] with row stride ldo.
 // rows == 1 is the bandwidth-bound decode case (matrix-vector); larger rows reuse each
-// converted weight block across rows (matrix-matrix).
+// converted weight block across rows (matrix-matrix). accumulate: out += the product (+ bias).
 void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
-            const Weight& W, const float* bias);
+            const Weight& W, const float* bias, bool accumulate = false);
+// Several matrix-vector products over one x row in one parallel loop (decode: K and V, or Q, K
+// and V): jobs[j].out (+)= jobs[j].W x + bias. At most 8 jobs.
+struct GemvJob {
+  float* out;
+  const Weight* W;
+  const float* bias;
+  bool accumulate;
+};
+void matmulMany(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs);
+// SwiGLU for one row in one parallel loop: out = silu(Wg x + bg) * (Wu x + bu).
+void gateUpVector(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
+                  const float* bu);
 
 // cpu/norm.cc: out = x / sqrt(mean(x^2) + eps) * weight, per row of width `dim`.
 // The mean of squares is accumulated in f32 like HF does (variance in fp32).
@@ -33,6 +45,8 @@ void rmsnorm(ThreadPool& pool, float* out, const float* x, int64_t rows, int64_t
 // layout (pairs i and i + headDim/2). invFreq has headDim/2 entries.
 void rope(ThreadPool& pool, float* x, int64_t ldx, int64_t rows, const int32_t* positions,
           int nHeads, int headDim, const float* invFreq);
+// One row: every head of x rotated by position pos.
+void ropeRow(float* x, int nHeads, int headDim, const float* invFreq, int32_t pos);
 
 // cpu/activation.cc: gate[i] = silu(gate[i]) * up[i] over rows of width n.
 void siluMul(ThreadPool& pool, float* gate, int64_t ldg, const float* up, int64_t ldu,
@@ -40,17 +54,18 @@ void siluMul(ThreadPool& pool, float* gate, int64_t ldg, const float* up, int64_
 
 // cpu/attention.cc: causal attention for a batch of query rows over per-sequence KV caches.
 // Row r has query q[r] ([nHeads*headDim]), absolute position pos[r], and reads keys/values
-// at positions max(0, pos[r]-window+1) .. pos[r] from k[r]/v[r] (each [ctx, nKv*headDim]);
-// window <= 0 means unlimited. Query head h reads KV head h / (nHeads / nKv).
+// at positions max(0, pos[r]-window+1) .. pos[r] from k[r]/v[r] (each [ctx, nKv*headDim] in
+// the cache dtype kv: f32, f16 or bf16); window <= 0 means unlimited. Query head h reads KV
+// head h / (nHeads / nKv).
 struct AttentionRow {
   const float* q;
-  const float* k;
-  const float* v;
+  const void* k;
+  const void* v;
   float* out;
   int32_t pos;
 };
 void attention(ThreadPool& pool, const AttentionRow* rows, int64_t nRows, int nHeads, int nKv,
-               int headDim, int window, float scale);
+               int headDim, int window, float scale, DType kv);
 
 // cpu/sampling.cc: picks a token from one row of logits.
 struct SamplingParams {

@@ -1,7 +1,14 @@
-// Skip policies: at the start of every layer a policy marks each row of the batch run or skip
-// (per module, with a router weight where it has one). The engine compacts the marks into index
-// lists and runs queries, attention, output projection and MLP on the active rows only; every row
-// still writes its K/V (see engine.cc). One file per policy in native/policies/.
+// Skip policies: for every layer a policy marks each row of the step run or skip, for attention
+// and for the MLP (with a router weight w where it has one). The engine compacts the marks into
+// index lists and runs queries, attention, output projection and MLP on the active rows only;
+// every row still writes its K/V (see engine.cc). One file per policy in native/policies/.
+//
+// A policy decides in one of two ways, per layer:
+// - from facts the host knows before the step (static sets, D3's depth from the generated-token
+//   index): planLayer() fills the layer's flags on the host, and they are uploaded with the step;
+// - from the hidden state (FlexiDepth, SkipLayer routers): routeLayer()/routeMlp() issue backend
+//   ops that write the flags (and w) into the step's plan in backend memory, so the host never
+//   waits for a router's output.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -32,33 +39,28 @@ struct RowMeta {
   int32_t genIndex;  // index of the generated token this row produces; < 1 for prompt rows
 };
 
-// One layer's decisions for the rows of a chunk.
-struct LayerPlan {
-  std::vector<uint8_t> attn;  // 1 = attention (query side) runs for the row
-  std::vector<uint8_t> mlp;   // 1 = MLP runs for the row
-  std::vector<float> weight;  // router weight w (FlexiDepth), NaN when the policy has none
-  // FlexiDepth: run rows add w * MLP, skipped rows add (1 - w) * adapter(y).
-  bool flexiDepth = false;
-  // The MLP decision depends on the post-attention state (SkipLayer per module).
-  bool routeMlpAfterAttention = false;
-
-  void reset(int64_t rows) {
-    attn.assign(size_t(rows), 1);
-    mlp.assign(size_t(rows), 1);
-    weight.assign(size_t(rows), NAN);
-    flexiDepth = false;
-    routeMlpAfterAttention = false;
-  }
+// One layer's slice of the step plan, in backend memory: [rows] each.
+struct LayerFlags {
+  uint8_t* attn;  // 1 = the row's query, attention and output projection run
+  uint8_t* mlp;   // 1 = the row's MLP runs
+  float* weight;  // router weight w (FlexiDepth), NaN where the policy has none
 };
 
 class Policy {
  public:
   virtual ~Policy() = default;
-  // Called with the layer's normed input xn (all rows, backend memory) before any query work.
-  virtual void routeLayer(Engine& e, int layer, const float* xn, const RowMeta* rows, int64_t n,
-                          LayerPlan& plan) = 0;
-  // Called when plan.routeMlpAfterAttention, with y = post_attention_layernorm(h') for all rows.
-  virtual void routeMlp(Engine&, int, const float*, int64_t, LayerPlan&) {}
+  // True when the backend decides this layer (a router); false when planLayer() does.
+  virtual bool routed(int layer) const = 0;
+  // FlexiDepth's MLP on this layer: run rows add w * MLP, skipped rows add (1 - w) * adapter.
+  virtual bool flexiDepth(int) const { return false; }
+  // The MLP decision depends on the post-attention state (SkipLayer per-module routers).
+  virtual bool routesMlpAfterAttention(int) const { return false; }
+  // Host decisions for a layer that is not routed (the buffers start at 1).
+  virtual void planLayer(int, const RowMeta*, int64_t, uint8_t* /*attn*/, uint8_t* /*mlp*/) const {}
+  // A routed layer: called with the layer's normed input xn (all rows) before any query work.
+  virtual void routeLayer(Engine&, int, const float* /*xn*/, int64_t, const LayerFlags&) {}
+  // When routesMlpAfterAttention: y = post_attention_layernorm(h') for all rows.
+  virtual void routeMlp(Engine&, int, const float* /*y*/, int64_t, const LayerFlags&) {}
 };
 
 // policies/*.cc. Each factory checks the spec against the model and throws dg::Error.

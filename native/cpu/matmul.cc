@@ -15,6 +15,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -82,7 +83,8 @@ struct DotTile {
   const float* x;  // x at (first row, k0); for bf16, x permuted by permuteX
   int64_t ldx;
   int64_t kb;  // columns in this block, a multiple of 2 * Ops::L
-  bool first;  // first K block: out = bias + sum; otherwise out += sum
+  bool first;  // first K block: out = bias + sum (out += bias + sum when accumulating); later: out += sum
+  bool accumulate;
   const float* bias;  // at the first feature, or null
   // Last K block only: columns past the vectorised part, done in scalar and added to the sum.
   int64_t tail;
@@ -107,6 +109,8 @@ inline void finishRow(const DotTile& a, int r, float* sums) {
       sums[j] += tailDot<T>(a.wTail + j * a.rowBytes, a.xTail + r * a.ldxTail, a.tail);
   if (!a.first) {
     for (int j = 0; j < NW; j++) o[j] += sums[j];
+  } else if (a.accumulate) {
+    for (int j = 0; j < NW; j++) o[j] += (a.bias ? a.bias[j] : 0.f) + sums[j];
   } else if (a.bias) {
     for (int j = 0; j < NW; j++) o[j] = a.bias[j] + sums[j];
   } else {
@@ -372,105 +376,79 @@ const DotKernels& dotKernels(Isa isa, DType t) {
 #undef DG_DOT_TABLE
 
 // ---- matrix-vector kernels: NR weight rows (stored dtype) dotted with one f32 x row --------
+// One body for every ISA (GEMV_KERNEL below, stamped per target like the dot kernels): two
+// accumulators per row, so 4 rows x 2 = 8 FMAs in flight cover FMA latency x throughput, and a
+// scalar tail for the columns past the last whole pair of vectors.
 
-DG_AVX2 inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-DG_AVX512 inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
-
-template <DType T>
-DG_AVX2 inline __m256 load8(const unsigned char* row, int64_t i) {
-  if constexpr (T == DType::F32) {
-    return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i));
-  } else {
-    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i));
-    if constexpr (T == DType::BF16)
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    else
-      return _mm256_cvtph_ps(h);
-  }
-}
-
-template <DType T, int NR>
-DG_AVX2 void gemvAvx2(float* out, const unsigned char* w, size_t rowBytes, const float* x,
-                      int64_t k) {
-  // Two accumulators per row: 4 rows x 2 = 8 FMAs in flight covers FMA latency x throughput.
-  __m256 acc0[NR], acc1[NR];
-  for (int r = 0; r < NR; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
-    for (int r = 0; r < NR; r++) {
-      acc0[r] = _mm256_fmadd_ps(load8<T>(w + r * rowBytes, i), x0, acc0[r]);
-      acc1[r] = _mm256_fmadd_ps(load8<T>(w + r * rowBytes, i + 8), x1, acc1[r]);
+struct GemvAvx2 {
+  using V = __m256;
+  static constexpr int L = 8;
+  template <DType T>
+  DG_AVX2 static V load(const unsigned char* row, int64_t i) {
+    if constexpr (T == DType::F32) {
+      return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i));
+    } else {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i));
+      if constexpr (T == DType::BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      else return _mm256_cvtph_ps(h);
     }
   }
-  if (i + 8 <= k) {
-    __m256 x0 = _mm256_loadu_ps(x + i);
-    for (int r = 0; r < NR; r++) acc0[r] = _mm256_fmadd_ps(load8<T>(w + r * rowBytes, i), x0, acc0[r]);
-    i += 8;
+  DG_AVX2 static V loadx(const float* p) { return _mm256_loadu_ps(p); }
+  DG_AVX2 static V zero() { return _mm256_setzero_ps(); }
+  DG_AVX2 static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  DG_AVX2 static float hsum(V a, V b) {
+    const __m256 v = _mm256_add_ps(a, b);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
   }
-  for (int r = 0; r < NR; r++) {
-    float s = hsum256(_mm256_add_ps(acc0[r], acc1[r]));
-    for (int64_t t = i; t < k; t++) s += loadScalar<T>(w + r * rowBytes, t) * x[t];
-    out[r] = s;
-  }
-}
+};
 
-template <DType T>
-DG_AVX512 inline __m512 load16(const unsigned char* row, int64_t i) {
-  if constexpr (T == DType::F32) {
-    return _mm512_loadu_ps(row + 4 * i);
-  } else {
-    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i));
-    if constexpr (T == DType::BF16)
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    else
-      return _mm512_cvtph_ps(h);
-  }
-}
-
-// Masked variant for the last partial vector: lanes past n read nothing and yield 0.
-template <DType T>
-DG_AVX512 inline __m512 load16Masked(const unsigned char* row, int64_t i, __mmask16 m) {
-  if constexpr (T == DType::F32) {
-    return _mm512_maskz_loadu_ps(m, row + 4 * i);
-  } else {
-    // 512-bit form so only avx512bw is needed (the 256-bit masked load also wants avx512vl).
-    __m256i h = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16(__mmask32(m), row + 2 * i));
-    if constexpr (T == DType::BF16)
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    else
-      return _mm512_cvtph_ps(h);
-  }
-}
-
-template <DType T, int NR>
-DG_AVX512 void gemvAvx512(float* out, const unsigned char* w, size_t rowBytes, const float* x,
-                          int64_t k) {
-  __m512 acc0[NR], acc1[NR];
-  for (int r = 0; r < NR; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= k; i += 32) {
-    __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
-    for (int r = 0; r < NR; r++) {
-      acc0[r] = _mm512_fmadd_ps(load16<T>(w + r * rowBytes, i), x0, acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(load16<T>(w + r * rowBytes, i + 16), x1, acc1[r]);
+struct GemvAvx512 {
+  using V = __m512;
+  static constexpr int L = 16;
+  template <DType T>
+  DG_AVX512 static V load(const unsigned char* row, int64_t i) {
+    if constexpr (T == DType::F32) {
+      return _mm512_loadu_ps(row + 4 * i);
+    } else {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i));
+      if constexpr (T == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      else return _mm512_cvtph_ps(h);
     }
   }
-  for (; i < k; i += 16) {
-    int64_t left = k - i;
-    __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-    __m512 x0 = _mm512_maskz_loadu_ps(m, x + i);
-    for (int r = 0; r < NR; r++)
-      acc0[r] = _mm512_fmadd_ps(load16Masked<T>(w + r * rowBytes, i, m), x0, acc0[r]);
+  DG_AVX512 static V loadx(const float* p) { return _mm512_loadu_ps(p); }
+  DG_AVX512 static V zero() { return _mm512_setzero_ps(); }
+  DG_AVX512 static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  DG_AVX512 static float hsum(V a, V b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
+};
+
+#define GEMV_KERNEL(ATTR, NAME)                                                                 \
+  template <class Ops, DType T, int NR>                                                         \
+  ATTR void NAME(float* out, const unsigned char* w, size_t rowBytes, const float* x, int64_t k) { \
+    using V = typename Ops::V;                                                                  \
+    constexpr int64_t L = Ops::L;                                                               \
+    V acc0[NR], acc1[NR];                                                                       \
+    for (int r = 0; r < NR; r++) acc0[r] = acc1[r] = Ops::zero();                               \
+    int64_t i = 0;                                                                              \
+    for (; i + 2 * L <= k; i += 2 * L) {                                                        \
+      const V x0 = Ops::loadx(x + i), x1 = Ops::loadx(x + i + L);                               \
+      for (int r = 0; r < NR; r++) {                                                            \
+        acc0[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i), x0, acc0[r]);          \
+        acc1[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i + L), x1, acc1[r]);      \
+      }                                                                                         \
+    }                                                                                           \
+    for (int r = 0; r < NR; r++) {                                                              \
+      float s = Ops::hsum(acc0[r], acc1[r]);                                                    \
+      for (int64_t t = i; t < k; t++) s += loadScalar<T>(w + r * rowBytes, t) * x[t];           \
+      out[r] = s;                                                                               \
+    }                                                                                           \
   }
-  for (int r = 0; r < NR; r++) out[r] = hsum512(_mm512_add_ps(acc0[r], acc1[r]));
-}
+
+GEMV_KERNEL(DG_AVX2, gemvAvx2)
+GEMV_KERNEL(DG_AVX512, gemvAvx512)
+#undef GEMV_KERNEL
 
 using GemvFn = void (*)(float* out, const unsigned char* w, size_t rowBytes, const float* x,
                         int64_t k);
@@ -480,13 +458,13 @@ struct GemvPair {
 
 GemvPair gemvKernels(Isa isa, DType t) {
   if (isa == Isa::Avx512) {
-    if (t == DType::BF16) return {gemvAvx512<DType::BF16, 4>, gemvAvx512<DType::BF16, 1>};
-    if (t == DType::F16) return {gemvAvx512<DType::F16, 4>, gemvAvx512<DType::F16, 1>};
-    return {gemvAvx512<DType::F32, 4>, gemvAvx512<DType::F32, 1>};
+    if (t == DType::BF16) return {gemvAvx512<GemvAvx512, DType::BF16, 4>, gemvAvx512<GemvAvx512, DType::BF16, 1>};
+    if (t == DType::F16) return {gemvAvx512<GemvAvx512, DType::F16, 4>, gemvAvx512<GemvAvx512, DType::F16, 1>};
+    return {gemvAvx512<GemvAvx512, DType::F32, 4>, gemvAvx512<GemvAvx512, DType::F32, 1>};
   }
-  if (t == DType::BF16) return {gemvAvx2<DType::BF16, 4>, gemvAvx2<DType::BF16, 1>};
-  if (t == DType::F16) return {gemvAvx2<DType::F16, 4>, gemvAvx2<DType::F16, 1>};
-  return {gemvAvx2<DType::F32, 4>, gemvAvx2<DType::F32, 1>};
+  if (t == DType::BF16) return {gemvAvx2<GemvAvx2, DType::BF16, 4>, gemvAvx2<GemvAvx2, DType::BF16, 1>};
+  if (t == DType::F16) return {gemvAvx2<GemvAvx2, DType::F16, 4>, gemvAvx2<GemvAvx2, DType::F16, 1>};
+  return {gemvAvx2<GemvAvx2, DType::F32, 4>, gemvAvx2<GemvAvx2, DType::F32, 1>};
 }
 
 // Runs fn over [0, n) on the pool, or inline when the job is too small to be worth a wake-up.
@@ -499,25 +477,45 @@ void runBlocks(ThreadPool& pool, int64_t n, int64_t work, const Fn& fn) {
   pool.parallelFor(n, fn);
 }
 
-void gemv(ThreadPool& pool, Isa isa, float* out, const float* x, const Weight& W,
-          const float* bias) {
+// out[o - outBase] (+)= W[o] . x + bias[o] for the outputs o of the 4-row groups [g0, g1).
+void gemvGroups(const GemvPair& kern, float* out, int64_t outBase, const float* x, const Weight& W, const float* bias,
+                bool accumulate, int64_t g0, int64_t g1) {
   const int64_t n = W.rows, k = W.cols;
   const size_t rowBytes = size_t(k) * dtypeSize(W.dtype);
   const unsigned char* base = static_cast<const unsigned char*>(W.data);
-  const GemvPair kern = gemvKernels(isa, W.dtype);
-  const int64_t groups = (n + 3) / 4;
-  runBlocks(pool, groups, n * k, [&](int64_t g0, int64_t g1, int) {
-    for (int64_t g = g0; g < g1; g++) {
-      int64_t o = g * 4;
-      if (o + 4 <= n) {
-        kern.four(out + o, base + size_t(o) * rowBytes, rowBytes, x, k);
-      } else {
-        for (; o < n; o++) kern.one(out + o, base + size_t(o) * rowBytes, rowBytes, x, k);
-      }
+  float tmp[4];
+  for (int64_t g = g0; g < g1; g++) {
+    const int64_t o = g * 4;
+    const int nr = int(std::min<int64_t>(4, n - o));
+    if (nr == 4) kern.four(tmp, base + size_t(o) * rowBytes, rowBytes, x, k);
+    else
+      for (int r = 0; r < nr; r++) kern.one(tmp + r, base + size_t(o + r) * rowBytes, rowBytes, x, k);
+    for (int r = 0; r < nr; r++) {
+      const float y = tmp[r] + (bias ? bias[o + r] : 0.f);
+      float& dst = out[o + r - outBase];
+      dst = accumulate ? dst + y : y;
     }
-    if (bias) {
-      int64_t hi = std::min(n, g1 * 4);
-      for (int64_t o = g0 * 4; o < hi; o++) out[o] += bias[o];
+  }
+}
+
+// Several matrix-vector products over one x in one parallel loop: the 4-row groups of every
+// matrix are numbered one after another and split across the threads together.
+void gemvJobs(ThreadPool& pool, Isa isa, const float* x, const GemvJob* jobs, int nJobs) {
+  int64_t groups[8], total = 0, work = 0;
+  for (int j = 0; j < nJobs; j++) {
+    groups[j] = (jobs[j].W->rows + 3) / 4;
+    total += groups[j];
+    work += jobs[j].W->rows * jobs[j].W->cols;
+  }
+  runBlocks(pool, total, work, [&](int64_t b, int64_t e, int) {
+    int64_t first = 0;
+    for (int j = 0; j < nJobs && b < e; j++) {
+      const int64_t lo = std::max(b, first), hi = std::min(e, first + groups[j]);
+      if (lo < hi) {
+        const GemvJob& J = jobs[j];
+        gemvGroups(gemvKernels(isa, J.W->dtype), J.out, 0, x, *J.W, J.bias, J.accumulate, lo - first, hi - first);
+      }
+      first += groups[j];
     }
   });
 }
@@ -533,7 +531,7 @@ constexpr int64_t kMaxBlockK = 4096;
 constexpr size_t kBlockWBytes = 192 * 1024;
 
 void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, int64_t ldx,
-          int64_t rows, const Weight& W, const float* bias) {
+          int64_t rows, const Weight& W, const float* bias, bool accumulate) {
   const int64_t n = W.rows, k = W.cols;
   const DotKernels& kern = dotKernels(isa, W.dtype);
   const size_t es = dtypeSize(W.dtype), rowBytes = size_t(k) * es;
@@ -577,6 +575,7 @@ void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, in
           t.ldx = ldxv;
           t.kb = kb;
           t.first = kbi == 0;
+          t.accumulate = accumulate;
           t.tail = last ? k - kVec : 0;
           t.xTail = x + r0 * ldx + kVec;
           t.ldxTail = ldx;
@@ -597,19 +596,62 @@ void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, in
 }  // namespace
 
 void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
-            const Weight& W, const float* bias) {
+            const Weight& W, const float* bias, bool accumulate) {
   if (rows <= 0 || W.rows <= 0) return;
   if (W.cols <= 0) {  // empty reduction: the result is just the bias
     for (int64_t r = 0; r < rows; r++)
-      for (int64_t o = 0; o < W.rows; o++) out[r * ldo + o] = bias ? bias[o] : 0.f;
+      for (int64_t o = 0; o < W.rows; o++) {
+        const float y = bias ? bias[o] : 0.f;
+        out[r * ldo + o] = accumulate ? out[r * ldo + o] + y : y;
+      }
     return;
   }
   const Isa isa = chosenIsa();
   if (rows == 1 && isa != Isa::Scalar) {
-    gemv(pool, isa, out, x, W, bias);
+    const GemvJob job{out, &W, bias, accumulate};
+    gemvJobs(pool, isa, x, &job, 1);
     return;
   }
-  gemm(pool, isa, out, ldo, x, ldx, rows, W, bias);
+  gemm(pool, isa, out, ldo, x, ldx, rows, W, bias, accumulate);
+}
+
+void matmulMany(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs) {
+  bool ok = chosenIsa() != Isa::Scalar && nJobs <= 8;
+  for (int j = 0; j < nJobs; j++) ok = ok && jobs[j].W->cols > 0;
+  if (ok) {
+    gemvJobs(pool, chosenIsa(), x, jobs, nJobs);
+    return;
+  }
+  for (int j = 0; j < nJobs; j++)
+    matmul(pool, jobs[j].out, jobs[j].W->rows, x, jobs[j].W->cols, 1, *jobs[j].W, jobs[j].bias, jobs[j].accumulate);
+}
+
+void gateUpVector(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
+                  const float* bu) {
+  const Isa isa = chosenIsa();
+  const int64_t n = Wg.rows;
+  if (isa == Isa::Scalar || Wg.cols <= 0) {
+    thread_local std::vector<float> up;
+    up.resize(size_t(n));
+    matmul(pool, out, n, x, Wg.cols, 1, Wg, bg, false);
+    matmul(pool, up.data(), n, x, Wu.cols, 1, Wu, bu, false);
+    siluMul(pool, out, n, up.data(), n, 1, n);
+    return;
+  }
+  const GemvPair kg = gemvKernels(isa, Wg.dtype), ku = gemvKernels(isa, Wu.dtype);
+  // One loop over the 4-row groups: gate and up rows o..o+3, then silu(g) * u, while both are hot.
+  runBlocks(pool, (n + 3) / 4, 2 * n * Wg.cols, [&](int64_t g0, int64_t g1, int) {
+    float up[4 * 64];
+    for (int64_t g = g0; g < g1; g += 64) {
+      const int64_t ge = std::min(g1, g + 64);
+      gemvGroups(kg, out, 0, x, Wg, bg, false, g, ge);
+      gemvGroups(ku, up, g * 4, x, Wu, bu, false, g, ge);
+      for (int64_t o = g * 4; o < std::min(n, ge * 4); o++) {
+        const float v = out[o];
+        out[o] = v / (1.0f + std::exp(-v)) * up[o - g * 4];
+      }
+    }
+  });
 }
 
 }  // namespace dg

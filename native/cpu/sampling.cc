@@ -31,10 +31,13 @@ int32_t argmax(const float* logits, int64_t vocab) {
 
 int32_t sampleToken(const float* logits, int64_t vocab, const SamplingParams& p,
                     uint64_t& rngState) {
-  if (vocab <= 0) return 0;
+  if (vocab <= 0) return p.temperature > 0.f ? (rngNext(rngState), 0) : 0;
   // Greedy does not consume randomness, so switching a request to greedy leaves the stream
   // of later sampled tokens unchanged.
   if (!(p.temperature > 0.f)) return argmax(logits, vocab);
+  // Exactly one draw per sampled token, taken first so that no early return skips it: a caller
+  // (or a device backend's host) can follow the generator without reading it back.
+  const double u = double(rngNext(rngState) >> 11) * 0x1.0p-53;  // uniform in [0, 1)
 
   // Candidates are the tokens that can have non-zero probability. NaN counts as -inf.
   struct Candidate {
@@ -108,7 +111,6 @@ int32_t sampleToken(const float* logits, int64_t vocab, const SamplingParams& p,
     }
   }
 
-  const double u = double(rngNext(rngState) >> 11) * 0x1.0p-53;  // uniform in [0, 1)
   const double threshold = u * total;
   double cumulative = 0;
   for (size_t i = 0; i < kept; i++) {

@@ -29,15 +29,18 @@ bool d3Keeps(int L, int depth, int layer) {
 
 namespace {
 
+// Every decision follows from the row's generated-token index, which the host knows: the plan is
+// made on the host and uploaded with the step.
 class D3Policy final : public Policy {
  public:
   D3Policy(int L, const PolicySpec& s) : L_(L), s_(s) {}
-  void routeLayer(Engine&, int layer, const float*, const RowMeta* rows, int64_t n, LayerPlan& plan) override {
+  bool routed(int) const override { return false; }
+  void planLayer(int layer, const RowMeta* rows, int64_t n, uint8_t* attn, uint8_t* mlp) const override {
     for (int64_t r = 0; r < n; r++) {
       int depth = d3Depth(L_, rows[r].genIndex, s_.alpha, s_.start, s_.minLayers);
       uint8_t keep = d3Keeps(L_, depth, layer) ? 1 : 0;
-      plan.attn[size_t(r)] = keep;
-      plan.mlp[size_t(r)] = keep;
+      attn[r] = keep;
+      mlp[r] = keep;
     }
   }
 
@@ -49,9 +52,9 @@ class D3Policy final : public Policy {
 }  // namespace
 
 std::unique_ptr<Policy> makeD3Policy(const Engine& e, const PolicySpec& s) {
-  if (!(s.alpha > 0 && s.alpha <= 1)) throw Error(kErrArg, "d3 policy: alpha must be in (0, 1]");
-  if (s.start < 0) throw Error(kErrArg, "d3 policy: start must be >= 0");
-  if (s.minLayers < 0) throw Error(kErrArg, "d3 policy: minLayers must be >= 0");
+  if (!(s.alpha > 0 && s.alpha <= 1)) throw OptionError("policy.alpha", "must be in (0, 1] for the d3 policy");
+  if (s.start < 0) throw OptionError("policy.start", "must be >= 0 for the d3 policy");
+  if (s.minLayers < 0) throw OptionError("policy.minLayers", "must be >= 0 for the d3 policy");
   return std::make_unique<D3Policy>(e.model().config.layers, s);
 }
 

@@ -1,5 +1,6 @@
 // Static skipping: the same layers (or attention / MLP modules) are skipped for every token,
 // prompt included (a ShortGPT-style pruned stack that keeps its weights).
+#include <algorithm>
 #include <set>
 
 #include "../engine.h"
@@ -13,10 +14,11 @@ namespace {
 class StaticPolicy final : public Policy {
  public:
   StaticPolicy(std::set<int> attnOff, std::set<int> mlpOff) : attnOff_(std::move(attnOff)), mlpOff_(std::move(mlpOff)) {}
-  void routeLayer(Engine&, int layer, const float*, const RowMeta*, int64_t n, LayerPlan& plan) override {
-    uint8_t a = attnOff_.count(layer) ? 0 : 1, m = mlpOff_.count(layer) ? 0 : 1;
-    plan.attn.assign(size_t(n), a);
-    plan.mlp.assign(size_t(n), m);
+  bool routed(int) const override { return false; }
+  void planLayer(int layer, const RowMeta*, int64_t n, uint8_t* attn, uint8_t* mlp) const override {
+    const uint8_t a = attnOff_.count(layer) ? 0 : 1, m = mlpOff_.count(layer) ? 0 : 1;
+    std::fill(attn, attn + n, a);
+    std::fill(mlp, mlp + n, m);
   }
 
  private:
@@ -31,8 +33,8 @@ std::unique_ptr<Policy> makeStaticPolicy(const Engine& e, const PolicySpec& s) {
   auto add = [&](const std::vector<int>& list, const char* what, bool a, bool m) {
     for (int l : list) {
       if (l < 0 || l >= L)
-        throw Error(kErrArg, std::string("static policy: ") + what + " has layer " + std::to_string(l) +
-                                 " but the model has layers 0.." + std::to_string(L - 1));
+        throw OptionError(std::string("policy.") + what, "has layer " + std::to_string(l) +
+                                                           " but the model has layers 0.." + std::to_string(L - 1));
       if (a) attnOff.insert(l);
       if (m) mlpOff.insert(l);
     }

@@ -51,6 +51,16 @@ static double halfRef(uint16_t h) {
   return sign * std::ldexp(1.0 + mantissa / 1024.0, exponent - 15);
 }
 
+// Independent bf16 decoder for the references (arithmetic, not the bit shift under test).
+static double bf16Ref(uint16_t h) {
+  int sign = (h >> 15) ? -1 : 1;
+  int exponent = (h >> 7) & 0xff;
+  int mantissa = h & 0x7f;
+  if (exponent == 0) return sign * std::ldexp(double(mantissa), -133);
+  if (exponent == 255) return mantissa ? NAN : sign * INFINITY;
+  return sign * std::ldexp(1.0 + mantissa / 128.0, exponent - 127);
+}
+
 // ---- conversions ---------------------------------------------------------------------------
 
 static void testConversions() {
@@ -133,7 +143,7 @@ static void testConversions() {
       else {
         uint16_t h = t == DType::F16 ? f32ToF16(f) : f32ToBf16(f);
         std::memcpy(base + 2 * i, &h, 2);
-        f = t == DType::F16 ? float(halfRef(h)) : bf16ToF32(h);
+        f = float(t == DType::F16 ? halfRef(h) : bf16Ref(h));
       }
       expect[i] = f;
     }
@@ -176,7 +186,7 @@ static StoredWeight makeWeight(DType t, int64_t rows, int64_t cols) {
     } else {
       uint16_t h = f32ToBf16(f);
       std::memcpy(base + 2 * i, &h, 2);
-      s.decoded[i] = bf16ToF32(h);
+      s.decoded[i] = bf16Ref(h);
     }
   }
   s.w = Weight{base, t, rows, cols};
@@ -184,7 +194,7 @@ static StoredWeight makeWeight(DType t, int64_t rows, int64_t cols) {
 }
 
 static void testMatmulCase(ThreadPool& pool, DType t, int64_t rows, int64_t k, int64_t n,
-                           bool withBias, int64_t ldxPad, int64_t ldoPad) {
+                           bool withBias, int64_t ldxPad, int64_t ldoPad, bool accumulate = false) {
   StoredWeight sw = makeWeight(t, n, k);
   const int64_t ldx = k + ldxPad, ldo = n + ldoPad;
   std::vector<float> x(size_t(rows * ldx));
@@ -192,7 +202,12 @@ static void testMatmulCase(ThreadPool& pool, DType t, int64_t rows, int64_t k, i
   std::vector<float> bias = randomVector(size_t(n));
   const float sentinel = 1234.5f;
   std::vector<float> out(size_t(rows * ldo), sentinel);
-  matmul(pool, out.data(), ldo, x.data(), ldx, rows, sw.w, withBias ? bias.data() : nullptr);
+  // accumulate: out starts with values of its own, which the product is added to.
+  std::vector<float> prior = randomVector(size_t(rows * ldo));
+  if (accumulate)
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t o = 0; o < n; o++) out[size_t(r * ldo + o)] = prior[size_t(r * ldo + o)];
+  matmul(pool, out.data(), ldo, x.data(), ldx, rows, sw.w, withBias ? bias.data() : nullptr, accumulate);
 
   // Error is judged against the sum of |terms|: that is the scale f32 rounding works on, and
   // random signs make the result itself arbitrarily small by cancellation.
@@ -206,14 +221,18 @@ static void testMatmulCase(ThreadPool& pool, DType t, int64_t rows, int64_t k, i
         sum += term;
         scale += std::fabs(term);
       }
+      if (accumulate) {
+        sum += prior[size_t(r * ldo + o)];
+        scale += std::fabs(prior[size_t(r * ldo + o)]);
+      }
       double err = std::fabs(double(out[size_t(r * ldo + o)]) - sum) / scale;
       if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
     }
     for (int64_t o = n; o < ldo; o++) paddingIntact = paddingIntact && out[size_t(r * ldo + o)] == sentinel;
   }
   char name[200];
-  std::snprintf(name, sizeof name, "matmul %s rows=%lld k=%lld n=%lld bias=%d ldx+%lld ldo+%lld threads=%d (rel err %.2e)",
-                dtypeName(t), (long long)rows, (long long)k, (long long)n, int(withBias),
+  std::snprintf(name, sizeof name, "matmul%s %s rows=%lld k=%lld n=%lld bias=%d ldx+%lld ldo+%lld threads=%d (rel err %.2e)",
+                accumulate ? " accumulate" : "", dtypeName(t), (long long)rows, (long long)k, (long long)n, int(withBias),
                 (long long)ldxPad, (long long)ldoPad, pool.size(), worst);
   check(worst <= 1e-5 && paddingIntact, name);
 }
@@ -233,9 +252,60 @@ static void testMatmul(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3) 
       ThreadPool& pool = i % 3 == 0 ? pool1 : i % 3 == 1 ? pool2 : pool3;
       testMatmulCase(pool, t, s.rows, s.k, s.n, i % 2 == 0, 0, 0);
       testMatmulCase(pool, t, s.rows, s.k, s.n, i % 2 == 1, 3, 5);
+      testMatmulCase(pool, t, s.rows, s.k, s.n, i % 2 == 1, 1, 2, true);
       i++;
     }
   }
+}
+
+// Several matrix-vector products in one loop, and SwiGLU in one loop, against double references.
+static void testFusedVector(ThreadPool& pool) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int64_t k : {7, 64, 130, 1024}) {
+      const int64_t n0 = 33, n1 = 8, n2 = 257;
+      StoredWeight w0 = makeWeight(t, n0, k), w1 = makeWeight(t, n1, k), w2 = makeWeight(t, n2, k);
+      std::vector<float> x = randomVector(size_t(k)), b0 = randomVector(size_t(n0)), prior = randomVector(size_t(n2));
+      std::vector<float> o0(static_cast<size_t>(n0)), o1(static_cast<size_t>(n1)), o2 = prior;
+      const GemvJob jobs[3] = {{o0.data(), &w0.w, b0.data(), false}, {o1.data(), &w1.w, nullptr, false},
+                               {o2.data(), &w2.w, nullptr, true}};
+      matmulMany(pool, x.data(), jobs, 3);
+      double worst = 0;
+      auto judge = [&](const StoredWeight& w, int64_t n, const float* got, const float* bias, const float* before) {
+        for (int64_t o = 0; o < n; o++) {
+          double sum = (bias ? bias[o] : 0) + (before ? before[o] : 0), scale = std::fabs(sum);
+          for (int64_t i = 0; i < k; i++) {
+            double term = double(x[size_t(i)]) * w.decoded[size_t(o * k + i)];
+            sum += term;
+            scale += std::fabs(term);
+          }
+          worst = std::max(worst, std::fabs(got[o] - sum) / scale);
+        }
+      };
+      judge(w0, n0, o0.data(), b0.data(), nullptr);
+      judge(w1, n1, o1.data(), nullptr, nullptr);
+      judge(w2, n2, o2.data(), nullptr, prior.data());
+      check(worst <= 1e-5, std::string("matmulMany ") + dtypeName(t) + " k=" + std::to_string(k) + " threads=" +
+                               std::to_string(pool.size()) + " (rel err " + std::to_string(worst) + ")");
+
+      StoredWeight g = makeWeight(t, n2, k), u = makeWeight(t, n2, k);
+      std::vector<float> bg = randomVector(size_t(n2)), out(static_cast<size_t>(n2));
+      gateUpVector(pool, out.data(), x.data(), g.w, bg.data(), u.w, nullptr);
+      double worstGu = 0;
+      for (int64_t o = 0; o < n2; o++) {
+        double gs = bg[size_t(o)], us = 0, scale = std::fabs(bg[size_t(o)]) + 1e-30;
+        for (int64_t i = 0; i < k; i++) {
+          gs += double(x[size_t(i)]) * g.decoded[size_t(o * k + i)];
+          us += double(x[size_t(i)]) * u.decoded[size_t(o * k + i)];
+          scale += std::fabs(double(x[size_t(i)]) * g.decoded[size_t(o * k + i)]) +
+                   std::fabs(double(x[size_t(i)]) * u.decoded[size_t(o * k + i)]);
+        }
+        const double want = gs / (1.0 + std::exp(-gs)) * us;
+        // silu is 1-Lipschitz-ish in scale: judge against the terms' magnitude squared.
+        worstGu = std::max(worstGu, std::fabs(out[size_t(o)] - want) / (scale * scale + 1e-30));
+      }
+      check(worstGu <= 1e-5, std::string("gateUpVector ") + dtypeName(t) + " k=" + std::to_string(k) + " threads=" +
+                                 std::to_string(pool.size()) + " (rel err " + std::to_string(worstGu) + ")");
+    }
 }
 
 // ---- rmsnorm / rope / siluMul ------------------------------------------------------------
@@ -322,62 +392,98 @@ static void testSiluMul(ThreadPool& pool) {
 
 // ---- attention -------------------------------------------------------------------------------
 
+// A KV cache in one of the cache dtypes, with the values a reference should see.
+struct TestCache {
+  DType t;
+  std::vector<float> f32;
+  std::vector<uint16_t> half;
+  std::vector<double> seen;  // decoded independently
+  TestCache(DType dtype, const std::vector<float>& v) : t(dtype), f32(v) {
+    seen.resize(v.size());
+    if (t == DType::F32) {
+      for (size_t i = 0; i < v.size(); i++) seen[i] = v[i];
+      return;
+    }
+    half.resize(v.size());
+    for (size_t i = 0; i < v.size(); i++) {
+      half[i] = t == DType::BF16 ? f32ToBf16(v[i]) : f32ToF16(v[i]);
+      seen[i] = t == DType::BF16 ? bf16Ref(half[i]) : halfRef(half[i]);
+    }
+  }
+  const void* data() const { return t == DType::F32 ? static_cast<const void*>(f32.data()) : half.data(); }
+};
+
 static void testAttention(ThreadPool& pool) {
   struct Config {
     int nHeads, nKv, headDim, window;
   };
-  const Config configs[] = {{4, 2, 16, 0}, {8, 2, 64, 0}, {4, 4, 20, 3}, {6, 1, 128, 5}, {2, 2, 7, 0}};
-  for (const Config& c : configs) {
-    const int ctx = 40;
-    const int64_t kvWidth = int64_t(c.nKv) * c.headDim, qWidth = int64_t(c.nHeads) * c.headDim;
-    // Two sequences; rows 1..3 are a prefill of sequence 1, row 0 a decode of sequence 0.
-    std::vector<float> kCache[2] = {randomVector(size_t(ctx * kvWidth)), randomVector(size_t(ctx * kvWidth))};
-    std::vector<float> vCache[2] = {randomVector(size_t(ctx * kvWidth)), randomVector(size_t(ctx * kvWidth))};
-    const int seqOf[] = {0, 1, 1, 1, 0};
-    const int32_t posOf[] = {39, 0, 1, 17, 5};
-    const int nRows = 5;
-    std::vector<float> q = randomVector(size_t(nRows * qWidth)), out(size_t(nRows * qWidth), 99.f);
-    std::vector<AttentionRow> rows(nRows);
-    for (int r = 0; r < nRows; r++)
-      rows[size_t(r)] = {q.data() + r * qWidth, kCache[seqOf[r]].data(), vCache[seqOf[r]].data(),
-                         out.data() + r * qWidth, posOf[r]};
-    const float scale = 1.0f / std::sqrt(float(c.headDim));
-    attention(pool, rows.data(), nRows, c.nHeads, c.nKv, c.headDim, c.window, scale);
+  const Config configs[] = {{4, 2, 16, 0}, {8, 2, 64, 0}, {4, 4, 20, 3}, {6, 1, 128, 5}, {2, 2, 7, 0}, {8, 1, 24, 0}};
+  for (DType kvType : {DType::F32, DType::F16, DType::BF16})
+    for (const Config& c : configs) {
+      const int ctx = 40;
+      const int64_t kvWidth = int64_t(c.nKv) * c.headDim, qWidth = int64_t(c.nHeads) * c.headDim;
+      // Two sequences; rows 1..3 are a prefill of sequence 1, row 0 a decode of sequence 0.
+      const TestCache kCache[2] = {TestCache(kvType, randomVector(size_t(ctx * kvWidth))),
+                                   TestCache(kvType, randomVector(size_t(ctx * kvWidth)))};
+      const TestCache vCache[2] = {TestCache(kvType, randomVector(size_t(ctx * kvWidth))),
+                                   TestCache(kvType, randomVector(size_t(ctx * kvWidth)))};
+      const int seqOf[] = {0, 1, 1, 1, 0};
+      const int32_t posOf[] = {39, 0, 1, 17, 5};
+      const int nRows = 5;
+      std::vector<float> q = randomVector(size_t(nRows * qWidth)), out(size_t(nRows * qWidth), 99.f);
+      std::vector<AttentionRow> rows(nRows);
+      for (int r = 0; r < nRows; r++)
+        rows[size_t(r)] = {q.data() + r * qWidth, kCache[seqOf[r]].data(), vCache[seqOf[r]].data(),
+                           out.data() + r * qWidth, posOf[r]};
+      const float scale = 1.0f / std::sqrt(float(c.headDim));
+      attention(pool, rows.data(), nRows, c.nHeads, c.nKv, c.headDim, c.window, scale, kvType);
 
-    double worst = 0;
-    for (int r = 0; r < nRows; r++) {
-      const float* K = kCache[seqOf[r]].data();
-      const float* V = vCache[seqOf[r]].data();
-      for (int h = 0; h < c.nHeads; h++) {
-        const int kvh = h / (c.nHeads / c.nKv);
-        const int pos = posOf[r];
-        const int first = c.window > 0 ? std::max(0, pos - c.window + 1) : 0;
-        std::vector<double> p;
-        double maxS = -INFINITY;
-        for (int t = first; t <= pos; t++) {
-          double s = 0;
-          for (int i = 0; i < c.headDim; i++)
-            s += double(q[size_t(r * qWidth + h * c.headDim + i)]) * K[size_t(t * kvWidth + kvh * c.headDim + i)];
-          p.push_back(s * scale);
-          maxS = std::max(maxS, s * scale);
-        }
-        double total = 0;
-        for (auto& v : p) total += (v = std::exp(v - maxS));
-        for (int i = 0; i < c.headDim; i++) {
-          double want = 0, mag = 0;
+      double worst = 0;
+      for (int r = 0; r < nRows; r++) {
+        const double* K = kCache[seqOf[r]].seen.data();
+        const double* V = vCache[seqOf[r]].seen.data();
+        for (int h = 0; h < c.nHeads; h++) {
+          const int kvh = h / (c.nHeads / c.nKv);
+          const int pos = posOf[r];
+          const int first = c.window > 0 ? std::max(0, pos - c.window + 1) : 0;
+          std::vector<double> p;
+          double maxS = -INFINITY;
           for (int t = first; t <= pos; t++) {
-            double vv = V[size_t(t * kvWidth + kvh * c.headDim + i)];
-            want += p[size_t(t - first)] / total * vv;
-            mag += p[size_t(t - first)] / total * std::fabs(vv);
+            double s = 0;
+            for (int i = 0; i < c.headDim; i++)
+              s += double(q[size_t(r * qWidth + h * c.headDim + i)]) * K[size_t(t * kvWidth + kvh * c.headDim + i)];
+            p.push_back(s * scale);
+            maxS = std::max(maxS, s * scale);
           }
-          double got = out[size_t(r * qWidth + h * c.headDim + i)];
-          worst = std::max(worst, std::fabs(got - want) / mag);
+          double total = 0;
+          for (auto& v : p) total += (v = std::exp(v - maxS));
+          for (int i = 0; i < c.headDim; i++) {
+            double want = 0, mag = 0;
+            for (int t = first; t <= pos; t++) {
+              double vv = V[size_t(t * kvWidth + kvh * c.headDim + i)];
+              want += p[size_t(t - first)] / total * vv;
+              mag += p[size_t(t - first)] / total * std::fabs(vv);
+            }
+            double got = out[size_t(r * qWidth + h * c.headDim + i)];
+            worst = std::max(worst, std::fabs(got - want) / mag);
+          }
         }
       }
+      check(worst <= 1e-5, std::string("attention kv=") + dtypeName(kvType) + " heads=" + std::to_string(c.nHeads) +
+                               " kvHeads=" + std::to_string(c.nKv) + " dim=" + std::to_string(c.headDim) +
+                               " window=" + std::to_string(c.window) + " (rel err " + std::to_string(worst) + ")");
     }
-    check(worst <= 1e-5, "attention heads=" + std::to_string(c.nHeads) + " kv=" + std::to_string(c.nKv) +
-                             " dim=" + std::to_string(c.headDim) + " window=" + std::to_string(c.window) +
-                             " (rel err " + std::to_string(worst) + ")");
+  // NaN in a key passes through to that group's outputs, as torch does.
+  {
+    const int nHeads = 2, nKv = 1, headDim = 8, ctx = 4;
+    std::vector<float> k = randomVector(size_t(ctx * headDim)), v = randomVector(size_t(ctx * headDim));
+    k[size_t(1 * headDim + 3)] = NAN;
+    std::vector<float> q = randomVector(size_t(nHeads * headDim)), out(size_t(nHeads * headDim), 0.f);
+    AttentionRow row{q.data(), k.data(), v.data(), out.data(), 3};
+    attention(pool, &row, 1, nHeads, nKv, headDim, 0, 0.3f, DType::F32);
+    bool allNan = true;
+    for (float x : out) allNan = allNan && std::isnan(x);
+    check(allNan, "attention: a NaN key makes the outputs NaN");
   }
 }
 
@@ -513,6 +619,9 @@ int main() {
   ThreadPool pool1(1), pool2(2, ThreadPool::Mode::Fixed), pool3(3, ThreadPool::Mode::Fixed);
   testConversions();
   testMatmul(pool1, pool2, pool3);
+  testFusedVector(pool1);
+  testFusedVector(pool2);
+  testFusedVector(pool3);
   testRmsnorm(pool2);
   testRmsnorm(pool3);
   testRope(pool2);

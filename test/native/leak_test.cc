@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
     // A good load, sequences, forwards under every policy, then everything dropped.
     {
       auto model = std::shared_ptr<Model>(loadModel(tinyTestConfig(), {good}, true, nullptr).release());
-      Engine engine(model, std::unique_ptr<Ops>(createCpuOps(2)));
+      Engine engine(model, std::unique_ptr<Ops>(createCpuOps(2)), DType::F32);
       std::vector<std::unique_ptr<Sequence>> seqs;
       for (int s = 0; s < 3; s++) seqs.push_back(engine.createSequence(200, 7));
       PolicySpec specs[5];
