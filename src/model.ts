@@ -1,50 +1,29 @@
 /**
- * Model and Sequence: the user-facing objects. A Model owns the native weights and a scheduler
- * that batches the forward passes of every sequence that is waiting (so concurrent generations
- * share one pass per step); a Sequence owns one KV cache and remembers its tokens, so a chat can
- * continue where it left off.
+ * loadModel and Model: a Model owns the native weights, its tokenizer and a scheduler that
+ * batches the forward passes of every sequence that is waiting (so concurrent generations share
+ * one pass per step). Sequences (src/sequence.ts) own the KV caches; generation streams
+ * (src/generation.ts) run the decode loop.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { randomInt } from 'node:crypto';
-import { native, type NativeModel, type NativeRequest, type NativeResponse, type NativeSequence } from './binding';
+import { native, type NativeModel, type NativeRequest, type NativeResponse } from './binding';
 import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
-import {
-  AbortError,
-  ContextOverflowError,
-  DisposedError,
-  InvalidOptionError,
-  ModelFileError,
-  ModelFormatError,
-  OutOfMemoryError,
-  fromNative,
-} from './errors';
-import {
-  checkInt,
-  checkObject,
-  validateGenerateOptions,
-  validateLoadOptions,
-  type GenerateOptions,
-  type GenerateResult,
-  type LoadOptions,
-  type TokenChunk,
-} from './options';
-import { StreamDecoder, Tokenizer, type ChatMessage } from './tokenizer';
-import { validatePolicy, type Policy } from './policy';
+import { AbortError, DisposedError, InvalidOptionError, ModelFileError, ModelFormatError, OutOfMemoryError, fromNative } from './errors';
+import { checkInt, checkObject, validateGenerateOptions, validateLoadOptions, type GenerateOptions, type GenerateResult, type LoadOptions } from './options';
+import { Tokenizer, type ChatMessage } from './tokenizer';
+import type { Policy } from './policy';
 import { resolveBackend } from './backend';
+import { Scheduler } from './scheduler';
+import { Sequence, tokenizeInput, type EvaluateOptions, type EvaluateResult, type GenerateInput } from './sequence';
+import { DEFAULT_MAX_TOKENS, GenerationStream } from './generation';
 
 /** Default context of new sequences when loadModel gets no contextSize (capped by the model's own). */
 const DEFAULT_CONTEXT = 4096;
 
-/** Default token limit of a generation. */
-const DEFAULT_MAX_TOKENS = 256;
-
-/** Longest slice of input tokens fed to one forward pass. */
-const PREFILL_SLICE = 512;
-
-/** What to generate from: plain text, chat messages (rendered with the chat template), or token ids. */
-export type GenerateInput = string | ChatMessage[] | { tokens: ArrayLike<number> };
+export type { GenerateInput, EvaluateOptions, EvaluateResult } from './sequence';
+export { Sequence } from './sequence';
+export { GenerationStream } from './generation';
 
 /** Facts about a loaded model. */
 export interface ModelInfo {
@@ -74,62 +53,6 @@ export interface ModelInfo {
   flexiDepthLayers: number[];
   /** Layers with SkipLayer routers. */
   skipRouterLayers: number[];
-}
-
-/** Options of {@link Model.evaluate} and {@link Sequence.evaluate}. */
-export interface EvaluateOptions {
-  /** Which layers each token runs (default: all). */
-  policy?: Policy;
-  /** Cancels between slices of 512 tokens; the promise rejects with AbortError. */
-  signal?: AbortSignal;
-  /**
-   * Index in `tokens` where a known continuation starts, to score it as if it had been generated
-   * (teacher forcing): the row at `generatedFrom + j` feeds generated token j and produces token
-   * j + 1, which is what D3 counts; earlier rows are prompt rows. Default: every row is prompt.
-   * Only D3 depends on it.
-   */
-  generatedFrom?: number;
-}
-
-/** Per-position logits from {@link Model.evaluate}. */
-export interface EvaluateResult {
-  /**
-   * The token ids fed, one per row: the input, led by the last generated token of a previous
-   * `generate()` on the same sequence when that token had not been fed yet.
-   */
-  tokens: number[];
-  /** One row of `vocabSize` logits per fed token. */
-  logits: Float32Array[];
-  /** Length of each logits row. */
-  vocabSize: number;
-  /** Per position, per layer: 1 where the layer's full computation ran for that token. */
-  executed: Uint8Array[];
-  /** Per position, per layer: router weight (FlexiDepth), NaN where none. */
-  routerWeights: Float32Array[];
-  /**
-   * Weight bytes read by the forward passes that served this call (a pass is shared with any
-   * requests the scheduler batched with it): what skipping saves in memory traffic.
-   */
-  weightBytes: number;
-}
-
-interface Pending {
-  request: NativeRequest;
-  policy: Policy;
-  policyKey: string;
-  resolve(r: NativeResponse): void;
-  reject(e: unknown): void;
-}
-
-/**
- * Token ids of an input: text (with BOS at the start of a sequence, as the tokenizer config says),
- * chat messages through the chat template (which writes its own special tokens), or ids as given.
- */
-function tokenizeInput(tk: Tokenizer, input: GenerateInput, startOfSequence: boolean): number[] {
-  if (typeof input === 'string') return tk.encode(input, startOfSequence);
-  if (Array.isArray(input)) return tk.encode(tk.applyChatTemplate(input, true), false);
-  if (input && typeof input === 'object' && 'tokens' in input) return Array.from(input.tokens);
-  throw new InvalidOptionError('input', 'must be a string, an array of chat messages, or {tokens}');
 }
 
 /** Loads a Hugging Face model directory (config.json, safetensors weights, tokenizer files). */
@@ -198,8 +121,7 @@ export class Model implements AsyncDisposable {
   /** Default context size of new sequences. */
   readonly contextSize: number;
   private nm: NativeModel | null;
-  private queue: Pending[] = [];
-  private inFlight: Promise<void> | null = null;
+  private readonly scheduler = new Scheduler(() => this.nm);
   private sequences = new Set<Sequence>();
   /** Bytes that the KV caches of live sequences may reach, all together. */
   private readonly kvBudget: number;
@@ -334,8 +256,7 @@ export class Model implements AsyncDisposable {
     if (!this.nm) return;
     const nm = this.nm;
     this.nm = null;
-    for (const p of this.queue.splice(0)) p.reject(new DisposedError('the model'));
-    if (this.inFlight) await this.inFlight.catch(() => undefined);
+    await this.scheduler.close();
     for (const s of this.sequences) s.dispose();
     nm.dispose();
   }
@@ -358,371 +279,7 @@ export class Model implements AsyncDisposable {
   /** @internal Queues one request; requests waiting together under the same policy run as one batch. */
   run(request: NativeRequest, policy: Policy = { type: 'none' }): Promise<NativeResponse> {
     this.live();
-    return new Promise((resolve, reject) => {
-      this.queue.push({ request, policy, policyKey: JSON.stringify(policy), resolve, reject });
-      if (!this.inFlight) this.inFlight = this.pump();
-    });
-  }
-
-  private async pump(): Promise<void> {
-    // Yield once so that requests made in the same tick join the batch.
-    await new Promise<void>((r) => setImmediate(r));
-    while (this.queue.length && this.nm) {
-      const batch: Pending[] = [];
-      const seen = new Set<NativeSequence>();
-      const key = this.queue[0].policyKey;
-      for (let i = 0; i < this.queue.length; ) {
-        const p = this.queue[i];
-        if (seen.has(p.request.sequence) || p.policyKey !== key) {
-          i++;
-          continue;
-        }
-        seen.add(p.request.sequence);
-        batch.push(p);
-        this.queue.splice(i, 1);
-      }
-      await this.runBatch(batch);
-    }
-    this.inFlight = null;
-  }
-
-  private async runBatch(batch: Pending[]): Promise<void> {
-    const nm = this.nm!;
-    try {
-      const out = await nm.forward(batch.map((p) => p.request), batch[0].policy);
-      batch.forEach((p, i) => p.resolve(out[i]));
-    } catch (e) {
-      if (batch.length === 1) batch[0].reject(fromNative(e));
-      else for (const p of batch) await this.runBatch([p]); // find which request failed
-    }
+    return this.scheduler.run(request, policy);
   }
 }
 
-/** One sequence of tokens with its own KV cache (a conversation, a document). */
-export class Sequence implements AsyncDisposable {
-  /** Tokens whose K/V are in the cache. */
-  readonly tokens: number[] = [];
-  /** Context length in tokens. */
-  readonly contextSize: number;
-  private ns: NativeSequence | null;
-  private busy = false;
-  /** A sampled token not yet fed to the model; it leads the next call's input. */
-  private pendingToken: number | null = null;
-
-  /** @internal use {@link Model.createSequence} */
-  constructor(readonly model: Model, ns: NativeSequence, contextSize: number) {
-    this.ns = ns;
-    this.contextSize = contextSize;
-  }
-
-  get disposed(): boolean {
-    return this.ns === null;
-  }
-
-  /** Frees the KV cache. */
-  dispose(): void {
-    if (!this.ns) return;
-    this.ns.dispose();
-    this.ns = null;
-    this.model.forget(this);
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.dispose();
-  }
-
-  /** Forgets everything: the next input starts at position 0. */
-  reset(): void {
-    this.live().truncate(0);
-    this.tokens.length = 0;
-    this.pendingToken = null;
-  }
-
-  private live(): NativeSequence {
-    if (!this.ns) throw new DisposedError('the sequence');
-    this.model.live();
-    return this.ns;
-  }
-
-  /** @internal converts input to ids: BOS only at the start of a sequence; chat templates render their own. */
-  inputTokens(input: GenerateInput): number[] {
-    const fresh = this.tokens.length === 0 && this.pendingToken === null;
-    const ids = tokenizeInput(this.model.tokenizer, input, fresh);
-    const vocab = this.model.config.vocabSize;
-    for (const t of ids)
-      if (!Number.isInteger(t) || t < 0 || t >= vocab)
-        throw new InvalidOptionError('input', `token id ${t} is outside the vocabulary (0..${vocab - 1})`);
-    if (this.pendingToken !== null) ids.unshift(this.pendingToken);
-    if (ids.length === 0) throw new InvalidOptionError('input', 'is empty');
-    return ids;
-  }
-
-  /** @internal Throws ContextOverflowError when n more tokens do not fit. */
-  checkFits(n: number): void {
-    const used = this.tokens.length;
-    if (used + n > this.contextSize)
-      throw new ContextOverflowError(
-        `the prompt is ${n} tokens but only ${this.contextSize - used} of its ${this.contextSize} context positions are left (contextSize ${this.contextSize})`,
-      );
-  }
-
-  /** Logits (and the layers each token ran) at every position of `tokens`, appended to this sequence. */
-  async evaluate(tokens: ArrayLike<number>, options?: EvaluateOptions): Promise<EvaluateResult> {
-    const o = checkObject(options, 'options');
-    for (const k of Object.keys(o))
-      if (k !== 'policy' && k !== 'signal' && k !== 'generatedFrom')
-        throw new InvalidOptionError(k, 'is not a known option (known: policy, signal, generatedFrom)');
-    const signal = o.signal as AbortSignal | undefined;
-    if (signal !== undefined && (typeof signal !== 'object' || signal === null || typeof signal.aborted !== 'boolean'))
-      throw new InvalidOptionError('signal', 'must be an AbortSignal');
-    const L = this.model.config.numLayers;
-    const policy = validatePolicy(o.policy, L);
-    const ids = this.inputTokens({ tokens });
-    const gf = o.generatedFrom;
-    if (gf !== undefined && (typeof gf !== 'number' || !Number.isInteger(gf) || gf < 0 || gf > tokens.length))
-      throw new InvalidOptionError('generatedFrom', `must be an integer in [0, ${tokens.length}] (an index in tokens)`);
-    // A pending token from an earlier generate() leads `ids`; generatedFrom indexes `tokens`.
-    const genStart = gf === undefined ? undefined : gf + ids.length - tokens.length;
-    this.checkFits(ids.length);
-    const ns = this.acquire();
-    try {
-      const v = this.model.config.vocabSize;
-      const logits: Float32Array[] = [];
-      const executed: Uint8Array[] = [];
-      const routerWeights: Float32Array[] = [];
-      let weightBytes = 0;
-      for (let start = 0; start < ids.length; start += PREFILL_SLICE) {
-        if (signal?.aborted) throw new AbortError('evaluation was aborted', signal.reason);
-        const slice = ids.slice(start, start + PREFILL_SLICE);
-        const genIndex = genStart === undefined ? {} : { genIndex: start - genStart + 1 };
-        const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'all', ...genIndex }, policy);
-        this.tokens.push(...slice);
-        this.pendingToken = null;
-        weightBytes += r.weightBytes;
-        for (let i = 0; i < slice.length; i++) {
-          logits.push(r.logits!.subarray(i * v, (i + 1) * v));
-          executed.push(r.executed.subarray(i * L, (i + 1) * L));
-          routerWeights.push(r.weights.subarray(i * L, (i + 1) * L));
-        }
-      }
-      return { tokens: ids, logits, vocabSize: v, executed, routerWeights, weightBytes };
-    } finally {
-      this.busy = false;
-    }
-  }
-
-  /** Generates a continuation of this sequence. */
-  async generate(input: GenerateInput, options?: GenerateOptions): Promise<GenerateResult> {
-    const stream = new GenerationStream(this, input, validateGenerateOptions(options), false);
-    for await (const _ of stream) {
-      // drain; onToken (if any) is called by the stream
-    }
-    return stream.result;
-  }
-
-  /** Streams a continuation of this sequence. */
-  stream(input: GenerateInput, options?: GenerateOptions): GenerationStream {
-    return new GenerationStream(this, input, validateGenerateOptions(options), false);
-  }
-
-  /** @internal */
-  acquire(): NativeSequence {
-    const ns = this.live();
-    if (this.busy) throw new InvalidOptionError('sequence', 'is already generating; use another sequence for concurrent work');
-    this.busy = true;
-    return ns;
-  }
-
-  /** @internal */
-  release(): void {
-    this.busy = false;
-  }
-
-  /** @internal */
-  commit(tokens: number[], pending: number | null): void {
-    this.tokens.push(...tokens);
-    this.pendingToken = pending;
-  }
-}
-
-/**
- * A running generation: iterate it for tokens, await `result` for the outcome. Leaving the loop
- * early stops generation (finishReason 'abort').
- */
-export class GenerationStream implements AsyncIterable<TokenChunk> {
-  /** Resolves with the outcome when generation ends. */
-  readonly result: Promise<GenerateResult>;
-  private resolveResult!: (r: GenerateResult) => void;
-  private rejectResult!: (e: unknown) => void;
-  private started = false;
-
-  /** @internal */
-  constructor(
-    private readonly seq: Sequence,
-    private readonly input: GenerateInput,
-    private readonly opts: GenerateOptions,
-    private readonly ownsSequence: boolean,
-  ) {
-    this.result = new Promise((res, rej) => {
-      this.resolveResult = res;
-      this.rejectResult = rej;
-    });
-    // An unobserved rejection here is reported through the iterator instead.
-    this.result.catch(() => undefined);
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<TokenChunk> {
-    if (this.started) throw new InvalidOptionError('stream', 'can be iterated only once');
-    this.started = true;
-    return this.run();
-  }
-
-  private async *run(): AsyncGenerator<TokenChunk> {
-    const { seq, opts } = this;
-    const model = seq.model;
-    const maxTokens = opts.maxTokens ?? DEFAULT_MAX_TOKENS;
-    const stops = opts.stop ?? [];
-    const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
-    const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
-    const L = model.config.numLayers;
-    const policy = validatePolicy(opts.policy, L);
-    const layerCounts = new Array<number>(L).fill(0);
-    let depthTokens = 0;
-    let finishReason: GenerateResult['finishReason'] = 'length';
-    const generated: number[] = [];
-    const fed: number[] = [];
-    let pending: number | null = null;
-    let ns: NativeSequence | null = null;
-    let promptTokens = 0;
-    let prefillMs = 0;
-    let decodeStart = 0;
-    let text = '';
-    let emitted = 0;
-    let completed = false;
-    const waiting: TokenChunk[] = [];
-    let decoder: StreamDecoder;
-    // Hands out the held tokens; the text not yet given out goes with the last of them.
-    const onToken = opts.onToken;
-    function* flush(): Generator<TokenChunk> {
-      if (waiting.length === 0) return;
-      waiting[waiting.length - 1].text = text.slice(emitted);
-      emitted = text.length;
-      for (const c of waiting.splice(0)) {
-        onToken?.(c);
-        yield c;
-      }
-    }
-    try {
-      const ids = seq.inputTokens(this.input);
-      promptTokens = ids.length;
-      seq.checkFits(ids.length);
-      ns = seq.acquire();
-      ns.setSeed(opts.seed ?? randomInt(0, 2 ** 47));
-      decoder = new StreamDecoder(model.tokenizer);
-      const abortCheck = () => {
-        if (opts.signal?.aborted) throw new AbortError('generation was aborted', opts.signal.reason);
-      };
-      abortCheck();
-      const t0 = performance.now();
-      // A long prompt goes in slices: an abort takes effect between them, and other sequences'
-      // decode steps are not held up behind the whole prefill.
-      let input = ids;
-      while (input.length > PREFILL_SLICE) {
-        const slice = input.slice(0, PREFILL_SLICE);
-        await model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'none' }, policy);
-        fed.push(...slice);
-        input = input.slice(PREFILL_SLICE);
-        abortCheck();
-      }
-      for (let i = 0; i < maxTokens; i++) {
-        // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
-        const r = await model.run(
-          { sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling, ...(i > 0 ? { genIndex: i } : {}) },
-          policy,
-        );
-        fed.push(...input);
-        const token = r.token!;
-        pending = token;
-        if (i === 0) {
-          prefillMs = performance.now() - t0;
-          decodeStart = performance.now();
-        }
-        generated.push(token);
-        let layers = 0;
-        for (let l = 0; l < L; l++) {
-          layerCounts[l] += r.executed[l];
-          layers += r.executed[l];
-        }
-        depthTokens++;
-        if (eos.has(token)) {
-          finishReason = 'eos';
-          break;
-        }
-        text += decoder.push(token);
-        waiting.push({ token, text: '', index: i, layers, executed: r.executed, routerWeights: r.weights });
-        // Text that may be the start of a stop string is held back, together with its tokens.
-        let hit = -1;
-        for (const s of stops) {
-          const at = text.indexOf(s, Math.max(0, emitted - s.length));
-          if (at >= 0 && (hit < 0 || at < hit)) hit = at;
-        }
-        if (hit >= 0) {
-          text = text.slice(0, hit);
-          finishReason = 'stop';
-          break;
-        }
-        let safe = text.length;
-        for (const s of stops)
-          for (let k = Math.min(s.length - 1, text.length); k > 0; k--)
-            if (text.endsWith(s.slice(0, k))) {
-              safe = Math.min(safe, text.length - k);
-              break;
-            }
-        if (safe === text.length && !decoder.holding) yield* flush();
-        abortCheck();
-        if (seq.tokens.length + fed.length + 1 > seq.contextSize) {
-          finishReason = 'context';
-          break;
-        }
-        input = [token];
-      }
-      if (finishReason !== 'stop') text += decoder.finish();
-      yield* flush();
-      completed = true;
-    } catch (e) {
-      if (e instanceof AbortError && opts.stopOnAbort) {
-        finishReason = 'abort';
-        completed = true;
-      } else {
-        this.rejectResult(e);
-        throw e;
-      }
-    } finally {
-      if (!completed && ns) finishReason = 'abort'; // the consumer left the loop
-      if (ns) {
-        seq.commit(fed, pending);
-        seq.release();
-      }
-      if (this.ownsSequence) seq.dispose();
-      const end = performance.now();
-      const decodeMs = generated.length > 1 ? end - decodeStart : 0;
-      this.resolveResult({
-        text,
-        tokens: generated,
-        finishReason,
-        usage: { promptTokens, completionTokens: generated.length },
-        depth: {
-          layerCounts,
-          meanLayers: depthTokens ? layerCounts.reduce((a, b) => a + b, 0) / depthTokens : 0,
-          tokens: depthTokens,
-        },
-        timings: {
-          prefillMs,
-          decodeMs,
-          decodeTokensPerSecond: decodeMs > 0 ? ((generated.length - 1) * 1000) / decodeMs : 0,
-          prefillTokensPerSecond: prefillMs > 0 ? (promptTokens * 1000) / prefillMs : 0,
-        },
-      });
-    }
-  }
-}
