@@ -294,6 +294,10 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
   const int L = c.layers;
   std::unique_ptr<Policy> policy = makePolicy(*this, spec);
   bytesRead_ = 0;
+  // A checkpoint rewritten in place since the load would give a mixture of old and new weights
+  // (and a truncated one SIGBUS): refuse before the pass, and after it, so a pass during which
+  // the file changed reports nothing computed from it.
+  model_->store.checkUnchanged();
   // Validate everything before touching any cache.
   for (auto& rq : requests) {
     if (!rq.seq) throw Error(kErrArg, "request has no sequence");
@@ -394,6 +398,7 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
     throw;
   }
   if (logitsDev) ops_->release(logitsDev);
+  model_->store.checkUnchanged();
 
   for (size_t i = 0; i < requests.size(); i++) {
     Request& rq = requests[i];
