@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { NativeConfig } from './binding';
 import { ModelFileError, ModelFormatError, UnsupportedModelError } from './errors';
+import { jsonSizeLimit, readRegularFile } from './modelFiles';
 
 /** The architectures depthgate runs. */
 export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
@@ -22,15 +23,12 @@ export interface ModelConfig extends NativeConfig {
   eosTokenIds: number[];
 }
 
-/** Reads and parses a JSON file of a model directory; typed errors name the file. */
+/**
+ * Reads and parses a JSON file of a model directory; typed errors name the file. Only a regular
+ * file up to its size cap is read (src/modelFiles.ts): anything else is a ModelFileError at once.
+ */
 export function readJson(file: string, what: string): unknown {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new ModelFileError(err.code === 'ENOENT' ? `${what} is missing` : `cannot read ${what}: ${err.message}`, file, e);
-  }
+  const text = readRegularFile(file, what, jsonSizeLimit(what));
   try {
     return JSON.parse(text);
   } catch (e) {
