@@ -1,198 +1,128 @@
 /**
- * GenerationStream: a running generation of one sequence. It feeds the prompt in slices, samples
- * token after token, turns tokens into text deltas, holds back text that may start a stop string,
- * and reports each token's depth.
+ * GenerationStream: a running generation, as an async iterable of tokens with a `result`. The
+ * loop itself is in src/generationRun.ts; this file is about its life: whatever way a stream ends
+ * (read to the end, left with break or return(), cancel(), its signal, an error, or dropped
+ * by a consumer that stops reading), what it holds is given back and `result` settles.
  */
-import { randomInt } from 'node:crypto';
-import type { NativeSequence } from './binding';
-import { AbortError, InvalidOptionError } from './errors';
+import { BusyError } from './errors';
 import type { GenerateOptions, GenerateResult, TokenChunk } from './options';
-import { validatePolicy } from './policy';
-import { StreamDecoder } from './tokenizer';
-import { PREFILL_SLICE } from './scheduler';
-import type { GenerateInput, Sequence } from './sequence';
+import type { Policy } from './policy';
+import type { GenerateInput } from './input';
+import type { Sequence } from './sequence';
+import { GenerationRun } from './generationRun';
 
-/** Default token limit of a generation. */
-export const DEFAULT_MAX_TOKENS = 256;
+export { DEFAULT_MAX_TOKENS } from './generationRun';
+
+/** What a stream drives: a generation, or one that failed before it could start. */
+interface Run {
+  readonly result: Promise<GenerateResult>;
+  active: number;
+  cancel(): void;
+  abandon(): void;
+  tokens(): AsyncGenerator<TokenChunk>;
+}
+
+/** A generation refused before it took anything (a policy the model cannot run, a prompt that cannot fit). */
+class FailedRun implements Run {
+  readonly result: Promise<GenerateResult>;
+  active = 0;
+  constructor(private readonly error: unknown) {
+    this.result = Promise.reject(error);
+    this.result.catch(() => undefined); // reported through the iterator too
+  }
+  cancel(): void {}
+  abandon(): void {}
+  async *tokens(): AsyncGenerator<TokenChunk> {
+    throw this.error;
+  }
+}
+
+/**
+ * A stream that can no longer be read gives back what it holds. Two kinds of targets share a
+ * run: the stream (it matters only while it has not been iterated: until then nothing else can
+ * start the run) and the iterator (once iterating, the iterator is what a reader holds). The
+ * loop holds references to neither, so dropping them lets them be collected.
+ */
+const unreachable = new FinalizationRegistry<{ run: Run; stream: boolean; state: { started: boolean } }>((held) => {
+  if (!held.stream || !held.state.started) held.run.abandon();
+});
 
 /**
  * A running generation: iterate it for tokens, await `result` for the outcome. Leaving the loop
- * early stops generation (finishReason 'abort').
+ * early stops generation (finishReason 'abort'); so do cancel() and the options' signal, at once
+ * when no token is being computed. A stream that is dropped without being read to the end is
+ * given back when it is garbage-collected (its `result` resolves with finishReason 'abort').
  */
-export class GenerationStream implements AsyncIterable<TokenChunk> {
-  /** Resolves with the outcome when generation ends. */
+export class GenerationStream implements AsyncIterable<TokenChunk>, AsyncDisposable {
+  /** Resolves with the outcome when generation ends (for any reason). */
   readonly result: Promise<GenerateResult>;
-  private resolveResult!: (r: GenerateResult) => void;
-  private rejectResult!: (e: unknown) => void;
-  private started = false;
+  private readonly run: Run;
+  // Shared with the registry's held value, which must not reference the stream itself.
+  private readonly state = { started: false };
 
-  /** @internal */
-  constructor(
-    private readonly seq: Sequence,
-    private readonly input: GenerateInput,
-    private readonly opts: GenerateOptions,
-    private readonly ownsSequence: boolean,
-  ) {
-    this.result = new Promise((res, rej) => {
-      this.resolveResult = res;
-      this.rejectResult = rej;
-    });
-    // An unobserved rejection here is reported through the iterator instead.
-    this.result.catch(() => undefined);
+  /** @internal use Model.stream / Sequence.stream */
+  constructor(run: Run) {
+    this.run = run;
+    this.result = run.result;
+    unreachable.register(this, { run, stream: true, state: this.state });
+  }
+
+  /** @internal A stream generating a continuation of `seq`; it owns `seq` when `ownsSequence`. */
+  static start(seq: Sequence, input: GenerateInput, opts: GenerateOptions, policy: Policy, ownsSequence: boolean): GenerationStream {
+    return new GenerationStream(new GenerationRun(seq, input, opts, policy, ownsSequence));
+  }
+
+  /** @internal A stream whose iteration (and result) fail with `error`, holding nothing. */
+  static failed(error: unknown): GenerationStream {
+    return new GenerationStream(new FailedRun(error));
   }
 
   [Symbol.asyncIterator](): AsyncIterator<TokenChunk> {
-    if (this.started) throw new InvalidOptionError('stream', 'can be iterated only once');
-    this.started = true;
-    return this.run();
+    if (this.state.started) throw new BusyError('the stream can be iterated only once');
+    this.state.started = true;
+    const run = this.run;
+    const gen = run.tokens();
+    let begun = false;
+    // Counted calls: while a next() runs, a pass may be in flight and nothing is given back early.
+    const counted = async (call: () => Promise<IteratorResult<TokenChunk>>) => {
+      run.active++;
+      try {
+        return await call();
+      } finally {
+        run.active--;
+      }
+    };
+    const iterator: AsyncIterator<TokenChunk> & AsyncIterable<TokenChunk> = {
+      next: () => {
+        begun = true;
+        return counted(() => gen.next());
+      },
+      return: (value?: unknown) => {
+        // A generator that never started runs no finally: give back here.
+        if (!begun) run.cancel();
+        return counted(() => gen.return(value as never));
+      },
+      throw: (e?: unknown) => counted(() => gen.throw(e)),
+      [Symbol.asyncIterator]() {
+        return iterator;
+      },
+    };
+    unreachable.register(iterator, { run, stream: false, state: this.state });
+    return iterator;
   }
 
-  private async *run(): AsyncGenerator<TokenChunk> {
-    const { seq, opts } = this;
-    const model = seq.model;
-    const maxTokens = opts.maxTokens ?? DEFAULT_MAX_TOKENS;
-    const stops = opts.stop ?? [];
-    const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
-    const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
-    const L = model.config.numLayers;
-    const policy = validatePolicy(opts.policy, L);
-    const layerCounts = new Array<number>(L).fill(0);
-    let depthTokens = 0;
-    let finishReason: GenerateResult['finishReason'] = 'length';
-    const generated: number[] = [];
-    const fed: number[] = [];
-    let pending: number | null = null;
-    let ns: NativeSequence | null = null;
-    let promptTokens = 0;
-    let prefillMs = 0;
-    let decodeStart = 0;
-    let text = '';
-    let emitted = 0;
-    let completed = false;
-    const waiting: TokenChunk[] = [];
-    let decoder: StreamDecoder;
-    // Hands out the held tokens; the text not yet given out goes with the last of them.
-    const onToken = opts.onToken;
-    function* flush(): Generator<TokenChunk> {
-      if (waiting.length === 0) return;
-      waiting[waiting.length - 1].text = text.slice(emitted);
-      emitted = text.length;
-      for (const c of waiting.splice(0)) {
-        onToken?.(c);
-        yield c;
-      }
-    }
-    try {
-      const ids = seq.inputTokens(this.input);
-      promptTokens = ids.length;
-      seq.checkFits(ids.length);
-      ns = seq.acquire();
-      ns.setSeed(opts.seed ?? randomInt(0, 2 ** 47));
-      decoder = new StreamDecoder(model.tokenizer);
-      const abortCheck = () => {
-        if (opts.signal?.aborted) throw new AbortError('generation was aborted', opts.signal.reason);
-      };
-      abortCheck();
-      const t0 = performance.now();
-      // A long prompt goes in slices: an abort takes effect between them, and other sequences'
-      // decode steps are not held up behind the whole prefill.
-      let input = ids;
-      while (input.length > PREFILL_SLICE) {
-        const slice = input.slice(0, PREFILL_SLICE);
-        await model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'none' }, policy);
-        fed.push(...slice);
-        input = input.slice(PREFILL_SLICE);
-        abortCheck();
-      }
-      for (let i = 0; i < maxTokens; i++) {
-        // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
-        const r = await model.run(
-          { sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling, ...(i > 0 ? { genIndex: i } : {}) },
-          policy,
-        );
-        fed.push(...input);
-        const token = r.token!;
-        pending = token;
-        if (i === 0) {
-          prefillMs = performance.now() - t0;
-          decodeStart = performance.now();
-        }
-        generated.push(token);
-        let layers = 0;
-        for (let l = 0; l < L; l++) {
-          layerCounts[l] += r.executed[l];
-          layers += r.executed[l];
-        }
-        depthTokens++;
-        if (eos.has(token)) {
-          finishReason = 'eos';
-          break;
-        }
-        text += decoder.push(token);
-        waiting.push({ token, text: '', index: i, layers, executed: r.executed, routerWeights: r.weights });
-        // Text that may be the start of a stop string is held back, together with its tokens.
-        let hit = -1;
-        for (const s of stops) {
-          const at = text.indexOf(s, Math.max(0, emitted - s.length));
-          if (at >= 0 && (hit < 0 || at < hit)) hit = at;
-        }
-        if (hit >= 0) {
-          text = text.slice(0, hit);
-          finishReason = 'stop';
-          break;
-        }
-        let safe = text.length;
-        for (const s of stops)
-          for (let k = Math.min(s.length - 1, text.length); k > 0; k--)
-            if (text.endsWith(s.slice(0, k))) {
-              safe = Math.min(safe, text.length - k);
-              break;
-            }
-        if (safe === text.length && !decoder.holding) yield* flush();
-        abortCheck();
-        if (seq.tokens.length + fed.length + 1 > seq.contextSize) {
-          finishReason = 'context';
-          break;
-        }
-        input = [token];
-      }
-      if (finishReason !== 'stop') text += decoder.finish();
-      yield* flush();
-      completed = true;
-    } catch (e) {
-      if (e instanceof AbortError && opts.stopOnAbort) {
-        finishReason = 'abort';
-        completed = true;
-      } else {
-        this.rejectResult(e);
-        throw e;
-      }
-    } finally {
-      if (!completed && ns) finishReason = 'abort'; // the consumer left the loop
-      if (ns) {
-        seq.commit(fed, pending);
-        seq.release();
-      }
-      if (this.ownsSequence) seq.dispose();
-      const end = performance.now();
-      const decodeMs = generated.length > 1 ? end - decodeStart : 0;
-      this.resolveResult({
-        text,
-        tokens: generated,
-        finishReason,
-        usage: { promptTokens, completionTokens: generated.length },
-        depth: {
-          layerCounts,
-          meanLayers: depthTokens ? layerCounts.reduce((a, b) => a + b, 0) / depthTokens : 0,
-          tokens: depthTokens,
-        },
-        timings: {
-          prefillMs,
-          decodeMs,
-          decodeTokensPerSecond: decodeMs > 0 ? ((generated.length - 1) * 1000) / decodeMs : 0,
-          prefillTokensPerSecond: prefillMs > 0 ? (promptTokens * 1000) / prefillMs : 0,
-        },
-      });
-    }
+  /**
+   * Stops the generation and gives back what it holds: at once when no token is being computed,
+   * otherwise as soon as the pass in flight returns. `result` resolves with finishReason 'abort'
+   * and what was generated so far. A server's disconnect path calls this (or aborts the signal).
+   */
+  cancel(): void {
+    this.run.cancel();
+  }
+
+  /** cancel(), for `await using`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.run.cancel();
+    await this.result.catch(() => undefined);
   }
 }

@@ -9,14 +9,17 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { native, type NativeModel, type NativeRequest, type NativeResponse } from './binding';
 import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
-import { AbortError, DisposedError, InvalidOptionError, ModelFileError, ModelFormatError, OutOfMemoryError, fromNative } from './errors';
+import { AbortError, ContextOverflowError, DisposedError, InvalidOptionError, ModelFileError, ModelFormatError, OutOfMemoryError, fromNative } from './errors';
 import { checkInt, checkObject, validateGenerateOptions, validateLoadOptions, type GenerateOptions, type GenerateResult, type LoadOptions } from './options';
 import { Tokenizer, type ChatMessage } from './tokenizer';
-import type { Policy } from './policy';
+import { validatePolicy, type Policy } from './policy';
 import { resolveBackend } from './backend';
 import { Scheduler } from './scheduler';
-import { Sequence, tokenizeInput, type EvaluateOptions, type EvaluateResult, type GenerateInput } from './sequence';
+import { Sequence, type EvaluateOptions, type EvaluateResult } from './sequence';
 import { DEFAULT_MAX_TOKENS, GenerationStream } from './generation';
+import { promptTooLong, tokenIdArray, tokenizeInput, type GenerateInput } from './input';
+import { defaultMemoryBudget, formatBytes } from './memory';
+import { statRegularFile } from './modelFiles';
 
 /** Default context of new sequences when loadModel gets no contextSize (capped by the model's own). */
 const DEFAULT_CONTEXT = 4096;
@@ -67,7 +70,9 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   const tokenizer = Tokenizer.fromDirectory(root, config.bosTokenId);
   const { files, weightMap, indexFile } = listWeightFiles(root);
   const addons = (opts.addons ?? []).map((a) => path.resolve(root, a));
-  for (const a of addons) if (!fs.existsSync(a)) throw new ModelFileError('add-on file does not exist', a);
+  // Only regular files are opened (natively too, without blocking): a FIFO or a device is refused here.
+  for (const f of files) statRegularFile(f, 'weight file');
+  for (const a of addons) statRegularFile(a, 'add-on file');
   const abortFlag = new Int32Array(1);
   const signal = opts.signal;
   if (signal?.aborted) throw new AbortError('model load was aborted', signal.reason);
@@ -75,17 +80,36 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
     abortFlag[0] = 1;
   };
   signal?.addEventListener('abort', onAbort, { once: true });
+  // A throwing onProgress stops the load, which then rejects with that error (as onToken does).
+  let progressError: { error: unknown } | undefined;
+  const userProgress = opts.onProgress;
+  const onProgress =
+    userProgress &&
+    ((fraction: number) => {
+      if (progressError) return;
+      try {
+        userProgress(fraction);
+      } catch (error) {
+        progressError = { error };
+        abortFlag[0] = 1;
+      }
+    });
   let nm: NativeModel;
   try {
     nm = await native().loadModel(
-      { files: [...files, ...addons], config, threads: opts.threads ?? os.availableParallelism(), prefault: opts.prefault ?? true, backend },
-      opts.onProgress,
+      { files: [...files, ...addons], config, threads: opts.threads ?? Math.min(os.availableParallelism(), 1024), prefault: opts.prefault ?? true, backend },
+      onProgress,
       abortFlag,
     );
   } catch (e) {
+    if (progressError) throw progressError.error;
     throw fromNative(e);
   } finally {
     signal?.removeEventListener('abort', onAbort);
+  }
+  if (progressError) {
+    nm.dispose();
+    throw progressError.error;
   }
   try {
     const info = nm.info();
@@ -104,7 +128,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
         throw new ModelFormatError(`tensor '${name}' is listed in the index but missing from ${weightMap[name]}`, indexFile);
     }
     const contextSize = opts.contextSize ?? Math.min(config.maxPositionEmbeddings, DEFAULT_CONTEXT);
-    const budget = opts.memoryLimit ?? Math.floor(os.totalmem() * 0.9) - info.weightBytes;
+    const budget = opts.memoryLimit ?? defaultMemoryBudget(info.weightBytes);
     return new Model(root, config, tokenizer, nm, contextSize, budget);
   } catch (e) {
     nm.dispose();
@@ -123,8 +147,12 @@ export class Model implements AsyncDisposable {
   private nm: NativeModel | null;
   private readonly scheduler = new Scheduler(() => this.nm);
   private sequences = new Set<Sequence>();
-  /** Bytes that the KV caches of live sequences may reach, all together. */
+  /** Bytes that the KV caches of live sequences and the logits of running evaluate() calls may reach, all together. */
   private readonly kvBudget: number;
+  /** Bytes of logits reserved by evaluate() calls in progress. */
+  private logitsReserved = 0;
+  /** The layers with router weights, from the native model's info (read once). */
+  private routerLayers?: { flexiDepthLayers: number[]; skipRouterLayers: number[] };
 
   /** @internal use {@link loadModel} */
   constructor(dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number, kvBudget: number) {
@@ -171,17 +199,28 @@ export class Model implements AsyncDisposable {
   /** Text to token ids (with BOS as the tokenizer config says, unless addSpecialTokens is false). */
   tokenize(text: string, options?: { addSpecialTokens?: boolean }): number[] {
     if (typeof text !== 'string') throw new InvalidOptionError('text', 'must be a string');
-    return this.tokenizer.encode(text, options?.addSpecialTokens ?? true);
+    const o = checkObject(options, 'options');
+    for (const k of Object.keys(o))
+      if (k !== 'addSpecialTokens') throw new InvalidOptionError(k, 'is not a known option (known: addSpecialTokens)');
+    if (o.addSpecialTokens !== undefined && typeof o.addSpecialTokens !== 'boolean')
+      throw new InvalidOptionError('addSpecialTokens', 'must be true or false');
+    return this.tokenizer.encode(text, (o.addSpecialTokens as boolean | undefined) ?? true);
   }
 
-  /** Token ids to text. */
+  /** Token ids to text. Ids must be integers in the vocabulary (InvalidOptionError 'tokens' otherwise). */
   detokenize(tokens: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string {
-    return this.tokenizer.decode(tokens, options?.skipSpecialTokens ?? true);
+    const o = checkObject(options, 'options');
+    for (const k of Object.keys(o))
+      if (k !== 'skipSpecialTokens') throw new InvalidOptionError(k, 'is not a known option (known: skipSpecialTokens)');
+    return this.tokenizer.decode(tokens, (o.skipSpecialTokens as boolean | undefined) ?? true);
   }
 
   /** Renders chat messages with the model's chat template. */
   applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean }): string {
-    return this.tokenizer.applyChatTemplate(messages, options?.addGenerationPrompt ?? true);
+    const o = checkObject(options, 'options');
+    for (const k of Object.keys(o))
+      if (k !== 'addGenerationPrompt') throw new InvalidOptionError(k, 'is not a known option (known: addGenerationPrompt)');
+    return this.tokenizer.applyChatTemplate(messages, (o.addGenerationPrompt as boolean | undefined) ?? true);
   }
 
   /**
@@ -195,17 +234,14 @@ export class Model implements AsyncDisposable {
     checkInt(o.contextSize, 'contextSize', 1, 2 ** 31 - 1);
     const ctx = (o.contextSize as number | undefined) ?? this.contextSize;
     const nm = this.live();
-    let reserved = 0;
-    for (const s of this.sequences) reserved += s.contextSize * this.kvBytesPerToken;
     const need = ctx * this.kvBytesPerToken;
-    if (reserved + need > this.kvBudget) {
-      const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+    const left = this.budgetLeft();
+    if (need > left)
       throw new OutOfMemoryError(
-        `a sequence with contextSize ${ctx} needs ${gib(need)} of KV cache, but only ${gib(Math.max(0, this.kvBudget - reserved))} ` +
-          `of the ${gib(this.kvBudget)} budget is left (${this.sequences.size} live sequence(s)); ` +
+        `a sequence with contextSize ${ctx} needs ${formatBytes(need)} of KV cache (${need} bytes), but only ${formatBytes(left)} (${left} bytes) ` +
+          `of the ${formatBytes(this.kvBudget)} budget is left (${this.sequences.size} live sequence(s)); ` +
           'use a smaller contextSize, dispose sequences, or raise loadModel({memoryLimit})',
       );
-    }
     const ns = nm.createSequence(ctx, 0);
     const s = new Sequence(this, ns, ctx);
     this.sequences.add(s);
@@ -214,35 +250,47 @@ export class Model implements AsyncDisposable {
 
   /** Generates a completion in a fresh sequence. */
   async generate(input: GenerateInput, options?: GenerateOptions): Promise<GenerateResult> {
-    const opts = validateGenerateOptions(options);
-    const { seq, ids } = this.oneShot(input, opts);
-    try {
-      return await seq.generate({ tokens: ids }, opts);
-    } finally {
-      seq.dispose();
+    const stream = this.stream(input, options);
+    for await (const _ of stream) {
+      // drain; onToken (if any) is called by the stream
     }
+    return stream.result;
   }
 
-  /** A fresh sequence sized for the prompt plus maxTokens (not the whole default context). */
-  private oneShot(input: GenerateInput, opts: GenerateOptions): { seq: Sequence; ids: number[] } {
-    this.live();
-    const ids = tokenizeInput(this.tokenizer, input, true);
-    const ctx = Math.max(1, Math.min(this.contextSize, ids.length + (opts.maxTokens ?? DEFAULT_MAX_TOKENS)));
-    return { seq: this.createSequence({ contextSize: ctx }), ids };
-  }
-
-  /** Streams a completion token by token; `result` resolves when it ends. Breaking out of the loop stops it. */
+  /**
+   * Streams a completion token by token; `result` resolves when it ends. Breaking out of the loop
+   * (or `cancel()`) stops it. Bad options and inputs throw here; a policy the model cannot run and
+   * a prompt longer than the context come from iterating the stream (and its `result`), and take
+   * nothing: no sequence is made for them.
+   */
   stream(input: GenerateInput, options?: GenerateOptions): GenerationStream {
     const opts = validateGenerateOptions(options);
-    const { seq, ids } = this.oneShot(input, opts);
-    return new GenerationStream(seq, { tokens: ids }, opts, true);
+    this.live();
+    let policy: Policy;
+    let ids: number[];
+    try {
+      policy = this.checkPolicy(opts.policy);
+      ids = tokenizeInput(this.tokenizer, input, true, this.config.vocabSize, this.contextSize, this.contextSize);
+    } catch (e) {
+      if (e instanceof ContextOverflowError || (e instanceof InvalidOptionError && e.option.startsWith('policy'))) return GenerationStream.failed(e);
+      throw e;
+    }
+    // A fresh sequence sized for the prompt plus maxTokens (not the whole default context).
+    const ctx = Math.max(1, Math.min(this.contextSize, ids.length + (opts.maxTokens ?? DEFAULT_MAX_TOKENS)));
+    const seq = this.createSequence({ contextSize: ctx });
+    return GenerationStream.start(seq, { tokens: ids }, opts, policy, true);
   }
 
-  /** Logits (and the layers each token ran) at every position of `tokens`, in a fresh sequence. */
+  /**
+   * Logits (and the layers each token ran) at every position of `tokens`, in a fresh sequence of
+   * at most the model's contextSize. The logits count against the memory budget while it runs.
+   */
   async evaluate(tokens: ArrayLike<number>, options?: EvaluateOptions): Promise<EvaluateResult> {
-    const seq = this.createSequence({ contextSize: Math.max(1, tokens.length) });
+    const c = this.contextSize;
+    const ids = tokenIdArray(tokens, 'input', this.config.vocabSize, c, (n) => promptTooLong(`${n} tokens`, c, c));
+    const seq = this.createSequence({ contextSize: Math.max(1, ids.length) });
     try {
-      return await seq.evaluate(tokens, options);
+      return await seq.evaluate(ids, options);
     } finally {
       seq.dispose();
     }
@@ -274,6 +322,54 @@ export class Model implements AsyncDisposable {
   /** @internal */
   forget(s: Sequence): void {
     this.sequences.delete(s);
+  }
+
+  /** Budget bytes not reserved by live sequences' KV caches or running evaluate() calls. */
+  private budgetLeft(): number {
+    let reserved = this.logitsReserved;
+    for (const s of this.sequences) reserved += s.contextSize * this.kvBytesPerToken;
+    return Math.max(0, this.kvBudget - reserved);
+  }
+
+  /**
+   * @internal Reserves the logits of `rows` positions (f32, a vocabulary each) for an evaluate()
+   * call, or throws OutOfMemoryError; returns the release (idempotent).
+   */
+  reserveLogits(rows: number): () => void {
+    const bytes = rows * this.config.vocabSize * 4;
+    const left = this.budgetLeft();
+    if (bytes > left)
+      throw new OutOfMemoryError(
+        `evaluating ${rows} positions returns ${formatBytes(bytes)} of logits (${bytes} bytes), but only ${formatBytes(left)} (${left} bytes) ` +
+          `of the ${formatBytes(this.kvBudget)} budget is left; evaluate fewer tokens at a time, dispose sequences, ` +
+          'or raise loadModel({memoryLimit})',
+      );
+    this.logitsReserved += bytes;
+    let held = true;
+    return () => {
+      if (held) this.logitsReserved -= bytes;
+      held = false;
+    };
+  }
+
+  /**
+   * @internal Validates a policy against this model: its layers, and the router weights the
+   * policy needs (InvalidOptionError 'policy' when they are missing).
+   */
+  checkPolicy(policy: unknown): Policy {
+    const p = validatePolicy(policy, this.config.numLayers);
+    if (p.type === 'flexidepth' || p.type === 'skiplayer') {
+      this.routerLayers ??= (({ flexiDepthLayers, skipRouterLayers }) => ({ flexiDepthLayers, skipRouterLayers }))(this.live().info());
+      const have = p.type === 'flexidepth' ? this.routerLayers.flexiDepthLayers : this.routerLayers.skipRouterLayers;
+      if (have.length === 0)
+        throw new InvalidOptionError(
+          'policy',
+          p.type === 'flexidepth'
+            ? 'this model has no FlexiDepth router weights, which the flexidepth policy needs (load them with loadModel({addons}))'
+            : 'this model has no SkipLayer router weights, which the skiplayer policy needs (load them with loadModel({addons}))',
+        );
+    }
+    return p;
   }
 
   /** @internal Queues one request; requests waiting together under the same policy run as one batch. */

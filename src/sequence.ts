@@ -1,19 +1,18 @@
 /**
  * Sequence: one sequence of tokens with its own KV cache (a conversation, a document). It
  * remembers its tokens, so a chat can continue where it left off; evaluate, generate and stream
- * continue it.
+ * continue it, one call at a time.
  */
 import type { NativeSequence } from './binding';
-import { AbortError, ContextOverflowError, DisposedError, InvalidOptionError } from './errors';
+import { AbortError, BusyError, ContextOverflowError, DisposedError, InvalidOptionError } from './errors';
 import { checkObject, validateGenerateOptions, type GenerateOptions, type GenerateResult } from './options';
-import { validatePolicy, type Policy } from './policy';
-import type { Tokenizer, ChatMessage } from './tokenizer';
+import type { Policy } from './policy';
 import type { Model } from './model';
 import { GenerationStream } from './generation';
 import { PREFILL_SLICE } from './scheduler';
+import { tokenizeInput, type GenerateInput } from './input';
 
-/** What to generate from: plain text, chat messages (rendered with the chat template), or token ids. */
-export type GenerateInput = string | ChatMessage[] | { tokens: ArrayLike<number> };
+export type { GenerateInput } from './input';
 
 /** Options of {@link Model.evaluate} and {@link Sequence.evaluate}. */
 export interface EvaluateOptions {
@@ -52,17 +51,6 @@ export interface EvaluateResult {
   weightBytes: number;
 }
 
-/**
- * @internal Token ids of an input: text (with BOS at the start of a sequence, as the tokenizer config says),
- * chat messages through the chat template (which writes its own special tokens), or ids as given.
- */
-export function tokenizeInput(tk: Tokenizer, input: GenerateInput, startOfSequence: boolean): number[] {
-  if (typeof input === 'string') return tk.encode(input, startOfSequence);
-  if (Array.isArray(input)) return tk.encode(tk.applyChatTemplate(input, true), false);
-  if (input && typeof input === 'object' && 'tokens' in input) return Array.from(input.tokens);
-  throw new InvalidOptionError('input', 'must be a string, an array of chat messages, or {tokens}');
-}
-
 /** One sequence of tokens with its own KV cache (a conversation, a document). */
 export class Sequence implements AsyncDisposable {
   /** Tokens whose K/V are in the cache. */
@@ -96,9 +84,11 @@ export class Sequence implements AsyncDisposable {
     this.dispose();
   }
 
-  /** Forgets everything: the next input starts at position 0. */
+  /** Forgets everything: the next input starts at position 0. Refused (BusyError) while a call is generating. */
   reset(): void {
-    this.live().truncate(0);
+    const ns = this.live();
+    if (this.busy) throw new BusyError('the sequence is generating: reset() it once that call has ended (or cancel it first)');
+    ns.truncate(0);
     this.tokens.length = 0;
     this.pendingToken = null;
   }
@@ -109,14 +99,14 @@ export class Sequence implements AsyncDisposable {
     return this.ns;
   }
 
-  /** @internal converts input to ids: BOS only at the start of a sequence; chat templates render their own. */
+  /**
+   * @internal converts input to ids: BOS only at the start of a sequence; chat templates render
+   * their own. An input that cannot fit the positions left is refused before it is tokenized.
+   */
   inputTokens(input: GenerateInput): number[] {
     const fresh = this.tokens.length === 0 && this.pendingToken === null;
-    const ids = tokenizeInput(this.model.tokenizer, input, fresh);
-    const vocab = this.model.config.vocabSize;
-    for (const t of ids)
-      if (!Number.isInteger(t) || t < 0 || t >= vocab)
-        throw new InvalidOptionError('input', `token id ${t} is outside the vocabulary (0..${vocab - 1})`);
+    const room = this.contextSize - this.tokens.length - (this.pendingToken === null ? 0 : 1);
+    const ids = tokenizeInput(this.model.tokenizer, input, fresh, this.model.config.vocabSize, Math.max(0, room), this.contextSize);
     if (this.pendingToken !== null) ids.unshift(this.pendingToken);
     if (ids.length === 0) throw new InvalidOptionError('input', 'is empty');
     return ids;
@@ -141,15 +131,24 @@ export class Sequence implements AsyncDisposable {
     if (signal !== undefined && (typeof signal !== 'object' || signal === null || typeof signal.aborted !== 'boolean'))
       throw new InvalidOptionError('signal', 'must be an AbortSignal');
     const L = this.model.config.numLayers;
-    const policy = validatePolicy(o.policy, L);
+    const policy = this.model.checkPolicy(o.policy);
     const ids = this.inputTokens({ tokens });
-    const gf = o.generatedFrom;
-    if (gf !== undefined && (typeof gf !== 'number' || !Number.isInteger(gf) || gf < 0 || gf > tokens.length))
-      throw new InvalidOptionError('generatedFrom', `must be an integer in [0, ${tokens.length}] (an index in tokens)`);
     // A pending token from an earlier generate() leads `ids`; generatedFrom indexes `tokens`.
-    const genStart = gf === undefined ? undefined : gf + ids.length - tokens.length;
+    const given = ids.length - (this.pendingToken === null ? 0 : 1);
+    const gf = o.generatedFrom;
+    if (gf !== undefined && (typeof gf !== 'number' || !Number.isInteger(gf) || gf < 0 || gf > given))
+      throw new InvalidOptionError('generatedFrom', `must be an integer in [0, ${given}] (an index in tokens)`);
+    const genStart = gf === undefined ? undefined : gf + ids.length - given;
     this.checkFits(ids.length);
-    const ns = this.acquire();
+    // The rows of logits this call returns count against the memory budget while it runs.
+    const releaseLogits = this.model.reserveLogits(ids.length);
+    let ns: NativeSequence;
+    try {
+      ns = this.acquire();
+    } catch (e) {
+      releaseLogits();
+      throw e;
+    }
     try {
       const v = this.model.config.vocabSize;
       const logits: Float32Array[] = [];
@@ -173,27 +172,38 @@ export class Sequence implements AsyncDisposable {
       return { tokens: ids, logits, vocabSize: v, executed, routerWeights, weightBytes };
     } finally {
       this.busy = false;
+      releaseLogits();
     }
   }
 
   /** Generates a continuation of this sequence. */
   async generate(input: GenerateInput, options?: GenerateOptions): Promise<GenerateResult> {
-    const stream = new GenerationStream(this, input, validateGenerateOptions(options), false);
+    const stream = this.stream(input, options);
     for await (const _ of stream) {
       // drain; onToken (if any) is called by the stream
     }
     return stream.result;
   }
 
-  /** Streams a continuation of this sequence. */
+  /**
+   * Streams a continuation of this sequence. Bad options throw here; a policy the model cannot
+   * run, like every error about the input, comes from iterating the stream (and its `result`).
+   */
   stream(input: GenerateInput, options?: GenerateOptions): GenerationStream {
-    return new GenerationStream(this, input, validateGenerateOptions(options), false);
+    const opts = validateGenerateOptions(options);
+    let policy: Policy;
+    try {
+      policy = this.model.checkPolicy(opts.policy);
+    } catch (e) {
+      return GenerationStream.failed(e);
+    }
+    return GenerationStream.start(this, input, opts, policy, false);
   }
 
   /** @internal */
   acquire(): NativeSequence {
     const ns = this.live();
-    if (this.busy) throw new InvalidOptionError('sequence', 'is already generating; use another sequence for concurrent work');
+    if (this.busy) throw new BusyError('the sequence is already generating: use another sequence for concurrent work');
     this.busy = true;
     return ns;
   }

@@ -244,7 +244,7 @@ describe('memory and concurrency', () => {
       const fits = Math.floor((10 * 2 ** 20) / perToken);
       const err = await Promise.resolve().then(() => m.createSequence({ contextSize: fits + 1 })).catch((e) => e);
       expect(err).toBeInstanceOf(OutOfMemoryError);
-      expect(err.message).toMatch(/needs .* GiB of KV cache/);
+      expect(err.message).toMatch(/needs 10\.00 MiB of KV cache \(\d+ bytes\)/); // MiB below 1 GiB
       // Reservations add up across live sequences, and come back on dispose.
       const a = m.createSequence({ contextSize: Math.floor(fits / 2) });
       expect(() => m.createSequence({ contextSize: Math.floor(fits / 2) + 2 })).toThrow(OutOfMemoryError);
