@@ -17,6 +17,7 @@ export { DEFAULT_MAX_TOKENS } from './generationRun';
 interface Run {
   readonly result: Promise<GenerateResult>;
   active: number;
+  idle(): void;
   cancel(): void;
   abandon(): void;
   tokens(): AsyncGenerator<TokenChunk>;
@@ -30,6 +31,7 @@ class FailedRun implements Run {
     this.result = Promise.reject(error);
     this.result.catch(() => undefined); // reported through the iterator too
   }
+  idle(): void {}
   cancel(): void {}
   abandon(): void {}
   async *tokens(): AsyncGenerator<TokenChunk> {
@@ -90,6 +92,7 @@ export class GenerationStream implements AsyncIterable<TokenChunk>, AsyncDisposa
         return await call();
       } finally {
         run.active--;
+        run.idle();
       }
     };
     const iterator: AsyncIterator<TokenChunk> & AsyncIterable<TokenChunk> = {

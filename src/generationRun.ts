@@ -83,6 +83,13 @@ export class GenerationRun {
     if (this.active === 0) this.settle({ finishReason: 'abort' });
   }
 
+  /** A next() call returned and none is running: a cancel or abort that came during it applies now. */
+  idle(): void {
+    if (this.done || this.active > 0) return;
+    if (this.cancelRequested) this.settle({ finishReason: 'abort' });
+    else if (this.opts.signal?.aborted) this.aborted();
+  }
+
   /** The consumer can no longer read this generation (it was garbage-collected). */
   abandon(): void {
     if (this.active === 0) this.settle({ finishReason: 'abort' });

@@ -37,6 +37,7 @@ export {
   ContextOverflowError,
   OutOfMemoryError,
   DisposedError,
+  BusyError,
   AbortError,
   BackendUnavailableError,
   NativeLoadError,

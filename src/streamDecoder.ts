@@ -29,7 +29,7 @@ export class StreamDecoder {
   private ids: number[] = [];
   private prefixOffset = 0; // start of the window
   private readOffset = 0; // end of the window's prefix
-  private prefixLength = 0; // length of the prefix's text, less a trailing U+FFFD
+  private prefixLength = 0; // length of the prefix's text already emitted
   private emittedInWindow = 0; // characters of the window's text past the prefix already emitted
   private emitted = '';
   /** True while the last token ended inside a multi-byte character (its U+FFFD is held back). */
@@ -68,12 +68,16 @@ export class StreamDecoder {
     return this.emitted;
   }
 
-  /** The last chunk becomes the context of the next window. */
+  /**
+   * The last chunk becomes the context of the next window. Its text is all emitted, but for the
+   * U+FFFD held back at its end when the last token ended inside a character. (A U+FFFD at its
+   * end otherwise is garbage from a window that starts inside a character: final, and emitted.)
+   */
   private anchor(): void {
     this.prefixOffset = this.readOffset;
     this.readOffset = this.ids.length;
     const prefix = this.tokenizer.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
-    this.prefixLength = prefix.endsWith(REPLACEMENT) ? prefix.length - 1 : prefix.length;
+    this.prefixLength = this.holding && prefix.endsWith(REPLACEMENT) ? prefix.length - 1 : prefix.length;
     this.emittedInWindow = 0;
   }
 }

@@ -11,9 +11,12 @@
  * Mistral) every character is a piece or its bytes. That holds only when nothing in the pipeline
  * can drop characters, so the bound is used only for tokenizers that are provably of that kind:
  * a BPE model that can represent every byte (ByteLevel, or byte_fallback with all 256 byte
- * tokens), pre-tokenizers that never remove text, and added tokens that strip no whitespace.
- * For any other tokenizer the bound is 0 (unknown) and the text is tokenized before the context
- * check, as before.
+ * tokens), pre-tokenizers that never remove text, added tokens that strip no whitespace, and
+ * normalizers that act on each character (NFC and the other Unicode forms, Replace, Lowercase,
+ * Prepend), so normalizing the whole text at once gives no more characters than tokenization
+ * normalizes (it normalizes the text between added tokens), but for one Prepend per normalizer
+ * when there is nothing between them: that is the `slack`. For any other tokenizer the bound is
+ * unknown (0) and the text is tokenized before the context check, as before.
  */
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -45,6 +48,28 @@ function hasByteLevel(p: unknown): boolean {
   return p.type === 'Sequence' && Array.isArray(p.pretokenizers) && p.pretokenizers.some(hasByteLevel);
 }
 
+/** Normalizers whose whole-text result is no longer than the sum over the parts; counts Prepends. */
+function perCharacterNormalizer(n: unknown, prepends: { n: number }): boolean {
+  if (n === null || n === undefined) return true;
+  if (!isObject(n)) return false;
+  switch (n.type) {
+    case 'NFC':
+    case 'NFD':
+    case 'NFKC':
+    case 'NFKD':
+    case 'Lowercase':
+    case 'Replace':
+      return true;
+    case 'Prepend':
+      prepends.n++;
+      return true;
+    case 'Sequence':
+      return Array.isArray(n.normalizers) && n.normalizers.every((x) => perCharacterNormalizer(x, prepends));
+    default:
+      return false; // Strip (per part it strips more), BertNormalizer, Precompiled, ...
+  }
+}
+
 /** The 256 characters GPT-2's byte-level BPE uses for the bytes 0..255. */
 function byteLevelAlphabet(): string[] {
   const direct: number[] = [];
@@ -59,26 +84,33 @@ function byteLevelAlphabet(): string[] {
 
 /**
  * The most characters of (normalized) input one token can cover, or 0 when no such bound holds
- * for this tokenizer. `tokenizerJson` is tokenizer.json, `config` tokenizer_config.json, `vocab`
+ * for this tokenizer, and the characters whole-text normalization may add (`slack`). `tokenizerJson` is tokenizer.json, `config` tokenizer_config.json, `vocab`
  * every token string (added tokens included) with its id.
  */
-export function charsPerTokenBound(tokenizerJson: Record<string, unknown>, config: Record<string, unknown>, vocab: Map<string, number>): number {
+export function charsPerTokenBound(
+  tokenizerJson: Record<string, unknown>,
+  config: Record<string, unknown>,
+  vocab: Map<string, number>,
+): { charsPerToken: number; slack: number } {
+  const none = { charsPerToken: 0, slack: 0 };
   const model = tokenizerJson.model;
-  if (!isObject(model) || model.type !== 'BPE') return 0;
-  if (config.remove_space === true || config.do_lowercase_and_remove_accent === true) return 0;
+  if (!isObject(model) || model.type !== 'BPE') return none;
+  if (config.remove_space === true || config.do_lowercase_and_remove_accent === true) return none;
+  const prepends = { n: 0 };
+  if (!perCharacterNormalizer(tokenizerJson.normalizer, prepends)) return none;
   const pre = tokenizerJson.pre_tokenizer;
-  if (!keepsAllText(pre)) return 0;
+  if (!keepsAllText(pre)) return none;
   // Every byte must have a token, or unknown characters could be dropped or fused into one <unk>.
   const bytes = hasByteLevel(pre)
     ? byteLevelAlphabet()
     : model.byte_fallback === true
       ? Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`)
       : null;
-  if (!bytes || bytes.some((b) => !vocab.has(b))) return 0;
+  if (!bytes || bytes.some((b) => !vocab.has(b))) return none;
   // An added token that strips the whitespace next to it removes text.
   const added = Array.isArray(tokenizerJson.added_tokens) ? tokenizerJson.added_tokens : [];
-  if (added.some((t) => !isObject(t) || t.lstrip === true || t.rstrip === true)) return 0;
+  if (added.some((t) => !isObject(t) || t.lstrip === true || t.rstrip === true)) return none;
   let longest = 0;
   for (const s of vocab.keys()) longest = Math.max(longest, s.length);
-  return longest;
+  return { charsPerToken: longest, slack: prepends.n };
 }

@@ -54,6 +54,8 @@ export class Tokenizer {
   private readonly specialIds: Set<number>;
   /** Most characters of input text one token can stand for, or 0 when no such bound holds (src/tokenBound.ts). */
   private readonly charsPerToken: number;
+  /** Characters normalizing a whole text may add beyond what tokenization normalizes. */
+  private readonly normalizerSlack: number;
   private template?: ChatTemplate;
 
   private constructor(
@@ -85,7 +87,15 @@ export class Tokenizer {
     let size = 0;
     for (const id of vocab.values()) size = Math.max(size, id + 1);
     this.size = size;
-    this.charsPerToken = charsPerTokenBound(tokenizerJson, config, vocab);
+    const bound = charsPerTokenBound(tokenizerJson, config, vocab);
+    // Added tokens are matched before normalization; the bound normalizes the whole text, so it
+    // holds only if the normalizer does not lengthen their contents (a Prepend adds its one
+    // character at the start of the text only, which the slack covers).
+    const stable = [...hf.get_added_tokens_decoder().values()].every(
+      (t) => !hf.normalizer || hf.normalizer(t.content).length <= t.content.length + bound.slack,
+    );
+    this.charsPerToken = stable ? bound.charsPerToken : 0;
+    this.normalizerSlack = bound.slack;
   }
 
   /** Loads tokenizer.json and tokenizer_config.json from a model directory. */
@@ -133,7 +143,7 @@ export class Tokenizer {
     // Tokenization normalizes first; the bound is on the normalized text's length. For the
     // tokenizers whose normalizer can shorten text (NFC, NFKC) this costs one pass over it.
     const n = this.hf.normalizer ? this.hf.normalizer(text).length : text.length;
-    return Math.ceil(n / this.charsPerToken);
+    return Math.ceil(Math.max(0, n - this.normalizerSlack) / this.charsPerToken);
   }
 
   /**
