@@ -111,6 +111,6 @@ export function charsPerTokenBound(
   const added = Array.isArray(tokenizerJson.added_tokens) ? tokenizerJson.added_tokens : [];
   if (added.some((t) => !isObject(t) || t.lstrip === true || t.rstrip === true)) return none;
   let longest = 0;
-  for (const s of vocab.keys()) longest = Math.max(longest, s.length);
+  for (const s of vocab.keys()) if (typeof s === 'string') longest = Math.max(longest, s.length); // (vocabularies may have holes)
   return { charsPerToken: longest, slack: prepends.n };
 }

@@ -161,6 +161,8 @@ describe('Tokenizer.minTokens is a lower bound on the tokens of any text (it ref
 
   test.each([
     ['byte-level BPE (Llama 3, Qwen2)', () => byteLevel()],
+    // Regression: ids between the tokenizer's tokens and its added tokens are holes in its vocabulary.
+    ['byte-level BPE whose vocabulary has holes (vocab_size above its tokens)', () => Tokenizer.fromDirectory(tinyModel({ vocabSize: 8000 }))],
     ['byte-level BPE with an NFC normalizer, which can shorten text (Qwen2)', () => byteLevel({ type: 'NFC' })],
     ['byte-level BPE with NFKC', () => byteLevel({ type: 'NFKC' })],
     ['SentencePiece-style BPE with byte fallback (Llama 2, Mistral)', byteFallback],
