@@ -1,5 +1,7 @@
 #include "addon_dispatcher.h"
 
+#include <pthread.h>
+
 namespace dg {
 
 Napi::Error makeError(Napi::Env env, const std::string& code, const std::string& message, const std::string& file,
@@ -25,7 +27,10 @@ std::shared_ptr<Dispatcher> Dispatcher::create(Napi::Env env, const char* name) 
   auto* keep = new std::shared_ptr<Dispatcher>(d);
   d->tsfn_ = Tsfn::New(env, name, 0, 1, d.get(), &Finalize::run, keep);
   d->tsfn_.Unref(env);  // an idle model does not keep the process alive; post() refs it
-  d->thread_ = std::thread([raw = d.get()] { raw->loop(); });
+  d->thread_ = std::thread([raw = d.get()] {
+    pthread_setname_np(pthread_self(), "depthgate-model");  // what ps, top and gdb show
+    raw->loop();
+  });
   return d;
 }
 
