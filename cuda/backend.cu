@@ -298,6 +298,23 @@ void writeOut(char* out, size_t len, const std::string& s) {
 // The kernels are built for sm_80 and newer (see CMakeLists.txt).
 constexpr int kMinMajor = 8;
 
+// The CUDA runtime is linked statically; CUDA 13 needs an NVIDIA driver of the R580 branch or newer
+// (NVIDIA's CUDA Toolkit release notes, "CUDA Driver" table). Stated in the README too.
+constexpr const char* kDriverFloor = "580";
+
+std::string cudaVersionString(int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); }
+
+// Why cudaGetDeviceCount failed, in words a user can act on: no driver at all, a driver too old for
+// this runtime, or what CUDA says.
+std::string deviceCountFailure(cudaError_t e, int driver, int runtime) {
+  if (driver == 0)
+    return "no NVIDIA driver found (libcuda.so.1 is not installed or cannot be loaded)";
+  if (e == cudaErrorInsufficientDriver || driver < runtime)
+    return "the NVIDIA driver is too old: it supports CUDA " + cudaVersionString(driver) + ", this build's CUDA " +
+           cudaVersionString(runtime) + " runtime needs driver " + kDriverFloor + " or newer";
+  return std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(e);
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace dg
@@ -314,7 +331,7 @@ DG_EXPORT int dg_cuda_probe(char* out, size_t len) {
     std::string versions = ",\"runtimeVersion\":" + std::to_string(runtime) + ",\"driverVersion\":" + std::to_string(driver);
     if (e != cudaSuccess) {
       cudaGetLastError();
-      std::string reason = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(e);
+      std::string reason = dg::cuda::deviceCountFailure(e, driver, runtime);
       dg::cuda::writeOut(out, len, "{\"available\":false,\"reason\":" + dg::jsonQuote(reason) + ",\"devices\":[]" +
                                        versions + "}");
       return 0;
@@ -347,11 +364,13 @@ DG_EXPORT int dg_cuda_probe(char* out, size_t len) {
 
 DG_EXPORT dg::Ops* dg_cuda_create_ops(int device, char* err, size_t len) {
   try {
-    int count = 0;
+    int count = 0, runtime = 0, driver = 0;
+    cudaRuntimeGetVersion(&runtime);
+    cudaDriverGetVersion(&driver);
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
       cudaGetLastError();
-      dg::cuda::writeOut(err, len, std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(e));
+      dg::cuda::writeOut(err, len, dg::cuda::deviceCountFailure(e, driver, runtime));
       return nullptr;
     }
     if (device < 0 || device >= count) {

@@ -15,6 +15,7 @@
 #include "engine.h"
 #include "errors.h"
 #include "model.h"
+#include "threadpool.h"
 
 namespace dg {
 
@@ -177,6 +178,9 @@ ModelConfig readConfig(Napi::Env env, Napi::Object o) {
       c.routingLayers.push_back(a.Get(i).As<Napi::Number>().Int32Value());
     }
   }
+  if (o.Get("routerReductionFactor").IsNumber()) c.routerReductionFactor = int(num("routerReductionFactor"));
+  if (o.Get("projReductionFactor").IsNumber()) c.projReductionFactor = int(num("projReductionFactor"));
+  if (o.Get("configFile").IsString()) c.configFile = str("configFile");
   return c;
 }
 
@@ -500,6 +504,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   if (f.avx512bw) feats.Set(k++, "avx512bw");
   o.Set("cpuFeatures", feats);
   o.Set("cpuKernels", Napi::String::New(env, cpuKernelVariant()));
+  o.Set("usableProcessors", Napi::Number::New(env, usableProcessors()));
   CudaProbe cuda = probeCuda();
   Napi::Array backends = Napi::Array::New(env);
   backends.Set(0u, "cpu");

@@ -119,6 +119,16 @@ void bindRouters(Model& m, Binder& b) {
         throw Error(kErrFormat, "FlexiDepth weights of layer " + std::to_string(i) + " must be matrices",
                     m.store.files()[enc->file]->path());
       int64_t r = enc->shape[0], mm = gate->shape[0];
+      auto checkWidth = [&](const char* key, int factor, int64_t of, int64_t width, const std::string& tensor) {
+        if (factor > 0 && of / factor != width)
+          throw Error(kErrFormat, "'" + std::string(key) + "' is " + std::to_string(factor) + ", so layer " + std::to_string(i) +
+                                      " would be " + std::to_string(of) + " / " + std::to_string(factor) + " = " +
+                                      std::to_string(of / factor) + " wide, but " + p + tensor + " has " +
+                                      std::to_string(width) + " rows",
+                      c.configFile);
+      };
+      checkWidth("router_reduction_factor", c.routerReductionFactor, d, r, "router.router_enc.weight");
+      checkWidth("proj_reduction_factor", c.projReductionFactor, c.intermediate, mm, "router_proj.gate_proj.weight");
       FlexiDepthWeights& f = L.flexi;
       f.enc = b.matrix(p + "router.router_enc.weight", r, d);
       f.norm = b.vec(p + "router.router_norm.weight", r);
@@ -140,15 +150,17 @@ void bindRouters(Model& m, Binder& b) {
                   b.fileHint());
     if (s.layer || s.attn || s.mlp) m.skipRouterLayers.push_back(i);
   }
+  // The one place where config.json's routing_layers and the router tensors are held to agree.
   if (c.hasRoutingLayers) {
     for (int l : c.routingLayers)
       if (l < 0 || l >= c.layers || !m.layers[size_t(l)].flexi.present)
-        throw Error(kErrFormat, "config.json routing_layers lists layer " + std::to_string(l) +
-                                    ", which has no FlexiDepth router weights", "config.json");
+        throw Error(kErrFormat, "'routing_layers' lists layer " + std::to_string(l) +
+                                    ", which has no FlexiDepth router weights (model.layers." + std::to_string(l) +
+                                    ".router.* and .router_proj.*)", c.configFile);
     for (int l : m.flexiDepthLayers)
       if (std::find(c.routingLayers.begin(), c.routingLayers.end(), l) == c.routingLayers.end())
-        throw Error(kErrFormat, "layer " + std::to_string(l) + " has FlexiDepth router weights but config.json routing_layers does not list it",
-                    "config.json");
+        throw Error(kErrFormat, "layer " + std::to_string(l) + " has FlexiDepth router weights but 'routing_layers' does not list it",
+                    c.configFile);
   }
 }
 

@@ -30,6 +30,11 @@ struct ModelConfig {
   // FlexiDepth's config.routing_layers, when config.json has it (an add-on file brings none).
   bool hasRoutingLayers = false;
   std::vector<int> routingLayers;
+  // config.json's router_reduction_factor / proj_reduction_factor (0 when absent). The widths come
+  // from the tensors' shapes; these are only checked against them (hidden / r, intermediate / p).
+  int routerReductionFactor = 0, projReductionFactor = 0;
+  // Path of config.json, for errors about what it says.
+  std::string configFile = "config.json";
 };
 
 // FlexiDepth router and adapter of one layer, under the official key names

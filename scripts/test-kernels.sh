@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds test/native/kernels_test.cc against the CPU kernels and runs it once per kernel
-# variant this machine supports, then again under AddressSanitizer + UBSan.
+# variant this machine supports, then again under AddressSanitizer + UBSan; and the thread pool's
+# own test (test/native/threadpool_test.cc), also under ThreadSanitizer.
 # Usage: scripts/test-kernels.sh   (exits non-zero if anything fails)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,14 @@ g++ "${flags[@]}" -g -fsanitize=address,undefined -fno-sanitize-recover=all "${s
 for v in "${variants[@]}"; do
   [ "$v" = avx512 ] && continue  # scalar + avx2 cover the sanitized code paths asked for
   run kernels_test_san "$v"
+done
+
+echo "building threadpool_test (and with -fsanitize=thread)"
+g++ "${flags[@]}" test/native/threadpool_test.cc native/threadpool.cc -o "$out/threadpool_test"
+g++ "${flags[@]}" -g -fsanitize=thread test/native/threadpool_test.cc native/threadpool.cc -o "$out/threadpool_test_tsan"
+for t in threadpool_test threadpool_test_tsan; do
+  echo "== $t"
+  if ! "$out/$t"; then status=1; fi
 done
 
 if [ "$status" -ne 0 ]; then echo "kernel tests FAILED"; else echo "kernel tests passed"; fi

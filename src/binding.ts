@@ -31,6 +31,11 @@ export interface NativeConfig {
   slidingWindow: number;
   /** FlexiDepth's config.routing_layers, when config.json has it. */
   routingLayers?: number[];
+  /** config.json's router_reduction_factor / proj_reduction_factor, when given: checked against the router tensors' shapes. */
+  routerReductionFactor?: number;
+  projReductionFactor?: number;
+  /** Path of config.json, named by errors about what it says. */
+  configFile?: string;
 }
 
 export interface NativeSequence {
@@ -96,6 +101,7 @@ export interface NativeAddon {
   buildInfo(): {
     cpuFeatures: string[];
     cpuKernels: string;
+    usableProcessors: number;
     backends: string[];
     napiVersion: number;
     /** The CUDA library's load result and its own JSON report ({available, reason, devices}). */

@@ -29,20 +29,23 @@ const USAGE = `Usage:
       --stop TEXT           stop string (repeatable)
       --threads N           CPU threads (default: all cores)
       --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
-      --policy SPEC         which layers each token runs (default none; flexidepth for the default model):
+      --policy SPEC         which layers each token runs (default: the model's default policy, which
+                            \`info\` shows: flexidepth when FlexiDepth routers come with the model, in
+                            its own weights or as the default model's add-on; otherwise none):
                               none | static:skip=3+5 | static:attn=2,mlp=4+6 | flexidepth[:threshold=0.5]
                               | skiplayer | d3:alpha=0.9[,start=4][,min=8]
       --addon FILE          router weights to apply to the model (repeatable)
       --trace FILE          write one JSON line per generated token: layers run, router weights;
                             FILE.html writes a page with each token coloured by its depth
       --show-depth          colour each generated token by the number of layers it ran
-  depthgate info [MODEL_DIR]             architecture, parameters, dtype, memory, build
+  depthgate info [MODEL_DIR]             architecture, parameters, dtype, memory, routers, default policy, build
   depthgate logits MODEL_DIR --tokens 1,2,3 --json [--policy SPEC] [--addon FILE]
                                          logits at every position as {"logits": [[...], ...]};
-                                         with --policy also "executed": [[1,0,...], ...] per position
+                                         with --policy (or a routed default policy) also
+                                         "executed": [[1,0,...], ...] per position
   depthgate eval [MODEL_DIR] --text FILE [--policy SPEC ...] [options]
                                          perplexity of FILE and mean layers run per token, per policy
-      --policy SPEC         a policy to score (repeatable; default none)
+      --policy SPEC         a policy to score (repeatable; default: the model's default policy)
       --addon FILE          router weights to apply (repeatable)
       --window N            tokens per window, each in a fresh sequence (default min(256, context))
       --context N           unscored prompt tokens at the start of each window (default window/4);
@@ -88,26 +91,23 @@ function backendArg(v: string | undefined): LoadOptions['backend'] {
 
 /**
  * Loads MODEL_DIR, or with none the embedded default model together with its default FlexiDepth
- * add-on (unless --addon names others); `defaultPolicy` is then the policy to run when the user
- * gave none.
+ * add-on (unless --addon names others). The policy to run when the user gives none is the
+ * model's own `defaultPolicy` (src/defaultPolicy.ts).
  */
 async function open(
   dir: string | undefined,
   o: { threads?: number; addons?: string[]; backend?: string } = {},
-): Promise<{ model: Model; defaultPolicy?: Policy }> {
+): Promise<{ model: Model }> {
   const backend = backendArg(o.backend);
   let addons = (o.addons ?? []).map((a) => path.resolve(a));
   let modelDir = dir;
-  let defaultPolicy: Policy | undefined;
   if (modelDir === undefined) {
     const d = defaultModelSetup();
     modelDir = d.dir;
-    if (!addons.length) {
-      addons = d.addons;
-      defaultPolicy = d.policy;
-    }
+    const ownAddon = !addons.length;
+    if (ownAddon) addons = d.addons;
     process.stderr.write(
-      `using the default model (12-layer Llama trained on the King James Bible${defaultPolicy ? ', FlexiDepth routers' : ''}): ${modelDir}\n`,
+      `using the default model (12-layer Llama trained on the King James Bible${ownAddon ? ', FlexiDepth routers' : ''}): ${modelDir}\n`,
     );
   }
   const model = await loadModel(modelDir, {
@@ -116,7 +116,7 @@ async function open(
     ...(addons.length ? { addons } : {}),
     ...(backend ? { backend } : {}),
   });
-  return defaultPolicy ? { model, defaultPolicy } : { model };
+  return { model };
 }
 
 async function generate(argv: string[]): Promise<void> {
@@ -153,13 +153,12 @@ async function generate(argv: string[]): Promise<void> {
   const seed = intArg(values.seed, 'seed', 0);
   if (seed !== undefined) opts.seed = seed;
   if (values.stop) opts.stop = values.stop;
-  const { model, defaultPolicy } = await open(positionals[0], {
+  const { model } = await open(positionals[0], {
     threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend,
   });
   try {
     const L = model.config.numLayers;
-    if (values.policy) opts.policy = parsePolicy(values.policy, L);
-    else if (defaultPolicy) opts.policy = defaultPolicy;
+    opts.policy = values.policy ? parsePolicy(values.policy, L) : model.defaultPolicy.policy;
     const html = values.trace !== undefined && /\.html?$/i.test(values.trace);
     let traceFd: number | undefined;
     if (values.trace !== undefined) {
@@ -245,7 +244,10 @@ async function info(argv: string[]): Promise<void> {
     console.log(`dtype: ${i.dtype}`);
     console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
     console.log(`KV cache: ${bytes(i.kvBytesPerToken)} per token; ${bytes(i.kvBytesPerToken * i.contextSize)} at the full context of ${i.contextSize}`);
-    console.log(`routers: FlexiDepth on layers [${i.flexiDepthLayers.join(', ')}]; SkipLayer on layers [${i.skipRouterLayers.join(', ')}]`);
+    const own = i.checkpointFlexiDepthLayers;
+    const fdFrom = !i.flexiDepthLayers.length ? '' : own.length === i.flexiDepthLayers.length ? ' (in the checkpoint)' : own.length ? ` (in the checkpoint: [${own.join(', ')}]; the rest from add-ons)` : ' (from add-ons)';
+    console.log(`routers: FlexiDepth on layers [${i.flexiDepthLayers.join(', ')}]${fdFrom}; SkipLayer on layers [${i.skipRouterLayers.join(', ')}]`);
+    console.log(`default policy: ${policyLabel(i.defaultPolicy.policy)}, because ${i.defaultPolicy.reason} (--policy overrides it; --policy none runs every layer)`);
     console.log(`rope: theta ${c.ropeTheta}, scaling ${c.ropeType}${c.ropeType !== 'default' ? ` x${c.ropeFactor}` : ''}; tied embeddings ${c.tieWordEmbeddings}; eos ${c.eosTokenIds.join(', ')}`);
   } finally {
     await model.dispose();
@@ -270,10 +272,10 @@ async function logits(argv: string[]): Promise<void> {
   });
   const { model } = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
   try {
-    const policy = values.policy ? parsePolicy(values.policy, model.config.numLayers) : undefined;
-    const r = await model.evaluate(tokens, policy ? { policy } : {});
+    const policy = values.policy ? parsePolicy(values.policy, model.config.numLayers) : model.defaultPolicy.policy;
+    const r = await model.evaluate(tokens, { policy });
     const out: { logits: number[][]; executed?: number[][] } = { logits: r.logits.map((row) => Array.from(row)) };
-    if (policy) out.executed = r.executed.map((row) => Array.from(row));
+    if (values.policy || policy.type !== 'none') out.executed = r.executed.map((row) => Array.from(row));
     process.stdout.write(JSON.stringify(out) + '\n');
   } finally {
     await model.dispose();
@@ -311,7 +313,7 @@ async function evalText(argv: string[]): Promise<void> {
   const { model } = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
   try {
     const L = model.config.numLayers;
-    const specs = values.policy?.length ? values.policy : ['none'];
+    const specs = values.policy?.length ? values.policy : [policyLabel(model.defaultPolicy.policy)];
     const policies = specs.map((s) => parsePolicy(s, L));
     const ids = model.tokenizer.encode(text, false);
     const rows = [];

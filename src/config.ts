@@ -8,9 +8,10 @@ import * as path from 'node:path';
 import type { NativeConfig } from './binding';
 import { ModelFileError, ModelFormatError, UnsupportedModelError } from './errors';
 import { jsonSizeLimit, readRegularFile } from './modelFiles';
+import { readFlexiDepthFields } from './flexiDepthConfig';
 
-/** The architectures depthgate runs. */
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
+/** The architectures depthgate runs. DDLlamaForCausalLM is the official FlexiDepth checkpoint: a Llama model with routers in its own weights (src/flexiDepthConfig.ts). */
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'DDLlamaForCausalLM'] as const;
 /** One of {@link SUPPORTED_ARCHITECTURES}. */
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
@@ -156,13 +157,8 @@ export function readModelConfig(dir: string): ModelConfig {
   if (arch === 'MistralForCausalLM' && raw.sliding_window !== undefined && raw.sliding_window !== null)
     slidingWindow = f.int('sliding_window');
   const mlpBias = f.bool('mlp_bias', false);
-  let routingLayers: number[] | undefined;
-  if (raw.routing_layers !== undefined && raw.routing_layers !== null) {
-    const rl = raw.routing_layers;
-    if (!Array.isArray(rl) || rl.some((x) => !Number.isInteger(x) || x < 0))
-      f.fail('routing_layers', 'must be a list of layer numbers');
-    routingLayers = rl as number[];
-  }
+  const numLayers = f.int('num_hidden_layers');
+  const flexiDepth = readFlexiDepthFields(raw, arch, numLayers, file);
   if (raw.pretraining_tp !== undefined && raw.pretraining_tp !== null && raw.pretraining_tp !== 1)
     f.int('pretraining_tp'); // any integer is fine: tensor-parallel slicing gives the same math
 
@@ -172,7 +168,7 @@ export function readModelConfig(dir: string): ModelConfig {
     torchDtype: typeof raw.torch_dtype === 'string' ? raw.torch_dtype : typeof raw.dtype === 'string' ? raw.dtype : null,
     vocabSize: f.int('vocab_size'),
     hiddenSize: hidden,
-    numLayers: f.int('num_hidden_layers'),
+    numLayers,
     numHeads: heads,
     numKvHeads: kvHeads,
     headDim,
@@ -190,7 +186,8 @@ export function readModelConfig(dir: string): ModelConfig {
     oBias,
     mlpBias,
     slidingWindow,
-    ...(routingLayers ? { routingLayers } : {}),
+    ...flexiDepth,
+    configFile: file,
     bosTokenId: tokenIds(raw.bos_token_id, 'bos_token_id', file)[0] ?? null,
     eosTokenIds: tokenIds(raw.eos_token_id, 'eos_token_id', file),
   };

@@ -3,7 +3,9 @@
  * Llama-architecture model trained from scratch on the King James Bible by the scripts in
  * train/ (see models/default/README.md for the data, licence and training record), with
  * FlexiDepth routers and adapters as add-on files next to it. `generate` with no model
- * directory uses it with its default FlexiDepth add-on and the flexidepth policy.
+ * directory uses it with its default FlexiDepth add-on; loaded with exactly that add-on, the model's
+ * default policy is flexidepth (the rule is in src/defaultPolicy.ts, shared with checkpoints that
+ * carry routers in their own weights).
  */
 import * as path from 'node:path';
 import type { Policy } from './policy';
@@ -16,7 +18,7 @@ export function defaultModelDir(): string {
   return path.resolve(__dirname, '..', 'models', 'default');
 }
 
-/** The default model's directory, the add-on files it runs with and the policy they serve. */
+/** The default model's directory, the add-on files it runs with and the policy they serve (its `defaultPolicy` when loaded with them). */
 export function defaultModelSetup(): { dir: string; addons: string[]; policy: Policy } {
   const dir = defaultModelDir();
   return { dir, addons: [path.join(dir, DEFAULT_ADDON)], policy: { type: 'flexidepth' } };

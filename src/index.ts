@@ -20,6 +20,8 @@ export { Tokenizer } from './tokenizer';
 export type { ModelConfig, Architecture } from './config';
 export { SUPPORTED_ARCHITECTURES, readModelConfig } from './config';
 export { defaultModelDir, defaultModelSetup, DEFAULT_ADDON } from './defaultModel';
+export type { DefaultPolicy } from './defaultPolicy';
+export { FLEXIDEPTH_ARCHITECTURE } from './flexiDepthConfig';
 export { measurePerplexity } from './perplexity';
 export type { PerplexityOptions, PerplexityResult } from './perplexity';
 export { depthColor, renderDepthAnsi, depthLegendAnsi, renderDepthViewAnsi, renderDepthHtml } from './depthView';
@@ -55,6 +57,11 @@ export interface BuildInfo {
   cpuFeatures: string[];
   /** The CPU kernel variant in use: avx512, avx2 or scalar. */
   cpuKernels: string;
+  /**
+   * Processors this process may use: its CPU affinity mask, capped by a cgroup CPU quota (docker
+   * `--cpus`, Kubernetes limits). The default thread count of {@link loadModel}.
+   */
+  usableProcessors: number;
   /** Node-API version the addon was built for. */
   napiVersion: number;
   /** True when the addon came from the package's prebuilt binaries (not a local build). */
@@ -77,6 +84,7 @@ export function getBuildInfo(): BuildInfo {
     addonPath,
     cpuFeatures: b.cpuFeatures,
     cpuKernels: b.cpuKernels,
+    usableProcessors: b.usableProcessors,
     napiVersion: b.napiVersion,
     prebuilt: addonPath.split(/[\\/]/).includes('prebuilds'),
     ...(glibcVersion() ? { glibc: glibcVersion() } : {}),

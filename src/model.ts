@@ -5,7 +5,6 @@
  * (src/generation.ts) run the decode loop.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { native, type NativeModel, type NativeRequest, type NativeResponse } from './binding';
 import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
@@ -20,6 +19,7 @@ import { DEFAULT_MAX_TOKENS, GenerationStream } from './generation';
 import { promptTooLong, tokenIdArray, tokenizeInput, type GenerateInput } from './input';
 import { defaultMemoryBudget, formatBytes } from './memory';
 import { statRegularFile } from './modelFiles';
+import { chooseDefaultPolicy, isDefaultModelSetup, type DefaultPolicy } from './defaultPolicy';
 
 /** Default context of new sequences when loadModel gets no contextSize (capped by the model's own). */
 const DEFAULT_CONTEXT = 4096;
@@ -54,6 +54,10 @@ export interface ModelInfo {
   files: string[];
   /** Layers with FlexiDepth router weights (from the checkpoint or add-ons). */
   flexiDepthLayers: number[];
+  /** Of those, the layers whose routers are in the checkpoint's own weights (config.json's routing_layers when it has them). */
+  checkpointFlexiDepthLayers: number[];
+  /** The policy calls run when they name none, and why (src/defaultPolicy.ts). */
+  defaultPolicy: DefaultPolicy;
   /** Layers with SkipLayer routers. */
   skipRouterLayers: number[];
 }
@@ -97,7 +101,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   let nm: NativeModel;
   try {
     nm = await native().loadModel(
-      { files: [...files, ...addons], config, threads: opts.threads ?? Math.min(os.availableParallelism(), 1024), prefault: opts.prefault ?? true, backend },
+      { files: [...files, ...addons], config, threads: opts.threads ?? native().buildInfo().usableProcessors, prefault: opts.prefault ?? true, backend },
       onProgress,
       abortFlag,
     );
@@ -129,7 +133,16 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
     }
     const contextSize = opts.contextSize ?? Math.min(config.maxPositionEmbeddings, DEFAULT_CONTEXT);
     const budget = opts.memoryLimit ?? defaultMemoryBudget(info.weightBytes);
-    return new Model(root, config, tokenizer, nm, contextSize, budget);
+    // A layer's routers are the checkpoint's own when its router_enc tensor is in a shard, not an add-on.
+    const fileOf = new Map(info.tensorNames.map((name, i) => [name, info.files[info.tensorFiles[i]]]));
+    const inCheckpoint = (l: number) => !addons.includes(fileOf.get(`model.layers.${l}.router.router_enc.weight`) ?? '');
+    const checkpointFlexiDepthLayers = info.flexiDepthLayers.filter(inCheckpoint);
+    const defaultPolicy = chooseDefaultPolicy({
+      checkpointFlexiDepthLayers,
+      addonFlexiDepthLayers: info.flexiDepthLayers.filter((l) => !inCheckpoint(l)),
+      defaultModelSetup: isDefaultModelSetup(root, addons),
+    });
+    return new Model(root, config, tokenizer, nm, contextSize, budget, { defaultPolicy, checkpointFlexiDepthLayers });
   } catch (e) {
     nm.dispose();
     throw e;
@@ -144,6 +157,9 @@ export class Model implements AsyncDisposable {
   readonly tokenizer: Tokenizer;
   /** Default context size of new sequences. */
   readonly contextSize: number;
+  /** The policy calls run when they name none, and why: FlexiDepth for routers that come with the model (src/defaultPolicy.ts). */
+  readonly defaultPolicy: DefaultPolicy;
+  private readonly checkpointFlexiDepthLayers: number[];
   private nm: NativeModel | null;
   private readonly scheduler = new Scheduler(() => this.nm);
   private sequences = new Set<Sequence>();
@@ -155,7 +171,13 @@ export class Model implements AsyncDisposable {
   private routerLayers?: { flexiDepthLayers: number[]; skipRouterLayers: number[] };
 
   /** @internal use {@link loadModel} */
-  constructor(dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number, kvBudget: number) {
+  constructor(
+    dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number, kvBudget: number,
+    routers: { defaultPolicy: DefaultPolicy; checkpointFlexiDepthLayers: number[] },
+  ) {
+    const d = routers.defaultPolicy;
+    this.defaultPolicy = Object.freeze({ policy: Object.freeze({ ...d.policy }), reason: d.reason });
+    this.checkpointFlexiDepthLayers = routers.checkpointFlexiDepthLayers;
     this.dir = dir;
     this.config = config;
     this.tokenizer = tokenizer;
@@ -192,7 +214,9 @@ export class Model implements AsyncDisposable {
       kvBytesPerToken: this.kvBytesPerToken,
       files: ni.files,
       flexiDepthLayers: ni.flexiDepthLayers,
+      checkpointFlexiDepthLayers: [...this.checkpointFlexiDepthLayers],
       skipRouterLayers: ni.skipRouterLayers,
+      defaultPolicy: { policy: { ...this.defaultPolicy.policy }, reason: this.defaultPolicy.reason },
     };
   }
 
@@ -352,12 +376,17 @@ export class Model implements AsyncDisposable {
     };
   }
 
+  /** @internal The policy a call runs: the one it names (validated), or the model's default. */
+  resolvePolicy(policy: unknown): Policy {
+    return policy === undefined ? { ...this.defaultPolicy.policy } : validatePolicy(policy, this.config.numLayers);
+  }
+
   /**
-   * @internal Validates a policy against this model: its layers, and the router weights the
-   * policy needs (InvalidOptionError 'policy' when they are missing).
+   * @internal The policy a call runs (resolvePolicy), checked against the router weights it
+   * needs (InvalidOptionError 'policy' when they are missing).
    */
   checkPolicy(policy: unknown): Policy {
-    const p = validatePolicy(policy, this.config.numLayers);
+    const p = this.resolvePolicy(policy);
     if (p.type === 'flexidepth' || p.type === 'skiplayer') {
       this.routerLayers ??= (({ flexiDepthLayers, skipRouterLayers }) => ({ flexiDepthLayers, skipRouterLayers }))(this.live().info());
       const have = p.type === 'flexidepth' ? this.routerLayers.flexiDepthLayers : this.routerLayers.skipRouterLayers;

@@ -16,7 +16,11 @@ export interface LoadOptions {
    * has not been validated on a GPU yet, so it runs only when asked for by name.
    */
   backend?: 'auto' | 'cpu' | 'cuda';
-  /** Worker threads for the CPU kernels (default: all available cores). */
+  /**
+   * Threads for the CPU kernels, the calling thread included (default: the processors this process
+   * may use: `getBuildInfo().usableProcessors`). More threads than processors are accepted but
+   * the extra ones stay idle.
+   */
   threads?: number;
   /** Default context length (tokens) of new sequences (default: the model's max_position_embeddings, at most 4096). */
   contextSize?: number;
@@ -60,7 +64,7 @@ export interface GenerateOptions {
   stopOnAbort?: boolean;
   /** Called for every generated token. */
   onToken?: (chunk: TokenChunk) => void;
-  /** Which layers each token runs (default: all). */
+  /** Which layers each token runs (default: the model's `defaultPolicy`; `{type: 'none'}` runs all). */
   policy?: Policy;
 }
 

@@ -15,7 +15,7 @@ import type { Policy } from './policy';
 
 /** Options of {@link measurePerplexity}. */
 export interface PerplexityOptions {
-  /** Which layers each token runs (default: all). */
+  /** Which layers each token runs (default: the model's `defaultPolicy`; `{type: 'none'}` runs all). */
   policy?: Policy;
   /** Tokens per window (default: min(256, contextSize)). */
   window?: number;

@@ -16,7 +16,7 @@ export type { GenerateInput } from './input';
 
 /** Options of {@link Model.evaluate} and {@link Sequence.evaluate}. */
 export interface EvaluateOptions {
-  /** Which layers each token runs (default: all). */
+  /** Which layers each token runs (default: the model's `defaultPolicy`; `{type: 'none'}` runs all). */
   policy?: Policy;
   /** Cancels between slices of 512 tokens; the promise rejects with AbortError. */
   signal?: AbortSignal;

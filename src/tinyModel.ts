@@ -115,7 +115,10 @@ export interface TinyModelOptions {
  *
  * Without `addonFile` they go into the model's own checkpoint and config.json gets
  * `routing_layers`; with it they go into that separate safetensors file in the output
- * directory only, and config.json stays that of the plain base model.
+ * directory only, and config.json stays that of the plain base model. With `official` (Llama only,
+ * no `addonFile`) config.json is that of the official FlexiDepth checkpoint: `architectures`
+ * ["DDLlamaForCausalLM"], `model_type` "ddllama", an `auto_map` to configuration_ddllama.py /
+ * modeling_ddllama.py, and `routing_layers`; the tensors are those of the plain variant.
  *
  * Scaling: router_head is scaled so that the fused vector v = router_dec^T router_head has norm
  * routerGain / sqrt(E[tanh(N(0,1))^2]); the router logit v . tanh(rmsnorm(router_enc x)) then
@@ -133,6 +136,8 @@ export interface TinyFlexiDepthOptions {
   routerReduction?: number;
   /** Adapter reduction (default 16; the width is at least 2). */
   adapterReduction?: number;
+  /** Write config.json in the official FlexiDepth checkpoint's layout (DDLlamaForCausalLM; default false). */
+  official?: boolean;
 }
 
 /**
@@ -902,6 +907,17 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
     };
   }
   if (fd && fdAddon === undefined) configJson['routing_layers'] = fdLayers;
+  if (fd?.official) {
+    if (arch !== 'llama' || fdAddon !== undefined)
+      throw new RangeError("writeTinyModel: flexidepth.official needs arch 'llama' and no addonFile (the official checkpoint is a Llama with routers in its own weights)");
+    configJson['architectures'] = ['DDLlamaForCausalLM'];
+    configJson['model_type'] = 'ddllama';
+    configJson['auto_map'] = {
+      AutoConfig: 'configuration_ddllama.DDLlamaConfig',
+      AutoModel: 'modeling_ddllama.DDLlamaModel',
+      AutoModelForCausalLM: 'modeling_ddllama.DDLlamaForCausalLM',
+    };
+  }
 
   // ---- tensors, in module (state_dict) order ----
   const d = hidden;

@@ -48,8 +48,13 @@ int main(int argc, char** argv) {
 `;
 
 const describeNvcc = nvcc && haveTools ? describe : describe.skip;
-if (!nvcc) console.log('skipped: nvcc is not on PATH, so the CUDA backend library cannot be built here');
-else if (!haveTools) console.log('skipped: cmake, g++ or nm is missing');
+const whyNot = !nvcc ? 'nvcc is not on PATH, so the CUDA backend library cannot be built here' : !haveTools ? 'cmake, g++ or nm is missing' : '';
+// On a GPU check (DEPTHGATE_REQUIRE_GPU=1) the toolchain must be there: skipping is a failure.
+if (whyNot && process.env.DEPTHGATE_REQUIRE_GPU === '1')
+  test('DEPTHGATE_REQUIRE_GPU=1: the CUDA toolchain is there', () => {
+    throw new Error(`DEPTHGATE_REQUIRE_GPU=1 but the CUDA library tests cannot run: ${whyNot}`);
+  });
+else if (whyNot) console.log(`skipped: ${whyNot}`);
 
 describeNvcc('CUDA backend library (built with nvcc, no GPU needed)', () => {
   let lib = '';

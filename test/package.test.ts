@@ -1,10 +1,21 @@
 /**
  * The package as users get it: prebuildify a binary, `npm pack`, then install the tarball into an
- * empty folder with no compiler, no cmake, no python and no network (only node, npm and sh on PATH,
- * `--offline`), and generate text there with the CPU backend.
+ * empty folder as a new user would, and generate text there with the CPU backend.
+ *
+ * What the install may and may not do. A user's `npm install` fetches the dependencies from the
+ * registry, so this one does too, with an empty npm cache and a fresh HOME (carrying only the
+ * machine's .npmrc, for its registry settings): a warm cache must not be what makes it pass. What
+ * it must not do is compile or download a binary. Compiling is excluded by PATH (node, npm and sh
+ * only: no cc, make, cmake or python) and checked by the absence of any gyp or compiler output.
+ * Downloading is excluded by checking every installed package's install-time scripts: npm itself
+ * only talks to the registry, and the only script allowed is depthgate's own `node-gyp-build`,
+ * which loads a prebuilt binary or compiles one, never downloads. (`--offline` against a cache
+ * filled here was the earlier mechanism; it failed on a machine whose cache lacked the registry
+ * metadata that resolving the tarball's `^` ranges needs.)
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { DEFAULT_ADDON } from '../src/defaultModel';
 import { cleanup, tmpDir } from './helpers';
@@ -27,7 +38,7 @@ function packageCopy(): string {
   return dir;
 }
 
-test('npm pack + offline install with no compiler gives a working package', () => {
+test('npm pack + install with an empty cache and no compiler gives a working package', () => {
   const src = packageCopy();
   const pre = run('npm', ['run', 'prebuildify'], { cwd: src });
   expect(pre.code).toBe(0);
@@ -69,15 +80,44 @@ test('npm pack + offline install with no compiler gives a working package', () =
   fs.symlinkSync('/bin/sh', path.join(bin, 'sh')); // npm runs install scripts through sh
   const npmCli = fs.realpathSync(run('/bin/sh', ['-c', 'command -v npm'], { cwd: root }).stdout.trim());
   fs.writeFileSync(path.join(bin, 'npm'), `#!/bin/sh\nexec "${process.execPath}" "${npmCli}" "$@"\n`, { mode: 0o755 });
-  const env: NodeJS.ProcessEnv = { PATH: bin, HOME: process.env.HOME };
+  const home = tmpDir('depthgate-home-');
+  const userNpmrc = path.join(os.homedir(), '.npmrc');
+  if (fs.existsSync(userNpmrc)) fs.copyFileSync(userNpmrc, path.join(home, '.npmrc'));
+  const env: NodeJS.ProcessEnv = { PATH: bin, HOME: home, npm_config_cache: tmpDir('depthgate-npm-cache-') };
+  for (const k of ['HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'http_proxy', 'https_proxy', 'no_proxy', 'NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE'])
+    if (process.env[k]) env[k] = process.env[k];
   for (const tool of ['cc', 'gcc', 'g++', 'make', 'cmake', 'python3'])
     expect(run('/bin/sh', ['-c', `command -v ${tool} || echo missing`], { cwd: bin, env }).stdout.trim()).toBe('missing');
 
   const app = tmpDir('depthgate-app-');
   fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', private: true }));
-  const install = run('npm', ['install', '--offline', '--no-audit', '--no-fund', path.join(dest, info[0].filename)], { cwd: app, env });
-  expect(install.out).not.toMatch(/gyp info|CXX\(target\)/);
+  const install = run('npm', ['install', '--no-audit', '--no-fund', '--foreground-scripts', path.join(dest, info[0].filename)], { cwd: app, env });
+  expect(install.out).not.toMatch(/gyp info|CXX\(target\)|make: /);
   expect(install.code).toBe(0);
+  expect(fs.existsSync(path.join(app, 'node_modules', 'depthgate', 'build'))).toBe(false);
+  // No installed package but depthgate runs anything at install time (see the header).
+  const withScripts: Record<string, string> = {};
+  const walk = (dir: string) => {
+    for (const name of fs.readdirSync(dir)) {
+      if (name.startsWith('.')) continue;
+      const pkgDir = path.join(dir, name);
+      if (name.startsWith('@')) {
+        walk(pkgDir);
+        continue;
+      }
+      const manifest = path.join(pkgDir, 'package.json');
+      if (!fs.existsSync(manifest)) continue;
+      const pkg = JSON.parse(fs.readFileSync(manifest, 'utf8')) as { name: string; scripts?: Record<string, string>; gypfile?: boolean };
+      const scripts = ['preinstall', 'install', 'postinstall'].filter((k) => pkg.scripts?.[k]).map((k) => `${k}: ${pkg.scripts![k]}`);
+      // npm runs `node-gyp rebuild` for a package with a binding.gyp and no install script, unless gypfile is false.
+      if (!pkg.scripts?.install && !pkg.scripts?.preinstall && pkg.gypfile !== false && fs.existsSync(path.join(pkgDir, 'binding.gyp')))
+        scripts.push('install: node-gyp rebuild (implicit, binding.gyp)');
+      if (scripts.length) withScripts[pkg.name] = scripts.join('; ');
+      if (fs.existsSync(path.join(pkgDir, 'node_modules'))) walk(path.join(pkgDir, 'node_modules'));
+    }
+  };
+  walk(path.join(app, 'node_modules'));
+  expect(withScripts).toEqual({ depthgate: 'install: node-gyp-build' });
 
   const script = `
     const dg = require('depthgate');

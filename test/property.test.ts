@@ -24,12 +24,13 @@ const typedOrOk = (f: () => unknown) => {
 };
 
 const base = JSON.parse(fs.readFileSync(path.join(tinyModel(), 'config.json'), 'utf8')) as Record<string, unknown>;
-const keys = Object.keys(base).concat(['head_dim', 'rope_scaling', 'routing_layers', 'sliding_window', 'use_sliding_window', 'mlp_bias']);
+const keys = Object.keys(base).concat(['head_dim', 'rope_scaling', 'routing_layers', 'sliding_window', 'use_sliding_window', 'mlp_bias',
+  'router_reduction_factor', 'proj_reduction_factor', 'router_threshold', 'auto_map']);
 const anyValue = fc.oneof(
   fc.anything(),
   fc.integer({ min: -5, max: 5000 }),
   fc.double(),
-  fc.constantFrom(null, 'llama3', 'linear', 'yarn', ['LlamaForCausalLM'], ['Qwen2ForCausalLM'], { rope_type: 'llama3', factor: 8 }),
+  fc.constantFrom(null, 'llama3', 'linear', 'yarn', ['LlamaForCausalLM'], ['Qwen2ForCausalLM'], ['DDLlamaForCausalLM'], [0, 1], { rope_type: 'llama3', factor: 8 }),
 );
 
 test('config.json: any mutation parses to a valid config or a typed error', () => {

@@ -54,8 +54,10 @@ def main():
     with torch.no_grad():
         logits, aux = model(ids, mode=a.policy)
     cmd = ['node', os.path.join(ROOT, 'dist', 'cli.js'), 'logits', a.model, '--tokens', ','.join(map(str, ids[0].tolist())), '--json']
+    # The policy is always named: a checkpoint with routers in its own weights defaults to flexidepth.
+    cmd += ['--policy', a.policy]
     if a.addon:
-        cmd += ['--addon', a.addon, '--policy', a.policy]
+        cmd += ['--addon', a.addon]
     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     eng = torch.tensor(out['logits'])
     ref = logits[0]

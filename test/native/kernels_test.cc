@@ -509,7 +509,8 @@ static void testSampling() {
 
 int main() {
   std::printf("kernel variant: %s\n", cpuKernelVariant());
-  ThreadPool pool1(1), pool2(2), pool3(3);
+  // Fixed pools: every worker takes part whatever the machine, so 2- and 3-way splits are tested.
+  ThreadPool pool1(1), pool2(2, ThreadPool::Mode::Fixed), pool3(3, ThreadPool::Mode::Fixed);
   testConversions();
   testMatmul(pool1, pool2, pool3);
   testRmsnorm(pool2);

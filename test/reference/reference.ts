@@ -145,8 +145,9 @@ export function referenceInvFreq(cfg: Record<string, unknown>, headDim: number):
 /** Loads config.json and all weights of an HF checkpoint directory. */
 export function loadReference(dir: string): ReferenceModel {
   const rawConfig = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  // 'ddllama': the official FlexiDepth checkpoint (DDLlamaForCausalLM), a Llama with routers in its weights.
   const modelType = String(rawConfig['model_type']);
-  if (modelType !== 'llama' && modelType !== 'mistral' && modelType !== 'qwen2') {
+  if (modelType !== 'llama' && modelType !== 'ddllama' && modelType !== 'mistral' && modelType !== 'qwen2') {
     throw new Error(`reference: unsupported model_type ${modelType}`);
   }
   const hidden = num(rawConfig, 'hidden_size');
