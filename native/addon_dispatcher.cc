@@ -1,6 +1,6 @@
 #include "addon_dispatcher.h"
 
-#include <pthread.h>
+#include <sys/prctl.h>
 
 namespace dg {
 
@@ -28,7 +28,9 @@ std::shared_ptr<Dispatcher> Dispatcher::create(Napi::Env env, const char* name) 
   d->tsfn_ = Tsfn::New(env, name, 0, 1, d.get(), &Finalize::run, keep);
   d->tsfn_.Unref(env);  // an idle model does not keep the process alive; post() refs it
   d->thread_ = std::thread([raw = d.get()] {
-    pthread_setname_np(pthread_self(), "depthgate-model");  // what ps, top and gdb show
+    // What ps, top and gdb show. prctl, not pthread_setname_np: that is a GLIBC_2.34 symbol, and
+    // the prebuilt binary must load on glibc 2.32.
+    prctl(PR_SET_NAME, "depthgate-model", 0, 0, 0);
     raw->loop();
   });
   return d;
