@@ -4,6 +4,14 @@
 
 namespace dg {
 
+namespace {
+struct Lock {
+  pthread_mutex_t* m;
+  explicit Lock(pthread_mutex_t* mu) : m(mu) { pthread_mutex_lock(m); }
+  ~Lock() { pthread_mutex_unlock(m); }
+};
+}  // namespace
+
 Napi::Error makeError(Napi::Env env, const std::string& code, const std::string& message, const std::string& file,
                       const std::string& option) {
   Napi::Error e = Napi::Error::New(env, message);
@@ -36,16 +44,20 @@ std::shared_ptr<Dispatcher> Dispatcher::create(Napi::Env env, const char* name) 
   return d;
 }
 
-Dispatcher::~Dispatcher() { shutdown(false); }
+Dispatcher::~Dispatcher() {
+  shutdown(false);
+  pthread_cond_destroy(&cv_);
+  pthread_mutex_destroy(&mu_);
+}
 
 bool Dispatcher::post(Napi::Env env, std::unique_ptr<Job> job) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    Lock lock(&mu_);
     if (closed_) return false;
     queue_.push_back(std::move(job));
+    pthread_cond_signal(&cv_);
   }
   if (pending_++ == 0) tsfn_.Ref(env);
-  cv_.notify_one();
   return true;
 }
 
@@ -64,19 +76,17 @@ void Dispatcher::send(std::unique_ptr<Message> m) {
 }
 
 void Dispatcher::close() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    closed_ = true;
-  }
-  cv_.notify_one();
+  Lock lock(&mu_);
+  closed_ = true;
+  pthread_cond_signal(&cv_);
 }
 
 void Dispatcher::loop() {
   for (;;) {
     std::unique_ptr<Job> job;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return closed_ || !queue_.empty(); });
+      Lock lock(&mu_);
+      while (!closed_ && queue_.empty()) pthread_cond_wait(&cv_, &mu_);
       if (queue_.empty()) break;
       job = std::move(queue_.front());
       queue_.pop_front();
@@ -90,14 +100,14 @@ void Dispatcher::loop() {
 void Dispatcher::shutdown(bool teardown) {
   std::deque<std::unique_ptr<Job>> dropped;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    Lock lock(&mu_);
     closed_ = true;
     // The finalizer runs before the thread has released the function only when the
     // environment is torn down: what is still queued can never be delivered.
     if (teardown) dropped.swap(queue_);
+    pthread_cond_signal(&cv_);
   }
   if (teardown) cancelled_.store(true, std::memory_order_relaxed);
-  cv_.notify_one();
   for (auto& j : dropped) j->drop();
   if (thread_.joinable()) thread_.join();
 }

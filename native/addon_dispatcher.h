@@ -11,11 +11,11 @@
 #pragma once
 #include <napi.h>
 
+#include <pthread.h>
+
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
@@ -96,8 +96,10 @@ class Dispatcher {
   void loop();
   void shutdown(bool teardown);  // JS thread: stop the thread and join it
 
-  std::mutex mu_;
-  std::condition_variable cv_;
+  // pthread's mutex and condition variable rather than std::condition_variable, whose wait()
+  // needs GCC 12's libstdc++ (GLIBCXX_3.4.30) and would narrow where the prebuilt binary loads.
+  pthread_mutex_t mu_ = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t cv_ = PTHREAD_COND_INITIALIZER;
   std::deque<std::unique_ptr<Job>> queue_;
   bool closed_ = false;
   std::atomic<bool> cancelled_{false};
