@@ -71,6 +71,8 @@ export class GenerationRun {
     // An unobserved rejection here is reported through the iterator instead.
     this.result.catch(() => undefined);
     opts.signal?.addEventListener('abort', this.onAbort, { once: true });
+    // Aborted before it began: nothing to wait for (the listener would never fire).
+    if (opts.signal?.aborted) this.aborted();
   }
 
   /**

@@ -132,6 +132,16 @@ describe('explicit ways to stop free at once', () => {
     expect((await s2.result).finishReason).toBe('abort');
   });
 
+  test('a signal already aborted when the stream is made frees at once', async () => {
+    const before = live(model);
+    const s = model.stream('hello', { ...O, signal: AbortSignal.abort() });
+    expect(live(model)).toBe(before);
+    await expect(s.result).rejects.toBeInstanceOf(AbortError);
+    await expect((async () => { for await (const _ of s); })()).rejects.toBeInstanceOf(AbortError);
+    const r = await model.generate('hello', { ...O, signal: AbortSignal.abort(), stopOnAbort: true });
+    expect([r.finishReason, r.tokens.length]).toEqual(['abort', 0]);
+  });
+
   test('await using a stream cancels it', async () => {
     const before = live(model);
     let result: Promise<GenerateResult>;
