@@ -168,7 +168,7 @@ static void compactRows(const std::vector<uint8_t>& flags, int64_t rows, std::ve
 // executed/weights ([rows, layers]) say what ran.
 void Engine::runChunk(const std::vector<int32_t>& tokens, const std::vector<RowMeta>& meta,
                       const std::vector<Sequence*>& seqs, int64_t rows, Policy* policy, uint8_t* executed,
-                      float* weights) {
+                      float* weights, const std::atomic<bool>* cancel) {
   const ModelConfig& c = model_->config;
   Ops& ops = *ops_;
   int64_t d = c.hidden, qd = int64_t(c.heads) * c.headDim, kvd = int64_t(c.kvHeads) * c.headDim;
@@ -180,6 +180,7 @@ void Engine::runChunk(const std::vector<int32_t>& tokens, const std::vector<RowM
   std::vector<AttnRow> attn;
   LayerPlan plan;
   for (int l = 0; l < c.layers; l++) {
+    if (cancel && cancel->load(std::memory_order_relaxed)) throw Error(kErrAborted, "the forward pass was cancelled");
     const LayerDev& L = layers_[size_t(l)];
     ops.rmsnorm(xn_, x_, rows, d, L.inputNorm, c.rmsEps);
     // Every token writes its K/V, skipped or not, so later tokens can attend to it.
@@ -286,12 +287,17 @@ void Engine::routedMlp(const LayerDev& L, int layer, int64_t rows, LayerPlan& pl
   ops.scatterAddRows(x_, proj_, adaIdx_.data(), adaScale_.data(), S, d);
 }
 
-void Engine::forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& spec) {
+void Engine::forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& spec,
+                     const std::atomic<bool>* cancel) {
   std::lock_guard<std::mutex> lock(mu_);
   const ModelConfig& c = model_->config;
   const int L = c.layers;
   std::unique_ptr<Policy> policy = makePolicy(*this, spec);
   bytesRead_ = 0;
+  // A checkpoint rewritten in place since the load would give a mixture of old and new weights
+  // (and a truncated one SIGBUS): refuse before the pass, and after it, so a pass during which
+  // the file changed reports nothing computed from it.
+  model_->store.checkUnchanged();
   // Validate everything before touching any cache.
   for (auto& rq : requests) {
     if (!rq.seq) throw Error(kErrArg, "request has no sequence");
@@ -362,7 +368,7 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
           logitDst.push_back(rs.logits.data());
         }
       }
-      runChunk(tokens, meta, seqs, rows, policy.get(), executed.data(), weights.data());
+      runChunk(tokens, meta, seqs, rows, policy.get(), executed.data(), weights.data(), cancel);
       for (size_t i = start; i < end; i++) {
         const Request& rq = requests[all[i].req];
         bool last = all[i].idx + 1 == rq.tokens.size();
@@ -392,6 +398,7 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
     throw;
   }
   if (logitsDev) ops_->release(logitsDev);
+  model_->store.checkUnchanged();
 
   for (size_t i = 0; i < requests.size(); i++) {
     Request& rq = requests[i];

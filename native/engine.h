@@ -2,6 +2,7 @@
 // number of new tokens (a prompt to prefill, or one token to decode), each with its own KV cache,
 // with a skip policy deciding per token and per layer what runs.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -60,8 +61,12 @@ class Engine {
 
   std::unique_ptr<Sequence> createSequence(int64_t maxContext, uint64_t seed);
   // Runs every request in one pass per layer under `policy`. Throws dg::Error (context overflow,
-  // bad policy, memory) before any cache is modified when a request cannot fit.
-  void forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& policy);
+  // bad policy, memory) before any cache is modified when a request cannot fit. When `cancel`
+  // becomes true (the environment is being torn down) the pass stops at the next layer with
+  // kErrAborted; a sequence's length only advances when its pass completes, so K/V rows written
+  // by a pass that threw are never read.
+  void forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& policy,
+               const std::atomic<bool>* cancel = nullptr);
   void truncate(Sequence& s, int64_t length);  // forget positions >= length
   void releaseSequence(Sequence& s);
 
@@ -90,7 +95,8 @@ class Engine {
   void ensureCapacity(Sequence& s, int64_t needed);
   void ensureScratch(int64_t rows);
   void runChunk(const std::vector<int32_t>& tokens, const std::vector<RowMeta>& meta,
-                const std::vector<Sequence*>& seqs, int64_t rows, Policy* policy, uint8_t* executed, float* weights);
+                const std::vector<Sequence*>& seqs, int64_t rows, Policy* policy, uint8_t* executed, float* weights,
+                const std::atomic<bool>* cancel);
   void routedMlp(const LayerDev& L, int layer, int64_t rows, LayerPlan& plan, Policy* policy);
 
   std::shared_ptr<Model> model_;

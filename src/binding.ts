@@ -160,9 +160,22 @@ export function loadNativeFrom(root: string, explicit?: string): { addon: Native
       attempts.push({ path: file, error: 'not found' });
       return undefined;
     }
+    // A FIFO or a device (DEPTHGATE_NATIVE_PATH=/dev/zero) would block or never end: refuse it.
+    if (!fs.statSync(file).isFile()) {
+      attempts.push({ path: file, error: 'not a regular file' });
+      return undefined;
+    }
     try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const addon = require(file) as NativeAddon;
+      let addon: NativeAddon;
+      if (file.endsWith('.node')) {
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        addon = require(file) as NativeAddon;
+      } else {
+        // require() would read any other name as JavaScript: load it as a native module.
+        const m = { exports: {} as NativeAddon };
+        process.dlopen(m, file);
+        addon = m.exports;
+      }
       if (typeof addon?.loadModel !== 'function') throw new Error('not a depthgate addon (no loadModel export)');
       return { addon, path: file };
     } catch (e) {

@@ -39,6 +39,7 @@ export {
   ContextOverflowError,
   OutOfMemoryError,
   DisposedError,
+  BusyError,
   AbortError,
   BackendUnavailableError,
   NativeLoadError,

@@ -49,9 +49,9 @@ class D3Policy final : public Policy {
 }  // namespace
 
 std::unique_ptr<Policy> makeD3Policy(const Engine& e, const PolicySpec& s) {
-  if (!(s.alpha > 0 && s.alpha <= 1)) throw Error(kErrArg, "d3 policy: alpha must be in (0, 1]");
-  if (s.start < 0) throw Error(kErrArg, "d3 policy: start must be >= 0");
-  if (s.minLayers < 0) throw Error(kErrArg, "d3 policy: minLayers must be >= 0");
+  if (!(s.alpha > 0 && s.alpha <= 1)) throw OptionError("policy.alpha", "must be in (0, 1] for the d3 policy");
+  if (s.start < 0) throw OptionError("policy.start", "must be >= 0 for the d3 policy");
+  if (s.minLayers < 0) throw OptionError("policy.minLayers", "must be >= 0 for the d3 policy");
   return std::make_unique<D3Policy>(e.model().config.layers, s);
 }
 

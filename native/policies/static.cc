@@ -31,8 +31,8 @@ std::unique_ptr<Policy> makeStaticPolicy(const Engine& e, const PolicySpec& s) {
   auto add = [&](const std::vector<int>& list, const char* what, bool a, bool m) {
     for (int l : list) {
       if (l < 0 || l >= L)
-        throw Error(kErrArg, std::string("static policy: ") + what + " has layer " + std::to_string(l) +
-                                 " but the model has layers 0.." + std::to_string(L - 1));
+        throw OptionError(std::string("policy.") + what, "has layer " + std::to_string(l) +
+                                                           " but the model has layers 0.." + std::to_string(L - 1));
       if (a) attnOff.insert(l);
       if (m) mlpOff.insert(l);
     }
