@@ -395,9 +395,14 @@ export class Model implements AsyncDisposable {
   }
 
   private async pump(): Promise<void> {
-    // Yield once so that requests made in the same tick join the batch.
-    await new Promise<void>((r) => setImmediate(r));
-    while (this.queue.length && this.nm) {
+    // A disposed model stops at once (dispose() awaits this loop).
+    while (this.nm) {
+      // Yield before every batch, so that requests made in the same tick join it, and so that the
+      // generations the last batch served are back in the queue (their next steps are queued from
+      // promise continuations that run after this loop's): without it, generations that once fell
+      // out of step (one started while another's pass ran) alternate in separate batches forever.
+      await new Promise<void>((r) => setImmediate(r));
+      if (!this.queue.length || !this.nm) break;
       const batch: Pending[] = [];
       const seen = new Set<NativeSequence>();
       const key = this.queue[0].policyKey;

@@ -219,3 +219,27 @@ test('load: 64 concurrent clients, 256 requests, every one answered completely w
   model.createSequence({ contextSize: PARALLEL * 64 }).dispose();
   await server.close();
 });
+
+test('continuous batching: a request that arrives while another generates joins its passes, and they stay together', async () => {
+  const model = await kjvModel(2);
+  const server = createServer(model, { parallel: 2 });
+  servers.push(server);
+  const { url } = await server.listen(0);
+  // The scheduler's batches, observed from inside (Model.run's private batch runner).
+  const sizes: number[] = [];
+  const runBatch = (model as any).runBatch.bind(model);
+  (model as any).runBatch = (batch: unknown[]) => {
+    sizes.push(batch.length);
+    return runBatch(batch);
+  };
+  const first = post(url, '/v1/completions', { prompt: 'And God said', max_tokens: 120, temperature: 0, depthgate: { policy: 'none' } });
+  await until(() => sizes.length >= 10); // the first is decoding
+  const second = post(url, '/v1/completions', { prompt: 'In the beginning', max_tokens: 40, temperature: 0, depthgate: { policy: 'none' } });
+  const [a, b] = await Promise.all([first, second]);
+  expect([a.status, b.status]).toEqual([200, 200]);
+  expect(b.json().usage.completion_tokens).toBe(40);
+  // Every step of the second (its prompt pass included) shared a pass with the first: 40 passes of
+  // two rows, not 40 passes of one alternating with the first's.
+  expect(sizes.filter((n) => n === 2).length).toBeGreaterThanOrEqual(39);
+  expect(sizes.length).toBeLessThanOrEqual(121);
+});
