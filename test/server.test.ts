@@ -304,7 +304,7 @@ describe('errors in OpenAI’s shape', () => {
     expect(fits.choices).toHaveLength(1);
   });
 
-  test('401 without the API key or with a wrong one; the key in constant time; /health needs none', async () => {
+  test('401 without the API key or with a wrong one (one character short or long too); /health needs none', async () => {
     const { url } = await start(tiny, { apiKey: 'sk-test-123', modelId: 'tiny' });
     for (const key of ['wrong', 'sk-test-12', 'sk-test-1234']) {
       const e = await apiError(client(url, key).completions.create({ model: 'tiny', prompt: 'x', max_tokens: 1 }));
@@ -386,6 +386,20 @@ describe('errors in OpenAI’s shape', () => {
     await closed;
     expect(server.stats().state).toBe('closed');
   });
+});
+
+test('503 when the KV budget cannot hold the request right now; smaller requests still pass', async () => {
+  const perToken = tiny.info.kvBytesPerToken;
+  const small = await loadModel(tiny.dir, { threads: 1, memoryLimit: 100 * perToken });
+  try {
+    const { url } = await start(small, { modelId: 'tiny' });
+    const r = await post(url, '/v1/completions', { prompt: 'Once', max_tokens: 200 });
+    expect(r.status).toBe(503);
+    expect(r.json().error).toMatchObject({ type: 'unavailable_error', code: 'insufficient_memory', message: expect.stringMatching(/KV cache/) });
+    expect((await post(url, '/v1/completions', { prompt: 'Once', max_tokens: 20 })).status).toBe(200);
+  } finally {
+    await small.dispose();
+  }
 });
 
 describe('the wire format', () => {
