@@ -15,6 +15,7 @@ import { DepthgateError } from './errors';
 import { getBuildInfo, loadModel, type GenerateOptions, type LoadOptions, type Model } from './index';
 import { measurePerplexity } from './perplexity';
 import { parsePolicy, type Policy } from './policy';
+import { serveCommand } from './server/command';
 
 const USAGE = `Usage:
   depthgate generate [MODEL_DIR] --prompt TEXT [options]   stream a completion (default model if no MODEL_DIR)
@@ -52,6 +53,8 @@ const USAGE = `Usage:
                             the rest is scored as a generated continuation (D3 decays along it)
       --max-tokens N        stop after about N scored tokens
       --json                print the results as JSON
+  depthgate serve [MODEL_DIR] [--host H] [--port N] [options]
+                                         OpenAI-compatible HTTP server; \`depthgate serve --help\` lists its options
 `;
 
 class UsageError extends Error {}
@@ -348,6 +351,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'eval':
         await evalText(rest);
         return 0;
+      case 'serve':
+        return await serveCommand(rest);
       case undefined:
       case '-h':
       case '--help':

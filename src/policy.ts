@@ -173,3 +173,25 @@ export function parsePolicy(text: string, layers: number): Policy {
   }
   return validatePolicy(spec, layers);
 }
+
+/**
+ * Writes a policy in the CLI's `--policy` syntax (the inverse of {@link parsePolicy}:
+ * `parsePolicy(formatPolicy(p), layers)` gives back the validated `p`). Used for labels.
+ */
+export function formatPolicy(p: Policy): string {
+  const join = (name: string, pairs: [string, unknown][]) => {
+    const set = pairs.filter(([, v]) => v !== undefined && !(Array.isArray(v) && v.length === 0));
+    return set.length ? `${name}:${set.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}` : name;
+  };
+  switch (p.type) {
+    case 'none':
+    case 'skiplayer':
+      return p.type;
+    case 'flexidepth':
+      return join('flexidepth', [['threshold', p.threshold]]);
+    case 'static':
+      return join('static', [['skip', p.skipLayers], ['attn', p.skipAttention], ['mlp', p.skipMlp]]);
+    case 'd3':
+      return join('d3', [['alpha', p.alpha], ['start', p.start], ['min', p.minLayers]]);
+  }
+}

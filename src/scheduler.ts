@@ -41,9 +41,15 @@ export class Scheduler {
   }
 
   private async pump(): Promise<void> {
-    // Yield once so that requests made in the same tick join the batch.
-    await new Promise<void>((r) => setImmediate(r));
-    for (let nm = this.model(); this.queue.length && nm; nm = this.model()) {
+    // A disposed model stops at once (dispose() awaits this loop).
+    while (this.model()) {
+      // Yield before every batch, so that requests made in the same tick join it, and so that the
+      // generations the last batch served are back in the queue (their next steps are queued from
+      // promise continuations that run after this loop's): without it, generations that once fell
+      // out of step (one started while another's pass ran) alternate in separate batches forever.
+      await new Promise<void>((r) => setImmediate(r));
+      const nm = this.model();
+      if (!this.queue.length || !nm) break;
       const batch: Pending[] = [];
       const seen = new Set<NativeSequence>();
       const key = this.queue[0].policyKey;
