@@ -105,8 +105,8 @@ void launchAttention(cudaStream_t s, float* out, const float* q, const AttnRow* 
                      int nKv, int headDim, int window) {
   if (nRows <= 0 || nHeads <= 0 || nKv <= 0 || headDim <= 0) return;
   if (headDim > 256)
-    throw Error(kErrArg, "the CUDA attention kernel supports head dimensions up to 256, not " + std::to_string(headDim));
-  if (nHeads > 65535) throw Error(kErrArg, "too many attention heads for the CUDA attention kernel");
+    throw Error(kErrUnsupported, "the CUDA attention kernel supports head dimensions up to 256, not " + std::to_string(headDim));
+  if (nHeads > 65535) throw Error(kErrUnsupported, "too many attention heads for the CUDA attention kernel");
   const float scale = 1.0f / std::sqrt(float(headDim));
   const dim3 grid{unsigned(nRows), unsigned(nHeads)};
   if (headDim <= 64)

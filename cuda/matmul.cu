@@ -268,7 +268,7 @@ void launchMatmul(cudaStream_t s, float* out, int64_t ldo, const float* x, int64
     throw Error(kErrArg, "matmul with a weight of zero input features");
   }
   if (rows > int64_t(65535) * kTile || ceilDiv(W.rows, kGemvWarps) > int64_t(0x7fffffff))
-    throw Error(kErrArg, "matmul shape too large for the CUDA kernels");
+    throw Error(kErrUnsupported, "matmul shape too large for the CUDA kernels");
   switch (W.dtype) {
     case DType::F32: dispatch<DType::F32>(s, out, ldo, x, ldx, rows, W, bias); break;
     case DType::F16: dispatch<DType::F16>(s, out, ldo, x, ldx, rows, W, bias); break;
