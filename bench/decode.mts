@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { copyBandwidth, depthgate, machine, median, saveResult } from './machine.mjs';
+import { copyBandwidth, depthgate, machine, median, saveResult, testing } from './machine.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -29,7 +29,7 @@ const shape = {
 const dir = path.join(os.tmpdir(), `depthgate-bench-${shape.hidden}x${shape.layers}-${shape.dtype}`);
 if (!fs.existsSync(path.join(dir, 'config.json'))) {
   console.error(`writing a random ${shape.dtype} model to ${dir} ...`);
-  depthgate.writeTinyModel(dir, shape);
+  testing.writeTinyModel(dir, shape);
 }
 
 const threads = Number(values.threads);

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 const require = createRequire(import.meta.url);
 export const depthgate = require('../../dist/index.js') as typeof import('../dist/index.js');
 export const binding = require('../../dist/binding.js') as typeof import('../dist/binding.js');
+export const testing = require('../../dist/testing/index.js') as typeof import('../dist/testing/index.js');
 
 export function machine() {
   const cpuinfo = fs.existsSync('/proc/cpuinfo') ? fs.readFileSync('/proc/cpuinfo', 'utf8') : '';
@@ -76,7 +77,7 @@ export function benchModelDir(): string {
   const dir = path.join(os.tmpdir(), `depthgate-bench-${s.hidden}x${s.layers}-${s.dtype}`);
   if (!fs.existsSync(path.join(dir, 'config.json'))) {
     console.error(`writing a random ${s.dtype} model to ${dir} ...`);
-    depthgate.writeTinyModel(dir, s);
+    testing.writeTinyModel(dir, s);
   }
   return dir;
 }

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { depthgate, machine, median, saveResult } from './machine.mjs';
+import { depthgate, machine, median, saveResult, testing } from './machine.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -34,7 +34,7 @@ const shape = {
 const dir = path.join(os.tmpdir(), `depthgate-bench-routed-${hidden}x${L}`);
 if (!fs.existsSync(path.join(dir, 'config.json'))) {
   console.error(`writing a random bf16 model with FlexiDepth routers on every layer to ${dir} ...`);
-  depthgate.writeTinyModel(dir, shape);
+  testing.writeTinyModel(dir, shape);
 }
 const threads = Number(values.threads);
 const runs = Number(values.runs);

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// Writes a tiny random Hugging Face checkpoint (see src/tinyModel.ts). Needs `tsc` to have run.
+// Writes a tiny random Hugging Face checkpoint (see src/testing/tinyModel.ts). Needs `tsc` to have run.
 //
 //   node scripts/make-tiny-model.js OUT_DIR [--arch llama|mistral|qwen2] [--dtype f32|f16|bf16]
 //        [--layers N] [--hidden N] [--heads N] [--kv-heads N] [--head-dim N] [--intermediate N]
@@ -102,9 +102,9 @@ function main() {
   const { outDir, options } = parseArgs(process.argv.slice(2));
   let writeTinyModel;
   try {
-    ({ writeTinyModel } = require(path.join(__dirname, '..', 'dist', 'tinyModel.js')));
+    ({ writeTinyModel } = require(path.join(__dirname, '..', 'dist', 'testing', 'index.js')));
   } catch (err) {
-    process.stderr.write(`make-tiny-model: cannot load dist/tinyModel.js (run \`npx tsc\` first): ${err.message}\n`);
+    process.stderr.write(`make-tiny-model: cannot load dist/testing/index.js (run \`npx tsc\` first): ${err.message}\n`);
     process.exit(1);
   }
   let info;

@@ -10,5 +10,5 @@ srcs=$(node -p "require('./native/sources.json').filter(f => !f.startsWith('nati
 # shellcheck disable=SC2086
 g++ -std=c++17 -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -pthread -Inative -Itest/native \
   test/native/engine_transfers_test.cc $srcs -ldl -o "$out/engine_transfers_test"
-node -e "require('./dist/tinyModel.js').writeTinyModel('$out/model', {layers: 2, flexidepth: {layers: [1]}, skiplayer: {mode: 'module', layers: [0]}})"
+node -e "require('./dist/testing/index.js').writeTinyModel('$out/model', {layers: 2, flexidepth: {layers: [1]}, skiplayer: {mode: 'module', layers: [0]}})"
 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1 "$out/engine_transfers_test" "$out/model"

@@ -9,7 +9,7 @@ srcs=$(node -p "require('./native/sources.json').filter(f => !f.startsWith('nati
 # shellcheck disable=SC2086
 g++ -std=c++17 -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -pthread -Inative -Itest/native \
   test/native/leak_test.cc $srcs -ldl -o "$out/leak_test"
-node -e "require('./dist/tinyModel.js').writeTinyModel('$out/model', {layers: 2, flexidepth: {layers: [1]}, skiplayer: {mode: 'module', layers: [0]}})"
+node -e "require('./dist/testing/index.js').writeTinyModel('$out/model', {layers: 2, flexidepth: {layers: [1]}, skiplayer: {mode: 'module', layers: [0]}})"
 head -c 3000 "$out/model/model.safetensors" > "$out/corrupt.safetensors"
 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1 "$out/leak_test" "$out/model" "$out/corrupt.safetensors"
 echo "leak test passed: no leaks reported"

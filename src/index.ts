@@ -28,12 +28,10 @@ export { depthColor, renderDepthAnsi, depthLegendAnsi, renderDepthViewAnsi, rend
 export type { DepthSpan, DepthViewInput } from './depthView';
 export { cudaStatus, resolveBackend } from './backend';
 export type { CudaStatus, GpuInfo } from './backend';
-export { writeTinyModel } from './tinyModel';
 export { createServer, DepthgateServer } from './server/server';
 export type { ServerState, ServerStats } from './server/server';
 export type { ServerOptions, RequestRecord } from './server/options';
 export type { ErrorBody } from './server/errors';
-export type { TinyModelOptions } from './tinyModel';
 export {
   DepthgateError,
   ModelFormatError,

@@ -11,7 +11,7 @@
  * the tiled path) are both covered, as is a context longer than one 256-row chunk.
  */
 import { getBuildInfo, loadModel, type Model, type Policy } from '../src/index';
-import type { TinyModelOptions } from '../src/tinyModel';
+import type { TinyModelOptions } from '../src/testing';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';
 
 afterAll(cleanup);

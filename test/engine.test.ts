@@ -3,7 +3,7 @@
  * every supported architecture and option.
  */
 import { loadModel, type Model } from '../src';
-import type { TinyModelOptions } from '../src/tinyModel';
+import type { TinyModelOptions } from '../src/testing';
 import { argmax, loadReference, referenceGreedy, referenceLogits, type KvCacheType } from './reference/reference';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';
 
@@ -52,7 +52,7 @@ describe.each(cases)('%s', (_name, options) => {
     for (let i = 0; i < tokens.length; i++) expect(relError(got.logits[i], want[i])).toBeLessThan(TOL_F32);
   });
 
-  test.each(['bf16', 'f16'] as const)('with a %s KV cache, logits match the reference storing K and V as %s', async (kv) => {
+  test.each(['bf16', 'f16'] as const)('with a %s KV cache, logits match the reference that rounds K and V the same way', async (kv) => {
     const ref = loadReference(dir);
     const tokens = randomTokens(12, 0, model.config.vocabSize, 3);
     const want = referenceLogits(ref, tokens, { kvCacheType: kv });

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { writeTinyModel, type TinyModelOptions } from '../src/tinyModel';
+import { writeTinyModel, type TinyModelOptions } from '../src/testing';
 
 const roots: string[] = [];
 

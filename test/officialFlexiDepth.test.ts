@@ -17,7 +17,7 @@ import {
   type Model,
   type Policy,
 } from '../src';
-import { writeTinyModel, type TinyModelOptions } from '../src/tinyModel';
+import { writeTinyModel, type TinyModelOptions } from '../src/testing';
 import { argmax, loadReference, referenceLogits } from './reference/reference';
 import { loadRoutedReference, referenceRouted, type RefPolicy } from './reference/routed';
 import { cleanup, openedFiles, randomTokens, relError, tmpDir } from './helpers';

@@ -122,7 +122,7 @@ test('npm pack + install with an empty cache and no compiler gives a working pac
   const script = `
     const dg = require('depthgate');
     const b = dg.getBuildInfo();
-    dg.writeTinyModel('model', { layers: 2 });
+    require('depthgate/testing').writeTinyModel('model', { layers: 2 });
     dg.loadModel('model', { backend: 'cpu' }).then(async (m) => {
       const r = await m.generate('Hello', { maxTokens: 5, stopOnEos: false });
       console.log(JSON.stringify({ addon: b.addonPath, backends: b.backends, cuda: b.cuda, tokens: r.tokens.length }));

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { writeTinyModel, type TinyDtype, type TinyModelInfo, type TinyModelOptions } from '../src/tinyModel';
+import { writeTinyModel, type TinyDtype, type TinyModelInfo, type TinyModelOptions } from '../src/testing';
 import { linear, loadReference, referenceLogits, rmsNorm } from './reference/reference';
 import {
   d3Depth,

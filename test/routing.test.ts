@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InvalidOptionError, DepthgateError, loadModel, type Model, type Policy } from '../src';
 import { d3Depth as engineD3Depth, d3LayerSet as engineD3Set } from '../src/policy';
-import type { TinyModelOptions } from '../src/tinyModel';
+import type { TinyModelOptions } from '../src/testing';
 import { argmax } from './reference/reference';
 import { d3Depth, d3LayerSet, loadRoutedReference, referenceRouted, type RefPolicy } from './reference/routed';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';

@@ -10,7 +10,7 @@ import {
   type TinyDtype,
   type TinyModelInfo,
   type TinyModelOptions,
-} from '../src/tinyModel';
+} from '../src/testing';
 import {
   argmax,
   loadReference,
