@@ -193,7 +193,7 @@ export function loadNativeFrom(root: string, explicit?: string): { addon: Native
       if (typeof addon?.loadModel !== 'function') throw new Error('not a depthgate addon (no loadModel export)');
       return { addon, path: file };
     } catch (e) {
-      attempts.push({ path: file, error: (e as Error).message.split('\n')[0] });
+      attempts.push({ path: file, error: (e as Error).message.split('\n', 1)[0] ?? '' });
       return undefined;
     }
   };

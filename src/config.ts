@@ -198,7 +198,8 @@ export function readModelConfig(dir: string): ModelConfig {
     const eos = tokenIds(g.eos_token_id, 'eos_token_id', gen);
     if (eos.length) cfg.eosTokenIds = eos;
     const bos = tokenIds(g.bos_token_id, 'bos_token_id', gen);
-    if (bos.length) cfg.bosTokenId = bos[0];
+    const firstBos = bos[0];
+    if (firstBos !== undefined) cfg.bosTokenId = firstBos;
   }
   for (const id of cfg.eosTokenIds)
     if (id >= cfg.vocabSize) throw new ModelFormatError(`eos token id ${id} is outside the vocabulary (${cfg.vocabSize})`, file);

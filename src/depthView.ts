@@ -97,9 +97,10 @@ function colorAt(t: number): [number, number, number] {
   const x = (1 - Math.min(1, Math.max(0, t))) * (VIRIDIS.length - 1);
   const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
   const f = x - i;
-  const a = VIRIDIS[i];
-  const b = VIRIDIS[i + 1];
-  return [0, 1, 2].map((k) => Math.round(a[k] + (b[k] - a[k]) * f)) as [number, number, number];
+  // i is in [0, length - 2] by construction.
+  const a = VIRIDIS[i]!;
+  const b = VIRIDIS[i + 1]!;
+  return [Math.round(a[0] + (b[0] - a[0]) * f), Math.round(a[1] + (b[1] - a[1]) * f), Math.round(a[2] + (b[2] - a[2]) * f)];
 }
 
 /** WCAG relative luminance of an sRGB colour. */
@@ -308,7 +309,7 @@ export function renderDepthHtml(input: DepthViewInput): string {
     const every = Math.max(1, Math.ceil(L / 32));
     for (let l = 0; l < L; l++) {
       let ran = 0;
-      for (const s of withMask) ran += (s.executed as ArrayLike<number>)[l];
+      for (const s of withMask) ran += (s.executed as ArrayLike<number>)[l] ?? 0;
       const frac = ran / withMask.length;
       const pct = (100 * frac).toFixed(1);
       cols.push(`<div class="col" title="layer ${l}: ran for ${ran} of ${withMask.length} tokens (${pct}%)"><div class="fill" style="height:${pct}%"></div></div>`);

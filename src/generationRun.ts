@@ -166,7 +166,7 @@ export class GenerationRun {
     const self = this;
     function* flush(): Generator<TokenChunk> {
       if (waiting.length === 0) return;
-      waiting[waiting.length - 1].text = self.text.slice(emitted);
+      waiting[waiting.length - 1]!.text = self.text.slice(emitted); // not empty: checked above
       emitted = self.text.length;
       for (const c of waiting.splice(0)) {
         onToken?.(c);
@@ -217,8 +217,9 @@ export class GenerationRun {
         this.generated.push(token);
         let layers = 0;
         for (let l = 0; l < L; l++) {
-          this.layerCounts[l] += r.executed[l];
-          layers += r.executed[l];
+          const ran = r.executed[l] ?? 0; // executed has one entry per layer
+          this.layerCounts[l] = (this.layerCounts[l] ?? 0) + ran;
+          layers += ran;
         }
         if (eos.has(token)) {
           finishReason = 'eos';

@@ -119,11 +119,13 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   }
   try {
     const info = nm.info();
+    // The file holding tensor i (the addon reports one file index per tensor name).
+    const fileOfTensor = (i: number): string => info.files[info.tensorFiles[i] ?? -1] ?? '';
     if (weightMap && indexFile) {
       // Every tensor must be where the index says it is, and the index must list every tensor.
       const listed = new Set(Object.keys(weightMap));
       info.tensorNames.forEach((name, i) => {
-        const where = info.files[info.tensorFiles[i]];
+        const where = fileOfTensor(i);
         if (addons.includes(where)) return;
         if (!listed.has(name)) throw new ModelFormatError(`tensor '${name}' in ${where} is not listed in the index`, indexFile);
         if (weightMap[name] !== where)
@@ -136,7 +138,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
     const contextSize = opts.contextSize ?? Math.min(config.maxPositionEmbeddings, DEFAULT_CONTEXT);
     const budget = opts.memoryLimit ?? defaultMemoryBudget(info.weightBytes);
     // A layer's routers are the checkpoint's own when its router_enc tensor is in a shard, not an add-on.
-    const fileOf = new Map(info.tensorNames.map((name, i) => [name, info.files[info.tensorFiles[i]]]));
+    const fileOf = new Map(info.tensorNames.map((name, i) => [name, fileOfTensor(i)]));
     const inCheckpoint = (l: number) => !addons.includes(fileOf.get(`model.layers.${l}.router.router_enc.weight`) ?? '');
     const checkpointFlexiDepthLayers = info.flexiDepthLayers.filter(inCheckpoint);
     const defaultPolicy = chooseDefaultPolicy({

@@ -49,31 +49,34 @@ export class Scheduler {
       // out of step (one started while another's pass ran) alternate in separate batches forever.
       await new Promise<void>((r) => setImmediate(r));
       const nm = this.model();
-      if (!this.queue.length || !nm) break;
-      const batch: Pending[] = [];
-      const seen = new Set<NativeSequence>();
-      const key = this.queue[0].policyKey;
-      for (let i = 0; i < this.queue.length; ) {
-        const p = this.queue[i];
-        if (seen.has(p.request.sequence) || p.policyKey !== key) {
-          i++;
-          continue;
-        }
+      const first = this.queue[0];
+      if (!first || !nm) break;
+      // The first request's policy, one request per sequence, in queue order.
+      const batch: [Pending, ...Pending[]] = [first];
+      const seen = new Set<NativeSequence>([first.request.sequence]);
+      this.queue = this.queue.slice(1).filter((p) => {
+        if (seen.has(p.request.sequence) || p.policyKey !== first.policyKey) return true;
         seen.add(p.request.sequence);
         batch.push(p);
-        this.queue.splice(i, 1);
-      }
+        return false;
+      });
       await this.runBatch(nm, batch);
     }
     this.inFlight = null;
   }
 
-  private async runBatch(nm: NativeModel, batch: Pending[]): Promise<void> {
+  /** One pass for a non-empty batch of requests under one policy. */
+  private async runBatch(nm: NativeModel, batch: [Pending, ...Pending[]]): Promise<void> {
+    const [first] = batch;
     try {
-      const out = await nm.forward(batch.map((p) => p.request), batch[0].policy);
-      batch.forEach((p, i) => p.resolve(out[i]));
+      const out = await nm.forward(batch.map((p) => p.request), first.policy);
+      batch.forEach((p, i) => {
+        const r = out[i];
+        if (r) p.resolve(r);
+        else p.reject(new Error(`the addon returned ${out.length} responses for ${batch.length} requests`));
+      });
     } catch (e) {
-      if (batch.length === 1) batch[0].reject(fromNative(e));
+      if (batch.length === 1) first.reject(fromNative(e));
       else for (const p of batch) await this.runBatch(nm, [p]); // find which request failed
     }
   }

@@ -177,5 +177,6 @@ export async function serveCommand(argv: string[]): Promise<number> {
 }
 
 function renameKey(o: Record<string, number>, from: string, to: string): Record<string, number> {
-  return from in o ? { [to]: o[from] } : {};
+  const v = o[from];
+  return v === undefined ? {} : { [to]: v };
 }

@@ -58,7 +58,7 @@ export class ServerMetrics {
     const last = this.window[this.window.length - 1];
     if (last && last[0] === s) last[1]++;
     else this.window.push([s, 1]);
-    while (this.window.length && this.window[0][0] <= s - WINDOW_S) this.window.shift();
+    while ((this.window[0]?.[0] ?? Infinity) <= s - WINDOW_S) this.window.shift();
   }
 
   /**

@@ -194,13 +194,13 @@ export class DepthgateServer {
   private authorized(req: http.IncomingMessage): boolean {
     if (!this.apiKeyDigest) return true;
     const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '');
-    return timingSafeEqual(digest(m ? m[1].trim() : ''), this.apiKeyDigest) && m !== null;
+    return timingSafeEqual(digest(m?.[1]?.trim() ?? ''), this.apiKeyDigest) && m !== null;
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const started = performance.now();
     const url = req.url ?? '/';
-    const path = url.split('?', 1)[0];
+    const path = url.split('?', 1)[0] ?? '/';
     const record: RequestRecord = { id: `req-${++this.requestCount}`, method: req.method ?? '', path, status: 0, durationMs: 0 };
     const endpoint = Object.hasOwn(ROUTES, path) ? path : 'other';
     const headers = this.corsHeaders(req);
