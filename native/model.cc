@@ -11,7 +11,9 @@
 namespace dg {
 
 static void checkConfig(const ModelConfig& c) {
-  auto bad = [](const std::string& why) { throw Error(kErrArg, "invalid model config: " + why, "config.json"); };
+  // src/config.ts validates all of this first; a config that gets here malformed is a malformed
+  // checkpoint all the same.
+  auto bad = [](const std::string& why) { throw Error(kErrFormat, "invalid model config: " + why, "config.json"); };
   if (c.vocab <= 0 || c.hidden <= 0 || c.layers <= 0 || c.heads <= 0 || c.kvHeads <= 0 || c.headDim <= 0 ||
       c.intermediate <= 0)
     bad("dimensions must be positive");

@@ -3,13 +3,39 @@
  * errors about a file carry `file`, errors about an option carry `option`.
  */
 
+/**
+ * @internal Every code a DepthgateError can carry, one per row of the README's errors table
+ * (test/badInput.test.ts checks both ways).
+ */
+export const ERROR_CODES = [
+  'ERR_DEPTHGATE_MODEL_FORMAT',
+  'ERR_DEPTHGATE_MODEL_IO',
+  'ERR_DEPTHGATE_UNSUPPORTED',
+  'ERR_DEPTHGATE_INVALID_OPTION',
+  'ERR_DEPTHGATE_CONTEXT_OVERFLOW',
+  'ERR_DEPTHGATE_OUT_OF_MEMORY',
+  'ERR_DEPTHGATE_DISPOSED',
+  'ERR_DEPTHGATE_BUSY',
+  'ERR_DEPTHGATE_ABORTED',
+  'ERR_DEPTHGATE_BACKEND_UNAVAILABLE',
+  'ERR_DEPTHGATE_NATIVE_LOAD',
+  'ERR_DEPTHGATE_CUDA',
+  'ERR_DEPTHGATE_INTERNAL',
+] as const;
+
+/**
+ * The stable codes of depthgate's errors, as a union: `err.code === 'ERR_DEPTHGATE_ABORT'` (a typo)
+ * does not compile.
+ */
+export type DepthgateErrorCode = (typeof ERROR_CODES)[number];
+
 /** Base class of every error depthgate throws. */
 export class DepthgateError extends Error {
   /** Stable machine-readable code, e.g. `ERR_DEPTHGATE_MODEL_FORMAT`. */
-  readonly code: string;
+  readonly code: DepthgateErrorCode;
   /** The file at fault, when there is one. */
   readonly file?: string;
-  constructor(code: string, message: string, options?: { file?: string; cause?: unknown }) {
+  constructor(code: DepthgateErrorCode, message: string, options?: { file?: string; cause?: unknown }) {
     super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
     this.name = new.target.name;
     this.code = code;
@@ -143,8 +169,7 @@ export function fromNative(e: unknown): Error {
       return new BackendUnavailableError('cuda', err.message);
     case 'ERR_DEPTHGATE_CUDA':
       return new DepthgateError('ERR_DEPTHGATE_CUDA', err.message, { file: f, cause: err });
-    case 'ERR_DEPTHGATE_INVALID_ARGUMENT':
-      if (f) return new ModelFormatError(err.message, f, err);
+    case 'ERR_DEPTHGATE_INVALID_ARGUMENT': // a malformed call from this package to the addon
       return new DepthgateError('ERR_DEPTHGATE_INTERNAL', `internal error (a bug in depthgate): ${err.message}`, { cause: err });
     default:
       return new DepthgateError('ERR_DEPTHGATE_INTERNAL', err.message, { file: f, cause: err });

@@ -55,7 +55,7 @@ const unreachable = new FinalizationRegistry<{ run: Run; stream: boolean; state:
  * when no token is being computed. A stream that is dropped without being read to the end is
  * given back when it is garbage-collected (its `result` resolves with finishReason 'abort').
  */
-export class GenerationStream implements AsyncIterable<TokenChunk>, AsyncDisposable {
+export class GenerationStream implements AsyncIterable<TokenChunk>, Disposable, AsyncDisposable {
   /** Resolves with the outcome when generation ends (for any reason). */
   readonly result: Promise<GenerateResult>;
   private readonly run: Run;
@@ -123,7 +123,12 @@ export class GenerationStream implements AsyncIterable<TokenChunk>, AsyncDisposa
     this.run.cancel();
   }
 
-  /** cancel(), for `await using`. */
+  /** cancel(), for `using`: what the stream holds is given back at once. */
+  [Symbol.dispose](): void {
+    this.run.cancel();
+  }
+
+  /** cancel(), for `await using`; also waits until `result` has settled. */
   async [Symbol.asyncDispose](): Promise<void> {
     this.run.cancel();
     await this.result.catch(() => undefined);

@@ -46,6 +46,7 @@ export {
   BackendUnavailableError,
   NativeLoadError,
 } from './errors';
+export type { DepthgateErrorCode } from './errors';
 
 /** What this build of depthgate has and what this machine offers. */
 export interface BuildInfo {

@@ -328,7 +328,9 @@ export class Model implements AsyncDisposable {
 
   /**
    * Frees the model. Queued passes reject with DisposedError; a pass already running finishes
-   * first; every sequence of this model is disposed.
+   * first; every sequence of this model is disposed. Asynchronous (it waits for that pass), so a
+   * Model has `await using` but not `using`: its weights cannot be freed while its own thread
+   * still reads them.
    */
   async dispose(): Promise<void> {
     if (!this.nm) return;
@@ -339,6 +341,7 @@ export class Model implements AsyncDisposable {
     nm.dispose();
   }
 
+  /** dispose(), for `await using`. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
   }

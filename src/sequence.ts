@@ -52,7 +52,7 @@ export interface EvaluateResult {
 }
 
 /** One sequence of tokens with its own KV cache (a conversation, a document). */
-export class Sequence implements AsyncDisposable {
+export class Sequence implements Disposable, AsyncDisposable {
   /** Tokens whose K/V are in the cache. */
   readonly tokens: number[] = [];
   /** Context length in tokens. */
@@ -72,7 +72,10 @@ export class Sequence implements AsyncDisposable {
     return this.ns === null;
   }
 
-  /** Frees the KV cache. */
+  /**
+   * Frees the KV cache, at once (synchronous: also `using` and `await using`). A generation
+   * running on this sequence fails with DisposedError at its next step.
+   */
   dispose(): void {
     if (!this.ns) return;
     this.ns.dispose();
@@ -80,6 +83,12 @@ export class Sequence implements AsyncDisposable {
     this.model.forget(this);
   }
 
+  /** dispose(), for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** dispose(), for `await using`. */
   async [Symbol.asyncDispose](): Promise<void> {
     this.dispose();
   }

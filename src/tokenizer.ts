@@ -41,11 +41,15 @@ function tokenText(v: unknown): string | null {
 
 /** A model's tokenizer. */
 export class Tokenizer {
+  /** The text of the begin-of-sequence token (tokenizer_config.json's bos_token), or null. */
   readonly bosToken: string | null;
+  /** The text of the end-of-sequence token (tokenizer_config.json's eos_token), or null. */
   readonly eosToken: string | null;
+  /** The id of the begin-of-sequence token, or null when the model has none. */
   readonly bosTokenId: number | null;
   /** tokenizer_config.json's add_bos_token, when it says. */
   readonly addBosToken: boolean | undefined;
+  /** tokenizer_config.json's chat_template (Jinja), or null. */
   readonly chatTemplate: string | null;
   /** Token ids are 0..size-1 (the vocabulary and the added tokens). */
   readonly size: number;

@@ -31,7 +31,7 @@ import {
   parsePolicy,
   type Model,
 } from '../src';
-import { fromNative } from '../src/errors';
+import { ERROR_CODES, fromNative } from '../src/errors';
 import { cleanup, openedFiles, tinyModel, tmpDir } from './helpers';
 
 afterAll(cleanup);
@@ -1307,8 +1307,9 @@ describe('fromNative', () => {
     const opt = fromNative(Object.assign(new Error('must be >= 0'), { code: 'ERR_DEPTHGATE_INVALID_OPTION', option: 'policy.start' }));
     expect(opt).toBeInstanceOf(InvalidOptionError);
     expect((opt as InvalidOptionError).option).toBe('policy.start');
-    // Every class's own code is documented too.
+    // Every class's own code is documented too, and the table is exactly the DepthgateErrorCode union.
     for (const code of ['ERR_DEPTHGATE_BUSY', 'ERR_DEPTHGATE_NATIVE_LOAD', 'ERR_DEPTHGATE_INTERNAL']) expect(documented.has(code)).toBe(true);
+    expect([...documented].sort()).toEqual([...ERROR_CODES].sort());
   });
 
   // Regression (disposed): ERR_DEPTHGATE_DISPOSED used to become a bare DepthgateError.
