@@ -11,6 +11,7 @@ import type { NativeSequence } from './binding';
 import { AbortError } from './errors';
 import type { GenerateOptions, GenerateResult, TokenChunk } from './options';
 import type { Policy } from './policy';
+import { StopDetector } from './stopDetector';
 import { StreamDecoder } from './streamDecoder';
 import { PREFILL_SLICE } from './scheduler';
 import type { GenerateInput } from './input';
@@ -21,16 +22,6 @@ export const DEFAULT_MAX_TOKENS = 256;
 
 /** How a generation ended. */
 type Outcome = { finishReason: GenerateResult['finishReason'] } | { error: unknown };
-
-/** Where the earliest of `stops` occurs in `text` at or after `from` (less a stop's length), or -1. */
-function firstStop(text: string, stops: string[], from: number): number {
-  let hit = -1;
-  for (const s of stops) {
-    const at = text.indexOf(s, Math.max(0, from - s.length));
-    if (at >= 0 && (hit < 0 || at < hit)) hit = at;
-  }
-  return hit;
-}
 
 /** @internal */
 export class GenerationRun {
@@ -154,7 +145,7 @@ export class GenerationRun {
     const { seq, opts, policy } = this;
     const model = seq.model;
     const maxTokens = opts.maxTokens ?? DEFAULT_MAX_TOKENS;
-    const stops = opts.stop ?? [];
+    const stops = new StopDetector(opts.stop ?? []);
     const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
     const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
     const L = model.config.numLayers;
@@ -228,20 +219,13 @@ export class GenerationRun {
         this.text += decoder.push(token);
         waiting.push({ token, text: '', index: i, layers, executed: r.executed, routerWeights: r.weights });
         // Text that may be the start of a stop string is held back, together with its tokens.
-        const hit = firstStop(this.text, stops, emitted);
+        const hit = stops.find(this.text, emitted);
         if (hit >= 0) {
           this.text = this.text.slice(0, hit);
           finishReason = 'stop';
           break;
         }
-        let safe = this.text.length;
-        for (const s of stops)
-          for (let k = Math.min(s.length - 1, this.text.length); k > 0; k--)
-            if (this.text.endsWith(s.slice(0, k))) {
-              safe = Math.min(safe, this.text.length - k);
-              break;
-            }
-        if (safe === this.text.length && !decoder.holding) yield* flush();
+        if (stops.safeLength(this.text) === this.text.length && !decoder.holding) yield* flush();
         stopCheck();
         if (seq.tokens.length + this.fed.length + 1 > seq.contextSize) {
           finishReason = 'context';
@@ -252,7 +236,7 @@ export class GenerationRun {
       if (finishReason !== 'stop') {
         // The decoder's last held-back text can complete a stop string too.
         this.text += decoder.finish();
-        const hit = firstStop(this.text, stops, emitted);
+        const hit = stops.find(this.text, emitted);
         if (hit >= 0) {
           this.text = this.text.slice(0, hit);
           finishReason = 'stop';
