@@ -60,9 +60,9 @@ export interface NativeResponse {
   token?: number;
   /** [rows, layers]: 1 where the layer ran in full; rows = all positions for 'all', else the last. */
   executed: Uint8Array;
-  /** [rows, layers]: router weights, NaN where none. */
-  weights: Float32Array;
-  /** Weight bytes the batch pass read. */
+  /** [rows, layers]: FlexiDepth router weights w, NaN where there is none. */
+  routerWeights: Float32Array;
+  /** Model weight bytes the batch pass read (what skipping saves in memory traffic). */
   weightBytes: number;
 }
 

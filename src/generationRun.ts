@@ -217,7 +217,7 @@ export class GenerationRun {
           break;
         }
         this.text += decoder.push(token);
-        waiting.push({ token, text: '', index: i, layers, executed: r.executed, routerWeights: r.weights });
+        waiting.push({ token, text: '', index: i, layers, executed: r.executed, routerWeights: r.routerWeights });
         // Text that may be the start of a stop string is held back, together with its tokens.
         const hit = stops.find(this.text, emitted);
         if (hit >= 0) {

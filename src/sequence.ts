@@ -175,7 +175,7 @@ export class Sequence implements Disposable, AsyncDisposable {
         for (let i = 0; i < slice.length; i++) {
           logits.push(r.logits!.subarray(i * v, (i + 1) * v));
           executed.push(r.executed.subarray(i * L, (i + 1) * L));
-          routerWeights.push(r.weights.subarray(i * L, (i + 1) * L));
+          routerWeights.push(r.routerWeights.subarray(i * L, (i + 1) * L));
         }
       }
       return { tokens: ids, logits, vocabSize: v, executed, routerWeights, weightBytes };
