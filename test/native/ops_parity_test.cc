@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "cuda_loader.h"
+#include "json.h"
 #include "kernels.h"
 #include "parity/child_ops.h"
 #include "parity/harness.h"
@@ -131,7 +132,8 @@ int main(int argc, char** argv) {
         std::printf("backend B: CUDA is required (%s) but unavailable: %s\nprobe: %s\n0 passed, 1 failed\n",
                     requireGpu ? "DEPTHGATE_REQUIRE_GPU=1" : "--b cuda", e.what(), p.probeJson.c_str());
         if (!jsonPath.empty())
-          std::ofstream(jsonPath) << "{\"error\":\"CUDA unavailable\",\"reason\":\"" << e.what() << "\",\"probe\":" << cudaProbe << "}\n";
+          std::ofstream(jsonPath) << "{\"error\":\"CUDA unavailable\",\"reason\":" << dg::jsonQuote(e.what())
+                                  << ",\"failed\":1,\"probe\":" << cudaProbe << "}\n";
         return 2;
       }
       std::printf("backend B: no usable CUDA backend (%s); using a second CPU backend\n", e.what());

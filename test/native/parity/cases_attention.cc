@@ -152,7 +152,7 @@ void runKvWriteCases(Ctx& c) {
             StepOnSide st = place(o, caches, pos, seq);
             DevBuf dk = upload(o, k), dv = upload(o, v), df = upload(o, invFreq);
             dg::AttnShape a;
-            a.nHeads = nKv;  // the op reads only the K/V geometry
+            a.nHeads = nKv * 4;  // the op reads only the K/V geometry; a GQA model's head count
             a.nKv = nKv;
             a.headDim = hd;
             a.kv = t;

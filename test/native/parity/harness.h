@@ -161,7 +161,10 @@ struct RowsOnSide {
 RowsOnSide placeRows(Ops& o, const RowSpec& s);
 
 // The tolerances, normwise per output row (||got - ref||_2 / ||ref||_2 against the float64
-// reference, the reference computed from the exact stored values of every input).
+// reference, the reference computed from the exact stored values of every input). For products
+// the denominator is no less than ||a||_2 / sqrt(K), a = |W| |x| termwise (reference.h rowScale):
+// a row whose few outputs happen to cancel is judged by the size of its terms, as a length-K dot
+// product of them typically is, not by the accident of its sum.
 // - f32 arithmetic in any summation order on exactly widened inputs: rounding errors of
 //   about sqrt(K) * 2^-24 (2e-6 at K = 4100), bounded here by 2e-5. Every backend is held to it
 //   for f32 weights and caches; the CPU backends, which widen every dtype exactly into f32, for

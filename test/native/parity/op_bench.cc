@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "harness.h"
+#include "json.h"
 
 namespace parity {
 
@@ -196,11 +197,11 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
     }
   } catch (const std::exception& e) {
     std::printf("op bench failed: %s\n", e.what());
-    std::ofstream(path) << "{\"backend\":\"" << label << "\",\"error\":\"" << e.what() << "\"}\n";
+    std::ofstream(path) << "{\"backend\":" << dg::jsonQuote(label) << ",\"error\":" << dg::jsonQuote(e.what()) << "}\n";
     return 1;
   }
   std::ostringstream j;
-  j << "{\"backend\":\"" << label << "\",\"probe\":" << probeJson << ",\"method\":\"median of 5 batches of calls between sync()s, "
+  j << "{\"backend\":" << dg::jsonQuote(label) << ",\"probe\":" << probeJson << ",\"method\":\"median of 5 batches of calls between sync()s, "
     << "each batch at least 20 ms; weights under 256 MB rotated among copies\",\"ops\":[";
   for (size_t i = 0; i < out.size(); i++) {
     const Entry& e = out[i];
