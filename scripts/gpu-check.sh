@@ -55,14 +55,16 @@ prepare() {
     rm -rf "$app/node_modules/$m" && cp -r "node_modules/$m" "$app/node_modules/$m" || return 1
   done
   local cuda="not built (DG_NO_CUDA_BUILD=1): the check builds it there with cmake"
-  rm -f "$app/build/Release/libdepthgate_cuda.so"
+  rm -f "$app/build/Release/libdepthgate_cuda.so" "$app/build/Release/libdepthgate_cuda.so.xz"
   if [ -z "${DG_NO_CUDA_BUILD:-}" ]; then
     say "prepare: the CUDA library (cmake, nvcc, ${DG_CUDA_ARCHS:-90-real})"
     if cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DDEPTHGATE_CUDA=ON -DDEPTHGATE_CUDA_ONLY=ON \
       -DCMAKE_CUDA_ARCHITECTURES="${DG_CUDA_ARCHS:-90-real}" >build-cuda.log 2>&1 &&
       cmake --build build-cuda -j "$(nproc)" >>build-cuda.log 2>&1; then
-      cp build-cuda/libdepthgate_cuda.so "$app/build/Release/"
-      cuda="built here ($(nvcc --version | tail -1), ${DG_CUDA_ARCHS:-90-real})"
+      # Compressed: its fat binary is large (tens of MB for several architectures) and the
+      # 64 MiB that may travel are shared with the repository and node.
+      xz -T0 -6 -c build-cuda/libdepthgate_cuda.so >"$app/build/Release/libdepthgate_cuda.so.xz" || return 1
+      cuda="built here ($(nvcc --version | tail -1), ${DG_CUDA_ARCHS:-90-real}), $(stat -c %s build-cuda/libdepthgate_cuda.so) bytes, $(stat -c %s "$app/build/Release/libdepthgate_cuda.so.xz") xz-compressed"
     else
       cuda="the build failed here (build-cuda.log: $(grep -m1 -i error build-cuda.log | tr -d '"\\' | cut -c1-200)); the check tries again there"
       say "prepare: CUDA library: $cuda"
@@ -104,9 +106,19 @@ EOF
 
 # ---- the parts (each runs as `bash gpu-check.sh --part NAME` under its own time limit) --------
 
+unxz_to() {  # unxz_to FILE.xz OUT: xz, or python's lzma where xz is missing
+  xz -dc "$1" >"$2" 2>/dev/null ||
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"
+}
+
 part_node() {
-  xz -dc "$BUNDLE/node.xz" >"$W/node" 2>/dev/null ||
-    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$BUNDLE/node.xz" "$W/node" || return 1
+  unxz_to "$BUNDLE/node.xz" "$W/node" || return 1
+  local lib="$DEPTHGATE_APP/build/Release/libdepthgate_cuda.so"
+  if [ -f "$lib.xz" ]; then
+    unxz_to "$lib.xz" "$W/libdepthgate_cuda.so" || return 1
+    export DEPTHGATE_CUDA_LIB="$W/libdepthgate_cuda.so"
+    echo "export DEPTHGATE_CUDA_LIB=$DEPTHGATE_CUDA_LIB" >>"$W/env.sh"
+  fi
   chmod +x "$W/node" && "$W/node" --version && "$W/node" -e "const i = require(process.env.DEPTHGATE_APP + '/dist/index.js').getBuildInfo(); console.log(JSON.stringify({cpuKernels: i.cpuKernels, cuda: i.cuda}))"
 }
 
@@ -134,7 +146,7 @@ probe_cuda() {  # exit 0: usable; 3: the library loads but no GPU is usable; 4: 
 
 part_cuda() {
   local rc=4
-  if [ -f "$DEPTHGATE_APP/build/Release/libdepthgate_cuda.so" ]; then
+  if [ -f "${DEPTHGATE_CUDA_LIB:-}" ]; then
     probe_cuda
     rc=$?
     [ $rc -eq 0 ] && { echo "the carried CUDA library works"; return 0; }
@@ -287,8 +299,9 @@ check() {  # check 0|1 (dry run)
   mkdir -p "$OUT"
   export OUT LOG="$OUT/log.txt" DEPTHGATE_APP="$BUNDLE/app" BACKEND
   BACKEND=$([ "$DRY" = 1 ] && echo cpu || echo cuda)
-  # The addon finds the library next to itself; the op harness is told where it is.
-  if [ -f "$DEPTHGATE_APP/build/Release/libdepthgate_cuda.so" ]; then export DEPTHGATE_CUDA_LIB="$DEPTHGATE_APP/build/Release/libdepthgate_cuda.so"; fi
+  # The node part unpacks the carried CUDA library and names it in $DEPTHGATE_CUDA_LIB, which the
+  # addon and the op harness both read.
+  unset DEPTHGATE_CUDA_LIB
   : >"$LOG"
   : >"$W/parts.jsonl"
   local start
