@@ -2,6 +2,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { createRequire } from 'node:module';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 
 const require = createRequire(import.meta.url);
 export const depthgate = require('../../dist/index.js') as typeof import('../dist/index.js');
@@ -52,4 +54,29 @@ export function saveResult(name: string, data: unknown): string {
   const file = new URL(name, dir);
   fs.writeFileSync(file, JSON.stringify(data, null, 2) + '\n');
   return file.pathname;
+}
+
+/** The commit the benchmark ran at, with "-dirty" when the working tree had changes. */
+export function gitCommit(): string {
+  const root = new URL('../..', import.meta.url).pathname;
+  const head = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout.trim();
+  const dirty = spawnSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: root, encoding: 'utf8' }).stdout.trim();
+  return head ? head + (dirty ? '-dirty' : '') : 'unknown';
+}
+
+/** The realistic-shape bench model's parameters (a Llama with random bf16 weights, 246 M parameters). */
+export const BENCH_SHAPE = {
+  arch: 'llama' as const, hidden: 1024, layers: 16, heads: 16, kvHeads: 4, intermediate: 2816, vocabSize: 32000,
+  dtype: 'bf16' as const, maxPositions: 4096, seed: 1,
+};
+
+/** The bench model's directory (written to the temporary folder the first time). */
+export function benchModelDir(): string {
+  const s = BENCH_SHAPE;
+  const dir = path.join(os.tmpdir(), `depthgate-bench-${s.hidden}x${s.layers}-${s.dtype}`);
+  if (!fs.existsSync(path.join(dir, 'config.json'))) {
+    console.error(`writing a random ${s.dtype} model to ${dir} ...`);
+    depthgate.writeTinyModel(dir, s);
+  }
+  return dir;
 }

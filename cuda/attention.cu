@@ -340,7 +340,7 @@ Plan planOf(const Dev& d, const RowSet& rows, const AttnShape& sh) {
   const int64_t perSplit = rows.max * sh.nKv * p.headBlocks;
   p.splits = int(std::max<int64_t>(1, std::min<int64_t>(64, int64_t(4) * d.sms / std::max<int64_t>(1, perSplit))));
   if (rows.max > 65535 || int64_t(sh.nKv) * p.headBlocks > 0x7fffffff)
-    throw Error(kErrArg, "attention: too many rows or heads for the CUDA kernel");
+    throw Error(kErrUnsupported, "attention: too many rows or heads for the CUDA kernel");
   return p;
 }
 

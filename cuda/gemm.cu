@@ -228,7 +228,7 @@ void launchT(const Dev& d, const MatArgs& a) {
       a.gateUp ? ceilDiv(2 * a.N[0], kTile) : ceilDiv(a.N[0], kTile) + ceilDiv(a.N[1], kTile);
   const int64_t rowTiles = ceilDiv(a.maxRows, kTile);
   if (tiles > int64_t(0x7fffffff) || rowTiles > 65535)
-    throw Error(kErrArg, "matmul: shape too large for the CUDA tiled kernels");
+    throw Error(kErrUnsupported, "matmul: shape too large for the CUDA tiled kernels");
   const dim3 grid{unsigned(tiles), unsigned(rowTiles)};
   if constexpr (T != DType::F32) {
     if (mmaEnabled()) {

@@ -158,7 +158,7 @@ void launchR(const Dev& d, const MatArgs& a, int ks) {
   const int64_t total = GU ? a.N[0] : a.N[0] + a.N[1];
   const int opb = kWarps / ks;
   const int64_t blocks = ceilDiv(total, opb);
-  if (blocks > int64_t(0x7fffffff)) throw Error(kErrArg, "matmul: too many outputs for the CUDA gemv kernel");
+  if (blocks > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "matmul: too many outputs for the CUDA gemv kernel");
   const dim3 grid{unsigned(blocks)}, block{unsigned(kWarps * 32)};
   switch (ks) {
     case 1: gemvKernel<T, R, 1, GU><<<grid, block, 0, d.stream>>>(a); break;

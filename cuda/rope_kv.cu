@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads)
 void launchKvWriteRope(const Dev& d, float* k, const float* v, const StepRows& step, int layer, const AttnShape& a,
                        const float* invFreq) {
   if (step.rows <= 0 || a.nKv <= 0 || a.headDim <= 0) return;
-  if (step.rows > int64_t(0x7fffffff)) throw Error(kErrArg, "kvWriteRope: too many rows");
+  if (step.rows > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "kvWriteRope: too many rows");
   const size_t smem = size_t(a.headDim / 2) * 2 * sizeof(float);
   const unsigned grid = unsigned(step.rows);
   switch (a.kv) {
@@ -105,7 +105,7 @@ void launchKvWriteRope(const Dev& d, float* k, const float* v, const StepRows& s
 void launchRopeRows(const Dev& d, float* q, int64_t ldq, RowSet rows, const StepRows& step, int nHeads, int headDim,
                     const float* invFreq) {
   if (rows.max <= 0 || nHeads <= 0 || headDim < 2) return;
-  if (rows.max > int64_t(0x7fffffff)) throw Error(kErrArg, "ropeRows: too many rows");
+  if (rows.max > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "ropeRows: too many rows");
   const size_t smem = size_t(headDim / 2) * 2 * sizeof(float);
   ropeRowsKernel<<<unsigned(rows.max), kThreads, smem, d.stream>>>(q, ldq, rows.max, rows.count, rows.idx, step.pos,
                                                                     nHeads, headDim, invFreq);

@@ -87,7 +87,7 @@ void launchRouteArgmax(const Dev& d, uint8_t* run, const float* logits, int64_t 
 
 void launchCompact(const Dev& d, const uint8_t* flags, int64_t rows, int32_t* runIdx, int32_t* runCount,
                    int32_t* skipIdx, int32_t* skipCount) {
-  if (rows > int64_t(0x7fffffff)) throw Error(kErrArg, "compact: too many rows");
+  if (rows > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "compact: too many rows");
   // rows == 0 still writes the zero counts, as the CPU does.
   compactKernel<<<1, kCompactThreads, 0, d.stream>>>(flags, rows < 0 ? 0 : rows, runIdx, runCount, skipIdx, skipCount);
   CUDA_CHECK_LAUNCH();

@@ -84,7 +84,7 @@ __global__ void siluMulRowsKernel(float* gate, int64_t ldg, const float* __restr
 unsigned colBlocks(int64_t n) { return unsigned(std::max<int64_t>(1, std::min<int64_t>(ceilDiv(n, kThreads), 32))); }
 
 void checkRows(int64_t rows, const char* op) {
-  if (rows > 65535) throw Error(kErrArg, std::string(op) + ": more than 65535 rows in one call");
+  if (rows > 65535) throw Error(kErrUnsupported, std::string(op) + ": more than 65535 rows in one call");
 }
 
 }  // namespace
@@ -107,7 +107,7 @@ bool rmsnormNeedsScratch(const float* out, const float* x, RowSet rows) { return
 void launchRmsnorm(const Dev& d, float* out, const float* x, RowSet rows, int64_t dim, const float* w, float eps,
                    float* tmp) {
   if (rows.max <= 0 || dim <= 0) return;
-  if (rows.max > int64_t(0x7fffffff)) throw Error(kErrArg, "rmsnorm: too many rows");
+  if (rows.max > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "rmsnorm: too many rows");
   if (rmsnormNeedsScratch(out, x, rows)) {
     // In place with an index list: blocks would overwrite rows others still read. Normalise
     // into scratch, then copy the set's rows back.

@@ -364,8 +364,8 @@ size_t sampleScratchBytes(int64_t rows, int64_t vocab) {
 void launchSample(const Dev& d, int32_t* tokens, const float* logits, int64_t rows, int64_t vocab, SampleRow* params,
                   void* scratch) {
   if (rows <= 0) return;
-  if (rows > 65535) throw Error(kErrArg, "sample: more than 65535 rows in one call");
-  if (vocab <= 0 || vocab > int64_t(0x7fffffff)) throw Error(kErrArg, "sample: the vocabulary size is out of range");
+  if (rows > 65535) throw Error(kErrUnsupported, "sample: more than 65535 rows in one call");
+  if (vocab <= 0 || vocab > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "sample: the vocabulary size is out of range");
   if (!scratch) throw Error(kErrArg, "sample: no scratch");
   const int64_t chunks = chunksOf(vocab);
   double* sums = static_cast<double*>(scratch);

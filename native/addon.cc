@@ -1,5 +1,6 @@
-// N-API binding: model loading and forward passes run on libuv worker threads (the event loop
-// stays free); JS objects own native ones through shared_ptr so dispose() during a pass is safe.
+// N-API binding: each model's load and forward passes run on that model's own thread
+// (native/dispatcher.h), so neither the event loop nor the libuv thread pool waits for the
+// engine; JS objects own native ones through shared_ptr so dispose() during a pass is safe.
 #include <cmath>
 #include <napi.h>
 
@@ -7,24 +8,18 @@
 #include <cstring>
 #include <memory>
 
+#include "addon_kernels.h"
 #include "backend.h"
 #include "cuda_loader.h"
+#include "addon_dispatcher.h"
 #include "engine.h"
 #include "errors.h"
-#include "kernels.h"
 #include "model.h"
 #include "threadpool.h"
 
 namespace dg {
 
 namespace {
-
-Napi::Error makeError(Napi::Env env, const std::string& code, const std::string& message, const std::string& file) {
-  Napi::Error e = Napi::Error::New(env, message);
-  e.Set("code", Napi::String::New(env, code));
-  if (!file.empty()) e.Set("file", Napi::String::New(env, file));
-  return e;
-}
 
 [[noreturn]] void throwArg(Napi::Env env, const std::string& message) {
   throw makeError(env, kErrArg, message, "");
@@ -40,47 +35,6 @@ int32_t* flagPointer(Napi::Value v, Napi::Reference<Napi::Value>& keep) {
   keep = Napi::Persistent(v);
   return reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
 }
-
-// Runs f on a worker thread; an exception becomes (code, file, message) for a coded JS error.
-// Returns false when f threw.
-template <typename F>
-bool runCaught(F&& f, std::string& code, std::string& file, std::string& message) {
-  try {
-    f();
-    return true;
-  } catch (const Error& e) {
-    code = e.code;
-    file = e.file;
-    message = e.what();
-  } catch (const std::bad_alloc&) {
-    code = kErrMemory;
-    message = "out of host memory";
-  } catch (const std::exception& e) {
-    code = "ERR_DEPTHGATE_INTERNAL";
-    message = e.what();
-  }
-  return false;
-}
-
-// Catches engine errors on the worker thread and re-raises them as coded JS errors.
-class CodedWorker : public Napi::AsyncWorker {
- protected:
-  using Napi::AsyncWorker::AsyncWorker;
-  template <typename F>
-  void guarded(F&& f) {
-    std::string message;
-    if (!runCaught(f, code_, file_, message)) SetError(message);
-  }
-  void OnError(const Napi::Error& e) override {
-    Napi::Env env = Env();
-    deferred_.Reject(makeError(env, code_, e.Message(), file_).Value());
-  }
-  Napi::Promise::Deferred deferred_{Napi::Promise::Deferred::New(Env())};
-  std::string code_ = "ERR_DEPTHGATE_INTERNAL", file_;
-
- public:
-  Napi::Promise promise() { return deferred_.Promise(); }
-};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -106,7 +60,12 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   }
   explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
 
+  ~NativeModel() override {
+    if (dispatcher) dispatcher->close();
+  }
+
   std::shared_ptr<Engine> engine;
+  std::shared_ptr<Dispatcher> dispatcher;  // the model's thread: its load, then its passes
 
   std::shared_ptr<Engine> live(Napi::Env env) {
     if (!engine) throw makeError(env, kErrDisposed, "the model has been disposed", "");
@@ -116,7 +75,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value CreateSequence(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    engine.reset();  // workers in flight hold their own reference
+    engine.reset();  // a pass in flight holds its own reference and finishes first
+    if (dispatcher) dispatcher->close();
+    dispatcher.reset();
     return info.Env().Undefined();
   }
 };
@@ -168,7 +129,7 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// loadModel({files, config, threads, prefault}, onProgress?, abortFlag?) -> Promise<NativeModel>
+// loadModel({files, config, threads, prefault, backend, kvCacheType}, onProgress?, abortFlag?) -> Promise<NativeModel>
 
 ModelConfig readConfig(Napi::Env env, Napi::Object o) {
   ModelConfig c;
@@ -223,66 +184,83 @@ ModelConfig readConfig(Napi::Env env, Napi::Object o) {
   return c;
 }
 
-class LoadWorker : public Napi::AsyncProgressWorker<double> {
+// Loads the checkpoint and builds the engine on the model's thread; progress is delivered to
+// onProgress on the JS thread, in order, before the promise settles.
+class LoadJob : public Dispatcher::Job {
  public:
-  LoadWorker(Napi::Env env, ModelConfig cfg, std::vector<std::string> files, int threads, bool prefault,
-             bool cuda, Napi::Function progress, int32_t* abortFlag, Napi::Reference<Napi::Value> keep)
-      : Napi::AsyncProgressWorker<double>(env),
-        cuda_(cuda),
-        deferred_(Napi::Promise::Deferred::New(env)),
+  LoadJob(Napi::Env env, std::weak_ptr<Dispatcher> dispatcher, ModelConfig cfg, std::vector<std::string> files,
+          int threads, bool prefault, bool cuda, DType kvType, Napi::Function progress, int32_t* abortFlag,
+          Napi::Reference<Napi::Value> keep)
+      : deferred_(Napi::Promise::Deferred::New(env)),
+        dispatcher_(std::move(dispatcher)),
         cfg_(std::move(cfg)),
         files_(std::move(files)),
         threads_(threads),
         prefault_(prefault),
+        cuda_(cuda),
+        kvType_(kvType),
         abort_(abortFlag),
         keepAbort_(std::move(keep)) {
     if (!progress.IsEmpty()) progress_ = Napi::Persistent(progress);
   }
   Napi::Promise promise() { return deferred_.Promise(); }
 
-  void Execute(const ExecutionProgress& progress) override {
-    std::string message;
-    bool ok = runCaught(
+  void work(Dispatcher& d) override {
+    ok_ = runCaught(
         [&] {
           auto model = loadModel(cfg_, files_, prefault_, [&](double f) {
-            progress.Send(&f, 1);
-            return !flagSet(abort_);
+            if (!progress_.IsEmpty()) d.send(std::make_unique<Progress>(this, f));
+            return !flagSet(abort_) && !d.cancelled();
           });
           std::shared_ptr<Model> shared(std::move(model));
           std::unique_ptr<Ops> ops = cuda_ ? createCudaOps(0) : std::unique_ptr<Ops>(createCpuOps(threads_));
-          engine_ = std::make_shared<Engine>(shared, std::move(ops), DType::F32);
+          engine_ = std::make_shared<Engine>(shared, std::move(ops), kvType_);
         },
-        code_, file_, message);
-    if (!ok) SetError(message);
+        err_);
   }
-  void OnProgress(const double* data, size_t n) override {
-    if (!progress_.IsEmpty() && n > 0) {
-      Napi::HandleScope scope(Env());
-      progress_.Call({Napi::Number::New(Env(), data[n - 1])});
+  void deliver(Napi::Env env) override {
+    std::shared_ptr<Dispatcher> d = dispatcher_.lock();
+    if (!ok_ || !d) {
+      if (d) d->close();  // no model will use this thread
+      deferred_.Reject(ok_ ? makeError(env, kErrDisposed, "the addon is shutting down", "").Value() : err_.toJs(env).Value());
+      return;
     }
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
     Napi::Object obj = addonData(env).model.New({});
-    NativeModel::Unwrap(obj)->engine = std::move(engine_);
+    NativeModel* nm = NativeModel::Unwrap(obj);
+    nm->engine = std::move(engine_);
+    nm->dispatcher = std::move(d);
     deferred_.Resolve(obj);
   }
-  void OnError(const Napi::Error& e) override {
-    deferred_.Reject(makeError(Env(), code_, e.Message(), file_).Value());
+  void drop() override {
+    progress_.SuppressDestruct();
+    keepAbort_.SuppressDestruct();
   }
 
  private:
-  bool cuda_;
+  // One onProgress call; delivered before the job itself, while the job is alive.
+  struct Progress : Dispatcher::Message {
+    Progress(LoadJob* j, double f) : job(j), fraction(f) {}
+    LoadJob* job;
+    double fraction;
+    void deliver(Napi::Env env) override {
+      if (!job->progress_.IsEmpty()) job->progress_.Call({Napi::Number::New(env, fraction)});
+    }
+  };
+
   Napi::Promise::Deferred deferred_;
+  std::weak_ptr<Dispatcher> dispatcher_;  // never owned by a job: the thread must not destroy itself
   ModelConfig cfg_;
   std::vector<std::string> files_;
   int threads_;
   bool prefault_;
+  bool cuda_;
+  DType kvType_;
   int32_t* abort_;
   Napi::Reference<Napi::Value> keepAbort_;
   Napi::FunctionReference progress_;
   std::shared_ptr<Engine> engine_;
-  std::string code_ = "ERR_DEPTHGATE_INTERNAL", file_;
+  bool ok_ = false;
+  CaughtError err_;
 };
 
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
@@ -306,13 +284,18 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   bool prefault = spec.Get("prefault").IsBoolean() ? spec.Get("prefault").As<Napi::Boolean>().Value() : true;
   std::string backend = spec.Get("backend").IsString() ? spec.Get("backend").As<Napi::String>().Utf8Value() : "cpu";
   if (backend != "cpu" && backend != "cuda") throwArg(env, "spec.backend must be 'cpu' or 'cuda'");
+  std::string kv = spec.Get("kvCacheType").IsString() ? spec.Get("kvCacheType").As<Napi::String>().Utf8Value() : "bf16";
+  if (kv != "f32" && kv != "f16" && kv != "bf16") throwArg(env, "spec.kvCacheType must be 'f32', 'f16' or 'bf16'");
+  const DType kvType = kv == "f32" ? DType::F32 : kv == "f16" ? DType::F16 : DType::BF16;
   Napi::Function progress = info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
   Napi::Reference<Napi::Value> keep;
   int32_t* abortFlag = flagPointer(info[2], keep);
-  auto* w = new LoadWorker(env, std::move(cfg), std::move(files), threads, prefault, backend == "cuda", progress,
-                           abortFlag, std::move(keep));
-  Napi::Promise p = w->promise();
-  w->Queue();
+  std::shared_ptr<Dispatcher> d = Dispatcher::create(env, "depthgate-model");
+  auto job = std::make_unique<LoadJob>(env, d, std::move(cfg), std::move(files), threads, prefault, backend == "cuda",
+                                       kvType, progress, abortFlag, std::move(keep));
+  Napi::Promise p = job->promise();
+  if (!d->post(env, std::move(job))) throwArg(env, "the model thread could not start");
+  d.reset();  // from here the thread-safe function (and then the model) holds the dispatcher
   return p;
 }
 
@@ -327,6 +310,8 @@ Napi::Value NativeModel::Info(const Napi::CallbackInfo& info) {
   o.Set("weightBytes", Napi::Number::New(env, double(m.weightBytes)));
   o.Set("dtype", Napi::String::New(env, m.dtypeSummary));
   o.Set("backend", Napi::String::New(env, e->ops().name()));
+  o.Set("kvCacheType", Napi::String::New(env, e->kvType() == DType::F32 ? "f32" : e->kvType() == DType::F16 ? "f16" : "bf16"));
+  o.Set("kvBytesPerToken", Napi::Number::New(env, double(e->kvBytesPerPosition())));
   Napi::Array files = Napi::Array::New(env);
   for (size_t i = 0; i < m.store.files().size(); i++) files.Set(uint32_t(i), m.store.files()[i]->path());
   o.Set("files", files);
@@ -362,20 +347,24 @@ Napi::Value NativeModel::CreateSequence(const Napi::CallbackInfo& info) {
   return obj;
 }
 
-class ForwardWorker : public CodedWorker {
+// One batched forward pass on the model's thread.
+class ForwardJob : public Dispatcher::Job {
  public:
-  ForwardWorker(Napi::Env env, std::shared_ptr<Engine> engine) : CodedWorker(env), engine_(std::move(engine)) {}
-  std::shared_ptr<Engine> engine_;
-  std::vector<std::shared_ptr<Sequence>> seqs_;
+  ForwardJob(Napi::Env env, std::shared_ptr<Engine> engine)
+      : deferred_(Napi::Promise::Deferred::New(env)), engine_(std::move(engine)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  std::vector<std::shared_ptr<Sequence>> seqs_;  // alive until the pass is over, disposed or not
   std::vector<Request> requests_;
-  std::vector<Response> responses_;
   PolicySpec policy_;
 
-  void Execute() override {
-    guarded([&] { engine_->forward(requests_, responses_, policy_); });
+  void work(Dispatcher& d) override {
+    ok_ = runCaught([&] { engine_->forward(requests_, responses_, policy_, d.cancelFlag()); }, err_);
   }
-  void OnOK() override {
-    Napi::Env env = Env();
+  void deliver(Napi::Env env) override {
+    if (!ok_) {
+      deferred_.Reject(err_.toJs(env).Value());
+      return;
+    }
     Napi::Array out = Napi::Array::New(env, responses_.size());
     for (size_t i = 0; i < responses_.size(); i++) {
       Napi::Object r = Napi::Object::New(env);
@@ -400,6 +389,13 @@ class ForwardWorker : public CodedWorker {
     }
     deferred_.Resolve(out);
   }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Engine> engine_;
+  std::vector<Response> responses_;
+  bool ok_ = false;
+  CaughtError err_;
 };
 
 std::vector<int> intList(Napi::Env env, Napi::Value v, const char* what) {
@@ -455,9 +451,9 @@ Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
   if (!info[0].IsArray()) throwArg(env, "forward(requests) needs an array");
   Napi::Array arr = info[0].As<Napi::Array>();
   PolicySpec policy = readPolicy(env, info[1]);
-  auto* w = new ForwardWorker(env, e);
+  auto w = std::make_unique<ForwardJob>(env, e);
   w->policy_ = policy;
-  try {
+  {
     for (uint32_t i = 0; i < arr.Length(); i++) {
       if (!arr.Get(i).IsObject()) throwArg(env, "each request must be an object");
       Napi::Object o = arr.Get(i).As<Napi::Object>();
@@ -496,86 +492,10 @@ Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
       w->seqs_.push_back(seq);
       w->requests_.push_back(std::move(rq));
     }
-  } catch (...) {
-    delete w;
-    throw;
   }
   Napi::Promise p = w->promise();
-  w->Queue();
+  if (!dispatcher || !dispatcher->post(env, std::move(w))) throw makeError(env, kErrDisposed, "the model has been disposed", "");
   return p;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Kernels exposed for tests and microbenchmarks (synchronous, single call each).
-
-Weight weightArg(Napi::Env env, Napi::Value v) {
-  if (!v.IsObject()) throwArg(env, "weight must be {data, dtype, rows, cols}");
-  Napi::Object o = v.As<Napi::Object>();
-  Napi::Value d = o.Get("data");
-  if (!d.IsTypedArray()) throwArg(env, "weight.data must be a typed array");
-  auto ta = d.As<Napi::TypedArray>();
-  std::string dt = o.Get("dtype").IsString() ? o.Get("dtype").As<Napi::String>().Utf8Value() : "";
-  Weight w;
-  w.dtype = dt == "f32" ? DType::F32 : dt == "f16" ? DType::F16 : dt == "bf16" ? DType::BF16 : DType(-1);
-  if (int(w.dtype) < 0) throwArg(env, "weight.dtype must be f32, f16 or bf16");
-  w.rows = o.Get("rows").As<Napi::Number>().Int64Value();
-  w.cols = o.Get("cols").As<Napi::Number>().Int64Value();
-  if (w.rows <= 0 || w.cols <= 0 || size_t(ta.ByteLength()) < w.bytes())
-    throwArg(env, "weight.data is smaller than rows * cols");
-  w.data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  return w;
-}
-
-float* floatsArg(Napi::Env env, Napi::Value v, size_t need, const char* what) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-    throwArg(env, std::string(what) + " must be a Float32Array");
-  auto a = v.As<Napi::Float32Array>();
-  if (a.ElementLength() < need) throwArg(env, std::string(what) + " is too short");
-  return a.Data();
-}
-
-ThreadPool& kernelPool(int threads) {
-  static std::unique_ptr<ThreadPool> pool;
-  if (!pool || pool->size() != threads) pool = std::make_unique<ThreadPool>(threads);
-  return *pool;
-}
-
-// matmul(out, x, rows, weight, threads, bias?)
-Napi::Value KernelMatmul(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Weight w = weightArg(env, info[3]);
-  int64_t rows = info[2].As<Napi::Number>().Int64Value();
-  if (rows < 1) throwArg(env, "rows must be positive");
-  float* out = floatsArg(env, info[0], size_t(rows * w.rows), "out");
-  float* x = floatsArg(env, info[1], size_t(rows * w.cols), "x");
-  int threads = info[4].IsNumber() ? info[4].As<Napi::Number>().Int32Value() : 1;
-  const float* bias = info[5].IsTypedArray() ? floatsArg(env, info[5], size_t(w.rows), "bias") : nullptr;
-  matmul(kernelPool(threads < 1 ? 1 : threads), out, w.rows, x, w.cols, rows, w, bias);
-  return env.Undefined();
-}
-
-// rmsnorm(out, x, rows, dim, weight, eps, threads)
-Napi::Value KernelRmsnorm(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int64_t rows = info[2].As<Napi::Number>().Int64Value(), dim = info[3].As<Napi::Number>().Int64Value();
-  if (rows < 1 || dim < 1) throwArg(env, "rows and dim must be positive");
-  float* out = floatsArg(env, info[0], size_t(rows * dim), "out");
-  float* x = floatsArg(env, info[1], size_t(rows * dim), "x");
-  float* wt = floatsArg(env, info[4], size_t(dim), "weight");
-  int threads = info[6].IsNumber() ? info[6].As<Napi::Number>().Int32Value() : 1;
-  rmsnorm(kernelPool(threads < 1 ? 1 : threads), out, x, rows, dim, wt, info[5].As<Napi::Number>().FloatValue());
-  return env.Undefined();
-}
-
-// copy(dst, src): memcpy of the smaller byte length (for bandwidth floors).
-Napi::Value KernelCopy(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsTypedArray() || !info[1].IsTypedArray()) throwArg(env, "copy(dst, src) needs typed arrays");
-  auto d = info[0].As<Napi::TypedArray>(), s = info[1].As<Napi::TypedArray>();
-  size_t n = std::min(d.ByteLength(), s.ByteLength());
-  std::memcpy(static_cast<uint8_t*>(d.ArrayBuffer().Data()) + d.ByteOffset(),
-              static_cast<uint8_t*>(s.ArrayBuffer().Data()) + s.ByteOffset(), n);
-  return env.Undefined();
 }
 
 Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
@@ -613,11 +533,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   NativeSequence::Init(env, exports);
   exports.Set("loadModel", Napi::Function::New(env, LoadModel));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
-  Napi::Object kernels = Napi::Object::New(env);
-  kernels.Set("matmul", Napi::Function::New(env, KernelMatmul));
-  kernels.Set("rmsnorm", Napi::Function::New(env, KernelRmsnorm));
-  kernels.Set("copy", Napi::Function::New(env, KernelCopy));
-  exports.Set("kernels", kernels);
+  exports.Set("kernels", makeKernels(env));
   return exports;
 }
 

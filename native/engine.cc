@@ -304,13 +304,15 @@ void Engine::mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, 
 
 // One step of `rows` rows through every layer, from the uploaded step buffers. On return x_ holds
 // the last hidden states and the plan in backend memory says what ran.
-void Engine::runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostRun) {
+void Engine::runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostRun,
+                      const std::atomic<bool>* cancel) {
   const ModelConfig& c = model_->config;
   StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0);
   const int64_t d = c.hidden, kvd = kv_.kvWidth();
   const StepRows sr{rows, step_->d<int32_t>(o.pos), step_->d<int32_t>(o.seq), step_->d<KvCacheRef>(o.seqs)};
   ops_->embed(x_, step_->d<int32_t>(o.tokens), rows, embed_);
   for (int l = 0; l < c.layers; l++) {
+    if (cancel && cancel->load(std::memory_order_relaxed)) throw Error(kErrAborted, "the forward pass was cancelled");
     const LayerWeights& W = layers_[size_t(l)];
     ops_->rmsnorm(xn_, x_, RowSet::dense(rows), d, W.inputNorm, c.rmsEps);
     // Every token writes its K/V, skipped or not, so later tokens can attend to it.
@@ -363,11 +365,16 @@ uint64_t Engine::weightBytesOf(int64_t rows, const uint8_t* attn, const uint8_t*
   return bytes;
 }
 
-void Engine::forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& spec) {
+void Engine::forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& spec,
+                     const std::atomic<bool>* cancel) {
   std::lock_guard<std::mutex> lock(mu_);
   const ModelConfig& c = model_->config;
   const int L = c.layers;
   std::unique_ptr<Policy> policy = makePolicy(*this, spec);
+  // A checkpoint rewritten in place since the load would give a mixture of old and new weights
+  // (and a truncated one SIGBUS): refuse before the pass, and after it, so a pass during which
+  // the file changed reports nothing computed from it.
+  model_->store.checkUnchanged();
   // Validate everything before touching any cache.
   for (auto& rq : requests) {
     if (!rq.seq) throw Error(kErrArg, "request has no sequence");
@@ -471,7 +478,7 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
     }
     ops_->upload(step_->dev + o.tokens, step_->host.data() + o.tokens, o.outTokens - o.tokens);  // in + plan
 
-    runChunk(rows, policy.get(), hostRun);
+    runChunk(rows, policy.get(), hostRun, cancel);
 
     if (nLogits > 0) {
       const RowSet logitRows{nLogits, nullptr, step_->d<int32_t>(o.logitRows)};
@@ -512,6 +519,7 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
       }
     }
   }
+  model_->store.checkUnchanged();
   for (size_t i = 0; i < requests.size(); i++) {
     responses[i].weightBytes = weightBytes;
     requests[i].seq->length += int64_t(requests[i].tokens.size());

@@ -7,6 +7,7 @@
 // download of what the caller needs (the plan as executed, sampled tokens, logits when asked) at
 // the end. Everything between is backend ops, routing included (see backend.h).
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -73,8 +74,12 @@ class Engine {
 
   std::unique_ptr<Sequence> createSequence(int64_t maxContext, uint64_t seed);
   // Runs every request in one pass per layer under `policy`. Throws dg::Error (context overflow,
-  // bad policy, memory) before any cache is modified when a request cannot fit.
-  void forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& policy);
+  // bad policy, memory) before any cache is modified when a request cannot fit. When `cancel`
+  // becomes true (the environment is being torn down) the pass stops at the next layer with
+  // kErrAborted; a sequence's length only advances when its pass completes, so K/V rows written
+  // by a pass that threw are never read.
+  void forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& policy,
+               const std::atomic<bool>* cancel = nullptr);
   void truncate(Sequence& s, int64_t length);  // forget positions >= length
   void releaseSequence(Sequence& s);
 
@@ -105,7 +110,7 @@ class Engine {
   struct StepBuffers;
   void ensureCapacity(Sequence& s, int64_t needed);
   void ensureScratch();
-  void runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostPlanned);
+  void runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostRun, const std::atomic<bool>* cancel);
   void attentionBlock(int l, int64_t rows, const LayerFlags& f, bool routed, int hostRun);
   void mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, bool routed, int hostRun);
   uint64_t weightBytesOf(int64_t rows, const uint8_t* attn, const uint8_t* mlp, Policy* policy, int64_t logitRows) const;

@@ -117,19 +117,28 @@ std::vector<TensorEntry> parseSafetensorsHeader(const char* json, size_t len, si
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; the type is checked
+  // right after, on the descriptor itself, and anything but a regular file is refused. For a
+  // regular file the flag changes nothing.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Error(kErrIo, "cannot open: " + std::string(std::strerror(errno)), path);
+  // Closed on any throw below; kept open while the file is mapped, so that a change to the
+  // file we mapped can be seen (unchanged()).
   struct Closer {
     int fd;
-    ~Closer() { ::close(fd); }
+    ~Closer() {
+      if (fd >= 0) ::close(fd);
+    }
   } closer{fd};
   // statx rather than fstat: fstat is a GLIBC_2.33 symbol, statx keeps the prebuilt binary
   // loadable on glibc 2.28+.
   struct statx st;
-  if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE, &st) != 0)
+  if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE | STATX_MTIME, &st) != 0)
     throw Error(kErrIo, "cannot stat: " + std::string(std::strerror(errno)), path);
   if (!S_ISREG(st.stx_mode)) throw Error(kErrIo, "not a regular file", path);
   size_ = size_t(st.stx_size);
+  mtimeSec_ = st.stx_mtime.tv_sec;
+  mtimeNsec_ = st.stx_mtime.tv_nsec;
   if (size_ < 8) throw Error(kErrFormat, "file is truncated: " + std::to_string(size_) +
                                              " bytes, shorter than the 8-byte header length", path);
   unsigned char lenBytes[8];
@@ -164,6 +173,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   }
   const char* base = static_cast<const char*>(map_) + dataStart;
   for (auto& t : tensors_) t.data = map_ ? base + t.begin : nullptr;
+  fd_ = fd;
+  closer.fd = -1;
 }
 
 SafetensorsFile::~SafetensorsFile() {
@@ -171,6 +182,18 @@ SafetensorsFile::~SafetensorsFile() {
     unguardMapping(map_);
     munmap(map_, size_);
   }
+  if (fd_ >= 0) ::close(fd_);
+}
+
+std::string SafetensorsFile::changeSinceOpen() const {
+  struct statx st;
+  if (statx(fd_, "", AT_EMPTY_PATH, STATX_SIZE | STATX_MTIME, &st) != 0)
+    return "cannot be checked: " + std::string(std::strerror(errno));
+  if (size_t(st.stx_size) != size_)
+    return "changed size on disk (" + std::to_string(size_) + " bytes when loaded, " + std::to_string(st.stx_size) + " now)";
+  if (st.stx_mtime.tv_sec != mtimeSec_ || st.stx_mtime.tv_nsec != mtimeNsec_)
+    return "was modified on disk since it was loaded";
+  return "";
 }
 
 void TensorStore::open(const std::vector<std::string>& paths) {
@@ -184,6 +207,16 @@ void TensorStore::open(const std::vector<std::string>& paths) {
                                     " and " + paths[i], paths[i]);
       byName_[t.name] = &t;
     }
+  }
+}
+
+void TensorStore::checkUnchanged() const {
+  for (auto& f : files_) {
+    std::string why = f->changeSinceOpen();
+    if (!why.empty())
+      throw Error(kErrIo, why + ": the loaded model would compute with a mixture of old and new weights, so it refuses to run. "
+                                "Load the model again; replace checkpoints by writing a new file and renaming it over the old one",
+                  f->path());
   }
 }
 

@@ -1,6 +1,7 @@
 // Memory-mapped safetensors files. The header is read with pread() and validated in full
 // (lengths, JSON, dtypes, shapes against byte counts, offsets in range and not overlapping)
 // before the file is mapped, so a malformed file is refused before any tensor byte is touched.
+// Only regular files are opened (a FIFO or a device is refused without blocking).
 #pragma once
 #include <cstdint>
 #include <map>
@@ -32,11 +33,18 @@ class SafetensorsFile {
   const std::string& path() const { return path_; }
   std::vector<TensorEntry>& tensors() { return tensors_; }
   size_t fileSize() const { return size_; }
+  // Why the file we mapped is no longer what was loaded (its size or modification time changed:
+  // it was truncated or rewritten in place), or "" when it is unchanged. One statx of the open
+  // descriptor: a file replaced by rename, or deleted, is still the unchanged file we hold.
+  std::string changeSinceOpen() const;
 
  private:
   std::string path_;
+  int fd_ = -1;  // open while mapped, for changeSinceOpen()
   void* map_ = nullptr;
   size_t size_ = 0;
+  int64_t mtimeSec_ = 0;
+  uint32_t mtimeNsec_ = 0;
   std::vector<TensorEntry> tensors_;
 };
 
@@ -49,6 +57,8 @@ class TensorStore {
  public:
   // Opens every file; a tensor present in two files is an error.
   void open(const std::vector<std::string>& paths);
+  // Throws kErrIo naming the first file that changed on disk since it was opened.
+  void checkUnchanged() const;
   const TensorEntry* find(const std::string& name) const;
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
   const std::map<std::string, TensorEntry*>& all() const { return byName_; }

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-srcs=$(node -p "require('./native/sources.json').filter(f => !f.endsWith('addon.cc')).join(' ')")
+srcs=$(node -p "require('./native/sources.json').filter(f => !f.startsWith('native/addon')).join(' ')")
 # shellcheck disable=SC2086
 g++ -std=c++17 -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -pthread -Inative -Itest/native \
   test/native/leak_test.cc $srcs -ldl -o "$out/leak_test"

@@ -66,11 +66,17 @@ export interface NativeResponse {
   weightBytes: number;
 }
 
+/** The dtype K and V are stored in. */
+export type KvCacheType = 'f32' | 'f16' | 'bf16';
+
 export interface NativeModelInfo {
   parameters: number;
   weightBytes: number;
   dtype: string;
   backend: string;
+  kvCacheType: KvCacheType;
+  /** K and V bytes per position of one sequence, every layer, in the cache dtype. */
+  kvBytesPerToken: number;
   files: string[];
   tensorNames: string[];
   tensorFiles: number[];
@@ -94,7 +100,15 @@ export interface NativeWeightArg {
 
 export interface NativeAddon {
   loadModel(
-    spec: { files: string[]; config: NativeConfig; threads: number; prefault: boolean; backend: 'cpu' | 'cuda' },
+    spec: {
+      files: string[];
+      config: NativeConfig;
+      threads: number;
+      prefault: boolean;
+      backend: 'cpu' | 'cuda';
+      /** Default 'bf16'. */
+      kvCacheType?: KvCacheType;
+    },
     onProgress?: (fraction: number) => void,
     abortFlag?: Int32Array,
   ): Promise<NativeModel>;
@@ -160,9 +174,22 @@ export function loadNativeFrom(root: string, explicit?: string): { addon: Native
       attempts.push({ path: file, error: 'not found' });
       return undefined;
     }
+    // A FIFO or a device (DEPTHGATE_NATIVE_PATH=/dev/zero) would block or never end: refuse it.
+    if (!fs.statSync(file).isFile()) {
+      attempts.push({ path: file, error: 'not a regular file' });
+      return undefined;
+    }
     try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const addon = require(file) as NativeAddon;
+      let addon: NativeAddon;
+      if (file.endsWith('.node')) {
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        addon = require(file) as NativeAddon;
+      } else {
+        // require() would read any other name as JavaScript: load it as a native module.
+        const m = { exports: {} as NativeAddon };
+        process.dlopen(m, file);
+        addon = m.exports;
+      }
       if (typeof addon?.loadModel !== 'function') throw new Error('not a depthgate addon (no loadModel export)');
       return { addon, path: file };
     } catch (e) {

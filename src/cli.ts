@@ -15,6 +15,7 @@ import { DepthgateError } from './errors';
 import { getBuildInfo, loadModel, type GenerateOptions, type LoadOptions, type Model } from './index';
 import { measurePerplexity } from './perplexity';
 import { parsePolicy, type Policy } from './policy';
+import { serveCommand } from './server/command';
 
 const USAGE = `Usage:
   depthgate generate [MODEL_DIR] --prompt TEXT [options]   stream a completion (default model if no MODEL_DIR)
@@ -29,6 +30,7 @@ const USAGE = `Usage:
       --stop TEXT           stop string (repeatable)
       --threads N           CPU threads (default: all cores)
       --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
+      --kv-cache T          KV cache dtype: bf16 (default), f16 or f32
       --policy SPEC         which layers each token runs (default: the model's default policy, which
                             \`info\` shows: flexidepth when FlexiDepth routers come with the model, in
                             its own weights or as the default model's add-on; otherwise none):
@@ -52,6 +54,8 @@ const USAGE = `Usage:
                             the rest is scored as a generated continuation (D3 decays along it)
       --max-tokens N        stop after about N scored tokens
       --json                print the results as JSON
+  depthgate serve [MODEL_DIR] [--host H] [--port N] [options]
+                                         OpenAI-compatible HTTP server; \`depthgate serve --help\` lists its options
 `;
 
 class UsageError extends Error {}
@@ -96,9 +100,12 @@ function backendArg(v: string | undefined): LoadOptions['backend'] {
  */
 async function open(
   dir: string | undefined,
-  o: { threads?: number; addons?: string[]; backend?: string } = {},
+  o: { threads?: number; addons?: string[]; backend?: string; kvCache?: string } = {},
 ): Promise<{ model: Model }> {
   const backend = backendArg(o.backend);
+  const kv = o.kvCache;
+  if (kv !== undefined && kv !== 'f32' && kv !== 'f16' && kv !== 'bf16')
+    throw new UsageError(`--kv-cache must be f32, f16 or bf16, got '${kv}'`);
   let addons = (o.addons ?? []).map((a) => path.resolve(a));
   let modelDir = dir;
   if (modelDir === undefined) {
@@ -115,6 +122,7 @@ async function open(
     ...(o.threads ? { threads: o.threads } : {}),
     ...(addons.length ? { addons } : {}),
     ...(backend ? { backend } : {}),
+    ...(kv ? { kvCacheType: kv } : {}),
   });
   return { model };
 }
@@ -139,6 +147,7 @@ async function generate(argv: string[]): Promise<void> {
       trace: { type: 'string' },
       'show-depth': { type: 'boolean' },
       backend: { type: 'string' },
+      'kv-cache': { type: 'string' },
     },
   });
   if (positionals.length > 1) throw new UsageError(`generate takes one MODEL_DIR, got ${positionals.length}`);
@@ -154,7 +163,7 @@ async function generate(argv: string[]): Promise<void> {
   if (seed !== undefined) opts.seed = seed;
   if (values.stop) opts.stop = values.stop;
   const { model } = await open(positionals[0], {
-    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend,
+    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
   });
   try {
     const L = model.config.numLayers;
@@ -261,6 +270,7 @@ async function logits(argv: string[]): Promise<void> {
     options: {
       tokens: { type: 'string' }, json: { type: 'boolean' }, threads: { type: 'string' },
       policy: { type: 'string' }, addon: { type: 'string', multiple: true }, backend: { type: 'string' },
+      'kv-cache': { type: 'string' },
     },
   });
   if (positionals.length !== 1) throw new UsageError('logits needs exactly one MODEL_DIR');
@@ -270,7 +280,9 @@ async function logits(argv: string[]): Promise<void> {
     if (!/^\d+$/.test(s.trim())) throw new UsageError(`--tokens must be comma-separated token ids, got '${s}'`);
     return Number(s.trim());
   });
-  const { model } = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
+  const { model } = await open(positionals[0], {
+    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
+  });
   try {
     const policy = values.policy ? parsePolicy(values.policy, model.config.numLayers) : model.defaultPolicy.policy;
     const r = await model.evaluate(tokens, { policy });
@@ -296,7 +308,7 @@ async function evalText(argv: string[]): Promise<void> {
     options: {
       text: { type: 'string' }, policy: { type: 'string', multiple: true }, addon: { type: 'string', multiple: true },
       window: { type: 'string' }, context: { type: 'string' }, 'max-tokens': { type: 'string' }, json: { type: 'boolean' },
-      threads: { type: 'string' }, backend: { type: 'string' },
+      threads: { type: 'string' }, backend: { type: 'string' }, 'kv-cache': { type: 'string' },
     },
   });
   if (positionals.length > 1) throw new UsageError(`eval takes one MODEL_DIR, got ${positionals.length}`);
@@ -310,7 +322,9 @@ async function evalText(argv: string[]): Promise<void> {
   const window = intArg(values.window, 'window', 2);
   const context = intArg(values.context, 'context', 1);
   const maxTokens = intArg(values['max-tokens'], 'max-tokens', 1);
-  const { model } = await open(positionals[0], { threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend });
+  const { model } = await open(positionals[0], {
+    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
+  });
   try {
     const L = model.config.numLayers;
     const specs = values.policy?.length ? values.policy : [policyLabel(model.defaultPolicy.policy)];
@@ -348,6 +362,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'eval':
         await evalText(rest);
         return 0;
+      case 'serve':
+        return await serveCommand(rest);
       case undefined:
       case '-h':
       case '--help':

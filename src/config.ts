@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { NativeConfig } from './binding';
 import { ModelFileError, ModelFormatError, UnsupportedModelError } from './errors';
+import { jsonSizeLimit, readRegularFile } from './modelFiles';
 import { readFlexiDepthFields } from './flexiDepthConfig';
 
 /** The architectures depthgate runs. DDLlamaForCausalLM is the official FlexiDepth checkpoint: a Llama model with routers in its own weights (src/flexiDepthConfig.ts). */
@@ -23,15 +24,12 @@ export interface ModelConfig extends NativeConfig {
   eosTokenIds: number[];
 }
 
-/** Reads and parses a JSON file of a model directory; typed errors name the file. */
+/**
+ * Reads and parses a JSON file of a model directory; typed errors name the file. Only a regular
+ * file up to its size cap is read (src/modelFiles.ts): anything else is a ModelFileError at once.
+ */
 export function readJson(file: string, what: string): unknown {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new ModelFileError(err.code === 'ENOENT' ? `${what} is missing` : `cannot read ${what}: ${err.message}`, file, e);
-  }
+  const text = readRegularFile(file, what, jsonSizeLimit(what));
   try {
     return JSON.parse(text);
   } catch (e) {

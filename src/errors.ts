@@ -69,6 +69,16 @@ export class DisposedError extends DepthgateError {
   }
 }
 
+/**
+ * The object is busy with another operation that must finish first: a sequence that is already
+ * generating (one call at a time per sequence), a stream that is already being iterated.
+ */
+export class BusyError extends DepthgateError {
+  constructor(message: string) {
+    super('ERR_DEPTHGATE_BUSY', message);
+  }
+}
+
 /** The operation was cancelled through an AbortSignal. */
 export class AbortError extends DepthgateError {
   constructor(message = 'the operation was aborted', cause?: unknown) {
@@ -96,7 +106,11 @@ export class NativeLoadError extends DepthgateError {
   }
 }
 
-/** Maps an error thrown by the native addon (which carries `code` and maybe `file`) to its typed class. */
+/**
+ * Maps an error thrown by the native addon (which carries `code`, and maybe `file` or `option`) to
+ * its typed class. Every code that reaches a user is one of the documented ones: a native code
+ * that is not (a malformed call from this package to the addon) becomes ERR_DEPTHGATE_INTERNAL.
+ */
 export function fromNative(e: unknown): Error {
   if (e instanceof DepthgateError) return e;
   // Errors made by the addon belong to the realm of the caller's main context, so under jest or
@@ -106,12 +120,17 @@ export function fromNative(e: unknown): Error {
   const err = e as Error;
   const code = (e as { code?: unknown }).code;
   const file = (e as { file?: unknown }).file;
+  const option = (e as { option?: unknown }).option;
   const f = typeof file === 'string' ? file : undefined;
   switch (code) {
     case 'ERR_DEPTHGATE_MODEL_FORMAT':
       return new ModelFormatError(err.message, f, err);
     case 'ERR_DEPTHGATE_MODEL_IO':
       return new ModelFileError(err.message, f, err);
+    case 'ERR_DEPTHGATE_UNSUPPORTED':
+      return new UnsupportedModelError(err.message, f);
+    case 'ERR_DEPTHGATE_INVALID_OPTION':
+      return new InvalidOptionError(typeof option === 'string' ? option : 'options', err.message);
     case 'ERR_DEPTHGATE_CONTEXT_OVERFLOW':
       return new ContextOverflowError(err.message);
     case 'ERR_DEPTHGATE_OUT_OF_MEMORY':
@@ -120,10 +139,14 @@ export function fromNative(e: unknown): Error {
       return new DisposedError('', err.message);
     case 'ERR_DEPTHGATE_ABORTED':
       return new AbortError(err.message, err);
+    case 'ERR_DEPTHGATE_BACKEND_UNAVAILABLE':
+      return new BackendUnavailableError('cuda', err.message);
+    case 'ERR_DEPTHGATE_CUDA':
+      return new DepthgateError('ERR_DEPTHGATE_CUDA', err.message, { file: f, cause: err });
     case 'ERR_DEPTHGATE_INVALID_ARGUMENT':
       if (f) return new ModelFormatError(err.message, f, err);
-      return new DepthgateError('ERR_DEPTHGATE_INVALID_ARGUMENT', err.message, { cause: err });
+      return new DepthgateError('ERR_DEPTHGATE_INTERNAL', `internal error (a bug in depthgate): ${err.message}`, { cause: err });
     default:
-      return new DepthgateError(typeof code === 'string' ? code : 'ERR_DEPTHGATE_INTERNAL', err.message, { file: f, cause: err });
+      return new DepthgateError('ERR_DEPTHGATE_INTERNAL', err.message, { file: f, cause: err });
   }
 }

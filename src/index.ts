@@ -14,7 +14,7 @@ export { loadModel, Model, Sequence, GenerationStream } from './model';
 export type { GenerateInput, ModelInfo, EvaluateResult, EvaluateOptions } from './model';
 export type { GenerateOptions, GenerateResult, LoadOptions, TokenChunk, DepthStats } from './options';
 export type { Policy, NonePolicy, StaticPolicy, FlexiDepthPolicy, SkipLayerPolicy, D3Policy } from './policy';
-export { validatePolicy, parsePolicy, d3Depth, d3LayerSet } from './policy';
+export { validatePolicy, parsePolicy, formatPolicy, d3Depth, d3LayerSet } from './policy';
 export type { ChatMessage } from './tokenizer';
 export { Tokenizer } from './tokenizer';
 export type { ModelConfig, Architecture } from './config';
@@ -29,6 +29,10 @@ export type { DepthSpan, DepthViewInput } from './depthView';
 export { cudaStatus, resolveBackend } from './backend';
 export type { CudaStatus, GpuInfo } from './backend';
 export { writeTinyModel } from './tinyModel';
+export { createServer, DepthgateServer } from './server/server';
+export type { ServerState, ServerStats } from './server/server';
+export type { ServerOptions, RequestRecord } from './server/options';
+export type { ErrorBody } from './server/errors';
 export type { TinyModelOptions } from './tinyModel';
 export {
   DepthgateError,
@@ -39,6 +43,7 @@ export {
   ContextOverflowError,
   OutOfMemoryError,
   DisposedError,
+  BusyError,
   AbortError,
   BackendUnavailableError,
   NativeLoadError,

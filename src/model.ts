@@ -1,51 +1,32 @@
 /**
- * Model and Sequence: the user-facing objects. A Model owns the native weights and a scheduler
- * that batches the forward passes of every sequence that is waiting (so concurrent generations
- * share one pass per step); a Sequence owns one KV cache and remembers its tokens, so a chat can
- * continue where it left off.
+ * loadModel and Model: a Model owns the native weights, its tokenizer and a scheduler that
+ * batches the forward passes of every sequence that is waiting (so concurrent generations share
+ * one pass per step). Sequences (src/sequence.ts) own the KV caches; generation streams
+ * (src/generation.ts) run the decode loop.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { randomInt } from 'node:crypto';
-import { native, type NativeModel, type NativeRequest, type NativeResponse, type NativeSequence } from './binding';
+import { native, type NativeModel, type NativeRequest, type NativeResponse } from './binding';
 import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
-import {
-  AbortError,
-  ContextOverflowError,
-  DisposedError,
-  InvalidOptionError,
-  ModelFileError,
-  ModelFormatError,
-  OutOfMemoryError,
-  fromNative,
-} from './errors';
-import {
-  checkInt,
-  checkObject,
-  validateGenerateOptions,
-  validateLoadOptions,
-  type GenerateOptions,
-  type GenerateResult,
-  type LoadOptions,
-  type TokenChunk,
-} from './options';
-import { StreamDecoder, Tokenizer, type ChatMessage } from './tokenizer';
+import { AbortError, ContextOverflowError, DisposedError, InvalidOptionError, ModelFileError, ModelFormatError, OutOfMemoryError, fromNative } from './errors';
+import { checkInt, checkObject, validateGenerateOptions, validateLoadOptions, type GenerateOptions, type GenerateResult, type LoadOptions } from './options';
+import { Tokenizer, type ChatMessage } from './tokenizer';
 import { validatePolicy, type Policy } from './policy';
 import { resolveBackend } from './backend';
+import { Scheduler } from './scheduler';
+import { Sequence, type EvaluateOptions, type EvaluateResult } from './sequence';
+import { DEFAULT_MAX_TOKENS, GenerationStream } from './generation';
+import { promptTooLong, tokenIdArray, tokenizeInput, type GenerateInput } from './input';
+import { defaultMemoryBudget, formatBytes } from './memory';
+import { statRegularFile } from './modelFiles';
 import { chooseDefaultPolicy, isDefaultModelSetup, type DefaultPolicy } from './defaultPolicy';
 
 /** Default context of new sequences when loadModel gets no contextSize (capped by the model's own). */
 const DEFAULT_CONTEXT = 4096;
 
-/** Default token limit of a generation. */
-const DEFAULT_MAX_TOKENS = 256;
-
-/** Longest slice of input tokens fed to one forward pass. */
-const PREFILL_SLICE = 512;
-
-/** What to generate from: plain text, chat messages (rendered with the chat template), or token ids. */
-export type GenerateInput = string | ChatMessage[] | { tokens: ArrayLike<number> };
+export type { GenerateInput, EvaluateOptions, EvaluateResult } from './sequence';
+export { Sequence } from './sequence';
+export { GenerationStream } from './generation';
 
 /** Facts about a loaded model. */
 export interface ModelInfo {
@@ -67,7 +48,9 @@ export interface ModelInfo {
   vocabSize: number;
   /** Default context size of new sequences. */
   contextSize: number;
-  /** KV-cache bytes per token of context (f32 K and V for every layer). */
+  /** The KV cache's dtype (LoadOptions.kvCacheType). */
+  kvCacheType: 'f32' | 'f16' | 'bf16';
+  /** KV-cache bytes per token of context: K and V for every layer, in the cache dtype. */
   kvBytesPerToken: number;
   /** The safetensors files mapped (shards, then add-ons). */
   files: string[];
@@ -79,62 +62,6 @@ export interface ModelInfo {
   defaultPolicy: DefaultPolicy;
   /** Layers with SkipLayer routers. */
   skipRouterLayers: number[];
-}
-
-/** Options of {@link Model.evaluate} and {@link Sequence.evaluate}. */
-export interface EvaluateOptions {
-  /** Which layers each token runs (default: the model's `defaultPolicy`; `{type: 'none'}` runs all). */
-  policy?: Policy;
-  /** Cancels between slices of 512 tokens; the promise rejects with AbortError. */
-  signal?: AbortSignal;
-  /**
-   * Index in `tokens` where a known continuation starts, to score it as if it had been generated
-   * (teacher forcing): the row at `generatedFrom + j` feeds generated token j and produces token
-   * j + 1, which is what D3 counts; earlier rows are prompt rows. Default: every row is prompt.
-   * Only D3 depends on it.
-   */
-  generatedFrom?: number;
-}
-
-/** Per-position logits from {@link Model.evaluate}. */
-export interface EvaluateResult {
-  /**
-   * The token ids fed, one per row: the input, led by the last generated token of a previous
-   * `generate()` on the same sequence when that token had not been fed yet.
-   */
-  tokens: number[];
-  /** One row of `vocabSize` logits per fed token. */
-  logits: Float32Array[];
-  /** Length of each logits row. */
-  vocabSize: number;
-  /** Per position, per layer: 1 where the layer's full computation ran for that token. */
-  executed: Uint8Array[];
-  /** Per position, per layer: router weight (FlexiDepth), NaN where none. */
-  routerWeights: Float32Array[];
-  /**
-   * Weight bytes read by the forward passes that served this call (a pass is shared with any
-   * requests the scheduler batched with it): what skipping saves in memory traffic.
-   */
-  weightBytes: number;
-}
-
-interface Pending {
-  request: NativeRequest;
-  policy: Policy;
-  policyKey: string;
-  resolve(r: NativeResponse): void;
-  reject(e: unknown): void;
-}
-
-/**
- * Token ids of an input: text (with BOS at the start of a sequence, as the tokenizer config says),
- * chat messages through the chat template (which writes its own special tokens), or ids as given.
- */
-function tokenizeInput(tk: Tokenizer, input: GenerateInput, startOfSequence: boolean): number[] {
-  if (typeof input === 'string') return tk.encode(input, startOfSequence);
-  if (Array.isArray(input)) return tk.encode(tk.applyChatTemplate(input, true), false);
-  if (input && typeof input === 'object' && 'tokens' in input) return Array.from(input.tokens);
-  throw new InvalidOptionError('input', 'must be a string, an array of chat messages, or {tokens}');
 }
 
 /** Loads a Hugging Face model directory (config.json, safetensors weights, tokenizer files). */
@@ -149,7 +76,9 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   const tokenizer = Tokenizer.fromDirectory(root, config.bosTokenId);
   const { files, weightMap, indexFile } = listWeightFiles(root);
   const addons = (opts.addons ?? []).map((a) => path.resolve(root, a));
-  for (const a of addons) if (!fs.existsSync(a)) throw new ModelFileError('add-on file does not exist', a);
+  // Only regular files are opened (natively too, without blocking): a FIFO or a device is refused here.
+  for (const f of files) statRegularFile(f, 'weight file');
+  for (const a of addons) statRegularFile(a, 'add-on file');
   const abortFlag = new Int32Array(1);
   const signal = opts.signal;
   if (signal?.aborted) throw new AbortError('model load was aborted', signal.reason);
@@ -157,17 +86,36 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
     abortFlag[0] = 1;
   };
   signal?.addEventListener('abort', onAbort, { once: true });
+  // A throwing onProgress stops the load, which then rejects with that error (as onToken does).
+  let progressError: { error: unknown } | undefined;
+  const userProgress = opts.onProgress;
+  const onProgress =
+    userProgress &&
+    ((fraction: number) => {
+      if (progressError) return;
+      try {
+        userProgress(fraction);
+      } catch (error) {
+        progressError = { error };
+        abortFlag[0] = 1;
+      }
+    });
   let nm: NativeModel;
   try {
     nm = await native().loadModel(
-      { files: [...files, ...addons], config, threads: opts.threads ?? native().buildInfo().usableProcessors, prefault: opts.prefault ?? true, backend },
-      opts.onProgress,
+      { files: [...files, ...addons], config, threads: opts.threads ?? native().buildInfo().usableProcessors, prefault: opts.prefault ?? true, backend, kvCacheType: opts.kvCacheType ?? 'bf16' },
+      onProgress,
       abortFlag,
     );
   } catch (e) {
+    if (progressError) throw progressError.error;
     throw fromNative(e);
   } finally {
     signal?.removeEventListener('abort', onAbort);
+  }
+  if (progressError) {
+    nm.dispose();
+    throw progressError.error;
   }
   try {
     const info = nm.info();
@@ -186,7 +134,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
         throw new ModelFormatError(`tensor '${name}' is listed in the index but missing from ${weightMap[name]}`, indexFile);
     }
     const contextSize = opts.contextSize ?? Math.min(config.maxPositionEmbeddings, DEFAULT_CONTEXT);
-    const budget = opts.memoryLimit ?? Math.floor(os.totalmem() * 0.9) - info.weightBytes;
+    const budget = opts.memoryLimit ?? defaultMemoryBudget(info.weightBytes);
     // A layer's routers are the checkpoint's own when its router_enc tensor is in a shard, not an add-on.
     const fileOf = new Map(info.tensorNames.map((name, i) => [name, info.files[info.tensorFiles[i]]]));
     const inCheckpoint = (l: number) => !addons.includes(fileOf.get(`model.layers.${l}.router.router_enc.weight`) ?? '');
@@ -215,11 +163,14 @@ export class Model implements AsyncDisposable {
   readonly defaultPolicy: DefaultPolicy;
   private readonly checkpointFlexiDepthLayers: number[];
   private nm: NativeModel | null;
-  private queue: Pending[] = [];
-  private inFlight: Promise<void> | null = null;
+  private readonly scheduler = new Scheduler(() => this.nm);
   private sequences = new Set<Sequence>();
-  /** Bytes that the KV caches of live sequences may reach, all together. */
+  /** Bytes that the KV caches of live sequences and the logits of running evaluate() calls may reach, all together. */
   private readonly kvBudget: number;
+  /** Bytes of logits reserved by evaluate() calls in progress. */
+  private logitsReserved = 0;
+  /** The layers with router weights, from the native model's info (read once). */
+  private routerLayers?: { flexiDepthLayers: number[]; skipRouterLayers: number[] };
 
   /** @internal use {@link loadModel} */
   constructor(
@@ -237,11 +188,12 @@ export class Model implements AsyncDisposable {
     this.kvBudget = kvBudget;
   }
 
-  /** KV bytes per token of context: K and V in f32 for every layer. */
+  /** KV bytes per token of context: K and V for every layer, in the cache dtype. */
   private get kvBytesPerToken(): number {
-    const c = this.config;
-    return 2 * 4 * c.numLayers * c.numKvHeads * c.headDim;
+    this.kvBytes ??= this.live().info().kvBytesPerToken;
+    return this.kvBytes;
   }
+  private kvBytes: number | undefined;
 
   /** True once dispose() was called. */
   get disposed(): boolean {
@@ -262,6 +214,7 @@ export class Model implements AsyncDisposable {
       hiddenSize: c.hiddenSize,
       vocabSize: c.vocabSize,
       contextSize: this.contextSize,
+      kvCacheType: ni.kvCacheType,
       kvBytesPerToken: this.kvBytesPerToken,
       files: ni.files,
       flexiDepthLayers: ni.flexiDepthLayers,
@@ -274,17 +227,28 @@ export class Model implements AsyncDisposable {
   /** Text to token ids (with BOS as the tokenizer config says, unless addSpecialTokens is false). */
   tokenize(text: string, options?: { addSpecialTokens?: boolean }): number[] {
     if (typeof text !== 'string') throw new InvalidOptionError('text', 'must be a string');
-    return this.tokenizer.encode(text, options?.addSpecialTokens ?? true);
+    const o = checkObject(options, 'options');
+    for (const k of Object.keys(o))
+      if (k !== 'addSpecialTokens') throw new InvalidOptionError(k, 'is not a known option (known: addSpecialTokens)');
+    if (o.addSpecialTokens !== undefined && typeof o.addSpecialTokens !== 'boolean')
+      throw new InvalidOptionError('addSpecialTokens', 'must be true or false');
+    return this.tokenizer.encode(text, (o.addSpecialTokens as boolean | undefined) ?? true);
   }
 
-  /** Token ids to text. */
+  /** Token ids to text. Ids must be integers in the vocabulary (InvalidOptionError 'tokens' otherwise). */
   detokenize(tokens: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string {
-    return this.tokenizer.decode(tokens, options?.skipSpecialTokens ?? true);
+    const o = checkObject(options, 'options');
+    for (const k of Object.keys(o))
+      if (k !== 'skipSpecialTokens') throw new InvalidOptionError(k, 'is not a known option (known: skipSpecialTokens)');
+    return this.tokenizer.decode(tokens, (o.skipSpecialTokens as boolean | undefined) ?? true);
   }
 
   /** Renders chat messages with the model's chat template. */
   applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean }): string {
-    return this.tokenizer.applyChatTemplate(messages, options?.addGenerationPrompt ?? true);
+    const o = checkObject(options, 'options');
+    for (const k of Object.keys(o))
+      if (k !== 'addGenerationPrompt') throw new InvalidOptionError(k, 'is not a known option (known: addGenerationPrompt)');
+    return this.tokenizer.applyChatTemplate(messages, (o.addGenerationPrompt as boolean | undefined) ?? true);
   }
 
   /**
@@ -298,17 +262,14 @@ export class Model implements AsyncDisposable {
     checkInt(o.contextSize, 'contextSize', 1, 2 ** 31 - 1);
     const ctx = (o.contextSize as number | undefined) ?? this.contextSize;
     const nm = this.live();
-    let reserved = 0;
-    for (const s of this.sequences) reserved += s.contextSize * this.kvBytesPerToken;
     const need = ctx * this.kvBytesPerToken;
-    if (reserved + need > this.kvBudget) {
-      const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+    const left = this.budgetLeft();
+    if (need > left)
       throw new OutOfMemoryError(
-        `a sequence with contextSize ${ctx} needs ${gib(need)} of KV cache, but only ${gib(Math.max(0, this.kvBudget - reserved))} ` +
-          `of the ${gib(this.kvBudget)} budget is left (${this.sequences.size} live sequence(s)); ` +
+        `a sequence with contextSize ${ctx} needs ${formatBytes(need)} of KV cache (${need} bytes), but only ${formatBytes(left)} (${left} bytes) ` +
+          `of the ${formatBytes(this.kvBudget)} budget is left (${this.sequences.size} live sequence(s)); ` +
           'use a smaller contextSize, dispose sequences, or raise loadModel({memoryLimit})',
       );
-    }
     const ns = nm.createSequence(ctx, 0);
     const s = new Sequence(this, ns, ctx);
     this.sequences.add(s);
@@ -317,35 +278,47 @@ export class Model implements AsyncDisposable {
 
   /** Generates a completion in a fresh sequence. */
   async generate(input: GenerateInput, options?: GenerateOptions): Promise<GenerateResult> {
-    const opts = validateGenerateOptions(options);
-    const { seq, ids } = this.oneShot(input, opts);
-    try {
-      return await seq.generate({ tokens: ids }, opts);
-    } finally {
-      seq.dispose();
+    const stream = this.stream(input, options);
+    for await (const _ of stream) {
+      // drain; onToken (if any) is called by the stream
     }
+    return stream.result;
   }
 
-  /** A fresh sequence sized for the prompt plus maxTokens (not the whole default context). */
-  private oneShot(input: GenerateInput, opts: GenerateOptions): { seq: Sequence; ids: number[] } {
-    this.live();
-    const ids = tokenizeInput(this.tokenizer, input, true);
-    const ctx = Math.max(1, Math.min(this.contextSize, ids.length + (opts.maxTokens ?? DEFAULT_MAX_TOKENS)));
-    return { seq: this.createSequence({ contextSize: ctx }), ids };
-  }
-
-  /** Streams a completion token by token; `result` resolves when it ends. Breaking out of the loop stops it. */
+  /**
+   * Streams a completion token by token; `result` resolves when it ends. Breaking out of the loop
+   * (or `cancel()`) stops it. Bad options and inputs throw here; a policy the model cannot run and
+   * a prompt longer than the context come from iterating the stream (and its `result`), and take
+   * nothing: no sequence is made for them.
+   */
   stream(input: GenerateInput, options?: GenerateOptions): GenerationStream {
     const opts = validateGenerateOptions(options);
-    const { seq, ids } = this.oneShot(input, opts);
-    return new GenerationStream(seq, { tokens: ids }, opts, true);
+    this.live();
+    let policy: Policy;
+    let ids: number[];
+    try {
+      policy = this.checkPolicy(opts.policy);
+      ids = tokenizeInput(this.tokenizer, input, true, this.config.vocabSize, this.contextSize, this.contextSize);
+    } catch (e) {
+      if (e instanceof ContextOverflowError || (e instanceof InvalidOptionError && e.option.startsWith('policy'))) return GenerationStream.failed(e);
+      throw e;
+    }
+    // A fresh sequence sized for the prompt plus maxTokens (not the whole default context).
+    const ctx = Math.max(1, Math.min(this.contextSize, ids.length + (opts.maxTokens ?? DEFAULT_MAX_TOKENS)));
+    const seq = this.createSequence({ contextSize: ctx });
+    return GenerationStream.start(seq, { tokens: ids }, opts, policy, true);
   }
 
-  /** Logits (and the layers each token ran) at every position of `tokens`, in a fresh sequence. */
+  /**
+   * Logits (and the layers each token ran) at every position of `tokens`, in a fresh sequence of
+   * at most the model's contextSize. The logits count against the memory budget while it runs.
+   */
   async evaluate(tokens: ArrayLike<number>, options?: EvaluateOptions): Promise<EvaluateResult> {
-    const seq = this.createSequence({ contextSize: Math.max(1, tokens.length) });
+    const c = this.contextSize;
+    const ids = tokenIdArray(tokens, 'input', this.config.vocabSize, c, (n) => promptTooLong(`${n} tokens`, c, c));
+    const seq = this.createSequence({ contextSize: Math.max(1, ids.length) });
     try {
-      return await seq.evaluate(tokens, options);
+      return await seq.evaluate(ids, options);
     } finally {
       seq.dispose();
     }
@@ -359,19 +332,13 @@ export class Model implements AsyncDisposable {
     if (!this.nm) return;
     const nm = this.nm;
     this.nm = null;
-    for (const p of this.queue.splice(0)) p.reject(new DisposedError('the model'));
-    if (this.inFlight) await this.inFlight.catch(() => undefined);
+    await this.scheduler.close();
     for (const s of this.sequences) s.dispose();
     nm.dispose();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
-  }
-
-  /** @internal The policy a call runs: the one it names (validated), or the model's default. */
-  resolvePolicy(policy: unknown): Policy {
-    return policy === undefined ? { ...this.defaultPolicy.policy } : validatePolicy(policy, this.config.numLayers);
   }
 
   /** @internal */
@@ -385,374 +352,63 @@ export class Model implements AsyncDisposable {
     this.sequences.delete(s);
   }
 
+  /** Budget bytes not reserved by live sequences' KV caches or running evaluate() calls. */
+  private budgetLeft(): number {
+    let reserved = this.logitsReserved;
+    for (const s of this.sequences) reserved += s.contextSize * this.kvBytesPerToken;
+    return Math.max(0, this.kvBudget - reserved);
+  }
+
+  /**
+   * @internal Reserves the logits of `rows` positions (f32, a vocabulary each) for an evaluate()
+   * call, or throws OutOfMemoryError; returns the release (idempotent).
+   */
+  reserveLogits(rows: number): () => void {
+    const bytes = rows * this.config.vocabSize * 4;
+    const left = this.budgetLeft();
+    if (bytes > left)
+      throw new OutOfMemoryError(
+        `evaluating ${rows} positions returns ${formatBytes(bytes)} of logits (${bytes} bytes), but only ${formatBytes(left)} (${left} bytes) ` +
+          `of the ${formatBytes(this.kvBudget)} budget is left; evaluate fewer tokens at a time, dispose sequences, ` +
+          'or raise loadModel({memoryLimit})',
+      );
+    this.logitsReserved += bytes;
+    let held = true;
+    return () => {
+      if (held) this.logitsReserved -= bytes;
+      held = false;
+    };
+  }
+
+  /** @internal The policy a call runs: the one it names (validated), or the model's default. */
+  resolvePolicy(policy: unknown): Policy {
+    return policy === undefined ? { ...this.defaultPolicy.policy } : validatePolicy(policy, this.config.numLayers);
+  }
+
+  /**
+   * @internal The policy a call runs (resolvePolicy), checked against the router weights it
+   * needs (InvalidOptionError 'policy' when they are missing).
+   */
+  checkPolicy(policy: unknown): Policy {
+    const p = this.resolvePolicy(policy);
+    if (p.type === 'flexidepth' || p.type === 'skiplayer') {
+      this.routerLayers ??= (({ flexiDepthLayers, skipRouterLayers }) => ({ flexiDepthLayers, skipRouterLayers }))(this.live().info());
+      const have = p.type === 'flexidepth' ? this.routerLayers.flexiDepthLayers : this.routerLayers.skipRouterLayers;
+      if (have.length === 0)
+        throw new InvalidOptionError(
+          'policy',
+          p.type === 'flexidepth'
+            ? 'this model has no FlexiDepth router weights, which the flexidepth policy needs (load them with loadModel({addons}))'
+            : 'this model has no SkipLayer router weights, which the skiplayer policy needs (load them with loadModel({addons}))',
+        );
+    }
+    return p;
+  }
+
   /** @internal Queues one request; requests waiting together under the same policy run as one batch. */
   run(request: NativeRequest, policy: Policy = { type: 'none' }): Promise<NativeResponse> {
     this.live();
-    return new Promise((resolve, reject) => {
-      this.queue.push({ request, policy, policyKey: JSON.stringify(policy), resolve, reject });
-      if (!this.inFlight) this.inFlight = this.pump();
-    });
-  }
-
-  private async pump(): Promise<void> {
-    // Yield once so that requests made in the same tick join the batch.
-    await new Promise<void>((r) => setImmediate(r));
-    while (this.queue.length && this.nm) {
-      const batch: Pending[] = [];
-      const seen = new Set<NativeSequence>();
-      const key = this.queue[0].policyKey;
-      for (let i = 0; i < this.queue.length; ) {
-        const p = this.queue[i];
-        if (seen.has(p.request.sequence) || p.policyKey !== key) {
-          i++;
-          continue;
-        }
-        seen.add(p.request.sequence);
-        batch.push(p);
-        this.queue.splice(i, 1);
-      }
-      await this.runBatch(batch);
-    }
-    this.inFlight = null;
-  }
-
-  private async runBatch(batch: Pending[]): Promise<void> {
-    const nm = this.nm!;
-    try {
-      const out = await nm.forward(batch.map((p) => p.request), batch[0].policy);
-      batch.forEach((p, i) => p.resolve(out[i]));
-    } catch (e) {
-      if (batch.length === 1) batch[0].reject(fromNative(e));
-      else for (const p of batch) await this.runBatch([p]); // find which request failed
-    }
+    return this.scheduler.run(request, policy);
   }
 }
 
-/** One sequence of tokens with its own KV cache (a conversation, a document). */
-export class Sequence implements AsyncDisposable {
-  /** Tokens whose K/V are in the cache. */
-  readonly tokens: number[] = [];
-  /** Context length in tokens. */
-  readonly contextSize: number;
-  private ns: NativeSequence | null;
-  private busy = false;
-  /** A sampled token not yet fed to the model; it leads the next call's input. */
-  private pendingToken: number | null = null;
-
-  /** @internal use {@link Model.createSequence} */
-  constructor(readonly model: Model, ns: NativeSequence, contextSize: number) {
-    this.ns = ns;
-    this.contextSize = contextSize;
-  }
-
-  get disposed(): boolean {
-    return this.ns === null;
-  }
-
-  /** Frees the KV cache. */
-  dispose(): void {
-    if (!this.ns) return;
-    this.ns.dispose();
-    this.ns = null;
-    this.model.forget(this);
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.dispose();
-  }
-
-  /** Forgets everything: the next input starts at position 0. */
-  reset(): void {
-    this.live().truncate(0);
-    this.tokens.length = 0;
-    this.pendingToken = null;
-  }
-
-  private live(): NativeSequence {
-    if (!this.ns) throw new DisposedError('the sequence');
-    this.model.live();
-    return this.ns;
-  }
-
-  /** @internal converts input to ids: BOS only at the start of a sequence; chat templates render their own. */
-  inputTokens(input: GenerateInput): number[] {
-    const fresh = this.tokens.length === 0 && this.pendingToken === null;
-    const ids = tokenizeInput(this.model.tokenizer, input, fresh);
-    const vocab = this.model.config.vocabSize;
-    for (const t of ids)
-      if (!Number.isInteger(t) || t < 0 || t >= vocab)
-        throw new InvalidOptionError('input', `token id ${t} is outside the vocabulary (0..${vocab - 1})`);
-    if (this.pendingToken !== null) ids.unshift(this.pendingToken);
-    if (ids.length === 0) throw new InvalidOptionError('input', 'is empty');
-    return ids;
-  }
-
-  /** @internal Throws ContextOverflowError when n more tokens do not fit. */
-  checkFits(n: number): void {
-    const used = this.tokens.length;
-    if (used + n > this.contextSize)
-      throw new ContextOverflowError(
-        `the prompt is ${n} tokens but only ${this.contextSize - used} of its ${this.contextSize} context positions are left (contextSize ${this.contextSize})`,
-      );
-  }
-
-  /** Logits (and the layers each token ran) at every position of `tokens`, appended to this sequence. */
-  async evaluate(tokens: ArrayLike<number>, options?: EvaluateOptions): Promise<EvaluateResult> {
-    const o = checkObject(options, 'options');
-    for (const k of Object.keys(o))
-      if (k !== 'policy' && k !== 'signal' && k !== 'generatedFrom')
-        throw new InvalidOptionError(k, 'is not a known option (known: policy, signal, generatedFrom)');
-    const signal = o.signal as AbortSignal | undefined;
-    if (signal !== undefined && (typeof signal !== 'object' || signal === null || typeof signal.aborted !== 'boolean'))
-      throw new InvalidOptionError('signal', 'must be an AbortSignal');
-    const L = this.model.config.numLayers;
-    const policy = this.model.resolvePolicy(o.policy);
-    const ids = this.inputTokens({ tokens });
-    const gf = o.generatedFrom;
-    if (gf !== undefined && (typeof gf !== 'number' || !Number.isInteger(gf) || gf < 0 || gf > tokens.length))
-      throw new InvalidOptionError('generatedFrom', `must be an integer in [0, ${tokens.length}] (an index in tokens)`);
-    // A pending token from an earlier generate() leads `ids`; generatedFrom indexes `tokens`.
-    const genStart = gf === undefined ? undefined : gf + ids.length - tokens.length;
-    this.checkFits(ids.length);
-    const ns = this.acquire();
-    try {
-      const v = this.model.config.vocabSize;
-      const logits: Float32Array[] = [];
-      const executed: Uint8Array[] = [];
-      const routerWeights: Float32Array[] = [];
-      let weightBytes = 0;
-      for (let start = 0; start < ids.length; start += PREFILL_SLICE) {
-        if (signal?.aborted) throw new AbortError('evaluation was aborted', signal.reason);
-        const slice = ids.slice(start, start + PREFILL_SLICE);
-        const genIndex = genStart === undefined ? {} : { genIndex: start - genStart + 1 };
-        const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'all', ...genIndex }, policy);
-        this.tokens.push(...slice);
-        this.pendingToken = null;
-        weightBytes += r.weightBytes;
-        for (let i = 0; i < slice.length; i++) {
-          logits.push(r.logits!.subarray(i * v, (i + 1) * v));
-          executed.push(r.executed.subarray(i * L, (i + 1) * L));
-          routerWeights.push(r.weights.subarray(i * L, (i + 1) * L));
-        }
-      }
-      return { tokens: ids, logits, vocabSize: v, executed, routerWeights, weightBytes };
-    } finally {
-      this.busy = false;
-    }
-  }
-
-  /** Generates a continuation of this sequence. */
-  async generate(input: GenerateInput, options?: GenerateOptions): Promise<GenerateResult> {
-    const stream = new GenerationStream(this, input, validateGenerateOptions(options), false);
-    for await (const _ of stream) {
-      // drain; onToken (if any) is called by the stream
-    }
-    return stream.result;
-  }
-
-  /** Streams a continuation of this sequence. */
-  stream(input: GenerateInput, options?: GenerateOptions): GenerationStream {
-    return new GenerationStream(this, input, validateGenerateOptions(options), false);
-  }
-
-  /** @internal */
-  acquire(): NativeSequence {
-    const ns = this.live();
-    if (this.busy) throw new InvalidOptionError('sequence', 'is already generating; use another sequence for concurrent work');
-    this.busy = true;
-    return ns;
-  }
-
-  /** @internal */
-  release(): void {
-    this.busy = false;
-  }
-
-  /** @internal */
-  commit(tokens: number[], pending: number | null): void {
-    this.tokens.push(...tokens);
-    this.pendingToken = pending;
-  }
-}
-
-/**
- * A running generation: iterate it for tokens, await `result` for the outcome. Leaving the loop
- * early stops generation (finishReason 'abort').
- */
-export class GenerationStream implements AsyncIterable<TokenChunk> {
-  /** Resolves with the outcome when generation ends. */
-  readonly result: Promise<GenerateResult>;
-  private resolveResult!: (r: GenerateResult) => void;
-  private rejectResult!: (e: unknown) => void;
-  private started = false;
-
-  /** @internal */
-  constructor(
-    private readonly seq: Sequence,
-    private readonly input: GenerateInput,
-    private readonly opts: GenerateOptions,
-    private readonly ownsSequence: boolean,
-  ) {
-    this.result = new Promise((res, rej) => {
-      this.resolveResult = res;
-      this.rejectResult = rej;
-    });
-    // An unobserved rejection here is reported through the iterator instead.
-    this.result.catch(() => undefined);
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<TokenChunk> {
-    if (this.started) throw new InvalidOptionError('stream', 'can be iterated only once');
-    this.started = true;
-    return this.run();
-  }
-
-  private async *run(): AsyncGenerator<TokenChunk> {
-    const { seq, opts } = this;
-    const model = seq.model;
-    const maxTokens = opts.maxTokens ?? DEFAULT_MAX_TOKENS;
-    const stops = opts.stop ?? [];
-    const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
-    const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
-    const L = model.config.numLayers;
-    const policy = model.resolvePolicy(opts.policy);
-    const layerCounts = new Array<number>(L).fill(0);
-    let depthTokens = 0;
-    let finishReason: GenerateResult['finishReason'] = 'length';
-    const generated: number[] = [];
-    const fed: number[] = [];
-    let pending: number | null = null;
-    let ns: NativeSequence | null = null;
-    let promptTokens = 0;
-    let prefillMs = 0;
-    let decodeStart = 0;
-    let text = '';
-    let emitted = 0;
-    let completed = false;
-    const waiting: TokenChunk[] = [];
-    let decoder: StreamDecoder;
-    // Hands out the held tokens; the text not yet given out goes with the last of them.
-    const onToken = opts.onToken;
-    function* flush(): Generator<TokenChunk> {
-      if (waiting.length === 0) return;
-      waiting[waiting.length - 1].text = text.slice(emitted);
-      emitted = text.length;
-      for (const c of waiting.splice(0)) {
-        onToken?.(c);
-        yield c;
-      }
-    }
-    try {
-      const ids = seq.inputTokens(this.input);
-      promptTokens = ids.length;
-      seq.checkFits(ids.length);
-      ns = seq.acquire();
-      ns.setSeed(opts.seed ?? randomInt(0, 2 ** 47));
-      decoder = new StreamDecoder(model.tokenizer);
-      const abortCheck = () => {
-        if (opts.signal?.aborted) throw new AbortError('generation was aborted', opts.signal.reason);
-      };
-      abortCheck();
-      const t0 = performance.now();
-      // A long prompt goes in slices: an abort takes effect between them, and other sequences'
-      // decode steps are not held up behind the whole prefill.
-      let input = ids;
-      while (input.length > PREFILL_SLICE) {
-        const slice = input.slice(0, PREFILL_SLICE);
-        await model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'none' }, policy);
-        fed.push(...slice);
-        input = input.slice(PREFILL_SLICE);
-        abortCheck();
-      }
-      for (let i = 0; i < maxTokens; i++) {
-        // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
-        const r = await model.run(
-          { sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling, ...(i > 0 ? { genIndex: i } : {}) },
-          policy,
-        );
-        fed.push(...input);
-        const token = r.token!;
-        pending = token;
-        if (i === 0) {
-          prefillMs = performance.now() - t0;
-          decodeStart = performance.now();
-        }
-        generated.push(token);
-        let layers = 0;
-        for (let l = 0; l < L; l++) {
-          layerCounts[l] += r.executed[l];
-          layers += r.executed[l];
-        }
-        depthTokens++;
-        if (eos.has(token)) {
-          finishReason = 'eos';
-          break;
-        }
-        text += decoder.push(token);
-        waiting.push({ token, text: '', index: i, layers, executed: r.executed, routerWeights: r.weights });
-        // Text that may be the start of a stop string is held back, together with its tokens.
-        let hit = -1;
-        for (const s of stops) {
-          const at = text.indexOf(s, Math.max(0, emitted - s.length));
-          if (at >= 0 && (hit < 0 || at < hit)) hit = at;
-        }
-        if (hit >= 0) {
-          text = text.slice(0, hit);
-          finishReason = 'stop';
-          break;
-        }
-        let safe = text.length;
-        for (const s of stops)
-          for (let k = Math.min(s.length - 1, text.length); k > 0; k--)
-            if (text.endsWith(s.slice(0, k))) {
-              safe = Math.min(safe, text.length - k);
-              break;
-            }
-        if (safe === text.length && !decoder.holding) yield* flush();
-        abortCheck();
-        if (seq.tokens.length + fed.length + 1 > seq.contextSize) {
-          finishReason = 'context';
-          break;
-        }
-        input = [token];
-      }
-      if (finishReason !== 'stop') text += decoder.finish();
-      yield* flush();
-      completed = true;
-    } catch (e) {
-      if (e instanceof AbortError && opts.stopOnAbort) {
-        finishReason = 'abort';
-        completed = true;
-      } else {
-        this.rejectResult(e);
-        throw e;
-      }
-    } finally {
-      if (!completed && ns) finishReason = 'abort'; // the consumer left the loop
-      if (ns) {
-        seq.commit(fed, pending);
-        seq.release();
-      }
-      if (this.ownsSequence) seq.dispose();
-      const end = performance.now();
-      const decodeMs = generated.length > 1 ? end - decodeStart : 0;
-      this.resolveResult({
-        text,
-        tokens: generated,
-        finishReason,
-        usage: { promptTokens, completionTokens: generated.length },
-        depth: {
-          layerCounts,
-          meanLayers: depthTokens ? layerCounts.reduce((a, b) => a + b, 0) / depthTokens : 0,
-          tokens: depthTokens,
-        },
-        timings: {
-          prefillMs,
-          decodeMs,
-          decodeTokensPerSecond: decodeMs > 0 ? ((generated.length - 1) * 1000) / decodeMs : 0,
-          prefillTokensPerSecond: prefillMs > 0 ? (promptTokens * 1000) / prefillMs : 0,
-        },
-      });
-    }
-  }
-}

@@ -1,6 +1,8 @@
 /**
  * Option types and their validation. Unknown keys and wrong types are refused with an
- * InvalidOptionError naming the option, so a typo never silently falls back to a default.
+ * InvalidOptionError naming the option, so a typo never silently falls back to a default. Every
+ * number is checked against the range of the type the engine stores it in (an int32 topK, a
+ * uint64 seed, ...), so no value is silently wrapped or clamped natively.
  */
 import { InvalidOptionError } from './errors';
 import type { Policy } from './policy';
@@ -29,6 +31,12 @@ export interface LoadOptions {
   memoryLimit?: number;
   /** Read every weight page in during load (default true) so the first token is not slow. */
   prefault?: boolean;
+  /**
+   * The dtype of the KV cache (default 'bf16'): K and V are computed in f32 and rounded once, to
+   * nearest even, when written; attention reads them in this dtype. 'bf16' and 'f16' take half the
+   * memory (and half the bytes read per decode step) of 'f32', which keeps exactly what was computed.
+   */
+  kvCacheType?: 'f32' | 'f16' | 'bf16';
   /** Called with the fraction loaded, from 0 to 1. */
   onProgress?: (fraction: number) => void;
   /** Cancels the load; the promise rejects with AbortError and everything taken is freed. */
@@ -46,7 +54,7 @@ export interface GenerateOptions {
   maxTokens?: number;
   /** 0 (default) picks the most likely token; higher values sample more freely. */
   temperature?: number;
-  /** Sample among the k most likely tokens (0 = all, the default). */
+  /** Sample among the k most likely tokens (0 = all, the default; at most 2^31 - 1). */
   topK?: number;
   /** Sample from the smallest set whose probability reaches p (1 = all, the default). */
   topP?: number;
@@ -117,10 +125,13 @@ export interface GenerateResult {
   };
 }
 
+/** Largest int32: the engine's type for token counts, positions, topK and layer indices. */
+export const INT32_MAX = 2 ** 31 - 1;
+
 const GENERATE_KEYS = new Set([
   'maxTokens', 'temperature', 'topK', 'topP', 'seed', 'stop', 'stopOnEos', 'signal', 'stopOnAbort', 'onToken', 'policy',
 ]);
-const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'memoryLimit', 'prefault', 'onProgress', 'signal', 'addons']);
+const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'memoryLimit', 'prefault', 'kvCacheType', 'onProgress', 'signal', 'addons']);
 
 function checkKeys(o: object, allowed: Set<string>, prefix: string): void {
   for (const k of Object.keys(o))
@@ -160,7 +171,13 @@ function checkFunction(v: unknown, name: string): void {
 function checkSignal(v: unknown, name: string): void {
   if (v === undefined) return;
   const s = v as AbortSignal;
-  if (typeof s !== 'object' || s === null || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function')
+  if (
+    typeof s !== 'object' ||
+    s === null ||
+    typeof s.aborted !== 'boolean' ||
+    typeof s.addEventListener !== 'function' ||
+    typeof s.removeEventListener !== 'function'
+  )
     throw new InvalidOptionError(name, 'must be an AbortSignal');
 }
 
@@ -177,9 +194,9 @@ export function validateGenerateOptions(o: unknown): GenerateOptions {
   checkKeys(opts, GENERATE_KEYS, '');
   checkInt(opts.maxTokens, 'maxTokens', 1);
   checkNumber(opts.temperature, 'temperature', 0, 100);
-  checkInt(opts.topK, 'topK', 0);
+  checkInt(opts.topK, 'topK', 0, INT32_MAX); // int32 natively
   checkNumber(opts.topP, 'topP', 0, 1, true);
-  checkInt(opts.seed, 'seed', 0);
+  checkInt(opts.seed, 'seed', 0); // uint64 natively: every safe integer >= 0 fits
   if (opts.stop !== undefined) {
     if (!Array.isArray(opts.stop) || opts.stop.some((s) => typeof s !== 'string' || s.length === 0))
       throw new InvalidOptionError('stop', 'must be an array of non-empty strings');
@@ -198,9 +215,11 @@ export function validateLoadOptions(o: unknown): LoadOptions {
   if (opts.backend !== undefined && opts.backend !== 'auto' && opts.backend !== 'cpu' && opts.backend !== 'cuda')
     throw new InvalidOptionError('backend', `must be 'auto', 'cpu' or 'cuda', got ${describe(opts.backend)}`);
   checkInt(opts.threads, 'threads', 1, 1024);
-  checkInt(opts.contextSize, 'contextSize', 1, 2 ** 31 - 1);
+  checkInt(opts.contextSize, 'contextSize', 1, INT32_MAX); // positions are int32 natively
   checkInt(opts.memoryLimit, 'memoryLimit', 0);
   checkBool(opts.prefault, 'prefault');
+  if (opts.kvCacheType !== undefined && opts.kvCacheType !== 'f32' && opts.kvCacheType !== 'f16' && opts.kvCacheType !== 'bf16')
+    throw new InvalidOptionError('kvCacheType', `must be 'f32', 'f16' or 'bf16', got ${describe(opts.kvCacheType)}`);
   checkFunction(opts.onProgress, 'onProgress');
   checkSignal(opts.signal, 'signal');
   if (opts.addons !== undefined && (!Array.isArray(opts.addons) || opts.addons.some((a) => typeof a !== 'string' || a === '')))

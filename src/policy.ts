@@ -106,8 +106,9 @@ export function validatePolicy(p: unknown, layers: number): Policy {
       const { alpha, start, minLayers } = o;
       if (typeof alpha !== 'number' || !(alpha > 0 && alpha <= 1))
         throw new InvalidOptionError('policy.alpha', `must be a number in (0, 1], got ${JSON.stringify(alpha)}`);
-      if (start !== undefined && (!Number.isInteger(start) || (start as number) < 0))
-        throw new InvalidOptionError('policy.start', `must be an integer >= 0, got ${JSON.stringify(start)}`);
+      // int32 natively
+      if (start !== undefined && (!Number.isInteger(start) || (start as number) < 0 || (start as number) > 2 ** 31 - 1))
+        throw new InvalidOptionError('policy.start', `must be an integer in 0..${2 ** 31 - 1}, got ${JSON.stringify(start)}`);
       if (minLayers !== undefined && (!Number.isInteger(minLayers) || (minLayers as number) < 0 || (minLayers as number) > layers))
         throw new InvalidOptionError('policy.minLayers', `must be an integer in 0..${layers}, got ${JSON.stringify(minLayers)}`);
       const out: D3Policy = { type, alpha };
@@ -147,8 +148,20 @@ export function parsePolicy(text: string, layers: number): Policy {
       if (!k || v === undefined) throw new InvalidOptionError('policy', `'${kv}' is not key=value`);
       params[k.trim()] = v.trim();
     }
-  const list = (v: string | undefined) => (v === undefined ? undefined : v.split('+').filter(Boolean).map(Number));
-  const num = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  // Values are plain decimals ('0x10', ' ', Infinity are refused), never empty: `threshold=` is
+  // an error, not 0.
+  const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+  const num = (k: string, v: string) => {
+    if (!DECIMAL.test(v)) throw new InvalidOptionError(`policy.${k}`, v === '' ? 'needs a value' : `'${v}' is not a number`);
+    return Number(v);
+  };
+  const list = (k: string, v: string) => {
+    if (v === '') throw new InvalidOptionError(`policy.${k}`, 'needs a value (layer numbers joined with +)');
+    return v.split('+').map((x) => {
+      if (!/^\d+$/.test(x)) throw new InvalidOptionError(`policy.${k}`, `'${v}' is not layer numbers joined with +`);
+      return Number(x);
+    });
+  };
   const spec: Record<string, unknown> = { type };
   const rename: Record<string, string> = {
     skip: 'skipLayers', attn: 'skipAttention', mlp: 'skipMlp', threshold: 'threshold', alpha: 'alpha', start: 'start', min: 'minLayers',
@@ -156,7 +169,29 @@ export function parsePolicy(text: string, layers: number): Policy {
   for (const [k, v] of Object.entries(params)) {
     const key = Object.hasOwn(rename, k) ? rename[k] : undefined;
     if (!key) throw new InvalidOptionError(`policy.${k}`, 'is not a known policy parameter (skip, attn, mlp, threshold, alpha, start, min)');
-    spec[key] = ['skipLayers', 'skipAttention', 'skipMlp'].includes(key) ? list(v) : num(v);
+    spec[key] = ['skipLayers', 'skipAttention', 'skipMlp'].includes(key) ? list(k, v) : num(k, v);
   }
   return validatePolicy(spec, layers);
+}
+
+/**
+ * Writes a policy in the CLI's `--policy` syntax (the inverse of {@link parsePolicy}:
+ * `parsePolicy(formatPolicy(p), layers)` gives back the validated `p`). Used for labels.
+ */
+export function formatPolicy(p: Policy): string {
+  const join = (name: string, pairs: [string, unknown][]) => {
+    const set = pairs.filter(([, v]) => v !== undefined && !(Array.isArray(v) && v.length === 0));
+    return set.length ? `${name}:${set.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}` : name;
+  };
+  switch (p.type) {
+    case 'none':
+    case 'skiplayer':
+      return p.type;
+    case 'flexidepth':
+      return join('flexidepth', [['threshold', p.threshold]]);
+    case 'static':
+      return join('static', [['skip', p.skipLayers], ['attn', p.skipAttention], ['mlp', p.skipMlp]]);
+    case 'd3':
+      return join('d3', [['alpha', p.alpha], ['start', p.start], ['min', p.minLayers]]);
+  }
 }

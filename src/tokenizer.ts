@@ -1,25 +1,35 @@
 /**
  * Text <-> token ids with the model's own tokenizer.json (via @huggingface/tokenizers) and
- * chat templates rendered with @huggingface/jinja, following tokenizer_config.json.
+ * chat templates (src/chatTemplate.ts), following tokenizer_config.json.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as HfTokenizers from '@huggingface/tokenizers' with { 'resolution-mode': 'import' };
-import type * as HfJinja from '@huggingface/jinja' with { 'resolution-mode': 'import' };
+import { ChatTemplate, type ChatMessage } from './chatTemplate';
 import { readJson } from './config';
 import { InvalidOptionError, ModelFormatError } from './errors';
+import { tokenIdArray } from './input';
+import { charsPerTokenBound } from './tokenBound';
 
-// Both packages are ES modules that also ship CommonJS builds; this package is CommonJS.
+// The package is an ES module that also ships a CommonJS build; this package is CommonJS.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { Tokenizer: HfTokenizer } = require('@huggingface/tokenizers') as typeof HfTokenizers;
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const { Template } = require('@huggingface/jinja') as typeof HfJinja;
 type HfTokenizer = InstanceType<typeof HfTokenizer>;
-type Template = InstanceType<typeof Template>;
 
-/** One chat message. */
-export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant' | string;
-  content: string;
+export type { ChatMessage } from './chatTemplate';
+export { StreamDecoder } from './streamDecoder';
+
+/** Largest generic array-like (not an Array or typed array) decode() copies: more than any context. */
+const MAX_DECODE_ARRAY_LIKE = 2 ** 24;
+
+/** False only when nothing is at the path (a dangling symlink is something; readJson reports it). */
+function lexists(file: string): boolean {
+  try {
+    fs.lstatSync(file);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ENOENT';
+  }
 }
 
 function tokenText(v: unknown): string | null {
@@ -37,11 +47,24 @@ export class Tokenizer {
   /** tokenizer_config.json's add_bos_token, when it says. */
   readonly addBosToken: boolean | undefined;
   readonly chatTemplate: string | null;
+  /** Token ids are 0..size-1 (the vocabulary and the added tokens). */
+  readonly size: number;
   private readonly hf: HfTokenizer;
+  /** Ids that decode() drops (special tokens, additional_special_tokens), as the HF tokenizer decides. */
   private readonly specialIds: Set<number>;
-  private template?: Template;
+  /** Most characters of input text one token can stand for, or 0 when no such bound holds (src/tokenBound.ts). */
+  private readonly charsPerToken: number;
+  /** Characters normalizing a whole text may add beyond what tokenization normalizes. */
+  private readonly normalizerSlack: number;
+  private template?: ChatTemplate;
 
-  private constructor(hf: HfTokenizer, config: Record<string, unknown>, bosTokenId: number | null) {
+  private constructor(
+    hf: HfTokenizer,
+    config: Record<string, unknown>,
+    bosTokenId: number | null,
+    private readonly configFile: string,
+    tokenizerJson: Record<string, unknown>,
+  ) {
     this.hf = hf;
     this.bosToken = tokenText(config.bos_token);
     this.eosToken = tokenText(config.eos_token);
@@ -55,6 +78,24 @@ export class Tokenizer {
     } else this.chatTemplate = null;
     this.specialIds = new Set();
     for (const [id, tok] of hf.get_added_tokens_decoder()) if (tok.special) this.specialIds.add(id);
+    const extra = Array.isArray(config.additional_special_tokens) ? config.additional_special_tokens : [];
+    for (const t of extra) {
+      const id = tokenText(t) === null ? undefined : hf.token_to_id(tokenText(t)!);
+      if (id !== undefined) this.specialIds.add(id);
+    }
+    const vocab = hf.get_vocab(true);
+    let size = 0;
+    for (const id of vocab.values()) size = Math.max(size, id + 1);
+    this.size = size;
+    const bound = charsPerTokenBound(tokenizerJson, config, vocab);
+    // Added tokens are matched before normalization; the bound normalizes the whole text, so it
+    // holds only if the normalizer does not lengthen their contents (a Prepend adds its one
+    // character at the start of the text only, which the slack covers).
+    const stable = [...hf.get_added_tokens_decoder().values()].every(
+      (t) => !hf.normalizer || hf.normalizer(t.content).length <= t.content.length + bound.slack,
+    );
+    this.charsPerToken = stable ? bound.charsPerToken : 0;
+    this.normalizerSlack = bound.slack;
   }
 
   /** Loads tokenizer.json and tokenizer_config.json from a model directory. */
@@ -62,12 +103,9 @@ export class Tokenizer {
     const tjFile = path.join(dir, 'tokenizer.json');
     const tcFile = path.join(dir, 'tokenizer_config.json');
     const tj = readJson(tjFile, 'tokenizer.json');
-    let tc: unknown = {};
-    try {
-      tc = readJson(tcFile, 'tokenizer_config.json');
-    } catch (e) {
-      if ((e as { code?: string }).code !== 'ERR_DEPTHGATE_MODEL_IO') throw e;
-    }
+    // tokenizer_config.json is optional: absent means no special-token settings. Present but
+    // unreadable (a directory, a FIFO, a dangling link, no permission) is an error.
+    const tc: unknown = lexists(tcFile) ? readJson(tcFile, 'tokenizer_config.json') : {};
     if (typeof tj !== 'object' || tj === null || Array.isArray(tj))
       throw new ModelFormatError('tokenizer.json must hold a JSON object', tjFile);
     if (typeof tc !== 'object' || tc === null || Array.isArray(tc))
@@ -78,7 +116,7 @@ export class Tokenizer {
     } catch (e) {
       throw new ModelFormatError(`tokenizer.json could not be loaded: ${(e as Error).message}`, tjFile, e);
     }
-    return new Tokenizer(hf, tc as Record<string, unknown>, bosTokenId);
+    return new Tokenizer(hf, tc as Record<string, unknown>, bosTokenId, tcFile, tj as Record<string, unknown>);
   }
 
   /**
@@ -95,74 +133,53 @@ export class Tokenizer {
     return ids;
   }
 
-  /** Decodes ids to text; special tokens are dropped unless `skipSpecialTokens` is false. */
-  decode(ids: ArrayLike<number>, skipSpecialTokens = true): string {
-    if (ids.length === 0) return ''; // the HF tokenizer refuses an empty list
-    return this.hf.decode(Array.from(ids), { skip_special_tokens: skipSpecialTokens });
+  /**
+   * Fewest tokens `text` can encode to, found without encoding it: a bound that lets an input
+   * that cannot fit a context be refused before the (slow, synchronous) tokenization. 0 when the
+   * tokenizer is of a kind for which no such bound is known.
+   */
+  minTokens(text: string): number {
+    if (this.charsPerToken === 0) return 0;
+    // Tokenization normalizes first; the bound is on the normalized text's length. For the
+    // tokenizers whose normalizer can shorten text (NFC, NFKC) this costs one pass over it.
+    const n = this.hf.normalizer ? this.hf.normalizer(text).length : text.length;
+    return Math.ceil(Math.max(0, n - this.normalizerSlack) / this.charsPerToken);
   }
 
+  /**
+   * Decodes ids to text; special tokens are dropped unless `skipSpecialTokens` is false. The ids
+   * (an array, a typed array or an array-like) must be integers in 0..size-1: anything else is an
+   * InvalidOptionError on `tokens`.
+   */
+  decode(ids: ArrayLike<number>, skipSpecialTokens = true): string {
+    if (typeof skipSpecialTokens !== 'boolean') throw new InvalidOptionError('skipSpecialTokens', 'must be true or false');
+    const list = tokenIdArray(ids, 'tokens', this.size, MAX_DECODE_ARRAY_LIKE);
+    return this.decodeIds(list, skipSpecialTokens);
+  }
+
+  /** @internal decode() of ids known to be valid (the stream decoder's hot path). */
+  decodeIds(ids: number[], skipSpecialTokens = true): string {
+    if (ids.length === 0) return ''; // the HF tokenizer refuses an empty list
+    return this.hf.decode(ids, { skip_special_tokens: skipSpecialTokens });
+  }
+
+  /** True for the ids decode() drops by default (special tokens). */
   isSpecial(id: number): boolean {
     return this.specialIds.has(id);
   }
 
-  /** Renders messages through the model's chat template. */
+  /** Renders messages through the model's chat template, within its bound (src/chatTemplate.ts). */
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): string {
     if (!Array.isArray(messages) || messages.some((m) => typeof m?.role !== 'string' || typeof m?.content !== 'string'))
       throw new InvalidOptionError('messages', 'must be an array of {role: string, content: string}');
+    if (typeof addGenerationPrompt !== 'boolean') throw new InvalidOptionError('addGenerationPrompt', 'must be true or false');
     if (!this.chatTemplate)
       throw new InvalidOptionError('messages', "this model's tokenizer_config.json has no chat_template");
-    this.template ??= new Template(this.chatTemplate);
-    return this.template.render({
-      messages,
+    this.template ??= new ChatTemplate(this.chatTemplate, this.configFile);
+    return this.template.render(messages, {
       bos_token: this.bosToken ?? '',
       eos_token: this.eosToken ?? '',
       add_generation_prompt: addGenerationPrompt,
     });
-  }
-}
-
-/**
- * Turns a growing list of generated ids into text deltas in constant work per token: it decodes
- * a short window (the ids since the last emitted text, plus the few before them as context) and
- * emits what the window adds to its own prefix. Decoding the context with the window keeps word
- * joins and leading spaces right; text ending in an incomplete UTF-8 sequence (U+FFFD) is held
- * back until the character is complete.
- */
-export class StreamDecoder {
-  private ids: number[] = [];
-  private prefixOffset = 0; // start of the context window
-  private readOffset = 0; // ids before this are already emitted
-  private emitted = '';
-  /** True while the last token ended inside a multi-byte character. */
-  holding = false;
-  constructor(private readonly tokenizer: Tokenizer) {}
-
-  push(id: number): string {
-    this.ids.push(id);
-    const prefix = this.tokenizer.decode(this.ids.slice(this.prefixOffset, this.readOffset));
-    const text = this.tokenizer.decode(this.ids.slice(this.prefixOffset));
-    this.holding = text.endsWith('\uFFFD');
-    if (this.holding || text.length <= prefix.length) return '';
-    const delta = text.slice(prefix.length);
-    this.prefixOffset = this.readOffset;
-    this.readOffset = this.ids.length;
-    this.emitted += delta;
-    return delta;
-  }
-
-  /** The text still held back (an incomplete character at the very end), once generation is over. */
-  finish(): string {
-    const prefix = this.tokenizer.decode(this.ids.slice(this.prefixOffset, this.readOffset));
-    const text = this.tokenizer.decode(this.ids.slice(this.prefixOffset));
-    const delta = text.length > prefix.length ? text.slice(prefix.length) : '';
-    this.prefixOffset = this.readOffset = this.ids.length;
-    this.emitted += delta;
-    this.holding = false;
-    return delta;
-  }
-
-  /** All text emitted so far. */
-  get text(): string {
-    return this.emitted;
   }
 }

@@ -28,6 +28,7 @@ import {
   ModelFormatError,
   UnsupportedModelError,
   loadModel,
+  parsePolicy,
   type Model,
 } from '../src';
 import { fromNative } from '../src/errors';
@@ -1061,6 +1062,105 @@ describe('generate options and inputs', () => {
 });
 
 // ---------------------------------------------------------------------------------------------
+// Numbers against the engine's types, policies the engine refuses, the CLI's --policy syntax
+// ---------------------------------------------------------------------------------------------
+
+describe('numeric options fit the native types they are stored in', () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(goodDir, { threads: 1, contextSize: 64 });
+  });
+  afterAll(async () => model?.dispose());
+
+  test.each<[string, Record<string, unknown>, string]>([
+    // topK is an int32 natively: 2^32 + 1 used to sample exactly like topK 1.
+    ['topK: 2^32 + 1', { topK: 2 ** 32 + 1, temperature: 1 }, 'topK'],
+    ['topK: 2^31', { topK: 2 ** 31, temperature: 1 }, 'topK'],
+    ['policy d3 start: 2^31', { policy: { type: 'd3', alpha: 0.5, start: 2 ** 31 } }, 'policy.start'],
+    ['policy d3 start: 3e9', { policy: { type: 'd3', alpha: 0.5, start: 3e9 } }, 'policy.start'],
+    ['seed: 2^53', { seed: 2 ** 53 }, 'seed'],
+  ])('%s is refused in TypeScript', async (_name, opts, option) => {
+    await expectOption(model.generate('hello', opts as never), option);
+  });
+
+  test('the largest values of those types are accepted', async () => {
+    const r = await model.generate('hello', { maxTokens: 2, temperature: 1, topK: 2 ** 31 - 1, seed: 2 ** 53 - 1, policy: { type: 'd3', alpha: 0.5, start: 2 ** 31 - 1 } });
+    expect(r.tokens).toHaveLength(2);
+    await expectOption(loadModel(goodDir, { contextSize: 2 ** 31 }), 'contextSize');
+    await expectOption(() => model.createSequence({ contextSize: 2 ** 31 }), 'contextSize');
+  });
+
+  test('policy errors only the engine can judge come back typed, naming the option', async () => {
+    // Bypass the TypeScript checks and ask the engine itself.
+    const nm = (model as unknown as { live(): import('../src/binding').NativeModel }).live();
+    const seq = nm.createSequence(8, 0);
+    const ask = (policy: unknown) => nm.forward([{ sequence: seq, tokens: Int32Array.from([1]), logits: 'none' }], policy as never).then(() => null, fromNative);
+    for (const [policy, option, message] of [
+      [{ type: 'd3', alpha: 0.5, start: -1 }, 'policy.start', /must be >= 0 for the d3 policy/],
+      [{ type: 'd3', alpha: 2 }, 'policy.alpha', /must be in \(0, 1\]/],
+      [{ type: 'static', skipLayers: [99] }, 'policy.skipLayers', /has layer 99 but the model has layers 0\.\.1/],
+      [{ type: 'flexidepth' }, 'policy', /no FlexiDepth router weights/],
+      [{ type: 'skiplayer' }, 'policy', /no SkipLayer router weights/],
+    ] as const) {
+      const err = await ask(policy);
+      expect(err).toBeInstanceOf(InvalidOptionError);
+      expect((err as InvalidOptionError).option).toBe(option);
+      expect((err as InvalidOptionError).code).toBe('ERR_DEPTHGATE_INVALID_OPTION');
+      expect((err as Error).message).toMatch(message);
+    }
+    seq.dispose();
+  });
+
+  test('a learned policy without routers is refused before anything runs, naming the option', async () => {
+    await expectOption(model.generate('hello', { policy: { type: 'flexidepth' } }), 'policy', /no FlexiDepth router weights/);
+    await expectOption(model.evaluate([1, 2], { policy: { type: 'skiplayer' } }), 'policy', /no SkipLayer router weights/);
+  });
+});
+
+describe("the CLI's --policy syntax", () => {
+  test.each([
+    ['flexidepth:threshold=', 'policy.threshold', /needs a value/],
+    ['d3:alpha=', 'policy.alpha', /needs a value/],
+    ['d3:alpha=0x1', 'policy.alpha', /'0x1' is not a number/],
+    ['d3:alpha=0.5,start= ', 'policy.start', /needs a value/],
+    ['d3:alpha=Infinity', 'policy.alpha', /is not a number/],
+    ['static:skip=', 'policy.skip', /needs a value/],
+    ['static:skip=1++2', 'policy.skip', /not layer numbers joined with \+/],
+    ['static:skip=1.5', 'policy.skip', /not layer numbers/],
+  ])('%s is an InvalidOptionError', async (text, option, message) => {
+    await expectOption(() => parsePolicy(text, 4), option, message);
+  });
+
+  test('good values still parse', () => {
+    expect(parsePolicy('flexidepth:threshold=0.25', 4)).toEqual({ type: 'flexidepth', threshold: 0.25 });
+    expect(parsePolicy('d3:alpha=.5,start=2,min=3', 4)).toEqual({ type: 'd3', alpha: 0.5, start: 2, minLayers: 3 });
+    expect(parsePolicy('static:skip=1+3,attn=2', 4)).toEqual({ type: 'static', skipLayers: [1, 3], skipAttention: [2] });
+  });
+});
+
+describe('load progress', () => {
+  test.each([
+    ['every time', () => true],
+    ['only at 1 (after the weights are in)', (f: number) => f === 1],
+  ])('an onProgress that throws %s rejects the load with that error, and frees what the load took', async (_when, throwsAt) => {
+    const dir = tinyModel({ seed: 3 });
+    const boom = new Error('progress boom');
+    const err = await loadModel(dir, {
+      threads: 1,
+      onProgress: (f) => {
+        if (throwsAt(f)) throw boom;
+      },
+    }).then(
+      (m) => m.dispose().then(() => null),
+      (e: unknown) => e,
+    );
+    expect(err).toBe(boom);
+    expect(leftOpen(dir)).toEqual([]);
+    await goodModelWorks();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
 // Use after dispose
 // ---------------------------------------------------------------------------------------------
 
@@ -1174,6 +1274,41 @@ describe('fromNative', () => {
     expect(m).toBeInstanceOf(ModelFormatError);
     expect((m as ModelFormatError).file).toBe('/m/model.safetensors');
     expect(m.message).toBe('/m/model.safetensors: header is empty');
+  });
+
+  test('every code the addon or the CUDA library can raise becomes a documented code and class', () => {
+    const root = path.join(__dirname, '..');
+    const sources: string[] = [];
+    const walk = (d: string) => {
+      for (const f of fs.readdirSync(d, { withFileTypes: true })) {
+        const p = path.join(d, f.name);
+        if (f.isDirectory()) walk(p);
+        else if (/\.(cc|h|cu|cuh)$/.test(f.name)) sources.push(fs.readFileSync(p, 'utf8'));
+      }
+    };
+    walk(path.join(root, 'native'));
+    walk(path.join(root, 'cuda'));
+    const nativeCodes = [...new Set(sources.join('\n').match(/ERR_DEPTHGATE_[A-Z_]+/g) ?? [])].sort();
+    expect(nativeCodes).toContain('ERR_DEPTHGATE_INVALID_ARGUMENT');
+    const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+    const table = readme.slice(readme.indexOf('### Errors'), readme.indexOf('## Models'));
+    const documented = new Set(table.match(/ERR_DEPTHGATE_[A-Z_]+/g) ?? []);
+    for (const code of [...nativeCodes, 'ERR_DEPTHGATE_SOMETHING_NEW']) {
+      const m = fromNative(Object.assign(new Error('x'), { code })) as DepthgateError;
+      expect(m).toBeInstanceOf(DepthgateError);
+      expect([code, documented.has(m.code)]).toEqual([code, true]);
+    }
+    // A malformed call from this package to the addon is an internal error, said as such.
+    const internal = fromNative(Object.assign(new Error('request.tokens must be an Int32Array'), { code: 'ERR_DEPTHGATE_INVALID_ARGUMENT' }));
+    expect((internal as DepthgateError).code).toBe('ERR_DEPTHGATE_INTERNAL');
+    expect(internal.message).toMatch(/internal error \(a bug in depthgate\)/);
+    expect(fromNative(Object.assign(new Error('x'), { code: 'ERR_DEPTHGATE_UNSUPPORTED' }))).toBeInstanceOf(UnsupportedModelError);
+    expect(fromNative(Object.assign(new Error('x'), { code: 'ERR_DEPTHGATE_BACKEND_UNAVAILABLE' }))).toBeInstanceOf(BackendUnavailableError);
+    const opt = fromNative(Object.assign(new Error('must be >= 0'), { code: 'ERR_DEPTHGATE_INVALID_OPTION', option: 'policy.start' }));
+    expect(opt).toBeInstanceOf(InvalidOptionError);
+    expect((opt as InvalidOptionError).option).toBe('policy.start');
+    // Every class's own code is documented too.
+    for (const code of ['ERR_DEPTHGATE_BUSY', 'ERR_DEPTHGATE_NATIVE_LOAD', 'ERR_DEPTHGATE_INTERNAL']) expect(documented.has(code)).toBe(true);
   });
 
   // Regression (disposed): ERR_DEPTHGATE_DISPOSED used to become a bare DepthgateError.

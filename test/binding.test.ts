@@ -84,7 +84,7 @@ describe('the shipped API is documented', () => {
 
   test('every option property of the public option types has a TSDoc comment', () => {
     const missing: string[] = [];
-    for (const f of ['options.d.ts', 'policy.d.ts', 'model.d.ts']) {
+    for (const f of ['options.d.ts', 'policy.d.ts', 'model.d.ts', 'sequence.d.ts']) {
       const lines = fs.readFileSync(path.join(dist, f), 'utf8').split('\n');
       let inInterface = '';
       lines.forEach((line, i) => {

@@ -4,14 +4,21 @@
  */
 import { loadModel, type Model } from '../src';
 import type { TinyModelOptions } from '../src/tinyModel';
-import { argmax, loadReference, referenceGreedy, referenceLogits } from './reference/reference';
+import { argmax, loadReference, referenceGreedy, referenceLogits, type KvCacheType } from './reference/reference';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';
 
 afterAll(cleanup);
 
-// f32 weights must match to 1e-4; f16/bf16 weights are decoded exactly by both sides, so the
-// same bound holds (only the engine's f32 arithmetic differs from float64).
-const TOL = 1e-4;
+// Weights of every dtype are decoded exactly by both sides, so only the engine's f32 arithmetic
+// differs from float64: measured 2.6e-7 to 4.8e-7 of the logit range with an f32 cache. With a
+// bf16 or f16 cache the reference stores K and V rounded the same way (roundBf16/roundF16); what
+// is left is an f32 K or V element landing on the other side of a rounding boundary than its
+// float64 value: measured up to 4e-7 (bf16) and 1.1e-5 (f16), so those get 1e-4 (a rounding
+// error of the cache the reference did not model, or no rounding at all, is 4e-4 to 5e-3).
+const TOL: Record<KvCacheType, number> = { f32: 1e-5, bf16: 1e-4, f16: 1e-4 };
+const TOL_F32 = TOL.f32;
+// Below this, against a reference that does not round K and V, the cache would not be rounded.
+const ROUNDING_SEEN = { bf16: 1e-3, f16: 1e-4 };
 
 const cases: [string, TinyModelOptions][] = [
   ['llama f32 GQA', { arch: 'llama', dtype: 'f32', heads: 4, kvHeads: 2 }],
@@ -32,7 +39,7 @@ describe.each(cases)('%s', (_name, options) => {
   let dir: string;
   beforeAll(async () => {
     dir = tinyModel({ seed: 7, ...options });
-    model = await loadModel(dir, { threads: 2 });
+    model = await loadModel(dir, { kvCacheType: 'f32', threads: 2 });
   });
   afterAll(async () => model?.dispose());
 
@@ -42,7 +49,25 @@ describe.each(cases)('%s', (_name, options) => {
     const want = referenceLogits(ref, tokens);
     const got = await model.evaluate(tokens);
     expect(got.logits).toHaveLength(tokens.length);
-    for (let i = 0; i < tokens.length; i++) expect(relError(got.logits[i], want[i])).toBeLessThan(TOL);
+    for (let i = 0; i < tokens.length; i++) expect(relError(got.logits[i], want[i])).toBeLessThan(TOL_F32);
+  });
+
+  test.each(['bf16', 'f16'] as const)('with a %s KV cache, logits match the reference storing K and V as %s', async (kv) => {
+    const ref = loadReference(dir);
+    const tokens = randomTokens(12, 0, model.config.vocabSize, 3);
+    const want = referenceLogits(ref, tokens, { kvCacheType: kv });
+    const unrounded = referenceLogits(ref, tokens);
+    const m = await loadModel(dir, { kvCacheType: kv, threads: 2 });
+    try {
+      expect(m.info.kvCacheType).toBe(kv);
+      expect(m.info.kvBytesPerToken).toBe(2 * 2 * m.config.numLayers * m.config.numKvHeads * m.config.headDim);
+      const got = await m.evaluate(tokens);
+      for (let i = 0; i < tokens.length; i++) expect(relError(got.logits[i], want[i])).toBeLessThan(TOL[kv]);
+      // The cache really is rounded: against the unrounded reference the error is far larger.
+      expect(Math.max(...got.logits.map((row, i) => relError(row, unrounded[i]!)))).toBeGreaterThan(ROUNDING_SEEN[kv]);
+    } finally {
+      await m.dispose();
+    }
   });
 
   test('greedy continuation matches the reference', async () => {
@@ -59,7 +84,7 @@ describe('batching and caching', () => {
   let dir: string;
   beforeAll(async () => {
     dir = tinyModel({ seed: 3, maxPositions: 640 });
-    model = await loadModel(dir, { threads: 2 });
+    model = await loadModel(dir, { kvCacheType: 'f32', threads: 2 });
   });
   afterAll(async () => model?.dispose());
 
@@ -68,7 +93,7 @@ describe('batching and caching', () => {
     const tokens = randomTokens(300, 0, 300, 5);
     const want = referenceLogits(ref, tokens);
     const got = await model.evaluate(tokens);
-    for (const i of [0, 100, 255, 256, 257, 299]) expect(relError(got.logits[i], want[i])).toBeLessThan(TOL);
+    for (const i of [0, 100, 255, 256, 257, 299]) expect(relError(got.logits[i], want[i])).toBeLessThan(TOL_F32);
   });
 
   test('concurrent generations batched together equal the same generations one by one', async () => {

@@ -244,7 +244,7 @@ describe('memory and concurrency', () => {
       const fits = Math.floor((10 * 2 ** 20) / perToken);
       const err = await Promise.resolve().then(() => m.createSequence({ contextSize: fits + 1 })).catch((e) => e);
       expect(err).toBeInstanceOf(OutOfMemoryError);
-      expect(err.message).toMatch(/needs .* GiB of KV cache/);
+      expect(err.message).toMatch(/needs 10\.00 MiB of KV cache \(\d+ bytes\)/); // MiB below 1 GiB
       // Reservations add up across live sequences, and come back on dispose.
       const a = m.createSequence({ contextSize: Math.floor(fits / 2) });
       expect(() => m.createSequence({ contextSize: Math.floor(fits / 2) + 2 })).toThrow(OutOfMemoryError);
@@ -285,5 +285,79 @@ describe('streaming text', () => {
     for (const id of ids) out += d.push(id);
     out += d.finish();
     expect(out).toBe(tk.decode(ids));
+  });
+});
+
+describe('stop strings and the decoder’s final flush', () => {
+  test('a stop string completed by the text the decoder releases only at the end is still found and cut', async () => {
+    // Find a greedy continuation whose k-th token ends inside a character: generating k tokens,
+    // the last character is held back until the final flush, which must be checked for stops too.
+    const tk = model.tokenizer;
+    let found: { prompt: number[]; k: number; text: string } | undefined;
+    for (let seed = 1; seed < 60 && !found; seed++) {
+      const p = randomTokens(4, 0, 300, seed);
+      const full = await model.generate({ tokens: p }, { maxTokens: 40, stopOnEos: false });
+      for (let k = 2; k <= full.tokens.length && !found; k++) {
+        const text = tk.decode(full.tokens.slice(0, k));
+        const stop = text.slice(-2);
+        if (text.endsWith('\uFFFD') && stop.length === 2 && text.indexOf(stop) === text.length - 2) found = { prompt: p, k, text };
+      }
+    }
+    if (!found) throw new Error('no greedy continuation ending inside a character was found for this model');
+    const stop = found.text.slice(-2);
+    const s = model.stream({ tokens: found.prompt }, { maxTokens: found.k, stopOnEos: false, stop: [stop] });
+    let streamed = '';
+    for await (const c of s) streamed += c.text;
+    const r = await s.result;
+    expect(r.finishReason).toBe('stop');
+    expect(r.text).toBe(found.text.slice(0, -2));
+    expect(streamed).toBe(r.text);
+    expect(r.text.includes(stop)).toBe(false);
+  });
+});
+
+describe('stream decoder work', () => {
+  /** Ids decoded (summed over calls) while streaming `ids`, and the text it gave. */
+  function streamWork(ids: number[]): { work: number; text: string } {
+    const tk = model.tokenizer;
+    const spy = jest.spyOn(tk, 'decodeIds');
+    try {
+      const d = new StreamDecoder(tk);
+      let text = '';
+      for (const id of ids) text += d.push(id);
+      text += d.finish();
+      return { work: spy.mock.calls.reduce((a, [w]) => a + w.length, 0), text };
+    } finally {
+      spy.mockRestore();
+    }
+  }
+  const tk = () => model.tokenizer;
+  const all = () => Array.from({ length: tk().size }, (_, i) => i);
+  const special = () => all().filter((i) => tk().isSpecial(i));
+  // Byte tokens that alone are an incomplete or invalid UTF-8 sequence.
+  const brokenBytes = () => all().filter((i) => !tk().isSpecial(i) && tk().decode([i]) === '\uFFFD');
+  const cycle = (ids: number[], n: number, step: number) => Array.from({ length: n }, (_, i) => ids[(i * step) % ids.length]);
+
+  test.each([
+    ['special tokens', () => cycle(special(), 4000, 1)],
+    ['tokens that end inside a character', () => cycle(brokenBytes(), 4000, 7)],
+  ])('a run of 4000 %s costs work proportional to its length, and decodes exactly', (_what, make) => {
+    const ids = make();
+    expect(ids.length).toBe(4000);
+    const small = streamWork(ids.slice(0, 2000));
+    const big = streamWork(ids);
+    // Re-decoding the whole run at every token would be 8 million ids; a bounded window is < 20 per token.
+    expect(big.work).toBeLessThan(20 * ids.length);
+    expect(big.work).toBeLessThanOrEqual(2 * small.work + 100);
+    expect(big.text).toBe(tk().decode(ids));
+  });
+
+  test('deltas stay exact across long runs of byte tokens mixed with text (the window re-anchors inside characters)', () => {
+    const bytes = brokenBytes();
+    for (let seed = 1; seed <= 5; seed++) {
+      const pick = randomTokens(3000, 0, 1000, seed);
+      const ids = pick.map((r, i) => (r < 700 ? bytes[r % bytes.length] : (r * 13 + i) % tk().size));
+      expect(streamWork(ids).text).toBe(tk().decode(ids));
+    }
   });
 });

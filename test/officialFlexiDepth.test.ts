@@ -100,7 +100,7 @@ describe.each([
   let model: Model;
   beforeAll(async () => {
     dir = write(options);
-    model = await loadModel(dir, { threads: 2 });
+    model = await loadModel(dir, { kvCacheType: 'f32', threads: 2 });
   });
   afterAll(async () => model?.dispose());
 
@@ -152,8 +152,8 @@ describe.each([
 test("policy 'none' equals the plain base model (the same weights written as LlamaForCausalLM without routers)", async () => {
   const officialDir = write(OFFICIAL);
   const plainDir = write(PLAIN);
-  const official = await loadModel(officialDir, { threads: 2 });
-  const plain = await loadModel(plainDir, { threads: 2 });
+  const official = await loadModel(officialDir, { kvCacheType: 'f32', threads: 2 });
+  const plain = await loadModel(plainDir, { kvCacheType: 'f32', threads: 2 });
   try {
     expect(plain.info.architecture).toBe('LlamaForCausalLM');
     expect(plain.defaultPolicy.policy).toEqual({ type: 'none' });
@@ -206,7 +206,7 @@ describe('config.json and the router tensors must agree', () => {
   test('an empty routing_layers with no router tensors is the plain model, default policy none', async () => {
     const dir = write(PLAIN);
     patchConfig(dir, { architectures: ['DDLlamaForCausalLM'], model_type: 'ddllama', routing_layers: [] });
-    const model = await loadModel(dir, { threads: 1 });
+    const model = await loadModel(dir, { kvCacheType: 'f32', threads: 1 });
     expect(model.info.flexiDepthLayers).toEqual([]);
     expect(model.defaultPolicy.policy).toEqual({ type: 'none' });
     await model.dispose();
@@ -216,7 +216,7 @@ describe('config.json and the router tensors must agree', () => {
     // hidden 64, intermediate 128, reduction 16: router 4 wide, adapter 8 wide.
     const dir = write(OFFICIAL);
     patchConfig(dir, { router_reduction_factor: 16, proj_reduction_factor: 16 });
-    const ok = await loadModel(dir, { threads: 1 });
+    const ok = await loadModel(dir, { kvCacheType: 'f32', threads: 1 });
     expect(ok.info.flexiDepthLayers).toEqual(ROUTED);
     await ok.dispose();
     patchConfig(dir, { router_reduction_factor: 8 });
@@ -242,7 +242,7 @@ describe('other config.json fields of the official checkpoint', () => {
       router_threshold: 0.5,
       _name_or_path: 'xuan-luo/FlexiDepth-Llama-3-8B-Instruct',
     });
-    const model = await loadModel(dir, { threads: 1 });
+    const model = await loadModel(dir, { kvCacheType: 'f32', threads: 1 });
     expect(model.defaultPolicy.policy).toEqual({ type: 'flexidepth' });
     await model.dispose();
   });
@@ -268,11 +268,11 @@ describe('other config.json fields of the official checkpoint', () => {
 
 describe('one default-policy rule for every model', () => {
   test('a LlamaForCausalLM checkpoint with routers in its shards defaults to FlexiDepth; routers from an add-on do not', async () => {
-    const own = await loadModel(write({ ...PLAIN, flexidepth: { layers: ROUTED } }), { threads: 1 });
+    const own = await loadModel(write({ ...PLAIN, flexidepth: { layers: ROUTED } }), { kvCacheType: 'f32', threads: 1 });
     expect(own.defaultPolicy.policy).toEqual({ type: 'flexidepth' });
     await own.dispose();
     const dir = write({ ...PLAIN, flexidepth: { layers: ROUTED, addonFile: 'fd.safetensors' } });
-    const withAddon = await loadModel(dir, { threads: 1, addons: [path.join(dir, 'fd.safetensors')] });
+    const withAddon = await loadModel(dir, { kvCacheType: 'f32', threads: 1, addons: [path.join(dir, 'fd.safetensors')] });
     expect(withAddon.info.flexiDepthLayers).toEqual(ROUTED);
     expect(withAddon.info.checkpointFlexiDepthLayers).toEqual([]);
     expect(withAddon.defaultPolicy.policy).toEqual({ type: 'none' });
@@ -284,16 +284,16 @@ describe('one default-policy rule for every model', () => {
 
   test('the embedded default model defaults to FlexiDepth with its default add-on only', async () => {
     const d = defaultModelSetup();
-    const routed = await loadModel(d.dir, { threads: 1, addons: d.addons });
+    const routed = await loadModel(d.dir, { kvCacheType: 'f32', threads: 1, addons: d.addons });
     expect(routed.defaultPolicy.policy).toEqual(d.policy);
     expect(routed.defaultPolicy.reason).toMatch(/embedded default model/);
     const r = await routed.evaluate(routed.tokenize('And God said unto Moses'));
     expect(r.executed.some((row) => row.some((x) => x === 0))).toBe(true);
     await routed.dispose();
-    const bare = await loadModel(d.dir, { threads: 1 });
+    const bare = await loadModel(d.dir, { kvCacheType: 'f32', threads: 1 });
     expect(bare.defaultPolicy.policy).toEqual({ type: 'none' });
     await bare.dispose();
-    const other = await loadModel(d.dir, { threads: 1, addons: [path.join(d.dir, 'flexidepth-p1e-2.safetensors')] });
+    const other = await loadModel(d.dir, { kvCacheType: 'f32', threads: 1, addons: [path.join(d.dir, 'flexidepth-p1e-2.safetensors')] });
     expect(other.defaultPolicy.policy).toEqual({ type: 'none' });
     await other.dispose();
   });

@@ -23,7 +23,7 @@ function logSoftmaxAt(row: ArrayLike<number>, id: number): number {
 
 test('evaluate with generatedFrom scores a continuation at D3 depth, as the reference does', async () => {
   const dir = tinyModel({ layers: 6, seed: 11 });
-  const model = await loadModel(dir);
+  const model = await loadModel(dir, { kvCacheType: 'f32' });
   try {
     const tokens = randomTokens(20, 0, 300, 3);
     const P = 7;
@@ -51,7 +51,7 @@ test('evaluate with generatedFrom scores a continuation at D3 depth, as the refe
 
 test('a D3 generation, re-scored with generatedFrom, runs the same layers and predicts the same tokens', async () => {
   const dir = tinyModel({ layers: 8, seed: 12 });
-  const model = await loadModel(dir);
+  const model = await loadModel(dir, { kvCacheType: 'f32' });
   try {
     const prompt = randomTokens(9, 0, 300, 5);
     const policy: Policy = { type: 'd3', alpha: 0.85, start: 2 };
@@ -74,7 +74,7 @@ test('a D3 generation, re-scored with generatedFrom, runs the same layers and pr
 
 test('measurePerplexity equals the perplexity computed from float64 reference logits, per policy', async () => {
   const dir = tinyModel({ layers: 4, seed: 13, vocabSize: 400 });
-  const model = await loadModel(dir);
+  const model = await loadModel(dir, { kvCacheType: 'f32' });
   try {
     const ids = randomTokens(70, 0, 390, 9);
     const ref = loadRoutedReference(dir);
@@ -119,7 +119,7 @@ test('measurePerplexity equals the perplexity computed from float64 reference lo
 
 test('measurePerplexity and evaluate reject bad windows and options with typed errors', async () => {
   const dir = tinyModel({ seed: 14, maxPositions: 64 });
-  const model = await loadModel(dir);
+  const model = await loadModel(dir, { kvCacheType: 'f32' });
   try {
     const ids = randomTokens(100, 0, 300, 2);
     await expect(measurePerplexity(model, ids, { window: 65 })).rejects.toThrow(InvalidOptionError);
@@ -168,7 +168,7 @@ test('depthgate eval prints perplexity and mean layers per policy, as a table or
 
 test('the embedded default model has learned its text, and its FlexiDepth routers skip at small cost', async () => {
   const d = defaultModelSetup();
-  const model = await loadModel(d.dir, { addons: d.addons });
+  const model = await loadModel(d.dir, { kvCacheType: 'f32', addons: d.addons });
   try {
     const text = fs.readFileSync(path.join(__dirname, '..', 'bench', 'data', 'kjv-heldout.txt'), 'utf8');
     const ids = model.tokenizer.encode(text.slice(0, 20000), false);

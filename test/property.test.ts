@@ -120,3 +120,61 @@ test('policies: any object or CLI string is a valid policy or a typed error', ()
     { numRuns: 500 },
   );
 });
+
+describe('Tokenizer.minTokens is a lower bound on the tokens of any text (it refuses prompts before tokenizing)', () => {
+  /** The tiny model's byte-level tokenizer, optionally with a normalizer added to tokenizer.json. */
+  function byteLevel(normalizer?: unknown): Tokenizer {
+    const dir = tinyModel();
+    if (normalizer) {
+      const f = path.join(dir, 'tokenizer.json');
+      const tj = JSON.parse(fs.readFileSync(f, 'utf8'));
+      tj.normalizer = normalizer;
+      fs.writeFileSync(f, JSON.stringify(tj));
+    }
+    return Tokenizer.fromDirectory(dir);
+  }
+
+  /** A SentencePiece-style BPE (Llama 2, Mistral): Metaspace normalizer, byte fallback, fused <unk>. */
+  function byteFallback(): Tokenizer {
+    const dir = tmpDir();
+    const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
+    for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`] = 3 + b;
+    const pieces = ['▁', 'a', 'b', 'c', 'e', 'h', 't', '▁a', '▁t', 'th', '▁th', 'he', '▁the', 'ab', 'abc', '▁abc'];
+    pieces.forEach((p, i) => (vocab[p] = 259 + i));
+    const merges = ['▁ a', '▁ t', 't h', '▁ th', 'h e', '▁th e', 'a b', 'ab c', '▁ abc'];
+    fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify({
+      version: '1.0',
+      added_tokens: [0, 1, 2].map((id) => ({ id, content: ['<unk>', '<s>', '</s>'][id], single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+      normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }] },
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
+      model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, vocab, merges },
+    }));
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>', add_bos_token: false }));
+    return Tokenizer.fromDirectory(dir);
+  }
+
+  const texts = fc.oneof(
+    fc.string({ unit: 'binary', maxLength: 300 }),
+    fc.string({ unit: fc.constantFrom('a', 'b', ' ', 'the', 'abc', 'e\u0301', '\u1100\u1161\u11a8', '\u00e9', '🙂', '  ', '\n'), maxLength: 200 }),
+  );
+
+  test.each([
+    ['byte-level BPE (Llama 3, Qwen2)', () => byteLevel()],
+    // Regression: ids between the tokenizer's tokens and its added tokens are holes in its vocabulary.
+    ['byte-level BPE whose vocabulary has holes (vocab_size above its tokens)', () => Tokenizer.fromDirectory(tinyModel({ vocabSize: 8000 }))],
+    ['byte-level BPE with an NFC normalizer, which can shorten text (Qwen2)', () => byteLevel({ type: 'NFC' })],
+    ['byte-level BPE with NFKC', () => byteLevel({ type: 'NFKC' })],
+    ['SentencePiece-style BPE with byte fallback (Llama 2, Mistral)', byteFallback],
+  ])('%s', (_kind, make) => {
+    const tk = make();
+    expect(tk.minTokens('abc '.repeat(100))).toBeGreaterThan(0); // a bound is known for this kind
+    fc.assert(
+      fc.property(texts, fc.boolean(), (text, special) => {
+        expect(tk.minTokens(text)).toBeLessThanOrEqual(tk.encode(text, special).length);
+      }),
+      { numRuns: 400 },
+    );
+  });
+});

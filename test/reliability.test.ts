@@ -1,13 +1,15 @@
 /**
  * Reliability: no leaks across load/generate/dispose cycles (native, under LeakSanitizer; and the
  * process's own memory, mappings and file descriptors), KV memory returned when a sequence ends,
- * and what happens when a checkpoint changes while it is memory-mapped.
+ * and what happens when a checkpoint changes while it is memory-mapped: replaced by rename or
+ * deleted, it keeps working; rewritten or truncated in place, it is refused before (and after)
+ * each pass; truncated during a pass, SIGBUS names the file.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { loadModel } from '../src';
-import { cleanup, openedFiles, randomTokens, tinyModel } from './helpers';
+import { loadModel, ModelFileError } from '../src';
+import { cleanup, openedFiles, randomTokens, tinyModel, tmpDir } from './helpers';
 
 afterAll(cleanup);
 const root = path.join(__dirname, '..');
@@ -72,18 +74,56 @@ describe('a checkpoint that changes while mapped', () => {
     }
   });
 
-  test('truncated in place: the process dies of SIGBUS, but names the file and the cause first', () => {
+  test('overwritten in place (same size, as cp does): the next pass is refused with ModelFileError, not computed from mixed weights', async () => {
+    const dir = tinyModel({ seed: 8 });
+    const file = path.join(dir, 'model.safetensors');
+    const m = await loadModel(dir, { threads: 1 });
+    try {
+      await m.evaluate([5, 6, 7]);
+      const other = tinyModel({ seed: 9 }); // same shapes, other weights: the same size
+      expect(fs.statSync(path.join(other, 'model.safetensors')).size).toBe(fs.statSync(file).size);
+      await new Promise((r) => setTimeout(r, 20)); // a later modification time, even on coarse clocks
+      fs.copyFileSync(path.join(other, 'model.safetensors'), file); // truncates and rewrites the same inode
+      for (const call of [() => m.evaluate([5, 6, 7]), () => m.generate({ tokens: [1, 2] }, { maxTokens: 2 })]) {
+        const err = await call().catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(ModelFileError);
+        expect((err as ModelFileError).file).toBe(file);
+        expect((err as Error).message).toMatch(/was modified on disk since it was loaded.*refuses to run/);
+      }
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  test('truncated in place between passes: refused with ModelFileError (no SIGBUS)', async () => {
     const dir = tinyModel({ seed: 8, hidden: 128, intermediate: 512 });
-    const script = `
-      const fs = require('fs');
-      require('./dist/index.js').loadModel(${JSON.stringify(dir)}, { threads: 1 }).then(async (m) => {
-        fs.truncateSync(${JSON.stringify(path.join(dir, 'model.safetensors'))}, 4096);
-        await m.evaluate([1, 2, 3]);
-        console.log('survived');
-      });`;
-    const r = spawnSync(process.execPath, ['-e', script], { cwd: root, encoding: 'utf8', timeout: 60000 });
+    const file = path.join(dir, 'model.safetensors');
+    const m = await loadModel(dir, { threads: 1 });
+    try {
+      const size = fs.statSync(file).size;
+      fs.truncateSync(file, 4096);
+      const err = await m.evaluate([1, 2, 3]).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ModelFileError);
+      expect((err as Error).message).toMatch(new RegExp(`changed size on disk \\(${size} bytes when loaded, 4096 now\\)`));
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  test('truncated while a page is being read (during a pass): the SIGBUS handler names the file and the cause first', () => {
+    const out = tmpDir();
+    const bin = path.join(out, 'mapguard_test');
+    const cc = spawnSync('g++', ['-std=c++17', '-O1', '-Inative', 'test/native/mapguard_test.cc', 'native/mapguard.cc', '-o', bin], {
+      cwd: root,
+      encoding: 'utf8',
+    });
+    expect(cc.stderr).toBe('');
+    expect(cc.status).toBe(0);
+    const file = path.join(out, 'model.safetensors');
+    fs.writeFileSync(file, Buffer.alloc(1 << 16, 1));
+    const r = spawnSync(bin, [file], { encoding: 'utf8', timeout: 60000 });
     expect(r.signal).toBe('SIGBUS');
     expect(r.stdout).not.toMatch(/survived/);
-    expect(r.stderr).toMatch(new RegExp(`the model file ${path.join(dir, 'model.safetensors').replace(/[/.]/g, '\\$&')} was truncated or rewritten while it was memory-mapped`));
+    expect(r.stderr).toContain(`depthgate: fatal: the model file ${file} was truncated or rewritten while it was memory-mapped`);
   });
 });

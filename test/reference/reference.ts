@@ -262,6 +262,45 @@ export function applyRope(v: Float64Array, nHeads: number, hd: number, pos: numb
 
 export const silu = (x: number): number => x / (1 + Math.exp(-x));
 
+/** The KV cache dtypes the engine offers; the reference can store K and V as they would be. */
+export type KvCacheType = 'f32' | 'f16' | 'bf16';
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+/** x rounded to f32, then to bf16 (round to nearest, ties to even): what a bf16 cache holds. */
+export function roundBf16(x: number): number {
+  f32Scratch[0] = x;
+  let u = u32Scratch[0]!;
+  if ((u & 0x7fffffff) > 0x7f800000) return NaN;
+  u = (u + 0x7fff + ((u >>> 16) & 1)) >>> 0;
+  u32Scratch[0] = (u & 0xffff0000) >>> 0;
+  return f32Scratch[0]!;
+}
+
+/** x rounded to f32, then to IEEE half (ties to even), by arithmetic: what an f16 cache holds. */
+export function roundF16(x: number): number {
+  const v = Math.fround(x);
+  if (!Number.isFinite(v)) return v;
+  const a = Math.abs(v);
+  if (a >= 65520) return Math.sign(v) * Infinity; // past the largest half, after rounding
+  // The spacing of halves near a: 2^(e - 10) for normal halves, 2^-24 below 2^-14.
+  const e = a < 2 ** -14 ? -14 : Math.floor(Math.log2(a));
+  const step = 2 ** (e - 10);
+  const r = a / step;
+  const fl = Math.floor(r);
+  const diff = r - fl;
+  const q = diff > 0.5 ? fl + 1 : diff < 0.5 ? fl : fl % 2 === 0 ? fl : fl + 1;
+  return Math.sign(v) * q * step;
+}
+
+/** A K or V row as the cache holds it: f32 keeps the engine's f32 values (unrounded here). */
+export function asCached(v: Float64Array, type: KvCacheType): Float64Array {
+  if (type === 'f32') return v;
+  const round = type === 'bf16' ? roundBf16 : roundF16;
+  return v.map(round);
+}
+
 /** Logits (one Float64Array of vocab_size per position) for `tokens` starting at position 0. */
 /**
  * Causal attention of position t over positions max(0, t - window + 1)..t, softmax in float64;
@@ -294,7 +333,8 @@ export function causalAttention(
   return attn;
 }
 
-export function referenceLogits(model: ReferenceModel, tokens: number[]): Float64Array[] {
+export function referenceLogits(model: ReferenceModel, tokens: number[], options: { kvCacheType?: KvCacheType } = {}): Float64Array[] {
+  const kvType = options.kvCacheType ?? 'f32';
   const c = model.config;
   const d = c.hidden;
   const hd = c.headDim;
@@ -338,8 +378,8 @@ export function referenceLogits(model: ReferenceModel, tokens: number[]): Float6
       applyRope(q, c.heads, hd, t, c.invFreq);
       applyRope(k, c.kvHeads, hd, t, c.invFreq);
       qs.push(q);
-      ks.push(k);
-      vs.push(v);
+      ks.push(asCached(k, kvType));
+      vs.push(asCached(v, kvType));
     }
     const next: Float64Array[] = [];
     for (let t = 0; t < T; t++) {
@@ -373,12 +413,12 @@ export function argmax(v: ArrayLike<number>): number {
 }
 
 /** Greedy decoding: the `n` tokens generated after `prompt` (the prompt is not included). */
-export function referenceGreedy(model: ReferenceModel, prompt: number[], n: number): number[] {
+export function referenceGreedy(model: ReferenceModel, prompt: number[], n: number, options: { kvCacheType?: KvCacheType } = {}): number[] {
   if (prompt.length === 0) throw new Error('reference: empty prompt');
   const seq = [...prompt];
   const out: number[] = [];
   for (let s = 0; s < n; s++) {
-    const logits = referenceLogits(model, seq);
+    const logits = referenceLogits(model, seq, options);
     const next = argmax(logits[logits.length - 1]!);
     out.push(next);
     seq.push(next);

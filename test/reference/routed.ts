@@ -42,6 +42,8 @@ import {
   silu,
   tensor,
   type ReferenceModel,
+  type KvCacheType,
+  asCached,
   causalAttention,
 } from './reference';
 
@@ -142,7 +144,10 @@ function checkLayers(what: string, list: number[] | undefined, L: number): Set<n
 const sigmoid = (v: number): number => 1 / (1 + Math.exp(-v));
 
 /** Logits, executed mask and router weights of `tokens` (from position 0) under `policy`. */
-export function referenceRouted(model: RoutedReferenceModel, tokens: number[], policy: RefPolicy): RoutedResult {
+export function referenceRouted(
+  model: RoutedReferenceModel, tokens: number[], policy: RefPolicy, options: { kvCacheType?: KvCacheType } = {},
+): RoutedResult {
+  const kvType = options.kvCacheType ?? 'f32';
   const c = model.config;
   const L = c.layers;
   const d = c.hidden;
@@ -267,8 +272,8 @@ export function referenceRouted(model: RoutedReferenceModel, tokens: number[], p
       applyRope(k, c.kvHeads, hd, t, c.invFreq);
       ns.push(h);
       qs.push(q);
-      ks.push(k);
-      vs.push(v);
+      ks.push(asCached(k, kvType));
+      vs.push(asCached(v, kvType));
     }
     const next: Float64Array[] = [];
     for (let t = 0; t < T; t++) {

@@ -1,0 +1,103 @@
+// Kernels exposed for tests and microbenchmarks (synchronous, single call each, on the calling
+// thread): native().kernels.{matmul, rmsnorm, copy}.
+#include <napi.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+#include "addon_kernels.h"
+#include "addon_dispatcher.h"
+#include "errors.h"
+#include "kernels.h"
+#include "threadpool.h"
+
+namespace dg {
+
+namespace {
+
+[[noreturn]] void throwArg(Napi::Env env, const std::string& message) {
+  throw makeError(env, kErrArg, message, "");
+}
+
+Weight weightArg(Napi::Env env, Napi::Value v) {
+  if (!v.IsObject()) throwArg(env, "weight must be {data, dtype, rows, cols}");
+  Napi::Object o = v.As<Napi::Object>();
+  Napi::Value d = o.Get("data");
+  if (!d.IsTypedArray()) throwArg(env, "weight.data must be a typed array");
+  auto ta = d.As<Napi::TypedArray>();
+  std::string dt = o.Get("dtype").IsString() ? o.Get("dtype").As<Napi::String>().Utf8Value() : "";
+  Weight w;
+  w.dtype = dt == "f32" ? DType::F32 : dt == "f16" ? DType::F16 : dt == "bf16" ? DType::BF16 : DType(-1);
+  if (int(w.dtype) < 0) throwArg(env, "weight.dtype must be f32, f16 or bf16");
+  w.rows = o.Get("rows").As<Napi::Number>().Int64Value();
+  w.cols = o.Get("cols").As<Napi::Number>().Int64Value();
+  if (w.rows <= 0 || w.cols <= 0 || size_t(ta.ByteLength()) < w.bytes())
+    throwArg(env, "weight.data is smaller than rows * cols");
+  w.data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  return w;
+}
+
+float* floatsArg(Napi::Env env, Napi::Value v, size_t need, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throwArg(env, std::string(what) + " must be a Float32Array");
+  auto a = v.As<Napi::Float32Array>();
+  if (a.ElementLength() < need) throwArg(env, std::string(what) + " is too short");
+  return a.Data();
+}
+
+ThreadPool& kernelPool(int threads) {
+  static std::unique_ptr<ThreadPool> pool;
+  if (!pool || pool->size() != threads) pool = std::make_unique<ThreadPool>(threads);
+  return *pool;
+}
+
+// matmul(out, x, rows, weight, threads, bias?)
+Napi::Value KernelMatmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Weight w = weightArg(env, info[3]);
+  int64_t rows = info[2].As<Napi::Number>().Int64Value();
+  if (rows < 1) throwArg(env, "rows must be positive");
+  float* out = floatsArg(env, info[0], size_t(rows * w.rows), "out");
+  float* x = floatsArg(env, info[1], size_t(rows * w.cols), "x");
+  int threads = info[4].IsNumber() ? info[4].As<Napi::Number>().Int32Value() : 1;
+  const float* bias = info[5].IsTypedArray() ? floatsArg(env, info[5], size_t(w.rows), "bias") : nullptr;
+  matmul(kernelPool(threads < 1 ? 1 : threads), out, w.rows, x, w.cols, rows, w, bias);
+  return env.Undefined();
+}
+
+// rmsnorm(out, x, rows, dim, weight, eps, threads)
+Napi::Value KernelRmsnorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t rows = info[2].As<Napi::Number>().Int64Value(), dim = info[3].As<Napi::Number>().Int64Value();
+  if (rows < 1 || dim < 1) throwArg(env, "rows and dim must be positive");
+  float* out = floatsArg(env, info[0], size_t(rows * dim), "out");
+  float* x = floatsArg(env, info[1], size_t(rows * dim), "x");
+  float* wt = floatsArg(env, info[4], size_t(dim), "weight");
+  int threads = info[6].IsNumber() ? info[6].As<Napi::Number>().Int32Value() : 1;
+  rmsnorm(kernelPool(threads < 1 ? 1 : threads), out, x, rows, dim, wt, info[5].As<Napi::Number>().FloatValue());
+  return env.Undefined();
+}
+
+// copy(dst, src): memcpy of the smaller byte length (for bandwidth floors).
+Napi::Value KernelCopy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || !info[1].IsTypedArray()) throwArg(env, "copy(dst, src) needs typed arrays");
+  auto d = info[0].As<Napi::TypedArray>(), s = info[1].As<Napi::TypedArray>();
+  size_t n = std::min(d.ByteLength(), s.ByteLength());
+  std::memcpy(static_cast<uint8_t*>(d.ArrayBuffer().Data()) + d.ByteOffset(),
+              static_cast<uint8_t*>(s.ArrayBuffer().Data()) + s.ByteOffset(), n);
+  return env.Undefined();
+}
+
+}  // namespace
+
+Napi::Object makeKernels(Napi::Env env) {
+  Napi::Object kernels = Napi::Object::New(env);
+  kernels.Set("matmul", Napi::Function::New(env, KernelMatmul));
+  kernels.Set("rmsnorm", Napi::Function::New(env, KernelRmsnorm));
+  kernels.Set("copy", Napi::Function::New(env, KernelCopy));
+  return kernels;
+}
+
+}  // namespace dg

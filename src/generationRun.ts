@@ -1,0 +1,284 @@
+/**
+ * One generation's state and its decode loop: it feeds the prompt in slices, samples token after
+ * token, turns tokens into text deltas, holds back text that may start a stop string, and counts
+ * each token's depth. It owns what the generation holds (the sequence's busy flag, the tokens fed
+ * so far, and a one-shot sequence with its KV reservation) and gives it all back exactly once,
+ * in settle(), however the generation ends: completed, failed, cancelled, aborted, or abandoned
+ * by a consumer that stopped reading (src/generation.ts).
+ */
+import { randomInt } from 'node:crypto';
+import type { NativeSequence } from './binding';
+import { AbortError } from './errors';
+import type { GenerateOptions, GenerateResult, TokenChunk } from './options';
+import type { Policy } from './policy';
+import { StreamDecoder } from './streamDecoder';
+import { PREFILL_SLICE } from './scheduler';
+import type { GenerateInput } from './input';
+import type { Sequence } from './sequence';
+
+/** Default token limit of a generation. */
+export const DEFAULT_MAX_TOKENS = 256;
+
+/** How a generation ended. */
+type Outcome = { finishReason: GenerateResult['finishReason'] } | { error: unknown };
+
+/** Where the earliest of `stops` occurs in `text` at or after `from` (less a stop's length), or -1. */
+function firstStop(text: string, stops: string[], from: number): number {
+  let hit = -1;
+  for (const s of stops) {
+    const at = text.indexOf(s, Math.max(0, from - s.length));
+    if (at >= 0 && (hit < 0 || at < hit)) hit = at;
+  }
+  return hit;
+}
+
+/** @internal */
+export class GenerationRun {
+  readonly result: Promise<GenerateResult>;
+  /** True once settled: everything held is given back and `result` is settled. */
+  done = false;
+  /** next() calls in flight: while there is one, the loop may be running (a pass in flight). */
+  active = 0;
+  /** The error a run settled from outside failed with (an abort without stopOnAbort). */
+  private failure: unknown = undefined;
+  /** Set by cancel() during a next(): the loop stops at its next check. */
+  private cancelRequested = false;
+  private resolveResult!: (r: GenerateResult) => void;
+  private rejectResult!: (e: unknown) => void;
+  private ns: NativeSequence | null = null; // the sequence, once acquired
+  private readonly fed: number[] = [];
+  private pending: number | null = null;
+  private readonly generated: number[] = [];
+  private readonly layerCounts: number[];
+  private text = '';
+  private promptTokens = 0;
+  private prefillMs = 0;
+  private decodeStart = 0;
+  private readonly onAbort = () => this.aborted();
+
+  constructor(
+    private readonly seq: Sequence,
+    private readonly input: GenerateInput,
+    private readonly opts: GenerateOptions,
+    private readonly policy: Policy,
+    private readonly ownsSequence: boolean,
+  ) {
+    this.layerCounts = new Array<number>(seq.model.config.numLayers).fill(0);
+    this.result = new Promise((res, rej) => {
+      this.resolveResult = res;
+      this.rejectResult = rej;
+    });
+    // An unobserved rejection here is reported through the iterator instead.
+    this.result.catch(() => undefined);
+    opts.signal?.addEventListener('abort', this.onAbort, { once: true });
+    // Aborted before it began: nothing to wait for (the listener would never fire).
+    if (opts.signal?.aborted) this.aborted();
+  }
+
+  /**
+   * Stops the generation: at once when no next() is running (nothing is in flight then), else
+   * when the pass in flight returns. The result resolves with finishReason 'abort'.
+   */
+  cancel(): void {
+    if (this.done) return;
+    this.cancelRequested = true;
+    if (this.active === 0) this.settle({ finishReason: 'abort' });
+  }
+
+  /** A next() call returned and none is running: a cancel or abort that came during it applies now. */
+  idle(): void {
+    if (this.done || this.active > 0) return;
+    if (this.cancelRequested) this.settle({ finishReason: 'abort' });
+    else if (this.opts.signal?.aborted) this.aborted();
+  }
+
+  /** The consumer can no longer read this generation (it was garbage-collected). */
+  abandon(): void {
+    if (this.active === 0) this.settle({ finishReason: 'abort' });
+  }
+
+  /** The signal fired: between next() calls, the generation ends now, as it would at the next check. */
+  private aborted(): void {
+    if (this.done || this.active > 0) return;
+    this.settle(this.opts.stopOnAbort ? { finishReason: 'abort' } : { error: this.abortError() });
+  }
+
+  private abortError(): AbortError {
+    return new AbortError('generation was aborted', this.opts.signal?.reason);
+  }
+
+  /** Gives back everything held and settles `result`; only the first call does anything. */
+  settle(outcome: Outcome): void {
+    if (this.done) return;
+    this.done = true;
+    this.opts.signal?.removeEventListener('abort', this.onAbort);
+    if (this.ns) {
+      this.seq.commit(this.fed, this.pending);
+      this.seq.release();
+    }
+    if (this.ownsSequence) this.seq.dispose();
+    if ('error' in outcome) {
+      this.failure = outcome.error;
+      this.rejectResult(outcome.error);
+      return;
+    }
+    const n = this.generated.length;
+    const depthTokens = n; // every generated token's pass counts, an eos token's too
+    const decodeMs = n > 1 ? performance.now() - this.decodeStart : 0;
+    this.resolveResult({
+      text: this.text,
+      tokens: this.generated,
+      finishReason: outcome.finishReason,
+      usage: { promptTokens: this.promptTokens, completionTokens: n },
+      depth: {
+        layerCounts: this.layerCounts,
+        meanLayers: depthTokens ? this.layerCounts.reduce((a, b) => a + b, 0) / depthTokens : 0,
+        tokens: depthTokens,
+      },
+      timings: {
+        prefillMs: this.prefillMs,
+        decodeMs,
+        decodeTokensPerSecond: decodeMs > 0 ? ((n - 1) * 1000) / decodeMs : 0,
+        prefillTokensPerSecond: this.prefillMs > 0 ? (this.promptTokens * 1000) / this.prefillMs : 0,
+      },
+    });
+  }
+
+  /** Where the loop resumes (its start, after a yield): a run settled meanwhile goes no further. */
+  private resumeCheck(): void {
+    if (this.done) throw new SettledRun();
+  }
+
+  /** The decode loop. Each yield hands out a token; after each await, a settled run stops. */
+  async *tokens(): AsyncGenerator<TokenChunk> {
+    const { seq, opts, policy } = this;
+    const model = seq.model;
+    const maxTokens = opts.maxTokens ?? DEFAULT_MAX_TOKENS;
+    const stops = opts.stop ?? [];
+    const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
+    const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
+    const L = model.config.numLayers;
+    let finishReason: GenerateResult['finishReason'] = 'length';
+    let emitted = 0;
+    const waiting: TokenChunk[] = [];
+    const onToken = opts.onToken;
+    // Hands out the held tokens; the text not yet given out goes with the last of them.
+    const self = this;
+    function* flush(): Generator<TokenChunk> {
+      if (waiting.length === 0) return;
+      waiting[waiting.length - 1].text = self.text.slice(emitted);
+      emitted = self.text.length;
+      for (const c of waiting.splice(0)) {
+        onToken?.(c);
+        yield c;
+        self.resumeCheck();
+      }
+    }
+    // After an await: the run may have been settled meanwhile (cancel, abort, dispose).
+    const stopCheck = () => {
+      if (this.cancelRequested) throw new CancelledRun();
+      if (opts.signal?.aborted) throw this.abortError();
+    };
+    let outcome: Outcome | null = null;
+    try {
+      this.resumeCheck();
+      const ids = seq.inputTokens(this.input);
+      this.promptTokens = ids.length;
+      seq.checkFits(ids.length);
+      this.ns = seq.acquire();
+      const ns = this.ns;
+      ns.setSeed(opts.seed ?? randomInt(0, 2 ** 47));
+      const decoder = new StreamDecoder(model.tokenizer);
+      stopCheck();
+      const t0 = performance.now();
+      // A long prompt goes in slices: an abort takes effect between them, and other sequences'
+      // decode steps are not held up behind the whole prefill.
+      let input = ids;
+      while (input.length > PREFILL_SLICE) {
+        const slice = input.slice(0, PREFILL_SLICE);
+        await model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'none' }, policy);
+        this.fed.push(...slice);
+        input = input.slice(PREFILL_SLICE);
+        stopCheck();
+      }
+      for (let i = 0; i < maxTokens; i++) {
+        // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
+        const r = await model.run(
+          { sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling, ...(i > 0 ? { genIndex: i } : {}) },
+          policy,
+        );
+        this.fed.push(...input);
+        const token = r.token!;
+        this.pending = token;
+        if (i === 0) {
+          this.prefillMs = performance.now() - t0;
+          this.decodeStart = performance.now();
+        }
+        this.generated.push(token);
+        let layers = 0;
+        for (let l = 0; l < L; l++) {
+          this.layerCounts[l] += r.executed[l];
+          layers += r.executed[l];
+        }
+        if (eos.has(token)) {
+          finishReason = 'eos';
+          break;
+        }
+        this.text += decoder.push(token);
+        waiting.push({ token, text: '', index: i, layers, executed: r.executed, routerWeights: r.weights });
+        // Text that may be the start of a stop string is held back, together with its tokens.
+        const hit = firstStop(this.text, stops, emitted);
+        if (hit >= 0) {
+          this.text = this.text.slice(0, hit);
+          finishReason = 'stop';
+          break;
+        }
+        let safe = this.text.length;
+        for (const s of stops)
+          for (let k = Math.min(s.length - 1, this.text.length); k > 0; k--)
+            if (this.text.endsWith(s.slice(0, k))) {
+              safe = Math.min(safe, this.text.length - k);
+              break;
+            }
+        if (safe === this.text.length && !decoder.holding) yield* flush();
+        stopCheck();
+        if (seq.tokens.length + this.fed.length + 1 > seq.contextSize) {
+          finishReason = 'context';
+          break;
+        }
+        input = [token];
+      }
+      if (finishReason !== 'stop') {
+        // The decoder's last held-back text can complete a stop string too.
+        this.text += decoder.finish();
+        const hit = firstStop(this.text, stops, emitted);
+        if (hit >= 0) {
+          this.text = this.text.slice(0, hit);
+          finishReason = 'stop';
+        }
+      }
+      yield* flush();
+      outcome = { finishReason };
+    } catch (e) {
+      if (e instanceof SettledRun) {
+        if (this.failure !== undefined) throw this.failure;
+        return;
+      }
+      if (e instanceof CancelledRun) outcome = { finishReason: 'abort' };
+      else if (e instanceof AbortError && opts.stopOnAbort) outcome = { finishReason: 'abort' };
+      else {
+        outcome = { error: e };
+        throw e;
+      }
+    } finally {
+      // The consumer left the loop early (return() at a yield): that is an abort too.
+      this.settle(outcome ?? { finishReason: 'abort' });
+    }
+  }
+}
+
+/** Thrown inside the loop when cancel() was called during a pass. */
+class CancelledRun extends Error {}
+
+/** Thrown inside the loop when it resumes after the run was settled from outside. */
+class SettledRun extends Error {}

@@ -1,0 +1,80 @@
+/**
+ * The batch scheduler of a model: every request waiting for a forward pass joins one queue, and
+ * the requests waiting together under the same policy run as one batched pass (one request per
+ * sequence per pass), so concurrent generations share their passes.
+ */
+import type { NativeModel, NativeRequest, NativeResponse, NativeSequence } from './binding';
+import { DisposedError, fromNative } from './errors';
+import type { Policy } from './policy';
+
+/** Longest slice of input tokens fed to one forward pass. */
+export const PREFILL_SLICE = 512;
+
+interface Pending {
+  request: NativeRequest;
+  policy: Policy;
+  policyKey: string;
+  resolve(r: NativeResponse): void;
+  reject(e: unknown): void;
+}
+
+/** @internal Queues forward requests of one model and runs them in batches. */
+export class Scheduler {
+  private queue: Pending[] = [];
+  private inFlight: Promise<void> | null = null;
+
+  /** @param model the native model, or null once it is disposed */
+  constructor(private readonly model: () => NativeModel | null) {}
+
+  /** Queues one request; requests waiting together under the same policy run as one batch. */
+  run(request: NativeRequest, policy: Policy = { type: 'none' }): Promise<NativeResponse> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ request, policy, policyKey: JSON.stringify(policy), resolve, reject });
+      if (!this.inFlight) this.inFlight = this.pump();
+    });
+  }
+
+  /** Rejects every queued request with DisposedError and waits for the pass already running. */
+  async close(): Promise<void> {
+    for (const p of this.queue.splice(0)) p.reject(new DisposedError('the model'));
+    if (this.inFlight) await this.inFlight.catch(() => undefined);
+  }
+
+  private async pump(): Promise<void> {
+    // A disposed model stops at once (dispose() awaits this loop).
+    while (this.model()) {
+      // Yield before every batch, so that requests made in the same tick join it, and so that the
+      // generations the last batch served are back in the queue (their next steps are queued from
+      // promise continuations that run after this loop's): without it, generations that once fell
+      // out of step (one started while another's pass ran) alternate in separate batches forever.
+      await new Promise<void>((r) => setImmediate(r));
+      const nm = this.model();
+      if (!this.queue.length || !nm) break;
+      const batch: Pending[] = [];
+      const seen = new Set<NativeSequence>();
+      const key = this.queue[0].policyKey;
+      for (let i = 0; i < this.queue.length; ) {
+        const p = this.queue[i];
+        if (seen.has(p.request.sequence) || p.policyKey !== key) {
+          i++;
+          continue;
+        }
+        seen.add(p.request.sequence);
+        batch.push(p);
+        this.queue.splice(i, 1);
+      }
+      await this.runBatch(nm, batch);
+    }
+    this.inFlight = null;
+  }
+
+  private async runBatch(nm: NativeModel, batch: Pending[]): Promise<void> {
+    try {
+      const out = await nm.forward(batch.map((p) => p.request), batch[0].policy);
+      batch.forEach((p, i) => p.resolve(out[i]));
+    } catch (e) {
+      if (batch.length === 1) batch[0].reject(fromNative(e));
+      else for (const p of batch) await this.runBatch(nm, [p]); // find which request failed
+    }
+  }
+}
