@@ -1,400 +1,412 @@
-// The CUDA op table (dg::Ops over device memory) and the library's three C entry points.
-// One stream per op table; every op is stream-ordered and asynchronous except download/upload/
-// sample and release (cudaFree synchronizes). Small host arrays (tokens, positions, indices,
-// scales, AttnRow, KvSlot) go to the device through a pinned staging ring (see Staging).
-// Later: keep index lists on the device (compaction in a kernel, kernels.md 5.1) and capture
-// the decode step in a CUDA graph; both need the engine to stop building them on the host.
-#include <cuda_runtime.h>
-
+// CudaOps: memory, transfers and the step state machine that records, captures and replays
+// steps as CUDA graphs (cuda_ops.h explains the states). The ops themselves are in ops.cu.
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <map>
-#include <mutex>
-#include <new>
-#include <string>
-#include <tuple>
-#include <vector>
 
-#include "common.cuh"
-#include "json.h"
-#include "cuda_loader.h"
-
-#define DG_EXPORT extern "C" __attribute__((visibility("default")))
+#include "cuda_ops.h"
 
 namespace dg {
 namespace cuda {
 
-void throwCuda(cudaError_t e, const char* expr, const char* file, int line) {
-  cudaGetLastError();  // clear a non-sticky error so the table stays usable after e.g. OOM
-  std::string msg = std::string("CUDA error: ") + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ") in " +
-                    expr + " at " + file + ":" + std::to_string(line);
-  throw Error(e == cudaErrorMemoryAllocation ? kErrMemory : kErrCuda, msg);
-}
-
 namespace {
 
-// Host arrays bound for the device. Each push copies into the pinned ring, then one async H2D
-// copy moves it to the same offset of a device ring; kernels read the device copy. A region is
-// reused only after the stream has drained past it: when the ring wraps, the stream is
-// synchronized first, so no in-flight copy or kernel can still be reading what gets overwritten.
-class Staging {
- public:
-  ~Staging() { freeAll(); }
-  void init(size_t bytes) { grow(bytes); }
-  void reset() { freeAll(); }
+constexpr size_t kMaxBounce = size_t(64) << 20;        // eager downloads above this go straight to the host
+constexpr size_t kMaxGraphDownload = size_t(64) << 20;  // steps downloading more are not captured
+constexpr size_t kMaxGraphUpload = size_t(16) << 20;
+constexpr size_t kMaxGraphs = 32;
 
-  template <typename T>
-  const T* push(cudaStream_t s, const T* host, size_t n) {
-    const size_t bytes = n * sizeof(T);
-    if (bytes == 0) return nullptr;
-    const size_t need = (bytes + 255) & ~size_t(255);
-    if (used_ + need > cap_) {
-      CUDA_CHECK(cudaStreamSynchronize(s));
-      used_ = 0;
-      if (need > cap_) grow(std::max(need, cap_ * 2));
-    }
-    std::memcpy(host_ + used_, host, bytes);
-    CUDA_CHECK(cudaMemcpyAsync(dev_ + used_, host_ + used_, bytes, cudaMemcpyHostToDevice, s));
-    const T* p = reinterpret_cast<const T*>(dev_ + used_);
-    used_ += need;
-    return p;
-  }
-
- private:
-  void grow(size_t bytes) {
-    freeAll();
-    void* h = nullptr;
-    void* d = nullptr;
-    CUDA_CHECK(cudaHostAlloc(&h, bytes, cudaHostAllocDefault));
-    cudaError_t e = cudaMalloc(&d, bytes);
-    if (e != cudaSuccess) {
-      cudaFreeHost(h);
-      throwCuda(e, "cudaMalloc(staging)", __FILE__, __LINE__);
-    }
-    host_ = static_cast<char*>(h);
-    dev_ = static_cast<char*>(d);
-    cap_ = bytes;
-    used_ = 0;
-  }
-  void freeAll() {
-    if (host_) cudaFreeHost(host_);
-    if (dev_) cudaFree(dev_);
-    host_ = dev_ = nullptr;
-    cap_ = used_ = 0;
-  }
-  char* host_ = nullptr;
-  char* dev_ = nullptr;
-  size_t cap_ = 0, used_ = 0;
-};
-
-constexpr int64_t kMaxGridY = 65535;
-
-void checkRows(int64_t rows, const char* op) {
-  if (rows > kMaxGridY)
-    throw Error(kErrArg, std::string(op) + ": " + std::to_string(rows) + " rows in one call exceeds the CUDA limit of " +
-                             std::to_string(kMaxGridY));
+bool envIs(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e && std::strcmp(e, value) == 0;
 }
 
-class CudaOps final : public Ops {
- public:
-  explicit CudaOps(int device) : device_(device) {
-    CUDA_CHECK(cudaSetDevice(device_));
-    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    try {
-      staging_.init(size_t(1) << 20);
-    } catch (...) {
-      cudaStreamDestroy(stream_);
-      throw;
-    }
+// Errors after which the context is unusable: every later call fails with the same code.
+bool sticky(cudaError_t e) {
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorAssert:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorECCUncorrectable:
+      return true;
+    default:
+      return false;
   }
-  ~CudaOps() override {
-    cudaSetDevice(device_);
-    cudaStreamSynchronize(stream_);
-    for (auto& kv : weights_) cudaFree(kv.second.ptr);
-    weights_.clear();
-    staging_.reset();
-    cudaStreamDestroy(stream_);
-  }
-  const char* name() const override { return "cuda"; }
-
-  float* alloc(size_t floats) override {
-    use();
-    const size_t bytes = (floats ? floats : 1) * sizeof(float);
-    void* p = nullptr;
-    cudaError_t e = cudaMalloc(&p, bytes);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      throw Error(kErrMemory, "cannot allocate " + std::to_string(bytes) + " bytes of GPU memory: " +
-                                  cudaGetErrorString(e));
-    }
-    return static_cast<float*>(p);
-  }
-  void release(float* p) override {
-    if (!p) return;
-    use();
-    cudaFree(p);  // synchronizes with the device first; never throws from cleanup paths
-  }
-  void copy(float* dst, const float* src, size_t floats) override {
-    if (!floats) return;
-    use();
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, floats * 4, cudaMemcpyDeviceToDevice, stream_));
-  }
-  void download(float* host, const float* src, size_t floats) override {
-    if (!floats) return;
-    use();
-    CUDA_CHECK(cudaMemcpyAsync(host, src, floats * 4, cudaMemcpyDeviceToHost, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-  }
-  void upload(float* dst, const float* host, size_t floats) override {
-    if (!floats) return;
-    use();
-    CUDA_CHECK(cudaMemcpyAsync(dst, host, floats * 4, cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));  // the caller may free `host` on return
-  }
-  // Weights go to the device once, in their stored dtype. The same host bytes prepared twice (tied
-  // embeddings: embed and lm_head views of one tensor) share one device copy.
-  Weight prepareWeight(const Weight& w) override {
-    Weight d = w;
-    if (!w.data || w.bytes() == 0) {
-      d.data = nullptr;
-      return d;
-    }
-    use();
-    const Key key{w.data, w.bytes()};
-    auto it = weights_.find(key);
-    if (it != weights_.end()) {
-      d.data = it->second.ptr;
-      return d;
-    }
-    void* p = nullptr;
-    cudaError_t e = cudaMalloc(&p, w.bytes());
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      throw Error(kErrMemory, "cannot allocate " + std::to_string(w.bytes()) + " bytes of GPU memory for a weight: " +
-                                  cudaGetErrorString(e));
-    }
-    e = cudaMemcpy(p, w.data, w.bytes(), cudaMemcpyHostToDevice);  // pageable mmap source: synchronous
-    if (e != cudaSuccess) {
-      cudaFree(p);
-      throwCuda(e, "cudaMemcpy(weight)", __FILE__, __LINE__);
-    }
-    weights_[key] = Dev{p};
-    d.data = p;
-    return d;
-  }
-
-  void embed(float* x, const int32_t* tokens, int64_t rows, const Weight& table) override {
-    if (rows <= 0) return;
-    use();
-    checkRows(rows, "embed");
-    launchEmbed(stream_, x, staging_.push(stream_, tokens, size_t(rows)), rows, table);
-  }
-  void rmsnorm(float* out, const float* x, int64_t rows, int64_t dim, const float* w, float eps) override {
-    use();
-    launchRmsnorm(stream_, out, x, rows, dim, w, eps);
-  }
-  void matmul(float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W,
-              const float* bias) override {
-    use();
-    launchMatmul(stream_, out, ldo, x, ldx, rows, W, bias);
-  }
-  void rope(float* x, int64_t ldx, int64_t rows, const int32_t* pos, int nHeads, int headDim,
-            const float* invFreq) override {
-    if (rows <= 0) return;
-    use();
-    launchRope(stream_, x, ldx, rows, staging_.push(stream_, pos, size_t(rows)), nHeads, headDim, invFreq);
-  }
-  void kvWrite(const KvSlot* slots, const float* k, const float* v, int64_t rows, int64_t width) override {
-    if (rows <= 0) return;
-    use();
-    checkRows(rows, "kvWrite");
-    launchKvWrite(stream_, staging_.push(stream_, slots, size_t(rows)), k, v, rows, width);
-  }
-  void attention(float* out, const float* q, const AttnRow* rows, int64_t n, int nHeads, int nKv, int headDim,
-                 int window) override {
-    if (n <= 0) return;
-    use();
-    launchAttention(stream_, out, q, staging_.push(stream_, rows, size_t(n)), n, nHeads, nKv, headDim, window);
-  }
-  void siluMul(float* gate, const float* up, int64_t rows, int64_t n) override {
-    use();
-    launchSiluMul(stream_, gate, up, rows, n);
-  }
-  void tanhInPlace(float* x, int64_t n) override {
-    use();
-    launchTanh(stream_, x, n);
-  }
-  void addRows(float* x, const float* y, int64_t rows, int64_t dim) override {
-    use();
-    launchAddRows(stream_, x, y, rows * dim);
-  }
-  void gatherRows(float* dst, const float* src, const int32_t* idx, int64_t n, int64_t dim) override {
-    if (n <= 0 || dim <= 0) return;
-    use();
-    checkRows(n, "gatherRows");
-    const int32_t* d = staging_.push(stream_, idx, size_t(n));
-    if (dst == src) {  // in place: gather into a temporary, then copy back
-      float* tmp = alloc(size_t(n * dim));
-      launchGatherRows(stream_, tmp, src, d, n, dim);
-      CUDA_CHECK(cudaMemcpyAsync(dst, tmp, size_t(n * dim) * 4, cudaMemcpyDeviceToDevice, stream_));
-      release(tmp);
-      return;
-    }
-    launchGatherRows(stream_, dst, src, d, n, dim);
-  }
-  void scatterAddRows(float* dst, const float* src, const int32_t* idx, const float* scale, int64_t n,
-                      int64_t dim) override {
-    if (n <= 0 || dim <= 0) return;
-    use();
-    checkRows(n, "scatterAddRows");
-    const int32_t* d = staging_.push(stream_, idx, size_t(n));
-    const float* sc = scale ? staging_.push(stream_, scale, size_t(n)) : nullptr;
-    launchScatterAddRows(stream_, dst, src, d, sc, n, dim);
-  }
-  // The engine passes host logits (it downloads them before sampling); a device pointer is
-  // downloaded first. Either way the CPU sampler decides, so CPU and CUDA draw identically.
-  int32_t sample(const float* logits, int64_t vocab, const SamplingParams& p, uint64_t& rng) override {
-    use();
-    cudaPointerAttributes attr{};
-    cudaError_t e = cudaPointerGetAttributes(&attr, logits);
-    if (e != cudaSuccess) cudaGetLastError();
-    if (e == cudaSuccess && attr.type == cudaMemoryTypeDevice) {
-      host_.resize(size_t(vocab));
-      download(host_.data(), logits, size_t(vocab));
-      return sampleToken(host_.data(), vocab, p, rng);
-    }
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return sampleToken(logits, vocab, p, rng);
-  }
-
- private:
-  // The runtime's current device is per host thread; ops may run on any worker thread.
-  void use() {
-    thread_local int current = -1;
-    if (current != device_) {
-      CUDA_CHECK(cudaSetDevice(device_));
-      current = device_;
-    }
-  }
-
-  using Key = std::pair<const void*, size_t>;
-  struct Dev {
-    void* ptr;
-  };
-  int device_;
-  cudaStream_t stream_ = nullptr;
-  Staging staging_;
-  std::map<Key, Dev> weights_;
-  std::vector<float> host_;
-};
-
-void writeOut(char* out, size_t len, const std::string& s) {
-  if (!out || len == 0) return;
-  size_t n = std::min(len - 1, s.size());
-  std::memcpy(out, s.data(), n);
-  out[n] = 0;
-}
-
-// The kernels are built for sm_80 and newer (see CMakeLists.txt).
-constexpr int kMinMajor = 8;
-
-// The CUDA runtime is linked statically; CUDA 13 needs an NVIDIA driver of the R580 branch or newer
-// (NVIDIA's CUDA Toolkit release notes, "CUDA Driver" table). Stated in the README too.
-constexpr const char* kDriverFloor = "580";
-
-std::string cudaVersionString(int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); }
-
-// Why cudaGetDeviceCount failed, in words a user can act on: no driver at all, a driver too old for
-// this runtime, or what CUDA says.
-std::string deviceCountFailure(cudaError_t e, int driver, int runtime) {
-  if (driver == 0)
-    return "no NVIDIA driver found (libcuda.so.1 is not installed or cannot be loaded)";
-  if (e == cudaErrorInsufficientDriver || driver < runtime)
-    return "the NVIDIA driver is too old: it supports CUDA " + cudaVersionString(driver) + ", this build's CUDA " +
-           cudaVersionString(runtime) + " runtime needs driver " + kDriverFloor + " or newer";
-  return std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(e);
 }
 
 }  // namespace
+
+void throwCuda(cudaError_t e, const char* what, const char* file, int line) {
+  cudaGetLastError();  // clears a non-sticky error so the table stays usable (e.g. after an OOM)
+  std::string msg = std::string("CUDA error: ") + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ") in " + what +
+                    " at " + file + ":" + std::to_string(line);
+  if (sticky(e)) msg += "; the GPU context is unusable from here on (a kernel faulted): dispose the model";
+  throw Error(e == cudaErrorMemoryAllocation ? kErrMemory : kErrCuda, msg);
+}
+
+CudaOps::CudaOps(int device) : device_(device) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  syncEach_ = envIs("DEPTHGATE_CUDA_SYNC", "1");
+  graphsOn_ = !syncEach_ && !envIs("DEPTHGATE_CUDA_GRAPHS", "0");
+  int sms = 1;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  dev_.stream = stream_;
+  dev_.sms = sms;
+  try {
+    heap_.init(device_, stream_);
+    ring_.init();
+    CUDA_CHECK(cudaEventCreateWithFlags(&stepInFree_, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&downDone_, cudaEventDisableTiming));
+  } catch (...) {
+    if (stepInFree_) cudaEventDestroy(stepInFree_);
+    ring_.reset();
+    heap_.destroy();
+    cudaStreamDestroy(stream_);
+    throw;
+  }
+}
+
+CudaOps::~CudaOps() {
+  std::lock_guard<std::mutex> lock(mu_);
+  try {
+    use();
+    abandonStep();
+  } catch (...) {
+  }
+  cands_.clear();
+  graphs_.clear();
+  cudaStreamSynchronize(stream_);
+  for (auto& w : weights_) heap_.free(w.second);
+  weights_.clear();
+  for (auto& s : scratch_) heap_.free(s.p), s = Scratch{};
+  for (void* p : deferred_) heap_.free(p);
+  deferred_.clear();
+  cudaStreamSynchronize(stream_);
+  heap_.destroy();
+  ring_.reset();
+  stepIn_.reset();
+  stepOut_.reset();
+  bounce_.reset();
+  cudaEventDestroy(stepInFree_);
+  cudaEventDestroy(downDone_);
+  cudaStreamDestroy(stream_);
+  cudaGetLastError();
+}
+
+// The runtime's current device is per host thread and ops arrive on several threads (loader,
+// workers, the JS thread for releases): ask the runtime instead of caching it, so the answer
+// cannot go stale when anything else calls cudaSetDevice.
+void CudaOps::use() {
+  int cur = -1;
+  if (cudaGetDevice(&cur) != cudaSuccess || cur != device_) {
+    cudaGetLastError();
+    CUDA_CHECK(cudaSetDevice(device_));
+  }
+}
+
+// ---- the step state machine ------------------------------------------------------------
+
+bool CudaOps::matchNext(const Rec& r) {
+  const size_t k = recs_.size();
+  cands_.erase(std::remove_if(cands_.begin(), cands_.end(),
+                              [&](StepGraph* g) { return g->recs.size() <= k || g->recs[k] != r; }),
+               cands_.end());
+  return !cands_.empty();
+}
+
+void CudaOps::launchReady() {
+  if (cands_.size() != 1) return;
+  StepGraph* g = cands_[0];
+  while (launchedChunks_ < g->chunks.size() && g->chunks[launchedChunks_].end <= recs_.size()) {
+    CUDA_CHECK(cudaGraphLaunch(g->chunks[launchedChunks_].exec, stream_));
+    launchedRecs_ = g->chunks[launchedChunks_].end;
+    launchedChunks_++;
+  }
+}
+
+void CudaOps::flush() {
+  cands_.clear();
+  seg_ = Seg::Recording;
+  for (size_t k = launchedRecs_; k < recs_.size(); k++) {
+    execute(recs_[k], false);
+    checkAfter(recs_[k]);
+  }
+  launchedChunks_ = 0;
+  launchedRecs_ = recs_.size();
+}
+
+void CudaOps::endStep() {
+  if (seg_ != Seg::Idle) {
+    const cudaError_t e = cudaEventRecord(stepInFree_, stream_);  // after every reader of stepIn_
+    seg_ = Seg::Idle;
+    recs_.clear();
+    cands_.clear();
+    launchedChunks_ = launchedRecs_ = 0;
+    stepUploadBytes_ = 0;
+    if (e != cudaSuccess) throwCuda(e, "cudaEventRecord", __FILE__, __LINE__);
+  }
+  for (void* p : deferred_) heap_.free(p);
+  deferred_.clear();
+}
+
+void CudaOps::abandonStep() {
+  if (seg_ == Seg::Matching) {
+    try {
+      flush();
+    } catch (...) {
+      seg_ = Seg::Recording;
+      endStep();
+      throw;
+    }
+  }
+  endStep();
+}
+
+void CudaOps::invalidateGraphs() {
+  generation_++;
+  cands_.clear();
+  graphs_.clear();
+  counter_ = StepCounter();
+}
+
+void CudaOps::recordStep(const Rec& download) {
+  if (!graphsOn_ || recs_.size() < 3) return;
+  const DownloadA d = download.as<DownloadA>();
+  if (d.bytes > kMaxGraphDownload || stepUploadBytes_ > kMaxGraphUpload) return;
+  if (counter_.note(recs_) < 2) return;
+  // The buffers a graph bakes in; moving either invalidates every graph. This step may still be
+  // reading stepIn_ (when it began by matching a graph): let it finish before the buffer moves.
+  if (stepIn_.capacity() < stepUploadBytes_ || stepOut_.capacity() < d.bytes) CUDA_CHECK(cudaStreamSynchronize(stream_));
+  bool moved = stepIn_.ensure(stepUploadBytes_);
+  moved = stepOut_.ensure(d.bytes) || moved;
+  if (moved) invalidateGraphs();
+  std::string why;
+  auto g = captureStep(stream_, recs_, [this](const Rec& x) { execute(x, true); }, generation_, &why);
+  if (!g) {
+    counter_.markFailed(recs_);
+    if (std::getenv("DEPTHGATE_CUDA_DEBUG")) std::fprintf(stderr, "depthgate cuda: step not captured: %s\n", why.c_str());
+    return;
+  }
+  g->lastUse = ++clock_;
+  if (graphs_.size() >= kMaxGraphs) {
+    auto oldest = std::min_element(graphs_.begin(), graphs_.end(),
+                                   [](const auto& a, const auto& b) { return a->lastUse < b->lastUse; });
+    graphs_.erase(oldest);
+  }
+  graphs_.push_back(std::move(g));
+}
+
+void CudaOps::submit(const Rec& r) {
+  if (seg_ == Seg::Matching) {
+    if (matchNext(r)) {
+      recs_.push_back(r);
+      launchReady();
+      return;
+    }
+    flush();
+  }
+  execute(r, false);
+  checkAfter(r);
+  if (seg_ == Seg::Recording) recs_.push_back(r);
+}
+
+void CudaOps::guardedSubmit(const Rec& r) {
+  try {
+    submit(r);
+  } catch (...) {
+    try {
+      abandonStep();
+    } catch (...) {
+    }
+    throw;
+  }
+}
+
+void CudaOps::checkAfter(const Rec& r) {
+  if (!syncEach_) return;
+  cudaError_t e = cudaStreamSynchronize(stream_);
+  if (e == cudaSuccess) e = cudaGetLastError();
+  if (e != cudaSuccess) throwCuda(e, (std::string("op '") + opName(r.kind) + "'").c_str(), __FILE__, __LINE__);
+}
+
+// ---- memory and transfers -----------------------------------------------------------------
+
+void* CudaOps::alloc(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  use();
+  abandonStep();
+  return heap_.alloc(bytes, "a buffer");
+}
+
+void CudaOps::release(void* p) {
+  if (!p) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  try {
+    use();
+  } catch (...) {
+    return;  // the device is gone; nothing to free into
+  }
+  if (seg_ != Seg::Idle) deferred_.push_back(p);  // after the step's ops are issued
+  else heap_.free(p);
+}
+
+void CudaOps::copy(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  use();
+  guardedSubmit(Rec::of(OpKind::Copy, CopyA{dst, src, bytes}));
+}
+
+void CudaOps::upload(void* dst, const void* host, size_t bytes) {
+  if (!bytes) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  use();
+  try {
+    if (seg_ == Seg::Idle && graphsOn_) {  // a step begins
+      seg_ = Seg::Recording;
+      recs_.clear();
+      stepUploadBytes_ = 0;
+      launchedChunks_ = launchedRecs_ = 0;
+      cands_.clear();
+      for (auto& g : graphs_)
+        if (g->generation == generation_) cands_.push_back(g.get());
+      if (!cands_.empty()) {
+        seg_ = Seg::Matching;
+        CUDA_CHECK(cudaEventSynchronize(stepInFree_));  // the last step's graph has read stepIn_
+      }
+    }
+    if (seg_ == Seg::Idle) {
+      ring_.upload(stream_, dst, host, bytes);
+      checkAfter(Rec::of(OpKind::Upload, UploadA{dst, bytes, 0}));
+      return;
+    }
+    const UploadA a{dst, bytes, stepUploadBytes_};
+    const Rec r = Rec::of(OpKind::Upload, a);
+    stepUploadBytes_ += (bytes + 255) & ~uint64_t(255);
+    if (seg_ == Seg::Matching) {
+      if (matchNext(r) && a.offset + bytes <= stepIn_.capacity()) {
+        std::memcpy(stepIn_.data() + a.offset, host, bytes);
+        recs_.push_back(r);
+        launchReady();
+        return;
+      }
+      flush();
+    }
+    ring_.upload(stream_, dst, host, bytes);
+    checkAfter(r);
+    recs_.push_back(r);
+  } catch (...) {
+    try {
+      abandonStep();
+    } catch (...) {
+    }
+    throw;
+  }
+}
+
+void CudaOps::download(void* host, const void* src, size_t bytes) {
+  std::lock_guard<std::mutex> one(downMu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  use();
+  const char* from = nullptr;  // pinned copy to read after the wait (null: copied to host directly)
+  try {
+    if (!bytes) {
+      abandonStep();
+      return;
+    }
+    const Rec r = Rec::of(OpKind::Download, DownloadA{src, bytes});
+    bool replayed = false;
+    if (seg_ == Seg::Matching) {
+      if (matchNext(r) && cands_.size() == 1 && cands_[0]->recs.size() == recs_.size() + 1) {
+        recs_.push_back(r);
+        launchReady();  // the rest, ending with the copy into stepOut_
+        cands_[0]->lastUse = ++clock_;
+        from = stepOut_.data();
+        replayed = true;
+      } else {
+        flush();
+      }
+    }
+    if (!replayed) {
+      if (bytes <= kMaxBounce) {
+        bounce_.ensure(bytes);
+        CUDA_CHECK(cudaMemcpyAsync(bounce_.data(), src, bytes, cudaMemcpyDeviceToHost, stream_));
+        from = bounce_.data();
+      } else {
+        CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, stream_));
+      }
+    }
+    CUDA_CHECK(cudaEventRecord(downDone_, stream_));
+    // Capturing costs host time only: do it while the GPU runs this step.
+    if (!replayed && seg_ == Seg::Recording) {
+      recs_.push_back(r);
+      try {
+        recordStep(r);
+      } catch (...) {
+        // A failed capture never fails the step; the step just stays uncaptured.
+        cudaGetLastError();
+      }
+    }
+    endStep();
+  } catch (...) {
+    try {
+      abandonStep();
+    } catch (...) {
+    }
+    throw;
+  }
+  lock.unlock();
+  const cudaError_t e = cudaEventSynchronize(downDone_);
+  if (e != cudaSuccess) throwCuda(e, "download (an earlier op failed)", __FILE__, __LINE__);
+  if (from) std::memcpy(host, from, bytes);
+}
+
+void CudaOps::sync() {
+  std::unique_lock<std::mutex> lock(mu_);
+  use();
+  abandonStep();
+  lock.unlock();
+  const cudaError_t e = cudaStreamSynchronize(stream_);
+  if (e != cudaSuccess) throwCuda(e, "sync (an earlier op failed)", __FILE__, __LINE__);
+}
+
+// Weights go to the device once, in their stored dtype, through the pinned staging ring on the
+// backend's stream (the mmap'd source is pageable). The same host bytes prepared twice (tied
+// embeddings: embed and lm_head views of one tensor) share one device copy.
+Weight CudaOps::prepareWeight(const Weight& w) {
+  std::lock_guard<std::mutex> lock(mu_);
+  use();
+  abandonStep();
+  Weight d = w;
+  if (!w.data || w.bytes() == 0) {
+    d.data = nullptr;
+    return d;
+  }
+  const auto key = std::make_pair(w.data, w.bytes());
+  auto it = weights_.find(key);
+  if (it != weights_.end()) {
+    d.data = it->second;
+    return d;
+  }
+  void* p = heap_.alloc(w.bytes(), "a weight");
+  try {
+    ring_.upload(stream_, p, w.data, w.bytes());
+  } catch (...) {
+    heap_.free(p);
+    throw;
+  }
+  weights_[key] = p;
+  d.data = p;
+  return d;
+}
+
 }  // namespace cuda
 }  // namespace dg
-
-DG_EXPORT int dg_cuda_abi_version(void) { return DG_CUDA_ABI; }
-
-DG_EXPORT int dg_cuda_probe(char* out, size_t len) {
-  try {
-    int runtime = 0, driver = 0;
-    cudaRuntimeGetVersion(&runtime);
-    cudaDriverGetVersion(&driver);  // 0 when no driver is installed
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    std::string versions = ",\"runtimeVersion\":" + std::to_string(runtime) + ",\"driverVersion\":" + std::to_string(driver);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      std::string reason = dg::cuda::deviceCountFailure(e, driver, runtime);
-      dg::cuda::writeOut(out, len, "{\"available\":false,\"reason\":" + dg::jsonQuote(reason) + ",\"devices\":[]" +
-                                       versions + "}");
-      return 0;
-    }
-    std::string devices;
-    bool usable = false;
-    for (int i = 0; i < count; i++) {
-      cudaDeviceProp p{};
-      if (cudaGetDeviceProperties(&p, i) != cudaSuccess) {
-        cudaGetLastError();
-        continue;
-      }
-      if (!devices.empty()) devices += ",";
-      devices += "{\"index\":" + std::to_string(i) + ",\"name\":" + dg::jsonQuote(p.name) + ",\"computeCapability\":\"" +
-                 std::to_string(p.major) + "." + std::to_string(p.minor) + "\",\"memoryBytes\":" +
-                 std::to_string(p.totalGlobalMem) + ",\"multiprocessors\":" + std::to_string(p.multiProcessorCount) + "}";
-      if (p.major >= dg::cuda::kMinMajor) usable = true;
-    }
-    std::string reason = count == 0 ? "no CUDA device found"
-                         : usable   ? ""
-                                    : "no CUDA device of compute capability 8.0 or newer (this build targets sm_80+)";
-    dg::cuda::writeOut(out, len, std::string("{\"available\":") + (usable ? "true" : "false") + ",\"reason\":" +
-                                     dg::jsonQuote(reason) + ",\"devices\":[" + devices + "]" + versions + "}");
-    return usable ? 1 : 0;
-  } catch (...) {
-    dg::cuda::writeOut(out, len, "{\"available\":false,\"reason\":\"the CUDA probe failed\",\"devices\":[]}");
-    return 0;
-  }
-}
-
-DG_EXPORT dg::Ops* dg_cuda_create_ops(int device, char* err, size_t len) {
-  try {
-    int count = 0, runtime = 0, driver = 0;
-    cudaRuntimeGetVersion(&runtime);
-    cudaDriverGetVersion(&driver);
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      dg::cuda::writeOut(err, len, dg::cuda::deviceCountFailure(e, driver, runtime));
-      return nullptr;
-    }
-    if (device < 0 || device >= count) {
-      dg::cuda::writeOut(err, len, "CUDA device " + std::to_string(device) + " does not exist (" +
-                                       std::to_string(count) + " found)");
-      return nullptr;
-    }
-    cudaDeviceProp p{};
-    e = cudaGetDeviceProperties(&p, device);
-    if (e != cudaSuccess) {
-      dg::cuda::writeOut(err, len, std::string("cudaGetDeviceProperties failed: ") + cudaGetErrorString(e));
-      return nullptr;
-    }
-    if (p.major < dg::cuda::kMinMajor) {
-      dg::cuda::writeOut(err, len, std::string("CUDA device ") + std::to_string(device) + " (" + p.name +
-                                       ") has compute capability " + std::to_string(p.major) + "." +
-                                       std::to_string(p.minor) + "; the CUDA backend needs 8.0 or newer");
-      return nullptr;
-    }
-    return new dg::cuda::CudaOps(device);
-  } catch (const std::exception& ex) {
-    dg::cuda::writeOut(err, len, ex.what());
-  } catch (...) {
-    dg::cuda::writeOut(err, len, "unknown error creating the CUDA backend");
-  }
-  return nullptr;
-}

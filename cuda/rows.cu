@@ -1,8 +1,6 @@
-// Row movement: residual add, gather (compaction of active rows), scatter-add with a per-row
-// scale (un-compaction into the residual), and the K/V cache write. Rows are walked with
-// float4 when every row start is 16-byte aligned, else with scalars.
-// Later: fold gather into the next GEMM's prologue and scatter into the previous one's epilogue
-// (kernels.md 5.1), with the index list produced on the device so no host copy is needed.
+// Row-wise ops: embedding lookup, RMSNorm over a row set, tanh over a row set, and the SwiGLU
+// product for the unfused gate-up fallback. Row counts and indices are read on the device; the
+// grid is sized for the set's bound and blocks past the count exit at once.
 #include "common.cuh"
 
 namespace dg {
@@ -11,114 +9,134 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void addKernel(float* __restrict__ x, const float* __restrict__ y, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    x[i] += y[i];
-}
-__global__ void addKernel4(float4* __restrict__ x, const float4* __restrict__ y, int64_t n4) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n4; i += int64_t(gridDim.x) * blockDim.x) {
-    float4 a = x[i];
-    const float4 b = y[i];
-    a.x += b.x;
-    a.y += b.y;
-    a.z += b.z;
-    a.w += b.w;
-    x[i] = a;
-  }
-}
-
-// grid: (column blocks, rows). V = 4 uses float4 (dim % 4 == 0 and aligned bases).
-template <int V>
-__global__ void gatherKernel(float* __restrict__ dst, const float* __restrict__ src, const int32_t* __restrict__ idx,
-                             int64_t dim) {
-  const int64_t i = blockIdx.y;
-  const float* s = src + int64_t(idx[i]) * dim;
-  float* d = dst + i * dim;
-  if constexpr (V == 4) {
-    for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < dim / 4; c += int64_t(gridDim.x) * blockDim.x)
-      reinterpret_cast<float4*>(d)[c] = reinterpret_cast<const float4*>(s)[c];
-  } else {
-    for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < dim; c += int64_t(gridDim.x) * blockDim.x)
-      d[c] = s[c];
-  }
-}
-
-// dst[idx[i]] += scale[i] * src[i]. The indices are distinct (the engine's compact lists), so
-// no two blocks write one destination row and plain read-modify-write is safe.
-template <int V>
-__global__ void scatterAddKernel(float* __restrict__ dst, const float* __restrict__ src,
-                                 const int32_t* __restrict__ idx, const float* __restrict__ scale, int64_t dim) {
-  const int64_t i = blockIdx.y;
-  float* d = dst + int64_t(idx[i]) * dim;
-  const float* s = src + i * dim;
-  const float a = scale ? scale[i] : 1.0f;
-  if constexpr (V == 4) {
-    for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < dim / 4; c += int64_t(gridDim.x) * blockDim.x) {
-      float4 o = reinterpret_cast<float4*>(d)[c];
-      const float4 v = reinterpret_cast<const float4*>(s)[c];
-      o.x += a * v.x;
-      o.y += a * v.y;
-      o.z += a * v.z;
-      o.w += a * v.w;
-      reinterpret_cast<float4*>(d)[c] = o;
-    }
-  } else {
-    for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < dim; c += int64_t(gridDim.x) * blockDim.x)
-      d[c] += a * s[c];
-  }
-}
-
-__global__ void kvWriteKernel(const KvSlot* __restrict__ slots, const float* __restrict__ k,
-                              const float* __restrict__ v, int64_t width) {
+// x[r] = table[tokens[r]] widened to f32. A token outside the table gives a row of NaN instead
+// of reading out of bounds (the engine validates ids; this only keeps a bug from faulting).
+template <DType T>
+__global__ void embedKernel(float* __restrict__ x, const int32_t* __restrict__ tokens, const void* __restrict__ table,
+                            int64_t vocab, int64_t cols) {
   const int64_t r = blockIdx.y;
-  const KvSlot slot = slots[r];
-  const float* kr = k + r * width;
-  const float* vr = v + r * width;
-  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < width; c += int64_t(gridDim.x) * blockDim.x) {
-    slot.k[c] = kr[c];
-    slot.v[c] = vr[c];
-  }
+  const int64_t t = tokens[r];
+  float* out = x + r * cols;
+  const bool ok = t >= 0 && t < vocab;
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < cols; c += int64_t(gridDim.x) * blockDim.x)
+    out[c] = ok ? loadElem<T>(table, t * cols + c) : NAN;
 }
 
-unsigned colBlocks(int64_t work) { return unsigned(std::max<int64_t>(1, std::min<int64_t>(ceilDiv(work, kThreads), 32))); }
+// HF LlamaRMSNorm as native/cpu/norm.cc computes it: the sum of squares in double, the mean
+// rounded once to f32, inv = 1 / sqrtf(mean + eps), out = w * (x * inv). Only the order of the
+// double additions differs from the CPU, which almost never changes the rounded mean.
+// out row i <- x row idx[i]; out may equal x when there is no index list.
+__global__ void __launch_bounds__(kThreads)
+    rmsnormKernel(float* out, const float* x, int64_t maxRows, const int32_t* __restrict__ count,
+                  const int32_t* __restrict__ idx, int64_t dim, const float* __restrict__ w, float eps) {
+  const int64_t i = blockIdx.x;
+  if (i >= rowCount(count, maxRows)) return;
+  const float* xr = x + rowAt(idx, i) * dim;
+  float* orow = out + i * dim;
+  double sum = 0;
+  for (int64_t e = threadIdx.x; e < dim; e += kThreads) {
+    const double v = xr[e];
+    sum += v * v;
+  }
+  __shared__ double partial[kThreads / 32];
+  __shared__ float invShared;
+  sum = warpSumD(sum);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = sum;
+  __syncthreads();
+  if (warp == 0) {
+    double s = lane < kThreads / 32 ? partial[lane] : 0.0;
+    s = warpSumD(s);
+    if (lane == 0) invShared = 1.0f / sqrtf(float(s / double(dim)) + eps);
+  }
+  __syncthreads();
+  const float inv = invShared;
+  for (int64_t e = threadIdx.x; e < dim; e += kThreads) orow[e] = __fmul_rn(w[e], __fmul_rn(xr[e], inv));
+}
+
+// dst row i <- src row i for the rows of the set (the second half of an in-place gathered norm).
+__global__ void copyRowsKernel(float* __restrict__ dst, const float* __restrict__ src, int64_t maxRows,
+                               const int32_t* __restrict__ count, int64_t dim) {
+  const int64_t i = blockIdx.y;
+  if (i >= rowCount(count, maxRows)) return;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < dim; e += int64_t(gridDim.x) * blockDim.x)
+    dst[i * dim + e] = src[i * dim + e];
+}
+
+// x[idx[i]] = tanh(x[idx[i]]): in place on the set's rows, as CpuOps::tanhRows.
+__global__ void tanhRowsKernel(float* x, int64_t maxRows, const int32_t* __restrict__ count,
+                               const int32_t* __restrict__ idx, int64_t dim) {
+  const int64_t i = blockIdx.y;
+  if (i >= rowCount(count, maxRows)) return;
+  float* row = x + rowAt(idx, i) * dim;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < dim; e += int64_t(gridDim.x) * blockDim.x)
+    row[e] = tanhf(row[e]);
+}
+
+__global__ void siluMulRowsKernel(float* gate, int64_t ldg, const float* __restrict__ up, int64_t ldu, int64_t maxRows,
+                                  const int32_t* __restrict__ count, int64_t n) {
+  const int64_t i = blockIdx.y;
+  if (i >= rowCount(count, maxRows)) return;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x)
+    gate[i * ldg + e] = siluMul(gate[i * ldg + e], up[i * ldu + e]);
+}
+
+unsigned colBlocks(int64_t n) { return unsigned(std::max<int64_t>(1, std::min<int64_t>(ceilDiv(n, kThreads), 32))); }
+
+void checkRows(int64_t rows, const char* op) {
+  if (rows > 65535) throw Error(kErrUnsupported, std::string(op) + ": more than 65535 rows in one call");
+}
 
 }  // namespace
 
-void launchAddRows(cudaStream_t s, float* x, const float* y, int64_t n) {
-  if (n <= 0) return;
-  if (n % 4 == 0 && aligned16(x) && aligned16(y)) {
-    const int64_t n4 = n / 4;
-    addKernel4<<<unsigned(std::min<int64_t>(ceilDiv(n4, kThreads), 65535)), kThreads, 0, s>>>(
-        reinterpret_cast<float4*>(x), reinterpret_cast<const float4*>(y), n4);
-  } else {
-    addKernel<<<unsigned(std::min<int64_t>(ceilDiv(n, kThreads), 65535)), kThreads, 0, s>>>(x, y, n);
+void launchEmbed(const Dev& d, float* x, const int32_t* tokens, int64_t rows, const Weight& t) {
+  if (rows <= 0 || t.cols <= 0) return;
+  checkRows(rows, "embed");
+  if (!t.data) throw Error(kErrArg, "embed: the table has no device data");
+  const dim3 grid(colBlocks(t.cols), unsigned(rows));
+  switch (t.dtype) {
+    case DType::F32: embedKernel<DType::F32><<<grid, kThreads, 0, d.stream>>>(x, tokens, t.data, t.rows, t.cols); break;
+    case DType::F16: embedKernel<DType::F16><<<grid, kThreads, 0, d.stream>>>(x, tokens, t.data, t.rows, t.cols); break;
+    case DType::BF16: embedKernel<DType::BF16><<<grid, kThreads, 0, d.stream>>>(x, tokens, t.data, t.rows, t.cols); break;
   }
   CUDA_CHECK_LAUNCH();
 }
 
-void launchGatherRows(cudaStream_t s, float* dst, const float* src, const int32_t* idx, int64_t n, int64_t dim) {
-  if (n <= 0 || dim <= 0) return;
-  const bool v4 = dim % 4 == 0 && aligned16(dst) && aligned16(src);
-  dim3 grid(colBlocks(v4 ? dim / 4 : dim), unsigned(n));
-  if (v4) gatherKernel<4><<<grid, kThreads, 0, s>>>(dst, src, idx, dim);
-  else gatherKernel<1><<<grid, kThreads, 0, s>>>(dst, src, idx, dim);
+bool rmsnormNeedsScratch(const float* out, const float* x, RowSet rows) { return rows.idx && out == x; }
+
+void launchRmsnorm(const Dev& d, float* out, const float* x, RowSet rows, int64_t dim, const float* w, float eps,
+                   float* tmp) {
+  if (rows.max <= 0 || dim <= 0) return;
+  if (rows.max > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "rmsnorm: too many rows");
+  if (rmsnormNeedsScratch(out, x, rows)) {
+    // In place with an index list: blocks would overwrite rows others still read. Normalise
+    // into scratch, then copy the set's rows back.
+    if (!tmp) throw Error(kErrArg, "rmsnorm: no scratch for the in-place gather");
+    checkRows(rows.max, "rmsnorm");
+    rmsnormKernel<<<unsigned(rows.max), kThreads, 0, d.stream>>>(tmp, x, rows.max, rows.count, rows.idx, dim, w, eps);
+    CUDA_CHECK_LAUNCH();
+    copyRowsKernel<<<dim3(colBlocks(dim), unsigned(rows.max)), kThreads, 0, d.stream>>>(out, tmp, rows.max,
+                                                                                        rows.count, dim);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  rmsnormKernel<<<unsigned(rows.max), kThreads, 0, d.stream>>>(out, x, rows.max, rows.count, rows.idx, dim, w, eps);
   CUDA_CHECK_LAUNCH();
 }
 
-void launchScatterAddRows(cudaStream_t s, float* dst, const float* src, const int32_t* idx, const float* scale,
-                          int64_t n, int64_t dim) {
-  if (n <= 0 || dim <= 0) return;
-  const bool v4 = dim % 4 == 0 && aligned16(dst) && aligned16(src);
-  dim3 grid(colBlocks(v4 ? dim / 4 : dim), unsigned(n));
-  if (v4) scatterAddKernel<4><<<grid, kThreads, 0, s>>>(dst, src, idx, scale, dim);
-  else scatterAddKernel<1><<<grid, kThreads, 0, s>>>(dst, src, idx, scale, dim);
+void launchTanhRows(const Dev& d, float* x, RowSet rows, int64_t dim) {
+  if (rows.max <= 0 || dim <= 0) return;
+  checkRows(rows.max, "tanhRows");
+  tanhRowsKernel<<<dim3(colBlocks(dim), unsigned(rows.max)), kThreads, 0, d.stream>>>(x, rows.max, rows.count,
+                                                                                      rows.idx, dim);
   CUDA_CHECK_LAUNCH();
 }
 
-void launchKvWrite(cudaStream_t s, const KvSlot* slots, const float* k, const float* v, int64_t rows, int64_t width) {
-  if (rows <= 0 || width <= 0) return;
-  dim3 grid(colBlocks(width), unsigned(rows));
-  kvWriteKernel<<<grid, kThreads, 0, s>>>(slots, k, v, width);
+void launchSiluMulRows(const Dev& d, float* gate, int64_t ldg, const float* up, int64_t ldu, RowSet rows, int64_t n) {
+  if (rows.max <= 0 || n <= 0) return;
+  checkRows(rows.max, "matmulGateUp");
+  siluMulRowsKernel<<<dim3(colBlocks(n), unsigned(rows.max)), kThreads, 0, d.stream>>>(gate, ldg, up, ldu, rows.max,
+                                                                                       rows.count, n);
   CUDA_CHECK_LAUNCH();
 }
 

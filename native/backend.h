@@ -135,7 +135,8 @@ class Ops {
   // over that row's sequence cache at `layer`, positions max(0, pos - window + 1) .. pos.
   virtual void attention(float* out, const float* q, RowSet rows, const StepRows& step, int layer,
                          const AttnShape& a) = 0;
-  virtual void tanhRows(float* x, RowSet rows, int64_t dim) = 0;  // x[i] = tanh(x[i]), compact rows
+  // x[r] = tanh(x[r]) in place, for the rows r of the set (r = idx[i], or i when dense).
+  virtual void tanhRows(float* x, RowSet rows, int64_t dim) = 0;
 
   // ---- routing ------------------------------------------------------------------------------
   // FlexiDepth's decision from router logits [rows]: w = sigmoid(logit), run = w > threshold.

@@ -10,9 +10,9 @@
 #include "backend.h"
 
 // Bump whenever anything the library and the addon share changes shape: the dg::Ops virtual
-// table (backend.h), Weight/DType (tensor.h), SamplingParams (kernels.h), dg::Error, or the
+// table and the structs its ops take (backend.h), Weight/DType (tensor.h), dg::Error, or the
 // signatures of the three entry points below. The loader refuses a library with another value.
-#define DG_CUDA_ABI 1
+#define DG_CUDA_ABI 2
 
 // The library's exported C entry points (names looked up with dlsym).
 //   int       dg_cuda_abi_version(void);                      returns DG_CUDA_ABI
