@@ -44,6 +44,25 @@ export function copyBandwidth(bytes = 512 * 2 ** 20, reps = 8): number {
   return (2 * bytes) / best;
 }
 
+/**
+ * Read bandwidth: a streaming sum over `bytes` (at least 1 GiB by default, far beyond the caches)
+ * on `threads` threads, best of several passes. Decode reads weights and writes almost nothing, so
+ * its floor is bytes read per token divided by this figure, not by the copy bandwidth.
+ */
+export function readBandwidth(threads: number, bytes = 2 ** 30, reps = 5): number {
+  const src = new Uint8Array(bytes);
+  for (let i = 0; i < bytes; i += 4096) src[i] = (i >>> 12) & 255; // touch every page first
+  const readSum = binding.native().kernels.readSum;
+  readSum(src, threads);
+  let best = Infinity;
+  for (let r = 0; r < reps; r++) {
+    const t0 = process.hrtime.bigint();
+    readSum(src, threads);
+    best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  return bytes / best;
+}
+
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)];

@@ -1,10 +1,11 @@
 // Kernels exposed for tests and microbenchmarks (synchronous, single call each, on the calling
-// thread): native().kernels.{matmul, rmsnorm, copy}.
+// thread): native().kernels.{matmul, rmsnorm, copy, readSum}.
 #include <napi.h>
 
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "addon_kernels.h"
 #include "addon_dispatcher.h"
@@ -90,6 +91,33 @@ Napi::Value KernelCopy(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// readSum(src, threads): sums src as 64-bit words on `threads` threads and returns the sum's low
+// 32 bits (so the reads cannot be optimised away). This is the read half of a decode step's
+// bandwidth floor: a matrix-vector product streams its weights and writes almost nothing, so a
+// copy (read + write, one thread) understates what the machine can read. Eight independent
+// accumulators over 64-byte lines let the compiler vectorise the loop and keep loads in flight.
+Napi::Value KernelReadSum(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray()) throwArg(env, "readSum(src, threads) needs a typed array");
+  auto s = info[0].As<Napi::TypedArray>();
+  int threads = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 1;
+  const auto* base = static_cast<const uint8_t*>(s.ArrayBuffer().Data()) + s.ByteOffset();
+  const int64_t lines = int64_t(s.ByteLength() / 64);
+  std::vector<uint64_t> partial(size_t(threads < 1 ? 1 : threads) * 8, 0);
+  kernelPool(threads < 1 ? 1 : threads).parallelFor(lines, [&](int64_t b, int64_t e, int worker) {
+    uint64_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t l = b; l < e; l++) {
+      uint64_t w[8];
+      std::memcpy(w, base + l * 64, 64);
+      for (int k = 0; k < 8; k++) acc[k] += w[k];
+    }
+    for (int k = 0; k < 8; k++) partial[size_t(worker) * 8 + size_t(k)] += acc[k];
+  });
+  uint64_t sum = 0;
+  for (uint64_t v : partial) sum += v;
+  return Napi::Number::New(env, double(uint32_t(sum)));
+}
+
 }  // namespace
 
 Napi::Object makeKernels(Napi::Env env) {
@@ -97,6 +125,7 @@ Napi::Object makeKernels(Napi::Env env) {
   kernels.Set("matmul", Napi::Function::New(env, KernelMatmul));
   kernels.Set("rmsnorm", Napi::Function::New(env, KernelRmsnorm));
   kernels.Set("copy", Napi::Function::New(env, KernelCopy));
+  kernels.Set("readSum", Napi::Function::New(env, KernelReadSum));
   return kernels;
 }
 

@@ -125,6 +125,7 @@ export interface NativeAddon {
     matmul(out: Float32Array, x: Float32Array, rows: number, w: NativeWeightArg, threads?: number, bias?: Float32Array): void;
     rmsnorm(out: Float32Array, x: Float32Array, rows: number, dim: number, weight: Float32Array, eps: number, threads?: number): void;
     copy(dst: ArrayBufferView, src: ArrayBufferView): void;
+    readSum(src: ArrayBufferView, threads: number): number;
   };
 }
 
