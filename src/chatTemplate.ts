@@ -18,9 +18,13 @@ type Statement = Parameters<InstanceType<typeof Interpreter>['evaluate']>[0];
 type Scope = Parameters<InstanceType<typeof Interpreter>['evaluate']>[1];
 type RuntimeValue = ReturnType<InstanceType<typeof Interpreter>['evaluate']>;
 
+/** The roles chat templates know; a template may accept others (a tool role), so any string is taken. */
+export type ChatRole = 'system' | 'user' | 'assistant' | (string & {});
+
 /** One chat message. */
 export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant' | string;
+  /** 'system', 'user' or 'assistant' (suggested by editors), or another role the model's template takes. */
+  role: ChatRole;
   content: string;
 }
 

@@ -15,7 +15,9 @@ export type { GenerateInput, ModelInfo, EvaluateResult, EvaluateOptions } from '
 export type { GenerateOptions, GenerateResult, LoadOptions, TokenChunk, DepthStats } from './options';
 export type { Policy, NonePolicy, StaticPolicy, FlexiDepthPolicy, SkipLayerPolicy, D3Policy } from './policy';
 export { validatePolicy, parsePolicy, formatPolicy, d3Depth, d3LayerSet } from './policy';
-export type { ChatMessage } from './tokenizer';
+export type { ChatMessage, ChatRole } from './chatTemplate';
+export { ChatSession } from './chatSession';
+export type { ChatSessionOptions } from './chatSession';
 export { Tokenizer } from './tokenizer';
 export type { ModelConfig, Architecture } from './config';
 export { SUPPORTED_ARCHITECTURES, readModelConfig } from './config';

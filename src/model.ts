@@ -73,6 +73,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   if (!fs.existsSync(root)) throw new ModelFileError('the model directory does not exist', root);
   if (!fs.statSync(root).isDirectory()) throw new ModelFileError('is not a directory (expected a Hugging Face model directory)', root);
   const config = readModelConfig(root);
+  if (opts.contextSize !== undefined) checkContextSize(opts.contextSize, config);
   const tokenizer = Tokenizer.fromDirectory(root, config.bosTokenId);
   const { files, weightMap, indexFile } = listWeightFiles(root);
   const addons = (opts.addons ?? []).map((a) => path.resolve(root, a));
@@ -151,6 +152,19 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
     nm.dispose();
     throw e;
   }
+}
+
+/**
+ * A context longer than the positions the model was trained for (config.json's
+ * max_position_embeddings) is refused: its rotary positions past them mean nothing to the model.
+ */
+function checkContextSize(contextSize: number, config: ModelConfig): void {
+  if (contextSize > config.maxPositionEmbeddings)
+    throw new InvalidOptionError(
+      'contextSize',
+      `is ${contextSize}, more than the model's max_position_embeddings (${config.maxPositionEmbeddings}, config.json): ` +
+        `use at most ${config.maxPositionEmbeddings}`,
+    );
 }
 
 /** A loaded model. Dispose it (or use `await using`) to free its memory. */
@@ -263,6 +277,7 @@ export class Model implements AsyncDisposable {
     for (const k of Object.keys(o)) if (k !== 'contextSize') throw new InvalidOptionError(k, 'is not a known option (known: contextSize)');
     checkInt(o.contextSize, 'contextSize', 1, 2 ** 31 - 1);
     const ctx = (o.contextSize as number | undefined) ?? this.contextSize;
+    checkContextSize(ctx, this.config);
     const nm = this.live();
     const need = ctx * this.kvBytesPerToken;
     const left = this.budgetLeft();

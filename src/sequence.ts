@@ -222,6 +222,31 @@ export class Sequence implements Disposable, AsyncDisposable {
     this.busy = false;
   }
 
+  /**
+   * @internal What the next pass continues from: the tokens in the cache, then a sampled token
+   * not fed yet (it leads the next input).
+   */
+  heldTokens(): number[] {
+    return this.pendingToken === null ? [...this.tokens] : [...this.tokens, this.pendingToken];
+  }
+
+  /**
+   * @internal Keeps the first `length` held tokens (heldTokens()) and forgets the rest, so a
+   * caller that re-renders its input (a chat session) can re-feed from where it differs.
+   */
+  rewind(length: number): void {
+    const ns = this.live();
+    if (this.busy) throw new BusyError('the sequence is generating: it can be rewound once that call has ended');
+    if (length >= this.tokens.length + (this.pendingToken === null ? 0 : 1)) return;
+    if (length <= this.tokens.length) {
+      this.pendingToken = null;
+      if (length < this.tokens.length) {
+        ns.truncate(length);
+        this.tokens.length = length;
+      }
+    }
+  }
+
   /** @internal */
   commit(tokens: number[], pending: number | null): void {
     this.tokens.push(...tokens);

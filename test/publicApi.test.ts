@@ -46,6 +46,7 @@ const EXPECTED_MAIN: Record<string, string[]> = {
     '[Symbol.asyncDispose]', '[Symbol.dispose]', 'contextSize', 'dispose', 'disposed', 'evaluate', 'generate', 'model', 'reset',
     'stream', 'tokens',
   ],
+  ChatSession: ['getHistory', 'prompt', 'sequence', 'setHistory', 'stream'],
   GenerationStream: ['[Symbol.asyncDispose]', '[Symbol.asyncIterator]', '[Symbol.dispose]', 'cancel', 'result'],
   Tokenizer: [
     'addBosToken', 'applyChatTemplate', 'bosToken', 'bosTokenId', 'chatTemplate', 'decode', 'encode', 'eosToken', 'isSpecial',
@@ -65,7 +66,7 @@ const EXPECTED_MAIN: Record<string, string[]> = {
   SkipLayerPolicy: [], D3Policy: [], ChatMessage: [], ModelConfig: [], Architecture: [], DefaultPolicy: [],
   PerplexityOptions: [], PerplexityResult: [], DepthSpan: [], DepthViewInput: [], CudaStatus: [], GpuInfo: [],
   ServerState: [], ServerStats: [], ServerOptions: [], RequestRecord: [], ErrorBody: [], BuildInfo: [],
-  DepthgateErrorCode: [],
+  DepthgateErrorCode: [], ChatRole: [], ChatSessionOptions: [],
   // errors
   DepthgateError: errorMembers,
   ModelFormatError: errorMembers,

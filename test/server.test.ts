@@ -4,6 +4,8 @@
  * health and metrics, and every error status with its body. Expected outputs come from the
  * library's own generate() with the same options, so the server is checked against the engine.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import OpenAI, { APIError } from 'openai';
 import { createServer, defaultModelSetup, formatPolicy, loadModel, parsePolicy, type DepthgateServer, type Model } from '../src';
 import { cleanup, tinyModel } from './helpers';
@@ -90,7 +92,15 @@ describe('chat completions', () => {
   });
 
   test('a chat request to a model without a chat template is a 400 that says so', async () => {
-    const e = await apiError(client(kjvUrl).chat.completions.create({ model: 'default', messages: hello }));
+    const dir = tinyModel({ seed: 4 });
+    const tcFile = path.join(dir, 'tokenizer_config.json');
+    const { chat_template: _dropped, ...tc } = JSON.parse(fs.readFileSync(tcFile, 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(tcFile, JSON.stringify(tc));
+    const bare = await loadModel(dir, { threads: 1 });
+    const { server, url } = await start(bare, { modelId: 'bare' });
+    const e = await apiError(client(url).chat.completions.create({ model: 'bare', messages: hello }));
+    await server.close({ timeoutMs: 0 });
+    await bare.dispose();
     expect(e.status).toBe(400);
     expect(e.param).toBe('messages');
     expect(e.message).toMatch(/no chat_template/);

@@ -96,6 +96,9 @@ def tokenizer_json(vocab, merges):
     }
 
 
+CHAT_TEMPLATE = "{%- for message in messages %}{{ message['content'] | trim }}{{ '\\n' }}{%- endfor %}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('text')
@@ -116,6 +119,8 @@ def main():
             'added_tokens_decoder': {str(eot_id): {'content': EOT, 'lstrip': False, 'normalized': False, 'rstrip': False,
                                                    'single_word': False, 'special': True}},
             'bos_token': EOT, 'eos_token': EOT, 'clean_up_tokenization_spaces': False,
+            # The model knows one format, a verse per line: each message is a line, the reply the next.
+            'chat_template': CHAT_TEMPLATE,
             'model_input_names': ['input_ids', 'attention_mask'], 'model_max_length': a.max_length,
             'tokenizer_class': 'PreTrainedTokenizerFast',
         }, f, indent=2, sort_keys=True)
