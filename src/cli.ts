@@ -1,182 +1,62 @@
 #!/usr/bin/env node
 /**
- * depthgate command line:
- *   depthgate generate [MODEL_DIR] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
- *   depthgate info [MODEL_DIR]
- *   depthgate logits MODEL_DIR --tokens 1,2,3 --json
- *   depthgate eval [MODEL_DIR] --text FILE [--policy SPEC ...]
+ * depthgate command line: generate, chat (src/cliChat.ts), info, logits, eval and serve
+ * (src/server/command.ts). `depthgate COMMAND --help` prints a command's own help (src/cliHelp.ts);
+ * a bad command line prints one line and a hint (src/cliArgs.ts); a closed pipe ends quietly and
+ * Ctrl-C exits with status 130 (src/terminal.ts).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import { defaultModelSetup } from './defaultModel';
 import { depthLegendAnsi, renderDepthAnsi, renderDepthHtml, type DepthSpan } from './depthView';
 import { DepthgateError } from './errors';
-import { getBuildInfo, loadModel, type GenerateOptions, type LoadOptions, type Model } from './index';
+import { getBuildInfo } from './index';
 import { measurePerplexity } from './perplexity';
-import { parsePolicy, type Policy } from './policy';
+import { parsePolicy } from './policy';
 import { serveCommand } from './server/command';
+import { UsageError, intArg, parseCommand } from './cliArgs';
+import { HELP, USAGE } from './cliHelp';
+import { LOAD_OPTIONS, SAMPLING_OPTIONS, depthFloor, openModel, policyArg, policyLabel, samplingArgs } from './cliModel';
+import { chatCommand } from './cliChat';
+import { SIGINT_STATUS, colorMode, exitQuietlyOnClosedPipe } from './terminal';
 
-const USAGE = `Usage:
-  depthgate generate [MODEL_DIR] --prompt TEXT [options]   stream a completion (default model if no MODEL_DIR)
-      --prompt, -p TEXT     the prompt (required)
-      --chat                wrap the prompt as a user message in the model's chat template
-      --system TEXT         system message (with --chat)
-      --max-tokens N        most tokens to generate (default 128)
-      --temperature T       0 = greedy (default 0)
-      --top-k K             sample among the K most likely tokens
-      --top-p P             nucleus sampling threshold
-      --seed S              sampling seed (same seed, same output)
-      --stop TEXT           stop string (repeatable)
-      --threads N           CPU threads (default: all cores)
-      --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
-      --kv-cache T          KV cache dtype: bf16 (default), f16 or f32
-      --policy SPEC         which layers each token runs (default: the model's default policy, which
-                            \`info\` shows: flexidepth when FlexiDepth routers come with the model, in
-                            its own weights or as the default model's add-on; otherwise none):
-                              none | static:skip=3+5 | static:attn=2,mlp=4+6 | flexidepth[:threshold=0.5]
-                              | skiplayer | d3:alpha=0.9[,start=4][,min=8]
-      --addon FILE          router weights to apply to the model (repeatable)
-      --trace FILE          write one JSON line per generated token: layers run, router weights;
-                            FILE.html writes a page with each token coloured by its depth
-      --show-depth          colour each generated token by the number of layers it ran
-  depthgate info [MODEL_DIR]             architecture, parameters, dtype, memory, routers, default policy, build
-  depthgate logits MODEL_DIR --tokens 1,2,3 --json [--policy SPEC] [--addon FILE]
-                                         logits at every position as {"logits": [[...], ...]};
-                                         with --policy (or a routed default policy) also
-                                         "executed": [[1,0,...], ...] per position
-  depthgate eval [MODEL_DIR] --text FILE [--policy SPEC ...] [options]
-                                         perplexity of FILE and mean layers run per token, per policy
-      --policy SPEC         a policy to score (repeatable; default: the model's default policy)
-      --addon FILE          router weights to apply (repeatable)
-      --window N            tokens per window, each in a fresh sequence (default min(256, context))
-      --context N           unscored prompt tokens at the start of each window (default window/4);
-                            the rest is scored as a generated continuation (D3 decays along it)
-      --max-tokens N        stop after about N scored tokens
-      --json                print the results as JSON
-  depthgate serve [MODEL_DIR] [--host H] [--port N] [options]
-                                         OpenAI-compatible HTTP server; \`depthgate serve --help\` lists its options
-`;
-
-class UsageError extends Error {}
-
-function intArg(v: string | undefined, name: string, min: number): number | undefined {
-  if (v === undefined) return undefined;
-  if (!/^-?\d+$/.test(v) || Number(v) < min) throw new UsageError(`--${name} must be an integer >= ${min}, got '${v}'`);
-  return Number(v);
+function help(command: string): number {
+  process.stdout.write(HELP[command] ?? USAGE);
+  return 0;
 }
 
-function numArg(v: string | undefined, name: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got '${v}'`);
-  return n;
+/** The depth of each token as superscript digits, for output without colour. */
+function superscript(n: number): string {
+  return String(n).replace(/\d/g, (d) => '⁰¹²³⁴⁵⁶⁷⁸⁹'[Number(d)]!);
 }
 
-function progressBar(label: string): ((f: number) => void) | undefined {
-  if (!process.stderr.isTTY) return undefined;
-  let last = -1;
-  return (f: number) => {
-    const pct = Math.floor(f * 100);
-    if (pct === last) return;
-    last = pct;
-    const width = 30;
-    const fill = Math.round(f * width);
-    process.stderr.write(`\r${label} [${'#'.repeat(fill)}${' '.repeat(width - fill)}] ${pct}%`);
-    if (f >= 1) process.stderr.write('\n');
-  };
-}
-
-function backendArg(v: string | undefined): LoadOptions['backend'] {
-  if (v === undefined) return undefined;
-  if (v !== 'auto' && v !== 'cpu' && v !== 'cuda') throw new UsageError(`--backend must be auto, cpu or cuda, got '${v}'`);
-  return v;
-}
-
-/**
- * Loads MODEL_DIR, or with none the embedded default model together with its default FlexiDepth
- * add-on (unless --addon names others). The policy to run when the user gives none is the
- * model's own `defaultPolicy` (src/defaultPolicy.ts).
- */
-async function open(
-  dir: string | undefined,
-  o: { threads?: number; addons?: string[]; backend?: string; kvCache?: string } = {},
-): Promise<{ model: Model }> {
-  const backend = backendArg(o.backend);
-  const kv = o.kvCache;
-  if (kv !== undefined && kv !== 'f32' && kv !== 'f16' && kv !== 'bf16')
-    throw new UsageError(`--kv-cache must be f32, f16 or bf16, got '${kv}'`);
-  let addons = (o.addons ?? []).map((a) => path.resolve(a));
-  let modelDir = dir;
-  if (modelDir === undefined) {
-    const d = defaultModelSetup();
-    modelDir = d.dir;
-    const ownAddon = !addons.length;
-    if (ownAddon) addons = d.addons;
-    process.stderr.write(
-      `using the default model (12-layer Llama trained on the King James Bible${ownAddon ? ', FlexiDepth routers' : ''}): ${modelDir}\n`,
-    );
+async function generate(argv: string[]): Promise<number> {
+  const args = parseCommand('generate', argv, {
+    prompt: { type: 'string', short: 'p' }, chat: { type: 'boolean' }, system: { type: 'string' },
+    ...SAMPLING_OPTIONS, ...LOAD_OPTIONS, trace: { type: 'string' }, 'show-depth': { type: 'boolean' },
+  });
+  if (args.flag('help')) return help('generate');
+  const prompt = args.str('prompt');
+  if (prompt === undefined) throw new UsageError('generate needs --prompt TEXT', 'generate');
+  if (args.has('system') && !args.flag('chat')) throw new UsageError('--system needs --chat (it is a message of the chat template)', 'generate');
+  const opts = samplingArgs(args, 'generate', 128);
+  const chat = args.flag('chat');
+  const tracePath = args.str('trace');
+  const html = tracePath !== undefined && /\.html?$/i.test(tracePath);
+  let traceFd: number | undefined;
+  if (tracePath !== undefined) {
+    try {
+      traceFd = fs.openSync(tracePath, 'w'); // before loading, so a bad path costs nothing
+    } catch (e) {
+      throw new UsageError(`--trace ${tracePath}: ${(e as Error).message}`, 'generate');
+    }
   }
-  const model = await loadModel(modelDir, {
-    onProgress: progressBar('loading'),
-    ...(o.threads ? { threads: o.threads } : {}),
-    ...(addons.length ? { addons } : {}),
-    ...(backend ? { backend } : {}),
-    ...(kv ? { kvCacheType: kv } : {}),
-  });
-  return { model };
-}
-
-async function generate(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      prompt: { type: 'string', short: 'p' },
-      chat: { type: 'boolean' },
-      system: { type: 'string' },
-      'max-tokens': { type: 'string' },
-      temperature: { type: 'string' },
-      'top-k': { type: 'string' },
-      'top-p': { type: 'string' },
-      seed: { type: 'string' },
-      stop: { type: 'string', multiple: true },
-      threads: { type: 'string' },
-      policy: { type: 'string' },
-      addon: { type: 'string', multiple: true },
-      trace: { type: 'string' },
-      'show-depth': { type: 'boolean' },
-      backend: { type: 'string' },
-      'kv-cache': { type: 'string' },
-    },
-  });
-  if (positionals.length > 1) throw new UsageError(`generate takes one MODEL_DIR, got ${positionals.length}`);
-  if (values.prompt === undefined) throw new UsageError('generate needs --prompt');
-  const opts: GenerateOptions = { maxTokens: intArg(values['max-tokens'], 'max-tokens', 1) ?? 128 };
-  const t = numArg(values.temperature, 'temperature');
-  if (t !== undefined) opts.temperature = t;
-  const k = intArg(values['top-k'], 'top-k', 0);
-  if (k !== undefined) opts.topK = k;
-  const p = numArg(values['top-p'], 'top-p');
-  if (p !== undefined) opts.topP = p;
-  const seed = intArg(values.seed, 'seed', 0);
-  if (seed !== undefined) opts.seed = seed;
-  if (values.stop) opts.stop = values.stop;
-  const { model } = await open(positionals[0], {
-    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
-  });
+  const model = await openModel('generate', args);
   try {
     const L = model.config.numLayers;
-    opts.policy = values.policy ? parsePolicy(values.policy, L) : model.defaultPolicy.policy;
-    const html = values.trace !== undefined && /\.html?$/i.test(values.trace);
-    let traceFd: number | undefined;
-    if (values.trace !== undefined) {
-      try {
-        traceFd = fs.openSync(values.trace, 'w'); // before generating, so a bad path costs nothing
-      } catch (e) {
-        throw new UsageError(`--trace ${values.trace}: ${(e as Error).message}`);
-      }
-    }
+    opts.policy = policyArg(args, model);
+    const showDepth = args.flag('show-depth');
+    const colors = colorMode(process.stdout);
+    const scale = { minLayers: depthFloor(opts.policy, model), colors: colors === '256' ? '256' : '24bit' } as const;
     const trace = html ? undefined : traceFd;
     const spans: DepthSpan[] = [];
     if (trace !== undefined)
@@ -188,28 +68,38 @@ async function generate(argv: string[]): Promise<void> {
             routerWeights: Array.from(c.routerWeights, (w) => (Number.isNaN(w) ? null : +w.toFixed(6))),
           }) + '\n',
         );
+    // Ctrl-C stops the generation (what was made is printed, exit 130); a second one exits at once.
     const ac = new AbortController();
-    const onSigint = () => ac.abort();
-    process.once('SIGINT', onSigint);
-    const input = values.chat
-      ? [...(values.system ? [{ role: 'system', content: values.system }] : []), { role: 'user', content: values.prompt }]
-      : values.prompt;
+    const onSigint = () => {
+      if (ac.signal.aborted) process.exit(SIGINT_STATUS);
+      ac.abort();
+    };
+    process.on('SIGINT', onSigint);
+    const system = args.str('system');
+    const input = chat
+      ? [...(system !== undefined ? [{ role: 'system', content: system }] : []), { role: 'user', content: prompt }]
+      : prompt;
     const stream = model.stream(input, { ...opts, signal: ac.signal, stopOnAbort: true });
-    if (!values.chat) process.stdout.write(values.prompt);
+    if (!chat) process.stdout.write(prompt);
     for await (const chunk of stream) {
       if (html) spans.push({ text: chunk.text, layers: chunk.layers, executed: chunk.executed });
-      process.stdout.write(values['show-depth'] ? renderDepthAnsi({ text: chunk.text, layers: chunk.layers }, L) : chunk.text);
+      if (!showDepth || chunk.text === '') process.stdout.write(chunk.text);
+      else if (colors !== 'none') process.stdout.write(renderDepthAnsi({ text: chunk.text, layers: chunk.layers }, L, scale));
+      else process.stdout.write(chunk.text.replace(/(\r?\n)?$/, (nl) => superscript(chunk.layers) + nl));
     }
-    process.removeListener('SIGINT', onSigint);
     const r = await stream.result;
     process.stdout.write('\n');
-    if (values['show-depth']) process.stdout.write(depthLegendAnsi(L) + '\n');
+    if (showDepth) {
+      const legendColors = colorMode(process.stderr);
+      if (legendColors !== 'none') process.stderr.write(depthLegendAnsi(L, { ...scale, colors: legendColors === '256' ? '256' : '24bit' }) + '\n');
+      else if (colors === 'none') process.stderr.write(`(the number after each token is the layers it ran, of ${L})\n`);
+    }
     if (trace !== undefined) fs.closeSync(trace);
     if (html)
       fs.writeFileSync(
         traceFd!,
         renderDepthHtml({
-          prompt: values.chat ? '' : values.prompt, spans, numLayers: L, meanLayers: r.depth.meanLayers,
+          prompt: chat ? '' : prompt, spans, numLayers: L, meanLayers: r.depth.meanLayers,
           model: path.basename(model.dir), policy: policyLabel(opts.policy), title: 'depthgate: layers per token',
         }),
       );
@@ -219,6 +109,8 @@ async function generate(argv: string[]): Promise<void> {
         `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s; ` +
         `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n`,
     );
+    process.removeListener('SIGINT', onSigint);
+    return ac.signal.aborted ? SIGINT_STATUS : 0;
   } finally {
     await model.dispose();
   }
@@ -234,16 +126,14 @@ function bytes(n: number): string {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
-async function info(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv, allowPositionals: true, options: { addon: { type: 'string', multiple: true }, backend: { type: 'string' } },
-  });
-  if (positionals.length > 1) throw new UsageError(`info takes one MODEL_DIR, got ${positionals.length}`);
+async function info(argv: string[]): Promise<number> {
+  const args = parseCommand('info', argv, { addon: { type: 'string', multiple: true }, backend: { type: 'string' } });
+  if (args.flag('help')) return help('info');
   const b = getBuildInfo();
-  console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'})`);
+  console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'}); ${b.usableProcessors} usable processor(s)`);
   console.log(`addon: ${b.addonPath} (${b.prebuilt ? 'prebuilt' : 'local build'}, napi ${b.napiVersion}${b.glibc ? `, glibc ${b.glibc}` : ''})`);
   console.log(`CUDA: ${b.cuda.available ? 'available' : `not available: ${b.cuda.reason}`}; GPUs: ${b.cuda.devices.length ? b.cuda.devices.map((d) => `${d.name} (sm_${d.computeCapability}, ${bytes(d.memoryBytes)})`).join(', ') : 'none seen'}`);
-  const { model } = await open(positionals[0], { addons: values.addon, backend: values.backend });
+  const model = await openModel('info', args);
   try {
     const i = model.info;
     const c = model.config;
@@ -257,93 +147,95 @@ async function info(argv: string[]): Promise<void> {
     const fdFrom = !i.flexiDepthLayers.length ? '' : own.length === i.flexiDepthLayers.length ? ' (in the checkpoint)' : own.length ? ` (in the checkpoint: [${own.join(', ')}]; the rest from add-ons)` : ' (from add-ons)';
     console.log(`routers: FlexiDepth on layers [${i.flexiDepthLayers.join(', ')}]${fdFrom}; SkipLayer on layers [${i.skipRouterLayers.join(', ')}]`);
     console.log(`default policy: ${policyLabel(i.defaultPolicy.policy)}, because ${i.defaultPolicy.reason} (--policy overrides it; --policy none runs every layer)`);
+    console.log(`chat template: ${model.tokenizer.chatTemplate ? 'yes' : 'none (--chat and chat need one)'}`);
     console.log(`rope: theta ${c.ropeTheta}, scaling ${c.ropeType}${c.ropeType !== 'default' ? ` x${c.ropeFactor}` : ''}; tied embeddings ${c.tieWordEmbeddings}; eos ${c.eosTokenIds.join(', ')}`);
   } finally {
     await model.dispose();
   }
+  return 0;
 }
 
-async function logits(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      tokens: { type: 'string' }, json: { type: 'boolean' }, threads: { type: 'string' },
-      policy: { type: 'string' }, addon: { type: 'string', multiple: true }, backend: { type: 'string' },
-      'kv-cache': { type: 'string' },
-    },
+async function logits(argv: string[]): Promise<number> {
+  const args = parseCommand('logits', argv, {
+    tokens: { type: 'string' }, prompt: { type: 'string', short: 'p' }, json: { type: 'boolean' }, top: { type: 'string' },
+    policy: { type: 'string' }, ...LOAD_OPTIONS,
   });
-  if (positionals.length !== 1) throw new UsageError('logits needs exactly one MODEL_DIR');
-  if (!values.tokens) throw new UsageError('logits needs --tokens 1,2,3');
-  if (!values.json) throw new UsageError('logits prints JSON only; pass --json');
-  const tokens = values.tokens.split(',').map((s) => {
-    if (!/^\d+$/.test(s.trim())) throw new UsageError(`--tokens must be comma-separated token ids, got '${s}'`);
+  if (args.flag('help')) return help('logits');
+  const tokenList = args.str('tokens');
+  const prompt = args.str('prompt');
+  if ((tokenList === undefined) === (prompt === undefined)) throw new UsageError('logits needs --prompt TEXT or --tokens 1,2,3 (one of them)', 'logits');
+  const top = intArg(args.str('top'), 'top', 1, 'logits', 100) ?? 3;
+  const ids = tokenList?.split(',').map((s) => {
+    if (!/^\d+$/.test(s.trim())) throw new UsageError(`--tokens must be comma-separated token ids, got '${s}'`, 'logits');
     return Number(s.trim());
   });
-  const { model } = await open(positionals[0], {
-    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
-  });
+  const model = await openModel('logits', args);
   try {
-    const policy = values.policy ? parsePolicy(values.policy, model.config.numLayers) : model.defaultPolicy.policy;
+    const policy = policyArg(args, model);
+    const tokens = ids ?? model.tokenize(prompt!);
     const r = await model.evaluate(tokens, { policy });
-    const out: { logits: number[][]; executed?: number[][] } = { logits: r.logits.map((row) => Array.from(row)) };
-    if (values.policy || policy.type !== 'none') out.executed = r.executed.map((row) => Array.from(row));
-    process.stdout.write(JSON.stringify(out) + '\n');
+    if (args.flag('json')) {
+      const out: { logits: number[][]; executed?: number[][] } = { logits: r.logits.map((row) => Array.from(row)) };
+      if (args.has('policy') || policy.type !== 'none') out.executed = r.executed.map((row) => Array.from(row));
+      process.stdout.write(JSON.stringify(out) + '\n');
+      return 0;
+    }
+    const show = (id: number) => JSON.stringify(model.detokenize([id], { skipSpecialTokens: false }));
+    const rows = r.tokens.map((id, p) => {
+      const row = r.logits[p]!;
+      const best = Array.from(row.keys()).sort((a, b) => row[b]! - row[a]!).slice(0, top);
+      return [String(p), String(id), show(id), best.map((b) => `${show(b)} ${row[b]!.toFixed(2)}`).join(', '), String(r.executed[p]!.reduce((a, b) => a + b, 0))];
+    });
+    const head = ['pos', 'token', 'text', `most likely next (logit)`, `layers of ${model.config.numLayers}`];
+    const widths = head.map((h, c) => Math.max(h.length, ...rows.map((row) => row[c]!.length)));
+    for (const row of [head, ...rows]) console.log(row.map((v, c) => (c < 2 ? v.padStart(widths[c]!) : v.padEnd(widths[c]!))).join('  ').trimEnd());
+    console.log(`(policy ${policyLabel(policy)}; --json prints every logit)`);
   } finally {
     await model.dispose();
   }
+  return 0;
 }
 
-/** A policy as the CLI syntax writes it, for labels. */
-function policyLabel(p: Policy | undefined): string {
-  if (!p || p.type === 'none') return 'none';
-  const o = Object.entries(p).filter(([k]) => k !== 'type');
-  return o.length ? `${p.type}:${o.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}` : p.type;
-}
-
-async function evalText(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      text: { type: 'string' }, policy: { type: 'string', multiple: true }, addon: { type: 'string', multiple: true },
-      window: { type: 'string' }, context: { type: 'string' }, 'max-tokens': { type: 'string' }, json: { type: 'boolean' },
-      threads: { type: 'string' }, backend: { type: 'string' }, 'kv-cache': { type: 'string' },
-    },
+async function evalText(argv: string[]): Promise<number> {
+  const args = parseCommand('eval', argv, {
+    text: { type: 'string' }, policy: { type: 'string', multiple: true }, window: { type: 'string' }, context: { type: 'string' },
+    'max-tokens': { type: 'string' }, json: { type: 'boolean' }, ...LOAD_OPTIONS,
   });
-  if (positionals.length > 1) throw new UsageError(`eval takes one MODEL_DIR, got ${positionals.length}`);
-  if (!values.text) throw new UsageError('eval needs --text FILE');
+  if (args.flag('help')) return help('eval');
+  const textFile = args.str('text');
+  if (!textFile) throw new UsageError('eval needs --text FILE', 'eval');
   let text: string;
   try {
-    text = fs.readFileSync(values.text, 'utf8');
+    text = fs.readFileSync(textFile, 'utf8');
   } catch (e) {
-    throw new UsageError(`--text ${values.text}: ${(e as Error).message}`);
+    throw new UsageError(`--text ${textFile}: ${(e as Error).message}`, 'eval');
   }
-  const window = intArg(values.window, 'window', 2);
-  const context = intArg(values.context, 'context', 1);
-  const maxTokens = intArg(values['max-tokens'], 'max-tokens', 1);
-  const { model } = await open(positionals[0], {
-    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
-  });
+  const window = intArg(args.str('window'), 'window', 2, 'eval');
+  const context = intArg(args.str('context'), 'context', 1, 'eval');
+  const maxTokens = intArg(args.str('max-tokens'), 'max-tokens', 1, 'eval');
+  const specList = args.list('policy');
+  const model = await openModel('eval', args);
   try {
     const L = model.config.numLayers;
-    const specs = values.policy?.length ? values.policy : [policyLabel(model.defaultPolicy.policy)];
+    const specs = specList?.length ? specList : [policyLabel(model.defaultPolicy.policy)];
     const policies = specs.map((s) => parsePolicy(s, L));
     const ids = model.tokenizer.encode(text, false);
     const rows = [];
-    if (!values.json) console.log(`${'policy'.padEnd(34)} ${'perplexity'.padStart(10)} ${'mean layers'.padStart(12)} ${'tokens'.padStart(8)}`);
+    const json = args.flag('json');
+    if (!json) console.log(`${'policy'.padEnd(34)} ${'perplexity'.padStart(10)} ${'mean layers'.padStart(12)} ${'tokens'.padStart(8)}`);
     for (let i = 0; i < policies.length; i++) {
       const r = await measurePerplexity(model, ids, {
         policy: policies[i], ...(window ? { window } : {}), ...(context ? { context } : {}), ...(maxTokens ? { maxTokens } : {}),
       });
       rows.push({ policy: specs[i], ...r });
-      if (!values.json)
+      if (!json)
         console.log(`${specs[i]!.padEnd(34)} ${r.perplexity.toFixed(3).padStart(10)} ${`${r.meanLayers.toFixed(2)} / ${L}`.padStart(12)} ${String(r.tokens).padStart(8)}`);
     }
-    if (values.json) process.stdout.write(JSON.stringify({ model: model.dir, layers: L, text: values.text, results: rows }) + '\n');
+    if (json) process.stdout.write(JSON.stringify({ model: model.dir, layers: L, text: textFile, results: rows }) + '\n');
   } finally {
     await model.dispose();
   }
+  return 0;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -351,31 +243,35 @@ export async function main(argv: string[]): Promise<number> {
   try {
     switch (cmd) {
       case 'generate':
-        await generate(rest);
-        return 0;
+        return await generate(rest);
+      case 'chat':
+        return await chatCommand(rest);
       case 'info':
-        await info(rest);
-        return 0;
+        return await info(rest);
       case 'logits':
-        await logits(rest);
-        return 0;
+        return await logits(rest);
       case 'eval':
-        await evalText(rest);
-        return 0;
+        return await evalText(rest);
       case 'serve':
         return await serveCommand(rest);
-      case undefined:
+      case '--version':
+      case '-v':
+        process.stdout.write(`${getBuildInfo().version}\n`);
+        return 0;
       case '-h':
       case '--help':
       case 'help':
-        process.stdout.write(USAGE);
-        return cmd === undefined ? 2 : 0;
+        return help(rest[0] ?? '');
+      case undefined:
+        process.stderr.write(USAGE);
+        return 2;
       default:
-        throw new UsageError(`unknown command '${cmd}'`);
+        throw new UsageError(`unknown command '${cmd}' (commands: generate, chat, info, logits, eval, serve)`);
     }
   } catch (e) {
-    if (e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`depthgate: ${(e as Error).message}\n\n${USAGE}`);
+    if (e instanceof UsageError) {
+      const hint = e.command ? `depthgate ${e.command} --help` : 'depthgate --help';
+      process.stderr.write(`depthgate${e.command ? ` ${e.command}` : ''}: ${e.message}\n(\`${hint}\` lists the options)\n`);
       return 2;
     }
     if (e instanceof DepthgateError) {
@@ -387,6 +283,7 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
+  exitQuietlyOnClosedPipe();
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

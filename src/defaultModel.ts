@@ -18,8 +18,16 @@ export function defaultModelDir(): string {
   return path.resolve(__dirname, '..', 'models', 'default');
 }
 
-/** The default model's directory, the add-on files it runs with and the policy they serve (its `defaultPolicy` when loaded with them). */
-export function defaultModelSetup(): { dir: string; addons: string[]; policy: Policy } {
+/** The add-on of the default model's SkipLayer routers. */
+const SKIPLAYER_ADDON = 'skiplayer.safetensors';
+
+/**
+ * The default model's directory, the add-on files it runs with and the policy they serve (its
+ * `defaultPolicy` when loaded with them): FlexiDepth ({@link DEFAULT_ADDON}), or with
+ * `{policy: 'skiplayer'}` its SkipLayer routers.
+ */
+export function defaultModelSetup(options?: { policy?: 'flexidepth' | 'skiplayer' | undefined }): { dir: string; addons: string[]; policy: Policy } {
   const dir = defaultModelDir();
+  if (options?.policy === 'skiplayer') return { dir, addons: [path.join(dir, SKIPLAYER_ADDON)], policy: { type: 'skiplayer' } };
   return { dir, addons: [path.join(dir, DEFAULT_ADDON)], policy: { type: 'flexidepth' } };
 }

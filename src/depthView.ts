@@ -142,6 +142,34 @@ function legendTicks(numLayers: number): number[] {
   return [...new Set([0, 0.25, 0.5, 0.75, 1].map((f) => Math.round(f * numLayers)))];
 }
 
+/** How a terminal rendering draws its colours (see {@link renderDepthAnsi}). */
+export interface DepthAnsiOptions {
+  /**
+   * The shallowest depth the scale spans (default 0): depths from it to numLayers get the whole
+   * colour range, so when a policy can only skip a few layers (FlexiDepth on the second half)
+   * neighbouring depths still differ visibly. Shallower depths take the lightest colour.
+   */
+  minLayers?: number | undefined;
+  /** '24bit' (default: `ESC[48;2;r;g;bm`) or '256' (the nearest colour of xterm's 6x6x6 cube). */
+  colors?: '24bit' | '256' | undefined;
+}
+
+function checkAnsiOptions(o: DepthAnsiOptions | undefined, numLayers: number): { min: number; colors: '24bit' | '256' } {
+  if (o === undefined) return { min: 0, colors: '24bit' };
+  if (typeof o !== 'object' || o === null) throw new InvalidOptionError('options', 'must be an object {minLayers?, colors?}');
+  const min = o.minLayers ?? 0;
+  if (!Number.isInteger(min) || min < 0 || min > numLayers)
+    throw new InvalidOptionError('minLayers', `must be an integer in 0..${numLayers}, got ${describeValue(o.minLayers)}`);
+  const colors = o.colors ?? '24bit';
+  if (colors !== '24bit' && colors !== '256') throw new InvalidOptionError('colors', `must be '24bit' or '256', got ${describeValue(o.colors)}`);
+  return { min, colors };
+}
+
+/** Position of a depth on a scale spanning min..numLayers (a scale of one depth is its darkest). */
+function scaled(layers: number, numLayers: number, min: number): number {
+  return min >= numLayers ? (layers >= numLayers ? 1 : 0) : (layers - min) / (numLayers - min);
+}
+
 /**
  * The colour for a depth, as [r, g, b] in 0..255: a reversed viridis scale (colour-blind safe,
  * perceptually uniform), interpolated between 9 stops, from light yellow at 0 layers to dark purple
@@ -155,14 +183,23 @@ export function depthColor(layers: number, numLayers: number): [number, number, 
   return colorAt(layers / numLayers);
 }
 
-function ansiColors(layers: number, numLayers: number): string {
-  const bg = colorAt(layers / numLayers);
+/** The index in xterm's 256-colour palette of the cube colour nearest to c. */
+function xterm256(c: readonly [number, number, number]): number {
+  const levels = [0, 95, 135, 175, 215, 255];
+  const near = (v: number) => levels.reduce((best, l, i) => (Math.abs(l - v) < Math.abs(levels[best]! - v) ? i : best), 0);
+  return 16 + 36 * near(c[0]) + 6 * near(c[1]) + near(c[2]);
+}
+
+function ansiColors(layers: number, numLayers: number, o: { min: number; colors: '24bit' | '256' } = { min: 0, colors: '24bit' }): string {
+  const bg = colorAt(scaled(layers, numLayers, o.min));
   const fg = foregroundFor(bg);
+  if (o.colors === '256') return `${ESC}48;5;${xterm256(bg)}m${ESC}38;5;${fg[0] ? 231 : 16}m`;
   return `${ESC}48;2;${bg[0]};${bg[1]};${bg[2]}m${ESC}38;2;${fg[0]};${fg[1]};${fg[2]}m`;
 }
 
 /**
- * Terminal rendering of one span: its text on a 24-bit background of {@link depthColor}
+ * Terminal rendering of one span: its text on a 24-bit (or `options.colors` '256') background of {@link depthColor}
+ * (over the scale `options.minLayers`..numLayers)
  * (`ESC[48;2;r;g;bm`) with a black or white foreground (`ESC[38;2;r;g;bm`, whichever reads better),
  * followed by a reset (`ESC[0m`). Newlines inside the span do not carry the background past the line
  * end: the colour is reset before each `\n` (or `\r\n`) and applied again after it; empty lines get
@@ -171,10 +208,10 @@ function ansiColors(layers: number, numLayers: number): string {
  * colour (or use {@link renderDepthViewAnsi}).
  * @throws InvalidOptionError when `numLayers` or the span's `layers` (or `executed`) is invalid.
  */
-export function renderDepthAnsi(span: DepthSpan, numLayers: number): string {
+export function renderDepthAnsi(span: DepthSpan, numLayers: number, options?: DepthAnsiOptions): string {
   checkNumLayers(numLayers);
   checkSpan(span, numLayers, '');
-  const on = ansiColors(span.layers, numLayers);
+  const on = ansiColors(span.layers, numLayers, checkAnsiOptions(options, numLayers));
   return sanitize(span.text)
     .split(/(\r?\n)/)
     .map((part, i) => (i % 2 === 1 || part === '' ? part : on + part + RESET))
@@ -183,12 +220,16 @@ export function renderDepthAnsi(span: DepthSpan, numLayers: number): string {
 
 /**
  * A legend line for the terminal: `layers: ` followed by a swatch, in its colour, for each of the
- * depths 0, L/4, L/2, 3L/4 and L (rounded, without repeats), each showing its number. No trailing newline.
+ * depths min, min + S/4, min + S/2, min + 3S/4 and L (S = L - min, rounded, without repeats; every
+ * depth when S <= 8), each showing its number. No trailing newline.
  * @throws InvalidOptionError when `numLayers` is not a positive integer.
  */
-export function depthLegendAnsi(numLayers: number): string {
+export function depthLegendAnsi(numLayers: number, options?: DepthAnsiOptions): string {
   checkNumLayers(numLayers);
-  return 'layers: ' + legendTicks(numLayers).map((d) => `${ansiColors(d, numLayers)} ${d} ${RESET}`).join(' ');
+  const o = checkAnsiOptions(options, numLayers);
+  // Over a scale of a few depths, every depth has its swatch; over a long one, five ticks.
+  const ticks = numLayers - o.min <= 8 ? Array.from({ length: numLayers - o.min + 1 }, (_, i) => o.min + i) : legendTicks(numLayers - o.min).map((d) => d + o.min);
+  return 'layers: ' + ticks.map((d) => `${ansiColors(d, numLayers, o)} ${d} ${RESET}`).join(' ');
 }
 
 /**

@@ -27,7 +27,7 @@ export { FLEXIDEPTH_ARCHITECTURE } from './flexiDepthConfig';
 export { measurePerplexity } from './perplexity';
 export type { PerplexityOptions, PerplexityResult } from './perplexity';
 export { depthColor, renderDepthAnsi, depthLegendAnsi, renderDepthViewAnsi, renderDepthHtml } from './depthView';
-export type { DepthSpan, DepthViewInput } from './depthView';
+export type { DepthSpan, DepthViewInput, DepthAnsiOptions } from './depthView';
 export { cudaStatus, resolveBackend } from './backend';
 export type { CudaStatus, GpuInfo } from './backend';
 export { createServer, DepthgateServer } from './server/server';

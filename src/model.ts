@@ -76,7 +76,8 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   if (opts.contextSize !== undefined) checkContextSize(opts.contextSize, config);
   const tokenizer = Tokenizer.fromDirectory(root, config.bosTokenId);
   const { files, weightMap, indexFile } = listWeightFiles(root);
-  const addons = (opts.addons ?? []).map((a) => path.resolve(root, a));
+  // A relative add-on path is taken from the working directory, as every path in Node (and the CLI's --addon).
+  const addons = (opts.addons ?? []).map((a) => path.resolve(a));
   // Only regular files are opened (natively too, without blocking): a FIFO or a device is refused here.
   for (const f of files) statRegularFile(f, 'weight file');
   for (const a of addons) statRegularFile(a, 'add-on file');

@@ -43,7 +43,8 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /**
    * Add-on safetensors files with router weights (FlexiDepth `model.layers.{i}.router.*` and
-   * `router_proj.*`, or SkipLayer `skip_router`) applied to this base model.
+   * `router_proj.*`, or SkipLayer `skip_router`) applied to this base model. A relative path is
+   * taken from the working directory (not the model directory), as the CLI's `--addon` is.
    */
   addons?: string[];
 }

@@ -1,5 +1,5 @@
 /** The depthgate command line, run as a user runs it (node dist/cli.js). */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadReference, referenceLogits } from './reference/reference';
@@ -33,24 +33,25 @@ test('generate with no model directory uses the embedded trained model and its F
 test('--show-depth colours each generated token by its depth; --trace FILE.html writes the page', () => {
   const dir = tinyModel({ layers: 4, seed: 21 });
   const html = path.join(tmpDir(), 'depth.html');
-  const r = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7', '--show-depth', '--trace', html]);
+  // Piped output has colour only when forced (FORCE_COLOR=3: 24-bit).
+  const r = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.9', '--show-depth', '--trace', html], { NO_COLOR: '', FORCE_COLOR: '3' });
   expect(r.code).toBe(0);
   expect(r.stdout.startsWith('Once')).toBe(true);
-  // 24-bit background colours, at least two different depths (D3 decays), and a legend.
+  // 24-bit background colours on the generated text, at least two different depths (D3 decays), and a legend.
   const colours = new Set([...r.stdout.matchAll(/\x1b\[48;2;(\d+;\d+;\d+)m/g)].map((m) => m[1]));
   expect(colours.size).toBeGreaterThanOrEqual(2);
-  expect(r.stdout).toMatch(/layers/);
+  expect(r.stderr).toMatch(/layers: /); // the legend goes to stderr
   const page = fs.readFileSync(html, 'utf8');
   expect(page).toMatch(/^<!DOCTYPE html>/i);
   expect((page.match(/<span class="tok"/g) ?? []).length).toBe(8);
-  expect(page).toMatch(/d3:alpha=0\.7/);
+  expect(page).toMatch(/d3:alpha=0\.9/);
   // A trace file that cannot be written is a usage error before any generation.
   const bad = run(['generate', dir, '--prompt', 'Once', '--trace', path.join(tmpDir(), 'no', 'such', 'dir', 'x.html')]);
   expect(bad.code).toBe(2);
   expect(bad.stderr).toMatch(/--trace .*x\.html: ENOENT/);
   expect(bad.stdout).toBe('');
   // Without --show-depth the output is plain text.
-  const plain = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7']);
+  const plain = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7'], { FORCE_COLOR: '3' });
   expect(plain.stdout).not.toMatch(/\x1b\[/);
 });
 
@@ -97,4 +98,124 @@ test('bad arguments and bad models give a message and a non-zero exit, not a cra
   expect(missing.stderr).toMatch(/model directory does not exist \[ERR_DEPTHGATE_MODEL_IO\]/);
   const cmd = run(['frobnicate']);
   expect(cmd.code).toBe(2);
+});
+
+describe('behaving like a CLI', () => {
+  const version = (JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }).version;
+
+  test('every subcommand has its own --help (exit 0) listing the options it takes; --version', () => {
+    const wants: Record<string, RegExp[]> = {
+      generate: [/--prompt/, /--chat/, /--system/, /--stop TEXT.*escapes/, /--show-depth/, /--threads/, /--kv-cache/, /--addon/],
+      chat: [/--system/, /--max-tokens/, /Ctrl-C/, /--policy/],
+      info: [/--addon/, /--backend/],
+      logits: [/--prompt/, /--tokens/, /--json/, /--top/, /--threads/],
+      eval: [/--text/, /--threads/, /--window/, /--kv-cache/],
+      serve: [/--port/, /--parallel/],
+    };
+    for (const [cmd, patterns] of Object.entries(wants)) {
+      const r = run([cmd, '--help']);
+      expect([cmd, r.code]).toEqual([cmd, 0]);
+      expect(r.stdout.startsWith(`Usage: depthgate ${cmd}`)).toBe(true);
+      for (const p of patterns) expect([cmd, r.stdout]).toEqual([cmd, expect.stringMatching(p)]);
+    }
+    expect(run(['--version'])).toMatchObject({ code: 0, stdout: `${version}\n` });
+    expect(run(['--help'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/chat\s+an interactive conversation/) });
+  });
+
+  test('a bad command line prints one line and a hint, exit 2; negative numbers are values', () => {
+    const cases: [string[], RegExp][] = [
+      [['generate', '--prompt', 'x', '--temperature', '-1'], /--temperature must be at least 0, got -1/],
+      [['generate', '--prompt', 'x', '--system', 'be brief'], /--system needs --chat/],
+      [['generate', '--prompt', 'x', '--bogus'], /bogus/],
+      [['generate'], /needs --prompt/],
+      [['logits', '--tokens', '1,2', '--prompt', 'x'], /--prompt TEXT or --tokens/],
+      [['eval', '--threads', '0', '--text', 'x'], /--text x: ENOENT|--threads/],
+      [['frobnicate'], /unknown command 'frobnicate'/],
+    ];
+    for (const [args, message] of cases) {
+      const r = run(args);
+      expect([args, r.code]).toEqual([args, 2]);
+      const lines = r.stderr.trimEnd().split('\n');
+      expect([args, lines.length]).toEqual([args, 2]);
+      expect(lines[0]).toMatch(message);
+      expect(lines[1]).toMatch(/`depthgate (\w+ )?--help` lists the options/);
+      expect(r.stdout).toBe('');
+    }
+  });
+
+  test('a closed pipe ends the command quietly with status 0', async () => {
+    const child = spawn(process.execPath, [cli, 'generate', '--prompt', 'And God said', '--max-tokens', '200'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.once('data', () => child.stdout.destroy()); // what `| head -c 1` does
+    const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+    expect(stderr).not.toMatch(/EPIPE|Unhandled/);
+    expect(code).toBe(0);
+  });
+
+  test('Ctrl-C stops generate: what was made is printed and the status is 130', async () => {
+    const child = spawn(process.execPath, [cli, 'generate', '--prompt', 'And God said', '--max-tokens', '250', '--policy', 'none'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.once('data', () => child.kill('SIGINT'));
+    const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+    expect(code).toBe(130);
+    expect(stderr).toMatch(/generated \(abort\)/);
+  });
+
+  test('--show-depth: no colour when piped, with NO_COLOR or TERM=dumb; the depth follows each token instead', () => {
+    const envs: Record<string, string>[] = [{ NO_COLOR: '', FORCE_COLOR: '' }, { NO_COLOR: '1', FORCE_COLOR: '1' }, { NO_COLOR: '', FORCE_COLOR: '0' }];
+    for (const env of envs) {
+      const r = run(['generate', '--prompt', 'And God said', '--max-tokens', '6', '--show-depth'], env);
+      expect(r.code).toBe(0);
+      expect(r.stdout + r.stderr).not.toMatch(/\x1b\[/);
+      expect(r.stdout).toMatch(/^And God said \S+?[⁰¹²³⁴⁵⁶⁷⁸⁹]+ /);
+      expect(r.stderr).toMatch(/the number after each token is the layers it ran, of 12/);
+    }
+    // Forced 256-colour output uses the xterm palette.
+    const c = run(['generate', '--prompt', 'And God said', '--max-tokens', '6', '--show-depth'], { NO_COLOR: '', FORCE_COLOR: '1', COLORTERM: '' });
+    expect(c.stdout).toMatch(/\x1b\[48;5;\d+m/);
+  });
+
+  test("--stop understands escapes: '\\n' stops at the end of the line", () => {
+    const r = run(['generate', '--prompt', 'And God said', '--max-tokens', '60', '--stop', '\\n']);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/generated \(stop\)/);
+    expect(r.stdout.trimEnd()).not.toMatch(/\n/);
+  });
+
+  test('logits defaults to the default model, takes --prompt, and prints a table without --json', () => {
+    const r = run(['logits', '--prompt', 'And God said', '--top', '2']);
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines[0]).toMatch(/^pos\s+token\s+text\s+most likely next \(logit\)\s+layers of 12$/);
+    expect(lines).toHaveLength(1 + 4 + 1); // header, one row per token of "And God said", the policy line
+    expect(lines[4]).toMatch(/^\s*3\s+\d+\s+" said"\s+"[^"]*" -?\d+\.\d\d, "[^"]*" -?\d+\.\d\d\s+\d+$/);
+  });
+
+  test('--policy skiplayer on the default model runs its shipped SkipLayer add-on', () => {
+    const r = run(['generate', '--prompt', 'And God said', '--max-tokens', '6', '--policy', 'skiplayer']);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/SkipLayer routers/);
+    const mean = Number(/([\d.]+) of 12 layers per token/.exec(r.stderr)![1]);
+    expect(mean).toBeLessThan(12);
+  });
+
+  test('chat: one message per input line, the history kept (the replies are those of a ChatSession)', async () => {
+    const child = spawnSync(process.execPath, [cli, 'chat', '--max-tokens', '12', '--policy', 'none'], {
+      input: 'In the beginning God created the heaven and the earth.\nAnd God said\n', encoding: 'utf8', timeout: 60000,
+    });
+    expect(child.status).toBe(0);
+    const { loadModel, defaultModelDir, ChatSession } = await import('../src');
+    const m = await loadModel(defaultModelDir(), { threads: 1 });
+    try {
+      using seq = m.createSequence();
+      const session = new ChatSession({ sequence: seq });
+      const a = await session.prompt('In the beginning God created the heaven and the earth.', { maxTokens: 12, policy: { type: 'none' } });
+      const b = await session.prompt('And God said', { maxTokens: 12, policy: { type: 'none' } });
+      expect(child.stdout).toBe(`${a.text}\n${b.text}\n`);
+    } finally {
+      await m.dispose();
+    }
+  });
 });

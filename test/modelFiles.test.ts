@@ -84,7 +84,7 @@ describe.each(['fifo', 'devzero', 'dir'] as const)('a %s in place of', (kind) =>
     const base = tinyModel({ seed: 2 });
     const addon = path.join(base, 'router.safetensors');
     replaceWith(addon, kind);
-    await expectRefused(base, addon, why, { addons: ['router.safetensors'] });
+    await expectRefused(base, addon, why, { addons: [addon] });
   });
 });
 
@@ -207,5 +207,21 @@ describe('DEPTHGATE_NATIVE_PATH', () => {
     const copy = path.join(path.dirname(file), 'depthgate-copy.bin');
     fs.copyFileSync(path.join(__dirname, '..', 'build', 'Release', 'depthgate.node'), copy);
     expect(typeof loadNativeFrom(path.join(__dirname, '..'), copy).addon.loadModel).toBe('function');
+  });
+});
+
+test('a relative add-on path is taken from the working directory, not the model directory', async () => {
+  const dir = tinyModel({ seed: 31, layers: 2, skiplayer: { mode: 'layer', addonFile: 'skip.safetensors' } });
+  const fromCwd = path.relative(process.cwd(), path.join(dir, 'skip.safetensors'));
+  expect(path.isAbsolute(fromCwd)).toBe(false);
+  const m = await loadModel(dir, { threads: 1, addons: [fromCwd] });
+  try {
+    expect(m.info.skipRouterLayers).toEqual([0, 1]);
+  } finally {
+    await m.dispose();
+  }
+  // The bare name, which would be found beside the model, is looked for in the working directory.
+  await expect(loadModel(dir, { threads: 1, addons: ['skip.safetensors'] })).rejects.toMatchObject({
+    code: 'ERR_DEPTHGATE_MODEL_IO', file: path.resolve('skip.safetensors'),
   });
 });

@@ -66,7 +66,7 @@ const EXPECTED_MAIN: Record<string, string[]> = {
   SkipLayerPolicy: [], D3Policy: [], ChatMessage: [], ModelConfig: [], Architecture: [], DefaultPolicy: [],
   PerplexityOptions: [], PerplexityResult: [], DepthSpan: [], DepthViewInput: [], CudaStatus: [], GpuInfo: [],
   ServerState: [], ServerStats: [], ServerOptions: [], RequestRecord: [], ErrorBody: [], BuildInfo: [],
-  DepthgateErrorCode: [], ChatRole: [], ChatSessionOptions: [],
+  DepthgateErrorCode: [], ChatRole: [], ChatSessionOptions: [], DepthAnsiOptions: [],
   // errors
   DepthgateError: errorMembers,
   ModelFormatError: errorMembers,

@@ -26,7 +26,7 @@ export const SERVE_USAGE = `Usage: depthgate serve [MODEL_DIR] [options]   OpenA
       --cors ORIGIN         allow browser calls from ORIGIN (repeatable; '*' for any; default none)
       --model-id NAME       the model's name in /v1/models (default: the directory's name)
       --addon FILE          router weights to apply to the model (repeatable)
-      --threads N           CPU threads (default: all cores)
+      --threads N           CPU threads (default: the processors this process may use)
       --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
       --shutdown-timeout S  seconds running requests get to finish on SIGTERM (default 10)
       --quiet               no access log
@@ -76,7 +76,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       throw new ServeUsageError(`--backend must be auto, cpu or cuda, got '${values.backend}'`);
   } catch (e) {
     if (e instanceof ServeUsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`depthgate serve: ${(e as Error).message}\n\n${SERVE_USAGE}`);
+      process.stderr.write(`depthgate serve: ${(e as Error).message}\n(\`depthgate serve --help\` lists the options)\n`);
       return 2;
     }
     throw e;
