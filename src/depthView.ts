@@ -17,7 +17,7 @@ export interface DepthSpan {
   /** Number of layers the token ran: an integer in 0..numLayers. */
   layers: number;
   /** Per layer, 1 where the layer ran and 0 where it was skipped (length numLayers, `layers` ones). */
-  executed?: ArrayLike<number>;
+  executed?: ArrayLike<number> | undefined;
 }
 
 /** Everything {@link renderDepthHtml} (and {@link renderDepthViewAnsi}) draws. */
@@ -29,13 +29,13 @@ export interface DepthViewInput {
   /** Number of layers of the model (a positive integer). */
   numLayers: number;
   /** Page title (default "Per-token depth"). */
-  title?: string;
+  title?: string | undefined;
   /** The layer-skipping policy, as text, for the header line. */
-  policy?: string;
+  policy?: string | undefined;
   /** The model's name or path, for the header line. */
-  model?: string;
+  model?: string | undefined;
   /** Mean number of layers per generated token, for the header line. */
-  meanLayers?: number;
+  meanLayers?: number | undefined;
 }
 
 // Viridis (matplotlib), 9 evenly spaced samples from 0 (dark purple) to 1 (yellow).

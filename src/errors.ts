@@ -4,30 +4,47 @@
  */
 
 /**
+ * The stable codes of depthgate's errors, as a union: `err.code === 'ERR_DEPTHGATE_ABORT'` (a typo)
+ * does not compile. Written out here (not derived from an internal value) so that the shipped
+ * declarations, built with stripInternal, carry the union itself.
+ */
+export type DepthgateErrorCode =
+  | 'ERR_DEPTHGATE_MODEL_FORMAT'
+  | 'ERR_DEPTHGATE_MODEL_IO'
+  | 'ERR_DEPTHGATE_UNSUPPORTED'
+  | 'ERR_DEPTHGATE_INVALID_OPTION'
+  | 'ERR_DEPTHGATE_CONTEXT_OVERFLOW'
+  | 'ERR_DEPTHGATE_OUT_OF_MEMORY'
+  | 'ERR_DEPTHGATE_DISPOSED'
+  | 'ERR_DEPTHGATE_BUSY'
+  | 'ERR_DEPTHGATE_ABORTED'
+  | 'ERR_DEPTHGATE_BACKEND_UNAVAILABLE'
+  | 'ERR_DEPTHGATE_NATIVE_LOAD'
+  | 'ERR_DEPTHGATE_CUDA'
+  | 'ERR_DEPTHGATE_INTERNAL';
+
+/** Every code once: a Record over the union, so the compiler refuses a missing or an extra one. */
+const CODE_SET: Record<DepthgateErrorCode, true> = {
+  ERR_DEPTHGATE_MODEL_FORMAT: true,
+  ERR_DEPTHGATE_MODEL_IO: true,
+  ERR_DEPTHGATE_UNSUPPORTED: true,
+  ERR_DEPTHGATE_INVALID_OPTION: true,
+  ERR_DEPTHGATE_CONTEXT_OVERFLOW: true,
+  ERR_DEPTHGATE_OUT_OF_MEMORY: true,
+  ERR_DEPTHGATE_DISPOSED: true,
+  ERR_DEPTHGATE_BUSY: true,
+  ERR_DEPTHGATE_ABORTED: true,
+  ERR_DEPTHGATE_BACKEND_UNAVAILABLE: true,
+  ERR_DEPTHGATE_NATIVE_LOAD: true,
+  ERR_DEPTHGATE_CUDA: true,
+  ERR_DEPTHGATE_INTERNAL: true,
+};
+
+/**
  * @internal Every code a DepthgateError can carry, one per row of the README's errors table
  * (test/badInput.test.ts checks both ways).
  */
-export const ERROR_CODES = [
-  'ERR_DEPTHGATE_MODEL_FORMAT',
-  'ERR_DEPTHGATE_MODEL_IO',
-  'ERR_DEPTHGATE_UNSUPPORTED',
-  'ERR_DEPTHGATE_INVALID_OPTION',
-  'ERR_DEPTHGATE_CONTEXT_OVERFLOW',
-  'ERR_DEPTHGATE_OUT_OF_MEMORY',
-  'ERR_DEPTHGATE_DISPOSED',
-  'ERR_DEPTHGATE_BUSY',
-  'ERR_DEPTHGATE_ABORTED',
-  'ERR_DEPTHGATE_BACKEND_UNAVAILABLE',
-  'ERR_DEPTHGATE_NATIVE_LOAD',
-  'ERR_DEPTHGATE_CUDA',
-  'ERR_DEPTHGATE_INTERNAL',
-] as const;
-
-/**
- * The stable codes of depthgate's errors, as a union: `err.code === 'ERR_DEPTHGATE_ABORT'` (a typo)
- * does not compile.
- */
-export type DepthgateErrorCode = (typeof ERROR_CODES)[number];
+export const ERROR_CODES = Object.keys(CODE_SET) as DepthgateErrorCode[];
 
 /** Base class of every error depthgate throws. */
 export class DepthgateError extends Error {

@@ -56,7 +56,13 @@ const unreachable = new FinalizationRegistry<{ run: Run; stream: boolean; state:
  * given back when it is garbage-collected (its `result` resolves with finishReason 'abort').
  */
 export class GenerationStream implements AsyncIterable<TokenChunk>, Disposable, AsyncDisposable {
-  /** Resolves with the outcome when generation ends (for any reason). */
+  /**
+   * Resolves with the outcome when generation ends (for any reason). The stream does not run by
+   * itself: it generates as it is read, so `result` settles once the stream has been read to the
+   * end, left early, cancel()ed, aborted by its signal, or dropped and garbage-collected; awaiting
+   * it without reading waits for one of those. To run a generation without reading it, use
+   * `generate()` (it reads the stream for you; `onToken` still sees every token).
+   */
   readonly result: Promise<GenerateResult>;
   private readonly run: Run;
   // Shared with the registry's held value, which must not reference the stream itself.

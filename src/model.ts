@@ -242,7 +242,7 @@ export class Model implements AsyncDisposable {
   }
 
   /** Text to token ids (with BOS as the tokenizer config says, unless addSpecialTokens is false). */
-  tokenize(text: string, options?: { addSpecialTokens?: boolean }): number[] {
+  tokenize(text: string, options?: { addSpecialTokens?: boolean | undefined }): number[] {
     if (typeof text !== 'string') throw new InvalidOptionError('text', 'must be a string');
     const o = checkObject(options, 'options');
     for (const k of Object.keys(o))
@@ -253,7 +253,7 @@ export class Model implements AsyncDisposable {
   }
 
   /** Token ids to text. Ids must be integers in the vocabulary (InvalidOptionError 'tokens' otherwise). */
-  detokenize(tokens: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string {
+  detokenize(tokens: ArrayLike<number>, options?: { skipSpecialTokens?: boolean | undefined }): string {
     const o = checkObject(options, 'options');
     for (const k of Object.keys(o))
       if (k !== 'skipSpecialTokens') throw new InvalidOptionError(k, 'is not a known option (known: skipSpecialTokens)');
@@ -261,7 +261,7 @@ export class Model implements AsyncDisposable {
   }
 
   /** Renders chat messages with the model's chat template. */
-  applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean }): string {
+  applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean | undefined }): string {
     const o = checkObject(options, 'options');
     for (const k of Object.keys(o))
       if (k !== 'addGenerationPrompt') throw new InvalidOptionError(k, 'is not a known option (known: addGenerationPrompt)');
@@ -273,7 +273,7 @@ export class Model implements AsyncDisposable {
    * reserved up front against the memory budget (`memoryLimit`), so a context that could not fit
    * is refused here with OutOfMemoryError instead of failing, or being killed, later.
    */
-  createSequence(options?: { contextSize?: number }): Sequence {
+  createSequence(options?: { contextSize?: number | undefined }): Sequence {
     const o = checkObject(options, 'options');
     for (const k of Object.keys(o)) if (k !== 'contextSize') throw new InvalidOptionError(k, 'is not a known option (known: contextSize)');
     checkInt(o.contextSize, 'contextSize', 1, 2 ** 31 - 1);

@@ -15,64 +15,64 @@ export interface LoadOptions {
    * BackendUnavailableError with the reason. 'auto' picks the CPU in this version: the CUDA backend
    * has not been validated on a GPU yet, so it runs only when asked for by name.
    */
-  backend?: 'auto' | 'cpu' | 'cuda';
+  backend?: 'auto' | 'cpu' | 'cuda' | undefined;
   /**
    * Threads for the CPU kernels, the calling thread included (default: the processors this process
    * may use: `getBuildInfo().usableProcessors`). More threads than processors are accepted but
    * the extra ones stay idle.
    */
-  threads?: number;
+  threads?: number | undefined;
   /** Default context length (tokens) of new sequences (default: the model's max_position_embeddings, at most 4096). */
-  contextSize?: number;
+  contextSize?: number | undefined;
   /**
    * Bytes the KV caches of all live sequences may reach together (default: 90% of the machine's
    * memory minus the weights). Each sequence reserves its whole context up front.
    */
-  memoryLimit?: number;
+  memoryLimit?: number | undefined;
   /** Read every weight page in during load (default true) so the first token is not slow. */
-  prefault?: boolean;
+  prefault?: boolean | undefined;
   /**
    * The dtype of the KV cache (default 'bf16'): K and V are computed in f32 and rounded once, to
    * nearest even, when written; attention reads them in this dtype. 'bf16' and 'f16' take half the
    * memory (and half the bytes read per decode step) of 'f32', which keeps exactly what was computed.
    */
-  kvCacheType?: 'f32' | 'f16' | 'bf16';
+  kvCacheType?: 'f32' | 'f16' | 'bf16' | undefined;
   /** Called with the fraction loaded, from 0 to 1. */
-  onProgress?: (fraction: number) => void;
+  onProgress?: ((fraction: number) => void) | undefined;
   /** Cancels the load; the promise rejects with AbortError and everything taken is freed. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * Add-on safetensors files with router weights (FlexiDepth `model.layers.{i}.router.*` and
    * `router_proj.*`, or SkipLayer `skip_router`) applied to this base model. A relative path is
    * taken from the working directory (not the model directory), as the CLI's `--addon` is.
    */
-  addons?: string[];
+  addons?: string[] | undefined;
 }
 
 /** Options of generation. */
 export interface GenerateOptions {
   /** Most tokens to generate (default 256). */
-  maxTokens?: number;
+  maxTokens?: number | undefined;
   /** 0 (default) picks the most likely token; higher values sample more freely. */
-  temperature?: number;
+  temperature?: number | undefined;
   /** Sample among the k most likely tokens (0 = all, the default; at most 2^31 - 1). */
-  topK?: number;
+  topK?: number | undefined;
   /** Sample from the smallest set whose probability reaches p (1 = all, the default). */
-  topP?: number;
+  topP?: number | undefined;
   /** Seed for sampling: the same seed, prompt and options give the same output. */
-  seed?: number;
+  seed?: number | undefined;
   /** Stop when the generated text contains one of these strings (which is not included). */
-  stop?: string[];
+  stop?: string[] | undefined;
   /** Stop on the model's end-of-sequence tokens (default true). */
-  stopOnEos?: boolean;
+  stopOnEos?: boolean | undefined;
   /** Cancels generation: the promise rejects with AbortError, or resolves with what was made if `stopOnAbort`. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** With a `signal`, resolve with the partial result (finishReason 'abort') instead of rejecting. */
-  stopOnAbort?: boolean;
+  stopOnAbort?: boolean | undefined;
   /** Called for every generated token. */
-  onToken?: (chunk: TokenChunk) => void;
+  onToken?: ((chunk: TokenChunk) => void) | undefined;
   /** Which layers each token runs (default: the model's `defaultPolicy`; `{type: 'none'}` runs all). */
-  policy?: Policy;
+  policy?: Policy | undefined;
 }
 
 /** One generated token. */

@@ -16,15 +16,15 @@ import type { Policy } from './policy';
 /** Options of {@link measurePerplexity}. */
 export interface PerplexityOptions {
   /** Which layers each token runs (default: the model's `defaultPolicy`; `{type: 'none'}` runs all). */
-  policy?: Policy;
+  policy?: Policy | undefined;
   /** Tokens per window (default: min(256, contextSize)). */
-  window?: number;
+  window?: number | undefined;
   /** Unscored prompt tokens at the start of each window (default: window / 4, at least 1). */
-  context?: number;
+  context?: number | undefined;
   /** Stop after scoring about this many tokens (whole windows; default: all). */
-  maxTokens?: number;
+  maxTokens?: number | undefined;
   /** Cancels between windows. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** Result of {@link measurePerplexity}. */

@@ -16,11 +16,11 @@ export interface NonePolicy {
 export interface StaticPolicy {
   type: 'static';
   /** Layers skipped entirely (attention and MLP). */
-  skipLayers?: number[];
+  skipLayers?: number[] | undefined;
   /** Layers whose attention is skipped (K/V still written). */
-  skipAttention?: number[];
+  skipAttention?: number[] | undefined;
   /** Layers whose MLP is skipped. */
-  skipMlp?: number[];
+  skipMlp?: number[] | undefined;
 }
 
 /**
@@ -31,7 +31,7 @@ export interface StaticPolicy {
 export interface FlexiDepthPolicy {
   type: 'flexidepth';
   /** A token runs the layer when its router weight w > threshold (default 0.5, as the released model). */
-  threshold?: number;
+  threshold?: number | undefined;
 }
 
 /** SkipLayer: a learned Linear(hidden -> 2) router per layer or per module, argmax, identity when skipped. */
@@ -49,9 +49,9 @@ export interface D3Policy {
   /** Decay per generated token, in (0, 1]; 1 keeps every layer. */
   alpha: number;
   /** Generated tokens before the decay starts (default 0). */
-  start?: number;
+  start?: number | undefined;
   /** Minimum depth (default 2: the first and last layers). */
-  minLayers?: number;
+  minLayers?: number | undefined;
 }
 
 /** A skip policy. */

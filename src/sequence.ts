@@ -17,16 +17,16 @@ export type { GenerateInput } from './input';
 /** Options of {@link Model.evaluate} and {@link Sequence.evaluate}. */
 export interface EvaluateOptions {
   /** Which layers each token runs (default: the model's `defaultPolicy`; `{type: 'none'}` runs all). */
-  policy?: Policy;
+  policy?: Policy | undefined;
   /** Cancels between slices of 512 tokens; the promise rejects with AbortError. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * Index in `tokens` where a known continuation starts, to score it as if it had been generated
    * (teacher forcing): the row at `generatedFrom + j` feeds generated token j and produces token
    * j + 1, which is what D3 counts; earlier rows are prompt rows. Default: every row is prompt.
    * Only D3 depends on it.
    */
-  generatedFrom?: number;
+  generatedFrom?: number | undefined;
 }
 
 /** Per-position logits from {@link Model.evaluate}. */

@@ -20,69 +20,69 @@ export interface RequestRecord {
   /** From the first byte of the request to the end of the response, in ms. */
   durationMs: number;
   /** Generation requests: tokens in the prompt and generated. */
-  promptTokens?: number;
-  completionTokens?: number;
+  promptTokens?: number | undefined;
+  completionTokens?: number | undefined;
   /** Generation requests: the engine's reason (`eos`, `stop`, `length`, `context`, `abort`). */
-  finishReason?: string;
+  finishReason?: string | undefined;
   /** Generation requests: the policy that ran, in the `--policy` syntax, and its mean layers per generated token. */
-  policy?: string;
-  meanLayers?: number;
+  policy?: string | undefined;
+  meanLayers?: number | undefined;
   /** Why a generation stopped early: its client disconnected, or the server shut down. */
-  cancelled?: 'client' | 'shutdown';
+  cancelled?: 'client' | 'shutdown' | undefined;
   /** With `cancelled`: tokens generated after the cancellation was seen (at most one step's). */
-  tokensAfterCancel?: number;
+  tokensAfterCancel?: number | undefined;
   /** The error code of a stream that started and then failed (its status stays 200), e.g. `shutting_down`. */
-  error?: string;
+  error?: string | undefined;
   /** Time from the start of generation (after any wait for a slot) to its first token, in ms. */
-  firstTokenMs?: number;
+  firstTokenMs?: number | undefined;
 }
 
 /** Options of {@link createServer}. */
 export interface ServerOptions {
   /** Generations that run at once, sharing batched forward passes (default 4; `--parallel`). */
-  parallel?: number;
+  parallel?: number | undefined;
   /** Requests that may wait for a slot; more are refused with 429 (default 64; `--queue`). */
-  queueLength?: number;
+  queueLength?: number | undefined;
   /**
    * Context of each request in tokens: its prompt plus max_tokens must fit (else 400
    * context_length_exceeded), and a request without max_tokens may generate up to the rest of it.
    * Each running request reserves its context's KV cache (default: the model's contextSize; `--context`).
    */
-  contextSize?: number;
+  contextSize?: number | undefined;
   /** The policy of requests that name none, as a Policy or in the `--policy` syntax (default: the model's defaultPolicy). */
-  policy?: Policy | string;
+  policy?: Policy | string | undefined;
   /** When set, every route but /health needs `Authorization: Bearer <apiKey>` (401 otherwise). */
-  apiKey?: string;
+  apiKey?: string | undefined;
   /** Origins allowed to call the server from a browser (CORS), or `['*']` for any; default none (no CORS headers). */
-  cors?: string[];
+  cors?: string[] | undefined;
   /** The model's name in /v1/models and the `model` requests must name (default: the model directory's name). */
-  modelId?: string;
+  modelId?: string | undefined;
   /** Largest request body in bytes (default 1 MiB); larger ones get 413. */
-  bodyLimit?: number;
+  bodyLimit?: number | undefined;
   /** Time a client has to send its whole request body, in ms (default 10 000); slower ones get 408. */
-  bodyTimeoutMs?: number;
+  bodyTimeoutMs?: number | undefined;
   /** A stream writes a `: ping` comment after this many ms without an event (default 15 000). */
-  keepAliveMs?: number;
+  keepAliveMs?: number | undefined;
   /** How long close() lets running generations finish before cancelling them, in ms (default 10 000). */
-  shutdownTimeoutMs?: number;
+  shutdownTimeoutMs?: number | undefined;
   /** Called once per answered request (access log, monitoring). */
-  onRequest?: (record: RequestRecord) => void;
+  onRequest?: ((record: RequestRecord) => void) | undefined;
 }
 
 /** Options with their defaults; the model-dependent ones are resolved by {@link resolveModelOptions}. */
 export interface CheckedOptions {
   parallel: number;
   queueLength: number;
-  contextSize?: number;
-  policy?: Policy | string;
-  apiKey?: string;
+  contextSize?: number | undefined;
+  policy?: Policy | string | undefined;
+  apiKey?: string | undefined;
   cors: string[];
-  modelId?: string;
+  modelId?: string | undefined;
   bodyLimit: number;
   bodyTimeoutMs: number;
   keepAliveMs: number;
   shutdownTimeoutMs: number;
-  onRequest?: (record: RequestRecord) => void;
+  onRequest?: ((record: RequestRecord) => void) | undefined;
 }
 
 const KEYS = [
