@@ -1,6 +1,7 @@
 // Decode speed when the machine is busy: tokens/s of the default model and of the realistic-shape
-// bench model, at 1 and 2 threads (and more threads than processors), beside 0, 1 and 2 busy
-// competitor processes that the benchmark starts and stops itself.
+// bench model, at 1 and 2 threads and more threads than usable processors (the idle case:
+// oversubscription must cost little), beside 0, 1 and 2 busy competitor processes that the
+// benchmark starts and stops itself.
 //   npm run bench:contention                 (writes bench/results/cpu-contention.json)
 //   npm run bench:contention -- --before OLD.node
 // --before names an earlier build of the addon: each case then runs both addons in turn
@@ -16,7 +17,8 @@ const { values } = parseArgs({
   options: {
     child: { type: 'boolean', default: false },
     model: { type: 'string', default: 'default' },
-    threads: { type: 'string', default: '1,2,4' },
+    // Default: 1, 2, the usable processors, and more threads than that (twice as many, at least 4).
+    threads: { type: 'string' },
     competitors: { type: 'string', default: '0,1,2' },
     models: { type: 'string', default: 'default,bench' },
     tokens: { type: 'string', default: '128' },
@@ -42,7 +44,8 @@ if (values.child) {
 }
 
 const self = fileURLToPath(import.meta.url);
-const threadList = values.threads!.split(',').map(Number);
+const usable = depthgate.getBuildInfo().usableProcessors;
+const threadList = (values.threads ?? [...new Set([1, 2, usable, Math.max(4, 2 * usable)])].join(',')).split(',').map(Number);
 const competitorList = values.competitors!.split(',').map(Number);
 const runs = Number(values.runs);
 const engines: { name: string; env: NodeJS.ProcessEnv }[] = [{ name: 'this build', env: { ...process.env } }];
@@ -124,7 +127,19 @@ for (const m of Object.keys(models))
         checks.push({ model: m, competitors: c, threads: t, ratioTo1Thread: tt / one, atLeastHalf: tt >= one / 2, ...(c === 1 && t === 2 ? { atLeast1Thread: tt >= one } : {}) });
       }
   }
+// More threads than usable processors on an idle machine: the extra workers park, so it may cost
+// at most a little against as many threads as processors (at least 80% of its speed).
+const aboveCores = [];
+for (const m of Object.keys(models)) {
+  const atCores = find(m, usable, 0);
+  if (atCores === undefined) continue;
+  for (const t of threadList.filter((t) => t > usable)) {
+    const tt = find(m, t, 0);
+    if (tt !== undefined) aboveCores.push({ model: m, threads: t, usableProcessors: usable, ratioToThreadsAtCores: tt / atCores, atLeast80Percent: tt >= 0.8 * atCores });
+  }
+}
 console.table(checks);
+console.table(aboveCores);
 const result = {
   benchmark: 'cpu-contention',
   command: ['npm run bench:contention', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
@@ -136,5 +151,6 @@ const result = {
   decode: `${values.tokens} tokens after an 8-token prompt, policy none, fresh process per measurement`,
   rows,
   checks,
+  aboveCores,
 };
 console.log(`saved ${saveResult(values.out!, result)}`);
