@@ -13,7 +13,7 @@
  * filled here was the earlier mechanism; it failed on a machine whose cache lacked the registry
  * metadata that resolving the tarball's `^` ranges needs.)
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -22,6 +22,9 @@ import { cleanup, tmpDir } from './helpers';
 
 afterAll(cleanup);
 const root = path.join(__dirname, '..');
+
+/** The app the first test installs the tarball into, and its environment (node, npm, sh only), for the README test. */
+let installed: { app: string; env: NodeJS.ProcessEnv } | undefined;
 
 function run(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv }) {
   const r = spawnSync(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, encoding: 'utf8', timeout: 600000 });
@@ -32,7 +35,7 @@ function run(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.Proc
 /** A scratch copy of the package sources (node_modules linked), so the build here is left alone. */
 function packageCopy(): string {
   const dir = tmpDir('depthgate-src-');
-  for (const f of ['package.json', 'tsconfig.json', 'binding.gyp', 'CMakeLists.txt', 'README.md', 'src', 'native', 'cuda', 'scripts', 'models'])
+  for (const f of ['package.json', 'tsconfig.json', 'binding.gyp', 'CMakeLists.txt', 'README.md', 'src', 'native', 'cuda', 'scripts', 'models', 'docs', 'bench/data'])
     fs.cpSync(path.join(root, f), path.join(dir, f), { recursive: true });
   fs.symlinkSync(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
   return dir;
@@ -67,7 +70,13 @@ test('npm pack + install with an empty cache and no compiler gives a working pac
   // The embedded default model and its router add-ons ship; nothing else heavy does: no tests,
   // benchmarks, training code, TypeScript sources, source maps or build folders.
   expect(files).toEqual(expect.arrayContaining(['models/default/model.safetensors', 'models/default/tokenizer.json', `models/default/${DEFAULT_ADDON}`]));
-  for (const f of files) expect(f).not.toMatch(/^(test|bench|src|build|scripts|train)\/|\.map$|\.ts$(?<!\.d\.ts)/);
+  // The held-out text of the README's eval example ships, as do the pages and plots it links to.
+  for (const f of files.filter((f) => f !== 'bench/data/kjv-heldout.txt')) expect(f).not.toMatch(/^(test|bench|src|build|scripts|train)\/|\.map$|\.ts$(?<!\.d\.ts)/);
+  // Every file the README links to or names as an example's input is in the package, so an installed copy has them.
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const linked = [...readme.matchAll(/\]\(((?!https?:|#)[^)#\s]+)(?:#[^)]*)?\)/g)].map((m) => m[1]!.replace(/^\.\//, ''));
+  expect(linked.length).toBeGreaterThan(0);
+  for (const f of [...linked, 'bench/data/kjv-heldout.txt']) expect([f, files.includes(f)]).toEqual([f, true]);
   for (const f of files.filter((f) => f.endsWith('.safetensors'))) expect(f).toMatch(/^models\/default\//);
   if (withCuda) expect(files).toContain('prebuilds/linux-x64/libdepthgate_cuda.so');
   // About 1.3 MiB of code (with the CUDA library) plus the default model's ~16 MiB of bf16 weights.
@@ -119,6 +128,7 @@ test('npm pack + install with an empty cache and no compiler gives a working pac
   walk(path.join(app, 'node_modules'));
   expect(withScripts).toEqual({ depthgate: 'install: node-gyp-build' });
 
+  installed = { app, env };
   const script = `
     const dg = require('depthgate');
     const b = dg.getBuildInfo();
@@ -142,4 +152,89 @@ test('npm pack + install with an empty cache and no compiler gives a working pac
   // With no model directory: the packed default model and its FlexiDepth routers.
   expect(cli.out).toMatch(/default model .*FlexiDepth/);
   expect(cli.out).toMatch(/3 generated/);
+}, 900000);
+
+/** The README's ```ts and ```js examples, in order. */
+function readmeExamples(): { lang: 'ts' | 'js'; code: string }[] {
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  return [...readme.matchAll(/^```(ts|js)\n([\s\S]*?)^```$/gm)].map((m) => ({ lang: m[1] as 'ts' | 'js', code: m[2]! }));
+}
+
+/**
+ * "Runs as written": each example is compiled by tsc --strict (module nodenext) in the app that
+ * installed the tarball, against the installed package's own declarations, and run there with
+ * node. The model directories and add-on files an example names ('./Llama-3.2-1B-Instruct',
+ * './flexidepth.safetensors') are links to the installed default model and its FlexiDepth add-on;
+ * the only edits are the ports (0, and the URL of a server the test starts, for the OpenAI client).
+ */
+test('every TypeScript and JavaScript example in the README compiles under tsc --strict against the installed package and runs', async () => {
+  if (!installed) throw new Error('the pack-and-install test did not get as far as installing the package');
+  const { app, env } = installed;
+  const pkg = path.join(app, 'node_modules', 'depthgate');
+  const examples = readmeExamples();
+  expect(examples.length).toBeGreaterThanOrEqual(3);
+  const dir = path.join(app, 'examples');
+  fs.mkdirSync(dir, { recursive: true });
+  // The openai client of the serve example comes from this repository's dependencies.
+  const openai = path.join(app, 'node_modules', 'openai');
+  if (!fs.existsSync(openai)) fs.symlinkSync(path.join(root, 'node_modules', 'openai'), openai);
+  examples.forEach((e, i) => {
+    for (const [, name] of e.code.matchAll(/'\.\/([\w.-]+)'/g)) {
+      const link = path.join(app, name!);
+      if (fs.existsSync(link)) continue;
+      fs.symlinkSync(name!.endsWith('.safetensors') ? path.join(pkg, 'models', 'default', DEFAULT_ADDON) : path.join(pkg, 'models', 'default'), link);
+    }
+    fs.writeFileSync(path.join(dir, `example${i}.${e.lang === 'ts' ? 'mts' : 'mjs'}`), e.code.replace(/\.listen\(\d+\)/g, '.listen(0)'));
+  });
+  fs.writeFileSync(path.join(app, 'tsconfig.json'), JSON.stringify({
+    compilerOptions: {
+      strict: true, module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', lib: ['es2023', 'esnext.disposable'],
+      types: ['node'], typeRoots: [path.join(root, 'node_modules', '@types')], outDir: 'out', allowJs: true, skipLibCheck: true,
+    },
+    include: ['examples'],
+  }));
+  const tsc = run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: app });
+  expect(tsc.out.trim()).toBe('');
+  expect(tsc.code).toBe(0);
+
+  // A server for the OpenAI client example, from the installed CLI.
+  const serve = spawn('node', [path.join(pkg, 'dist', 'cli.js'), 'serve', '--port', '0', '--quiet'], { cwd: app, env, stdio: ['ignore', 'ignore', 'pipe'] });
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      let err = '';
+      serve.stderr.on('data', (d: Buffer) => {
+        err += d.toString();
+        const m = /listening on (http:\/\/\S+)/.exec(err);
+        if (m) resolve(m[1]!);
+      });
+      serve.on('exit', () => reject(new Error(`serve exited: ${err}`)));
+    });
+    for (const [i, e] of examples.entries()) {
+      const file = path.join(app, 'out', `example${i}.${e.lang === 'ts' ? 'mjs' : 'mjs'}`);
+      if (e.lang === 'js') fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('http://127.0.0.1:8080', url));
+      if (/process\.once\('SIGTERM'/.test(e.code)) {
+        // A server that runs until SIGTERM: it must print its URL, then shut down cleanly.
+        const child = spawn('node', [file], { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'] });
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          if (/^http:\/\//m.test(out)) child.kill('SIGTERM');
+        });
+        const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+        expect([i, code, out]).toEqual([i, 0, expect.stringMatching(/^http:\/\/[\d.]+:\d+/)]);
+        continue;
+      }
+      const r = await new Promise<{ code: number | null; out: string }>((res) => {
+        const child = spawn('node', [file], { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'], timeout: 300000 });
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+        child.on('exit', (code) => res({ code, out }));
+      });
+      expect([i, r.code, r.out]).toEqual([i, 0, expect.anything()]);
+      expect(r.out).not.toMatch(/Error/);
+    }
+  } finally {
+    serve.kill('SIGKILL');
+  }
 }, 900000);

@@ -104,7 +104,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       ...(values.quiet ? {} : { onRequest: (r: RequestRecord) => process.stderr.write(accessLine(r)) }),
     };
   } catch (e) {
-    process.stderr.write(`depthgate serve: ${(e as Error).message}\n\n${SERVE_USAGE}`);
+    process.stderr.write(`depthgate serve: ${(e as Error).message}\n(\`depthgate serve --help\` lists the options)\n`);
     return 2;
   }
   let modelDir = positionals[0];
