@@ -53,11 +53,10 @@ export async function chatCommand(argv: string[]): Promise<number> {
           for await (const chunk of stream) process.stdout.write(chunk.text);
           const r = await stream.result;
           process.stdout.write('\n');
-          if (interactive)
-            process.stderr.write(
-              `[${r.usage.completionTokens} tokens (${r.finishReason}), ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s, ` +
-                `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n`,
-            );
+          process.stderr.write(
+            `[${r.usage.completionTokens} tokens (${r.finishReason}), ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s, ` +
+              `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n`,
+          );
         } catch (e) {
           // A turn the model cannot take (its template refuses it, the conversation outgrew the
           // context) is reported; the chat goes on with its history as it was.

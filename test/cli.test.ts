@@ -219,3 +219,29 @@ describe('behaving like a CLI', () => {
     }
   });
 });
+
+test('chat: Ctrl-C stops the reply, a second Ctrl-C (at the prompt) ends the chat with 130', async () => {
+  const child = spawn(process.execPath, [cli, 'chat', '--max-tokens', '250', '--policy', 'none'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let interrupts = 0;
+  let quiet: NodeJS.Timeout | undefined;
+  child.stdout.on('data', () => {
+    if (interrupts === 0) {
+      interrupts++;
+      child.kill('SIGINT'); // during the reply
+    }
+    // Once the output has been quiet for a while the reply is over: the second Ctrl-C is at the prompt.
+    clearTimeout(quiet);
+    quiet = setTimeout(() => {
+      interrupts++;
+      child.kill('SIGINT');
+    }, 1500);
+  });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdin.write('In the beginning God created the heaven and the earth.\n'); // stdin stays open
+  const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+  clearTimeout(quiet);
+  expect(interrupts).toBe(2);
+  expect(code).toBe(130);
+  expect(stderr).toMatch(/\[\d+ tokens \(abort\)/);
+});

@@ -157,19 +157,22 @@ describe('chat templates render within a bound', () => {
 });
 
 describe('memory', () => {
+  // Contexts far past 256 positions probe the budget: a model whose max_position_embeddings allows them.
+  let wide: string | undefined;
+  const wideDir = () => (wide ??= tinyModel({ seed: 7, maxPositions: 2 ** 31 - 1 }));
   test('evaluate() is capped by the model’s contextSize', async () => {
     await expect(model.evaluate(Array.from({ length: 65 }, (_, i) => i))).rejects.toThrow(/65 tokens but only 64 of its 64/);
     expect((await model.evaluate(Array.from({ length: 64 }, (_, i) => i))).logits).toHaveLength(64);
   });
 
   test("evaluate()'s logits count against the budget while it runs", async () => {
-    const probe = await loadModel(dir, { threads: 1 });
+    const probe = await loadModel(wideDir(), { threads: 1 });
     const kv = probe.info.kvBytesPerToken;
     const v = probe.config.vocabSize;
     await probe.dispose();
     // A budget that holds the KV cache of 400 positions but not their logits (400 x vocab x 4 bytes) too.
     const n = 400;
-    const m = await loadModel(dir, { threads: 1, memoryLimit: n * kv + (n * v * 4) / 2 });
+    const m = await loadModel(wideDir(), { threads: 1, memoryLimit: n * kv + (n * v * 4) / 2 });
     try {
       const seq = m.createSequence({ contextSize: n });
       await expect(seq.evaluate(Array.from({ length: n }, (_, i) => i % 300))).rejects.toThrow(/evaluating 400 positions returns .* of logits/);
@@ -187,7 +190,7 @@ describe('memory', () => {
     afterEach(() => Object.assign(memorySources, saved));
 
     async function largestContext(): Promise<number> {
-      const m = await loadModel(dir, { threads: 1 });
+      const m = await loadModel(wideDir(), { threads: 1 });
       try {
         const perToken = m.info.kvBytesPerToken;
         let lo = 1;
@@ -211,7 +214,7 @@ describe('memory', () => {
     test('a 64 MiB cgroup limit below the machine memory sets the budget (90% of it, less the weights)', async () => {
       memorySources.total = () => 64 * 2 ** 30;
       memorySources.constrained = () => 64 * 2 ** 20;
-      const m = await loadModel(dir, { threads: 1 });
+      const m = await loadModel(wideDir(), { threads: 1 });
       const weights = m.info.weightBytes;
       const perToken = m.info.kvBytesPerToken;
       await m.dispose();
@@ -229,7 +232,7 @@ describe('memory', () => {
     ])('%s falls back to the machine memory', async (_what, limit) => {
       memorySources.total = () => 256 * 2 ** 20;
       memorySources.constrained = () => limit;
-      const m = await loadModel(dir, { threads: 1 });
+      const m = await loadModel(wideDir(), { threads: 1 });
       const weights = m.info.weightBytes;
       const perToken = m.info.kvBytesPerToken;
       await m.dispose();

@@ -32,11 +32,15 @@ async function kjvModel(contexts: number): Promise<Model> {
 
 /** Whether the model's KV budget is whole again: a sequence of the full budget can be created. */
 function budgetIsFree(m: Model, contexts: number): boolean {
+  // `contexts` sequences of the full context (one that long would pass max_position_embeddings).
+  const made = [];
   try {
-    m.createSequence({ contextSize: contexts * m.contextSize }).dispose();
+    for (let i = 0; i < contexts; i++) made.push(m.createSequence({ contextSize: m.contextSize }));
     return true;
   } catch {
     return false;
+  } finally {
+    for (const s of made) s.dispose();
   }
 }
 
@@ -216,7 +220,7 @@ test('load: 64 concurrent clients, 256 requests, every one answered completely w
   // Nothing is held afterwards: no slot, no queue, no sequence, and the model's whole KV budget is free.
   for (const g of ['depthgate_queue_depth', 'depthgate_active_sequences', 'depthgate_kv_reserved_bytes']) expect(m.get(g)).toBe(0);
   expect(server.stats()).toMatchObject({ active: 0, queued: 0, liveSequences: 0, kvReservedBytes: 0 });
-  model.createSequence({ contextSize: PARALLEL * 64 }).dispose();
+  for (const s of Array.from({ length: PARALLEL }, () => model.createSequence({ contextSize: 64 }))) s.dispose();
   await server.close();
 });
 
