@@ -12,7 +12,7 @@ import { DepthgateError } from './errors';
 import { getBuildInfo } from './index';
 import { measurePerplexity } from './perplexity';
 import { parsePolicy } from './policy';
-import { serveCommand } from './server/command';
+import { SERVE_USAGE, serveCommand } from './server/command';
 import { UsageError, intArg, parseCommand } from './cliArgs';
 import { HELP, USAGE } from './cliHelp';
 import { LOAD_OPTIONS, SAMPLING_OPTIONS, depthFloor, openModel, policyArg, policyLabel, samplingArgs } from './cliModel';
@@ -20,7 +20,7 @@ import { chatCommand } from './cliChat';
 import { SIGINT_STATUS, colorMode, exitQuietlyOnClosedPipe } from './terminal';
 
 function help(command: string): number {
-  process.stdout.write(HELP[command] ?? USAGE);
+  process.stdout.write(command === 'serve' ? SERVE_USAGE : (HELP[command] ?? USAGE));
   return 0;
 }
 

@@ -78,5 +78,6 @@ test('serve options: an API key from the environment, --parallel and --context; 
   const missing = run([path.join(dir, 'nope'), '--port', '0']);
   expect(missing.status).toBe(1);
   expect(missing.stderr).toMatch(/the model directory does not exist/);
-  expect(spawnSync(process.execPath, [cli, '--help'], { encoding: 'utf8' }).stdout).toMatch(/depthgate serve \[MODEL_DIR\]/);
+  expect(spawnSync(process.execPath, [cli, '--help'], { encoding: 'utf8' }).stdout).toMatch(/serve\s+an OpenAI-compatible HTTP server/);
+  expect(spawnSync(process.execPath, [cli, 'help', 'serve'], { encoding: 'utf8' }).stdout).toMatch(/^Usage: depthgate serve \[MODEL_DIR\]/);
 });
