@@ -1,8 +1,35 @@
-/** @type {import('jest').Config} */
-module.exports = {
+// Two jest projects. `fast` (npm run test:fast) is the edit-compile-test loop: the engine against
+// the float64 references, the API, the CLI, the server and bad input, in about a minute and a half
+// on 2 cores. `slow` (npm run test:slow) builds and runs native things: the C++ kernel, pool and
+// op-parity tests under sanitizers, the CUDA library with nvcc, the packed tarball installed from
+// the registry, libFuzzer, load/run/free soak, the GPU check's dry run. `npm test` runs both.
+const slow = [
+  'build',
+  'cuda',
+  'cuda-gpu',
+  'fuzz',
+  'gpuCheck',
+  'kernels',
+  'opsParity',
+  'package',
+  'perplexity',
+  'reliability',
+  'threads',
+];
+const slowPattern = `/test/(${slow.join('|')})\\.test\\.ts$`;
+
+const common = {
   preset: 'ts-jest',
   testEnvironment: 'node',
   roots: ['<rootDir>/test'],
-  testTimeout: 120000,
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'test/tsconfig.json', diagnostics: { ignoreCodes: [151002] } }] },
+};
+
+/** @type {import('jest').Config} */
+module.exports = {
+  testTimeout: 120000,
+  projects: [
+    { ...common, displayName: 'fast', testPathIgnorePatterns: ['/node_modules/', slowPattern] },
+    { ...common, displayName: 'slow', testRegex: slowPattern },
+  ],
 };

@@ -1,4 +1,4 @@
-// What the benchmarks ran on, and the memory bandwidth measured by a copy in the same run.
+// What the benchmarks ran on, and the memory bandwidth (a streaming read, and a copy) measured in the same run.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { createRequire } from 'node:module';
@@ -61,6 +61,11 @@ export function readBandwidth(threads: number, bytes = 2 ** 30, reps = 5): numbe
     best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9);
   }
   return bytes / best;
+}
+
+/** Median, min and max of a list: how the benchmarks report a figure on a noisy machine. */
+export function spread(xs: number[]): { median: number; min: number; max: number } {
+  return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) };
 }
 
 export function median(xs: number[]): number {

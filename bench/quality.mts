@@ -2,7 +2,9 @@
 // number of layers each scored token ran (the protocol of measurePerplexity: windows, a prompt,
 // the rest scored as a generated continuation). Writes bench/results/quality-<model>.json and
 // an SVG plot of perplexity against mean layers.
-//   npm run bench:quality -- [--model models/default] [--text bench/data/kjv-heldout.txt]
+//   npm run bench:quality -- [--model models/default] [--text bench/data/kjv-heldout.txt] [--max-tokens 20000]
+// The JSON records every argument as resolved (defaults included), the command that gives them
+// all explicitly, and the commit it ran at.
 // Policies: none; static skipping of the k layers with the lowest block influence (k = 1..L/2,
 // from MODEL/block_influence.json, written by train/block_influence.py); D3 over a sweep of
 // alpha; FlexiDepth for every flexidepth-*.safetensors add-on in MODEL, at several thresholds;
@@ -10,7 +12,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { depthgate, machine, saveResult } from './machine.mjs';
+import { depthgate, gitCommit, machine, saveResult } from './machine.mjs';
 
 type Policy = import('../dist/index.js').Policy;
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..');
@@ -20,9 +22,9 @@ const { values } = parseArgs({
     text: { type: 'string', default: path.join(root, 'bench', 'data', 'kjv-heldout.txt') },
     window: { type: 'string', default: '256' },
     context: { type: 'string', default: '64' },
-    'max-tokens': { type: 'string' },
+    'max-tokens': { type: 'string', default: '20000' },
     alphas: { type: 'string', default: '0.999,0.995,0.99,0.98,0.95' },
-    thresholds: { type: 'string', default: '0.4,0.5,0.6' },
+    thresholds: { type: 'string', default: '0.3,0.5,0.7' },
     svg: { type: 'string', default: path.join(root, 'docs', 'quality.svg') },
   },
 });
@@ -95,9 +97,15 @@ const claims = rows
       within5PercentOfFull: r.perplexity <= 1.05 * full.perplexity,
     };
   });
+const rel = (p: string) => path.relative(root, path.resolve(p)) || '.';
+const args = {
+  model: rel(modelDir), text: rel(values.text!), window: values.window!, context: values.context!, 'max-tokens': values['max-tokens']!,
+  alphas: values.alphas!, thresholds: values.thresholds!,
+};
 const out = saveResult(`quality-${path.basename(modelDir)}.json`, {
-  machine: machine(), model: modelDir, text: path.relative(root, values.text!), ...opts, layers: L, routedLayers, rows, claims,
-  command: 'npm run bench:quality',
+  command: `npm run bench:quality -- ${Object.entries(args).map(([k, v]) => `--${k} ${v}`).join(' ')}`,
+  arguments: args, commit: gitCommit(), date: new Date().toISOString(),
+  machine: machine(), model: rel(modelDir), text: rel(values.text!), ...opts, layers: L, routedLayers, rows, claims,
 });
 console.log(`wrote ${out}`);
 fs.mkdirSync(path.dirname(values.svg!), { recursive: true });

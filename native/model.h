@@ -38,7 +38,8 @@ struct ModelConfig {
 };
 
 // FlexiDepth router and adapter of one layer, under the official key names
-// model.layers.{i}.router.* and model.layers.{i}.router_proj.* (research/methods.md 1.3).
+// model.layers.{i}.router.* and model.layers.{i}.router_proj.* (those of the FlexiDepth paper's
+// released modeling_ddllama.py; README "The official FlexiDepth checkpoint" lists the tensors and shapes).
 struct FlexiDepthWeights {
   bool present = false;
   Weight enc, dec, head;     // [r, d], [d, r], [1, d]

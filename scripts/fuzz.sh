@@ -2,6 +2,8 @@
 # Coverage-guided fuzzing of the native parsers with libFuzzer + AddressSanitizer + UBSan.
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]        (default 60)
 #   FUZZ_TARGETS="fuzz_safetensors fuzz_model" scripts/fuzz.sh 3600   (some targets only)
+# A run of 300 s per target or more (or any run with FUZZ_SUMMARY=FILE) writes a short summary,
+# by default test/fuzz/runs/<UTC time>-<seconds>s.txt, to be committed: the record of what ran.
 # Needs clang (Debian: apt-get install clang). Seeds come from the tiny test models; crashes are
 # written to test/fuzz/crashes/ and kept as regression inputs (test/fuzz/regressions/).
 set -euo pipefail
@@ -31,6 +33,16 @@ for variant in "" "--dtype bf16 --tied" "--arch qwen2 --dtype f16" "--shards 2";
 done
 cp test/fuzz/regressions/* "$seeds/st/" 2>/dev/null || true
 
+summary="${FUZZ_SUMMARY:-}"
+if [ -z "$summary" ] && [ "$secs" -ge 300 ]; then summary="test/fuzz/runs/$(date -u +%Y%m%dT%H%MZ)-${secs}s.txt"; fi
+if [ -n "$summary" ]; then
+  mkdir -p "$(dirname "$summary")"
+  { echo "scripts/fuzz.sh $secs  (FUZZ_TARGETS=${FUZZ_TARGETS:-all})"
+    echo "started $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)"
+    echo "machine: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; $(clang++ --version | head -1)"
+  } > "$summary"
+fi
+
 status=0
 for target in ${FUZZ_TARGETS:-fuzz_json fuzz_safetensors fuzz_model}; do
   corpus="$out/corpus-$target"
@@ -38,11 +50,20 @@ for target in ${FUZZ_TARGETS:-fuzz_json fuzz_safetensors fuzz_model}; do
   seed="$seeds/st"
   [ "$target" = fuzz_json ] && seed="$seeds/json"
   echo "== $target: ${secs}s"
+  result="no crash, no sanitizer report"
   if ! "$out/$target" "$corpus" "$seed" -max_total_time="$secs" -max_len=1048576 -rss_limit_mb=2048 \
        -artifact_prefix="test/fuzz/crashes/$target-" -print_final_stats=1 2>"$out/$target.log"; then
     status=1
+    result="FOUND A CRASH (see test/fuzz/crashes/)"
     echo "fuzz: $target FOUND A CRASH (see test/fuzz/crashes/)"
   fi
   grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|cov: [0-9]+" "$out/$target.log" | tail -3 || true
+  if [ -n "$summary" ]; then
+    { echo "== $target: ${secs}s, $result"
+      grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb" "$out/$target.log" || true
+      grep -E "cov: [0-9]+" "$out/$target.log" | tail -1 || true
+    } >> "$summary"
+  fi
 done
+if [ -n "$summary" ]; then echo "fuzz: summary in $summary"; fi
 exit $status

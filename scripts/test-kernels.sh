@@ -10,10 +10,9 @@ out="${TMPDIR:-/tmp}/depthgate-kernels-test.$$"
 mkdir -p "$out"
 trap 'rm -rf "$out"' EXIT
 
-# The kernel files by name: native/cpu/ also holds the CPU backend, which needs the engine.
-kernels=(features convert matmul norm rope activation attention sampling)
-sources=(test/native/kernels_test.cc native/threadpool.cc)
-for k in "${kernels[@]}"; do sources+=("native/cpu/$k.cc"); done
+# The kernel files: native/cpu/ in native/sources.json, less the CPU backend (it needs the engine).
+read -r -a kernels <<<"$(node -p "require('./native/sources.json').filter(f => f.startsWith('native/cpu/') && !f.endsWith('/cpu_backend.cc')).join(' ')")"
+sources=(test/native/kernels_test.cc native/threadpool.cc "${kernels[@]}")
 flags=(-std=c++17 -O2 -pthread -Inative)
 
 variants=(scalar)

@@ -13,12 +13,13 @@ cd "$(dirname "$0")/.."
 build() {  # build <output binary> [extra flags...]
   local out="$1"
   shift
-  local kernels=(features convert matmul norm rope activation attention sampling cpu_backend)
+  local kernels  # every native/cpu/ source of the addon (native/sources.json), the CPU backend included
+  read -r -a kernels <<<"$(node -p "require('./native/sources.json').filter(f => f.startsWith('native/cpu/')).join(' ')")"
   local harness=(test/native/ops_parity_test.cc test/native/parity/harness.cc test/native/parity/reference.cc
     test/native/parity/child_ops.cc test/native/parity/cases_linear.cc test/native/parity/cases_attention.cc
     test/native/parity/cases_step.cc test/native/parity/op_bench.cc)
   local library=(native/threadpool.cc native/cuda_loader.cc native/json.cc)
-  for k in "${kernels[@]}"; do library+=("native/cpu/$k.cc"); done
+  library+=("${kernels[@]}")
   local objs
   objs="$(mktemp -d "${TMPDIR:-/tmp}/depthgate-ops-parity-obj.XXXXXX")"
   # The library sources are the addon's own: node-gyp's objects (build/Release/obj.target) are

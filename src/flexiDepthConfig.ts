@@ -8,7 +8,7 @@
  * own weights, under the key names depthgate already reads; depthgate runs it as that. No remote
  * code runs, so `auto_map` is ignored.
  *
- * Known about the official config (shared/research/methods.md 1.3): `routing_layers` lists the
+ * Known about the official config (from the released modeling_ddllama.py): `routing_layers` lists the
  * routed layers, and the official code routes exactly those with a threshold hard-coded to 0.5 (not
  * a config field). A port reads `router_reduction_factor` and `proj_reduction_factor` (default 16);
  * whether the official file has them is UNCONFIRMED. `model_type` is "ddllama" in the same authors'

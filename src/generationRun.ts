@@ -154,7 +154,7 @@ export class GenerationRun {
     const waiting: TokenChunk[] = [];
     const onToken = opts.onToken;
     // Hands out the held tokens; the text not yet given out goes with the last of them.
-    const self = this;
+    const self = this; // eslint-disable-line @typescript-eslint/no-this-alias -- a generator function has no lexical this
     function* flush(): Generator<TokenChunk> {
       if (waiting.length === 0) return;
       waiting[waiting.length - 1]!.text = self.text.slice(emitted); // not empty: checked above

@@ -2,6 +2,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { loadModel } from '../src';
 import { loadReference, referenceLogits } from './reference/reference';
 import { cleanup, relError, tinyModel, tmpDir } from './helpers';
 
@@ -53,6 +54,33 @@ test('--show-depth colours each generated token by its depth; --trace FILE.html 
   // Without --show-depth the output is plain text.
   const plain = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7'], { FORCE_COLOR: '3' });
   expect(plain.stdout).not.toMatch(/\x1b\[/);
+});
+
+test('--trace FILE writes one JSON line per generated token in the documented format', async () => {
+  const dir = tinyModel({ layers: 4, seed: 21 });
+  const file = path.join(tmpDir(), 'depth.jsonl');
+  const r = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7', '--trace', file]);
+  expect(r.code).toBe(0);
+  const lines = fs.readFileSync(file, 'utf8').split('\n');
+  expect(lines.pop()).toBe(''); // every line ends with a newline
+  const rows = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  expect(rows).toHaveLength(8);
+  // The same generation through the API: the tokens, text and layers the trace must hold.
+  const model = await loadModel(dir);
+  const chunks: { token: number; text: string; layers: number; executed: Uint8Array }[] = [];
+  await model.generate('Once', { maxTokens: 8, policy: { type: 'd3', alpha: 0.7 }, onToken: (c) => void chunks.push(c) });
+  await model.dispose();
+  rows.forEach((row, i) => {
+    expect(Object.keys(row)).toEqual(['index', 'token', 'text', 'layers', 'executed', 'routerWeights']);
+    expect(row.index).toBe(i);
+    expect(row.token).toBe(chunks[i].token);
+    expect(row.text).toBe(chunks[i].text);
+    expect(row.executed).toEqual(Array.from(chunks[i].executed));
+    expect(row.layers).toBe((row.executed as number[]).reduce((a, b) => a + b, 0));
+    expect(row.routerWeights).toEqual([null, null, null, null]); // D3 has no router weights
+  });
+  expect(rows.map((row) => row.text).join('')).toBe(r.stdout.slice('Once'.length).replace(/\n$/, ''));
+  expect(new Set(rows.map((row) => row.layers)).size).toBeGreaterThan(1); // D3 decays
 });
 
 test('generate with sampling options and a seed is reproducible', () => {

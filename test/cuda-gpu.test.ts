@@ -9,13 +9,17 @@
  * D3), every policy, every KV cache dtype the build accepts; prefill (40 rows, the tiled paths),
  * decode one token at a time (the matrix-vector paths), a context longer than one 256-row chunk,
  * and greedy generation. Plans must be identical and logits within TOL of the CPU's.
+ *
+ * GPU and CPU share engine.cc and the policies, so an engine-level bug would cancel between them:
+ * the last block also compares the GPU with the float64 references of test/reference/ directly.
  */
 import * as dgSrc from '../src/index';
 import { writeTinyModel } from '../src/testing';
 import type { Depthgate, KvDtype } from '../scripts/gpu/common';
 import { kvOption, supportedKvDtypes } from '../scripts/gpu/common';
 import { checkDecode, checkGreedy, checkLongContext, checkPrefill, PARITY_CASES, TOL } from '../scripts/gpu/engineParity';
-import { cleanup, tinyModel } from './helpers';
+import { loadRoutedReference, referenceRouted, type RefPolicy } from './reference/routed';
+import { cleanup, randomTokens, relError, tinyModel } from './helpers';
 
 afterAll(cleanup);
 const dg = { ...dgSrc, writeTinyModel } as unknown as Depthgate;
@@ -84,4 +88,40 @@ describeGpu('CUDA backend matches the CPU backend', () => {
     const dir = tinyModel({ layers: 3, dtype: 'bf16', seed: 14 });
     for (const kv of kvList) await checkGreedy(dg, dir, { ...kvOption(kv), backend: 'cuda' });
   });
+});
+
+describeGpu('CUDA backend matches the float64 reference (independent of engine.cc)', () => {
+  let kvList: (KvDtype | 'default')[] = ['default'];
+  beforeAll(async () => {
+    const kv = await supportedKvDtypes(dg, tinyModel({ layers: 1, seed: 1 }));
+    if (kv.dtypes.length) kvList = kv.dtypes;
+  });
+
+  for (const c of PARITY_CASES) {
+    for (const policy of c.policies) {
+      const p = policy as { type: string; threshold?: number; alpha?: number };
+      const P = 6; // D3: positions from P on are scored as generated tokens (generatedFrom)
+      const ref: RefPolicy = p.type === 'd3' ? { type: 'd3', alpha: p.alpha!, promptLength: P } : (policy as RefPolicy);
+      test(`${c.name}, policy ${JSON.stringify(policy)}: decisions and logits of every position, every KV dtype`, async () => {
+        const dir = tinyModel(c.model);
+        const tokens = randomTokens(20, 0, 256, 19);
+        const reference = loadRoutedReference(dir);
+        for (const kv of kvList) {
+          const want = referenceRouted(reference, tokens, ref, { kvCacheType: kv === 'default' ? 'bf16' : kv });
+          const gpu = await dg.loadModel(dir, { ...kvOption(kv), backend: 'cuda' });
+          try {
+            const seq = (gpu as unknown as dgSrc.Model).createSequence();
+            const got = await seq.evaluate(tokens, { policy: policy as dgSrc.Policy, ...(p.type === 'd3' ? { generatedFrom: P } : {}) });
+            seq.dispose();
+            for (let i = 0; i < tokens.length; i++) {
+              expect(Array.from(got.executed[i])).toEqual(want.executed[i]);
+              expect(relError(got.logits[i], want.logits[i])).toBeLessThan(TOL[kv]);
+            }
+          } finally {
+            await gpu.dispose();
+          }
+        }
+      });
+    }
+  }
 });

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { AbortError, DisposedError, OutOfMemoryError, loadModel, type Model } from '../src';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';
 import { StreamDecoder } from '../src/tokenizer';
+import { loadReference, referenceGreedy, referenceLogits } from './reference/reference';
 
 afterAll(cleanup);
 
@@ -195,19 +196,25 @@ describe('lifecycle', () => {
 });
 
 describe('long inputs', () => {
-  test('a prompt longer than one slice (512) gives the same logits and tokens as the reference path', async () => {
-    const m = await loadModel(tinyModel({ seed: 6, maxPositions: 1400 }), { threads: 2 });
+  test('a prompt longer than one slice (512) gives the float64 reference\'s logits and greedy tokens', async () => {
+    const dir = tinyModel({ seed: 6, maxPositions: 1400 });
+    const m = await loadModel(dir, { threads: 2, kvCacheType: 'f32' });
     try {
       const tokens = randomTokens(1100, 0, 300, 77);
+      const ref = loadReference(dir);
+      const want = referenceLogits(ref, tokens);
       const whole = await m.evaluate(tokens);
       expect(whole.logits).toHaveLength(1100);
-      // Same positions evaluated through a sequence in two calls agree.
+      // Every slice (positions 0-511, 512-1023, 1024-1099) against the reference.
+      for (const p of [0, 511, 512, 1023, 1024, 1099]) expect(relError(whole.logits[p], want[p])).toBeLessThan(1e-5);
+      // The same positions through a sequence in two calls (700 + 400: slices that end elsewhere).
       const seq = m.createSequence();
       await seq.evaluate(tokens.slice(0, 700));
       const tail = await seq.evaluate(tokens.slice(700));
-      expect(relError(tail.logits[399], whole.logits[1099])).toBeLessThan(1e-5);
+      for (const i of [0, 399]) expect(relError(tail.logits[i], want[700 + i])).toBeLessThan(1e-5);
       const g = await m.generate({ tokens }, { maxTokens: 3, stopOnEos: false });
       expect(g.usage.promptTokens).toBe(1100);
+      expect(g.tokens).toEqual(referenceGreedy(ref, tokens, 3));
       seq.dispose();
     } finally {
       await m.dispose();

@@ -57,3 +57,26 @@ export function openedFiles(): string[] {
   });
   return [...maps, ...fds].filter(Boolean);
 }
+
+/**
+ * Rewrites f32 tensors of a safetensors file in place: `edits` maps a tensor name to a function
+ * that changes its values (a Float32Array over the tensor's data). Throws if a tensor is missing
+ * or not F32, so a test cannot silently edit nothing.
+ */
+export function editF32Tensors(file: string, edits: Record<string, (values: Float32Array) => void>): void {
+  const bytes = fs.readFileSync(file);
+  const headerLen = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  for (const [name, edit] of Object.entries(edits)) {
+    const e = header[name];
+    if (!e) throw new Error(`editF32Tensors: ${file} has no tensor ${name}`);
+    if (e.dtype !== 'F32') throw new Error(`editF32Tensors: ${name} is ${e.dtype}, not F32`);
+    const [begin, end] = e.data_offsets;
+    const values = new Float32Array((end - begin) / 4);
+    const base = 8 + headerLen + begin;
+    for (let i = 0; i < values.length; i++) values[i] = bytes.readFloatLE(base + 4 * i);
+    edit(values);
+    for (let i = 0; i < values.length; i++) bytes.writeFloatLE(values[i], base + 4 * i);
+  }
+  fs.writeFileSync(file, bytes);
+}

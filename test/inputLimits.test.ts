@@ -63,6 +63,7 @@ describe('a prompt that cannot fit is refused before it is tokenized', () => {
   test('token ids are checked before copying, and typed arrays are taken as they are', async () => {
     await expect(model.generate({ tokens: null as never })).rejects.toBeInstanceOf(InvalidOptionError);
     await expect(model.generate({ tokens: { length: -1 } as never })).rejects.toThrow(/length is -1/);
+    // eslint-disable-next-line no-sparse-arrays -- a hole is the bad input under test
     await expect(model.generate({ tokens: [5, , 6] as never })).rejects.toThrow(/element 1 \(undefined\) is not a token id/);
     await expect(model.generate({ tokens: [5n] as never })).rejects.toThrow(/element 0 \(5n\)/);
     const r = await model.generate({ tokens: new Int32Array([5, 6]) }, { maxTokens: 1 });

@@ -10,7 +10,7 @@ import { d3Depth as engineD3Depth, d3LayerSet as engineD3Set } from '../src/poli
 import type { TinyModelOptions } from '../src/testing';
 import { argmax } from './reference/reference';
 import { d3Depth, d3LayerSet, loadRoutedReference, referenceRouted, type RefPolicy } from './reference/routed';
-import { cleanup, randomTokens, relError, tinyModel } from './helpers';
+import { cleanup, editF32Tensors, randomTokens, relError, tinyModel } from './helpers';
 
 afterAll(cleanup);
 const TOL = 1e-5; // measured about 4e-7 with an f32 KV cache (engine.test.ts)
@@ -119,6 +119,37 @@ describe.each(['layer', 'module'] as const)('SkipLayer per %s', (mode) => {
     expect(flat.some((x) => x === 0)).toBe(true);
     expect(skippedThenRead(want.executed)).toBe(true);
   });
+
+  test('decode, one token at a time through the cache: decisions and logits equal the full-sequence reference', async () => {
+    const tokens = randomTokens(14, 0, 300, 23);
+    const want = referenceRouted(loadRoutedReference(dir), tokens, { type: 'skiplayer' });
+    const seq = model.createSequence();
+    await seq.evaluate(tokens.slice(0, 5), { policy: { type: 'skiplayer' } });
+    for (let p = 5; p < tokens.length; p++) {
+      const r = await seq.evaluate([tokens[p]], { policy: { type: 'skiplayer' } });
+      expect(Array.from(r.executed[0])).toEqual(want.executed[p]);
+      expect(relError(r.logits[0], want.logits[p])).toBeLessThan(TOL);
+    }
+    expect(want.executed.slice(5).flat()).toContain(0);
+    seq.dispose();
+  });
+
+  test('a tie between the skip and run logits skips (README: "a tie skips")', async () => {
+    // Identical [skip, run] rows give equal logits for every input: every routed decision is a tie.
+    const tieDir = tinyModel({ layers: 5, seed: 4, skiplayer: { mode } });
+    const names = Array.from({ length: 5 }, (_, l) =>
+      mode === 'layer' ? [`model.layers.${l}.skip_router.weight`] : [`model.layers.${l}.self_attn.skip_router.weight`, `model.layers.${l}.mlp.skip_router.weight`],
+    ).flat();
+    editF32Tensors(path.join(tieDir, 'model.safetensors'), Object.fromEntries(names.map((n) => [n, (w: Float32Array) => w.copyWithin(w.length / 2, 0, w.length / 2)])));
+    const tied = await loadModel(tieDir, { kvCacheType: 'f32', threads: 1 });
+    const tokens = randomTokens(10, 0, 300, 24);
+    const r = await tied.evaluate(tokens, { policy: { type: 'skiplayer' } });
+    expect(r.executed.every((row) => row.every((x) => x === 0))).toBe(true);
+    // Every layer skipped is the identity everywhere: the logits are those of static skip-all.
+    const all = await tied.evaluate(tokens, { policy: { type: 'static', skipLayers: [0, 1, 2, 3, 4] } });
+    r.logits.forEach((row, p) => expect(relError(row, all.logits[p])).toBeLessThan(TOL));
+    await tied.dispose();
+  });
 });
 
 test('a policy that runs every layer gives exactly the no-skip logits', async () => {
@@ -129,11 +160,33 @@ test('a policy that runs every layer gives exactly the no-skip logits', async ()
   const routedAll = await model.evaluate(tokens, { policy: { type: 'static' } });
   routedAll.logits.forEach((row, i) => expect(Array.from(row)).toEqual(Array.from(none.logits[i])));
   expect(routedAll.executed.every((row) => row.every((x) => x === 1))).toBe(true);
-  // A learned router: every position that ran all layers, after positions that all did too, is
-  // bit-identical to the no-skip pass.
+  await model.dispose();
+});
+
+test('a learned router: positions that ran every layer, after positions that all did too, are bit-identical to no-skip', async () => {
+  // Routers on layers 1 and 2 of 4. The prompt is chosen token by token so that its first 6
+  // positions run every layer (each candidate is tried through the engine's own decisions); the
+  // rest is random, so later positions skip and the batch the full rows sit in is compacted.
+  const dir = tinyModel({ layers: 4, seed: 2, skiplayer: { mode: 'layer', layers: [1, 2] } });
+  const model = await loadModel(dir, { kvCacheType: 'f32', threads: 1 });
+  const prefix: number[] = [];
+  const candidates = randomTokens(400, 0, 300, 41);
+  for (const t of candidates) {
+    if (prefix.length === 6) break;
+    const r = await model.evaluate([...prefix, t], { policy: { type: 'skiplayer' } });
+    if (r.executed[prefix.length].every((x) => x === 1)) prefix.push(t);
+  }
+  expect(prefix).toHaveLength(6);
+  const tokens = [...prefix, ...randomTokens(24, 0, 300, 12)];
+  const none = await model.evaluate(tokens);
   const sl = await model.evaluate(tokens, { policy: { type: 'skiplayer' } });
-  for (let p = 0; p < tokens.length && sl.executed[p].every((x) => x === 1); p++)
-    expect(Array.from(sl.logits[p])).toEqual(Array.from(none.logits[p]));
+  let full = 0;
+  while (full < tokens.length && sl.executed[full].every((x) => x === 1)) full++;
+  expect(full).toBeGreaterThanOrEqual(6);
+  expect(sl.executed.slice(full).some((row) => row.includes(0))).toBe(true); // the router is live
+  for (let p = 0; p < full; p++) expect(Array.from(sl.logits[p])).toEqual(Array.from(none.logits[p]));
+  // After the first skip the logits differ (the check above could not pass by accident).
+  expect(relError(sl.logits[tokens.length - 1], none.logits[tokens.length - 1])).toBeGreaterThan(1e-4);
   await model.dispose();
 });
 
@@ -186,7 +239,22 @@ describe('static and D3', () => {
     const all = [...prompt, ...r.tokens.slice(0, -1)];
     const want = referenceRouted(loadRoutedReference(dir), all, { type: 'd3', ...o, promptLength: prompt.length });
     r.tokens.forEach((t, i) => expect(t).toBe(argmax(want.logits[prompt.length - 1 + i])));
+    // Decisions made through the cache, token by token, are the reference's for each row.
+    r.tokens.forEach((_, i) => expect(Array.from(chunks[i])).toEqual(want.executed[prompt.length - 1 + i]));
     expect(r.depth.meanLayers).toBeLessThan(8);
+  });
+
+  test.each([0, 1, 2, 3])('D3 through the engine: depth never falls below max(minLayers, 2) (minLayers %d)', async (minLayers) => {
+    // alpha 0.1 on 8 layers: floor(8 * 0.1^i) is 0 from token 1 on, so every later token sits on the floor.
+    const chunks: Uint8Array[] = [];
+    await model.generate({ tokens: randomTokens(4, 0, 256, 14) }, {
+      maxTokens: 5, stopOnEos: false, policy: { type: 'd3', alpha: 0.1, minLayers }, onToken: (c) => chunks.push(c.executed),
+    });
+    expect(chunks).toHaveLength(5);
+    expect(Array.from(chunks[0])).toEqual([1, 1, 1, 1, 1, 1, 1, 1]); // token 0 comes from the full-depth prompt pass
+    const floor = Math.max(minLayers, 2);
+    const kept = Array.from({ length: 8 }, (_, l) => (l < Math.ceil(floor / 2) || l >= 8 - Math.floor(floor / 2) ? 1 : 0));
+    for (const c of chunks.slice(1)) expect(Array.from(c)).toEqual(kept);
   });
 
   test('a later full-depth turn reads the K/V that skipped tokens wrote at skipped layers', async () => {
@@ -304,5 +372,36 @@ describe('weights that are not needed are not read', () => {
     expect(skipped).toBeGreaterThan(0);
     expect(e.weightBytes).toBe(none + 4 * router + skipped * (adapter - queryOutMlp));
     await model.dispose();
+  });
+
+  test('a skipped layer\'s query, output and MLP weights are never read: NaN there leaves the logits unchanged', async () => {
+    const dir = tinyModel({ layers: 5, seed: 12 });
+    const tokens = randomTokens(20, 0, 300, 15);
+    const policy: Policy = { type: 'static', skipLayers: [2] };
+    // Prefill (many rows) and decode (one row at a time through the cache) use different kernels.
+    const run = async (m: Model) => {
+      const whole = await m.evaluate(tokens, { policy });
+      const seq = m.createSequence();
+      await seq.evaluate(tokens.slice(0, 8), { policy });
+      const steps: Float32Array[] = [];
+      for (const t of tokens.slice(8)) steps.push((await seq.evaluate([t], { policy })).logits[0]);
+      seq.dispose();
+      return { whole: whole.logits, steps };
+    };
+    const clean = await loadModel(dir, { kvCacheType: 'f32', threads: 2 });
+    const want = await run(clean);
+    await clean.dispose();
+    const p = 'model.layers.2';
+    const unread = ['self_attn.q_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj', 'post_attention_layernorm'];
+    editF32Tensors(path.join(dir, 'model.safetensors'), Object.fromEntries(unread.map((n) => [`${p}.${n}.weight`, (w: Float32Array) => w.fill(NaN)])));
+    const poisoned = await loadModel(dir, { kvCacheType: 'f32', threads: 2 });
+    const got = await run(poisoned);
+    got.whole.forEach((row, i) => expect(Array.from(row)).toEqual(Array.from(want.whole[i])));
+    got.steps.forEach((row, i) => expect(Array.from(row)).toEqual(Array.from(want.steps[i])));
+    expect(got.whole.every((row) => row.every(Number.isFinite))).toBe(true);
+    // The poison is real: a pass that runs layer 2 gives NaN logits.
+    const full = await poisoned.evaluate(tokens.slice(0, 3));
+    expect(full.logits.every((row) => row.some((x) => Number.isNaN(x)))).toBe(true);
+    await poisoned.dispose();
   });
 });

@@ -12,6 +12,8 @@
  * Time per step is (time of T tokens - time of 1 token) / (T - 1), so prefill drops out.
  *   node benchDecode.js --models bench-torch.json --out FILE [--b cuda|cpu] [--steps 48] [--budget 120]
  */
+import * as fs from 'node:fs';
+
 import { backendB, kvOption, KvDtype, loadDepthgate, log, ModelLike, parseArgs, PolicyLike, randomTokens, supportedKvDtypes, writeJson } from './common';
 
 interface Shape {
@@ -51,7 +53,7 @@ export function stepBytes(s: Shape, vocab: number, run: boolean[], ctx: number, 
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  const input = JSON.parse(require('node:fs').readFileSync(args.models, 'utf8')) as { ceilings?: { copyGBs: number }; models: ModelEntry[] };
+  const input = JSON.parse(fs.readFileSync(args.models, 'utf8')) as { ceilings?: { copyGBs: number }; models: ModelEntry[] };
   const steps = Number(args.steps ?? 48);
   const budgetMs = Number(args.budget ?? 120) * 1000;
   const t0 = Date.now();
@@ -157,7 +159,9 @@ async function main(): Promise<void> {
           for (; attempts < 2; attempts++) {
             threshold = w[Math.min(w.length - 1, Math.max(0, Math.floor(q * w.length)))];
             r = await measure(1, { type: 'flexidepth', threshold });
-            skippedPairs = 0, pairs = 0, idealBytes = 0;
+            skippedPairs = 0;
+            pairs = 0;
+            idealBytes = 0;
             for (const ex of r.executed) {
               const run = ex.map((x) => x === 1);
               skippedPairs += run.filter((x) => !x).length;

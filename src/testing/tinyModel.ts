@@ -40,7 +40,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildTokenizerJson, SPECIAL_TOKENS, TINY_CHAT_TEMPLATE, trainBpe } from './bpeTokenizer';
-import { formatJson, ordered, pyFloat, toPlain, type JsonLike } from './hfJson';
+import { formatJson, pyFloat, toPlain, type JsonLike } from './hfJson';
 import { Rng, hashString } from './rng';
 import { DTYPE_INFO, writeSafetensorsFile, type TensorSpec } from './safetensorsWriter';
 

@@ -222,6 +222,31 @@ export function optionalTensor(model: ReferenceModel, name: string, shape: numbe
   return model.tensors.has(name) ? tensor(model, name, shape) : null;
 }
 
+/** The weights of decoder layer l (HF Llama names), as float64, with the shapes the config implies. */
+export function layerWeights(model: ReferenceModel, l: number) {
+  const c = model.config;
+  const d = c.hidden;
+  const qDim = c.heads * c.headDim;
+  const kvDim = c.kvHeads * c.headDim;
+  const ff = c.intermediate;
+  const p = `model.layers.${l}`;
+  return {
+    inNorm: tensor(model, `${p}.input_layernorm.weight`, [d]),
+    postNorm: tensor(model, `${p}.post_attention_layernorm.weight`, [d]),
+    wq: tensor(model, `${p}.self_attn.q_proj.weight`, [qDim, d]),
+    wk: tensor(model, `${p}.self_attn.k_proj.weight`, [kvDim, d]),
+    wv: tensor(model, `${p}.self_attn.v_proj.weight`, [kvDim, d]),
+    wo: tensor(model, `${p}.self_attn.o_proj.weight`, [d, qDim]),
+    bq: optionalTensor(model, `${p}.self_attn.q_proj.bias`, [qDim]),
+    bk: optionalTensor(model, `${p}.self_attn.k_proj.bias`, [kvDim]),
+    bv: optionalTensor(model, `${p}.self_attn.v_proj.bias`, [kvDim]),
+    bo: optionalTensor(model, `${p}.self_attn.o_proj.bias`, [d]),
+    wg: tensor(model, `${p}.mlp.gate_proj.weight`, [ff, d]),
+    wu: tensor(model, `${p}.mlp.up_proj.weight`, [ff, d]),
+    wd: tensor(model, `${p}.mlp.down_proj.weight`, [d, ff]),
+  };
+}
+
 /** y = W x (+ b), W is [out, in] row-major. */
 export function linear(w: Float64Array, b: Float64Array | null, x: Float64Array, outDim: number, inDim: number): Float64Array {
   const y = new Float64Array(outDim);
@@ -350,20 +375,7 @@ export function referenceLogits(model: ReferenceModel, tokens: number[], options
   });
 
   for (let l = 0; l < c.layers; l++) {
-    const p = `model.layers.${l}`;
-    const inNorm = tensor(model, `${p}.input_layernorm.weight`, [d]);
-    const postNorm = tensor(model, `${p}.post_attention_layernorm.weight`, [d]);
-    const wq = tensor(model, `${p}.self_attn.q_proj.weight`, [qDim, d]);
-    const wk = tensor(model, `${p}.self_attn.k_proj.weight`, [kvDim, d]);
-    const wv = tensor(model, `${p}.self_attn.v_proj.weight`, [kvDim, d]);
-    const wo = tensor(model, `${p}.self_attn.o_proj.weight`, [d, qDim]);
-    const bq = optionalTensor(model, `${p}.self_attn.q_proj.bias`, [qDim]);
-    const bk = optionalTensor(model, `${p}.self_attn.k_proj.bias`, [kvDim]);
-    const bv = optionalTensor(model, `${p}.self_attn.v_proj.bias`, [kvDim]);
-    const bo = optionalTensor(model, `${p}.self_attn.o_proj.bias`, [d]);
-    const wg = tensor(model, `${p}.mlp.gate_proj.weight`, [ff, d]);
-    const wu = tensor(model, `${p}.mlp.up_proj.weight`, [ff, d]);
-    const wd = tensor(model, `${p}.mlp.down_proj.weight`, [d, ff]);
+    const { inNorm, postNorm, wq, wk, wv, wo, bq, bk, bv, bo, wg, wu, wd } = layerWeights(model, l);
     const window = c.slidingWindow[l] ?? null;
 
     // Attention

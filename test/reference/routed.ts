@@ -34,6 +34,7 @@ import * as path from 'node:path';
 
 import {
   applyRope,
+  layerWeights,
   linear,
   loadReference,
   optionalTensor,
@@ -203,19 +204,7 @@ export function referenceRouted(
 
   for (let l = 0; l < L; l++) {
     const p = `model.layers.${l}`;
-    const inNorm = tensor(model, `${p}.input_layernorm.weight`, [d]);
-    const postNorm = tensor(model, `${p}.post_attention_layernorm.weight`, [d]);
-    const wq = tensor(model, `${p}.self_attn.q_proj.weight`, [qDim, d]);
-    const wk = tensor(model, `${p}.self_attn.k_proj.weight`, [kvDim, d]);
-    const wv = tensor(model, `${p}.self_attn.v_proj.weight`, [kvDim, d]);
-    const wo = tensor(model, `${p}.self_attn.o_proj.weight`, [d, qDim]);
-    const bq = optionalTensor(model, `${p}.self_attn.q_proj.bias`, [qDim]);
-    const bk = optionalTensor(model, `${p}.self_attn.k_proj.bias`, [kvDim]);
-    const bv = optionalTensor(model, `${p}.self_attn.v_proj.bias`, [kvDim]);
-    const bo = optionalTensor(model, `${p}.self_attn.o_proj.bias`, [d]);
-    const wg = tensor(model, `${p}.mlp.gate_proj.weight`, [ff, d]);
-    const wu = tensor(model, `${p}.mlp.up_proj.weight`, [ff, d]);
-    const wd = tensor(model, `${p}.mlp.down_proj.weight`, [d, ff]);
+    const { inNorm, postNorm, wq, wk, wv, wo, bq, bk, bv, bo, wg, wu, wd } = layerWeights(model, l);
     const window = c.slidingWindow[l] ?? null;
 
     // FlexiDepth tensors (only used under the flexidepth policy).

@@ -1,0 +1,74 @@
+// Shared by the CPU matmul kernels (matmul.cc: matrix-vector and the public entry points;
+// matmul_tiles.cc: the register-tiled prefill kernels): the ISA chosen at run time, the target
+// attributes each SIMD variant is compiled with, scalar weight loads and the pool dispatch rule.
+// Internal to native/cpu/.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.h"
+#include "tensor.h"
+#include "threadpool.h"
+
+// GCC 12's avx512 headers use self-initialised "undefined" vectors that -Wall flags.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+// SIMD variants carry per-function target attributes so the build needs no -m flags.
+#define DG_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define DG_AVX512 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
+
+namespace dg {
+namespace matmul_detail {
+
+enum class Isa { Scalar, Avx2, Avx512 };
+
+// The variant cpuKernelVariant() picked (DEPTHGATE_CPU_KERNELS or the processor), read once.
+inline Isa chosenIsa() {
+  static const Isa isa = [] {
+    const char* v = cpuKernelVariant();
+    if (std::strcmp(v, "avx512") == 0) return Isa::Avx512;
+    if (std::strcmp(v, "avx2") == 0) return Isa::Avx2;
+    return Isa::Scalar;
+  }();
+  return isa;
+}
+
+// Below this many multiply-adds, waking the pool costs more than it saves.
+constexpr int64_t kParallelMinWork = int64_t(1) << 15;
+
+template <DType T>
+inline float loadScalar(const unsigned char* row, int64_t i) {
+  if constexpr (T == DType::F32) {
+    float f;
+    std::memcpy(&f, row + 4 * i, 4);
+    return f;
+  } else {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * i, 2);
+    return T == DType::BF16 ? bf16ToF32(h) : f16ToF32(h);
+  }
+}
+
+// Runs fn over [0, n) on the pool, or inline when the job is too small to be worth a wake-up.
+template <class Fn>
+void runBlocks(ThreadPool& pool, int64_t n, int64_t work, const Fn& fn) {
+  if (pool.size() == 1 || work < kParallelMinWork) {
+    fn(0, n, 0);
+    return;
+  }
+  pool.parallelFor(n, fn);
+}
+
+// Prefill (rows > 1, or any rows on the scalar variant): out[r, o] (+)= x[r] . W[o] + bias[o]
+// with register-tiled dot products on W in its stored layout (matmul_tiles.cc).
+void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
+          const Weight& W, const float* bias, bool accumulate);
+
+}  // namespace matmul_detail
+}  // namespace dg
