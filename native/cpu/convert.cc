@@ -128,6 +128,11 @@ static ToF32Fn chooseToF32() {
 }
 
 void toF32(float* out, const void* data, DType t, size_t offset, size_t n) {
+  if (isBlockQuantized(t)) {  // whole blocks only (see tensor.h)
+    const unsigned char* p = static_cast<const unsigned char*>(data) + offset / kQuantBlock * blockBytes(t);
+    dequantizeRow(t, p, out, int64_t(n));
+    return;
+  }
   static const ToF32Fn impl = chooseToF32();
   impl(out, static_cast<const unsigned char*>(data) + offset * dtypeSize(t), t, n);
 }
