@@ -31,6 +31,7 @@ const USAGE = `Usage:
       --threads N           CPU threads (default: all cores)
       --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
       --kv-cache T          KV cache dtype: bf16 (default), f16 or f32
+      --weights W           weights in memory: stored (default), q8_0 or q4_0 (quantized on load, CPU)
       --policy SPEC         which layers each token runs (default: the model's default policy, which
                             \`info\` shows: flexidepth when FlexiDepth routers come with the model, in
                             its own weights or as the default model's add-on; otherwise none):
@@ -100,12 +101,15 @@ function backendArg(v: string | undefined): LoadOptions['backend'] {
  */
 async function open(
   dir: string | undefined,
-  o: { threads?: number; addons?: string[]; backend?: string; kvCache?: string } = {},
+  o: { threads?: number; addons?: string[]; backend?: string; kvCache?: string; weights?: string } = {},
 ): Promise<{ model: Model }> {
   const backend = backendArg(o.backend);
   const kv = o.kvCache;
   if (kv !== undefined && kv !== 'f32' && kv !== 'f16' && kv !== 'bf16')
     throw new UsageError(`--kv-cache must be f32, f16 or bf16, got '${kv}'`);
+  const weights = o.weights;
+  if (weights !== undefined && weights !== 'stored' && weights !== 'q8_0' && weights !== 'q4_0')
+    throw new UsageError(`--weights must be stored, q8_0 or q4_0, got '${weights}'`);
   let addons = (o.addons ?? []).map((a) => path.resolve(a));
   let modelDir = dir;
   if (modelDir === undefined) {
@@ -123,6 +127,7 @@ async function open(
     ...(addons.length ? { addons } : {}),
     ...(backend ? { backend } : {}),
     ...(kv ? { kvCacheType: kv } : {}),
+    ...(weights ? { weights } : {}),
   });
   return { model };
 }
@@ -147,7 +152,7 @@ async function generate(argv: string[]): Promise<void> {
       trace: { type: 'string' },
       'show-depth': { type: 'boolean' },
       backend: { type: 'string' },
-      'kv-cache': { type: 'string' },
+      'kv-cache': { type: 'string' }, weights: { type: 'string' },
     },
   });
   if (positionals.length > 1) throw new UsageError(`generate takes one MODEL_DIR, got ${positionals.length}`);
@@ -163,7 +168,7 @@ async function generate(argv: string[]): Promise<void> {
   if (seed !== undefined) opts.seed = seed;
   if (values.stop) opts.stop = values.stop;
   const { model } = await open(positionals[0], {
-    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
+    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'], weights: values.weights,
   });
   try {
     const L = model.config.numLayers;
@@ -251,7 +256,11 @@ async function info(argv: string[]): Promise<void> {
     console.log(`architecture: ${i.architecture} (${c.numLayers} layers, hidden ${c.hiddenSize}, ${c.numHeads} heads / ${c.numKvHeads} KV heads of ${c.headDim}, MLP ${c.intermediateSize}, vocab ${c.vocabSize})`);
     console.log(`parameters: ${i.parameters.toLocaleString('en-US')} (${(i.parameters / 1e6).toFixed(2)} M)`);
     console.log(`dtype: ${i.dtype}`);
-    console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
+    if (i.weights === 'stored') console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
+    else
+      console.log(
+        `weights: ${bytes(i.weightBytes)}, quantized on load to ${i.weights} in ${i.quantizeMs.toFixed(0)} ms from ${i.files.length} file(s)`,
+      );
     console.log(`KV cache: ${bytes(i.kvBytesPerToken)} per token; ${bytes(i.kvBytesPerToken * i.contextSize)} at the full context of ${i.contextSize}`);
     const own = i.checkpointFlexiDepthLayers;
     const fdFrom = !i.flexiDepthLayers.length ? '' : own.length === i.flexiDepthLayers.length ? ' (in the checkpoint)' : own.length ? ` (in the checkpoint: [${own.join(', ')}]; the rest from add-ons)` : ' (from add-ons)';
@@ -270,7 +279,7 @@ async function logits(argv: string[]): Promise<void> {
     options: {
       tokens: { type: 'string' }, json: { type: 'boolean' }, threads: { type: 'string' },
       policy: { type: 'string' }, addon: { type: 'string', multiple: true }, backend: { type: 'string' },
-      'kv-cache': { type: 'string' },
+      'kv-cache': { type: 'string' }, weights: { type: 'string' },
     },
   });
   if (positionals.length !== 1) throw new UsageError('logits needs exactly one MODEL_DIR');
@@ -281,7 +290,7 @@ async function logits(argv: string[]): Promise<void> {
     return Number(s.trim());
   });
   const { model } = await open(positionals[0], {
-    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
+    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'], weights: values.weights,
   });
   try {
     const policy = values.policy ? parsePolicy(values.policy, model.config.numLayers) : model.defaultPolicy.policy;
@@ -308,7 +317,7 @@ async function evalText(argv: string[]): Promise<void> {
     options: {
       text: { type: 'string' }, policy: { type: 'string', multiple: true }, addon: { type: 'string', multiple: true },
       window: { type: 'string' }, context: { type: 'string' }, 'max-tokens': { type: 'string' }, json: { type: 'boolean' },
-      threads: { type: 'string' }, backend: { type: 'string' }, 'kv-cache': { type: 'string' },
+      threads: { type: 'string' }, backend: { type: 'string' }, 'kv-cache': { type: 'string' }, weights: { type: 'string' },
     },
   });
   if (positionals.length > 1) throw new UsageError(`eval takes one MODEL_DIR, got ${positionals.length}`);
@@ -323,7 +332,7 @@ async function evalText(argv: string[]): Promise<void> {
   const context = intArg(values.context, 'context', 1);
   const maxTokens = intArg(values['max-tokens'], 'max-tokens', 1);
   const { model } = await open(positionals[0], {
-    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
+    threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'], weights: values.weights,
   });
   try {
     const L = model.config.numLayers;
