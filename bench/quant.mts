@@ -6,7 +6,16 @@
 //   npm run bench:quant      (writes bench/results/cpu-quant.json)
 // Options: --threads 2 --tokens 48 --runs 7
 import { parseArgs } from 'node:util';
-import { BENCH_SHAPE, benchModelDir, depthgate, gitCommit, machine, median, readBandwidth, saveResult } from './machine.mjs';
+import {
+  BENCH_SHAPE,
+  benchModelDir,
+  depthgate,
+  gitCommit,
+  machine,
+  median,
+  readBandwidth,
+  saveResult,
+} from './machine.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -31,11 +40,15 @@ const bytesPerToken = models.map((m) => m.info.weightBytes - embedBytes);
 const bandwidth = readBandwidth(threads);
 
 const prompt = Array.from({ length: 16 }, (_, i) => (i * 37) % 256);
-for (const m of models) await m.generate({ tokens: prompt }, { maxTokens: 4, stopOnEos: false, policy: { type: 'none' } });
+for (const m of models)
+  await m.generate({ tokens: prompt }, { maxTokens: 4, stopOnEos: false, policy: { type: 'none' } });
 const perToken: number[][] = formats.map(() => []);
 for (let r = 0; r < runs; r++) {
   for (let f = 0; f < models.length; f++) {
-    const res = await models[f]!.generate({ tokens: prompt }, { maxTokens: nTokens, stopOnEos: false, policy: { type: 'none' } });
+    const res = await models[f]!.generate(
+      { tokens: prompt },
+      { maxTokens: nTokens, stopOnEos: false, policy: { type: 'none' } },
+    );
     perToken[f]!.push(res.timings.decodeMs / (res.tokens.length - 1));
   }
 }

@@ -59,8 +59,9 @@ void quantizeModel(Model& m, DType t, int threads, const std::function<bool()>& 
   for (const Target& g : targets)
     if (g.weight->cols % kQuantBlock != 0)
       throw Error(kErrUnsupported,
-                  std::string("weights '") + (t == DType::Q8_0 ? "q8_0" : "q4_0") + "' needs every quantized matrix to be a " +
-                      "multiple of 32 columns wide, but '" + g.name + "' has " + std::to_string(g.weight->cols),
+                  std::string("weights '") + (t == DType::Q8_0 ? "q8_0" : "q4_0") +
+                      "' needs every quantized matrix to be a " + "multiple of 32 columns wide, but '" + g.name +
+                      "' has " + std::to_string(g.weight->cols),
                   fileOf(m, g.name));
 
   ThreadPool pool(threads < 1 ? 1 : threads);
@@ -73,7 +74,8 @@ void quantizeModel(Model& m, DType t, int threads, const std::function<bool()>& 
     q.dtype = g.to;
     copies.emplace_back(q.bytes());
     if (!quantizeWeight(pool, *g.weight, g.to, copies.back().data()))
-      throw Error(kErrFormat, "tensor '" + g.name + "' holds a non-finite value, which " + dtypeName(g.to) + " cannot represent",
+      throw Error(kErrFormat,
+                  "tensor '" + g.name + "' holds a non-finite value, which " + dtypeName(g.to) + " cannot represent",
                   fileOf(m, g.name));
     q.data = copies.back().data();
     quantized.push_back(q);

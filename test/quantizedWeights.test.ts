@@ -53,7 +53,9 @@ describe.each(cases)('%s', (_name, options) => {
       const vsQuantWeights = Math.max(...got.logits.map((row, i) => relError(row, wantQuant[i]!)));
       const vsStored = Math.max(...got.logits.map((row, i) => relError(row, wantStored[i]!)));
       const refGap = Math.max(...wantQuant.map((row, i) => relError(row, wantStored[i]!)));
-      console.log(`${_name} ${format}: vs reference with quantized weights and activations ${exact.toExponential(2)}, quantized weights only ${vsQuantWeights.toExponential(2)}, stored ${vsStored.toExponential(2)}`);
+      console.log(
+        `${_name} ${format}: vs reference with quantized weights and activations ${exact.toExponential(2)}, quantized weights only ${vsQuantWeights.toExponential(2)}, stored ${vsStored.toExponential(2)}`,
+      );
       expect(exact).toBeLessThan(TOL_EXACT[format]);
       expect(vsQuantWeights).toBeLessThan(TOL_WEIGHTS);
       expect(vsStored).toBeLessThan(TOL_STORED[format]);
@@ -82,7 +84,9 @@ test('weightBytes counts the quantized copies in place of the projections; route
   const q4 = await loadModel(dir, { weights: 'q4_0', threads: 1 });
   try {
     const c = stored.config;
-    const proj = (c.numHeads * c.headDim * 2 + c.numKvHeads * c.headDim * 2) * c.hiddenSize + 3 * c.intermediateSize * c.hiddenSize;
+    const proj =
+      (c.numHeads * c.headDim * 2 + c.numKvHeads * c.headDim * 2) * c.hiddenSize +
+      3 * c.intermediateSize * c.hiddenSize;
     const params = c.numLayers * proj; // quantized in the layer format
     const head = c.vocabSize * c.hiddenSize; // lm_head, in Q8_0 for both formats
     const bf16 = (n: number) => 2 * n;
@@ -90,13 +94,16 @@ test('weightBytes counts the quantized copies in place of the projections; route
     expect(stored.info.weights).toBe('stored');
     expect(stored.info.quantizeMs).toBe(0);
     expect(q8.info.weightBytes).toBe(stored.info.weightBytes - bf16(params + head) + blocks(params + head, 34));
-    expect(q4.info.weightBytes).toBe(stored.info.weightBytes - bf16(params + head) + blocks(params, 18) + blocks(head, 34));
+    expect(q4.info.weightBytes).toBe(
+      stored.info.weightBytes - bf16(params + head) + blocks(params, 18) + blocks(head, 34),
+    );
     expect(q8.info.flexiDepthLayers).toEqual([1, 2]);
     // The routed model runs on the quantized weights and routes like the stored one on most tokens.
     const tokens = randomTokens(10, 0, 300, 9);
     const a = await stored.evaluate(tokens, { policy: { type: 'flexidepth' } });
     const b = await q8.evaluate(tokens, { policy: { type: 'flexidepth' } });
-    for (let i = 0; i < tokens.length; i++) expect(relError(b.logits[i]!, a.logits[i]!)).toBeLessThan(TOL_STORED.q8_0 * 4);
+    for (let i = 0; i < tokens.length; i++)
+      expect(relError(b.logits[i]!, a.logits[i]!)).toBeLessThan(TOL_STORED.q8_0 * 4);
   } finally {
     await stored.dispose();
     await q8.dispose();

@@ -129,23 +129,23 @@ DG_AVX2 inline float hsum256(__m256 v) {
 }
 
 // One body per ISA: NR independent f32 accumulators, one block of x shared by the NR rows.
-#define QGEMV_KERNEL(ATTR, NAME, DOT)                                                                         \
-  template <DType T, int NR>                                                                                  \
+#define QGEMV_KERNEL(ATTR, NAME, DOT)                                                                            \
+  template <DType T, int NR>                                                                                     \
   ATTR void NAME(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad, int64_t nb) { \
-    __m256 acc[NR];                                                                                           \
-    for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();                                                \
-    for (int64_t b = 0; b < nb; b++) {                                                                        \
-      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + b * kQuantBlock));           \
-      const float da = ad[b];                                                                                 \
-      for (int r = 0; r < NR; r++) {                                                                          \
-        const unsigned char* blk = w + r * rb + size_t(b) * kBlockBytes<T>;                                   \
-        uint16_t h;                                                                                           \
-        std::memcpy(&h, blk, 2);                                                                              \
-        const __m256i p = DOT::dot(loadCodes<T>(blk), a);                                                     \
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(_cvtsh_ss(h) * da), acc[r]);           \
-      }                                                                                                       \
-    }                                                                                                         \
-    for (int r = 0; r < NR; r++) out[r] = hsum256(acc[r]);                                                    \
+    __m256 acc[NR];                                                                                              \
+    for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();                                                   \
+    for (int64_t b = 0; b < nb; b++) {                                                                           \
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + b * kQuantBlock));              \
+      const float da = ad[b];                                                                                    \
+      for (int r = 0; r < NR; r++) {                                                                             \
+        const unsigned char* blk = w + r * rb + size_t(b) * kBlockBytes<T>;                                      \
+        uint16_t h;                                                                                              \
+        std::memcpy(&h, blk, 2);                                                                                 \
+        const __m256i p = DOT::dot(loadCodes<T>(blk), a);                                                        \
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(_cvtsh_ss(h) * da), acc[r]);              \
+      }                                                                                                          \
+    }                                                                                                            \
+    for (int r = 0; r < NR; r++) out[r] = hsum256(acc[r]);                                                       \
   }
 
 QGEMV_KERNEL(DG_AVX2, qgemvAvx2, DotAvx2)
@@ -181,7 +181,8 @@ QGemvPair quantKernels(Isa isa, DType t) {
 
 void requireBlocks(const Weight& W) {
   if (!isBlockQuantized(W.dtype) || W.cols % kQuantBlock != 0)
-    throw Error(kErrUnsupported, std::string("a ") + dtypeName(W.dtype) + " matmul needs a block-quantized weight whose " +
+    throw Error(kErrUnsupported, std::string("a ") + dtypeName(W.dtype) +
+                                     " matmul needs a block-quantized weight whose " +
                                      "width is a multiple of 32, got " + std::to_string(W.cols) + " columns");
 }
 
@@ -200,7 +201,8 @@ void quantGroups(const QGemvPair& kern, float* out, int64_t ldo, int64_t outBase
     for (int64_t r = 0; r < rows; r++) {
       const int8_t* aq = x.q + r * x.k;
       const float* ad = x.d + r * nb;
-      if (nr == 4) kern.four(tmp, wg, rb, aq, ad, nb);
+      if (nr == 4)
+        kern.four(tmp, wg, rb, aq, ad, nb);
       else
         for (int i = 0; i < nr; i++) kern.one(tmp + i, wg + size_t(i) * rb, rb, aq, ad, nb);
       float* dst = out + r * ldo + o - outBase;

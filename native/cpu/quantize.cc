@@ -64,8 +64,10 @@ void quantizeBlockQ4_0(const float* x, unsigned char* blk) {
 void quantizeRow(DType t, const float* x, unsigned char* blocks, int64_t k) {
   const size_t bb = blockBytes(t);
   for (int64_t b = 0; b < k / kQuantBlock; b++) {
-    if (t == DType::Q8_0) quantizeBlockQ8_0(x + b * kQuantBlock, blocks + size_t(b) * bb);
-    else quantizeBlockQ4_0(x + b * kQuantBlock, blocks + size_t(b) * bb);
+    if (t == DType::Q8_0)
+      quantizeBlockQ8_0(x + b * kQuantBlock, blocks + size_t(b) * bb);
+    else
+      quantizeBlockQ4_0(x + b * kQuantBlock, blocks + size_t(b) * bb);
   }
 }
 

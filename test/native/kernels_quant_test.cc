@@ -48,8 +48,10 @@ std::vector<double> decodeBlocks(DType t, const unsigned char* p, int64_t rows, 
       const double d = halfValue(uint16_t(blk[0] | (blk[1] << 8)));
       for (int j = 0; j < 32; j++) {
         int q;
-        if (t == DType::Q8_0) q = int8_t(blk[2 + j]);
-        else q = (j < 16 ? blk[2 + j] & 0x0f : blk[2 + j - 16] >> 4) - 8;
+        if (t == DType::Q8_0)
+          q = int8_t(blk[2 + j]);
+        else
+          q = (j < 16 ? blk[2 + j] & 0x0f : blk[2 + j - 16] >> 4) - 8;
         v[size_t(o * k + b * 32 + j)] = d * q;
       }
     }
@@ -175,7 +177,8 @@ void testLayout(CheckFn check) {
       const double step = std::fabs(d) * (t == DType::Q8_0 ? 0.5 + 127.0 / 2048 : 1.0 + 8.0 / 2048);
       for (int j = 0; j < 32; j++) worst = std::max(worst, std::fabs(r[b * 32 + j] - v[b * 32 + j]) / step);
     }
-    check(worst <= 1.0, std::string(dtypeName(t)) + " round trip within its step (worst " + std::to_string(worst) + ")");
+    check(worst <= 1.0,
+          std::string(dtypeName(t)) + " round trip within its step (worst " + std::to_string(worst) + ")");
   }
 }
 
@@ -183,7 +186,8 @@ void testMatmulCase(CheckFn check, ThreadPool& pool, DType t, int64_t rows, int6
                     bool accumulate, bool rawCodes) {
   QuantWeight q = makeQuantWeight(pool, t, n, k, rawCodes);
   const int64_t ldx = k + 3, ldo = n + 2;
-  std::vector<float> x(static_cast<size_t>(rows * ldx)), b(static_cast<size_t>(n)), prior(static_cast<size_t>(rows * ldo));
+  std::vector<float> x(static_cast<size_t>(rows * ldx)), b(static_cast<size_t>(n)),
+      prior(static_cast<size_t>(rows * ldo));
   for (auto& v : x) v = uniform(-2.f, 2.f);
   for (auto& v : b) v = uniform(-1.f, 1.f);
   for (auto& v : prior) v = uniform(-1.f, 1.f);
@@ -213,8 +217,8 @@ void testFused(CheckFn check, ThreadPool& pool, DType t) {
   for (auto& v : x) v = uniform(-1.f, 1.f);
   for (auto& v : bias) v = uniform(-1.f, 1.f);
   std::vector<float> o1(static_cast<size_t>(n1)), o2(static_cast<size_t>(n2)), o3(static_cast<size_t>(n3), 0.5f);
-  const GemvJob jobs[3] = {{o1.data(), &a.w, bias.data(), false}, {o2.data(), &b.w, nullptr, false},
-                           {o3.data(), &c.w, nullptr, true}};
+  const GemvJob jobs[3] = {
+      {o1.data(), &a.w, bias.data(), false}, {o2.data(), &b.w, nullptr, false}, {o3.data(), &c.w, nullptr, true}};
   matmulMany(pool, x.data(), jobs, 3);
   Errors e;
   const std::vector<float> half(size_t(n3), 0.5f);
@@ -243,8 +247,8 @@ void testFused(CheckFn check, ThreadPool& pool, DType t) {
   }
   report(check, std::string("gateUpVector gate ") + dtypeName(t), eg);
   report(check, std::string("gateUpVector up ") + dtypeName(t), eu);
-  check(worst <= 1e-4, std::string("gateUpVector ") + dtypeName(t) + " = silu(matmul) * matmul (rel " +
-                           std::to_string(worst) + ")");
+  check(worst <= 1e-4,
+        std::string("gateUpVector ") + dtypeName(t) + " = silu(matmul) * matmul (rel " + std::to_string(worst) + ")");
 }
 
 void testRefusals(CheckFn check, ThreadPool& pool) {

@@ -78,7 +78,15 @@ export function quantizedReference(model: ReferenceModel, format: BlockFormat): 
   const tensors = new Map(model.tensors);
   const names: string[] = [];
   for (let l = 0; l < model.config.layers; l++)
-    for (const n of ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'])
+    for (const n of [
+      'self_attn.q_proj',
+      'self_attn.k_proj',
+      'self_attn.v_proj',
+      'self_attn.o_proj',
+      'mlp.gate_proj',
+      'mlp.up_proj',
+      'mlp.down_proj',
+    ])
       names.push(`model.layers.${l}.${n}.weight`);
   for (const n of names) {
     const t = model.tensors.get(n)!;
