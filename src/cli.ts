@@ -41,8 +41,8 @@ const USAGE = `Usage:
       --trace FILE          write one JSON line per generated token: layers run, router weights;
                             FILE.html writes a page with each token coloured by its depth
       --show-depth          colour each generated token by the number of layers it ran
-  depthgate info [MODEL_DIR]             architecture, parameters, dtype, memory, routers, default policy, build
-  depthgate logits MODEL_DIR --tokens 1,2,3 --json [--policy SPEC] [--addon FILE]
+  depthgate info [MODEL_DIR] [--weights W]  architecture, parameters, dtype, memory, routers, default policy, build
+  depthgate logits MODEL_DIR --tokens 1,2,3 --json [--policy SPEC] [--addon FILE] [--weights W]
                                          logits at every position as {"logits": [[...], ...]};
                                          with --policy (or a routed default policy) also
                                          "executed": [[1,0,...], ...] per position
@@ -241,14 +241,14 @@ function bytes(n: number): string {
 
 async function info(argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
-    args: argv, allowPositionals: true, options: { addon: { type: 'string', multiple: true }, backend: { type: 'string' } },
+    args: argv, allowPositionals: true, options: { addon: { type: 'string', multiple: true }, backend: { type: 'string' }, weights: { type: 'string' } },
   });
   if (positionals.length > 1) throw new UsageError(`info takes one MODEL_DIR, got ${positionals.length}`);
   const b = getBuildInfo();
   console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'})`);
   console.log(`addon: ${b.addonPath} (${b.prebuilt ? 'prebuilt' : 'local build'}, napi ${b.napiVersion}${b.glibc ? `, glibc ${b.glibc}` : ''})`);
   console.log(`CUDA: ${b.cuda.available ? 'available' : `not available: ${b.cuda.reason}`}; GPUs: ${b.cuda.devices.length ? b.cuda.devices.map((d) => `${d.name} (sm_${d.computeCapability}, ${bytes(d.memoryBytes)})`).join(', ') : 'none seen'}`);
-  const { model } = await open(positionals[0], { addons: values.addon, backend: values.backend });
+  const { model } = await open(positionals[0], { addons: values.addon, backend: values.backend, weights: values.weights });
   try {
     const i = model.info;
     const c = model.config;
