@@ -42,8 +42,9 @@ void matmulMany(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs
 void gateUpVector(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
                   const float* bu);
 
-// cpu/quantize.cc: llama.cpp's reference rounding for the block formats (tensor.h). k must be a
-// multiple of 32; `blocks` holds k / 32 blocks (rowBytes(t, k) bytes). t is Q8_0 or Q4_0.
+// cpu/quantize.cc: llama.cpp's reference rounding for the block formats (tensor.h); decoding
+// (dequantizeRow) is in cpu/convert.cc. k must be a multiple of 32; `blocks` holds k / 32 blocks
+// (rowBytes(t, k) bytes). t is Q8_0 or Q4_0.
 void quantizeRow(DType t, const float* x, unsigned char* blocks, int64_t k);
 void dequantizeRow(DType t, const unsigned char* blocks, float* out, int64_t k);
 // Quantizes a whole weight (rows of any element type) into `out` (W.rows * rowBytes(t, W.cols)

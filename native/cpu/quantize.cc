@@ -4,6 +4,7 @@
 //  * Q8_0: d = max|x| / 127, q = round(x / d);
 //  * Q4_0: d = m / -8 where m is the value of largest magnitude (sign kept), q = min(15, (int)(x / d + 8.5)).
 // The codes are computed with the f32 scale and the scale is then stored as f16, as there.
+// Decoding (dequantizeRow) is in convert.cc with the other conversions to f32.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -20,11 +21,6 @@ namespace {
 inline void putScale(unsigned char* blk, float d) {
   const uint16_t h = f32ToF16(d);
   std::memcpy(blk, &h, 2);
-}
-inline float getScale(const unsigned char* blk) {
-  uint16_t h;
-  std::memcpy(&h, blk, 2);
-  return f16ToF32(h);
 }
 
 // A non-finite input would make the int conversion undefined; such values are coded as 0 here
@@ -68,24 +64,6 @@ void quantizeRow(DType t, const float* x, unsigned char* blocks, int64_t k) {
       quantizeBlockQ8_0(x + b * kQuantBlock, blocks + size_t(b) * bb);
     else
       quantizeBlockQ4_0(x + b * kQuantBlock, blocks + size_t(b) * bb);
-  }
-}
-
-void dequantizeRow(DType t, const unsigned char* blocks, float* out, int64_t k) {
-  const size_t bb = blockBytes(t);
-  for (int64_t b = 0; b < k / kQuantBlock; b++) {
-    const unsigned char* blk = blocks + size_t(b) * bb;
-    const float d = getScale(blk);
-    float* o = out + b * kQuantBlock;
-    if (t == DType::Q8_0) {
-      const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
-      for (int j = 0; j < kQuantBlock; j++) o[j] = d * float(q[j]);
-    } else {
-      for (int j = 0; j < kQuantBlock / 2; j++) {
-        o[j] = d * float(int(blk[2 + j] & 0x0f) - 8);
-        o[j + 16] = d * float(int(blk[2 + j] >> 4) - 8);
-      }
-    }
   }
 }
 
