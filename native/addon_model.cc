@@ -140,8 +140,8 @@ class PromiseJob : public Dispatcher::Job {
 class LoadJob : public PromiseJob {
  public:
   LoadJob(Napi::Env env, std::weak_ptr<Dispatcher> dispatcher, ModelConfig cfg, std::vector<std::string> files,
-          int threads, bool prefault, bool cuda, DType kvType, Napi::Function progress, int32_t* abortFlag,
-          Napi::Reference<Napi::Value> keep)
+          int threads, bool prefault, bool cuda, DType kvType, std::string weights, Napi::Function progress,
+          int32_t* abortFlag, Napi::Reference<Napi::Value> keep)
       : PromiseJob(env),
         dispatcher_(std::move(dispatcher)),
         cfg_(std::move(cfg)),
@@ -150,6 +150,7 @@ class LoadJob : public PromiseJob {
         prefault_(prefault),
         cuda_(cuda),
         kvType_(kvType),
+        weights_(std::move(weights)),
         abort_(abortFlag),
         keepAbort_(std::move(keep)) {
     if (!progress.IsEmpty()) progress_ = Napi::Persistent(progress);
@@ -160,6 +161,9 @@ class LoadJob : public PromiseJob {
       if (!progress_.IsEmpty()) d.send(std::make_unique<Progress>(this, f));
       return !flagSet(abort_) && !d.cancelled();
     });
+    if (weights_ != "stored")
+      quantizeModel(*model, weights_ == "q8_0" ? DType::Q8_0 : DType::Q4_0, threads_,
+                    [&] { return !flagSet(abort_) && !d.cancelled(); });
     std::shared_ptr<Model> shared(std::move(model));
     std::unique_ptr<Ops> ops = cuda_ ? createCudaOps(0) : std::unique_ptr<Ops>(createCpuOps(threads_));
     engine_ = std::make_shared<Engine>(shared, std::move(ops), kvType_);
@@ -202,6 +206,7 @@ class LoadJob : public PromiseJob {
   bool prefault_;
   bool cuda_;
   DType kvType_;
+  std::string weights_;  // "stored", "q8_0" or "q4_0"
   int32_t* abort_;
   Napi::Reference<Napi::Value> keepAbort_;
   Napi::FunctionReference progress_;
@@ -219,6 +224,8 @@ Napi::Value NativeModel::Info(const Napi::CallbackInfo& info) {
   o.Set("parameters", Napi::Number::New(env, double(m.parameters)));
   o.Set("weightBytes", Napi::Number::New(env, double(m.weightBytes)));
   o.Set("dtype", Napi::String::New(env, m.dtypeSummary));
+  o.Set("weights", Napi::String::New(env, m.weightFormat));
+  o.Set("quantizeMs", Napi::Number::New(env, m.quantizeSeconds * 1000.0));
   o.Set("backend", Napi::String::New(env, e->ops().name()));
   o.Set("kvCacheType", Napi::String::New(env, e->kvType() == DType::F32 ? "f32" : e->kvType() == DType::F16 ? "f16" : "bf16"));
   o.Set("kvBytesPerToken", Napi::Number::New(env, double(e->kvBytesPerPosition())));
@@ -333,12 +340,15 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   std::string kv = spec.Get("kvCacheType").IsString() ? spec.Get("kvCacheType").As<Napi::String>().Utf8Value() : "bf16";
   if (kv != "f32" && kv != "f16" && kv != "bf16") throwArg(env, "spec.kvCacheType must be 'f32', 'f16' or 'bf16'");
   const DType kvType = kv == "f32" ? DType::F32 : kv == "f16" ? DType::F16 : DType::BF16;
+  std::string weights = spec.Get("weights").IsString() ? spec.Get("weights").As<Napi::String>().Utf8Value() : "stored";
+  if (weights != "stored" && weights != "q8_0" && weights != "q4_0")
+    throwArg(env, "spec.weights must be 'stored', 'q8_0' or 'q4_0'");
   Napi::Function progress = info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
   Napi::Reference<Napi::Value> keep;
   int32_t* abortFlag = flagPointer(info[2], keep);
   std::shared_ptr<Dispatcher> d = Dispatcher::create(env, "depthgate-model");
   auto job = std::make_unique<LoadJob>(env, d, std::move(cfg), std::move(files), threads, prefault, backend == "cuda",
-                                       kvType, progress, abortFlag, std::move(keep));
+                                       kvType, std::move(weights), progress, abortFlag, std::move(keep));
   Napi::Promise p = job->promise();
   if (!d->post(env, std::move(job))) throwArg(env, "the model thread could not start");
   d.reset();  // from here the thread-safe function (and then the model) holds the dispatcher

@@ -334,7 +334,7 @@ void Engine::runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& 
 uint64_t Engine::weightBytesOf(int64_t rows, const uint8_t* attn, const uint8_t* mlp, Policy* policy,
                                int64_t logitRows) const {
   const ModelConfig& c = model_->config;
-  uint64_t bytes = uint64_t(rows) * uint64_t(c.hidden) * dtypeSize(embed_.dtype);
+  uint64_t bytes = uint64_t(rows) * rowBytes(embed_.dtype, c.hidden);
   for (int l = 0; l < c.layers; l++) {
     const LayerWeights& W = layers_[size_t(l)];
     const uint8_t* a = attn + size_t(l) * size_t(rows);

@@ -12,15 +12,21 @@ namespace dg {
 // cpu/features.cc: what the processor offers and which kernel variant the dispatcher chose.
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false;
+  bool avx512vl = false, avx512vnni = false;  // the block-quantized kernels' int8 dot (vpdpbusd)
 };
 const CpuFeatures& cpuFeatures();
 // "avx512", "avx2" or "scalar"; DEPTHGATE_CPU_KERNELS=scalar|avx2|avx512 caps it (for tests).
 const char* cpuKernelVariant();
+// The block-quantized kernels' variant under cpuKernelVariant(): "avx512vnni" (the avx512 variant
+// on a processor with AVX512_VNNI and AVX512VL), "avx2" (avx2, or avx512 without VNNI) or "scalar".
+const char* quantKernelVariant();
 
 // cpu/matmul.cc: out[r, o] = sum_i x[r, i] * W[o, i] (+ bias[o]), r < rows, o < W.rows.
 // x is [rows, W.cols] with row stride ldx; out is [rows, W.rows] with row stride ldo.
 // rows == 1 is the bandwidth-bound decode case (matrix-vector); larger rows reuse each
 // converted weight block across rows (matrix-matrix). accumulate: out += the product (+ bias).
+// A Q8_0/Q4_0 weight (W.cols a multiple of 32, else dg::Error kErrUnsupported) goes to
+// cpu/matmul_quant.cc, which quantizes the x rows to int8 blocks first (see there).
 void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
             const Weight& W, const float* bias, bool accumulate = false);
 // Several matrix-vector products over one x row in one parallel loop (decode: K and V, or Q, K
@@ -35,6 +41,16 @@ void matmulMany(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs
 // SwiGLU for one row in one parallel loop: out = silu(Wg x + bg) * (Wu x + bu).
 void gateUpVector(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
                   const float* bu);
+
+// cpu/quantize.cc: llama.cpp's reference rounding for the block formats (tensor.h); decoding
+// (dequantizeRow) is in cpu/convert.cc. k must be a multiple of 32; `blocks` holds k / 32 blocks
+// (rowBytes(t, k) bytes). t is Q8_0 or Q4_0.
+void quantizeRow(DType t, const float* x, unsigned char* blocks, int64_t k);
+void dequantizeRow(DType t, const unsigned char* blocks, float* out, int64_t k);
+// Quantizes a whole weight (rows of any element type) into `out` (W.rows * rowBytes(t, W.cols)
+// bytes), rows split across the pool. W.cols must be a multiple of 32. Returns false if W holds a
+// non-finite value (coded as 0: a block format cannot hold it).
+bool quantizeWeight(ThreadPool& pool, const Weight& W, DType t, unsigned char* out);
 
 // cpu/norm.cc: out = x / sqrt(mean(x^2) + eps) * weight, per row of width `dim`.
 // The mean of squares is accumulated in f32 like HF does (variance in fp32).

@@ -77,6 +77,11 @@ struct Model {
   std::string dtypeSummary;    // e.g. "BF16" or "BF16+F32"
   std::vector<int> flexiDepthLayers;  // layers with FlexiDepth routers
   std::vector<int> skipRouterLayers;  // layers with any SkipLayer router
+  // Quantization on load (quantize_model.cc): the format asked for ("stored" when none), the
+  // quantized copies the weights above point into, and how long making them took.
+  std::string weightFormat = "stored";
+  std::vector<std::vector<unsigned char>> quantizedCopies;
+  double quantizeSeconds = 0;
 };
 
 // Opens `files` (the checkpoint's shards, then any add-on files with router weights), checks that exactly the tensors the config needs are there with the right
@@ -84,6 +89,14 @@ struct Model {
 // Throws dg::Error; everything taken so far is released by the throw.
 std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files,
                                  bool prefault, const std::function<bool(double)>& onProgress);
+
+// quantize_model.cc: replaces the decoder layers' projections (q, k, v, o, gate, up, down) with
+// copies in block format `t` (Q8_0 or Q4_0), and the LM head with a Q8_0 copy (the format with the
+// most precision there is; llama.cpp too keeps the output matrix above Q4 precision). The embedding
+// table and the FlexiDepth / SkipLayer router and adapter weights keep their stored dtype. `threads`
+// quantize in parallel. Throws dg::Error naming the tensor when one is not 32k columns wide
+// (kErrUnsupported) or holds a non-finite value (kErrFormat); the model then holds no copies.
+void quantizeModel(Model& m, DType t, int threads, const std::function<bool()>& keepGoing);
 
 // RoPE inverse frequencies with HF's scaling rules (default, linear, llama3).
 std::vector<float> ropeInvFreq(const ModelConfig& c);

@@ -8,11 +8,34 @@
 
 namespace dg {
 
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+// F32/F16/BF16 are element types. Q8_0 and Q4_0 are llama.cpp's block formats (ggml-common.h):
+// each row is cols / 32 blocks of 32 weights, a block being an f16 scale d followed by
+//   Q8_0: 32 int8 q, weight = d * q                                        (34 bytes)
+//   Q4_0: 16 bytes of nibbles, byte j holding weight j (low) and j + 16 (high),
+//         weight = d * (q - 8)                                             (18 bytes)
+// Blocks are packed back to back with no padding, so a block's scale may be unaligned.
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4 };
 
+constexpr int64_t kQuantBlock = 32;  // weights per Q8_0 / Q4_0 block
+inline bool isBlockQuantized(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
+// Bytes of one block of a block format (34 for Q8_0, 18 for Q4_0); 0 for element types.
+inline size_t blockBytes(DType t) { return t == DType::Q8_0 ? 34 : t == DType::Q4_0 ? 18 : 0; }
+// Bytes of one element of an element type. Block formats have no element size: use rowBytes.
 inline size_t dtypeSize(DType t) { return t == DType::F32 ? 4 : 2; }
+// Bytes of one row of `cols` values: cols * element size, or cols / 32 blocks for block formats
+// (whose rows must be a multiple of 32 wide; see isBlockQuantized).
+inline size_t rowBytes(DType t, int64_t cols) {
+  return isBlockQuantized(t) ? size_t(cols / kQuantBlock) * blockBytes(t) : size_t(cols) * dtypeSize(t);
+}
 inline const char* dtypeName(DType t) {
-  return t == DType::F32 ? "F32" : t == DType::F16 ? "F16" : "BF16";
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::Q8_0: return "Q8_0";
+    case DType::Q4_0: return "Q4_0";
+  }
+  return "?";
 }
 
 // A 2-D weight [rows, cols], row-major, in its stored dtype. `data` may be unaligned
@@ -22,7 +45,7 @@ struct Weight {
   DType dtype = DType::F32;
   int64_t rows = 0;  // output features
   int64_t cols = 0;  // input features
-  size_t bytes() const { return size_t(rows) * size_t(cols) * dtypeSize(dtype); }
+  size_t bytes() const { return size_t(rows) * rowBytes(dtype, cols); }
 };
 
 // Scalar conversions. bf16 is the top half of an f32; f16 is IEEE half.
@@ -42,7 +65,8 @@ inline uint16_t f32ToBf16(float f) {  // round to nearest even, NaN kept quiet
 float f16ToF32(uint16_t h);
 uint16_t f32ToF16(float f);
 
-// Reads element i of a 1-D or flattened tensor as f32 (slow path: loading, references).
+// Reads element i of a 1-D or flattened tensor of an element type as f32 (slow path: loading,
+// references).
 inline float loadElement(const void* data, DType t, size_t i) {
   const unsigned char* p = static_cast<const unsigned char*>(data);
   if (t == DType::F32) {
@@ -55,7 +79,8 @@ inline float loadElement(const void* data, DType t, size_t i) {
   return t == DType::BF16 ? bf16ToF32(h) : f16ToF32(h);
 }
 
-// Converts `n` elements starting at element `offset` into f32.
+// Converts `n` elements starting at element `offset` into f32. For the block formats, offset and
+// n must be multiples of 32 (whole blocks; rows of a weight are).
 void toF32(float* out, const void* data, DType t, size_t offset, size_t n);
 
 }  // namespace dg

@@ -68,6 +68,8 @@ export interface NativeResponse {
 
 /** The dtype K and V are stored in. */
 export type KvCacheType = 'f32' | 'f16' | 'bf16';
+/** 'stored': the checkpoint's dtype; else the block format the weights are quantized to on load. */
+export type WeightFormat = 'stored' | 'q8_0' | 'q4_0';
 
 export interface NativeModelInfo {
   parameters: number;
@@ -75,6 +77,9 @@ export interface NativeModelInfo {
   dtype: string;
   backend: string;
   kvCacheType: KvCacheType;
+  weights: WeightFormat;
+  /** Milliseconds spent quantizing on load (0 for 'stored'). */
+  quantizeMs: number;
   /** K and V bytes per position of one sequence, every layer, in the cache dtype. */
   kvBytesPerToken: number;
   files: string[];
@@ -108,6 +113,8 @@ export interface NativeAddon {
       backend: 'cpu' | 'cuda';
       /** Default 'bf16'. */
       kvCacheType?: KvCacheType;
+      /** Default 'stored'. */
+      weights?: WeightFormat;
     },
     onProgress?: (fraction: number) => void,
     abortFlag?: Int32Array,

@@ -127,7 +127,7 @@ function bytes(n: number): string {
 }
 
 async function info(argv: string[]): Promise<number> {
-  const args = parseCommand('info', argv, { addon: { type: 'string', multiple: true }, backend: { type: 'string' } });
+  const args = parseCommand('info', argv, { addon: { type: 'string', multiple: true }, backend: { type: 'string' }, weights: { type: 'string' } });
   if (args.flag('help')) return help('info');
   const b = getBuildInfo();
   console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'}); ${b.usableProcessors} usable processor(s)`);
@@ -141,7 +141,11 @@ async function info(argv: string[]): Promise<number> {
     console.log(`architecture: ${i.architecture} (${c.numLayers} layers, hidden ${c.hiddenSize}, ${c.numHeads} heads / ${c.numKvHeads} KV heads of ${c.headDim}, MLP ${c.intermediateSize}, vocab ${c.vocabSize})`);
     console.log(`parameters: ${i.parameters.toLocaleString('en-US')} (${(i.parameters / 1e6).toFixed(2)} M)`);
     console.log(`dtype: ${i.dtype}`);
-    console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
+    if (i.weights === 'stored') console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
+    else
+      console.log(
+        `weights: ${bytes(i.weightBytes)}, quantized on load to ${i.weights} in ${i.quantizeMs.toFixed(0)} ms from ${i.files.length} file(s)`,
+      );
     console.log(`KV cache: ${bytes(i.kvBytesPerToken)} per token; ${bytes(i.kvBytesPerToken * i.contextSize)} at the full context of ${i.contextSize}`);
     const own = i.checkpointFlexiDepthLayers;
     const fdFrom = !i.flexiDepthLayers.length ? '' : own.length === i.flexiDepthLayers.length ? ' (in the checkpoint)' : own.length ? ` (in the checkpoint: [${own.join(', ')}]; the rest from add-ons)` : ' (from add-ons)';

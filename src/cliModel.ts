@@ -12,7 +12,8 @@ import { UsageError, intArg, numArg, unescape, type Args, type Options } from '.
 
 /** The options every command that loads a model takes. */
 export const LOAD_OPTIONS: Options = {
-  threads: { type: 'string' }, backend: { type: 'string' }, 'kv-cache': { type: 'string' }, addon: { type: 'string', multiple: true },
+  threads: { type: 'string' }, backend: { type: 'string' }, 'kv-cache': { type: 'string' }, weights: { type: 'string' },
+  addon: { type: 'string', multiple: true },
 };
 
 /** The sampling options of generate and chat. */
@@ -47,6 +48,9 @@ export async function openModel(command: string, args: Args): Promise<Model> {
     throw new UsageError(`--backend must be auto, cpu or cuda, got '${backend}'`, command);
   const kv = args.str('kv-cache');
   if (kv !== undefined && kv !== 'f32' && kv !== 'f16' && kv !== 'bf16') throw new UsageError(`--kv-cache must be f32, f16 or bf16, got '${kv}'`, command);
+  const weights = args.str('weights');
+  if (weights !== undefined && weights !== 'stored' && weights !== 'q8_0' && weights !== 'q4_0')
+    throw new UsageError(`--weights must be stored, q8_0 or q4_0, got '${weights}'`, command);
   const threads = intArg(args.str('threads'), 'threads', 1, command, 1024);
   let addons = (args.list('addon') ?? []).map((a) => path.resolve(a));
   let modelDir = args.positionals[0];
@@ -66,6 +70,7 @@ export async function openModel(command: string, args: Args): Promise<Model> {
     ...(addons.length ? { addons } : {}),
     ...(backend ? { backend } : {}),
     ...(kv ? { kvCacheType: kv } : {}),
+    ...(weights ? { weights } : {}),
   };
   return loadModel(modelDir, options);
 }

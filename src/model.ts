@@ -34,10 +34,14 @@ export interface ModelInfo {
   architecture: string;
   /** Parameters in the tensors the model uses (routers and adapters included). */
   parameters: number;
-  /** Bytes of weights (as stored, memory-mapped). */
+  /** Bytes of the weights the model computes with: as stored (memory-mapped), with quantized copies in place of the matrices they replace. */
   weightBytes: number;
-  /** Stored dtype(s) of the weights, e.g. "BF16". */
+  /** Dtype(s) of the weights, e.g. "BF16", or "Q8_0 (from BF16)" when quantized on load. */
   dtype: string;
+  /** LoadOptions.weights: 'stored', or the block format the weights were quantized to on load. */
+  weights: 'stored' | 'q8_0' | 'q4_0';
+  /** Milliseconds the quantization on load took (0 for 'stored'). */
+  quantizeMs: number;
   /** The backend running the model: 'cpu' or 'cuda'. */
   backend: string;
   /** Decoder layers. */
@@ -105,7 +109,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   let nm: NativeModel;
   try {
     nm = await native().loadModel(
-      { files: [...files, ...addons], config, threads: opts.threads ?? native().buildInfo().usableProcessors, prefault: opts.prefault ?? true, backend, kvCacheType: opts.kvCacheType ?? 'bf16' },
+      { files: [...files, ...addons], config, threads: opts.threads ?? native().buildInfo().usableProcessors, prefault: opts.prefault ?? true, backend, kvCacheType: opts.kvCacheType ?? 'bf16', weights: opts.weights ?? 'stored' },
       onProgress,
       abortFlag,
     );
@@ -226,6 +230,8 @@ export class Model implements AsyncDisposable {
       parameters: ni.parameters,
       weightBytes: ni.weightBytes,
       dtype: ni.dtype,
+      weights: ni.weights,
+      quantizeMs: ni.quantizeMs,
       backend: ni.backend,
       numLayers: c.numLayers,
       hiddenSize: c.hiddenSize,

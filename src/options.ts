@@ -37,6 +37,14 @@ export interface LoadOptions {
    * memory (and half the bytes read per decode step) of 'f32', which keeps exactly what was computed.
    */
   kvCacheType?: 'f32' | 'f16' | 'bf16' | undefined;
+  /**
+   * The weights' format in memory (default 'stored': the checkpoint's own dtype, memory-mapped).
+   * 'q8_0' and 'q4_0' quantize on load to llama.cpp's Q8_0 / Q4_0 block formats (8.5 / 4.5 bits a
+   * weight) for the CPU backend: every decoder layer's q, k, v, o, gate, up and down projection in
+   * that format and the LM head in Q8_0; the embedding table, norms and router / adapter weights
+   * keep their dtype. Needs those matrices to be a multiple of 32 columns wide.
+   */
+  weights?: 'stored' | 'q8_0' | 'q4_0' | undefined;
   /** Called with the fraction loaded, from 0 to 1. */
   onProgress?: ((fraction: number) => void) | undefined;
   /** Cancels the load; the promise rejects with AbortError and everything taken is freed. */
@@ -132,7 +140,7 @@ export const INT32_MAX = 2 ** 31 - 1;
 const GENERATE_KEYS = new Set([
   'maxTokens', 'temperature', 'topK', 'topP', 'seed', 'stop', 'stopOnEos', 'signal', 'stopOnAbort', 'onToken', 'policy',
 ]);
-const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'memoryLimit', 'prefault', 'kvCacheType', 'onProgress', 'signal', 'addons']);
+const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'memoryLimit', 'prefault', 'kvCacheType', 'weights', 'onProgress', 'signal', 'addons']);
 
 function checkKeys(o: object, allowed: Set<string>, prefix: string): void {
   for (const k of Object.keys(o))
@@ -221,6 +229,8 @@ export function validateLoadOptions(o: unknown): LoadOptions {
   checkBool(opts.prefault, 'prefault');
   if (opts.kvCacheType !== undefined && opts.kvCacheType !== 'f32' && opts.kvCacheType !== 'f16' && opts.kvCacheType !== 'bf16')
     throw new InvalidOptionError('kvCacheType', `must be 'f32', 'f16' or 'bf16', got ${describe(opts.kvCacheType)}`);
+  if (opts.weights !== undefined && opts.weights !== 'stored' && opts.weights !== 'q8_0' && opts.weights !== 'q4_0')
+    throw new InvalidOptionError('weights', `must be 'stored', 'q8_0' or 'q4_0', got ${describe(opts.weights)}`);
   checkFunction(opts.onProgress, 'onProgress');
   checkSignal(opts.signal, 'signal');
   if (opts.addons !== undefined && (!Array.isArray(opts.addons) || opts.addons.some((a) => typeof a !== 'string' || a === '')))

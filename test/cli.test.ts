@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadModel } from '../src';
 import { loadReference, referenceLogits } from './reference/reference';
+import { quantizeActivation, quantizedReference } from './reference/quantize';
 import { cleanup, relError, tinyModel, tmpDir } from './helpers';
 
 afterAll(cleanup);
@@ -111,6 +112,24 @@ test('logits --json prints one row per position matching the reference', () => {
   const want = referenceLogits(loadReference(dir), [5, 17, 200, 3]);
   expect(out.logits).toHaveLength(4);
   out.logits.forEach((row, i) => expect(relError(row, want[i])).toBeLessThan(1e-5));
+});
+
+test('--weights q8_0 quantizes on load: info says so, logits match the reference on the quantized model', () => {
+  const dir = tinyModel({ seed: 4 });
+  const info = run(['info', dir, '--weights', 'q8_0']);
+  expect(info.code).toBe(0);
+  expect(info.stdout).toMatch(/dtype: Q8_0 \(from F32\)/);
+  expect(info.stdout).toMatch(/quantized on load to q8_0 in \d+ ms/);
+  const r = run(['logits', dir, '--tokens', '5,17,200,3', '--json', '--kv-cache', 'f32', '--weights', 'q4_0']);
+  expect(r.code).toBe(0);
+  const out = JSON.parse(r.stdout) as { logits: number[][] };
+  const want = referenceLogits(quantizedReference(loadReference(dir), 'q4_0'), [5, 17, 200, 3], {
+    matmulInput: quantizeActivation,
+  });
+  out.logits.forEach((row, i) => expect(relError(row, want[i])).toBeLessThan(1e-5));
+  const bad = run(['info', dir, '--weights', 'q5_k']);
+  expect(bad.code).toBe(2);
+  expect(bad.stderr).toMatch(/--weights must be stored, q8_0 or q4_0, got 'q5_k'/);
 });
 
 test('bad arguments and bad models give a message and a non-zero exit, not a crash', () => {

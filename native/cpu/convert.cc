@@ -118,6 +118,28 @@ __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void toF32Avx51
   if (i < n) toF32Scalar(out + i, src + 2 * i, t, n - i);
 }
 
+// ---- block formats (tensor.h): whole blocks of 32, scale times code -------------------------
+
+void dequantizeRow(DType t, const unsigned char* blocks, float* out, int64_t k) {
+  const size_t bb = blockBytes(t);
+  for (int64_t b = 0; b < k / kQuantBlock; b++) {
+    const unsigned char* blk = blocks + size_t(b) * bb;
+    uint16_t h;
+    std::memcpy(&h, blk, 2);
+    const float d = f16ToF32(h);
+    float* o = out + b * kQuantBlock;
+    if (t == DType::Q8_0) {
+      const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+      for (int j = 0; j < kQuantBlock; j++) o[j] = d * float(q[j]);
+    } else {
+      for (int j = 0; j < kQuantBlock / 2; j++) {
+        o[j] = d * float(int(blk[2 + j] & 0x0f) - 8);
+        o[j + 16] = d * float(int(blk[2 + j] >> 4) - 8);
+      }
+    }
+  }
+}
+
 using ToF32Fn = void (*)(float*, const unsigned char*, DType, size_t);
 
 static ToF32Fn chooseToF32() {
@@ -128,6 +150,11 @@ static ToF32Fn chooseToF32() {
 }
 
 void toF32(float* out, const void* data, DType t, size_t offset, size_t n) {
+  if (isBlockQuantized(t)) {  // whole blocks only (see tensor.h)
+    const unsigned char* p = static_cast<const unsigned char*>(data) + offset / kQuantBlock * blockBytes(t);
+    dequantizeRow(t, p, out, int64_t(n));
+    return;
+  }
   static const ToF32Fn impl = chooseToF32();
   impl(out, static_cast<const unsigned char*>(data) + offset * dtypeSize(t), t, n);
 }

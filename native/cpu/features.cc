@@ -24,6 +24,8 @@ const CpuFeatures& cpuFeatures() {
     f.f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
     f.avx512f = __builtin_cpu_supports("avx512f");
     f.avx512bw = __builtin_cpu_supports("avx512bw");
+    f.avx512vl = __builtin_cpu_supports("avx512vl");
+    f.avx512vnni = __builtin_cpu_supports("avx512vnni");
 #endif
     return f;
   }();

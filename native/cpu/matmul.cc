@@ -12,7 +12,8 @@
 //
 // SIMD variants carry per-function target attributes so the build needs no -m flags; the
 // variant is picked at run time from cpuKernelVariant().
-// The prefill kernels are in matmul_tiles.cc; what both share is in matmul_common.h.
+// The prefill kernels are in matmul_tiles.cc, the block-quantized (Q8_0, Q4_0) ones in
+// matmul_quant.cc; what they share is in matmul_common.h.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -173,6 +174,10 @@ void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t l
       }
     return;
   }
+  if (isBlockQuantized(W.dtype)) {
+    matmulQuant(pool, out, ldo, x, ldx, rows, W, bias, accumulate);
+    return;
+  }
   const Isa isa = chosenIsa();
   if (rows == 1 && isa != Isa::Scalar) {
     const GemvJob job{out, &W, bias, accumulate};
@@ -183,8 +188,15 @@ void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t l
 }
 
 void matmulMany(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs) {
+  bool allQuant = nJobs > 0 && nJobs <= 8;
+  for (int j = 0; j < nJobs; j++)
+    allQuant = allQuant && isBlockQuantized(jobs[j].W->dtype) && jobs[j].W->cols == jobs[0].W->cols;
+  if (allQuant) {
+    matmulManyQuant(pool, x, jobs, nJobs);
+    return;
+  }
   bool ok = chosenIsa() != Isa::Scalar && nJobs <= 8;
-  for (int j = 0; j < nJobs; j++) ok = ok && jobs[j].W->cols > 0;
+  for (int j = 0; j < nJobs; j++) ok = ok && jobs[j].W->cols > 0 && !isBlockQuantized(jobs[j].W->dtype);
   if (ok) {
     gemvJobs(pool, chosenIsa(), x, jobs, nJobs);
     return;
@@ -195,9 +207,13 @@ void matmulMany(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs
 
 void gateUpVector(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
                   const float* bu) {
+  if (isBlockQuantized(Wg.dtype) && isBlockQuantized(Wu.dtype)) {
+    gateUpQuant(pool, out, x, Wg, bg, Wu, bu);
+    return;
+  }
   const Isa isa = chosenIsa();
   const int64_t n = Wg.rows;
-  if (isa == Isa::Scalar || Wg.cols <= 0) {
+  if (isa == Isa::Scalar || Wg.cols <= 0 || isBlockQuantized(Wg.dtype) || isBlockQuantized(Wu.dtype)) {
     thread_local std::vector<float> up;
     up.resize(size_t(n));
     matmul(pool, out, n, x, Wg.cols, 1, Wg, bg, false);

@@ -70,5 +70,15 @@ void runBlocks(ThreadPool& pool, int64_t n, int64_t work, const Fn& fn) {
 void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
           const Weight& W, const float* bias, bool accumulate);
 
+// Weights in a block format (Q8_0, Q4_0; matmul_quant.cc): the activation rows are quantized to
+// int8 blocks once per call and meet the weight blocks in integer dot products. These throw
+// dg::Error (kErrUnsupported) for a weight that is not block-quantized or not 32k columns wide.
+void matmulQuant(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W,
+                 const float* bias, bool accumulate);
+// matmulMany's jobs, all block-quantized and of equal width (x is quantized once for all).
+void matmulManyQuant(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs);
+void gateUpQuant(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
+                 const float* bu);
+
 }  // namespace matmul_detail
 }  // namespace dg

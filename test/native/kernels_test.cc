@@ -613,6 +613,9 @@ static void testSampling() {
   }
 }
 
+// kernels_quant_test.cc: the Q8_0 / Q4_0 kernels.
+void testQuantizedKernels(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3, void (*check)(bool, const std::string&));
+
 int main() {
   std::printf("kernel variant: %s\n", cpuKernelVariant());
   // Fixed pools: every worker takes part whatever the machine, so 2- and 3-way splits are tested.
@@ -630,6 +633,7 @@ int main() {
   testAttention(pool1);
   testAttention(pool3);
   testSampling();
+  testQuantizedKernels(pool1, pool2, pool3, check);
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

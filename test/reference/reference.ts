@@ -358,8 +358,17 @@ export function causalAttention(
   return attn;
 }
 
-export function referenceLogits(model: ReferenceModel, tokens: number[], options: { kvCacheType?: KvCacheType } = {}): Float64Array[] {
+/**
+ * matmulInput: what the engine rounds the input of each decoder projection and of the LM head to
+ * before the product (with quantized weights: int8 blocks, test/reference/quantize.ts); default none.
+ */
+export function referenceLogits(
+  model: ReferenceModel,
+  tokens: number[],
+  options: { kvCacheType?: KvCacheType; matmulInput?: (x: Float64Array) => Float64Array } = {},
+): Float64Array[] {
   const kvType = options.kvCacheType ?? 'f32';
+  const mi = options.matmulInput ?? ((x: Float64Array) => x);
   const c = model.config;
   const d = c.hidden;
   const hd = c.headDim;
@@ -383,7 +392,7 @@ export function referenceLogits(model: ReferenceModel, tokens: number[], options
     const ks: Float64Array[] = [];
     const vs: Float64Array[] = [];
     for (let t = 0; t < T; t++) {
-      const h = rmsNorm(xs[t]!, inNorm, c.rmsNormEps);
+      const h = mi(rmsNorm(xs[t]!, inNorm, c.rmsNormEps));
       const q = linear(wq, bq, h, qDim, d);
       const k = linear(wk, bk, h, kvDim, d);
       const v = linear(wv, bv, h, kvDim, d);
@@ -396,16 +405,16 @@ export function referenceLogits(model: ReferenceModel, tokens: number[], options
     const next: Float64Array[] = [];
     for (let t = 0; t < T; t++) {
       const attn = causalAttention(qs, ks, vs, t, c.heads, c.kvHeads, hd, window);
-      const o = linear(wo, bo, attn, d, qDim);
+      const o = linear(wo, bo, mi(attn), d, qDim);
       const x = new Float64Array(d);
       for (let i = 0; i < d; i++) x[i] = xs[t]![i]! + o[i]!;
       // MLP
-      const h2 = rmsNorm(x, postNorm, c.rmsNormEps);
+      const h2 = mi(rmsNorm(x, postNorm, c.rmsNormEps));
       const g = linear(wg, null, h2, ff, d);
       const u = linear(wu, null, h2, ff, d);
       const a = new Float64Array(ff);
       for (let i = 0; i < ff; i++) a[i] = silu(g[i]!) * u[i]!;
-      const down = linear(wd, null, a, d, ff);
+      const down = linear(wd, null, mi(a), d, ff);
       for (let i = 0; i < d; i++) x[i] = x[i]! + down[i]!;
       next.push(x);
     }
@@ -414,7 +423,7 @@ export function referenceLogits(model: ReferenceModel, tokens: number[], options
 
   const finalNorm = tensor(model, 'model.norm.weight', [d]);
   const head = c.tied ? embed : tensor(model, 'lm_head.weight', [c.vocabSize, d]);
-  return xs.map((x) => linear(head, null, rmsNorm(x, finalNorm, c.rmsNormEps), c.vocabSize, d));
+  return xs.map((x) => linear(head, null, mi(rmsNorm(x, finalNorm, c.rmsNormEps)), c.vocabSize, d));
 }
 
 /** Index of the largest value (the first one on ties, like torch.argmax). */

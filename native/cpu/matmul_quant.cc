@@ -1,0 +1,283 @@
+// out[r, o] = sum_i x[r, i] * W[o, i] (+ bias[o]) for W in a block format (Q8_0, Q4_0; tensor.h).
+//
+// The activation rows are quantized once per call into int8 blocks of 32 with an f32 scale each
+// (llama.cpp quantizes them to Q8_0, with an f16 scale; f32 loses less and costs nothing here), so
+// each block of a weight row and of x meet in an integer dot product:
+//   W[o] . x ~= sum_b d_w[o, b] * d_x[b] * sum_j q_w[o, b, j] * q_x[b, j]
+// accumulated in f32. The 32-wide integer dot is u8 x s8 after moving the weight's sign onto the
+// activation (|q_w| * sign(q_w) q_x): AVX-512 VNNI vpdpbusd, or AVX2 vpmaddubsw + vpmaddwd (pairs
+// stay below 2 * 128 * 127, so nothing saturates); the scalar variant does the same in int32.
+// Q4_0 nibbles are widened to int8 (q - 8) in registers, so both formats share the kernel.
+//
+// Decode (rows == 1) splits 4-row groups of W across the threads like the float kernels
+// (matmul.cc). Prefill (rows > 1) uses the same kernel: each thread takes 4-row groups of W and
+// runs every activation row through a group while those weight rows are in L1, so W is still read
+// once per call; it is correct and bandwidth-friendly but not register-tiled across rows.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "errors.h"
+#include "matmul_common.h"
+
+// 256-bit VNNI (vpdpbusd on ymm) comes with AVX512_VNNI + AVX512VL.
+#define DG_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+namespace dg {
+namespace matmul_detail {
+namespace {
+
+// Activation rows in int8 blocks: row r's codes at q + r * k, its block scales at d + r * k / 32.
+struct QuantizedRows {
+  const int8_t* q;
+  const float* d;
+  int64_t k;
+};
+
+// Rounds each block of 32 to d = max|x| / 127, q = round(x / d). A block with a non-finite value
+// gets scale NaN (codes 0), so the NaN reaches the output as it would in f32.
+QuantizedRows quantizeActivations(const float* x, int64_t ldx, int64_t rows, int64_t k) {
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d;
+  const int64_t nb = k / kQuantBlock;
+  q.resize(size_t(rows * k));
+  d.resize(size_t(rows * nb));
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * ldx;
+    for (int64_t b = 0; b < nb; b++) {
+      const float* xb = xr + b * kQuantBlock;
+      int8_t* qb = q.data() + r * k + b * kQuantBlock;
+      float amax = 0.f;
+      bool finite = true;
+      for (int j = 0; j < kQuantBlock; j++) {
+        finite = finite && std::isfinite(xb[j]);
+        amax = std::max(amax, std::fabs(xb[j]));
+      }
+      float& scale = d[size_t(r * nb + b)];
+      if (!finite) {
+        scale = NAN;
+        std::fill(qb, qb + kQuantBlock, int8_t(0));
+        continue;
+      }
+      scale = amax / 127.f;
+      const float inv = scale != 0.f ? 127.f / amax : 0.f;
+      for (int j = 0; j < kQuantBlock; j++) qb[j] = int8_t(std::lrint(xb[j] * inv));
+    }
+  }
+  return {q.data(), d.data(), k};
+}
+
+template <DType T>
+constexpr size_t kBlockBytes = T == DType::Q8_0 ? 34 : 18;
+
+// ---- NR weight rows dotted with one quantized activation row --------------------------------
+
+template <DType T, int NR>
+void qgemvScalar(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad, int64_t nb) {
+  for (int r = 0; r < NR; r++) {
+    float s = 0.f;
+    for (int64_t b = 0; b < nb; b++) {
+      const unsigned char* blk = w + r * rb + size_t(b) * kBlockBytes<T>;
+      const int8_t* a = aq + b * kQuantBlock;
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      int32_t acc = 0;
+      if constexpr (T == DType::Q8_0) {
+        const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+        for (int j = 0; j < kQuantBlock; j++) acc += int32_t(q[j]) * a[j];
+      } else {
+        for (int j = 0; j < kQuantBlock / 2; j++)
+          acc += (int32_t(blk[2 + j] & 0x0f) - 8) * a[j] + (int32_t(blk[2 + j] >> 4) - 8) * a[j + 16];
+      }
+      s += float(acc) * (f16ToF32(h) * ad[b]);
+    }
+    out[r] = s;
+  }
+}
+
+// The block's 32 weight codes as int8 (Q4_0: q - 8, in [-8, 7]).
+template <DType T>
+DG_AVX2 inline __m256i loadCodes(const unsigned char* blk) {
+  if constexpr (T == DType::Q8_0) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+  } else {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m128i m = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+  }
+}
+
+// 8 int32 partial sums of w . a over 32 int8 pairs.
+struct DotAvx2 {
+  DG_AVX2 static __m256i dot(__m256i w, __m256i a) {
+    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+  }
+};
+struct DotVnni {
+  DG_VNNI static __m256i dot(__m256i w, __m256i a) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+  }
+};
+
+DG_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// One body per ISA: NR independent f32 accumulators, one block of x shared by the NR rows.
+#define QGEMV_KERNEL(ATTR, NAME, DOT)                                                                            \
+  template <DType T, int NR>                                                                                     \
+  ATTR void NAME(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad, int64_t nb) { \
+    __m256 acc[NR];                                                                                              \
+    for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();                                                   \
+    for (int64_t b = 0; b < nb; b++) {                                                                           \
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + b * kQuantBlock));              \
+      const float da = ad[b];                                                                                    \
+      for (int r = 0; r < NR; r++) {                                                                             \
+        const unsigned char* blk = w + r * rb + size_t(b) * kBlockBytes<T>;                                      \
+        uint16_t h;                                                                                              \
+        std::memcpy(&h, blk, 2);                                                                                 \
+        const __m256i p = DOT::dot(loadCodes<T>(blk), a);                                                        \
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(_cvtsh_ss(h) * da), acc[r]);              \
+      }                                                                                                          \
+    }                                                                                                            \
+    for (int r = 0; r < NR; r++) out[r] = hsum256(acc[r]);                                                       \
+  }
+
+QGEMV_KERNEL(DG_AVX2, qgemvAvx2, DotAvx2)
+QGEMV_KERNEL(DG_VNNI, qgemvVnni, DotVnni)
+#undef QGEMV_KERNEL
+
+using QGemvFn = void (*)(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad, int64_t nb);
+struct QGemvPair {
+  QGemvFn four, one;
+};
+
+enum class QIsa { Scalar, Avx2, Vnni };
+
+// The float kernels' variant, narrowed by what the integer kernels need: VNNI on top of AVX-512.
+QIsa quantIsa(Isa isa) {
+  if (isa == Isa::Scalar) return QIsa::Scalar;
+  const CpuFeatures& f = cpuFeatures();
+  if (isa == Isa::Avx512 && f.avx512vnni && f.avx512vl) return QIsa::Vnni;
+  return QIsa::Avx2;
+}
+
+template <DType T>
+QGemvPair kernelsFor(QIsa q) {
+  if (q == QIsa::Vnni) return {qgemvVnni<T, 4>, qgemvVnni<T, 1>};
+  if (q == QIsa::Avx2) return {qgemvAvx2<T, 4>, qgemvAvx2<T, 1>};
+  return {qgemvScalar<T, 4>, qgemvScalar<T, 1>};
+}
+
+QGemvPair quantKernels(Isa isa, DType t) {
+  const QIsa q = quantIsa(isa);
+  return t == DType::Q8_0 ? kernelsFor<DType::Q8_0>(q) : kernelsFor<DType::Q4_0>(q);
+}
+
+void requireBlocks(const Weight& W) {
+  if (!isBlockQuantized(W.dtype) || W.cols % kQuantBlock != 0)
+    throw Error(kErrUnsupported, std::string("a ") + dtypeName(W.dtype) +
+                                     " matmul needs a block-quantized weight whose " +
+                                     "width is a multiple of 32, got " + std::to_string(W.cols) + " columns");
+}
+
+// out[r * ldo + o - outBase] (+)= W[o] . x[r] + bias[o] for every activation row r < rows and the
+// outputs o of the 4-row groups [g0, g1).
+void quantGroups(const QGemvPair& kern, float* out, int64_t ldo, int64_t outBase, const QuantizedRows& x, int64_t rows,
+                 const Weight& W, const float* bias, bool accumulate, int64_t g0, int64_t g1) {
+  const int64_t n = W.rows, nb = W.cols / kQuantBlock;
+  const size_t rb = rowBytes(W.dtype, W.cols);
+  const unsigned char* base = static_cast<const unsigned char*>(W.data);
+  float tmp[4];
+  for (int64_t g = g0; g < g1; g++) {
+    const int64_t o = g * 4;
+    const int nr = int(std::min<int64_t>(4, n - o));
+    const unsigned char* wg = base + size_t(o) * rb;
+    for (int64_t r = 0; r < rows; r++) {
+      const int8_t* aq = x.q + r * x.k;
+      const float* ad = x.d + r * nb;
+      if (nr == 4)
+        kern.four(tmp, wg, rb, aq, ad, nb);
+      else
+        for (int i = 0; i < nr; i++) kern.one(tmp + i, wg + size_t(i) * rb, rb, aq, ad, nb);
+      float* dst = out + r * ldo + o - outBase;
+      for (int i = 0; i < nr; i++) {
+        const float y = tmp[i] + (bias ? bias[o + i] : 0.f);
+        dst[i] = accumulate ? dst[i] + y : y;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void matmulQuant(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W,
+                 const float* bias, bool accumulate) {
+  requireBlocks(W);
+  const QuantizedRows xq = quantizeActivations(x, ldx, rows, W.cols);
+  const QGemvPair kern = quantKernels(chosenIsa(), W.dtype);
+  runBlocks(pool, (W.rows + 3) / 4, rows * W.rows * W.cols, [&](int64_t g0, int64_t g1, int) {
+    quantGroups(kern, out, ldo, 0, xq, rows, W, bias, accumulate, g0, g1);
+  });
+}
+
+void matmulManyQuant(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs) {
+  int64_t groups[8], total = 0, work = 0;
+  for (int j = 0; j < nJobs; j++) {
+    requireBlocks(*jobs[j].W);
+    if (jobs[j].W->cols != jobs[0].W->cols)
+      throw Error(kErrArg, "matmulMany: every job must read the same x (equal widths)");
+    groups[j] = (jobs[j].W->rows + 3) / 4;
+    total += groups[j];
+    work += jobs[j].W->rows * jobs[j].W->cols;
+  }
+  const QuantizedRows xq = quantizeActivations(x, jobs[0].W->cols, 1, jobs[0].W->cols);
+  runBlocks(pool, total, work, [&](int64_t b, int64_t e, int) {
+    int64_t first = 0;
+    for (int j = 0; j < nJobs && b < e; j++) {
+      const int64_t lo = std::max(b, first), hi = std::min(e, first + groups[j]);
+      if (lo < hi) {
+        const GemvJob& J = jobs[j];
+        quantGroups(quantKernels(chosenIsa(), J.W->dtype), J.out, 0, 0, xq, 1, *J.W, J.bias, J.accumulate, lo - first,
+                    hi - first);
+      }
+      first += groups[j];
+    }
+  });
+}
+
+void gateUpQuant(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
+                 const float* bu) {
+  requireBlocks(Wg);
+  requireBlocks(Wu);
+  const int64_t n = Wg.rows;
+  const QuantizedRows xq = quantizeActivations(x, Wg.cols, 1, Wg.cols);
+  const QGemvPair kg = quantKernels(chosenIsa(), Wg.dtype), ku = quantKernels(chosenIsa(), Wu.dtype);
+  runBlocks(pool, (n + 3) / 4, 2 * n * Wg.cols, [&](int64_t g0, int64_t g1, int) {
+    float up[4 * 64];
+    for (int64_t g = g0; g < g1; g += 64) {
+      const int64_t ge = std::min(g1, g + 64);
+      quantGroups(kg, out, 0, 0, xq, 1, Wg, bg, false, g, ge);
+      quantGroups(ku, up, 0, g * 4, xq, 1, Wu, bu, false, g, ge);
+      for (int64_t o = g * 4; o < std::min(n, ge * 4); o++) {
+        const float v = out[o];
+        out[o] = v / (1.0f + std::exp(-v)) * up[o - g * 4];
+      }
+    }
+  });
+}
+
+}  // namespace matmul_detail
+
+const char* quantKernelVariant() {
+  using namespace matmul_detail;
+  const QIsa q = quantIsa(chosenIsa());
+  return q == QIsa::Vnni ? "avx512vnni" : q == QIsa::Avx2 ? "avx2" : "scalar";
+}
+
+}  // namespace dg
