@@ -11,10 +11,11 @@ command -v clang++ >/dev/null || { echo "fuzz: clang++ not found (apt-get instal
 out="${FUZZ_OUT:-$(mktemp -d)}"
 mkdir -p "$out" test/fuzz/crashes
 flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Inative -Itest/native -Itest/fuzz)
-common=(native/json.cc native/mapguard.cc native/safetensors.cc native/model.cc native/cpu/convert.cc native/cpu/features.cc)
+common=(native/json.cc native/mapguard.cc native/safetensors.cc native/gguf.cc native/gguf_model.cc native/model.cc native/cpu/convert.cc native/cpu/features.cc)
 clang++ "${flags[@]}" test/fuzz/fuzz_json.cc native/json.cc -o "$out/fuzz_json"
 clang++ "${flags[@]}" test/fuzz/fuzz_safetensors.cc "${common[@]}" -o "$out/fuzz_safetensors"
 clang++ "${flags[@]}" test/fuzz/fuzz_model.cc "${common[@]}" -o "$out/fuzz_model"
+clang++ "${flags[@]}" test/fuzz/fuzz_gguf.cc "${common[@]}" -o "$out/fuzz_gguf"
 
 # Seed corpora: real tiny checkpoints (with routers) and their headers.
 seeds="$out/seeds"
@@ -32,11 +33,12 @@ done
 cp test/fuzz/regressions/* "$seeds/st/" 2>/dev/null || true
 
 status=0
-for target in ${FUZZ_TARGETS:-fuzz_json fuzz_safetensors fuzz_model}; do
+for target in ${FUZZ_TARGETS:-fuzz_json fuzz_safetensors fuzz_model fuzz_gguf}; do
   corpus="$out/corpus-$target"
   mkdir -p "$corpus"
   seed="$seeds/st"
   [ "$target" = fuzz_json ] && seed="$seeds/json"
+  [ "$target" = fuzz_gguf ] && seed="$seeds/gguf"
   echo "== $target: ${secs}s"
   if ! "$out/$target" "$corpus" "$seed" -max_total_time="$secs" -max_len=1048576 -rss_limit_mb=2048 \
        -artifact_prefix="test/fuzz/crashes/$target-" -print_final_stats=1 2>"$out/$target.log"; then
