@@ -19,7 +19,7 @@ clang++ "${flags[@]}" test/fuzz/fuzz_gguf.cc "${common[@]}" -o "$out/fuzz_gguf"
 
 # Seed corpora: real tiny checkpoints (with routers) and their headers.
 seeds="$out/seeds"
-mkdir -p "$seeds/st" "$seeds/json"
+mkdir -p "$seeds/st" "$seeds/json" "$seeds/gguf"
 for variant in "" "--dtype bf16 --tied" "--arch qwen2 --dtype f16" "--shards 2"; do
   d="$out/model-$RANDOM"
   # shellcheck disable=SC2086
@@ -29,6 +29,8 @@ for variant in "" "--dtype bf16 --tied" "--arch qwen2 --dtype f16" "--shards 2";
     n=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
     head -c "$((n + 8))" "$f" | tail -c "$n" > "$seeds/json/$(basename "$d")-$(basename "$f").json"
   done
+  # The same checkpoint as GGUF (llama.cpp's layout: src/testing/ggufConvert.ts).
+  node -e "require('./dist/testing/index.js').convertToGguf(process.argv[1], process.argv[2])" "$d" "$seeds/gguf/$(basename "$d").gguf"
 done
 cp test/fuzz/regressions/* "$seeds/st/" 2>/dev/null || true
 

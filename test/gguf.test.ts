@@ -326,3 +326,23 @@ function specFromFile(file: string): GgufFileSpec {
     })),
   };
 }
+
+test.each([
+  ['flexidepth', { flexidepth: { layers: [1, 2], addonFile: 'flexidepth.safetensors' } }, 'flexidepth.safetensors'],
+  ['skiplayer', { skiplayer: { mode: 'module' as const, addonFile: 'skiplayer.safetensors' } }, 'skiplayer.safetensors'],
+])('%s add-on (safetensors) on a GGUF base gives the logits it gives on the safetensors base', async (policy, opts, addon) => {
+  const dir = tinyModel({ seed: 13, layers: 3, ...opts });
+  const file = path.join(dir, 'model.gguf');
+  convertToGguf(dir, file);
+  const st = await loadModel(dir, { kvCacheType: 'f32', threads: 2, addons: [addon] });
+  const gg = await loadModel(file, { kvCacheType: 'f32', threads: 2, addons: [addon] });
+  try {
+    const tokens = randomTokens(10, 0, st.config.vocabSize, 9);
+    const a = await st.evaluate(tokens, { policy: { type: policy as 'flexidepth' } });
+    const b = await gg.evaluate(tokens, { policy: { type: policy as 'flexidepth' } });
+    for (let i = 0; i < tokens.length; i++) expect(Array.from(b.logits[i]!)).toEqual(Array.from(a.logits[i]!));
+  } finally {
+    await st.dispose();
+    await gg.dispose();
+  }
+});
