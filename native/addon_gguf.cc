@@ -30,11 +30,17 @@ Napi::Value typedArray(Napi::Env env, const GgufValue& v) {
 
 Napi::Value valueToJs(Napi::Env env, const GgufValue& v) {
   switch (v.type) {
-    case GgufType::STRING: return Napi::String::New(env, v.str);
-    case GgufType::BOOL: return Napi::Boolean::New(env, v.u != 0);
-    case GgufType::F32: case GgufType::F64: return Napi::Number::New(env, v.f);
-    case GgufType::ARRAY: break;
-    default: return integer(env, signedType(v.type), v.u, v.i);
+    case GgufType::STRING:
+      return Napi::String::New(env, v.str);
+    case GgufType::BOOL:
+      return Napi::Boolean::New(env, v.u != 0);
+    case GgufType::F32:
+    case GgufType::F64:
+      return Napi::Number::New(env, v.f);
+    case GgufType::ARRAY:
+      break;
+    default:
+      return integer(env, signedType(v.type), v.u, v.i);
   }
   // Numeric arrays as typed arrays (token scores and types of a large vocabulary stay compact).
   switch (v.elemType) {
@@ -43,22 +49,33 @@ Napi::Value valueToJs(Napi::Env env, const GgufValue& v) {
       for (size_t k = 0; k < v.strings.size(); k++) a.Set(uint32_t(k), Napi::String::New(env, v.strings[k]));
       return a;
     }
-    case GgufType::U8: return typedArray<uint8_t, Napi::Uint8Array>(env, v);
-    case GgufType::I8: return typedArray<int8_t, Napi::Int8Array>(env, v);
-    case GgufType::U16: return typedArray<uint16_t, Napi::Uint16Array>(env, v);
-    case GgufType::I16: return typedArray<int16_t, Napi::Int16Array>(env, v);
-    case GgufType::U32: return typedArray<uint32_t, Napi::Uint32Array>(env, v);
-    case GgufType::I32: return typedArray<int32_t, Napi::Int32Array>(env, v);
-    case GgufType::F32: return typedArray<float, Napi::Float32Array>(env, v);
-    case GgufType::F64: return typedArray<double, Napi::Float64Array>(env, v);
-    case GgufType::U64: return typedArray<uint64_t, Napi::BigUint64Array>(env, v);
-    case GgufType::I64: return typedArray<int64_t, Napi::BigInt64Array>(env, v);
+    case GgufType::U8:
+      return typedArray<uint8_t, Napi::Uint8Array>(env, v);
+    case GgufType::I8:
+      return typedArray<int8_t, Napi::Int8Array>(env, v);
+    case GgufType::U16:
+      return typedArray<uint16_t, Napi::Uint16Array>(env, v);
+    case GgufType::I16:
+      return typedArray<int16_t, Napi::Int16Array>(env, v);
+    case GgufType::U32:
+      return typedArray<uint32_t, Napi::Uint32Array>(env, v);
+    case GgufType::I32:
+      return typedArray<int32_t, Napi::Int32Array>(env, v);
+    case GgufType::F32:
+      return typedArray<float, Napi::Float32Array>(env, v);
+    case GgufType::F64:
+      return typedArray<double, Napi::Float64Array>(env, v);
+    case GgufType::U64:
+      return typedArray<uint64_t, Napi::BigUint64Array>(env, v);
+    case GgufType::I64:
+      return typedArray<int64_t, Napi::BigInt64Array>(env, v);
     case GgufType::BOOL: {
       auto a = Napi::Array::New(env, size_t(v.count));
       for (size_t k = 0; k < v.count; k++) a.Set(uint32_t(k), Napi::Boolean::New(env, v.raw[k] != 0));
       return a;
     }
-    default: return env.Undefined();
+    default:
+      return env.Undefined();
   }
 }
 

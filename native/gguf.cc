@@ -11,16 +11,23 @@
 namespace dg {
 
 const char* ggufTypeName(GgufType t) {
-  static const char* names[] = {"uint8", "int8",  "uint16", "int16",  "uint32", "int32", "float32",
-                                "bool",  "string", "array", "uint64", "int64",  "float64"};
+  static const char* names[] = {"uint8", "int8",   "uint16", "int16",  "uint32", "int32",  "float32",
+                                "bool",  "string", "array",  "uint64", "int64",  "float64"};
   uint32_t i = uint32_t(t);
   return i < sizeof(names) / sizeof(names[0]) ? names[i] : "unknown";
 }
 
 bool GgufValue::isInteger() const {
   switch (type) {
-    case GgufType::U8: case GgufType::I8: case GgufType::U16: case GgufType::I16: case GgufType::U32:
-    case GgufType::I32: case GgufType::U64: case GgufType::I64: case GgufType::BOOL:
+    case GgufType::U8:
+    case GgufType::I8:
+    case GgufType::U16:
+    case GgufType::I16:
+    case GgufType::U32:
+    case GgufType::I32:
+    case GgufType::U64:
+    case GgufType::I64:
+    case GgufType::BOOL:
       return true;
     default:
       return false;
@@ -37,14 +44,14 @@ bool GgufValue::asInt(int64_t& out) const {
 
 // ggml's type table (ggml/src/ggml.c type_traits): ids, block elements, block bytes.
 static const GgmlTypeInfo kGgmlTypes[] = {
-    {0, "F32", 1, 4},         {1, "F16", 1, 2},        {2, "Q4_0", 32, 18},     {3, "Q4_1", 32, 20},
-    {6, "Q5_0", 32, 22},      {7, "Q5_1", 32, 24},     {8, "Q8_0", 32, 34},     {9, "Q8_1", 32, 36},
-    {10, "Q2_K", 256, 84},    {11, "Q3_K", 256, 110},  {12, "Q4_K", 256, 144},  {13, "Q5_K", 256, 176},
-    {14, "Q6_K", 256, 210},   {15, "Q8_K", 256, 292},  {16, "IQ2_XXS", 256, 66}, {17, "IQ2_XS", 256, 74},
-    {18, "IQ3_XXS", 256, 98}, {19, "IQ1_S", 256, 50},  {20, "IQ4_NL", 32, 18},  {21, "IQ3_S", 256, 110},
-    {22, "IQ2_S", 256, 82},   {23, "IQ4_XS", 256, 136}, {24, "I8", 1, 1},       {25, "I16", 1, 2},
-    {26, "I32", 1, 4},        {27, "I64", 1, 8},       {28, "F64", 1, 8},       {29, "IQ1_M", 256, 56},
-    {30, "BF16", 1, 2},       {34, "TQ1_0", 256, 54},  {35, "TQ2_0", 256, 66},  {39, "MXFP4", 32, 17},
+    {0, "F32", 1, 4},         {1, "F16", 1, 2},         {2, "Q4_0", 32, 18},      {3, "Q4_1", 32, 20},
+    {6, "Q5_0", 32, 22},      {7, "Q5_1", 32, 24},      {8, "Q8_0", 32, 34},      {9, "Q8_1", 32, 36},
+    {10, "Q2_K", 256, 84},    {11, "Q3_K", 256, 110},   {12, "Q4_K", 256, 144},   {13, "Q5_K", 256, 176},
+    {14, "Q6_K", 256, 210},   {15, "Q8_K", 256, 292},   {16, "IQ2_XXS", 256, 66}, {17, "IQ2_XS", 256, 74},
+    {18, "IQ3_XXS", 256, 98}, {19, "IQ1_S", 256, 50},   {20, "IQ4_NL", 32, 18},   {21, "IQ3_S", 256, 110},
+    {22, "IQ2_S", 256, 82},   {23, "IQ4_XS", 256, 136}, {24, "I8", 1, 1},         {25, "I16", 1, 2},
+    {26, "I32", 1, 4},        {27, "I64", 1, 8},        {28, "F64", 1, 8},        {29, "IQ1_M", 256, 56},
+    {30, "BF16", 1, 2},       {34, "TQ1_0", 256, 54},   {35, "TQ2_0", 256, 66},   {39, "MXFP4", 32, 17},
 };
 
 const GgmlTypeInfo* ggmlTypeInfo(uint32_t id) {
@@ -63,8 +70,8 @@ namespace {
 // Sequential reads of the header through `read`, buffered, never past the file or the header cap.
 class HeaderReader {
  public:
-  HeaderReader(const GgufReadFn& read, uint64_t fileSize) : read_(read), limit_(std::min(fileSize, kGgufMaxHeader)),
-                                                              fileSize_(fileSize) {}
+  HeaderReader(const GgufReadFn& read, uint64_t fileSize)
+      : read_(read), limit_(std::min(fileSize, kGgufMaxHeader)), fileSize_(fileSize) {}
   uint64_t pos() const { return pos_; }
   uint64_t remaining() const { return limit_ - pos_; }
   // Pointer to the next n bytes, consumed.
@@ -95,8 +102,9 @@ class HeaderReader {
   }
   std::string string(uint64_t maxLen, const std::string& what) {
     uint64_t n = scalar<uint64_t>(what + " length");
-    if (n > maxLen) throw std::runtime_error(what + " is " + std::to_string(n) + " bytes long, more than the limit of " +
-                                             std::to_string(maxLen));
+    if (n > maxLen)
+      throw std::runtime_error(what + " is " + std::to_string(n) + " bytes long, more than the limit of " +
+                               std::to_string(maxLen));
     const uint8_t* p = take(n, what);
     return std::string(reinterpret_cast<const char*>(p), size_t(n));
   }
@@ -110,11 +118,23 @@ class HeaderReader {
 
 size_t scalarSize(GgufType t) {
   switch (t) {
-    case GgufType::U8: case GgufType::I8: case GgufType::BOOL: return 1;
-    case GgufType::U16: case GgufType::I16: return 2;
-    case GgufType::U32: case GgufType::I32: case GgufType::F32: return 4;
-    case GgufType::U64: case GgufType::I64: case GgufType::F64: return 8;
-    default: return 0;
+    case GgufType::U8:
+    case GgufType::I8:
+    case GgufType::BOOL:
+      return 1;
+    case GgufType::U16:
+    case GgufType::I16:
+      return 2;
+    case GgufType::U32:
+    case GgufType::I32:
+    case GgufType::F32:
+      return 4;
+    case GgufType::U64:
+    case GgufType::I64:
+    case GgufType::F64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
@@ -122,21 +142,57 @@ void readScalar(HeaderReader& r, GgufType t, GgufValue& v, const std::string& wh
   v.type = t;
   const uint8_t* p = r.take(scalarSize(t), what);
   switch (t) {
-    case GgufType::U8: v.u = p[0]; break;
-    case GgufType::I8: v.i = int8_t(p[0]); break;
+    case GgufType::U8:
+      v.u = p[0];
+      break;
+    case GgufType::I8:
+      v.i = int8_t(p[0]);
+      break;
     case GgufType::BOOL:
       if (p[0] > 1) throw std::runtime_error(what + " is a bool with value " + std::to_string(p[0]));
       v.u = p[0];
       break;
-    case GgufType::U16: { uint16_t x; std::memcpy(&x, p, 2); v.u = x; break; }
-    case GgufType::I16: { int16_t x; std::memcpy(&x, p, 2); v.i = x; break; }
-    case GgufType::U32: { uint32_t x; std::memcpy(&x, p, 4); v.u = x; break; }
-    case GgufType::I32: { int32_t x; std::memcpy(&x, p, 4); v.i = x; break; }
-    case GgufType::F32: { float x; std::memcpy(&x, p, 4); v.f = x; break; }
-    case GgufType::U64: std::memcpy(&v.u, p, 8); break;
-    case GgufType::I64: std::memcpy(&v.i, p, 8); break;
-    case GgufType::F64: std::memcpy(&v.f, p, 8); break;
-    default: break;
+    case GgufType::U16: {
+      uint16_t x;
+      std::memcpy(&x, p, 2);
+      v.u = x;
+      break;
+    }
+    case GgufType::I16: {
+      int16_t x;
+      std::memcpy(&x, p, 2);
+      v.i = x;
+      break;
+    }
+    case GgufType::U32: {
+      uint32_t x;
+      std::memcpy(&x, p, 4);
+      v.u = x;
+      break;
+    }
+    case GgufType::I32: {
+      int32_t x;
+      std::memcpy(&x, p, 4);
+      v.i = x;
+      break;
+    }
+    case GgufType::F32: {
+      float x;
+      std::memcpy(&x, p, 4);
+      v.f = x;
+      break;
+    }
+    case GgufType::U64:
+      std::memcpy(&v.u, p, 8);
+      break;
+    case GgufType::I64:
+      std::memcpy(&v.i, p, 8);
+      break;
+    case GgufType::F64:
+      std::memcpy(&v.f, p, 8);
+      break;
+    default:
+      break;
   }
   if (t == GgufType::I8 || t == GgufType::I16 || t == GgufType::I32 || t == GgufType::I64)
     v.u = uint64_t(v.i);
@@ -161,9 +217,11 @@ GgufValue readValue(HeaderReader& r, const std::string& key) {
   }
   v.type = type;
   uint32_t et = r.scalar<uint32_t>(what + " element type");
-  if (et > uint32_t(GgufType::F64)) throw std::runtime_error(what + " is an array of unknown type " + std::to_string(et));
+  if (et > uint32_t(GgufType::F64))
+    throw std::runtime_error(what + " is an array of unknown type " + std::to_string(et));
   v.elemType = GgufType(et);
-  if (v.elemType == GgufType::ARRAY) throw std::runtime_error(what + " is an array of arrays, which GGUF readers do not support");
+  if (v.elemType == GgufType::ARRAY)
+    throw std::runtime_error(what + " is an array of arrays, which GGUF readers do not support");
   v.count = r.scalar<uint64_t>(what + " array length");
   // Every element takes at least one byte (a string at least its 8-byte length): a count that
   // cannot fit in what remains of the header is refused before anything is allocated for it.
@@ -172,7 +230,8 @@ GgufValue readValue(HeaderReader& r, const std::string& key) {
     throw std::runtime_error(what + " declares " + std::to_string(v.count) + " elements, more than the header holds");
   if (v.elemType == GgufType::STRING) {
     v.strings.reserve(size_t(v.count));
-    for (uint64_t k = 0; k < v.count; k++) v.strings.push_back(r.string(kGgufMaxStringLength, what + " element " + std::to_string(k)));
+    for (uint64_t k = 0; k < v.count; k++)
+      v.strings.push_back(r.string(kGgufMaxStringLength, what + " element " + std::to_string(k)));
   } else {
     uint64_t n = v.count * scalarSize(v.elemType);
     const uint8_t* p = r.take(n, what);
@@ -195,15 +254,18 @@ GgufHeader parseGgufHeader(const GgufReadFn& read, uint64_t fileSize) {
   if (h.version == 1) throw std::runtime_error("GGUF version 1 is not supported (versions 2 and 3 are)");
   if (h.version != 2 && h.version != 3) {
     uint32_t swapped = __builtin_bswap32(h.version);
-    throw std::runtime_error("GGUF version " + std::to_string(h.version) + " is not supported" +
-                             (swapped == 2 || swapped == 3 ? " (the file is big-endian; only little-endian files are)" : ""));
+    throw std::runtime_error(
+        "GGUF version " + std::to_string(h.version) + " is not supported" +
+        (swapped == 2 || swapped == 3 ? " (the file is big-endian; only little-endian files are)" : ""));
   }
   uint64_t nTensors = r.scalar<uint64_t>("the tensor count");
   uint64_t nKeys = r.scalar<uint64_t>("the metadata count");
   if (nTensors > kGgufMaxTensors)
-    throw std::runtime_error("the tensor count " + std::to_string(nTensors) + " exceeds the limit of " + std::to_string(kGgufMaxTensors));
+    throw std::runtime_error("the tensor count " + std::to_string(nTensors) + " exceeds the limit of " +
+                             std::to_string(kGgufMaxTensors));
   if (nKeys > kGgufMaxKeys)
-    throw std::runtime_error("the metadata count " + std::to_string(nKeys) + " exceeds the limit of " + std::to_string(kGgufMaxKeys));
+    throw std::runtime_error("the metadata count " + std::to_string(nKeys) + " exceeds the limit of " +
+                             std::to_string(kGgufMaxKeys));
   for (uint64_t k = 0; k < nKeys; k++) {
     std::string key = r.string(kGgufMaxKeyLength, "metadata key " + std::to_string(k));
     if (key.empty()) throw std::runtime_error("metadata key " + std::to_string(k) + " is empty");
@@ -227,7 +289,8 @@ GgufHeader parseGgufHeader(const GgufReadFn& read, uint64_t fileSize) {
     if (names.count(t.name)) throw std::runtime_error(what + " appears twice");
     uint32_t nd = r.scalar<uint32_t>(what + " dimension count");
     if (nd > kGgufMaxDims)
-      throw std::runtime_error(what + " has " + std::to_string(nd) + " dimensions (at most " + std::to_string(kGgufMaxDims) + ")");
+      throw std::runtime_error(what + " has " + std::to_string(nd) + " dimensions (at most " +
+                               std::to_string(kGgufMaxDims) + ")");
     // Element count with overflow checks: each dimension < 2^40, product < 2^48 elements.
     uint64_t count = 1;
     for (uint32_t d = 0; d < nd; d++) {
@@ -241,7 +304,8 @@ GgufHeader parseGgufHeader(const GgufReadFn& read, uint64_t fileSize) {
     const GgmlTypeInfo* ti = ggmlTypeInfo(t.type);
     if (!ti) throw std::runtime_error(what + " has unknown ggml type " + std::to_string(t.type));
     if (ti->blockElements > 1 && (t.ne.empty() || t.ne[0] % ti->blockElements != 0))
-      throw std::runtime_error(what + " of type " + ti->name + " has a first dimension that is not a multiple of its block of " +
+      throw std::runtime_error(what + " of type " + ti->name +
+                               " has a first dimension that is not a multiple of its block of " +
                                std::to_string(ti->blockElements));
     t.bytes = count / ti->blockElements * ti->blockBytes;
     t.offset = r.scalar<uint64_t>(what + " offset");
@@ -259,7 +323,8 @@ GgufHeader parseGgufHeader(const GgufReadFn& read, uint64_t fileSize) {
   for (auto& t : h.tensors) {
     if (t.offset > dataSize || t.bytes > dataSize - t.offset)
       throw std::runtime_error("tensor '" + t.name + "' (" + std::to_string(t.bytes) + " bytes at offset " +
-                               std::to_string(t.offset) + ") runs past the end of the data (" + std::to_string(dataSize) + " bytes)");
+                               std::to_string(t.offset) + ") runs past the end of the data (" +
+                               std::to_string(dataSize) + " bytes)");
   }
   // Overlap check over non-empty tensors sorted by start (as in safetensors.cc).
   std::vector<const GgufTensorInfo*> sorted;

@@ -18,16 +18,27 @@ namespace dg {
 
 // Limits on what a header may declare. Real files: a 256k-token vocabulary with its merges is
 // under 20 MB of metadata; models have at most a few thousand tensors.
-constexpr uint64_t kGgufMaxHeader = 256ull << 20;      // metadata + tensor table
+constexpr uint64_t kGgufMaxHeader = 256ull << 20;  // metadata + tensor table
 constexpr uint64_t kGgufMaxKeys = 1u << 16;
 constexpr uint64_t kGgufMaxTensors = 1u << 20;
-constexpr uint64_t kGgufMaxKeyLength = 1u << 16;       // llama.cpp keys are ASCII and short
+constexpr uint64_t kGgufMaxKeyLength = 1u << 16;        // llama.cpp keys are ASCII and short
 constexpr uint64_t kGgufMaxStringLength = 64ull << 20;  // a chat template is kilobytes
-constexpr uint32_t kGgufMaxDims = 4;                   // GGML_MAX_DIMS
+constexpr uint32_t kGgufMaxDims = 4;                    // GGML_MAX_DIMS
 
 enum class GgufType : uint32_t {
-  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9,
-  U64 = 10, I64 = 11, F64 = 12,
+  U8 = 0,
+  I8 = 1,
+  U16 = 2,
+  I16 = 3,
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  U64 = 10,
+  I64 = 11,
+  F64 = 12,
 };
 const char* ggufTypeName(GgufType t);
 

@@ -8,10 +8,14 @@ namespace dg {
 
 DType dtypeForGgmlType(uint32_t ggmlType, const std::string& tensor, const std::string& path) {
   switch (ggmlType) {
-    case 0: return DType::F32;
-    case 1: return DType::F16;
-    case 30: return DType::BF16;
-    default: break;
+    case 0:
+      return DType::F32;
+    case 1:
+      return DType::F16;
+    case 30:
+      return DType::BF16;
+    default:
+      break;
   }
   const GgmlTypeInfo* t = ggmlTypeInfo(ggmlType);
   std::string name = t ? t->name : "type " + std::to_string(ggmlType);
@@ -21,13 +25,34 @@ DType dtypeForGgmlType(uint32_t ggmlType, const std::string& tensor, const std::
               path);
 }
 
+namespace {
+const std::pair<const char*, const char*> kTopNames[] = {
+    {"token_embd.weight", "model.embed_tokens.weight"},
+    {"output_norm.weight", "model.norm.weight"},
+    {"output.weight", "lm_head.weight"},
+};
+const std::pair<const char*, const char*> kLayerNames[] = {
+    {"attn_norm.weight", "input_layernorm.weight"},
+    {"ffn_norm.weight", "post_attention_layernorm.weight"},
+    {"attn_q.weight", "self_attn.q_proj.weight"},
+    {"attn_k.weight", "self_attn.k_proj.weight"},
+    {"attn_v.weight", "self_attn.v_proj.weight"},
+    {"attn_output.weight", "self_attn.o_proj.weight"},
+    {"attn_q.bias", "self_attn.q_proj.bias"},
+    {"attn_k.bias", "self_attn.k_proj.bias"},
+    {"attn_v.bias", "self_attn.v_proj.bias"},
+    {"attn_output.bias", "self_attn.o_proj.bias"},
+    {"ffn_gate.weight", "mlp.gate_proj.weight"},
+    {"ffn_up.weight", "mlp.up_proj.weight"},
+    {"ffn_down.weight", "mlp.down_proj.weight"},
+    {"ffn_gate.bias", "mlp.gate_proj.bias"},
+    {"ffn_up.bias", "mlp.up_proj.bias"},
+    {"ffn_down.bias", "mlp.down_proj.bias"},
+};
+}  // namespace
+
 std::string hfTensorName(const std::string& g) {
-  static const std::pair<const char*, const char*> top[] = {
-      {"token_embd.weight", "model.embed_tokens.weight"},
-      {"output_norm.weight", "model.norm.weight"},
-      {"output.weight", "lm_head.weight"},
-  };
-  for (auto& p : top)
+  for (auto& p : kTopNames)
     if (g == p.first) return p.second;
   if (g.compare(0, 4, "blk.") != 0) return g;
   size_t dot = g.find('.', 4);
@@ -36,27 +61,23 @@ std::string hfTensorName(const std::string& g) {
   for (char ch : layer)
     if (ch < '0' || ch > '9') return g;
   std::string rest = g.substr(dot + 1);
-  static const std::pair<const char*, const char*> perLayer[] = {
-      {"attn_norm.weight", "input_layernorm.weight"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"attn_q.weight", "self_attn.q_proj.weight"},
-      {"attn_k.weight", "self_attn.k_proj.weight"},
-      {"attn_v.weight", "self_attn.v_proj.weight"},
-      {"attn_output.weight", "self_attn.o_proj.weight"},
-      {"attn_q.bias", "self_attn.q_proj.bias"},
-      {"attn_k.bias", "self_attn.k_proj.bias"},
-      {"attn_v.bias", "self_attn.v_proj.bias"},
-      {"attn_output.bias", "self_attn.o_proj.bias"},
-      {"ffn_gate.weight", "mlp.gate_proj.weight"},
-      {"ffn_up.weight", "mlp.up_proj.weight"},
-      {"ffn_down.weight", "mlp.down_proj.weight"},
-      {"ffn_gate.bias", "mlp.gate_proj.bias"},
-      {"ffn_up.bias", "mlp.up_proj.bias"},
-      {"ffn_down.bias", "mlp.down_proj.bias"},
-  };
-  for (auto& p : perLayer)
+
+  for (auto& p : kLayerNames)
     if (rest == p.first) return "model.layers." + layer + "." + p.second;
   return g;
+}
+
+std::string ggufTensorName(const std::string& hf) {
+  for (auto& p : kTopNames)
+    if (hf == p.second) return p.first;
+  const std::string prefix = "model.layers.";
+  if (hf.compare(0, prefix.size(), prefix) != 0) return "";
+  size_t dot = hf.find('.', prefix.size());
+  if (dot == std::string::npos) return "";
+  std::string rest = hf.substr(dot + 1);
+  for (auto& p : kLayerNames)
+    if (rest == p.second) return "blk." + hf.substr(prefix.size(), dot - prefix.size()) + "." + p.first;
+  return "";
 }
 
 namespace {
@@ -74,8 +95,9 @@ int64_t headCount(const GgufHeader& h, const std::string& key, const std::string
 void unpermuteRows(GgufFile& f, TensorEntry& t, int64_t heads, const std::string& key) {
   int64_t rows = t.shape[0];
   if (rows % heads != 0 || (rows / heads) % 2 != 0)
-    throw Error(kErrFormat, "tensor '" + t.name + "' has " + std::to_string(rows) + " rows, not an even head size times '" +
-                                key + "' (" + std::to_string(heads) + ")",
+    throw Error(kErrFormat,
+                "tensor '" + t.name + "' has " + std::to_string(rows) + " rows, not an even head size times '" + key +
+                    "' (" + std::to_string(heads) + ")",
                 f.path());
   int64_t hd = rows / heads, half = hd / 2;
   size_t rowBytes = rows ? (t.end - t.begin) / size_t(rows) : 0;
@@ -84,7 +106,8 @@ void unpermuteRows(GgufFile& f, TensorEntry& t, int64_t heads, const std::string
   for (int64_t h = 0; h < heads; h++)
     for (int64_t i = 0; i < half; i++)
       for (int64_t j = 0; j < 2; j++)
-        std::memcpy(copy.get() + size_t(h * hd + j * half + i) * rowBytes, src + size_t(h * hd + 2 * i + j) * rowBytes, rowBytes);
+        std::memcpy(copy.get() + size_t(h * hd + j * half + i) * rowBytes, src + size_t(h * hd + 2 * i + j) * rowBytes,
+                    rowBytes);
   t.data = copy.get();
   f.ownedCopies().push_back(std::move(copy));
 }
@@ -97,7 +120,8 @@ void adaptGgufTensors(GgufFile& f) {
   if (!arch || arch->type != GgufType::STRING)
     throw Error(kErrFormat, "metadata 'general.architecture' is missing or not a string", f.path());
   if (arch->str != "llama" && arch->str != "qwen2")
-    throw Error(kErrUnsupported, "GGUF architecture '" + arch->str + "' is not supported (llama and qwen2 are)", f.path());
+    throw Error(kErrUnsupported, "GGUF architecture '" + arch->str + "' is not supported (llama and qwen2 are)",
+                f.path());
   auto& ts = f.tensors();
   for (size_t i = 0; i < ts.size(); i++) ts[i].dtype = dtypeForGgmlType(h.tensors[i].type, ts[i].name, f.path());
   bool permuted = arch->str == "llama";
@@ -110,7 +134,8 @@ void adaptGgufTensors(GgufFile& f) {
     std::string g = t.name;
     t.name = hfTensorName(g);
     if (!permuted || t.shape.empty() || !t.data) continue;
-    bool q = t.name.find(".self_attn.q_proj.") != std::string::npos, k = t.name.find(".self_attn.k_proj.") != std::string::npos;
+    bool q = t.name.find(".self_attn.q_proj.") != std::string::npos,
+         k = t.name.find(".self_attn.k_proj.") != std::string::npos;
     if (q) unpermuteRows(f, t, heads, "llama.attention.head_count");
     if (k) unpermuteRows(f, t, kvHeads, "llama.attention.head_count_kv");
   }

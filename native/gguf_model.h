@@ -19,6 +19,8 @@ DType dtypeForGgmlType(uint32_t ggmlType, const std::string& tensor, const std::
 
 // The Hugging Face name of a GGUF tensor name, or the name unchanged when it has none.
 std::string hfTensorName(const std::string& ggufName);
+// The inverse: the GGUF name of a Hugging Face tensor name, or "" when it has none.
+std::string ggufTensorName(const std::string& hfName);
 
 // Renames f's tensors, sets their dtypes and undoes the Q/K permutation (copying those rows out
 // of the mapping). Throws dg::Error naming the file and the tensor or metadata key.

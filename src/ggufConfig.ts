@@ -9,7 +9,10 @@ import type { Architecture, ModelConfig } from './config';
 import { ModelFormatError, UnsupportedModelError, fromNative } from './errors';
 
 /** GGUF architectures depthgate runs, and the Hugging Face architecture each stands for. */
-export const GGUF_ARCHITECTURES: Record<string, Architecture> = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM' };
+export const GGUF_ARCHITECTURES: Record<string, Architecture> = {
+  llama: 'LlamaForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+};
 
 /** Reads and validates a GGUF file's header (no tensor data is read). Typed errors name the file. */
 export function readGgufHeader(file: string): NativeGgufHeader {
@@ -50,7 +53,8 @@ export class GgufFields {
   num(key: string, def: number, opts: { positive?: boolean } = {}): number {
     const v = this.header.metadata[key];
     if (v === undefined) return def;
-    if (!/^(u?int(8|16|32|64)|float(32|64))$/.test(this.type(key))) this.fail(key, `must be a number, got a ${this.type(key)}`);
+    if (!/^(u?int(8|16|32|64)|float(32|64))$/.test(this.type(key)))
+      this.fail(key, `must be a number, got a ${this.type(key)}`);
     const n = Number(v);
     if (!Number.isFinite(n)) this.fail(key, `must be finite, got ${n}`);
     if (opts.positive && n <= 0) this.fail(key, `must be positive, got ${n}`);
@@ -86,17 +90,28 @@ export function ggufModelConfig(header: NativeGgufHeader, file: string): ModelCo
   const hidden = f.int(`${a}.embedding_length`);
   const heads = f.int(`${a}.attention.head_count`);
   const kvHeads = f.int(`${a}.attention.head_count_kv`, { def: heads });
-  if (heads % kvHeads !== 0) f.fail(`${a}.attention.head_count`, `(${heads}) must be a multiple of ${a}.attention.head_count_kv (${kvHeads})`);
+  if (heads % kvHeads !== 0)
+    f.fail(`${a}.attention.head_count`, `(${heads}) must be a multiple of ${a}.attention.head_count_kv (${kvHeads})`);
   const keyLength = f.int(`${a}.attention.key_length`, { def: 0, min: 0 });
   const valueLength = f.int(`${a}.attention.value_length`, { def: keyLength, min: 0 });
-  if (keyLength !== valueLength) throw new UnsupportedModelError(`GGUF metadata '${a}.attention.key_length' (${keyLength}) differs from value_length (${valueLength})`, file);
+  if (keyLength !== valueLength)
+    throw new UnsupportedModelError(
+      `GGUF metadata '${a}.attention.key_length' (${keyLength}) differs from value_length (${valueLength})`,
+      file,
+    );
   if (keyLength === 0 && hidden % heads !== 0)
-    f.fail(`${a}.embedding_length`, `(${hidden}) must be divisible by ${a}.attention.head_count (${heads}) when ${a}.attention.key_length is not given`);
+    f.fail(
+      `${a}.embedding_length`,
+      `(${hidden}) must be divisible by ${a}.attention.head_count (${heads}) when ${a}.attention.key_length is not given`,
+    );
   const headDim = keyLength || hidden / heads;
   if (headDim % 2 !== 0) f.fail(`${a}.attention.key_length`, `must be even for rotary embeddings, got ${headDim}`);
   const ropeDims = f.int(`${a}.rope.dimension_count`, { def: headDim });
   if (ropeDims !== headDim)
-    throw new UnsupportedModelError(`GGUF metadata '${a}.rope.dimension_count' is ${ropeDims}: partial rotary embeddings are not supported (head size ${headDim})`, file);
+    throw new UnsupportedModelError(
+      `GGUF metadata '${a}.rope.dimension_count' is ${ropeDims}: partial rotary embeddings are not supported (head size ${headDim})`,
+      file,
+    );
   let ropeType: ModelConfig['ropeType'] = 'default';
   let ropeFactor = 1;
   const scaling = f.str(`${a}.rope.scaling.type`);
@@ -105,10 +120,12 @@ export function ggufModelConfig(header: NativeGgufHeader, file: string): ModelCo
     ropeFactor = f.num(`${a}.rope.scaling.factor`, NaN, { positive: true });
     if (Number.isNaN(ropeFactor)) f.fail(`${a}.rope.scaling.factor`, 'is missing');
   } else if (scaling !== undefined && scaling !== 'none') {
-    throw new UnsupportedModelError(`GGUF metadata '${a}.rope.scaling.type' '${scaling}' is not supported (none, linear)`, file);
+    throw new UnsupportedModelError(
+      `GGUF metadata '${a}.rope.scaling.type' '${scaling}' is not supported (none, linear)`,
+      file,
+    );
   }
-  if (tensors.has('rope_freqs.weight'))
-    throw new UnsupportedModelError("tensor 'rope_freqs.weight' (per-frequency RoPE factors, as Llama 3.1 GGUF files carry) is not supported yet", file);
+  // A rope_freqs.weight tensor (Llama 3.x) divides the frequencies natively (native/model.cc).
   const tokens = header.metadata['tokenizer.ggml.tokens'];
   const embd = tensors.get('token_embd.weight');
   const vocabSize = f.int(`${a}.vocab_size`, { def: Array.isArray(tokens) ? tokens.length : (embd?.dims[1] ?? 0) });
@@ -121,7 +138,9 @@ export function ggufModelConfig(header: NativeGgufHeader, file: string): ModelCo
     if (id >= vocabSize) f.fail(key, `(${id}) is outside the vocabulary (${vocabSize})`);
     return id;
   };
-  const eos = [tokenId('tokenizer.ggml.eos_token_id'), tokenId('tokenizer.ggml.eot_token_id')].filter((x): x is number => x !== null);
+  const eos = [tokenId('tokenizer.ggml.eos_token_id'), tokenId('tokenizer.ggml.eot_token_id')].filter(
+    (x): x is number => x !== null,
+  );
   return {
     architecture,
     modelType: a,

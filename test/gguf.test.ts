@@ -5,10 +5,18 @@
  * the tokenizer and chat template built from GGUF metadata match tokenizer.json; malformed files
  * are refused with typed errors naming the file and the key or tensor, and leave nothing mapped.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadModel, ModelFormatError, UnsupportedModelError, ModelFileError, type Model } from '../src';
-import { convertToGguf, ggufBytes, writeGguf, type GgufFileSpec, type GgufMetadataValue, type GgufTensorType } from '../src/testing';
+import {
+  convertToGguf,
+  ggufBytes,
+  writeGguf,
+  type GgufFileSpec,
+  type GgufMetadataValue,
+  type GgufTensorType,
+} from '../src/testing';
 import { readGgufHeader } from '../src/ggufConfig';
 import { Tokenizer } from '../src/tokenizer';
 import { loadReference, referenceLogits } from './reference/reference';
@@ -49,7 +57,11 @@ describe.each(cases)('%s as GGUF', (_name, options) => {
       const { configFile: _f, modelType: _m, torchDtype: _t, architecture: _a, ...rest } = c;
       return rest;
     };
-    expect(pick(gg.config)).toEqual({ ...pick(st.config), maxPositionEmbeddings: st.config.maxPositionEmbeddings, rmsNormEps: Math.fround(st.config.rmsNormEps) });
+    expect(pick(gg.config)).toEqual({
+      ...pick(st.config),
+      maxPositionEmbeddings: st.config.maxPositionEmbeddings,
+      rmsNormEps: Math.fround(st.config.rmsNormEps),
+    });
   });
 
   test('logits equal the safetensors model and match the float64 reference', async () => {
@@ -96,15 +108,29 @@ describe('the tokenizer from GGUF metadata', () => {
     try {
       const hf = Tokenizer.fromDirectory(dir);
       const strings = [
-        '', ' ', 'Hello, world!', 'Good software is tested often and carefully.', '  two  spaces  ', 'tabs\tand\nnewlines\n\n',
-        "it's we're they'll I'd", '12345 678 9', 'ünïcödé ß 中文 日本語 🙂', '<|eot_id|> special <|begin_of_text|>',
-        'a'.repeat(200), 'mixed CASE words and_underscores-dashes', '\u0000\u0001 control', 'x\r\ny',
+        '',
+        ' ',
+        'Hello, world!',
+        'Good software is tested often and carefully.',
+        '  two  spaces  ',
+        'tabs\tand\nnewlines\n\n',
+        "it's we're they'll I'd",
+        '12345 678 9',
+        'ünïcödé ß 中文 日本語 🙂',
+        '<|eot_id|> special <|begin_of_text|>',
+        'a'.repeat(200),
+        'mixed CASE words and_underscores-dashes',
+        '\u0000\u0001 control',
+        'x\r\ny',
       ];
-      for (let i = 0; i < 40; i++) strings.push(Array.from({ length: 30 }, (_, k) => String.fromCharCode(32 + ((i * 31 + k * 17) % 95))).join(''));
+      for (let i = 0; i < 40; i++)
+        strings.push(Array.from({ length: 30 }, (_, k) => String.fromCharCode(32 + ((i * 31 + k * 17) % 95))).join(''));
       for (const s of strings) {
-        for (const special of [true, false]) expect(model.tokenize(s, { addSpecialTokens: special })).toEqual(hf.encode(s, special));
+        for (const special of [true, false])
+          expect(model.tokenize(s, { addSpecialTokens: special })).toEqual(hf.encode(s, special));
         const ids = hf.encode(s, true);
-        for (const skip of [true, false]) expect(model.detokenize(ids, { skipSpecialTokens: skip })).toEqual(hf.decode(ids, skip));
+        for (const skip of [true, false])
+          expect(model.detokenize(ids, { skipSpecialTokens: skip })).toEqual(hf.decode(ids, skip));
       }
       expect(model.tokenizer.size).toBe(hf.size);
       expect(model.tokenizer.bosTokenId).toBe(hf.bosTokenId);
@@ -161,7 +187,11 @@ describe('malformed GGUF files are refused with typed errors', () => {
   };
 
   test('no magic', async () => {
-    await expectRefused(write('a.gguf', Buffer.from('NOPE0000000000000000000000')), ModelFormatError, /not a GGUF file/);
+    await expectRefused(
+      write('a.gguf', Buffer.from('NOPE0000000000000000000000')),
+      ModelFormatError,
+      /not a GGUF file/,
+    );
   });
   test('an empty file', async () => {
     await expectRefused(write('b.gguf', new Uint8Array(0)), ModelFormatError, /runs past the end of the file/);
@@ -192,14 +222,18 @@ describe('malformed GGUF files are refused with typed errors', () => {
     const b = ggufBytes(tinySpec());
     // The value of general.architecture: after magic, version, counts, key (8 + 20), type (4).
     b.writeBigUInt64LE(2n ** 50n, 24 + 8 + 20 + 4);
-    expect(() => readGgufHeader(write('sl.gguf', b))).toThrow(/metadata 'general.architecture' is \d+ bytes long, more than the limit/);
+    expect(() => readGgufHeader(write('sl.gguf', b))).toThrow(
+      /metadata 'general.architecture' is \d+ bytes long, more than the limit/,
+    );
   });
   test('an array longer than the header can hold is refused before anything is allocated', () => {
     const spec = tinySpec([['tokenizer.ggml.scores', { type: 'f32', array: [1, 2, 3] }]]);
     const b = ggufBytes(spec);
     const at = b.indexOf(Buffer.from('tokenizer.ggml.scores')) + 'tokenizer.ggml.scores'.length + 8;
     b.writeBigUInt64LE(2n ** 60n, at);
-    expect(() => readGgufHeader(write('al.gguf', b))).toThrow(/'tokenizer.ggml.scores' declares \d+ elements, more than the header holds/);
+    expect(() => readGgufHeader(write('al.gguf', b))).toThrow(
+      /'tokenizer.ggml.scores' declares \d+ elements, more than the header holds/,
+    );
   });
   test('an array of arrays', () => {
     const b = ggufBytes(tinySpec([['x.nested', { type: 'u8', array: [1] }]]));
@@ -218,7 +252,9 @@ describe('malformed GGUF files are refused with typed errors', () => {
     expect(() => readGgufHeader(write('ut.gguf', b))).toThrow(/'x.flag' has unknown value type 99/);
   });
   test('general.alignment that is not a power of two, or not a uint32', () => {
-    expect(() => readGgufHeader(write('al3.gguf', ggufBytes({ ...tinySpec(), alignment: 48 })))).toThrow(/'general.alignment' is 48, not a power of two/);
+    expect(() => readGgufHeader(write('al3.gguf', ggufBytes({ ...tinySpec(), alignment: 48 })))).toThrow(
+      /'general.alignment' is 48, not a power of two/,
+    );
     const spec = tinySpec([['general.alignment', { type: 'u64', value: 32 }]]);
     expect(() => readGgufHeader(write('al4.gguf', ggufBytes(spec)))).toThrow(/'general.alignment' must be a uint32/);
   });
@@ -241,7 +277,9 @@ describe('malformed GGUF files are refused with typed errors', () => {
     const bInfo = b.indexOf(Buffer.from('b'), b.indexOf(Buffer.from('a')) + 1) + 1;
     const bOffset = bInfo + 4 + 8 + 4;
     b.writeBigUInt64LE(4n, bOffset);
-    expect(() => readGgufHeader(write('mis.gguf', b))).toThrow(/tensor 'b' offset 4 is not a multiple of the alignment 32/);
+    expect(() => readGgufHeader(write('mis.gguf', b))).toThrow(
+      /tensor 'b' offset 4 is not a multiple of the alignment 32/,
+    );
     b.writeBigUInt64LE(0n, bOffset);
     expect(() => readGgufHeader(write('ov.gguf', b))).toThrow(/tensors 'a' and 'b' overlap/);
     b.writeBigUInt64LE(1024n, bOffset);
@@ -250,7 +288,9 @@ describe('malformed GGUF files are refused with typed errors', () => {
     b.writeUInt32LE(77, bOffset - 4);
     expect(() => readGgufHeader(write('ty.gguf', b))).toThrow(/tensor 'b' has unknown ggml type 77/);
     b.writeUInt32LE(8, bOffset - 4); // Q8_0 with 8 elements: not a whole block
-    expect(() => readGgufHeader(write('bl.gguf', b))).toThrow(/tensor 'b' of type Q8_0 has a first dimension that is not a multiple of its block of 32/);
+    expect(() => readGgufHeader(write('bl.gguf', b))).toThrow(
+      /tensor 'b' of type Q8_0 has a first dimension that is not a multiple of its block of 32/,
+    );
     b.writeUInt32LE(5, bInfo);
     expect(() => readGgufHeader(write('nd.gguf', b))).toThrow(/tensor 'b' has 5 dimensions/);
   });
@@ -270,14 +310,23 @@ describe('malformed GGUF files are refused with typed errors', () => {
       UnsupportedModelError,
       /GGUF architecture 'gemma' is not supported/,
     );
-    await expectRefused(spec((s) => (s.metadata = s.metadata.filter(([k]) => k !== 'llama.block_count'))), ModelFormatError, /GGUF metadata 'llama.block_count' is missing/);
+    await expectRefused(
+      spec((s) => (s.metadata = s.metadata.filter(([k]) => k !== 'llama.block_count'))),
+      ModelFormatError,
+      /GGUF metadata 'llama.block_count' is missing/,
+    );
     await expectRefused(
       spec((s) => (s.metadata.find(([k]) => k === 'llama.embedding_length')![1] = { type: 'string', value: '64' })),
       ModelFormatError,
       /GGUF metadata 'llama.embedding_length' must be an integer, got a string/,
     );
     await expectRefused(
-      spec((s) => s.tensors.splice(s.tensors.findIndex((t) => t.name === 'blk.1.ffn_up.weight'), 1)),
+      spec((s) =>
+        s.tensors.splice(
+          s.tensors.findIndex((t) => t.name === 'blk.1.ffn_up.weight'),
+          1,
+        ),
+      ),
       ModelFormatError,
       /missing tensor 'model.layers.1.mlp.up_proj.weight'/,
     );
@@ -294,7 +343,11 @@ describe('malformed GGUF files are refused with typed errors', () => {
     t.data = new Uint8Array((elements / 32) * 34);
     const f = path.join(d, 'q8.gguf');
     writeGguf(f, s);
-    await expectRefused(f, UnsupportedModelError, /tensor 'blk.0.ffn_down.weight' has ggml type Q8_0, which depthgate does not compute with/);
+    await expectRefused(
+      f,
+      UnsupportedModelError,
+      /tensor 'blk.0.ffn_down.weight' has ggml type Q8_0, which depthgate does not compute with/,
+    );
   });
   test('a GGUF path that does not exist, or is a directory', async () => {
     await expectRefused(path.join(d, 'missing.gguf'), ModelFileError, /does not exist/);
@@ -309,9 +362,28 @@ function specFromFile(file: string): GgufFileSpec {
   const bytes = fs.readFileSync(file);
   const metadata: [string, GgufMetadataValue][] = Object.entries(h.metadata).map(([k, v]) => {
     const type = h.metadataTypes[k]!;
-    const scalar = (t: string) => ({ uint8: 'u8', int8: 'i8', uint16: 'u16', int16: 'i16', uint32: 'u32', int32: 'i32', float32: 'f32', bool: 'bool', string: 'string', uint64: 'u64', int64: 'i64', float64: 'f64' })[t] as GgufMetadataValue['type'];
+    const scalar = (t: string) =>
+      ({
+        uint8: 'u8',
+        int8: 'i8',
+        uint16: 'u16',
+        int16: 'i16',
+        uint32: 'u32',
+        int32: 'i32',
+        float32: 'f32',
+        bool: 'bool',
+        string: 'string',
+        uint64: 'u64',
+        int64: 'i64',
+        float64: 'f64',
+      })[t] as GgufMetadataValue['type'];
     const m = /^array\[(.+)\]$/.exec(type);
-    return [k, m ? { type: scalar(m[1]!), array: Array.from(v as ArrayLike<number>) } : { type: scalar(type), value: v as number }];
+    return [
+      k,
+      m
+        ? { type: scalar(m[1]!), array: Array.from(v as ArrayLike<number>) }
+        : { type: scalar(type), value: v as number },
+    ];
   });
   // ggufBytes pads every tensor to the alignment, so the data section ends with the file.
   const last = h.tensors.reduce((a, t) => Math.max(a, t.offset + t.bytes), 0);
@@ -329,20 +401,70 @@ function specFromFile(file: string): GgufFileSpec {
 
 test.each([
   ['flexidepth', { flexidepth: { layers: [1, 2], addonFile: 'flexidepth.safetensors' } }, 'flexidepth.safetensors'],
-  ['skiplayer', { skiplayer: { mode: 'module' as const, addonFile: 'skiplayer.safetensors' } }, 'skiplayer.safetensors'],
-])('%s add-on (safetensors) on a GGUF base gives the logits it gives on the safetensors base', async (policy, opts, addon) => {
-  const dir = tinyModel({ seed: 13, layers: 3, ...opts });
-  const file = path.join(dir, 'model.gguf');
+  [
+    'skiplayer',
+    { skiplayer: { mode: 'module' as const, addonFile: 'skiplayer.safetensors' } },
+    'skiplayer.safetensors',
+  ],
+])(
+  '%s add-on (safetensors) on a GGUF base gives the logits it gives on the safetensors base',
+  async (policy, opts, addon) => {
+    const dir = tinyModel({ seed: 13, layers: 3, ...opts });
+    const file = path.join(dir, 'model.gguf');
+    convertToGguf(dir, file);
+    const st = await loadModel(dir, { kvCacheType: 'f32', threads: 2, addons: [addon] });
+    const gg = await loadModel(file, { kvCacheType: 'f32', threads: 2, addons: [addon] });
+    try {
+      const tokens = randomTokens(10, 0, st.config.vocabSize, 9);
+      const a = await st.evaluate(tokens, { policy: { type: policy as 'flexidepth' } });
+      const b = await gg.evaluate(tokens, { policy: { type: policy as 'flexidepth' } });
+      for (let i = 0; i < tokens.length; i++) expect(Array.from(b.logits[i]!)).toEqual(Array.from(a.logits[i]!));
+    } finally {
+      await st.dispose();
+      await gg.dispose();
+    }
+  },
+);
+
+test('Llama 3 RoPE scaling travels as rope_freqs.weight (as llama.cpp converts it) and matches the reference', async () => {
+  const dir = tinyModel({ seed: 17, arch: 'llama', ropeScaling: 'llama3', ropeTheta: 500000 });
+  const file = path.join(path.dirname(dir), 'model.gguf');
   convertToGguf(dir, file);
-  const st = await loadModel(dir, { kvCacheType: 'f32', threads: 2, addons: [addon] });
-  const gg = await loadModel(file, { kvCacheType: 'f32', threads: 2, addons: [addon] });
+  expect(readGgufHeader(file).tensors.some((t) => t.name === 'rope_freqs.weight')).toBe(true);
+  const gg = await loadModel(file, { kvCacheType: 'f32', threads: 2 });
   try {
-    const tokens = randomTokens(10, 0, st.config.vocabSize, 9);
-    const a = await st.evaluate(tokens, { policy: { type: policy as 'flexidepth' } });
-    const b = await gg.evaluate(tokens, { policy: { type: policy as 'flexidepth' } });
-    for (let i = 0; i < tokens.length; i++) expect(Array.from(b.logits[i]!)).toEqual(Array.from(a.logits[i]!));
+    expect(gg.config.ropeType).toBe('default');
+    const tokens = randomTokens(40, 0, gg.config.vocabSize, 2);
+    const got = await gg.evaluate(tokens);
+    const want = referenceLogits(loadReference(dir), tokens);
+    for (let i = 0; i < tokens.length; i++) expect(relError(got.logits[i]!, want[i]!)).toBeLessThan(TOL_F32);
   } finally {
-    await st.dispose();
     await gg.dispose();
   }
+});
+
+test('the CLI runs a GGUF file: logits --json equal those of the model directory', () => {
+  const dir = tinyModel({ seed: 19, arch: 'llama', dtype: 'bf16' });
+  const file = path.join(path.dirname(dir), 'model.gguf');
+  convertToGguf(dir, file);
+  const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+  const run = (m: string) =>
+    spawnSync(process.execPath, [cli, 'logits', m, '--tokens', '5,17,200,3', '--json', '--kv-cache', 'f32'], {
+      encoding: 'utf8',
+      timeout: 60000,
+    });
+  const a = run(dir);
+  const b = run(file);
+  expect(b.status).toBe(0);
+  expect(JSON.parse(b.stdout)).toEqual(JSON.parse(a.stdout));
+  const gen = spawnSync(process.execPath, [cli, 'generate', file, '--prompt', 'Once upon', '--max-tokens', '6'], {
+    encoding: 'utf8',
+    timeout: 60000,
+  });
+  const genDir = spawnSync(process.execPath, [cli, 'generate', dir, '--prompt', 'Once upon', '--max-tokens', '6'], {
+    encoding: 'utf8',
+    timeout: 60000,
+  });
+  expect(gen.status).toBe(0);
+  expect(gen.stdout).toBe(genDir.stdout);
 });

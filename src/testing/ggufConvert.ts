@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { float32ToBfloat16Bits, float32ToFloat16Bits, float32Bits } from './floatBits';
-import { writeGguf, type GgufMetadataValue, type GgufTensor, type GgufTensorType } from './ggufWriter';
+import { writeGguf, type GgufMetadataValue, type GgufTensor } from './ggufWriter';
 
 export interface GgufConvertOptions {
   /** Type of the 2-D tensors (default: the checkpoint's own, so the bytes are the same). */
@@ -58,7 +58,10 @@ interface StTensor {
 function readSafetensors(file: string): Map<string, StTensor> {
   const buf = fs.readFileSync(file);
   const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<
+    string,
+    { dtype: string; shape: number[]; data_offsets: [number, number] }
+  >;
   const out = new Map<string, StTensor>();
   for (const [name, t] of Object.entries(header)) {
     if (name === '__metadata__') continue;
@@ -114,6 +117,28 @@ function permuteRows(bytes: Uint8Array, rows: number, heads: number): Uint8Array
   return out;
 }
 
+/** convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: one divisor per rotary frequency. */
+function llama3RopeFactors(rs: Record<string, number>, base: number, headDim: number): Float32Array {
+  const factor = rs.factor ?? 8;
+  const low = rs.low_freq_factor ?? 1;
+  const high = rs.high_freq_factor ?? 4;
+  const oldContext = rs.original_max_position_embeddings ?? 8192;
+  const lowWavelen = oldContext / low;
+  const highWavelen = oldContext / high;
+  const out = new Float32Array(headDim / 2);
+  for (let i = 0; i < headDim / 2; i++) {
+    const freq = 1 / base ** ((2 * i) / headDim);
+    const wavelen = (2 * Math.PI) / freq;
+    if (wavelen < highWavelen) out[i] = 1;
+    else if (wavelen > lowWavelen) out[i] = factor;
+    else {
+      const smooth = (oldContext / wavelen - low) / (high - low);
+      out[i] = 1 / ((1 - smooth) / factor + smooth);
+    }
+  }
+  return out;
+}
+
 /** GGUF token types (llama.cpp gguf.TokenType). */
 export const GGUF_TOKEN_TYPE = { normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte: 6 } as const;
 
@@ -124,10 +149,15 @@ function tokenizerMetadata(dir: string, vocabSize: number): [string, GgufMetadat
   };
   const tcFile = path.join(dir, 'tokenizer_config.json');
   const tc = (fs.existsSync(tcFile) ? JSON.parse(fs.readFileSync(tcFile, 'utf8')) : {}) as Record<string, unknown>;
-  if (tj.model.type !== 'BPE') throw new RangeError(`convertToGguf: only BPE tokenizers are converted (got ${tj.model.type})`);
+  if (tj.model.type !== 'BPE')
+    throw new RangeError(`convertToGguf: only BPE tokenizers are converted (got ${tj.model.type})`);
   const tokens: string[] = Array.from({ length: vocabSize }, (_, i) => `[PAD${i}]`);
   const types: number[] = Array.from({ length: vocabSize }, () => GGUF_TOKEN_TYPE.unused);
-  for (const [tok, id] of Object.entries(tj.model.vocab)) if (id < vocabSize) (tokens[id] = tok), (types[id] = GGUF_TOKEN_TYPE.normal);
+  for (const [tok, id] of Object.entries(tj.model.vocab)) {
+    if (id >= vocabSize) continue;
+    tokens[id] = tok;
+    types[id] = GGUF_TOKEN_TYPE.normal;
+  }
   const ids = new Map<string, number>();
   for (const a of tj.added_tokens) {
     if (a.id >= vocabSize) continue;
@@ -140,11 +170,15 @@ function tokenizerMetadata(dir: string, vocabSize: number): [string, GgufMetadat
     ['tokenizer.ggml.pre', { type: 'string', value: 'gpt-2' }],
     ['tokenizer.ggml.tokens', { type: 'string', array: tokens }],
     ['tokenizer.ggml.token_type', { type: 'i32', array: types }],
-    ['tokenizer.ggml.merges', { type: 'string', array: tj.model.merges.map((m) => (Array.isArray(m) ? m.join(' ') : m)) }],
+    [
+      'tokenizer.ggml.merges',
+      { type: 'string', array: tj.model.merges.map((m) => (Array.isArray(m) ? m.join(' ') : m)) },
+    ],
   ];
   const special = (key: string, field: string) => {
     const v = tc[field];
-    const content = typeof v === 'string' ? v : v && typeof v === 'object' ? (v as { content?: string }).content : undefined;
+    const content =
+      typeof v === 'string' ? v : v && typeof v === 'object' ? (v as { content?: string }).content : undefined;
     const id = content === undefined ? undefined : ids.get(content);
     if (id !== undefined) md.push([`tokenizer.ggml.${key}`, { type: 'u32', value: id }]);
   };
@@ -152,9 +186,12 @@ function tokenizerMetadata(dir: string, vocabSize: number): [string, GgufMetadat
   special('eos_token_id', 'eos_token');
   special('unknown_token_id', 'unk_token');
   special('padding_token_id', 'pad_token');
-  if (typeof tc.add_bos_token === 'boolean') md.push(['tokenizer.ggml.add_bos_token', { type: 'bool', value: tc.add_bos_token }]);
-  if (typeof tc.add_eos_token === 'boolean') md.push(['tokenizer.ggml.add_eos_token', { type: 'bool', value: tc.add_eos_token }]);
-  if (typeof tc.chat_template === 'string') md.push(['tokenizer.chat_template', { type: 'string', value: tc.chat_template }]);
+  if (typeof tc.add_bos_token === 'boolean')
+    md.push(['tokenizer.ggml.add_bos_token', { type: 'bool', value: tc.add_bos_token }]);
+  if (typeof tc.add_eos_token === 'boolean')
+    md.push(['tokenizer.ggml.add_eos_token', { type: 'bool', value: tc.add_eos_token }]);
+  if (typeof tc.chat_template === 'string')
+    md.push(['tokenizer.chat_template', { type: 'string', value: tc.chat_template }]);
   return md;
 }
 
@@ -165,7 +202,12 @@ function tokenizerMetadata(dir: string, vocabSize: number): [string, GgufMetadat
 export function convertToGguf(dir: string, file: string, options: GgufConvertOptions = {}): number {
   const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
   const archName = (cfg.architectures as string[])[0];
-  const arch = archName === 'Qwen2ForCausalLM' ? 'qwen2' : archName === 'LlamaForCausalLM' || archName === 'MistralForCausalLM' ? 'llama' : undefined;
+  const arch =
+    archName === 'Qwen2ForCausalLM'
+      ? 'qwen2'
+      : archName === 'LlamaForCausalLM' || archName === 'MistralForCausalLM'
+        ? 'llama'
+        : undefined;
   if (!arch) throw new RangeError(`convertToGguf: architecture ${String(archName)} is not converted`);
   const num = (k: string, def?: number): number => (typeof cfg[k] === 'number' ? (cfg[k] as number) : def!);
   const heads = num('num_attention_heads');
@@ -193,9 +235,12 @@ export function convertToGguf(dir: string, file: string, options: GgufConvertOpt
   }
   const rs = cfg.rope_scaling as { rope_type?: string; type?: string; factor?: number } | null | undefined;
   const ropeType = rs ? (rs.rope_type ?? rs.type) : undefined;
+  let ropeFreqs: Float32Array | undefined;
   if (ropeType === 'linear') {
     md.push([`${arch}.rope.scaling.type`, { type: 'string', value: 'linear' }]);
     md.push([`${arch}.rope.scaling.factor`, { type: 'f32', value: rs!.factor! }]);
+  } else if (ropeType === 'llama3') {
+    ropeFreqs = llama3RopeFactors(rs as Record<string, number>, num('rope_theta', 10000), headDim);
   } else if (ropeType && ropeType !== 'default') {
     throw new RangeError(`convertToGguf: rope_scaling ${ropeType} is not converted`);
   }
@@ -203,7 +248,13 @@ export function convertToGguf(dir: string, file: string, options: GgufConvertOpt
 
   const index = path.join(dir, 'model.safetensors.index.json');
   const files = fs.existsSync(index)
-    ? [...new Set(Object.values((JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map))].map((f) => path.join(dir, f))
+    ? [
+        ...new Set(
+          Object.values(
+            (JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map,
+          ),
+        ),
+      ].map((f) => path.join(dir, f))
     : [path.join(dir, 'model.safetensors')];
   const tensors: GgufTensor[] = [];
   for (const f of files) {
@@ -218,5 +269,7 @@ export function convertToGguf(dir: string, file: string, options: GgufConvertOpt
       tensors.push({ name: gname, dims: [...t.shape].reverse(), type, data: bytes });
     }
   }
+  if (ropeFreqs)
+    tensors.push({ name: 'rope_freqs.weight', dims: [ropeFreqs.length], type: 'F32', data: encode(ropeFreqs, 'F32') });
   return writeGguf(file, { metadata: md, tensors, alignment: options.alignment });
 }

@@ -8,7 +8,19 @@ import * as fs from 'node:fs';
 
 /** GGUF metadata value types (gguf.h GGUF_TYPE_*). */
 export const GGUF_VALUE_TYPES = {
-  u8: 0, i8: 1, u16: 2, i16: 3, u32: 4, i32: 5, f32: 6, bool: 7, string: 8, array: 9, u64: 10, i64: 11, f64: 12,
+  u8: 0,
+  i8: 1,
+  u16: 2,
+  i16: 3,
+  u32: 4,
+  i32: 5,
+  f32: 6,
+  bool: 7,
+  string: 8,
+  array: 9,
+  u64: 10,
+  i64: 11,
+  f64: 12,
 } as const;
 export type GgufScalarType = Exclude<keyof typeof GGUF_VALUE_TYPES, 'array'>;
 
@@ -60,20 +72,51 @@ class ByteSink {
     this.push(b);
   }
   scalar(type: GgufScalarType, v: number | bigint | boolean | string): void {
-    const b = Buffer.alloc(type === 'u64' || type === 'i64' || type === 'f64' ? 8 : type === 'u32' || type === 'i32' || type === 'f32' ? 4 : type === 'u16' || type === 'i16' ? 2 : 1);
+    const b = Buffer.alloc(
+      type === 'u64' || type === 'i64' || type === 'f64'
+        ? 8
+        : type === 'u32' || type === 'i32' || type === 'f32'
+          ? 4
+          : type === 'u16' || type === 'i16'
+            ? 2
+            : 1,
+    );
     switch (type) {
-      case 'string': return this.str(String(v));
-      case 'u8': b.writeUInt8(Number(v)); break;
-      case 'i8': b.writeInt8(Number(v)); break;
-      case 'bool': b.writeUInt8(v ? 1 : 0); break;
-      case 'u16': b.writeUInt16LE(Number(v)); break;
-      case 'i16': b.writeInt16LE(Number(v)); break;
-      case 'u32': b.writeUInt32LE(Number(v)); break;
-      case 'i32': b.writeInt32LE(Number(v)); break;
-      case 'f32': b.writeFloatLE(Number(v)); break;
-      case 'u64': b.writeBigUInt64LE(BigInt(v)); break;
-      case 'i64': b.writeBigInt64LE(BigInt(v)); break;
-      case 'f64': b.writeDoubleLE(Number(v)); break;
+      case 'string':
+        return this.str(String(v));
+      case 'u8':
+        b.writeUInt8(Number(v));
+        break;
+      case 'i8':
+        b.writeInt8(Number(v));
+        break;
+      case 'bool':
+        b.writeUInt8(v ? 1 : 0);
+        break;
+      case 'u16':
+        b.writeUInt16LE(Number(v));
+        break;
+      case 'i16':
+        b.writeInt16LE(Number(v));
+        break;
+      case 'u32':
+        b.writeUInt32LE(Number(v));
+        break;
+      case 'i32':
+        b.writeInt32LE(Number(v));
+        break;
+      case 'f32':
+        b.writeFloatLE(Number(v));
+        break;
+      case 'u64':
+        b.writeBigUInt64LE(BigInt(v));
+        break;
+      case 'i64':
+        b.writeBigInt64LE(BigInt(v));
+        break;
+      case 'f64':
+        b.writeDoubleLE(Number(v));
+        break;
     }
     this.push(b);
   }
@@ -86,7 +129,9 @@ class ByteSink {
 export function ggufBytes(spec: GgufFileSpec): Buffer {
   const alignment = spec.alignment ?? 32;
   const metadata: [string, GgufMetadataValue][] =
-    spec.alignment === undefined ? spec.metadata : [['general.alignment', { type: 'u32', value: alignment }], ...spec.metadata];
+    spec.alignment === undefined
+      ? spec.metadata
+      : [['general.alignment', { type: 'u32', value: alignment }], ...spec.metadata];
   const head = new ByteSink();
   head.push(Buffer.from('GGUF', 'latin1'));
   head.u32(3);

@@ -20,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto touch = [&]() {
       for (auto& t : f.tensors())
         if (t.end > t.begin && t.data)
-          sink += static_cast<const unsigned char*>(t.data)[0] + static_cast<const unsigned char*>(t.data)[t.end - t.begin - 1];
+          sink += static_cast<const unsigned char*>(t.data)[0] +
+                  static_cast<const unsigned char*>(t.data)[t.end - t.begin - 1];
     };
     touch();
     dg::adaptGgufTensors(f);
