@@ -101,10 +101,11 @@ Napi::Value ReadGgufHeader(const Napi::CallbackInfo& info) {
   Napi::Object md = Napi::Object::New(env);
   Napi::Object types = Napi::Object::New(env);
   for (auto& kv : h.metadata) {
-    md.Set(kv.first, valueToJs(env, kv.second));
+    // Defined, not assigned: a key such as "__proto__" becomes an own property like any other.
+    md.DefineProperty(Napi::PropertyDescriptor::Value(kv.first, valueToJs(env, kv.second), napi_enumerable));
     std::string t = ggufTypeName(kv.second.type);
     if (kv.second.type == GgufType::ARRAY) t += std::string("[") + ggufTypeName(kv.second.elemType) + "]";
-    types.Set(kv.first, Napi::String::New(env, t));
+    types.DefineProperty(Napi::PropertyDescriptor::Value(kv.first, Napi::String::New(env, t), napi_enumerable));
   }
   o.Set("metadata", md);
   o.Set("metadataTypes", types);

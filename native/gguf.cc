@@ -60,6 +60,13 @@ const GgmlTypeInfo* ggmlTypeInfo(uint32_t id) {
   return nullptr;
 }
 
+bool isGgufPath(const std::string& p) {
+  if (p.size() < 5) return false;
+  std::string ext = p.substr(p.size() - 5);
+  for (char& c : ext) c = char(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  return ext == ".gguf";
+}
+
 const GgufValue* GgufHeader::find(const std::string& key) const {
   auto it = keyIndex.find(key);
   return it == keyIndex.end() ? nullptr : &metadata[it->second].second;
@@ -225,6 +232,9 @@ GgufValue readValue(HeaderReader& r, const std::string& key) {
   v.count = r.scalar<uint64_t>(what + " array length");
   // Every element takes at least one byte (a string at least its 8-byte length): a count that
   // cannot fit in what remains of the header is refused before anything is allocated for it.
+  if (v.count > kGgufMaxArrayLength)
+    throw std::runtime_error(what + " has " + std::to_string(v.count) + " elements, more than the limit of " +
+                             std::to_string(kGgufMaxArrayLength));
   uint64_t minBytes = v.elemType == GgufType::STRING ? 8 : scalarSize(v.elemType);
   if (v.count > r.remaining() / minBytes)
     throw std::runtime_error(what + " declares " + std::to_string(v.count) + " elements, more than the header holds");

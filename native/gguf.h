@@ -23,7 +23,10 @@ constexpr uint64_t kGgufMaxKeys = 1u << 16;
 constexpr uint64_t kGgufMaxTensors = 1u << 20;
 constexpr uint64_t kGgufMaxKeyLength = 1u << 16;        // llama.cpp keys are ASCII and short
 constexpr uint64_t kGgufMaxStringLength = 64ull << 20;  // a chat template is kilobytes
-constexpr uint32_t kGgufMaxDims = 4;                    // GGML_MAX_DIMS
+// Elements of one array: a 256k-token vocabulary, or a few million merges. Also bounds what an
+// array of strings costs in memory beyond its bytes (one std::string per element).
+constexpr uint64_t kGgufMaxArrayLength = 1u << 22;
+constexpr uint32_t kGgufMaxDims = 4;  // GGML_MAX_DIMS
 
 enum class GgufType : uint32_t {
   U8 = 0,
@@ -85,6 +88,9 @@ struct GgufHeader {
   uint64_t dataOffset = 0;  // start of the data section in the file
   const GgufValue* find(const std::string& key) const;
 };
+
+// True for a path the loader opens as GGUF: it ends in ".gguf", in any case.
+bool isGgufPath(const std::string& path);
 
 // Reads n bytes at offset off into dst; false when they cannot be read.
 using GgufReadFn = std::function<bool(void* dst, uint64_t off, size_t n)>;

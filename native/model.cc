@@ -84,8 +84,7 @@ struct Binder {
   }
   // For a GGUF base, the tensor's name there too (the binder works with Hugging Face names).
   std::string ggufHint(const std::string& name) const {
-    const std::string& base = m.store.files().empty() ? std::string() : m.store.files()[0]->path();
-    if (base.size() < 5 || base.compare(base.size() - 5, 5, ".gguf") != 0) return "";
+    if (m.store.files().empty() || !isGgufPath(m.store.files()[0]->path())) return "";
     std::string g = ggufTensorName(name);
     return g.empty() ? "" : " ('" + g + "' in GGUF)";
   }

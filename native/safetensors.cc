@@ -204,10 +204,6 @@ std::string TensorFile::changeSinceOpen() const {
   return "";
 }
 
-static bool isGgufPath(const std::string& p) {
-  return p.size() >= 5 && p.compare(p.size() - 5, 5, ".gguf") == 0;
-}
-
 static std::unique_ptr<TensorFile> openTensorFile(const std::string& path) {
   if (!isGgufPath(path)) return std::make_unique<SafetensorsFile>(path);
   auto g = std::make_unique<GgufFile>(path);

@@ -32,14 +32,18 @@ export class GgufFields {
   fail(key: string, why: string): never {
     throw new ModelFormatError(`GGUF metadata '${key}' ${why}`, this.file);
   }
+  /** The value of `key` (own properties only: a key such as 'constructor' is just a key). */
+  get(key: string): unknown {
+    return Object.hasOwn(this.header.metadata, key) ? this.header.metadata[key] : undefined;
+  }
   has(key: string): boolean {
-    return key in this.header.metadata;
+    return Object.hasOwn(this.header.metadata, key);
   }
   private type(key: string): string {
-    return this.header.metadataTypes[key] ?? '';
+    return Object.hasOwn(this.header.metadataTypes, key) ? this.header.metadataTypes[key]! : '';
   }
   int(key: string, opts: { min?: number; def?: number } = {}): number {
-    const v = this.header.metadata[key];
+    const v = this.get(key);
     if (v === undefined) {
       if (opts.def !== undefined) return opts.def;
       this.fail(key, 'is missing');
@@ -51,7 +55,7 @@ export class GgufFields {
     return n;
   }
   num(key: string, def: number, opts: { positive?: boolean } = {}): number {
-    const v = this.header.metadata[key];
+    const v = this.get(key);
     if (v === undefined) return def;
     if (!/^(u?int(8|16|32|64)|float(32|64))$/.test(this.type(key)))
       this.fail(key, `must be a number, got a ${this.type(key)}`);
@@ -61,13 +65,13 @@ export class GgufFields {
     return n;
   }
   str(key: string): string | undefined {
-    const v = this.header.metadata[key];
+    const v = this.get(key);
     if (v === undefined) return undefined;
     if (typeof v !== 'string') this.fail(key, `must be a string, got a ${this.type(key)}`);
     return v;
   }
   bool(key: string): boolean | undefined {
-    const v = this.header.metadata[key];
+    const v = this.get(key);
     if (v === undefined) return undefined;
     if (typeof v !== 'boolean') this.fail(key, `must be a bool, got a ${this.type(key)}`);
     return v;
@@ -126,7 +130,7 @@ export function ggufModelConfig(header: NativeGgufHeader, file: string): ModelCo
     );
   }
   // A rope_freqs.weight tensor (Llama 3.x) divides the frequencies natively (native/model.cc).
-  const tokens = header.metadata['tokenizer.ggml.tokens'];
+  const tokens = f.get('tokenizer.ggml.tokens');
   const embd = tensors.get('token_embd.weight');
   const vocabSize = f.int(`${a}.vocab_size`, { def: Array.isArray(tokens) ? tokens.length : (embd?.dims[1] ?? 0) });
   const numLayers = f.int(`${a}.block_count`);

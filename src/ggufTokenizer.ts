@@ -65,11 +65,11 @@ export function ggufTokenizerJson(
       `GGUF metadata 'tokenizer.ggml.model' '${model}' is not supported (gpt2, llama)`,
       file,
     );
-  const rawTokens = header.metadata['tokenizer.ggml.tokens'];
+  const rawTokens = f.get('tokenizer.ggml.tokens');
   if (!Array.isArray(rawTokens) || rawTokens.some((t) => typeof t !== 'string'))
     f.fail('tokenizer.ggml.tokens', 'must be an array of strings');
   const tokens = rawTokens as string[];
-  const types = header.metadata['tokenizer.ggml.token_type'] as Int32Array | undefined;
+  const types = f.get('tokenizer.ggml.token_type') as Int32Array | undefined;
   // Not instanceof: typed arrays from the addon may come from another realm (jest, vm).
   if (types !== undefined && !(ArrayBuffer.isView(types) && types.length === tokens.length))
     f.fail('tokenizer.ggml.token_type', `must be an int32 array with one entry per token (${tokens.length})`);
@@ -95,7 +95,7 @@ export function ggufTokenizerJson(
     return { tokenizerJson: spmTokenizerJson(f, tokens, types, tokenizerConfig), tokenizerConfig };
   }
 
-  const merges = header.metadata['tokenizer.ggml.merges'] as string[];
+  const merges = f.get('tokenizer.ggml.merges') as string[];
   if (!Array.isArray(merges) || merges.some((m) => typeof m !== 'string' || m.split(' ').length !== 2))
     f.fail('tokenizer.ggml.merges', "must be an array of strings 'left right'");
 
@@ -155,7 +155,7 @@ function spmTokenizerJson(
   types: ArrayLike<number> | undefined,
   tokenizerConfig: Record<string, unknown>,
 ): Record<string, unknown> {
-  const scores = f.header.metadata['tokenizer.ggml.scores'] as Float32Array | undefined;
+  const scores = f.get('tokenizer.ggml.scores') as Float32Array | undefined;
   if (!(ArrayBuffer.isView(scores) && scores.length === tokens.length))
     f.fail('tokenizer.ggml.scores', `must be a float32 array with one entry per token (${tokens.length})`);
   const vocab: Record<string, number> = {};

@@ -230,10 +230,27 @@ describe('malformed GGUF files are refused with typed errors', () => {
     const spec = tinySpec([['tokenizer.ggml.scores', { type: 'f32', array: [1, 2, 3] }]]);
     const b = ggufBytes(spec);
     const at = b.indexOf(Buffer.from('tokenizer.ggml.scores')) + 'tokenizer.ggml.scores'.length + 8;
-    b.writeBigUInt64LE(2n ** 60n, at);
+    b.writeBigUInt64LE(2n ** 22n - 1n, at); // within the element limit, far beyond the file
     expect(() => readGgufHeader(write('al.gguf', b))).toThrow(
       /'tokenizer.ggml.scores' declares \d+ elements, more than the header holds/,
     );
+  });
+  test('an array with more elements than the limit (2^22)', () => {
+    const b = ggufBytes(tinySpec([['x.big', { type: 'u8', array: [1, 2] }]]));
+    const at = b.indexOf(Buffer.from('x.big')) + 'x.big'.length + 8;
+    b.writeBigUInt64LE(2n ** 22n + 1n, at);
+    expect(() => readGgufHeader(write('big.gguf', b))).toThrow(
+      /'x.big' has 4194305 elements, more than the limit of 4194304/,
+    );
+  });
+  test("a key named __proto__ is an own property, not the metadata's prototype", () => {
+    const h = readGgufHeader(
+      write('proto.gguf', ggufBytes(tinySpec([['__proto__', { type: 'string', array: ['a', 'b'] }]]))),
+    );
+    // A plain object's prototype (from the addon's realm), whose own prototype is null; not the array.
+    expect(Object.getPrototypeOf(Object.getPrototypeOf(h.metadata))).toBeNull();
+    expect(Object.hasOwn(h.metadata, '__proto__')).toBe(true);
+    expect(Object.getOwnPropertyDescriptor(h.metadata, '__proto__')!.value).toEqual(['a', 'b']);
   });
   test('an array of arrays', () => {
     const b = ggufBytes(tinySpec([['x.nested', { type: 'u8', array: [1] }]]));
