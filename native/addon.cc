@@ -4,6 +4,7 @@
 // (kernels exposed to tests and microbenchmarks).
 #include <napi.h>
 
+#include "addon_gguf.h"
 #include "addon_kernels.h"
 #include "addon_model.h"
 #include "cuda_loader.h"
@@ -47,6 +48,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   initModelClasses(env, exports);
   exports.Set("loadModel", Napi::Function::New(env, LoadModel));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
+  exports.Set("readGgufHeader", Napi::Function::New(env, ReadGgufHeader));
   exports.Set("kernels", makeKernels(env));
   return exports;
 }

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "errors.h"
+#include "gguf_model.h"
 
 namespace dg {
 
@@ -53,7 +54,7 @@ struct Binder {
 
   const TensorEntry& get(const std::string& name, std::vector<int64_t> shape) {
     const TensorEntry* t = m.store.find(name);
-    if (!t) throw Error(kErrFormat, "missing tensor '" + name + "'", fileHint());
+    if (!t) throw Error(kErrFormat, "missing tensor '" + name + "'" + ggufHint(name), fileHint());
     if (t->shape != shape) {
       throw Error(kErrFormat, "tensor '" + name + "' has shape " + shapeStr(t->shape) + ", expected " +
                                   shapeStr(shape) + " from config.json",
@@ -80,6 +81,12 @@ struct Binder {
     std::vector<float> out(static_cast<size_t>(n));
     toF32(out.data(), t.data, t.dtype, 0, size_t(n));
     return out;
+  }
+  // For a GGUF base, the tensor's name there too (the binder works with Hugging Face names).
+  std::string ggufHint(const std::string& name) const {
+    if (m.store.files().empty() || !isGgufPath(m.store.files()[0]->path())) return "";
+    std::string g = ggufTensorName(name);
+    return g.empty() ? "" : " ('" + g + "' in GGUF)";
   }
   std::string fileHint() const {
     return m.store.files().size() == 1 ? m.store.files()[0]->path() : "model.safetensors.index.json";
@@ -212,6 +219,18 @@ std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::
   } else {
     m->lmHead = b.matrix("lm_head.weight", c.vocab, d);
   }
+  m->invFreq = ropeInvFreq(c);
+  // GGUF files of Llama 3.x carry their RoPE scaling as one divisor per frequency (llama.cpp's
+  // rope_freqs tensor, which its converter computes from rope_scaling) instead of metadata.
+  if (m->store.find("rope_freqs.weight")) {
+    std::vector<float> div = b.vec("rope_freqs.weight", c.headDim / 2);
+    for (size_t i = 0; i < div.size(); i++) {
+      if (!(div[i] > 0) || !std::isfinite(div[i]))
+        throw Error(kErrFormat, "tensor 'rope_freqs.weight' element " + std::to_string(i) + " is not a positive number",
+                    b.fileHint());
+      m->invFreq[i] /= div[i];
+    }
+  }
   for (auto& kv : m->store.all()) {
     if (b.used.count(kv.first) || ignorable(kv.first)) continue;
     throw Error(kErrFormat, "unexpected tensor '" + kv.first + "' that config.json does not account for",
@@ -221,7 +240,6 @@ std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::
   for (auto& kv : m->store.all())
     if (b.used.count(kv.first)) dtypes.insert(kv.second->dtype);
   for (DType t : dtypes) m->dtypeSummary += (m->dtypeSummary.empty() ? "" : "+") + std::string(dtypeName(t));
-  m->invFreq = ropeInvFreq(c);
 
   // Read the pages in now (with progress) rather than during the first token.
   if (prefault) {

@@ -10,6 +10,8 @@
 #include <cstring>
 
 #include "errors.h"
+#include "gguf.h"
+#include "gguf_model.h"
 #include "json.h"
 #include "mapguard.h"
 
@@ -116,29 +118,52 @@ std::vector<TensorEntry> parseSafetensorsHeader(const char* json, size_t len, si
   return out;
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+TensorFile::TensorFile(const std::string& path) : path_(path) {
   // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; the type is checked
   // right after, on the descriptor itself, and anything but a regular file is refused. For a
   // regular file the flag changes nothing.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) throw Error(kErrIo, "cannot open: " + std::string(std::strerror(errno)), path);
-  // Closed on any throw below; kept open while the file is mapped, so that a change to the
-  // file we mapped can be seen (unchanged()).
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd_ < 0) throw Error(kErrIo, "cannot open: " + std::string(std::strerror(errno)), path);
+  // A throw below leaves no derived object, so this constructor closes what it opened.
   struct Closer {
-    int fd;
+    int& fd;
+    bool keep = false;
     ~Closer() {
-      if (fd >= 0) ::close(fd);
+      if (!keep) ::close(fd), fd = -1;
     }
-  } closer{fd};
+  } closer{fd_};
   // statx rather than fstat: fstat is a GLIBC_2.33 symbol, statx keeps the prebuilt binary
   // loadable on glibc 2.28+.
   struct statx st;
-  if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE | STATX_MTIME, &st) != 0)
+  if (statx(fd_, "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE | STATX_MTIME, &st) != 0)
     throw Error(kErrIo, "cannot stat: " + std::string(std::strerror(errno)), path);
   if (!S_ISREG(st.stx_mode)) throw Error(kErrIo, "not a regular file", path);
   size_ = size_t(st.stx_size);
   mtimeSec_ = st.stx_mtime.tv_sec;
   mtimeNsec_ = st.stx_mtime.tv_nsec;
+  closer.keep = true;
+}
+
+void TensorFile::mapWhole() {
+  if (size_ == 0) return;
+  map_ = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+  if (map_ == MAP_FAILED) {
+    map_ = nullptr;
+    throw Error(kErrIo, "cannot memory-map: " + std::string(std::strerror(errno)), path_);
+  }
+  guardMapping(map_, size_, path_);
+}
+
+TensorFile::~TensorFile() {
+  if (map_) {
+    unguardMapping(map_);
+    munmap(map_, size_);
+  }
+  if (fd_ >= 0) ::close(fd_);
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : TensorFile(path) {
+  int fd = fd_;
   if (size_ < 8) throw Error(kErrFormat, "file is truncated: " + std::to_string(size_) +
                                              " bytes, shorter than the 8-byte header length", path);
   unsigned char lenBytes[8];
@@ -163,29 +188,12 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   } catch (const std::runtime_error& e) {
     throw Error(kErrFormat, std::string("invalid safetensors header: ") + e.what(), path);
   }
-  if (size_ > dataStart) {
-    map_ = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map_ == MAP_FAILED) {
-      map_ = nullptr;
-      throw Error(kErrIo, "cannot memory-map: " + std::string(std::strerror(errno)), path);
-    }
-    guardMapping(map_, size_, path);
-  }
+  if (size_ > dataStart) mapWhole();
   const char* base = static_cast<const char*>(map_) + dataStart;
   for (auto& t : tensors_) t.data = map_ ? base + t.begin : nullptr;
-  fd_ = fd;
-  closer.fd = -1;
 }
 
-SafetensorsFile::~SafetensorsFile() {
-  if (map_) {
-    unguardMapping(map_);
-    munmap(map_, size_);
-  }
-  if (fd_ >= 0) ::close(fd_);
-}
-
-std::string SafetensorsFile::changeSinceOpen() const {
+std::string TensorFile::changeSinceOpen() const {
   struct statx st;
   if (statx(fd_, "", AT_EMPTY_PATH, STATX_SIZE | STATX_MTIME, &st) != 0)
     return "cannot be checked: " + std::string(std::strerror(errno));
@@ -196,9 +204,16 @@ std::string SafetensorsFile::changeSinceOpen() const {
   return "";
 }
 
+static std::unique_ptr<TensorFile> openTensorFile(const std::string& path) {
+  if (!isGgufPath(path)) return std::make_unique<SafetensorsFile>(path);
+  auto g = std::make_unique<GgufFile>(path);
+  adaptGgufTensors(*g);
+  return g;
+}
+
 void TensorStore::open(const std::vector<std::string>& paths) {
   for (size_t i = 0; i < paths.size(); i++) {
-    files_.push_back(std::make_unique<SafetensorsFile>(paths[i]));
+    files_.push_back(openTensorFile(paths[i]));
     for (auto& t : files_.back()->tensors()) {
       t.file = int(i);
       auto it = byName_.find(t.name);

@@ -22,13 +22,13 @@ struct TensorEntry {
   int file = 0;                // index into the owning TensorStore's files
 };
 
-class SafetensorsFile {
+// A memory-mapped checkpoint file of either format (SafetensorsFile, GgufFile in gguf.h): the
+// descriptor stays open while the file is mapped, so that a change to it can be seen.
+class TensorFile {
  public:
-  // Throws dg::Error (kErrIo / kErrFormat) naming `path`.
-  explicit SafetensorsFile(const std::string& path);
-  ~SafetensorsFile();
-  SafetensorsFile(const SafetensorsFile&) = delete;
-  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+  virtual ~TensorFile();
+  TensorFile(const TensorFile&) = delete;
+  TensorFile& operator=(const TensorFile&) = delete;
 
   const std::string& path() const { return path_; }
   std::vector<TensorEntry>& tensors() { return tensors_; }
@@ -38,14 +38,25 @@ class SafetensorsFile {
   // descriptor: a file replaced by rename, or deleted, is still the unchanged file we hold.
   std::string changeSinceOpen() const;
 
- private:
+ protected:
+  // Opens `path` without blocking and refuses anything but a regular file (kErrIo).
+  explicit TensorFile(const std::string& path);
+  // Maps the whole file read-only under the SIGBUS guard (a no-op for an empty file).
+  void mapWhole();
+
   std::string path_;
-  int fd_ = -1;  // open while mapped, for changeSinceOpen()
+  int fd_ = -1;
   void* map_ = nullptr;
   size_t size_ = 0;
   int64_t mtimeSec_ = 0;
   uint32_t mtimeNsec_ = 0;
   std::vector<TensorEntry> tensors_;
+};
+
+class SafetensorsFile : public TensorFile {
+ public:
+  // Throws dg::Error (kErrIo / kErrFormat) naming `path`.
+  explicit SafetensorsFile(const std::string& path);
 };
 
 // Validates a header (the JSON text) against a data section of `dataSize` bytes; exposed for
@@ -55,16 +66,17 @@ std::vector<TensorEntry> parseSafetensorsHeader(const char* json, size_t len, si
 // All tensors of a checkpoint, across its shards, by name.
 class TensorStore {
  public:
-  // Opens every file; a tensor present in two files is an error.
+  // Opens every file (a path ending in .gguf as GGUF, with its tensors adapted to the names and
+  // layout of a Hugging Face checkpoint: gguf_model.h); a tensor present in two files is an error.
   void open(const std::vector<std::string>& paths);
   // Throws kErrIo naming the first file that changed on disk since it was opened.
   void checkUnchanged() const;
   const TensorEntry* find(const std::string& name) const;
-  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  const std::vector<std::unique_ptr<TensorFile>>& files() const { return files_; }
   const std::map<std::string, TensorEntry*>& all() const { return byName_; }
 
  private:
-  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::vector<std::unique_ptr<TensorFile>> files_;
   std::map<std::string, TensorEntry*> byName_;
 };
 

@@ -13,14 +13,15 @@ command -v clang++ >/dev/null || { echo "fuzz: clang++ not found (apt-get instal
 out="${FUZZ_OUT:-$(mktemp -d)}"
 mkdir -p "$out" test/fuzz/crashes
 flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Inative -Itest/native -Itest/fuzz)
-common=(native/json.cc native/mapguard.cc native/safetensors.cc native/model.cc native/cpu/convert.cc native/cpu/features.cc)
+common=(native/json.cc native/mapguard.cc native/safetensors.cc native/gguf.cc native/gguf_model.cc native/model.cc native/cpu/convert.cc native/cpu/features.cc)
 clang++ "${flags[@]}" test/fuzz/fuzz_json.cc native/json.cc -o "$out/fuzz_json"
 clang++ "${flags[@]}" test/fuzz/fuzz_safetensors.cc "${common[@]}" -o "$out/fuzz_safetensors"
 clang++ "${flags[@]}" test/fuzz/fuzz_model.cc "${common[@]}" -o "$out/fuzz_model"
+clang++ "${flags[@]}" test/fuzz/fuzz_gguf.cc "${common[@]}" -o "$out/fuzz_gguf"
 
 # Seed corpora: real tiny checkpoints (with routers) and their headers.
 seeds="$out/seeds"
-mkdir -p "$seeds/st" "$seeds/json"
+mkdir -p "$seeds/st" "$seeds/json" "$seeds/gguf"
 for variant in "" "--dtype bf16 --tied" "--arch qwen2 --dtype f16" "--shards 2"; do
   d="$out/model-$RANDOM"
   # shellcheck disable=SC2086
@@ -30,6 +31,8 @@ for variant in "" "--dtype bf16 --tied" "--arch qwen2 --dtype f16" "--shards 2";
     n=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
     head -c "$((n + 8))" "$f" | tail -c "$n" > "$seeds/json/$(basename "$d")-$(basename "$f").json"
   done
+  # The same checkpoint as GGUF (llama.cpp's layout: src/testing/ggufConvert.ts).
+  node -e "require('./dist/testing/index.js').convertToGguf(process.argv[1], process.argv[2])" "$d" "$seeds/gguf/$(basename "$d").gguf"
 done
 cp test/fuzz/regressions/* "$seeds/st/" 2>/dev/null || true
 
@@ -44,11 +47,12 @@ if [ -n "$summary" ]; then
 fi
 
 status=0
-for target in ${FUZZ_TARGETS:-fuzz_json fuzz_safetensors fuzz_model}; do
+for target in ${FUZZ_TARGETS:-fuzz_json fuzz_safetensors fuzz_model fuzz_gguf}; do
   corpus="$out/corpus-$target"
   mkdir -p "$corpus"
   seed="$seeds/st"
   [ "$target" = fuzz_json ] && seed="$seeds/json"
+  [ "$target" = fuzz_gguf ] && seed="$seeds/gguf"
   echo "== $target: ${secs}s"
   result="no crash, no sanitizer report"
   if ! "$out/$target" "$corpus" "$seed" -max_total_time="$secs" -max_len=1048576 -rss_limit_mb=2048 \

@@ -7,6 +7,17 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NativeLoadError } from './errors';
 
+/** @internal What native/addon_gguf.cc reads of a GGUF file. */
+export interface NativeGgufHeader {
+  version: number;
+  alignment: number;
+  /** Values by key: numbers (BigInt beyond 2^53), booleans, strings; arrays of strings or bools as arrays, numeric arrays as typed arrays. */
+  metadata: Record<string, unknown>;
+  /** GGUF value type by key, e.g. 'uint32', 'string', 'array[float32]'. */
+  metadataTypes: Record<string, string>;
+  tensors: { name: string; type: string; dims: number[]; offset: number; bytes: number }[];
+}
+
 export interface NativeConfig {
   architecture: string;
   vocabSize: number;
@@ -119,6 +130,8 @@ export interface NativeAddon {
     onProgress?: (fraction: number) => void,
     abortFlag?: Int32Array,
   ): Promise<NativeModel>;
+  /** A GGUF file's header, parsed and validated natively (native/addon_gguf.cc). */
+  readGgufHeader(file: string): NativeGgufHeader;
   buildInfo(): {
     cpuFeatures: string[];
     cpuKernels: string;

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { native, type NativeModel, type NativeRequest, type NativeResponse } from './binding';
 import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
+import { isGgufPath, openGgufModel } from './ggufModel';
 import { AbortError, ContextOverflowError, DisposedError, InvalidOptionError, ModelFileError, ModelFormatError, OutOfMemoryError, fromNative } from './errors';
 import { checkInt, checkObject, validateGenerateOptions, validateLoadOptions, type GenerateOptions, type GenerateResult, type LoadOptions } from './options';
 import { Tokenizer, type ChatMessage } from './tokenizer';
@@ -68,18 +69,21 @@ export interface ModelInfo {
   skipRouterLayers: number[];
 }
 
-/** Loads a Hugging Face model directory (config.json, safetensors weights, tokenizer files). */
+/** Loads a Hugging Face model directory (config.json, safetensors weights, tokenizer files) or a GGUF file (`.gguf`). */
 export async function loadModel(dir: string, options?: LoadOptions): Promise<Model> {
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidOptionError('modelDir', 'must be a non-empty path');
   const opts = validateLoadOptions(options);
   const { backend } = resolveBackend(opts.backend);
   const root = path.resolve(dir);
-  if (!fs.existsSync(root)) throw new ModelFileError('the model directory does not exist', root);
-  if (!fs.statSync(root).isDirectory()) throw new ModelFileError('is not a directory (expected a Hugging Face model directory)', root);
-  const config = readModelConfig(root);
+  const gguf = isGgufPath(root);
+  if (!fs.existsSync(root)) throw new ModelFileError(gguf ? 'the GGUF file does not exist' : 'the model directory does not exist', root);
+  if (!gguf && !fs.statSync(root).isDirectory())
+    throw new ModelFileError('is not a directory (expected a Hugging Face model directory or a .gguf file)', root);
+  const source = gguf ? openGgufModel(root) : undefined;
+  const config = source?.config ?? readModelConfig(root);
   if (opts.contextSize !== undefined) checkContextSize(opts.contextSize, config);
-  const tokenizer = Tokenizer.fromDirectory(root, config.bosTokenId);
-  const { files, weightMap, indexFile } = listWeightFiles(root);
+  const tokenizer = source?.tokenizer ?? Tokenizer.fromDirectory(root, config.bosTokenId);
+  const { files, weightMap, indexFile }: ReturnType<typeof listWeightFiles> = source ?? listWeightFiles(root);
   // A relative add-on path is taken from the working directory, as every path in Node (and the CLI's --addon).
   const addons = (opts.addons ?? []).map((a) => path.resolve(a));
   // Only regular files are opened (natively too, without blocking): a FIFO or a device is refused here.

@@ -114,13 +114,27 @@ export class Tokenizer {
       throw new ModelFormatError('tokenizer.json must hold a JSON object', tjFile);
     if (typeof tc !== 'object' || tc === null || Array.isArray(tc))
       throw new ModelFormatError('tokenizer_config.json must hold a JSON object', tcFile);
+    return Tokenizer.fromObjects(tj as Record<string, unknown>, tc as Record<string, unknown>, bosTokenId, tjFile, tcFile);
+  }
+
+  /**
+   * @internal A tokenizer from a tokenizer.json and a tokenizer_config.json already in memory (a
+   * GGUF file's tokenizer, src/ggufTokenizer.ts). `file` and `configFile` are named by errors.
+   */
+  static fromObjects(
+    tj: Record<string, unknown>,
+    tc: Record<string, unknown>,
+    bosTokenId: number | null,
+    file: string,
+    configFile: string,
+  ): Tokenizer {
     let hf: HfTokenizer;
     try {
       hf = new HfTokenizer(tj, tc);
     } catch (e) {
-      throw new ModelFormatError(`tokenizer.json could not be loaded: ${(e as Error).message}`, tjFile, e);
+      throw new ModelFormatError(`tokenizer.json could not be loaded: ${(e as Error).message}`, file, e);
     }
-    return new Tokenizer(hf, tc as Record<string, unknown>, bosTokenId, tcFile, tj as Record<string, unknown>);
+    return new Tokenizer(hf, tc, bosTokenId, configFile, tj);
   }
 
   /**

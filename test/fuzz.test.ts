@@ -1,6 +1,7 @@
 /**
  * A short coverage-guided fuzz run (libFuzzer + ASan + UBSan) of the native parsers: the JSON
- * reader, whole safetensors files, and model binding. Longer runs: `bash scripts/fuzz.sh 600`.
+ * reader, whole safetensors files, model binding, and whole GGUF files. Longer runs:
+ * `bash scripts/fuzz.sh 600`.
  * Needs clang. Where it is missing the test is reported as skipped, with the reason; where clang
  * is required (DEPTHGATE_REQUIRE_FUZZ=1, which .ci/run sets after installing it) it fails instead.
  */
@@ -18,6 +19,6 @@ if (!hasClang && !required) console.log(`skipping "${name}": clang++ is not inst
   const r = spawnSync('bash', [path.join(__dirname, '..', 'scripts', 'fuzz.sh'), seconds], { encoding: 'utf8', timeout: 900000 });
   const out = r.stdout + r.stderr;
   expect(out).not.toMatch(/FOUND A CRASH|ERROR: AddressSanitizer|runtime error:/);
-  expect(out.match(/stat::number_of_executed_units:\s+\d+/g)).toHaveLength(3);
+  expect(out.match(/stat::number_of_executed_units:\s+\d+/g)).toHaveLength(4);
   expect(r.status).toBe(0);
 }, 900000);

@@ -87,6 +87,8 @@ const EXPECTED_TESTING: Record<string, string[]> = {
   float32Bits: [], float32ToFloat16Bits: [], float32ToBfloat16Bits: [],
   TinyArch: [], TinyDtype: [], TinyRopeScaling: [], TinyModelOptions: [], TinyFlexiDepthOptions: [], TinySkipLayerOptions: [],
   TinyModelSpecialTokens: [], TinyModelInfo: [],
+  writeGguf: [], ggufBytes: [], GGUF_VALUE_TYPES: [], GGML_TYPES: [], GgufFileSpec: [], GgufTensor: [], GgufTensorType: [],
+  GgufMetadataValue: [], GgufScalarType: [], convertToGguf: [], ggufTensorName: [], GGUF_TOKEN_TYPE: [], GgufConvertOptions: [],
 };
 
 test('depthgate exports exactly the documented API, with no internal member', () => {

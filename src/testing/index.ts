@@ -21,3 +21,7 @@ export type {
 } from './tinyModel';
 export { TINY_CHAT_TEMPLATE, bytesToUnicode } from './bpeTokenizer';
 export { float32Bits, float32ToFloat16Bits, float32ToBfloat16Bits } from './floatBits';
+export { writeGguf, ggufBytes, GGUF_VALUE_TYPES, GGML_TYPES } from './ggufWriter';
+export type { GgufFileSpec, GgufTensor, GgufTensorType, GgufMetadataValue, GgufScalarType } from './ggufWriter';
+export { convertToGguf, ggufTensorName, GGUF_TOKEN_TYPE } from './ggufConvert';
+export type { GgufConvertOptions } from './ggufConvert';
