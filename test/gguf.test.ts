@@ -350,7 +350,7 @@ describe('malformed GGUF files are refused with typed errors', () => {
     );
   });
   test('Q8_0 tensors load and compute as the same weights quantized on load; a K-quant is refused, naming it', async () => {
-    const dir = tinyModel({ seed: 1, vocabSize: 256 }); // f32; every matrix a multiple of 32 wide
+    const dir = tinyModel({ seed: 1, vocabSize: 320, intermediate: 256 }); // f32; ffn_down 256 wide: one Q4_K block a row
     const f32File = path.join(d, 'f32.gguf');
     convertToGguf(dir, f32File);
     const s = specFromFile(f32File);
@@ -368,7 +368,7 @@ describe('malformed GGUF files are refused with typed errors', () => {
     expect(n).toBe(2 * 7 + 1);
     const q8File = path.join(d, 'q8.gguf');
     writeGguf(q8File, s);
-    const tokens = randomTokens(12, 3, 256, 5);
+    const tokens = randomTokens(12, 3, 320, 5);
     const fromGguf = await loadModel(q8File, { kvCacheType: 'f32', threads: 2 });
     const onLoad = await loadModel(dir, { kvCacheType: 'f32', threads: 2, weights: 'q8_0' });
     const plain = await loadModel(f32File, { kvCacheType: 'f32', threads: 2 });
@@ -460,8 +460,9 @@ test.each([
     const dir = tinyModel({ seed: 13, layers: 3, ...opts });
     const file = path.join(dir, 'model.gguf');
     convertToGguf(dir, file);
-    const st = await loadModel(dir, { kvCacheType: 'f32', threads: 2, addons: [addon] });
-    const gg = await loadModel(file, { kvCacheType: 'f32', threads: 2, addons: [addon] });
+    const addonPath = path.join(dir, addon); // a relative add-on path would be taken from the working directory
+    const st = await loadModel(dir, { kvCacheType: 'f32', threads: 2, addons: [addonPath] });
+    const gg = await loadModel(file, { kvCacheType: 'f32', threads: 2, addons: [addonPath] });
     try {
       const tokens = randomTokens(10, 0, st.config.vocabSize, 9);
       const a = await st.evaluate(tokens, { policy: { type: policy as 'flexidepth' } });
