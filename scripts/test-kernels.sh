@@ -12,7 +12,7 @@ trap 'rm -rf "$out"' EXIT
 
 # The kernel files by name: native/cpu/ also holds the CPU backend, which needs the engine.
 kernels=(features convert matmul norm rope activation attention sampling)
-sources=(test/native/kernels_test.cc native/threadpool.cc)
+sources=(test/native/kernels_test.cc native/threadpool.cc native/penalty_window.cc)
 for k in "${kernels[@]}"; do sources+=("native/cpu/$k.cc"); done
 flags=(-std=c++17 -O2 -pthread -Inative)
 

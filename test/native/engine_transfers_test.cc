@@ -75,8 +75,8 @@ class CountingOps final : public Ops {
   void compact(const uint8_t* f, int64_t n, int32_t* ri, int32_t* rc, int32_t* si, int32_t* sc) override {
     log += 'c', in_->compact(f, n, ri, rc, si, sc);
   }
-  void sample(int32_t* t, const float* l, int64_t n, int64_t v, SampleRow* p) override {
-    log += 'c', in_->sample(t, l, n, v, p);
+  void sample(int32_t* t, float* l, int64_t n, int64_t v, SampleRow* p, const PenaltyToken* pen) override {
+    log += 'c', in_->sample(t, l, n, v, p, pen);
   }
 
  private:
