@@ -15,6 +15,7 @@ import { DepthgateError } from './errors';
 import { getBuildInfo, loadModel, type GenerateOptions, type LoadOptions, type Model } from './index';
 import { measurePerplexity } from './perplexity';
 import { parsePolicy, type Policy } from './policy';
+import { describeSampling } from './sampling';
 import { serveCommand } from './server/command';
 
 const USAGE = `Usage:
@@ -22,10 +23,15 @@ const USAGE = `Usage:
       --prompt, -p TEXT     the prompt (required)
       --chat                wrap the prompt as a user message in the model's chat template
       --system TEXT         system message (with --chat)
-      --max-tokens N        most tokens to generate (default 128)
-      --temperature T       0 = greedy (default 0)
-      --top-k K             sample among the K most likely tokens
-      --top-p P             nucleus sampling threshold
+      --max-tokens N        most tokens to generate (default: the model's max_new_tokens, else 128)
+      --temperature T       0 = greedy (default: the model's generation_config.json, else 0)
+      --top-k K             sample among the K most likely tokens (default: as for --temperature)
+      --top-p P             nucleus sampling threshold (default: as for --temperature)
+      --repetition-penalty R  transformers' repetition penalty (1 = off; default: the model's, else 1)
+      --frequency-penalty F   OpenAI's frequency penalty, -2..2 (default 0)
+      --presence-penalty P    OpenAI's presence penalty, -2..2 (default 0)
+      --penalty-window N      the penalties look at the last N tokens (default: the whole context)
+      --no-generation-config  ignore the sampling defaults of the model's generation_config.json
       --seed S              sampling seed (same seed, same output)
       --stop TEXT           stop string (repeatable)
       --threads N           CPU threads (default: all cores)
@@ -100,7 +106,7 @@ function backendArg(v: string | undefined): LoadOptions['backend'] {
  */
 async function open(
   dir: string | undefined,
-  o: { threads?: number; addons?: string[]; backend?: string; kvCache?: string } = {},
+  o: { threads?: number; addons?: string[]; backend?: string; kvCache?: string; generationConfig?: boolean } = {},
 ): Promise<{ model: Model }> {
   const backend = backendArg(o.backend);
   const kv = o.kvCache;
@@ -123,6 +129,7 @@ async function open(
     ...(addons.length ? { addons } : {}),
     ...(backend ? { backend } : {}),
     ...(kv ? { kvCacheType: kv } : {}),
+    ...(o.generationConfig === false ? { generationConfig: false } : {}),
   });
   return { model };
 }
@@ -148,24 +155,42 @@ async function generate(argv: string[]): Promise<void> {
       'show-depth': { type: 'boolean' },
       backend: { type: 'string' },
       'kv-cache': { type: 'string' },
+      'repetition-penalty': { type: 'string' },
+      'frequency-penalty': { type: 'string' },
+      'presence-penalty': { type: 'string' },
+      'penalty-window': { type: 'string' },
+      'no-generation-config': { type: 'boolean' },
     },
   });
   if (positionals.length > 1) throw new UsageError(`generate takes one MODEL_DIR, got ${positionals.length}`);
   if (values.prompt === undefined) throw new UsageError('generate needs --prompt');
-  const opts: GenerateOptions = { maxTokens: intArg(values['max-tokens'], 'max-tokens', 1) ?? 128 };
+  const opts: GenerateOptions = {};
+  const maxTokens = intArg(values['max-tokens'], 'max-tokens', 1);
+  if (maxTokens !== undefined) opts.maxTokens = maxTokens;
   const t = numArg(values.temperature, 'temperature');
   if (t !== undefined) opts.temperature = t;
   const k = intArg(values['top-k'], 'top-k', 0);
   if (k !== undefined) opts.topK = k;
   const p = numArg(values['top-p'], 'top-p');
   if (p !== undefined) opts.topP = p;
+  const rp = numArg(values['repetition-penalty'], 'repetition-penalty');
+  if (rp !== undefined) opts.repetitionPenalty = rp;
+  const fp = numArg(values['frequency-penalty'], 'frequency-penalty');
+  if (fp !== undefined) opts.frequencyPenalty = fp;
+  const pp = numArg(values['presence-penalty'], 'presence-penalty');
+  if (pp !== undefined) opts.presencePenalty = pp;
+  const pw = intArg(values['penalty-window'], 'penalty-window', 1);
+  if (pw !== undefined) opts.penaltyWindow = pw;
   const seed = intArg(values.seed, 'seed', 0);
   if (seed !== undefined) opts.seed = seed;
   if (values.stop) opts.stop = values.stop;
   const { model } = await open(positionals[0], {
     threads: intArg(values.threads, 'threads', 1), addons: values.addon, backend: values.backend, kvCache: values['kv-cache'],
+    generationConfig: !values['no-generation-config'],
   });
   try {
+    // The CLI's own default length when neither --max-tokens nor the model's max_new_tokens sets one.
+    if (opts.maxTokens === undefined && model.generationDefaults.options.maxTokens === undefined) opts.maxTokens = 128;
     const L = model.config.numLayers;
     opts.policy = values.policy ? parsePolicy(values.policy, L) : model.defaultPolicy.policy;
     const html = values.trace !== undefined && /\.html?$/i.test(values.trace);
@@ -217,7 +242,8 @@ async function generate(argv: string[]): Promise<void> {
     process.stderr.write(
       `[${r.usage.promptTokens} prompt tokens, ${r.usage.completionTokens} generated (${r.finishReason}); ` +
         `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s; ` +
-        `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n`,
+        `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n` +
+        `[${describeSampling(r.sampling)}]\n`,
     );
   } finally {
     await model.dispose();
@@ -258,6 +284,9 @@ async function info(argv: string[]): Promise<void> {
     console.log(`routers: FlexiDepth on layers [${i.flexiDepthLayers.join(', ')}]${fdFrom}; SkipLayer on layers [${i.skipRouterLayers.join(', ')}]`);
     console.log(`default policy: ${policyLabel(i.defaultPolicy.policy)}, because ${i.defaultPolicy.reason} (--policy overrides it; --policy none runs every layer)`);
     console.log(`rope: theta ${c.ropeTheta}, scaling ${c.ropeType}${c.ropeType !== 'default' ? ` x${c.ropeFactor}` : ''}; tied embeddings ${c.tieWordEmbeddings}; eos ${c.eosTokenIds.join(', ')}`);
+    const gd = i.generationDefaults;
+    const gdo = Object.entries(gd.options).map(([k, v]) => `${k} ${v}`).join(', ');
+    console.log(`generation defaults: ${gd.file ? `${gdo || 'none'} (from ${gd.file})` : 'none (no generation_config.json)'}`);
   } finally {
     await model.dispose();
   }

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { native, type NativeModel, type NativeRequest, type NativeResponse } from './binding';
 import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
 import { AbortError, ContextOverflowError, DisposedError, InvalidOptionError, ModelFileError, ModelFormatError, OutOfMemoryError, fromNative } from './errors';
+import { readGenerationDefaults, type GenerationDefaults } from './sampling';
 import { checkInt, checkObject, validateGenerateOptions, validateLoadOptions, type GenerateOptions, type GenerateResult, type LoadOptions } from './options';
 import { Tokenizer, type ChatMessage } from './tokenizer';
 import { validatePolicy, type Policy } from './policy';
@@ -62,6 +63,8 @@ export interface ModelInfo {
   defaultPolicy: DefaultPolicy;
   /** Layers with SkipLayer routers. */
   skipRouterLayers: number[];
+  /** The generation defaults taken from generation_config.json (LoadOptions.generationConfig). */
+  generationDefaults: GenerationDefaults;
 }
 
 /** Loads a Hugging Face model directory (config.json, safetensors weights, tokenizer files). */
@@ -73,6 +76,8 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   if (!fs.existsSync(root)) throw new ModelFileError('the model directory does not exist', root);
   if (!fs.statSync(root).isDirectory()) throw new ModelFileError('is not a directory (expected a Hugging Face model directory)', root);
   const config = readModelConfig(root);
+  const generationDefaults: GenerationDefaults =
+    opts.generationConfig === false ? { file: null, options: {} } : readGenerationDefaults(root);
   const tokenizer = Tokenizer.fromDirectory(root, config.bosTokenId);
   const { files, weightMap, indexFile } = listWeightFiles(root);
   const addons = (opts.addons ?? []).map((a) => path.resolve(root, a));
@@ -146,7 +151,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
       addonFlexiDepthLayers: info.flexiDepthLayers.filter((l) => !inCheckpoint(l)),
       defaultModelSetup: isDefaultModelSetup(root, addons),
     });
-    return new Model(root, config, tokenizer, nm, contextSize, budget, { defaultPolicy, checkpointFlexiDepthLayers });
+    return new Model(root, config, tokenizer, nm, contextSize, budget, { defaultPolicy, checkpointFlexiDepthLayers }, generationDefaults);
   } catch (e) {
     nm.dispose();
     throw e;
@@ -164,6 +169,8 @@ export class Model implements AsyncDisposable {
   /** The policy calls run when they name none, and why: FlexiDepth for routers that come with the model (src/defaultPolicy.ts). */
   readonly defaultPolicy: DefaultPolicy;
   private readonly checkpointFlexiDepthLayers: number[];
+  /** @internal The sampling defaults from generation_config.json (see {@link ModelInfo.generationDefaults}). */
+  readonly generationDefaults: GenerationDefaults;
   private nm: NativeModel | null;
   private readonly scheduler = new Scheduler(() => this.nm);
   private sequences = new Set<Sequence>();
@@ -178,7 +185,9 @@ export class Model implements AsyncDisposable {
   constructor(
     dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number, kvBudget: number,
     routers: { defaultPolicy: DefaultPolicy; checkpointFlexiDepthLayers: number[] },
+    generationDefaults: GenerationDefaults = { file: null, options: {} },
   ) {
+    this.generationDefaults = Object.freeze({ file: generationDefaults.file, options: Object.freeze({ ...generationDefaults.options }) });
     const d = routers.defaultPolicy;
     this.defaultPolicy = Object.freeze({ policy: Object.freeze({ ...d.policy }), reason: d.reason });
     this.checkpointFlexiDepthLayers = routers.checkpointFlexiDepthLayers;
@@ -223,6 +232,7 @@ export class Model implements AsyncDisposable {
       checkpointFlexiDepthLayers: [...this.checkpointFlexiDepthLayers],
       skipRouterLayers: ni.skipRouterLayers,
       defaultPolicy: { policy: { ...this.defaultPolicy.policy }, reason: this.defaultPolicy.reason },
+      generationDefaults: { file: this.generationDefaults.file, options: { ...this.generationDefaults.options } },
     };
   }
 
