@@ -31,7 +31,8 @@ const { values } = parseArgs({
 if (values.child) {
   // One measurement: load, warm up, decode `tokens` tokens at full depth, print tokens/s.
   const dir = values.model === 'default' ? depthgate.defaultModelDir() : values.model!;
-  const model = await depthgate.loadModel(dir, { threads: Number(values.threads) });
+  // Greedy, as the recorded results were measured (the default model's generation_config.json would sample).
+  const model = await depthgate.loadModel(dir, { threads: Number(values.threads), generationConfig: false });
   const prompt = { tokens: Array.from({ length: 8 }, (_, i) => 1 + i) };
   const opts = { stopOnEos: false, policy: { type: 'none' as const } };
   await model.generate(prompt, { ...opts, maxTokens: 8 });

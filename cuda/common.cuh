@@ -197,8 +197,8 @@ void launchCompact(const Dev& d, const uint8_t* flags, int64_t rows, int32_t* ru
 
 // sampling.cu
 size_t sampleScratchBytes(int64_t rows, int64_t vocab);
-void launchSample(const Dev& d, int32_t* tokens, const float* logits, int64_t rows, int64_t vocab, SampleRow* params,
-                  void* scratch);
+void launchSample(const Dev& d, int32_t* tokens, float* logits, int64_t rows, int64_t vocab, SampleRow* params,
+                  const PenaltyToken* penalties, void* scratch);
 
 }  // namespace cuda
 }  // namespace dg

@@ -63,7 +63,8 @@ class CudaOps final : public Ops {
   void routeArgmax(uint8_t* run, const float* logits, int64_t rows) override;
   void compact(const uint8_t* flags, int64_t rows, int32_t* runIdx, int32_t* runCount, int32_t* skipIdx,
                int32_t* skipCount) override;
-  void sample(int32_t* tokens, const float* logits, int64_t rows, int64_t vocab, SampleRow* params) override;
+  void sample(int32_t* tokens, float* logits, int64_t rows, int64_t vocab, SampleRow* params,
+              const PenaltyToken* penalties) override;
 
  private:
   enum class Seg { Idle, Recording, Matching };

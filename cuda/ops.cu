@@ -136,7 +136,7 @@ void CudaOps::execute(const Rec& r, bool capturing) {
       const auto a = r.as<SampleA>();
       const size_t bytes = sampleScratchBytes(a.rows, a.vocab);
       void* p = bytes ? scratch(kScratchSample, bytes, capturing) : nullptr;
-      launchSample(dev_, a.tokens, a.logits, a.rows, a.vocab, a.params, p);
+      launchSample(dev_, a.tokens, a.logits, a.rows, a.vocab, a.params, a.penalties, p);
       break;
     }
   }
@@ -190,8 +190,9 @@ void CudaOps::compact(const uint8_t* flags, int64_t rows, int32_t* runIdx, int32
                       int32_t* skipCount) {
   DG_OP(Compact, CompactA, flags, rows, runIdx, runCount, skipIdx, skipCount);
 }
-void CudaOps::sample(int32_t* tokens, const float* logits, int64_t rows, int64_t vocab, SampleRow* params) {
-  DG_OP(Sample, SampleA, tokens, logits, rows, vocab, params);
+void CudaOps::sample(int32_t* tokens, float* logits, int64_t rows, int64_t vocab, SampleRow* params,
+                     const PenaltyToken* penalties) {
+  DG_OP(Sample, SampleA, tokens, logits, rows, vocab, params, penalties);
 }
 
 #undef DG_OP

@@ -94,7 +94,7 @@ struct TanhA { float* x; RowSet rows; int64_t dim; };
 struct RouteThresholdA { uint8_t* runAttn; uint8_t* runMlp; float* weight; const float* logits; int64_t rows; uint64_t threshold; };
 struct RouteArgmaxA { uint8_t* run; const float* logits; int64_t rows; };
 struct CompactA { const uint8_t* flags; int64_t rows; int32_t* runIdx; int32_t* runCount; int32_t* skipIdx; int32_t* skipCount; };
-struct SampleA { int32_t* tokens; const float* logits; int64_t rows, vocab; SampleRow* params; };
+struct SampleA { int32_t* tokens; float* logits; int64_t rows, vocab; SampleRow* params; const PenaltyToken* penalties; };
 
 struct Rec {
   static constexpr size_t kBytes = 160;

@@ -1,4 +1,7 @@
 // The sample op on the device, with the semantics of native/cpu/sampling.cc:
+//  * first, in place, each drawing row's penalty list (SampleRow::penaltyStart/penaltyCount) is
+//    applied to its logits with applyPenalty (kernels.h, the host's code): the ids of a row's
+//    list are distinct, so each thread owns the logits it writes.
 //  * temperature <= 0: greedy argmax (NaN never wins, lowest id on ties, 0 when every logit is
 //    NaN); no draw.
 //  * otherwise exactly one splitmix64 draw, taken first: u = (next >> 11) * 2^-53. Candidates are
@@ -351,6 +354,19 @@ __global__ void __launch_bounds__(kThreads, 1) pickKernel(int32_t* tokens, const
   if (threadIdx.x == 0) tokens[row] = int32_t(token);
 }
 
+__global__ void penaltyKernel(float* logits, int64_t vocab, const SampleRow* __restrict__ params,
+                              const PenaltyToken* __restrict__ penalties) {
+  const int64_t row = blockIdx.x;
+  const SampleRow p = params[row];
+  if (!p.draw || p.penaltyCount <= 0) return;
+  float* l = logits + row * vocab;
+  const PenaltyToken* list = penalties + p.penaltyStart;
+  for (int32_t j = threadIdx.x; j < p.penaltyCount; j += blockDim.x) {
+    const PenaltyToken t = list[j];
+    if (t.id >= 0 && t.id < vocab) l[t.id] = applyPenalty(l[t.id], t.count, p.repetitionPenalty, p.frequencyPenalty, p.presencePenalty);
+  }
+}
+
 int64_t chunksOf(int64_t vocab) { return ceilDiv(vocab, kChunkElems); }
 
 }  // namespace
@@ -361,8 +377,8 @@ size_t sampleScratchBytes(int64_t rows, int64_t vocab) {
   return recs * sizeof(double) + recs * sizeof(ChunkStat);
 }
 
-void launchSample(const Dev& d, int32_t* tokens, const float* logits, int64_t rows, int64_t vocab, SampleRow* params,
-                  void* scratch) {
+void launchSample(const Dev& d, int32_t* tokens, float* logits, int64_t rows, int64_t vocab, SampleRow* params,
+                  const PenaltyToken* penalties, void* scratch) {
   if (rows <= 0) return;
   if (rows > 65535) throw Error(kErrUnsupported, "sample: more than 65535 rows in one call");
   if (vocab <= 0 || vocab > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "sample: the vocabulary size is out of range");
@@ -370,6 +386,10 @@ void launchSample(const Dev& d, int32_t* tokens, const float* logits, int64_t ro
   const int64_t chunks = chunksOf(vocab);
   double* sums = static_cast<double*>(scratch);
   ChunkStat* stats = reinterpret_cast<ChunkStat*>(sums + size_t(rows) * size_t(chunks));
+  if (penalties) {
+    penaltyKernel<<<unsigned(rows), kScanThreads, 0, d.stream>>>(logits, vocab, params, penalties);
+    CUDA_CHECK_LAUNCH();
+  }
   const dim3 grid{unsigned(chunks), unsigned(rows)};
   scanKernel<<<grid, kScanThreads, 0, d.stream>>>(logits, vocab, params, stats, chunks);
   CUDA_CHECK_LAUNCH();

@@ -141,6 +141,22 @@ void readRequestFields(Napi::Env env, Napi::Object o, Request& rq) {
     if (so.Get("temperature").IsNumber()) rq.sampling.temperature = so.Get("temperature").As<Napi::Number>().FloatValue();
     if (so.Get("topK").IsNumber()) rq.sampling.topK = so.Get("topK").As<Napi::Number>().Int32Value();
     if (so.Get("topP").IsNumber()) rq.sampling.topP = so.Get("topP").As<Napi::Number>().FloatValue();
+    // The penalties (validated in TypeScript, src/sampling.ts): absent = off.
+    if (so.Get("repetitionPenalty").IsNumber())
+      rq.sampling.repetitionPenalty = so.Get("repetitionPenalty").As<Napi::Number>().FloatValue();
+    if (so.Get("frequencyPenalty").IsNumber())
+      rq.sampling.frequencyPenalty = so.Get("frequencyPenalty").As<Napi::Number>().FloatValue();
+    if (so.Get("presencePenalty").IsNumber())
+      rq.sampling.presencePenalty = so.Get("presencePenalty").As<Napi::Number>().FloatValue();
+    if (so.Get("penaltyWindow").IsNumber()) {
+      const double w = so.Get("penaltyWindow").As<Napi::Number>().DoubleValue();
+      if (!(w >= 0 && w < 9e15) || w != std::floor(w)) throwArg(env, "request.sample.penaltyWindow must be an integer >= 0");
+      rq.sampling.penaltyWindow = int64_t(w);
+    }
+    if (!(rq.sampling.repetitionPenalty > 0.f) || !std::isfinite(rq.sampling.repetitionPenalty))
+      throwArg(env, "request.sample.repetitionPenalty must be a finite number above 0");
+    if (!std::isfinite(rq.sampling.frequencyPenalty) || !std::isfinite(rq.sampling.presencePenalty))
+      throwArg(env, "request.sample.frequencyPenalty and presencePenalty must be finite");
   }
   if (o.Get("genIndex").IsNumber()) {
     double g = o.Get("genIndex").As<Napi::Number>().DoubleValue();

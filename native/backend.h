@@ -90,6 +90,13 @@ struct SampleRow {
   float topP = 1.f;         // 1 = all
   int32_t draw = 0;         // 0: this logits row needs no token (skipped)
   uint64_t rng = 0;  // splitmix64 state before the draw (one draw per sampled token)
+  // Penalties over the tokens of the row's context window (see PenaltyToken): the row's entries
+  // are penalties[penaltyStart .. penaltyStart + penaltyCount) of the sample op's list.
+  float repetitionPenalty = 1.f;  // 1 = off
+  float frequencyPenalty = 0.f;   // 0 = off
+  float presencePenalty = 0.f;    // 0 = off
+  int32_t penaltyStart = 0;
+  int32_t penaltyCount = 0;
 };
 
 class Ops {
@@ -155,7 +162,12 @@ class Ops {
   // tokens[i] = a token drawn from logits row i (vocab wide) under params[i], for the rows with
   // params[i].draw; params[i].rng is advanced by the draw (exactly one when temperature > 0,
   // none for greedy, so the host can follow the generator without reading it back).
-  virtual void sample(int32_t* tokens, const float* logits, int64_t rows, int64_t vocab, SampleRow* params) = 0;
+  // First, in place, each drawing row's penalties are applied to its logits (applyPenalty in
+  // kernels.h, for every entry of its penalty list; ids in a row's list are distinct): a caller
+  // that downloads the logits afterwards sees what the draw saw, before temperature, top-k and
+  // top-p. `penalties` may be null when no row has a penalty list.
+  virtual void sample(int32_t* tokens, float* logits, int64_t rows, int64_t vocab, SampleRow* params,
+                      const PenaltyToken* penalties) = 0;
 };
 
 // cpu/cpu_backend.cc

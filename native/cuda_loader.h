@@ -12,7 +12,7 @@
 // Bump whenever anything the library and the addon share changes shape: the dg::Ops virtual
 // table and the structs its ops take (backend.h), Weight/DType (tensor.h), dg::Error, or the
 // signatures of the three entry points below. The loader refuses a library with another value.
-#define DG_CUDA_ABI 2
+#define DG_CUDA_ABI 3
 
 // The library's exported C entry points (names looked up with dlsym).
 //   int       dg_cuda_abi_version(void);                      returns DG_CUDA_ABI

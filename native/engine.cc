@@ -12,6 +12,8 @@ namespace dg {
 //
 //   work: attnIdx[R] attnCount mlpIdx[R] mlpCount skipIdx[R] skipCount   (backend only)
 //   in:   tokens[R] pos[R] seq[R] logitRows[R] | seqs: KvCacheRef[R] | sample: SampleRow[R]
+//         penalties: PenaltyToken[P]  (the sampled rows' (id, count) lists; P only grows, so the
+//         layout, and with it a device's captured step, stays the same from step to step)
 //   plan: attn u8[L*R] mlp u8[L*R] (padded) weight f32[L*R]              <- uploaded with `in`
 //   out:  tokens i32[R] | logits f32[logit rows * vocab]                 <- downloaded with `plan`
 //
@@ -21,10 +23,10 @@ namespace dg {
 struct Engine::StepBuffers {
   struct Layout {
     size_t attnIdx, attnCount, mlpIdx, mlpCount, skipIdx, skipCount;
-    size_t tokens, pos, seq, logitRows, seqs, sample, planAttn, planMlp, planWeight, outTokens, logits, end;
+    size_t tokens, pos, seq, logitRows, seqs, sample, penalties, planAttn, planMlp, planWeight, outTokens, logits, end;
   };
   static size_t align(size_t x, size_t a) { return (x + a - 1) / a * a; }
-  static Layout layout(int64_t rows, int layers, int64_t vocab, int64_t logitRows) {
+  static Layout layout(int64_t rows, int layers, int64_t vocab, int64_t logitRows, size_t penaltyCap) {
     Layout o{};
     size_t R = size_t(rows), L = size_t(layers), at = 0;
     auto take = [&](size_t bytes) {
@@ -45,6 +47,7 @@ struct Engine::StepBuffers {
     o.logitRows = take(4 * R);
     o.seqs = take(sizeof(KvCacheRef) * R);
     o.sample = take(sizeof(SampleRow) * R);
+    o.penalties = take(sizeof(PenaltyToken) * penaltyCap);
     o.planAttn = take(L * R);
     o.planMlp = take(L * R);
     o.planWeight = take(4 * L * R);
@@ -56,6 +59,7 @@ struct Engine::StepBuffers {
   Ops* ops = nullptr;
   char* dev = nullptr;  // backend memory
   size_t capacity = 0;
+  size_t penaltyCap = 0;  // PenaltyToken entries the layout holds (grows by doubling, never shrinks)
   std::vector<char> host;  // staging for in + plan, and the downloaded plan + out
   ~StepBuffers() {
     if (dev) ops->release(dev);
@@ -171,10 +175,14 @@ void Engine::releaseSequence(Sequence& s) {
   s.k = s.v = nullptr;
   s.capacity = 0;
   s.length = 0;
+  s.context.clear();
+  s.penalties.invalidate(0);
 }
 
 void Engine::truncate(Sequence& s, int64_t length) {
   if (length < s.length) s.length = std::max<int64_t>(0, length);
+  s.context.resize(size_t(s.length));
+  s.penalties.invalidate(s.length);
 }
 
 void Engine::ensureCapacity(Sequence& s, int64_t needed) {
@@ -248,7 +256,7 @@ void Engine::attentionBlock(int l, int64_t rows, const LayerFlags& f, bool route
   const ModelConfig& c = model_->config;
   const LayerWeights& W = layers_[size_t(l)];
   const int64_t d = c.hidden, qd = int64_t(c.heads) * c.headDim;
-  StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0);
+  StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0, step_->penaltyCap);
   RowSet A = RowSet::dense(rows);
   if (!routed && hostRun == kNone) return;
   if (routed || hostRun == kSome) {
@@ -274,7 +282,7 @@ void Engine::mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, 
   const int64_t d = c.hidden, ff = c.intermediate;
   const bool flexi = policy && policy->flexiDepth(l);
   const bool after = policy && policy->routesMlpAfterAttention(l);
-  StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0);
+  StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0, step_->penaltyCap);
   if (!routed && !after && hostRun == kNone) return;
   ops_->rmsnorm(xn_, x_, RowSet::dense(rows), d, W.postAttnNorm, c.rmsEps);
   if (after) policy->routeMlp(*this, l, xn_, rows, f);
@@ -307,7 +315,7 @@ void Engine::mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, 
 void Engine::runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostRun,
                       const std::atomic<bool>* cancel) {
   const ModelConfig& c = model_->config;
-  StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0);
+  StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0, step_->penaltyCap);
   const int64_t d = c.hidden, kvd = kv_.kvWidth();
   const StepRows sr{rows, step_->d<int32_t>(o.pos), step_->d<int32_t>(o.seq), step_->d<KvCacheRef>(o.seqs)};
   ops_->embed(x_, step_->d<int32_t>(o.tokens), rows, embed_);
@@ -393,6 +401,42 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
   for (auto& rq : requests) ensureCapacity(*rq.seq, rq.seq->length + int64_t(rq.tokens.size()));
   ensureScratch();
 
+  // Each context takes the pass's tokens now (the penalty windows count them); a pass that throws
+  // leaves them past `length`, where the next pass overwrites them, and its counts are dropped.
+  struct ContextRollback {
+    std::vector<Request>& rqs;
+    bool done = false;
+    ~ContextRollback() {
+      if (done) return;
+      for (auto& rq : rqs) {
+        rq.seq->context.resize(size_t(rq.seq->length));
+        rq.seq->penalties.invalidate(rq.seq->length);
+      }
+    }
+  } rollback{requests};
+  for (auto& rq : requests) {
+    rq.seq->context.resize(size_t(rq.seq->length));
+    rq.seq->context.insert(rq.seq->context.end(), rq.tokens.begin(), rq.tokens.end());
+  }
+  // The sampled requests' penalty lists: (id, count) over each one's window, uploaded with every
+  // chunk (only the chunk with a request's last row reads its list).
+  std::vector<PenaltyToken> penaltyList;
+  std::vector<int32_t> penaltyStart(requests.size(), 0), penaltyCount(requests.size(), 0);
+  for (size_t i = 0; i < requests.size(); i++) {
+    Request& rq = requests[i];
+    if (!rq.sample || !rq.sampling.penalized()) continue;
+    rq.seq->penalties.advance(rq.seq->context, int64_t(rq.seq->context.size()), rq.sampling.penaltyWindow);
+    penaltyStart[i] = int32_t(penaltyList.size());
+    rq.seq->penalties.appendTo(penaltyList);
+    penaltyCount[i] = int32_t(penaltyList.size()) - penaltyStart[i];
+  }
+  if (penaltyList.size() > step_->penaltyCap) {
+    size_t cap = std::max<size_t>(256, step_->penaltyCap);
+    while (cap < penaltyList.size()) cap *= 2;
+    step_->penaltyCap = cap;
+  }
+  const size_t penaltyCap = step_->penaltyCap;
+
   // Rows that report back (logits and what ran): every row for All, the last one otherwise.
   responses.assign(requests.size(), Response());
   for (size_t i = 0; i < requests.size(); i++) {
@@ -432,9 +476,11 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
       downloadLogits |= wants && rq.logits != LogitsMode::None;
       anySample |= last && rq.sample;
     }
-    const StepBuffers::Layout o = StepBuffers::layout(rows, L, c.vocab, nLogits);
-    step_->reserve(StepBuffers::layout(kChunk, L, c.vocab, nLogits).end);
+    const StepBuffers::Layout o = StepBuffers::layout(rows, L, c.vocab, nLogits, penaltyCap);
+    step_->reserve(StepBuffers::layout(kChunk, L, c.vocab, nLogits, penaltyCap).end);
     step_->host.assign(o.end, 0);
+    if (!penaltyList.empty())
+      std::memcpy(step_->h<PenaltyToken>(o.penalties), penaltyList.data(), penaltyList.size() * sizeof(PenaltyToken));
     // The step's facts.
     std::vector<Sequence*> seqTable;
     meta.resize(size_t(rows));
@@ -458,6 +504,13 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
         sp.topK = rq.sampling.topK;
         sp.topP = rq.sampling.topP;
         sp.rng = rq.seq->rng;
+        if (draw && penaltyCount[all[i].req] > 0) {
+          sp.repetitionPenalty = rq.sampling.repetitionPenalty;
+          sp.frequencyPenalty = rq.sampling.frequencyPenalty;
+          sp.presencePenalty = rq.sampling.presencePenalty;
+          sp.penaltyStart = penaltyStart[all[i].req];
+          sp.penaltyCount = penaltyCount[all[i].req];
+        }
       }
     }
     for (size_t si = 0; si < seqTable.size(); si++)
@@ -486,7 +539,8 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
       ops_->rmsnorm(xn_, x_, logitRows, c.hidden, finalNorm_, c.rmsEps);
       ops_->matmul(logits, c.vocab, xn_, c.hidden, RowSet::dense(nLogits), lmHead_, nullptr, Epilogue::store());
       if (anySample)
-        ops_->sample(step_->d<int32_t>(o.outTokens), logits, nLogits, c.vocab, step_->d<SampleRow>(o.sample));
+        ops_->sample(step_->d<int32_t>(o.outTokens), logits, nLogits, c.vocab, step_->d<SampleRow>(o.sample),
+                     penaltyCap ? step_->d<PenaltyToken>(o.penalties) : nullptr);
     }
     // The one download of the step: the plan as executed, sampled tokens, logits when asked.
     const size_t downloadEnd = downloadLogits ? o.end : o.logits;
@@ -520,6 +574,7 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
     }
   }
   model_->store.checkUnchanged();
+  rollback.done = true;
   for (size_t i = 0; i < requests.size(); i++) {
     responses[i].weightBytes = weightBytes;
     requests[i].seq->length += int64_t(requests[i].tokens.size());

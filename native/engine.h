@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "model.h"
+#include "penalty_window.h"
 #include "policy.h"
 
 namespace dg {
@@ -31,6 +32,10 @@ struct Sequence {
   void* k = nullptr;
   void* v = nullptr;
   uint64_t rng = 0;
+  // The tokens at positions 0 .. length - 1 (entries past length belong to a pass in flight or
+  // one that failed), and their counts in the window the repetition penalties look at.
+  std::vector<int32_t> context;
+  PenaltyWindow penalties;
   ~Sequence();
 };
 

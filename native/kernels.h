@@ -88,7 +88,37 @@ struct SamplingParams {
   float temperature = 0.f;  // 0 = greedy (argmax, lowest id on ties)
   int topK = 0;             // 0 = all
   float topP = 1.f;         // 1 = all
+  // Penalties over the last penaltyWindow tokens of the context (0 = all of it), applied to the
+  // logits before the above (the sample op, backend.h): see applyPenalty.
+  float repetitionPenalty = 1.f;  // 1 = off
+  float frequencyPenalty = 0.f;
+  float presencePenalty = 0.f;
+  int64_t penaltyWindow = 0;
+  bool penalized() const { return repetitionPenalty != 1.f || frequencyPenalty != 0.f || presencePenalty != 0.f; }
 };
+// One token of a context window the repetition penalties look at, and how often it occurs there.
+struct PenaltyToken {
+  int32_t id = 0;
+  int32_t count = 0;  // >= 1
+};
+// A logit of a token that occurs `count` (>= 1) times in the window, penalised: the repetition
+// penalty r as Hugging Face transformers applies it (l / r when l > 0, l * r otherwise), then
+// the frequency and presence penalties as OpenAI defines them (- count * f - p). Written once
+// for the host and the device (cuda/sampling.cu) so both compute the same floats.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline float applyPenalty(float logit, int32_t count, float r, float f, float p) {
+  const float l = logit > 0.f ? logit / r : logit * r;
+#if defined(__CUDA_ARCH__)
+  // Rounded steps, as the host computes them: no fused multiply-add.
+  return __fsub_rn(__fsub_rn(l, __fmul_rn(float(count), f)), p);
+#else
+  return l - float(count) * f - p;
+#endif
+}
+// Applies applyPenalty to logits[id] for each entry of the list (ids must be distinct and < vocab).
+void applyPenalties(float* logits, int64_t vocab, const PenaltyToken* list, int64_t n, float r, float f, float p);
 // Draws use `rngState` (advanced in place), so the same seed gives the same tokens.
 int32_t sampleToken(const float* logits, int64_t vocab, const SamplingParams& p, uint64_t& rngState);
 uint64_t rngNext(uint64_t& state);  // splitmix64

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NativeLoadError } from './errors';
+import type { NativeSampling } from './sampling';
 
 /** @internal What native/addon_gguf.cc reads of a GGUF file. */
 export interface NativeGgufHeader {
@@ -61,7 +62,12 @@ export interface NativeRequest {
   sequence: NativeSequence;
   tokens: Int32Array;
   logits: 'none' | 'last' | 'all';
-  sample?: { temperature: number; topK: number; topP: number };
+  /**
+   * Sample a token from the last row. With penalties, the sample op applies them to that row's
+   * logits in place first (src/sampling.ts, native/backend.h), so logits asked for with a sampled
+   * row are the penalised ones the token was drawn from (before temperature, top-k and top-p).
+   */
+  sample?: NativeSampling;
   /** Index of the generated token this pass's first row produces (row i: genIndex + i; < 1 counts as prompt); absent for prompt passes. */
   genIndex?: number;
 }

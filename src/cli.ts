@@ -15,7 +15,8 @@ import { parsePolicy } from './policy';
 import { SERVE_USAGE, serveCommand } from './server/command';
 import { UsageError, intArg, parseCommand } from './cliArgs';
 import { HELP, USAGE } from './cliHelp';
-import { LOAD_OPTIONS, SAMPLING_OPTIONS, depthFloor, openModel, policyArg, policyLabel, samplingArgs } from './cliModel';
+import { LOAD_OPTIONS, SAMPLING_OPTIONS, depthFloor, lengthDefault, openModel, policyArg, policyLabel, samplingArgs } from './cliModel';
+import { describeSampling } from './sampling';
 import { chatCommand } from './cliChat';
 import { SIGINT_STATUS, colorMode, exitQuietlyOnClosedPipe } from './terminal';
 
@@ -38,7 +39,7 @@ async function generate(argv: string[]): Promise<number> {
   const prompt = args.str('prompt');
   if (prompt === undefined) throw new UsageError('generate needs --prompt TEXT', 'generate');
   if (args.has('system') && !args.flag('chat')) throw new UsageError('--system needs --chat (it is a message of the chat template)', 'generate');
-  const opts = samplingArgs(args, 'generate', 128);
+  const opts = samplingArgs(args, 'generate');
   const chat = args.flag('chat');
   const tracePath = args.str('trace');
   const html = tracePath !== undefined && /\.html?$/i.test(tracePath);
@@ -51,6 +52,7 @@ async function generate(argv: string[]): Promise<number> {
     }
   }
   const model = await openModel('generate', args);
+  lengthDefault(opts, model, 128);
   try {
     const L = model.config.numLayers;
     opts.policy = policyArg(args, model);
@@ -107,7 +109,8 @@ async function generate(argv: string[]): Promise<number> {
     process.stderr.write(
       `[${r.usage.promptTokens} prompt tokens, ${r.usage.completionTokens} generated (${r.finishReason}); ` +
         `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s; ` +
-        `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n`,
+        `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n` +
+        `[${describeSampling(r.sampling)}]\n`,
     );
     process.removeListener('SIGINT', onSigint);
     return ac.signal.aborted ? SIGINT_STATUS : 0;
@@ -127,7 +130,10 @@ function bytes(n: number): string {
 }
 
 async function info(argv: string[]): Promise<number> {
-  const args = parseCommand('info', argv, { addon: { type: 'string', multiple: true }, backend: { type: 'string' }, weights: { type: 'string' } });
+  const args = parseCommand('info', argv, {
+    addon: { type: 'string', multiple: true }, backend: { type: 'string' }, weights: { type: 'string' },
+    'no-generation-config': { type: 'boolean' },
+  });
   if (args.flag('help')) return help('info');
   const b = getBuildInfo();
   console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'}); ${b.usableProcessors} usable processor(s)`);
@@ -153,6 +159,9 @@ async function info(argv: string[]): Promise<number> {
     console.log(`default policy: ${policyLabel(i.defaultPolicy.policy)}, because ${i.defaultPolicy.reason} (--policy overrides it; --policy none runs every layer)`);
     console.log(`chat template: ${model.tokenizer.chatTemplate ? 'yes' : 'none (--chat and chat need one)'}`);
     console.log(`rope: theta ${c.ropeTheta}, scaling ${c.ropeType}${c.ropeType !== 'default' ? ` x${c.ropeFactor}` : ''}; tied embeddings ${c.tieWordEmbeddings}; eos ${c.eosTokenIds.join(', ')}`);
+    const gd = i.generationDefaults;
+    const gdo = Object.entries(gd.options).map(([k, v]) => `${k} ${v}`).join(', ');
+    console.log(`generation defaults: ${gd.file ? `${gdo || 'none'} (from ${gd.file})` : 'none (no generation_config.json)'}`);
   } finally {
     await model.dispose();
   }

@@ -10,7 +10,7 @@ import { ChatSession } from './chatSession';
 import { DepthgateError, DisposedError } from './errors';
 import { parseCommand } from './cliArgs';
 import { HELP } from './cliHelp';
-import { LOAD_OPTIONS, SAMPLING_OPTIONS, openModel, policyArg, samplingArgs } from './cliModel';
+import { LOAD_OPTIONS, SAMPLING_OPTIONS, lengthDefault, openModel, policyArg, samplingArgs } from './cliModel';
 import { SIGINT_STATUS } from './terminal';
 
 /** Runs the chat; resolves with the exit status. */
@@ -20,8 +20,9 @@ export async function chatCommand(argv: string[]): Promise<number> {
     process.stdout.write(HELP.chat!);
     return 0;
   }
-  const opts = samplingArgs(args, 'chat', 256);
+  const opts = samplingArgs(args, 'chat');
   const model = await openModel('chat', args);
+  lengthDefault(opts, model, 256);
   const interactive = process.stdin.isTTY === true;
   const rl = readline.createInterface({ input: process.stdin, output: process.stdout, terminal: interactive });
   let reply: AbortController | null = null;

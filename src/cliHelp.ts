@@ -7,6 +7,7 @@ const LOAD = `      --threads N           CPU threads (default: the processors t
       --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
       --kv-cache T          KV cache dtype: bf16 (default), f16 or f32
       --weights W           weights in memory: stored (default), q8_0 or q4_0 (quantized on load, CPU)
+      --no-generation-config  ignore the sampling defaults of the model's generation_config.json
       --addon FILE          router weights to apply to the model (repeatable; a relative path is
                             taken from the working directory)`;
 
@@ -16,12 +17,18 @@ const POLICY = `      --policy SPEC         which layers each token runs (defaul
                               none | static:skip=3+5 | static:attn=2,mlp=4+6 | flexidepth[:threshold=0.5]
                               | skiplayer | d3:alpha=0.9[,start=4][,min=8]`;
 
-const SAMPLING = `      --max-tokens N        most tokens to generate (default 128)
-      --temperature T       0 = greedy (default 0)
+const SAMPLING = `      --max-tokens N        most tokens to generate (default: the model's max_new_tokens, else 128)
+      --temperature T       0 = greedy (default: the model's generation_config.json, else 0)
       --top-k K             sample among the K most likely tokens
       --top-p P             nucleus sampling threshold
       --seed S              sampling seed (same seed, same output)
-      --stop TEXT           stop string (repeatable; escapes such as \\n and \\t are understood)`;
+      --stop TEXT           stop string (repeatable; escapes such as \\n and \\t are understood)
+      --repetition-penalty R  transformers' repetition penalty (1 = off; default: the model's, else 1)
+      --frequency-penalty F   OpenAI's frequency penalty, -2..2 (default 0)
+      --presence-penalty P    OpenAI's presence penalty, -2..2 (default 0)
+      --penalty-window N      the penalties look at the last N tokens (default: the whole context)
+Unset sampling options take the model's generation_config.json defaults (--no-generation-config:
+greedy, ignoring the file).`;
 
 export const HELP: Record<string, string> = {
   generate: `Usage: depthgate generate [MODEL_DIR] --prompt TEXT [options]
@@ -48,7 +55,7 @@ reply; Ctrl-C at the prompt, or Ctrl-D, ends the chat.
 ${MODEL}
 
       --system TEXT         system message
-${SAMPLING.replace('(default 128)', '(default 256)')}
+${SAMPLING.replace('else 128)', 'else 256)')}
 ${POLICY}
 ${LOAD}
 `,

@@ -13,13 +13,15 @@ import { UsageError, intArg, numArg, unescape, type Args, type Options } from '.
 /** The options every command that loads a model takes. */
 export const LOAD_OPTIONS: Options = {
   threads: { type: 'string' }, backend: { type: 'string' }, 'kv-cache': { type: 'string' }, weights: { type: 'string' },
-  addon: { type: 'string', multiple: true },
+  addon: { type: 'string', multiple: true }, 'no-generation-config': { type: 'boolean' },
 };
 
 /** The sampling options of generate and chat. */
 export const SAMPLING_OPTIONS: Options = {
   'max-tokens': { type: 'string' }, temperature: { type: 'string' }, 'top-k': { type: 'string' }, 'top-p': { type: 'string' },
   seed: { type: 'string' }, stop: { type: 'string', multiple: true }, policy: { type: 'string' },
+  'repetition-penalty': { type: 'string' }, 'frequency-penalty': { type: 'string' }, 'presence-penalty': { type: 'string' },
+  'penalty-window': { type: 'string' },
 };
 
 function progressBar(label: string): ((f: number) => void) | undefined {
@@ -71,6 +73,7 @@ export async function openModel(command: string, args: Args): Promise<Model> {
     ...(backend ? { backend } : {}),
     ...(kv ? { kvCacheType: kv } : {}),
     ...(weights ? { weights } : {}),
+    ...(args.flag('no-generation-config') ? { generationConfig: false } : {}),
   };
   return loadModel(modelDir, options);
 }
@@ -81,9 +84,23 @@ export function policyArg(args: Args, model: Model): Policy {
   return spec !== undefined ? parsePolicy(spec, model.config.numLayers) : model.defaultPolicy.policy;
 }
 
-/** Generation options from the sampling flags (the policy is set by the caller, once the model is loaded). */
-export function samplingArgs(args: Args, command: string, maxTokens: number): GenerateOptions {
-  const opts: GenerateOptions = { maxTokens: intArg(args.str('max-tokens'), 'max-tokens', 1, command) ?? maxTokens };
+/**
+ * Generation options from the sampling flags (the policy is set by the caller, once the model is
+ * loaded). Options not given are left out, so the model's generation_config.json supplies them;
+ * see lengthDefault for the length.
+ */
+export function samplingArgs(args: Args, command: string): GenerateOptions {
+  const opts: GenerateOptions = {};
+  const maxTokens = intArg(args.str('max-tokens'), 'max-tokens', 1, command);
+  if (maxTokens !== undefined) opts.maxTokens = maxTokens;
+  const rp = numArg(args.str('repetition-penalty'), 'repetition-penalty', command);
+  if (rp !== undefined) opts.repetitionPenalty = rp;
+  const fp = numArg(args.str('frequency-penalty'), 'frequency-penalty', command);
+  if (fp !== undefined) opts.frequencyPenalty = fp;
+  const pp = numArg(args.str('presence-penalty'), 'presence-penalty', command);
+  if (pp !== undefined) opts.presencePenalty = pp;
+  const pw = intArg(args.str('penalty-window'), 'penalty-window', 1, command);
+  if (pw !== undefined) opts.penaltyWindow = pw;
   const t = numArg(args.str('temperature'), 'temperature', command, 0);
   if (t !== undefined) opts.temperature = t;
   const k = intArg(args.str('top-k'), 'top-k', 0, command);
@@ -95,6 +112,11 @@ export function samplingArgs(args: Args, command: string, maxTokens: number): Ge
   const stop = args.list('stop');
   if (stop) opts.stop = stop.map(unescape);
   return opts;
+}
+
+/** The command's own length when neither --max-tokens nor the model's max_new_tokens sets one. */
+export function lengthDefault(opts: GenerateOptions, model: Model, n: number): void {
+  if (opts.maxTokens === undefined && model.generationDefaults.options.maxTokens === undefined) opts.maxTokens = n;
 }
 
 /**

@@ -286,11 +286,10 @@ h2 { font-size: 1em; margin: 1.5em 0 0.4em; }
 .ticks { position: relative; height: 1.4em; font-size: 0.85em; }
 .tick { position: absolute; top: 0; border-left: 1px solid #555; height: 1.2em; }
 .tick b { font-weight: normal; position: relative; top: 0.3em; left: 0.2em; }
-.layers { display: flex; align-items: flex-end; gap: 1px; height: 6em; max-width: 60em; border-bottom: 1px solid #999; }
-.col { flex: 1 1 0; display: flex; flex-direction: column; justify-content: flex-end; height: 100%; min-width: 2px; }
+.layers { display: grid; column-gap: 1px; max-width: 60em; }
+.col { display: flex; flex-direction: column; justify-content: flex-end; height: 6em; min-width: 0; border-bottom: 1px solid #999; }
 .fill { background: #3b528b; }
-.lab { display: flex; gap: 1px; max-width: 60em; font-size: 0.7em; color: #555; }
-.lab div { flex: 1 1 0; text-align: center; min-width: 2px; overflow: hidden; }
+.lab { grid-row: 2; justify-self: center; white-space: nowrap; font-size: 0.7em; line-height: 1.6; color: #555; }
 .note { color: #555; font-size: 0.85em; }
 `;
 
@@ -345,6 +344,8 @@ export function renderDepthHtml(input: DepthViewInput): string {
 
   const withMask = spans.filter((s) => s.executed !== undefined);
   if (withMask.length) {
+    // One grid: bar l in row 1 and its label in row 2 share column l, so each label is centred
+    // under its own bar at any width and layer count (the label may be wider than its column).
     const cols: string[] = [];
     const labs: string[] = [];
     const every = Math.max(1, Math.ceil(L / 32));
@@ -354,13 +355,12 @@ export function renderDepthHtml(input: DepthViewInput): string {
       const frac = ran / withMask.length;
       const pct = (100 * frac).toFixed(1);
       cols.push(`<div class="col" title="layer ${l}: ran for ${ran} of ${withMask.length} tokens (${pct}%)"><div class="fill" style="height:${pct}%"></div></div>`);
-      labs.push(`<div>${l % every === 0 ? l : ''}</div>`);
+      if (l % every === 0) labs.push(`<div class="lab" style="grid-column:${l + 1}">${l}</div>`);
     }
     const of = withMask.length === spans.length ? `${spans.length}` : `${withMask.length} (of ${spans.length}) with a layer mask`;
     parts.push(
       '<h2>Fraction of generated tokens that ran each layer</h2>',
-      `<div class="layers">${cols.join('')}</div>`,
-      `<div class="lab">${labs.join('')}</div>`,
+      `<div class="layers" style="grid-template-columns:repeat(${L}, minmax(0, 1fr))">${cols.join('')}${labs.join('')}</div>`,
       `<p class="note">Bar height: share of the ${of} generated tokens that ran the layer; layer 0 at the left.</p>`,
     );
   }

@@ -11,6 +11,7 @@ import type { NativeSequence } from './binding';
 import { AbortError } from './errors';
 import type { GenerateOptions, GenerateResult, TokenChunk } from './options';
 import type { Policy } from './policy';
+import { nativeSampling, resolveSampling, type ResolvedSampling } from './sampling';
 import { StopDetector } from './stopDetector';
 import { StreamDecoder } from './streamDecoder';
 import { PREFILL_SLICE } from './scheduler';
@@ -46,6 +47,9 @@ export class GenerationRun {
   private prefillMs = 0;
   private decodeStart = 0;
   private readonly onAbort = () => this.aborted();
+  /** The caller's sampling options over the model's generation_config.json defaults. */
+  private readonly sampling: ResolvedSampling;
+  private readonly maxTokens: number;
 
   constructor(
     private readonly seq: Sequence,
@@ -55,6 +59,10 @@ export class GenerationRun {
     private readonly ownsSequence: boolean,
   ) {
     this.layerCounts = new Array<number>(seq.model.config.numLayers).fill(0);
+    const defaults = seq.model.generationDefaults.options;
+    this.sampling = resolveSampling(opts, defaults);
+    this.maxTokens = opts.maxTokens ?? defaults.maxTokens ?? DEFAULT_MAX_TOKENS;
+    if (opts.maxTokens === undefined && defaults.maxTokens !== undefined) this.sampling.fromGenerationConfig.push('maxTokens');
     this.result = new Promise((res, rej) => {
       this.resolveResult = res;
       this.rejectResult = rej;
@@ -119,6 +127,7 @@ export class GenerationRun {
     this.resolveResult({
       text: this.text,
       tokens: this.generated,
+      sampling: { ...this.sampling, fromGenerationConfig: [...this.sampling.fromGenerationConfig] },
       finishReason: outcome.finishReason,
       usage: { promptTokens: this.promptTokens, completionTokens: n },
       depth: {
@@ -144,10 +153,10 @@ export class GenerationRun {
   async *tokens(): AsyncGenerator<TokenChunk> {
     const { seq, opts, policy } = this;
     const model = seq.model;
-    const maxTokens = opts.maxTokens ?? DEFAULT_MAX_TOKENS;
+    const maxTokens = this.maxTokens;
     const stops = new StopDetector(opts.stop ?? []);
     const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
-    const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
+    const sampling = nativeSampling(this.sampling);
     const L = model.config.numLayers;
     let finishReason: GenerateResult['finishReason'] = 'length';
     let emitted = 0;

@@ -13,6 +13,7 @@ import { cudaStatus, type CudaStatus } from './backend';
 export { loadModel, Model, Sequence, GenerationStream } from './model';
 export type { GenerateInput, ModelInfo, EvaluateResult, EvaluateOptions } from './model';
 export type { GenerateOptions, GenerateResult, LoadOptions, TokenChunk, DepthStats } from './options';
+export type { SamplingOptions, GenerationDefaults, ResolvedSampling } from './sampling';
 export type { Policy, NonePolicy, StaticPolicy, FlexiDepthPolicy, SkipLayerPolicy, D3Policy } from './policy';
 export { validatePolicy, parsePolicy, formatPolicy, d3Depth, d3LayerSet } from './policy';
 export type { ChatMessage, ChatRole } from './chatTemplate';

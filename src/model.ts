@@ -10,6 +10,7 @@ import { native, type NativeModel, type NativeRequest, type NativeResponse } fro
 import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
 import { isGgufPath, openGgufModel } from './ggufModel';
 import { AbortError, ContextOverflowError, DisposedError, InvalidOptionError, ModelFileError, ModelFormatError, OutOfMemoryError, fromNative } from './errors';
+import { readGenerationDefaults, type GenerationDefaults } from './sampling';
 import { checkInt, checkObject, validateGenerateOptions, validateLoadOptions, type GenerateOptions, type GenerateResult, type LoadOptions } from './options';
 import { Tokenizer, type ChatMessage } from './tokenizer';
 import { validatePolicy, type Policy } from './policy';
@@ -67,6 +68,8 @@ export interface ModelInfo {
   defaultPolicy: DefaultPolicy;
   /** Layers with SkipLayer routers. */
   skipRouterLayers: number[];
+  /** The generation defaults taken from generation_config.json (LoadOptions.generationConfig). */
+  generationDefaults: GenerationDefaults;
 }
 
 /** Loads a Hugging Face model directory (config.json, safetensors weights, tokenizer files) or a GGUF file (`.gguf`). */
@@ -82,6 +85,9 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   const source = gguf ? openGgufModel(root) : undefined;
   const config = source?.config ?? readModelConfig(root);
   if (opts.contextSize !== undefined) checkContextSize(opts.contextSize, config);
+  // A GGUF file carries no generation_config.json: its sampling defaults are none.
+  const generationDefaults: GenerationDefaults =
+    opts.generationConfig === false || gguf ? { file: null, options: {} } : readGenerationDefaults(root);
   const tokenizer = source?.tokenizer ?? Tokenizer.fromDirectory(root, config.bosTokenId);
   const { files, weightMap, indexFile }: ReturnType<typeof listWeightFiles> = source ?? listWeightFiles(root);
   // A relative add-on path is taken from the working directory, as every path in Node (and the CLI's --addon).
@@ -156,7 +162,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
       addonFlexiDepthLayers: info.flexiDepthLayers.filter((l) => !inCheckpoint(l)),
       defaultModelSetup: isDefaultModelSetup(root, addons),
     });
-    return new Model(root, config, tokenizer, nm, contextSize, budget, { defaultPolicy, checkpointFlexiDepthLayers });
+    return new Model(root, config, tokenizer, nm, contextSize, budget, { defaultPolicy, checkpointFlexiDepthLayers }, generationDefaults);
   } catch (e) {
     nm.dispose();
     throw e;
@@ -187,6 +193,8 @@ export class Model implements AsyncDisposable {
   /** The policy calls run when they name none, and why: FlexiDepth for routers that come with the model (src/defaultPolicy.ts). */
   readonly defaultPolicy: DefaultPolicy;
   private readonly checkpointFlexiDepthLayers: number[];
+  /** @internal The sampling defaults from generation_config.json (see {@link ModelInfo.generationDefaults}). */
+  readonly generationDefaults: GenerationDefaults;
   private nm: NativeModel | null;
   private readonly scheduler = new Scheduler(() => this.nm);
   private sequences = new Set<Sequence>();
@@ -201,7 +209,9 @@ export class Model implements AsyncDisposable {
   constructor(
     dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number, kvBudget: number,
     routers: { defaultPolicy: DefaultPolicy; checkpointFlexiDepthLayers: number[] },
+    generationDefaults: GenerationDefaults = { file: null, options: {} },
   ) {
+    this.generationDefaults = Object.freeze({ file: generationDefaults.file, options: Object.freeze({ ...generationDefaults.options }) });
     const d = routers.defaultPolicy;
     this.defaultPolicy = Object.freeze({ policy: Object.freeze({ ...d.policy }), reason: d.reason });
     this.checkpointFlexiDepthLayers = routers.checkpointFlexiDepthLayers;
@@ -248,6 +258,7 @@ export class Model implements AsyncDisposable {
       checkpointFlexiDepthLayers: [...this.checkpointFlexiDepthLayers],
       skipRouterLayers: ni.skipRouterLayers,
       defaultPolicy: { policy: { ...this.defaultPolicy.policy }, reason: this.defaultPolicy.reason },
+      generationDefaults: { file: this.generationDefaults.file, options: { ...this.generationDefaults.options } },
     };
   }
 

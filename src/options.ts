@@ -6,6 +6,7 @@
  */
 import { InvalidOptionError } from './errors';
 import type { Policy } from './policy';
+import { SAMPLING_KEYS, validateSamplingOptions, type ResolvedSampling, type SamplingOptions } from './sampling';
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
@@ -50,6 +51,13 @@ export interface LoadOptions {
   /** Cancels the load; the promise rejects with AbortError and everything taken is freed. */
   signal?: AbortSignal | undefined;
   /**
+   * Use generation_config.json's sampling fields (do_sample, temperature, top_k, top_p,
+   * repetition_penalty, max_new_tokens) as the defaults of generation (default true;
+   * `model.info.generationDefaults` says which). false ignores them: greedy, 256 tokens, no
+   * penalty, unless a call says otherwise. Its eos ids are read either way.
+   */
+  generationConfig?: boolean | undefined;
+  /**
    * Add-on safetensors files with router weights (FlexiDepth `model.layers.{i}.router.*` and
    * `router_proj.*`, or SkipLayer `skip_router`) applied to this base model. A relative path is
    * taken from the working directory (not the model directory), as the CLI's `--addon` is.
@@ -57,16 +65,14 @@ export interface LoadOptions {
   addons?: string[] | undefined;
 }
 
-/** Options of generation. */
-export interface GenerateOptions {
-  /** Most tokens to generate (default 256). */
+/**
+ * Options of generation. The sampling options (temperature, topK, topP, the penalties: see
+ * {@link SamplingOptions}) and maxTokens default to the model's generation_config.json where it
+ * sets them (`model.info.generationDefaults`); an option set here wins.
+ */
+export interface GenerateOptions extends SamplingOptions {
+  /** Most tokens to generate (default: generation_config.json's max_new_tokens, else 256). */
   maxTokens?: number | undefined;
-  /** 0 (default) picks the most likely token; higher values sample more freely. */
-  temperature?: number | undefined;
-  /** Sample among the k most likely tokens (0 = all, the default; at most 2^31 - 1). */
-  topK?: number | undefined;
-  /** Sample from the smallest set whose probability reaches p (1 = all, the default). */
-  topP?: number | undefined;
   /** Seed for sampling: the same seed, prompt and options give the same output. */
   seed?: number | undefined;
   /** Stop when the generated text contains one of these strings (which is not included). */
@@ -115,6 +121,8 @@ export interface GenerateResult {
   text: string;
   /** The generated token ids. */
   tokens: number[];
+  /** The sampling it ran with, and which values came from generation_config.json. */
+  sampling: ResolvedSampling;
   /** Why generation ended. */
   finishReason: 'eos' | 'stop' | 'length' | 'context' | 'abort';
   /** Tokens in the prompt (as fed, including a pending token from a previous turn) and generated. */
@@ -138,9 +146,12 @@ export interface GenerateResult {
 export const INT32_MAX = 2 ** 31 - 1;
 
 const GENERATE_KEYS = new Set([
-  'maxTokens', 'temperature', 'topK', 'topP', 'seed', 'stop', 'stopOnEos', 'signal', 'stopOnAbort', 'onToken', 'policy',
+  'maxTokens', ...SAMPLING_KEYS, 'seed', 'stop', 'stopOnEos', 'signal', 'stopOnAbort', 'onToken', 'policy',
 ]);
-const LOAD_KEYS = new Set(['backend', 'threads', 'contextSize', 'memoryLimit', 'prefault', 'kvCacheType', 'weights', 'onProgress', 'signal', 'addons']);
+const LOAD_KEYS = new Set([
+  'backend', 'threads', 'contextSize', 'memoryLimit', 'prefault', 'kvCacheType', 'weights', 'onProgress', 'signal', 'addons',
+  'generationConfig',
+]);
 
 function checkKeys(o: object, allowed: Set<string>, prefix: string): void {
   for (const k of Object.keys(o))
@@ -202,9 +213,7 @@ export function validateGenerateOptions(o: unknown): GenerateOptions {
   const opts = checkObject(o, 'options');
   checkKeys(opts, GENERATE_KEYS, '');
   checkInt(opts.maxTokens, 'maxTokens', 1);
-  checkNumber(opts.temperature, 'temperature', 0, 100);
-  checkInt(opts.topK, 'topK', 0, INT32_MAX); // int32 natively
-  checkNumber(opts.topP, 'topP', 0, 1, true);
+  validateSamplingOptions(opts);
   checkInt(opts.seed, 'seed', 0); // uint64 natively: every safe integer >= 0 fits
   if (opts.stop !== undefined) {
     if (!Array.isArray(opts.stop) || opts.stop.some((s) => typeof s !== 'string' || s.length === 0))
@@ -227,6 +236,7 @@ export function validateLoadOptions(o: unknown): LoadOptions {
   checkInt(opts.contextSize, 'contextSize', 1, INT32_MAX); // positions are int32 natively
   checkInt(opts.memoryLimit, 'memoryLimit', 0);
   checkBool(opts.prefault, 'prefault');
+  checkBool(opts.generationConfig, 'generationConfig');
   if (opts.kvCacheType !== undefined && opts.kvCacheType !== 'f32' && opts.kvCacheType !== 'f16' && opts.kvCacheType !== 'bf16')
     throw new InvalidOptionError('kvCacheType', `must be 'f32', 'f16' or 'bf16', got ${describe(opts.kvCacheType)}`);
   if (opts.weights !== undefined && opts.weights !== 'stored' && opts.weights !== 'q8_0' && opts.weights !== 'q4_0')

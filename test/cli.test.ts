@@ -25,8 +25,19 @@ test('generate with no model directory uses the embedded trained model and its F
   const mean = Number(/([\d.]+) of 12 layers per token/.exec(r.stderr)![1]);
   expect(mean).toBeLessThan(12);
   expect(mean).toBeGreaterThan(6);
-  // Greedy: the same text again.
-  expect(run(['generate', '--prompt', 'And God said', '--max-tokens', '12']).stdout).toBe(r.stdout);
+  // The model's generation_config.json sets the sampling, and the footer says so.
+  expect(r.stderr).toMatch(/sampling: temperature 0\.8, top-k 50, top-p 0\.95 \(defaults from generation_config\.json: temperature, topK, topP\)/);
+  // The same seed gives the same text again; greedy with --no-generation-config or --temperature 0.
+  const seeded = ['generate', '--prompt', 'And God said', '--max-tokens', '12', '--seed', '3'];
+  expect(run(seeded).stdout).toBe(run(seeded).stdout);
+  const greedy = run(['generate', '--prompt', 'And God said', '--max-tokens', '12', '--no-generation-config']);
+  expect(greedy.stderr).toMatch(/\[sampling: greedy\]/);
+  expect(run(['generate', '--prompt', 'And God said', '--max-tokens', '12', '--temperature', '0']).stdout).toBe(greedy.stdout);
+  // A penalty from the command line: named in the footer, and it changes the greedy text.
+  const penalised = run(['generate', '--prompt', 'And God said', '--max-tokens', '40', '--temperature', '0', '--repetition-penalty', '1.3', '--presence-penalty', '0.5']);
+  expect(penalised.code).toBe(0);
+  expect(penalised.stderr).toMatch(/sampling: greedy, repetition penalty 1\.3, presence penalty 0\.5\]/);
+  expect(penalised.stdout).not.toBe(run(['generate', '--prompt', 'And God said', '--max-tokens', '40', '--temperature', '0']).stdout);
   // --policy none overrides the default policy: every token runs all 12 layers.
   const full = run(['generate', '--prompt', 'And God said', '--max-tokens', '4', '--policy', 'none']);
   expect(full.stderr).toMatch(/12\.00 of 12 layers per token/);

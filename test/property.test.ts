@@ -10,6 +10,7 @@ import fc from 'fast-check';
 import { DepthgateError, parsePolicy, readModelConfig, validatePolicy } from '../src';
 import { listWeightFiles } from '../src/config';
 import { validateGenerateOptions, validateLoadOptions } from '../src/options';
+import { readGenerationDefaults } from '../src/sampling';
 import { Tokenizer } from '../src/tokenizer';
 import { cleanup, tinyModel, tmpDir } from './helpers';
 
@@ -61,6 +62,24 @@ test('config.json and generation_config.json as arbitrary text', () => {
       typedOrOk(() => readModelConfig(dir));
       fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify(json));
       typedOrOk(() => readModelConfig(dir));
+      typedOrOk(() => readGenerationDefaults(dir));
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('generation_config.json sampling fields: any values give defaults in range or a typed error', () => {
+  const dir = tmpDir();
+  const field = fc.oneof(anyValue, fc.boolean(), fc.double({ min: -2, max: 3 }));
+  fc.assert(
+    fc.property(fc.dictionary(fc.constantFrom('do_sample', 'temperature', 'top_k', 'top_p', 'repetition_penalty', 'max_new_tokens'), field), (g) => {
+      fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify(g));
+      let d: object | undefined;
+      typedOrOk(() => {
+        d = readGenerationDefaults(dir).options;
+      });
+      // Whatever the file says, the defaults it yields pass the options' own validation.
+      if (d) validateGenerateOptions({ ...d });
     }),
     { numRuns: 300 },
   );
@@ -101,7 +120,7 @@ test('load and generate options: anything is validated or refused with a typed e
     }),
   );
   fc.assert(
-    fc.property(fc.dictionary(fc.constantFrom('maxTokens', 'temperature', 'topK', 'topP', 'seed', 'stop', 'policy', 'signal', 'y'), fc.anything()), (o) => {
+    fc.property(fc.dictionary(fc.constantFrom('maxTokens', 'temperature', 'topK', 'topP', 'repetitionPenalty', 'frequencyPenalty', 'presencePenalty', 'penaltyWindow', 'seed', 'stop', 'policy', 'signal', 'y'), fc.anything()), (o) => {
       typedOrOk(() => validateGenerateOptions(o));
     }),
   );

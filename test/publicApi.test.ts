@@ -62,7 +62,7 @@ const EXPECTED_MAIN: Record<string, string[]> = {
   cudaStatus: [], resolveBackend: [],
   // types
   GenerateInput: [], ModelInfo: [], EvaluateResult: [], EvaluateOptions: [], GenerateOptions: [], GenerateResult: [],
-  LoadOptions: [], TokenChunk: [], DepthStats: [], Policy: [], NonePolicy: [], StaticPolicy: [], FlexiDepthPolicy: [],
+  LoadOptions: [], TokenChunk: [], DepthStats: [], SamplingOptions: [], GenerationDefaults: [], ResolvedSampling: [], Policy: [], NonePolicy: [], StaticPolicy: [], FlexiDepthPolicy: [],
   SkipLayerPolicy: [], D3Policy: [], ChatMessage: [], ModelConfig: [], Architecture: [], DefaultPolicy: [],
   PerplexityOptions: [], PerplexityResult: [], DepthSpan: [], DepthViewInput: [], CudaStatus: [], GpuInfo: [],
   ServerState: [], ServerStats: [], ServerOptions: [], RequestRecord: [], ErrorBody: [], BuildInfo: [],

@@ -150,6 +150,26 @@ describe('completions', () => {
     expect(a.choices[0].text).toBe(ref.text);
   });
 
+  test("fields a request leaves out take the model's generation_config.json defaults; penalties are applied as the library applies them", async () => {
+    const c = client(kjvUrl);
+    // No temperature, top_p or top_k: the default model's file says do_sample, temperature 0.8, top_p 0.95.
+    const bare = await c.completions.create({ model: 'default', prompt: 'And the LORD', max_tokens: 16, seed: 5 });
+    const ref = await kjv.generate('And the LORD', { maxTokens: 16, seed: 5 });
+    expect(ref.sampling).toMatchObject({ temperature: 0.8, topP: 0.95, topK: 50 });
+    expect(bare.choices[0].text).toBe(ref.text);
+    // The request's own fields win; the penalties reach the sampler.
+    for (const [fields, opts] of [
+      [{ repetition_penalty: 1.3 }, { repetitionPenalty: 1.3 }],
+      [{ frequency_penalty: 0.5 }, { frequencyPenalty: 0.5 }],
+      [{ presence_penalty: 1, frequency_penalty: -0.2 }, { presencePenalty: 1, frequencyPenalty: -0.2 }],
+    ] as const) {
+      const r = await c.completions.create({ model: 'default', prompt: 'And God said', max_tokens: 40, temperature: 0, ...fields } as any);
+      const lib = await kjv.generate('And God said', { maxTokens: 40, temperature: 0, ...opts });
+      expect(r.choices[0].text).toBe(lib.text);
+      expect(lib.text).not.toBe((await kjv.generate('And God said', { maxTokens: 40, temperature: 0 })).text);
+    }
+  });
+
   test('max_tokens and max_completion_tokens bound the completion; without either it may use the rest of the context', async () => {
     const c = client(tinyUrl);
     const r = await c.completions.create({ model: 'tiny', prompt: 'Once', max_tokens: 5, temperature: 0 });
@@ -279,9 +299,9 @@ describe('errors in OpenAI’s shape', () => {
       [c.chat.completions.create({ model: 'tiny', messages: hello, max_tokens: '5' as any }), 'max_tokens', 'invalid_type', /expected an integer/],
       [c.chat.completions.create({ model: 'tiny', messages: hello, n: 2 }), 'n', 'unsupported_parameter', /must be 1/],
       [c.chat.completions.create({ model: 'tiny', messages: hello, logprobs: true }), 'logprobs', 'unsupported_parameter', /log-probabilities/],
-      [c.chat.completions.create({ model: 'tiny', messages: hello, frequency_penalty: 0.5 }), 'frequency_penalty', 'unsupported_parameter', /not supported yet/],
-      [c.chat.completions.create({ model: 'tiny', messages: hello, presence_penalty: -1 }), 'presence_penalty', 'unsupported_parameter', /not supported yet/],
-      [c.chat.completions.create({ model: 'tiny', messages: hello, repetition_penalty: 1.1 } as any), 'repetition_penalty', 'unsupported_parameter', /not supported yet/],
+      [c.chat.completions.create({ model: 'tiny', messages: hello, frequency_penalty: 2.5 }), 'frequency_penalty', 'invalid_value', /at most 2/],
+      [c.chat.completions.create({ model: 'tiny', messages: hello, presence_penalty: -3 }), 'presence_penalty', 'invalid_value', /at least -2/],
+      [c.chat.completions.create({ model: 'tiny', messages: hello, repetition_penalty: 0 } as any), 'repetition_penalty', 'invalid_value', /greater than 0/],
       [c.chat.completions.create({ model: 'tiny', messages: hello, temprature: 1 } as any), 'temprature', 'unknown_parameter', /Unknown parameter: 'temprature'/],
       [c.chat.completions.create({ model: 'tiny', messages: [{ role: 'wizard', content: 'x' }] as any }), 'messages[0].role', 'invalid_value', /wizard/],
       [c.completions.create({ model: 'tiny', prompt: ['a', 'b'] }), 'prompt', 'unsupported_parameter', /one prompt/],
@@ -294,8 +314,8 @@ describe('errors in OpenAI’s shape', () => {
       expect({ param: e.param, code: e.code, type: e.type }).toEqual({ param, code, type: 'invalid_request_error' });
       expect(e.message).toMatch(message);
     }
-    // The neutral values of the penalties are accepted.
-    const ok = await c.chat.completions.create({ model: 'tiny', messages: hello, max_tokens: 2, frequency_penalty: 0, presence_penalty: 0, repetition_penalty: 1 } as any);
+    // Penalties in range are accepted.
+    const ok = await c.chat.completions.create({ model: 'tiny', messages: hello, max_tokens: 2, frequency_penalty: 0.5, presence_penalty: -1, repetition_penalty: 1.1 } as any);
     expect(ok.choices).toHaveLength(1);
   });
 

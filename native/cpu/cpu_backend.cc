@@ -220,10 +220,14 @@ class CpuOps final : public Ops {
     if (skipCount) *skipCount = b;
   }
 
-  void sample(int32_t* tokens, const float* logits, int64_t rows, int64_t vocab, SampleRow* params) override {
+  void sample(int32_t* tokens, float* logits, int64_t rows, int64_t vocab, SampleRow* params,
+              const PenaltyToken* penalties) override {
     for (int64_t i = 0; i < rows; i++) {
       SampleRow& p = params[i];
       if (!p.draw) continue;
+      if (penalties && p.penaltyCount > 0)
+        applyPenalties(logits + i * vocab, vocab, penalties + p.penaltyStart, p.penaltyCount, p.repetitionPenalty,
+                       p.frequencyPenalty, p.presencePenalty);
       SamplingParams sp;
       sp.temperature = p.temperature;
       sp.topK = p.topK;

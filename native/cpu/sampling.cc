@@ -1,4 +1,5 @@
-// Token sampling: greedy, or temperature + top-k + top-p (nucleus) with a seeded generator.
+// Token sampling: repetition penalties, then greedy or temperature + top-k + top-p (nucleus)
+// with a seeded generator.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -28,6 +29,13 @@ int32_t argmax(const float* logits, int64_t vocab) {
 }
 
 }  // namespace
+
+void applyPenalties(float* logits, int64_t vocab, const PenaltyToken* list, int64_t n, float r, float f, float p) {
+  for (int64_t i = 0; i < n; i++) {
+    const PenaltyToken& t = list[i];
+    if (t.id >= 0 && t.id < vocab) logits[t.id] = applyPenalty(logits[t.id], t.count, r, f, p);
+  }
+}
 
 int32_t sampleToken(const float* logits, int64_t vocab, const SamplingParams& p,
                     uint64_t& rngState) {

@@ -42,15 +42,14 @@ function finishReason(r: GenerateResult['finishReason']): 'stop' | 'length' {
 }
 
 /**
- * The generation options of a request. Issue 21 maps `r.penalties` (frequency, presence and
- * repetition penalties, now always neutral) to the sampler's options here.
+ * The generation options of a request. A field the request leaves out takes the model's default
+ * from generation_config.json (the sampler resolves it, src/sampling.ts), else OpenAI's: a
+ * temperature of 1, so a request that names none samples.
  */
-function generateOptions(r: CompletionRequest, maxTokens: number, policy: Policy, signal: AbortSignal): GenerateOptions {
-  const o: GenerateOptions = {
-    maxTokens, policy, signal, stopOnAbort: true,
-    // OpenAI's default temperature is 1: a request that names none samples.
-    temperature: r.temperature ?? 1,
-  };
+function generateOptions(model: Model, r: CompletionRequest, maxTokens: number, policy: Policy, signal: AbortSignal): GenerateOptions {
+  const o: GenerateOptions = { maxTokens, policy, signal, stopOnAbort: true, ...r.penalties };
+  if (r.temperature !== undefined) o.temperature = r.temperature;
+  else if (model.generationDefaults.options.temperature === undefined) o.temperature = 1;
   if (r.topP !== undefined) o.topP = r.topP;
   if (r.topK !== undefined) o.topK = r.topK;
   if (r.seed !== undefined) o.seed = r.seed;
@@ -114,7 +113,8 @@ export async function handleGeneration(
   const limit = ctx.contextSize;
   if (ids.length >= limit || (r.maxTokens !== undefined && ids.length + r.maxTokens > limit))
     throw contextError(limit, ids.length, ids.length >= limit ? undefined : r.maxTokens, what);
-  const maxTokens = r.maxTokens ?? limit - ids.length;
+  // No max_tokens: the model's max_new_tokens (generation_config.json) when it fits, else the rest of the context.
+  const maxTokens = r.maxTokens ?? Math.min(ctx.model.generationDefaults.options.maxTokens ?? Infinity, limit - ids.length);
   const policy = r.policy ?? ctx.policy;
   const label = formatPolicy(policy);
   const id = `${endpoint === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
@@ -149,7 +149,7 @@ export async function handleGeneration(
     ctx.sequences.add(seq);
     ctx.metrics.prompt(ids.length);
     if (sse && endpoint === 'chat') await sse.send(chunk({ role: 'assistant', content: '' }, null));
-    const stream = seq.stream({ tokens: ids }, generateOptions(r, maxTokens, policy, signal));
+    const stream = seq.stream({ tokens: ids }, generateOptions(ctx.model, r, maxTokens, policy, signal));
     const trace: TraceToken[] = [];
     let seen = 0;
     let seenAtCancel = -1;

@@ -21,14 +21,14 @@ export interface ModelFacts {
 }
 
 /**
- * Repetition penalties (issue 21 implements them). Validation accepts only the neutral values for
- * now; {@link penaltyFields} is the one place that refuses other values, and the generation
- * options are built from this object in src/server/generation.ts (`generateOptions`).
+ * The request's repetition penalties: OpenAI's frequency_penalty and presence_penalty (-2..2)
+ * and transformers' repetition_penalty (above 0, 1 = off), as the sampler applies them
+ * (src/sampling.ts); absent = the model's default (generation_config.json), else off.
  */
 export interface Penalties {
-  frequencyPenalty: number;
-  presencePenalty: number;
-  repetitionPenalty: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  repetitionPenalty?: number;
 }
 
 /** A validated generation request of either endpoint. */
@@ -126,18 +126,13 @@ function checkKeys(o: Record<string, unknown>, known: Set<string>, prefix = ''):
     if (!known.has(k)) throw invalidRequest(`Unknown parameter: '${prefix}${k}'.`, prefix + k, 'unknown_parameter');
 }
 
-/**
- * The repetition penalties. Issue 21 wires them to generation: it replaces the refusals below
- * with the ranges the sampler supports and maps the result in generation.ts's generateOptions.
- */
+/** The repetition penalties, in the ranges the sampler takes (completions.ts maps them to GenerateOptions). */
 export function penaltyFields(o: Record<string, unknown>): Penalties {
-  const frequencyPenalty = optNumber(o, 'frequency_penalty', -2, 2) ?? 0;
-  const presencePenalty = optNumber(o, 'presence_penalty', -2, 2) ?? 0;
-  const repetitionPenalty = optNumber(o, 'repetition_penalty', 0, 10, true) ?? 1;
-  if (frequencyPenalty !== 0) throw unsupported('frequency_penalty', "'frequency_penalty' is not supported yet; only 0 is accepted.");
-  if (presencePenalty !== 0) throw unsupported('presence_penalty', "'presence_penalty' is not supported yet; only 0 is accepted.");
-  if (repetitionPenalty !== 1) throw unsupported('repetition_penalty', "'repetition_penalty' is not supported yet; only 1 is accepted.");
-  return { frequencyPenalty, presencePenalty, repetitionPenalty };
+  return dropUndefined({
+    frequencyPenalty: optNumber(o, 'frequency_penalty', -2, 2),
+    presencePenalty: optNumber(o, 'presence_penalty', -2, 2),
+    repetitionPenalty: optNumber(o, 'repetition_penalty', 0, 10, true),
+  });
 }
 
 function stopField(o: Record<string, unknown>): string[] {

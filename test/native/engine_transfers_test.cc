@@ -75,8 +75,8 @@ class CountingOps final : public Ops {
   void compact(const uint8_t* f, int64_t n, int32_t* ri, int32_t* rc, int32_t* si, int32_t* sc) override {
     log += 'c', in_->compact(f, n, ri, rc, si, sc);
   }
-  void sample(int32_t* t, const float* l, int64_t n, int64_t v, SampleRow* p) override {
-    log += 'c', in_->sample(t, l, n, v, p);
+  void sample(int32_t* t, float* l, int64_t n, int64_t v, SampleRow* p, const PenaltyToken* pen) override {
+    log += 'c', in_->sample(t, l, n, v, p, pen);
   }
 
  private:
@@ -119,6 +119,12 @@ int main(int argc, char** argv) {
             reqs[size_t(s)].logits = LogitsMode::None;
             reqs[size_t(s)].sample = true;
             reqs[size_t(s)].sampling.temperature = s % 2 ? 0.8f : 0.f;
+            // Penalties on half the sequences: their (id, count) lists travel in the same upload.
+            if (s % 2 == 0) {
+              reqs[size_t(s)].sampling.repetitionPenalty = 1.2f;
+              reqs[size_t(s)].sampling.presencePenalty = 0.3f;
+              reqs[size_t(s)].sampling.penaltyWindow = s == 2 ? 3 : 0;
+            }
           }
           std::vector<Response> out;
           engine.forward(reqs, out, spec);
@@ -146,7 +152,7 @@ int main(int argc, char** argv) {
               if (logits == LogitsMode::Last) tokensOk = tokensOk && out[size_t(s)].logits.size() == size_t(cfg.vocab);
             }
           }
-          check(shapeOk, label + ": each decode step is one upload, compute, one download");
+          check(shapeOk, label + ": each decode step (penalties included) is one upload, compute, one download");
           check(tokensOk, label + ": tokens (and logits) came back");
         }
   std::printf("%d passed, %d failed\n", passed, failed);

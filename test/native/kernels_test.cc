@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "penalty_window.h"
 #include "tensor.h"
 #include "threadpool.h"
 
@@ -613,6 +614,94 @@ static void testSampling() {
   }
 }
 
+// ---- repetition penalties ------------------------------------------------------------------------
+
+// The formulas in float64, written from their sources: transformers'
+// RepetitionPenaltyLogitsProcessor (score < 0 ? score * r : score / r) and OpenAI's
+// mu[j] - c[j] * alpha_frequency - (c[j] > 0) * alpha_presence.
+static double refRepetition(double l, double r) { return l < 0 ? l * r : l / r; }
+static double refOpenAi(double l, int c, double f, double p) { return l - c * f - (c > 0 ? p : 0.0); }
+
+static void testPenalties() {
+  // Hand-made logits: positive, negative, zero, large, tiny, and the infinities.
+  const std::vector<float> base = {2.5f, -1.75f, 0.f, 31.f, 1e-3f, -7.125f, 4.f, -0.5f, INFINITY, -INFINITY};
+  const int64_t V = int64_t(base.size());
+  const std::vector<PenaltyToken> list = {{0, 1}, {1, 2}, {2, 1}, {3, 5}, {4, 1}, {5, 3}, {8, 1}, {9, 2}};  // 6, 7 absent
+  auto within = [](float got, double want) {
+    if (std::isinf(want)) return got == float(want);
+    return std::fabs(double(got) - want) <= 1e-6 * std::max(1.0, std::fabs(want));
+  };
+  struct Case {
+    const char* what;
+    float r, f, p;
+  };
+  for (const Case& k : {Case{"repetition 1.3", 1.3f, 0.f, 0.f}, Case{"repetition 0.8 (encourages)", 0.8f, 0.f, 0.f},
+                        Case{"frequency 0.5", 1.f, 0.5f, 0.f}, Case{"frequency -0.25", 1.f, -0.25f, 0.f},
+                        Case{"presence 0.75", 1.f, 0.f, 0.75f}, Case{"all three", 1.2f, 0.3f, 0.6f}}) {
+    std::vector<float> l = base;
+    applyPenalties(l.data(), V, list.data(), int64_t(list.size()), k.r, k.f, k.p);
+    int bad = 0;
+    std::vector<int> count(size_t(V), 0);
+    for (auto& t : list) count[size_t(t.id)] = t.count;
+    for (int64_t i = 0; i < V; i++) {
+      const double b = double(base[size_t(i)]);
+      const double want = count[size_t(i)] ? refOpenAi(refRepetition(b, k.r), count[size_t(i)], k.f, k.p) : b;
+      if (!within(l[size_t(i)], want)) bad++;
+    }
+    check(bad == 0, std::string("penalties: ") + k.what + " matches the float64 reference (" + std::to_string(bad) + " wrong)");
+  }
+  {  // The two sign cases of the repetition penalty, by hand: 2.5 / 2 and -1.75 * 2; zero stays zero.
+    std::vector<float> l = base;
+    applyPenalties(l.data(), V, list.data(), 3, 2.f, 0.f, 0.f);
+    check(l[0] == 1.25f && l[1] == -3.5f && l[2] == 0.f && l[3] == 31.f, "penalties: repetition divides positive, multiplies negative");
+    l = base;
+    applyPenalties(l.data(), V, list.data(), int64_t(list.size()), 1.f, 1.f, 0.f);
+    check(l[1] == -1.75f - 2.f && l[3] == 31.f - 5.f && l[6] == 4.f, "penalties: frequency counts every occurrence, absent ids untouched");
+    l = base;
+    applyPenalties(l.data(), V, list.data(), int64_t(list.size()), 1.f, 0.f, 1.f);
+    check(l[1] == -2.75f && l[3] == 30.f && l[7] == -0.5f, "penalties: presence once whatever the count");
+  }
+  {  // A greedy loop breaks: the repeated winner loses to the runner-up.
+    std::vector<float> l = {1.f, 3.f, 2.9f};
+    const PenaltyToken seen{1, 4};
+    applyPenalties(l.data(), 3, &seen, 1, 1.1f, 0.f, 0.f);
+    uint64_t st = 0;
+    check(sampleToken(l.data(), 3, SamplingParams{}, st) == 2, "penalties: a penalised argmax gives way to the runner-up");
+  }
+}
+
+// The window's counts, moved along incrementally, equal a fresh count of the window every step.
+static void testPenaltyWindow() {
+  std::mt19937 g(11);
+  int bad = 0;
+  for (int64_t window : {int64_t(0), int64_t(1), int64_t(4), int64_t(37)}) {
+    PenaltyWindow w;
+    std::vector<int32_t> ctx;
+    for (int step = 0; step < 300; step++) {
+      const int add = step % 17 == 0 ? 20 : 1;  // now and then a prompt-sized chunk
+      for (int j = 0; j < add; j++) ctx.push_back(int32_t(g() % 9));
+      if (step % 50 == 49) {  // a truncation, then new tokens where the old ones were
+        ctx.resize(ctx.size() / 2);
+        w.invalidate(int64_t(ctx.size()));
+        ctx.push_back(int32_t(g() % 9));
+      }
+      w.advance(ctx, int64_t(ctx.size()), window);
+      std::vector<PenaltyToken> got;
+      w.appendTo(got);
+      std::vector<int32_t> want(9, 0);
+      const int64_t from = window > 0 ? std::max<int64_t>(0, int64_t(ctx.size()) - window) : 0;
+      for (int64_t p = from; p < int64_t(ctx.size()); p++) want[size_t(ctx[size_t(p)])]++;
+      std::vector<int32_t> have(9, 0);
+      for (auto& t : got) have[size_t(t.id)] += t.count;
+      bool distinct = true;
+      for (size_t a = 0; a < got.size(); a++)
+        for (size_t b = a + 1; b < got.size(); b++) distinct = distinct && got[a].id != got[b].id;
+      for (auto& t : got) distinct = distinct && t.count >= 1;
+      if (have != want || !distinct) bad++;
+    }
+  }
+  check(bad == 0, "penalty window: incremental counts equal a recount (" + std::to_string(bad) + " steps wrong)");
+}
 // kernels_quant_test.cc: the Q8_0 / Q4_0 kernels.
 void testQuantizedKernels(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3, void (*check)(bool, const std::string&));
 
@@ -634,6 +723,8 @@ int main() {
   testAttention(pool3);
   testSampling();
   testQuantizedKernels(pool1, pool2, pool3, check);
+  testPenalties();
+  testPenaltyWindow();
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

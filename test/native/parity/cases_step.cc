@@ -2,6 +2,7 @@
 // exact (bits, flags, indices, tokens), so both backends must agree with the reference exactly.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <sstream>
 
 #include "harness.h"
@@ -133,6 +134,7 @@ void runSampleCases(Ctx& c) {
       if (c.quick && (caseNo % 3)) continue;
       std::vector<float> logits(size_t(rows * vocab));
       std::vector<dg::SampleRow> params(static_cast<size_t>(rows));
+      std::vector<dg::PenaltyToken> penalties;
       for (int64_t r = 0; r < rows; r++) {
         float* l = logits.data() + r * vocab;
         for (int64_t i = 0; i < vocab; i++) l[i] = c.rng.normal() * 3.f;
@@ -161,7 +163,34 @@ void runSampleCases(Ctx& c) {
             l[vocab - 2] = NAN;
             break;
         }
+        // Penalties on two rows in three: distinct ids with counts 1..4. A greedy row's list holds
+        // its tied winner (vocab / 2), so the penalty decides its token.
+        if (r % 3 != 2) {
+          p.repetitionPenalty = c.rng.pick(std::vector<float>{1.f, 1.3f, 0.7f, 2.f});
+          p.frequencyPenalty = c.rng.pick(std::vector<float>{0.f, 0.5f, -0.25f});
+          p.presencePenalty = c.rng.pick(std::vector<float>{0.f, 0.75f, 1.5f});
+          if (p.temperature == 0.f) p.repetitionPenalty = 1.5f, p.presencePenalty = 0.5f;
+          p.penaltyStart = int32_t(penalties.size());
+          const int64_t n = std::min<int64_t>(vocab - 1, 1 + int64_t(c.rng.next() % 40));
+          std::vector<uint8_t> used(size_t(vocab), 0);
+          if (p.temperature == 0.f) used[size_t(vocab / 2)] = 1, penalties.push_back({int32_t(vocab / 2), 2});
+          while (int64_t(penalties.size()) - p.penaltyStart < n) {
+            const int32_t id = int32_t(c.rng.next() % uint64_t(vocab));
+            if (used[size_t(id)]) continue;
+            used[size_t(id)] = 1;
+            penalties.push_back({id, int32_t(1 + c.rng.next() % 4)});
+          }
+          p.penaltyCount = int32_t(penalties.size()) - p.penaltyStart;
+        }
       }
+      penalties.push_back({0, 1});  // never read: keeps the list non-empty for the upload
+      std::vector<float> penalized = logits;
+      for (int64_t r = 0; r < rows; r++)
+        if (params[size_t(r)].draw) ref::penalize(penalized.data() + r * vocab, params[size_t(r)], penalties.data());
+      std::vector<uint32_t> logitBits(logits.size()), wantBits(logits.size());
+      std::memcpy(logitBits.data(), logits.data(), logits.size() * 4);
+      std::memcpy(wantBits.data(), penalized.data(), logits.size() * 4);
+      const std::vector<uint8_t> everyLogit(logits.size(), 1);
       const std::vector<int32_t> init(size_t(rows) + 2, -7);
       std::vector<int32_t> want = init;
       std::vector<uint8_t> written(init.size(), 0);
@@ -171,7 +200,7 @@ void runSampleCases(Ctx& c) {
         uint64_t g = params[size_t(r)].rng;
         initRng[size_t(r)] = g;
         if (params[size_t(r)].draw) {
-          want[size_t(r)] = ref::sample(logits.data() + r * vocab, vocab, params[size_t(r)], g);
+          want[size_t(r)] = ref::sample(penalized.data() + r * vocab, vocab, params[size_t(r)], g);
           written[size_t(r)] = 1;
         }
         wantRng[size_t(r)] = g;  // advanced by exactly one draw when sampled, unchanged otherwise
@@ -179,9 +208,12 @@ void runSampleCases(Ctx& c) {
       const std::string what = "sample rows " + std::to_string(rows) + " vocab " + std::to_string(vocab);
       onBoth(c, "sample", what, [&](int s) {
         Ops& o = *c.side[s].ops;
-        DevBuf tok = upload(o, init), l = upload(o, logits), pr = upload(o, params);
-        o.sample(tok.as<int32_t>(), l.as<float>(), rows, vocab, pr.as<dg::SampleRow>());
+        DevBuf tok = upload(o, init), l = upload(o, logits), pr = upload(o, params), pen = upload(o, penalties);
+        o.sample(tok.as<int32_t>(), l.as<float>(), rows, vocab, pr.as<dg::SampleRow>(), pen.as<dg::PenaltyToken>());
         compareExact(c, s, "sample", what + " tokens", tok.fetch<int32_t>(init.size()), init, want, written);
+        // The penalties are applied in place, to the drawing rows only, bit for bit.
+        compareExact(c, s, "sample", what + " penalised logits", l.fetch<uint32_t>(logits.size()), logitBits, wantBits,
+                     everyLogit);
         const auto after = pr.fetch<dg::SampleRow>(size_t(rows));
         std::vector<uint64_t> gotRng(static_cast<size_t>(rows));
         for (int64_t r = 0; r < rows; r++) gotRng[size_t(r)] = after[size_t(r)].rng;

@@ -67,7 +67,7 @@ struct TanhArgs { float* x; RowSet rows; int64_t dim; };
 struct ThresholdArgs { uint8_t* a; uint8_t* m; float* w; const float* logits; int64_t rows; float threshold; };
 struct ArgmaxArgs { uint8_t* run; const float* logits; int64_t rows; };
 struct CompactArgs { const uint8_t* flags; int64_t rows; int32_t* runIdx; int32_t* runCount; int32_t* skipIdx; int32_t* skipCount; };
-struct SampleArgs { int32_t* tokens; const float* logits; int64_t rows; int64_t vocab; SampleRow* params; };
+struct SampleArgs { int32_t* tokens; float* logits; int64_t rows; int64_t vocab; SampleRow* params; const PenaltyToken* penalties; };
 struct StatsReply { uint64_t live; char variant[16]; };
 
 bool writeAll(int fd, const void* p, size_t n) {
@@ -393,7 +393,12 @@ void serve(int fd, Ops& cpu, Arena& arena) {
           k.vec("tokens", t->tokens, t->rows);
           k.need("logits", t->logits, size_t(t->rows * t->vocab) * 4);
           k.need("params", t->params, size_t(t->rows) * sizeof(SampleRow));
-          cpu.sample(t->tokens, t->logits, t->rows, t->vocab, t->params);
+          for (int64_t r = 0; r < t->rows; r++) {
+            const SampleRow& p = t->params[r];
+            if (t->penalties && p.draw && p.penaltyCount > 0)
+              k.need("penalties", t->penalties + p.penaltyStart, size_t(p.penaltyCount) * sizeof(PenaltyToken));
+          }
+          cpu.sample(t->tokens, t->logits, t->rows, t->vocab, t->params, t->penalties);
           break;
         }
         case kForget: arena.forgetWeights(); break;
@@ -620,8 +625,9 @@ void ChildOps::compact(const uint8_t* flags, int64_t rows, int32_t* runIdx, int3
   CompactArgs a{flags, rows, runIdx, runCount, skipIdx, skipCount};
   call(kCompact, &a, sizeof a, nullptr, 0, nullptr, 0);
 }
-void ChildOps::sample(int32_t* tokens, const float* logits, int64_t rows, int64_t vocab, SampleRow* params) {
-  SampleArgs a{tokens, logits, rows, vocab, params};
+void ChildOps::sample(int32_t* tokens, float* logits, int64_t rows, int64_t vocab, SampleRow* params,
+                      const PenaltyToken* penalties) {
+  SampleArgs a{tokens, logits, rows, vocab, params, penalties};
   call(kSample, &a, sizeof a, nullptr, 0, nullptr, 0);
 }
 void ChildOps::forgetWeights() { call(kForget, nullptr, 0, nullptr, 0, nullptr, 0); }

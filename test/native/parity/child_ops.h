@@ -53,7 +53,8 @@ class ChildOps final : public dg::Ops {
   void routeArgmax(uint8_t* run, const float* logits, int64_t rows) override;
   void compact(const uint8_t* flags, int64_t rows, int32_t* runIdx, int32_t* runCount, int32_t* skipIdx,
                int32_t* skipCount) override;
-  void sample(int32_t* tokens, const float* logits, int64_t rows, int64_t vocab, dg::SampleRow* params) override;
+  void sample(int32_t* tokens, float* logits, int64_t rows, int64_t vocab, dg::SampleRow* params,
+              const dg::PenaltyToken* penalties) override;
 
   // Frees the weights prepared so far (the harness calls it after each case).
   void forgetWeights();

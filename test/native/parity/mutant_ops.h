@@ -25,7 +25,7 @@ inline const std::vector<Mutation>& mutations() {
       {"rope-one-head-short", "ropeRows"},   {"attention-window-one-wider", "attention"},
       {"attention-ignores-indices", "attention"}, {"threshold-shifted", "routeThreshold"},
       {"argmax-one-row-short", "routeArgmax"}, {"compact-no-skip-list", "compact"},
-      {"sample-one-row-short", "sample"},    {"copy-one-byte-short", "memory"},
+      {"sample-one-row-short", "sample"},    {"sample-no-penalties", "sample"},    {"copy-one-byte-short", "memory"},
   };
   return all;
 }
@@ -89,8 +89,8 @@ class MutantOps final : public dg::Ops {
     if (is("compact-no-skip-list")) si = nullptr, sc = nullptr;
     in_->compact(f, rows, ri, rc, si, sc);
   }
-  void sample(int32_t* t, const float* l, int64_t rows, int64_t vocab, dg::SampleRow* p) override {
-    in_->sample(t, l, is("sample-one-row-short") && rows ? rows - 1 : rows, vocab, p);
+  void sample(int32_t* t, float* l, int64_t rows, int64_t vocab, dg::SampleRow* p, const dg::PenaltyToken* pen) override {
+    in_->sample(t, l, is("sample-one-row-short") && rows ? rows - 1 : rows, vocab, p, is("sample-no-penalties") ? nullptr : pen);
   }
 
  private:

@@ -150,7 +150,7 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
         record(s, "compact", "", 1, 9, 1, t3);
         std::vector<dg::SampleRow> sp(1);
         DevBuf params = upload(o, sp), tok(o, 4);
-        const double t4 = timeCalls(o, [&](int) { o.sample(tok.as<int32_t>(), x.as<float>(), 1, std::min(s.vocab, maxRows * s.inter), params.as<dg::SampleRow>()); });
+        const double t4 = timeCalls(o, [&](int) { o.sample(tok.as<int32_t>(), x.as<float>(), 1, std::min(s.vocab, maxRows * s.inter), params.as<dg::SampleRow>(), nullptr); });
         record(s, "sample", "greedy, vocab " + std::to_string(s.vocab), 1, double(s.vocab) * 4, double(s.vocab), t4);
       }
       // Attention over bf16 caches: one sequence per row, every row at the end of its context.

@@ -88,6 +88,16 @@ uint64_t splitmix(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
+void penalize(float* logits, const dg::SampleRow& p, const dg::PenaltyToken* list) {
+  for (int32_t j = 0; j < p.penaltyCount; j++) {
+    float& l = logits[list[p.penaltyStart + j].id];
+    const float scaled = l > 0.f ? l / p.repetitionPenalty : l * p.repetitionPenalty;
+    const float counted = float(list[p.penaltyStart + j].count) * p.frequencyPenalty;
+    const float lessFrequency = scaled - counted;
+    l = lessFrequency - p.presencePenalty;
+  }
+}
+
 // The sampling semantics (native/cpu/sampling.cc's contract, which every backend must draw
 // identically): greedy = argmax with NaN never winning and the lowest id on ties, drawing
 // nothing; otherwise exactly one draw u in [0, 1) first; candidates are the ids whose logit is

@@ -30,6 +30,10 @@ void rope(double* v, int nHeads, int headDim, const float* invFreq, int32_t pos)
 void attentionRow(const float* q, const void* kLayer, const void* vLayer, DType t, int nHeads, int nKv, int headDim,
                   int32_t pos, int window, double* out);
 uint64_t splitmix(uint64_t& state);
+// The sample op's penalties on one logits row, in place, in float as the contract states them
+// (transformers' repetition penalty: l / r for l > 0, else l * r; then OpenAI's
+// l - count * f - p), each step rounded once.
+void penalize(float* logits, const dg::SampleRow& p, const dg::PenaltyToken* list);
 // The token the sample op must draw from one logits row, with the generator state after it.
 int32_t sample(const float* logits, int64_t vocab, const dg::SampleRow& p, uint64_t& rng);
 
