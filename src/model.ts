@@ -11,7 +11,7 @@ import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
 import { AbortError, ContextOverflowError, DisposedError, InvalidOptionError, ModelFileError, ModelFormatError, OutOfMemoryError, fromNative } from './errors';
 import { checkInt, checkObject, validateGenerateOptions, validateLoadOptions, type GenerateOptions, type GenerateResult, type LoadOptions } from './options';
 import { Tokenizer, type ChatMessage } from './tokenizer';
-import { validatePolicy, type Policy } from './policy';
+import { fullDepthOf, validatePolicy, type Policy } from './policy';
 import { resolveBackend } from './backend';
 import { Scheduler } from './scheduler';
 import { Sequence, type EvaluateOptions, type EvaluateResult } from './sequence';
@@ -395,25 +395,31 @@ export class Model implements AsyncDisposable {
    * needs (InvalidOptionError 'policy' when they are missing).
    */
   checkPolicy(policy: unknown): Policy {
-    const p = this.resolvePolicy(policy);
+    const resolved = this.resolvePolicy(policy);
+    // Exact mode needs what its draft needs.
+    const p = resolved.type === 'speculative' ? resolved.draft : resolved;
+    const field = resolved.type === 'speculative' ? 'policy.draft' : 'policy';
     if (p.type === 'flexidepth' || p.type === 'skiplayer') {
       this.routerLayers ??= (({ flexiDepthLayers, skipRouterLayers }) => ({ flexiDepthLayers, skipRouterLayers }))(this.live().info());
       const have = p.type === 'flexidepth' ? this.routerLayers.flexiDepthLayers : this.routerLayers.skipRouterLayers;
       if (have.length === 0)
         throw new InvalidOptionError(
-          'policy',
+          field,
           p.type === 'flexidepth'
             ? 'this model has no FlexiDepth router weights, which the flexidepth policy needs (load them with loadModel({addons}))'
             : 'this model has no SkipLayer router weights, which the skiplayer policy needs (load them with loadModel({addons}))',
         );
     }
-    return p;
+    return resolved;
   }
 
-  /** @internal Queues one request; requests waiting together under the same policy run as one batch. */
+  /**
+   * @internal Queues one request; requests waiting together under the same policy run as one
+   * batch. A pass under the speculative policy runs at full depth (its drafts run their own policy).
+   */
   run(request: NativeRequest, policy: Policy = { type: 'none' }): Promise<NativeResponse> {
     this.live();
-    return this.scheduler.run(request, policy);
+    return this.scheduler.run(request, fullDepthOf(policy));
   }
 }
 

@@ -4,6 +4,7 @@
  * number is checked against the range of the type the engine stores it in (an int32 topK, a
  * uint64 seed, ...), so no value is silently wrapped or clamped natively.
  */
+import type { SpeculativeStats } from './speculative';
 import { InvalidOptionError } from './errors';
 import type { Policy } from './policy';
 
@@ -123,6 +124,8 @@ export interface GenerateResult {
     /** Prompt tokens per second. */
     prefillTokensPerSecond: number;
   };
+  /** What exact mode did (drafted, accepted, acceptance rate...): present under the speculative policy. */
+  speculative?: SpeculativeStats;
 }
 
 /** Largest int32: the engine's type for token counts, positions, topK and layer indices. */

@@ -6,7 +6,8 @@
 import type { NativeSequence } from './binding';
 import { AbortError, BusyError, ContextOverflowError, DisposedError, InvalidOptionError } from './errors';
 import { checkObject, validateGenerateOptions, type GenerateOptions, type GenerateResult } from './options';
-import type { Policy } from './policy';
+import type { Policy, SpeculativePolicy } from './policy';
+import { initialThreshold, type AdaptiveThreshold } from './speculative';
 import type { Model } from './model';
 import { GenerationStream } from './generation';
 import { PREFILL_SLICE } from './scheduler';
@@ -221,6 +222,17 @@ export class Sequence implements Disposable, AsyncDisposable {
   release(): void {
     this.busy = false;
   }
+
+  /**
+   * @internal Exact mode's draft-stop threshold for this sequence, which adapts across its turns
+   * (started afresh when the policy or greedy/sampling changes).
+   */
+  speculativeThreshold(policy: SpeculativePolicy, sampled: boolean): AdaptiveThreshold {
+    const key = JSON.stringify([policy, sampled]);
+    if (this.threshold?.key !== key) this.threshold = { key, minConfidence: initialThreshold(policy, sampled), ema: undefined };
+    return this.threshold;
+  }
+  private threshold: AdaptiveThreshold | undefined;
 
   /** @internal */
   commit(tokens: number[], pending: number | null): void {
