@@ -210,6 +210,15 @@ export class Sequence implements Disposable, AsyncDisposable {
     return GenerationStream.start(this, input, opts, policy, false);
   }
 
+  /**
+   * @internal K and V of one layer at every cached position, in f32 ([positions, kvHeads *
+   * headDim] each): for tests that compare caches. Waits for a pass in flight.
+   */
+  kvCache(layer: number): { k: Float32Array; v: Float32Array; positions: number } {
+    const ns = this.live();
+    return { ...ns.readKv(layer), positions: ns.length };
+  }
+
   /** @internal */
   acquire(): NativeSequence {
     const ns = this.live();

@@ -1,0 +1,295 @@
+/**
+ * Exact mode (the speculative policy): greedy output identical to `none` for every draft policy,
+ * on tiny random models and the default model, through stops, eos, the end of the context, an
+ * abort in the middle of a draft, multi-turn sequences and concurrent generations; and the KV
+ * cache equal to a plain full-depth run's, layer by layer, wherever a generation ends.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { loadModel, type GenerateOptions, type Model, type Policy, type Sequence } from '../src';
+import type { SkipPolicy } from '../src/policy';
+import { defaultModelDir } from '../src/defaultModel';
+import { cleanup, randomTokens, tinyModel } from './helpers';
+
+afterAll(cleanup);
+
+const TINY_DRAFTS: [string, SkipPolicy][] = [
+  ['flexidepth', { type: 'flexidepth' }],
+  ['skiplayer', { type: 'skiplayer' }],
+  ['d3', { type: 'd3', alpha: 0.8 }],
+  ['static', { type: 'static', skipLayers: [2, 4], skipMlp: [1] }],
+];
+const spec = (draft: SkipPolicy, extra: Partial<Extract<Policy, { type: 'speculative' }>> = {}): Policy => ({
+  type: 'speculative', draft, maxDraft: 4, ...extra,
+});
+const NONE: Policy = { type: 'none' };
+
+/** A tiny model with FlexiDepth routers on layers 2-5 and SkipLayer routers on 1-4. */
+function tinyRouted(seed: number): string {
+  return tinyModel({ layers: 6, seed, maxPositions: 128, flexidepth: { layers: [2, 3, 4, 5] }, skiplayer: { mode: 'layer', layers: [1, 2, 3, 4] } });
+}
+
+/** Largest |a - b| over the cached K and V of every layer, relative to the largest |b|; and the positions. */
+function cacheDistance(a: Sequence, b: Sequence, layers: number): { rel: number; positions: [number, number] } {
+  let num = 0;
+  let den = 0;
+  let positions: [number, number] = [0, 0];
+  for (let l = 0; l < layers; l++) {
+    const x = a.kvCache(l);
+    const y = b.kvCache(l);
+    positions = [x.positions, y.positions];
+    if (x.k.length !== y.k.length) return { rel: Infinity, positions };
+    for (const [p, q] of [[x.k, y.k], [x.v, y.v]] as const)
+      for (let i = 0; i < q.length; i++) {
+        num = Math.max(num, Math.abs(p[i]! - q[i]!));
+        den = Math.max(den, Math.abs(q[i]!));
+      }
+  }
+  return { rel: num / den, positions };
+}
+
+describe.each(['f32', 'bf16'] as const)('tiny models, %s KV cache', (kv) => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(tinyRouted(5), { kvCacheType: kv, threads: 2 });
+  });
+  afterAll(async () => model?.dispose());
+
+  const prompts = [0, 1, 2, 3, 4].map((k) => randomTokens(3 + 2 * k, 0, 256, 50 + k));
+  const opts: GenerateOptions = { maxTokens: 24, stopOnEos: false };
+
+  test.each(TINY_DRAFTS)('greedy output equals none with a %s draft, over many prompts and draft lengths', async (_n, draft) => {
+    let drafted = 0;
+    for (const [i, p] of prompts.entries()) {
+      const want = await model.generate({ tokens: p }, { ...opts, policy: NONE });
+      for (const maxDraft of [1, 3, 6]) {
+        const got = await model.generate({ tokens: p }, { ...opts, policy: spec(draft, { maxDraft, minConfidence: i % 2 ? 0.3 : 0 }) });
+        expect(got.tokens).toEqual(want.tokens);
+        expect(got.text).toBe(want.text);
+        expect(got.finishReason).toBe(want.finishReason);
+        const s = got.speculative!;
+        expect(s.accepted).toBeLessThanOrEqual(s.drafted);
+        expect(s.meanDraftLength).toBeLessThanOrEqual(maxDraft);
+        // Every emitted token after the first came from a verification.
+        expect(s.accepted + s.verifications).toBe(got.tokens.length - 1);
+        drafted += s.drafted;
+      }
+    }
+    expect(drafted).toBeGreaterThan(0);
+  });
+
+  test('a draft that skips nothing is always accepted (the verify pass agrees with the draft pass)', async () => {
+    const r = await model.generate({ tokens: prompts[0]! }, { ...opts, policy: spec({ type: 'none' }) });
+    expect(r.speculative!.drafted).toBeGreaterThan(10);
+    expect(r.speculative!.acceptanceRate).toBe(1);
+    expect(r.speculative!.layersPerToken).toBeGreaterThan(model.config.numLayers);
+  });
+
+  test('stop strings end both runs at the same place with the same text', async () => {
+    for (const p of prompts.slice(0, 3)) {
+      const full = await model.generate({ tokens: p }, { ...opts, policy: NONE });
+      // A stop string from the middle of the plain output.
+      const stop = full.text.slice(Math.floor(full.text.length / 2), Math.floor(full.text.length / 2) + 2);
+      if (stop.length < 2) continue;
+      const want = await model.generate({ tokens: p }, { ...opts, stop: [stop], policy: NONE });
+      for (const [, draft] of TINY_DRAFTS) {
+        const got = await model.generate({ tokens: p }, { ...opts, stop: [stop], policy: spec(draft) });
+        expect([got.text, got.tokens, got.finishReason]).toEqual([want.text, want.tokens, want.finishReason]);
+        expect(got.finishReason).toBe('stop');
+      }
+    }
+  });
+
+  test('streamed chunks equal the plain stream chunk for chunk', async () => {
+    const p = prompts[2]!;
+    const collect = async (policy: Policy) => {
+      const out: [number, string, number][] = [];
+      for await (const c of model.stream({ tokens: p }, { ...opts, policy })) out.push([c.token, c.text, c.index]);
+      return out;
+    };
+    const want = await collect(NONE);
+    expect(await collect(spec({ type: 'skiplayer' }))).toEqual(want);
+  });
+
+  test('the end of the context ends both runs alike', async () => {
+    const p = prompts[1]!;
+    const ctx = p.length + 9;
+    const run = async (policy: Policy) => {
+      const seq = model.createSequence({ contextSize: ctx });
+      try {
+        return await seq.generate({ tokens: p }, { maxTokens: 50, stopOnEos: false, policy });
+      } finally {
+        seq.dispose();
+      }
+    };
+    const want = await run(NONE);
+    expect(want.finishReason).toBe('context');
+    for (const [, draft] of TINY_DRAFTS) {
+      const got = await run(spec(draft, { maxDraft: 6 }));
+      expect([got.tokens, got.finishReason]).toEqual([want.tokens, want.finishReason]);
+    }
+  });
+
+  test('multi-turn sequences: each turn equals the plain one, and modes can be mixed between turns', async () => {
+    const turns = [prompts[0]!, randomTokens(4, 0, 256, 90), randomTokens(5, 0, 256, 91)];
+    const plain = model.createSequence();
+    const wanted: number[][] = [];
+    for (const t of turns) wanted.push((await plain.generate({ tokens: t }, { maxTokens: 9, stopOnEos: false, policy: NONE })).tokens);
+    for (const [, draft] of TINY_DRAFTS) {
+      const seq = model.createSequence();
+      for (const [i, t] of turns.entries()) {
+        const policy = i === 1 ? NONE : spec(draft);
+        const r = await seq.generate({ tokens: t }, { maxTokens: 9, stopOnEos: false, policy });
+        expect(r.tokens).toEqual(wanted[i]);
+      }
+      expect(seq.tokens).toEqual(plain.tokens);
+      expect(cacheDistance(seq, plain, model.config.numLayers).rel).toBeLessThan(kv === 'f32' ? 1e-5 : 1e-2);
+      seq.dispose();
+    }
+    plain.dispose();
+  });
+
+  test('concurrent speculative generations equal the plain ones', async () => {
+    const want = await Promise.all(prompts.map((p) => model.generate({ tokens: p }, { ...opts, policy: NONE })));
+    const got = await Promise.all(
+      prompts.map((p, i) => model.generate({ tokens: p }, { ...opts, policy: i === 4 ? NONE : spec(TINY_DRAFTS[i]![1]) })),
+    );
+    expect(got.map((r) => r.tokens)).toEqual(want.map((r) => r.tokens));
+  });
+});
+
+describe('eos', () => {
+  test('an eos token inside a verified step ends the run where the plain run ends', async () => {
+    const dir = tinyRouted(8);
+    const first = await loadModel(dir, { kvCacheType: 'f32', threads: 2 });
+    const p = randomTokens(6, 0, 256, 77);
+    const full = await first.generate({ tokens: p }, { maxTokens: 24, stopOnEos: false, policy: NONE });
+    await first.dispose();
+    // Make a token the plain run emits late the model's eos.
+    const eos = full.tokens[9]!;
+    for (const f of ['config.json', 'generation_config.json']) {
+      const file = path.join(dir, f);
+      fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(fs.readFileSync(file, 'utf8')), eos_token_id: eos }));
+    }
+    const model = await loadModel(dir, { kvCacheType: 'f32', threads: 2 });
+    try {
+      const want = await model.generate({ tokens: p }, { maxTokens: 24, policy: NONE });
+      expect(want.finishReason).toBe('eos');
+      for (const [, draft] of TINY_DRAFTS) {
+        const got = await model.generate({ tokens: p }, { maxTokens: 24, policy: spec(draft, { maxDraft: 5 }) });
+        expect([got.tokens, got.text, got.finishReason]).toEqual([want.tokens, want.text, 'eos']);
+      }
+    } finally {
+      await model.dispose();
+    }
+  });
+});
+
+describe('the KV cache after exact mode', () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(tinyRouted(6), { kvCacheType: 'f32', threads: 2 });
+  });
+  afterAll(async () => model?.dispose());
+  const L = () => model.config.numLayers;
+
+  test('equals a plain full-depth run layer by layer, wherever the generation ends (after accepted and rejected drafts)', async () => {
+    const p = randomTokens(5, 0, 256, 61);
+    let rejected = 0;
+    let accepted = 0;
+    for (let n = 1; n <= 14; n++) {
+      const plain = model.createSequence();
+      await plain.generate({ tokens: p }, { maxTokens: n, stopOnEos: false, policy: NONE });
+      for (const [, draft] of TINY_DRAFTS) {
+        const seq = model.createSequence();
+        const r = await seq.generate({ tokens: p }, { maxTokens: n, stopOnEos: false, policy: spec(draft) });
+        rejected += r.speculative!.drafted - r.speculative!.accepted;
+        accepted += r.speculative!.accepted;
+        const d = cacheDistance(seq, plain, L());
+        expect(d.positions).toEqual([p.length + n - 1, p.length + n - 1]);
+        // Batched rows sum in another order than single rows (f32 rounding): 1e-6 of the range.
+        expect(d.rel).toBeLessThan(2e-6);
+        seq.dispose();
+      }
+      plain.dispose();
+    }
+    expect(rejected).toBeGreaterThan(20);
+    expect(accepted).toBeGreaterThan(0);
+  });
+
+  test('the draft alone writes K/V far from the full-depth values (so the test above would see it)', async () => {
+    const p = randomTokens(5, 0, 256, 61);
+    const plain = model.createSequence();
+    await plain.generate({ tokens: p }, { maxTokens: 10, stopOnEos: false, policy: NONE });
+    const drafted = model.createSequence();
+    // Feed the same tokens under the draft: the K/V of the skipped-layer states.
+    await drafted.evaluate(p, { policy: NONE });
+    await drafted.evaluate(plain.tokens.slice(p.length), { policy: { type: 'static', skipLayers: [2, 4], skipMlp: [1] } });
+    expect(cacheDistance(drafted, plain, L()).rel).toBeGreaterThan(1e-2);
+    drafted.dispose();
+    plain.dispose();
+  });
+
+  test('an abort in the middle of a draft leaves the cache of the tokens kept, and the sequence continues exactly', async () => {
+    const p = randomTokens(5, 0, 256, 62);
+    const draft: SkipPolicy = { type: 'skiplayer' };
+    const want = await model.generate({ tokens: p }, { maxTokens: 30, stopOnEos: false, policy: NONE });
+    const seq = model.createSequence();
+    const ac = new AbortController();
+    const run = model.run.bind(model);
+    let draftPasses = 0;
+    const spy = jest.spyOn(model, 'run').mockImplementation((request, policy) => {
+      // The 7th draft pass: mid-draft (maxDraft 4), after some verified steps.
+      if (policy?.type === 'skiplayer' && ++draftPasses === 7) ac.abort();
+      return run(request, policy);
+    });
+    let r;
+    try {
+      r = await seq.generate({ tokens: p }, { maxTokens: 30, stopOnEos: false, signal: ac.signal, stopOnAbort: true, policy: spec(draft) });
+    } finally {
+      spy.mockRestore();
+    }
+    expect(r.finishReason).toBe('abort');
+    expect(r.tokens.length).toBeGreaterThan(1);
+    expect(r.tokens).toEqual(want.tokens.slice(0, r.tokens.length));
+    // The cache holds the prompt and the tokens fed, nothing drafted past them.
+    const fresh = model.createSequence();
+    await fresh.evaluate(seq.tokens, { policy: NONE });
+    const d = cacheDistance(seq, fresh, L());
+    expect(d.positions[0]).toBe(seq.tokens.length);
+    expect(d.rel).toBeLessThan(2e-6);
+    // Continuing after the abort gives the rest of the plain run.
+    const rest = await seq.generate({ tokens: [] }, { maxTokens: 30 - r.tokens.length, stopOnEos: false, policy: spec(draft) });
+    expect([...r.tokens, ...rest.tokens]).toEqual(want.tokens);
+    fresh.dispose();
+    seq.dispose();
+  });
+});
+
+describe('the default model', () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(defaultModelDir(), { addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'], threads: 2 });
+  });
+  afterAll(async () => model?.dispose());
+
+  const prompts = ['Ge1:1 In the beginning', 'Joh3:16 For God so loved', 'Ps23:1 The LORD is my shepherd', 'Mat5:3 Blessed are', 'Ex20:3 Thou shalt'];
+  const drafts: SkipPolicy[] = [
+    { type: 'flexidepth' },
+    { type: 'skiplayer' },
+    { type: 'd3', alpha: 0.9 },
+    { type: 'static', skipLayers: [3, 4, 11, 8] },
+  ];
+
+  test.each(drafts.map((d) => [d.type, d] as const))('greedy output equals none with a %s draft', async (_n, draft) => {
+    let accepted = 0;
+    for (const p of prompts) {
+      const want = await model.generate(p, { maxTokens: 40, policy: NONE });
+      const got = await model.generate(p, { maxTokens: 40, policy: spec(draft) });
+      expect([got.text, got.tokens, got.finishReason]).toEqual([want.text, want.tokens, want.finishReason]);
+      accepted += got.speculative!.accepted;
+    }
+    // A trained model's own shallower self agrees with it often.
+    expect(accepted).toBeGreaterThan(20);
+  });
+});
