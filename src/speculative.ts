@@ -92,7 +92,7 @@ export class SpeculativeDecoder {
     this.maxDraft = policy.maxDraft ?? DEFAULT_MAX_DRAFT;
     this.sampled = sampling.temperature > 0;
     // Its own stream, apart from the native generator's (which the prompt pass draws from).
-    this.rng = new SplitMix64(seed ^ 0x5bd1e995);
+    this.rng = new SplitMix64(seed, 0xd1b54a32d192ed03n);
   }
 
   /**

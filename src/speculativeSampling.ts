@@ -158,11 +158,15 @@ export function verifySampled(drafted: number[], qs: TokenDistribution[], ps: To
   return out;
 }
 
-/** splitmix64, as the native generator: a seeded stream of uniforms in [0, 1). */
+/**
+ * splitmix64, as the native generator: a seeded stream of uniforms in [0, 1). `stream` offsets
+ * the start (XOR into the 64-bit state), so a stream seeded like the native generator does not
+ * repeat its draws: equal draws for two decisions would correlate them.
+ */
 export class SplitMix64 {
   private state: bigint;
-  constructor(seed: number) {
-    this.state = BigInt.asUintN(64, BigInt(Math.trunc(seed)));
+  constructor(seed: number, stream = 0n) {
+    this.state = BigInt.asUintN(64, BigInt(Math.trunc(seed)) ^ stream);
   }
   next(): bigint {
     this.state = BigInt.asUintN(64, this.state + 0x9e3779b97f4a7c15n);
