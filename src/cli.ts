@@ -14,7 +14,8 @@ import { depthLegendAnsi, renderDepthAnsi, renderDepthHtml, type DepthSpan } fro
 import { DepthgateError } from './errors';
 import { getBuildInfo, loadModel, type GenerateOptions, type LoadOptions, type Model } from './index';
 import { measurePerplexity } from './perplexity';
-import { parsePolicy, type Policy } from './policy';
+import { formatPolicy, parsePolicy, type Policy } from './policy';
+import type { SpeculativeStats } from './speculative';
 import { serveCommand } from './server/command';
 
 const USAGE = `Usage:
@@ -36,6 +37,9 @@ const USAGE = `Usage:
                             its own weights or as the default model's add-on; otherwise none):
                               none | static:skip=3+5 | static:attn=2,mlp=4+6 | flexidepth[:threshold=0.5]
                               | skiplayer | d3:alpha=0.9[,start=4][,min=8]
+                              | speculative:draft=flexidepth[,maxDraft=4][,minConfidence=0.5][,target=0.8]
+                                (exact mode: the draft's own parameters go alongside, e.g.
+                                speculative:draft=static,skip=3+4,maxDraft=2)
       --addon FILE          router weights to apply to the model (repeatable)
       --trace FILE          write one JSON line per generated token: layers run, router weights;
                             FILE.html writes a page with each token coloured by its depth
@@ -186,6 +190,7 @@ async function generate(argv: string[]): Promise<void> {
           JSON.stringify({
             index: c.index, token: c.token, text: c.text, layers: c.layers, executed: Array.from(c.executed),
             routerWeights: Array.from(c.routerWeights, (w) => (Number.isNaN(w) ? null : +w.toFixed(6))),
+            ...(c.speculative ? { speculative: c.speculative } : {}),
           }) + '\n',
         );
     const ac = new AbortController();
@@ -217,7 +222,9 @@ async function generate(argv: string[]): Promise<void> {
     process.stderr.write(
       `[${r.usage.promptTokens} prompt tokens, ${r.usage.completionTokens} generated (${r.finishReason}); ` +
         `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s; ` +
-        `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n`,
+        `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token` +
+        (r.speculative ? `; ${speculativeFooter(r.speculative)}` : '') +
+        ']\n',
     );
   } finally {
     await model.dispose();
@@ -294,9 +301,18 @@ async function logits(argv: string[]): Promise<void> {
   }
 }
 
+/** Exact mode's part of the generate footer. */
+function speculativeFooter(s: SpeculativeStats): string {
+  return (
+    `exact mode: ${s.accepted} of ${s.drafted} drafted tokens accepted (${(100 * s.acceptanceRate).toFixed(1)}%), ` +
+    `${s.meanDraftLength.toFixed(2)} drafted per verification, ${s.layersPerToken.toFixed(2)} layers computed per token`
+  );
+}
+
 /** A policy as the CLI syntax writes it, for labels. */
 function policyLabel(p: Policy | undefined): string {
   if (!p || p.type === 'none') return 'none';
+  if (p.type === 'speculative') return formatPolicy(p);
   const o = Object.entries(p).filter(([k]) => k !== 'type');
   return o.length ? `${p.type}:${o.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}` : p.type;
 }

@@ -209,11 +209,14 @@ export class GenerationRun {
       const noRouterWeights = new Float32Array(L).fill(NaN);
       let i = 0;
       decode: while (i < maxTokens) {
-        let produced: { token: number; executed: Uint8Array; routerWeights: Float32Array }[];
+        let produced: { token: number; executed: Uint8Array; routerWeights: Float32Array; speculative?: TokenChunk['speculative'] }[];
         if (this.spec && i > 0) {
           // Every emitted token comes from a full-depth row of the verification pass.
           const step = await this.spec.step(input[0]!, i, maxTokens - i, stopCheck);
-          produced = step.tokens.map((token) => ({ token, executed: fullDepth, routerWeights: noRouterWeights }));
+          const verification = this.spec.stats().verifications;
+          produced = step.tokens.map((token, j) => ({
+            token, executed: fullDepth, routerWeights: noRouterWeights, speculative: { accepted: j < step.accepted, step: verification },
+          }));
         } else {
           // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
           const r = await model.run(
@@ -222,7 +225,7 @@ export class GenerationRun {
           );
           produced = [{ token: r.token!, executed: r.executed, routerWeights: r.routerWeights }];
         }
-        for (const { token, executed, routerWeights } of produced) {
+        for (const { token, executed, routerWeights, speculative } of produced) {
           this.fed.push(...input);
           this.pending = token;
           if (i === 0) {
@@ -242,7 +245,7 @@ export class GenerationRun {
             break decode;
           }
           this.text += decoder.push(token);
-          waiting.push({ token, text: '', index, layers, executed, routerWeights });
+          waiting.push({ token, text: '', index, layers, executed, routerWeights, ...(speculative ? { speculative } : {}) });
           // Text that may be the start of a stop string is held back, together with its tokens.
           const hit = stops.find(this.text, emitted);
           if (hit >= 0) {

@@ -89,6 +89,11 @@ export interface TokenChunk {
   executed: Uint8Array;
   /** Per layer, the router weight (FlexiDepth), NaN where the layer has none. */
   routerWeights: Float32Array;
+  /**
+   * Exact mode only (tokens after the first): `accepted` when the draft proposed this token and
+   * verification kept it, false when it is the full model's own token; `step` counts verifications from 1.
+   */
+  speculative?: { accepted: boolean; step: number };
 }
 
 /** Depth statistics of a generation, over its generated tokens. */

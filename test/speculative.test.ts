@@ -4,9 +4,10 @@
  * abort in the middle of a draft, multi-turn sequences and concurrent generations; and the KV
  * cache equal to a plain full-depth run's, layer by layer, wherever a generation ends.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { loadModel, type GenerateOptions, type Model, type Policy, type Sequence } from '../src';
+import { InvalidOptionError, formatPolicy, loadModel, parsePolicy, validatePolicy, type GenerateOptions, type Model, type Policy, type Sequence } from '../src';
 import type { SkipPolicy } from '../src/policy';
 import { defaultModelDir } from '../src/defaultModel';
 import { cleanup, randomTokens, tinyModel } from './helpers';
@@ -291,5 +292,78 @@ describe('the default model', () => {
     }
     // A trained model's own shallower self agrees with it often.
     expect(accepted).toBeGreaterThan(20);
+  });
+});
+
+describe('the speculative policy spec', () => {
+  test('validation normalises the draft and names the bad field', () => {
+    expect(validatePolicy({ type: 'speculative', draft: { type: 'static', skipLayers: [4, 2, 2] }, maxDraft: 3 }, 6)).toEqual({
+      type: 'speculative', draft: { type: 'static', skipLayers: [2, 4] }, maxDraft: 3,
+    });
+    const bad: [unknown, string][] = [
+      [{ type: 'speculative' }, 'policy.draft'],
+      [{ type: 'speculative', draft: { type: 'speculative', draft: { type: 'none' } } }, 'policy.draft'],
+      [{ type: 'speculative', draft: { type: 'flexidepth', threshold: 2 } }, 'policy.draft.threshold'],
+      [{ type: 'speculative', draft: { type: 'none' }, maxDraft: 0 }, 'policy.maxDraft'],
+      [{ type: 'speculative', draft: { type: 'none' }, maxDraft: 65 }, 'policy.maxDraft'],
+      [{ type: 'speculative', draft: { type: 'none' }, minConfidence: 1.5 }, 'policy.minConfidence'],
+      [{ type: 'speculative', draft: { type: 'none' }, targetAcceptance: 0 }, 'policy.targetAcceptance'],
+      [{ type: 'speculative', draft: { type: 'none' }, gamma: 1 }, 'policy.gamma'],
+    ];
+    for (const [p, option] of bad) {
+      let err: unknown;
+      try {
+        validatePolicy(p, 6);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(InvalidOptionError);
+      expect((err as InvalidOptionError).option).toBe(option);
+    }
+  });
+
+  test('the CLI syntax parses, with the draft\'s own parameters alongside, and formatPolicy writes it back', () => {
+    const p = parsePolicy('speculative:draft=static,skip=3+4,maxDraft=2,minConfidence=0.4,target=0.8', 12);
+    expect(p).toEqual({ type: 'speculative', draft: { type: 'static', skipLayers: [3, 4] }, maxDraft: 2, minConfidence: 0.4, targetAcceptance: 0.8 });
+    expect(parsePolicy(formatPolicy(p), 12)).toEqual(p);
+    expect(parsePolicy('speculative:draft=flexidepth', 12)).toEqual({ type: 'speculative', draft: { type: 'flexidepth' } });
+    expect(() => parsePolicy('speculative:maxDraft=2', 12)).toThrow(/policy.draft/);
+    expect(() => parsePolicy('speculative:draft=d3,alpha=2', 12)).toThrow(/policy.draft.alpha/);
+    expect(() => parsePolicy('speculative:draft=none,maxDraft=x', 12)).toThrow(/policy.maxDraft/);
+  });
+
+  test('a draft needing routers the model lacks is refused; evaluate under exact mode runs at full depth', async () => {
+    const model = await loadModel(tinyModel({ layers: 4, seed: 2 }), { kvCacheType: 'f32', threads: 1 });
+    try {
+      await expect(model.generate({ tokens: [1, 2] }, { maxTokens: 2, policy: spec({ type: 'flexidepth' }) })).rejects.toMatchObject({ option: 'policy.draft' });
+      const tokens = randomTokens(6, 0, 256, 3);
+      const full = await model.evaluate(tokens, { policy: NONE });
+      const exact = await model.evaluate(tokens, { policy: spec({ type: 'static', skipLayers: [1, 2] }) });
+      expect(exact.logits).toEqual(full.logits);
+      expect(exact.executed.every((row) => row.every((x) => x === 1))).toBe(true);
+    } finally {
+      await model.dispose();
+    }
+  });
+
+  test('the CLI takes --policy speculative:... and reports exact mode in its footer and trace', () => {
+    const dir = tinyRouted(9);
+    const trace = path.join(path.dirname(dir), 'trace.jsonl');
+    const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+    const run = (policy: string, extra: string[] = []) =>
+      spawnSync(process.execPath, [cli, 'generate', dir, '--prompt', 'hello there', '--max-tokens', '12', '--policy', policy, ...extra], {
+        encoding: 'utf8', timeout: 60000,
+      });
+    const plain = run('none');
+    const exact = run('speculative:draft=skiplayer,maxDraft=3', ['--trace', trace]);
+    expect(exact.status).toBe(0);
+    expect(exact.stdout).toBe(plain.stdout);
+    expect(exact.stderr).toMatch(/exact mode: \d+ of \d+ drafted tokens accepted \(\d+\.\d%\), [\d.]+ drafted per verification, [\d.]+ layers computed per token/);
+    const lines = fs.readFileSync(trace, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { speculative?: { accepted: boolean; step: number } });
+    expect(lines[0]!.speculative).toBeUndefined();
+    expect(lines.slice(1).every((l) => typeof l.speculative?.accepted === 'boolean' && l.speculative.step >= 1)).toBe(true);
+    const bad = run('speculative:draft=d3');
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/policy.draft.alpha/);
   });
 });
