@@ -295,6 +295,43 @@ describe('the default model', () => {
   });
 });
 
+describe('adaptive minConfidence', () => {
+  test('moves toward the target acceptance per sequence, across turns, and the output stays the plain one', async () => {
+    const model = await loadModel(tinyRouted(5), { kvCacheType: 'f32', threads: 2 });
+    try {
+      const p = randomTokens(5, 0, 256, 51);
+      const want = await model.generate({ tokens: p }, { maxTokens: 30, stopOnEos: false, policy: NONE });
+      // A draft that is rarely right: the threshold rises from Self-SD's greedy start of 0.8.
+      const poor = spec({ type: 'd3', alpha: 0.5 }, { targetAcceptance: 0.9 });
+      const seq = model.createSequence();
+      const r1 = await seq.generate({ tokens: p }, { maxTokens: 30, stopOnEos: false, policy: poor });
+      expect(r1.tokens).toEqual(want.tokens);
+      const after1 = r1.speculative!.minConfidence;
+      // One move of 0.01 per verification with drafts (the EMA starts at the first rate, which may be high).
+      expect(after1).toBeGreaterThan(0.85);
+      expect(after1).toBeLessThanOrEqual(Math.min(1, 0.8 + 0.01 * r1.speculative!.verifications + 1e-9));
+      // The next turn on the same sequence starts where the last one ended (a fresh start would be 0.8).
+      const r2 = await seq.generate({ tokens: [7, 8] }, { maxTokens: 10, stopOnEos: false, policy: poor });
+      expect(r2.tokens.length).toBe(10);
+      expect(r2.speculative!.minConfidence).toBeGreaterThan(after1 - 0.01 * r2.speculative!.verifications - 1e-9);
+      expect(r2.speculative!.minConfidence).toBeGreaterThan(0.8 + 0.01 * r2.speculative!.verifications);
+      seq.dispose();
+      // A draft that is always right, under a low target: the threshold falls from the given start.
+      const good = await model.generate({ tokens: p }, { maxTokens: 30, stopOnEos: false, policy: spec({ type: 'none' }, { targetAcceptance: 0.5, minConfidence: 0.6 }) });
+      expect(good.tokens).toEqual(want.tokens);
+      // Every verification with drafts accepts all: one step down each (the last, with one token left, drafts none).
+      const v = good.speculative!.verifications;
+      expect(good.speculative!.minConfidence).toBeGreaterThan(0.6 - 0.01 * v - 1e-9);
+      expect(good.speculative!.minConfidence).toBeLessThan(0.6 - 0.01 * (v - 1) + 1e-9);
+      // Without a target the threshold stays put.
+      const fixed = await model.generate({ tokens: p }, { maxTokens: 30, stopOnEos: false, policy: spec({ type: 'none' }, { minConfidence: 0.6 }) });
+      expect(fixed.speculative!.minConfidence).toBe(0.6);
+    } finally {
+      await model.dispose();
+    }
+  });
+});
+
 describe('the speculative policy spec', () => {
   test('validation normalises the draft and names the bad field', () => {
     expect(validatePolicy({ type: 'speculative', draft: { type: 'static', skipLayers: [4, 2, 2] }, maxDraft: 3 }, 6)).toEqual({
