@@ -70,6 +70,7 @@ export interface SpeculativeStep {
 /** @internal Runs the speculative steps of one generation on one sequence. */
 export class SpeculativeDecoder {
   private readonly draftPolicy: SkipPolicy;
+  private readonly verifyPolicy: SkipPolicy;
   private readonly maxDraft: number;
   private readonly sampled: boolean;
   private readonly rng: SplitMix64;
@@ -89,6 +90,9 @@ export class SpeculativeDecoder {
     seed: number,
   ) {
     this.draftPolicy = policy.draft;
+    // D3 runs rows without a generated-token index at full depth, exactly as `none` does: under
+    // the draft's own policy the verify pass shares batches with other sequences' D3 drafts.
+    this.verifyPolicy = policy.draft.type === 'd3' ? policy.draft : { type: 'none' };
     this.maxDraft = policy.maxDraft ?? DEFAULT_MAX_DRAFT;
     this.sampled = sampling.temperature > 0;
     // Its own stream, apart from the native generator's (which the prompt pass draws from).
@@ -143,7 +147,7 @@ export class SpeculativeDecoder {
       // Forget the draft's K/V and verify at full depth: the pass rewrites those positions.
       ns.truncate(base);
       const rows = [last, ...drafts];
-      const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(rows), logits: 'all' }, { type: 'none' });
+      const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(rows), logits: 'all' }, this.verifyPolicy);
       const logits = r.logits!;
       const V = this.model.config.vocabSize;
       const row = (j: number) => logits.subarray(j * V, (j + 1) * V);
