@@ -23,6 +23,9 @@ const { values } = parseArgs({
     threads: { type: 'string', default: '2' },
     'cost-reps': { type: 'string', default: '30' },
     'bench-model': { type: 'boolean', default: false },
+    // Only the configurations whose names contain one of these (comma-separated), besides none.
+    only: { type: 'string' },
+    'no-sampled': { type: 'boolean', default: false },
     out: { type: 'string', default: 'exact-default.json' },
   },
 });
@@ -47,7 +50,7 @@ interface Config {
   name: string;
   policy: Policy;
 }
-const greedyConfigs: Config[] = [{ name: 'none', policy: { type: 'none' } }];
+let greedyConfigs: Config[] = [{ name: 'none', policy: { type: 'none' } }];
 for (const [name, draft] of drafts)
   for (const maxDraft of [2, 4])
     for (const minConfidence of [0, 0.6])
@@ -56,8 +59,12 @@ for (const [name, draft] of drafts)
   greedyConfigs.push({ name: `${name} k=6 adaptive(0.8)`, policy: { type: 'speculative', draft, maxDraft: 6, targetAcceptance: 0.8 } });
 // Draft-only speed (approximate output), for reference.
 for (const [name, draft] of drafts) greedyConfigs.push({ name: `${name} (draft alone, not exact)`, policy: draft });
-const sampledConfigs: Config[] = [{ name: 'none', policy: { type: 'none' } }];
+let sampledConfigs: Config[] = [{ name: 'none', policy: { type: 'none' } }];
 for (const [name, draft] of drafts) sampledConfigs.push({ name: `${name} k=2 conf=0`, policy: { type: 'speculative', draft, maxDraft: 2 } });
+const only = values.only?.split(',');
+const keep = (cs: Config[]) => (only ? cs.filter((c) => c.name === 'none' || only.some((o) => c.name.includes(o))) : cs);
+greedyConfigs = keep(greedyConfigs);
+sampledConfigs = values['no-sampled'] ? [] : keep(sampledConfigs);
 const SAMPLING = { temperature: 0.8, topK: 40, topP: 0.95 };
 
 const model = await depthgate.loadModel(depthgate.defaultModelDir(), { addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'], threads });
@@ -156,7 +163,7 @@ async function passCosts(model: Model, draftsHere: [string, SkipPolicy][], reps:
 
 const reps = Number(values['cost-reps']);
 const greedy = await sweep(greedyConfigs, false);
-const sampled = await sweep(sampledConfigs, true);
+const sampled = sampledConfigs.length ? await sweep(sampledConfigs, true) : [];
 const costsDefault = await passCosts(model, drafts, reps);
 await model.dispose();
 

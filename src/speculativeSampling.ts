@@ -50,41 +50,59 @@ export function topProbability(logits: ArrayLike<number>): number {
  * by descending probability whose mass reaches topP, renormalised.
  */
 export function samplingDistribution(logits: ArrayLike<number>, s: SamplingParams): TokenDistribution {
-  let cand: { logit: number; id: number }[] = [];
   let anyPosInf = false;
+  let n = 0;
   for (let i = 0; i < logits.length; i++) {
     const v = logits[i]!;
     if (Number.isNaN(v) || v === -Infinity) continue;
     if (v === Infinity) anyPosInf = true;
-    cand.push({ logit: v, id: i });
+    n++;
   }
-  if (cand.length === 0) return { ids: Int32Array.of(0), probs: Float64Array.of(1) };
-  if (anyPosInf) cand = cand.filter((c) => c.logit === Infinity).map((c) => ({ logit: 0, id: c.id }));
-  cand.sort((a, b) => b.logit - a.logit || a.id - b.id);
-  if (s.topK > 0 && s.topK < cand.length) cand.length = s.topK;
-  const max = cand[0]!.logit;
+  if (n === 0) return { ids: Int32Array.of(0), probs: Float64Array.of(1) };
+  // +inf swallows all finite mass: uniform over the +inf tokens (logit 0 each).
+  const valueOf = (id: number) => (anyPosInf ? 0 : logits[id]!);
+  const eligible = (v: number) => (anyPosInf ? v === Infinity : !Number.isNaN(v) && v !== -Infinity);
+  // Higher logit first, lower id first on ties.
+  const before = (a: number, b: number) => valueOf(a) > valueOf(b) || (valueOf(a) === valueOf(b) && a < b);
+  let order: number[];
+  if (s.topK > 0 && s.topK < n) {
+    // One pass keeping the k best in order: a whole vocabulary is not sorted for a small k.
+    order = [];
+    const k = s.topK;
+    for (let id = 0; id < logits.length; id++) {
+      if (!eligible(logits[id]!)) continue;
+      if (order.length === k && !before(id, order[k - 1]!)) continue;
+      if (order.length === k) order.pop();
+      let i = order.length;
+      while (i > 0 && before(id, order[i - 1]!)) i--;
+      order.splice(i, 0, id);
+    }
+  } else {
+    order = [];
+    for (let id = 0; id < logits.length; id++) if (eligible(logits[id]!)) order.push(id);
+    order.sort((a, b) => valueOf(b) - valueOf(a) || a - b);
+  }
+  const max = valueOf(order[0]!);
   const invT = 1 / s.temperature;
-  const weights = cand.map((c) => Math.exp((c.logit - max) * invT));
-  let total = weights.reduce((a, b) => a + b, 0);
-  let kept = cand.length;
+  const weights = new Float64Array(order.length);
+  let total = 0;
+  for (let i = 0; i < order.length; i++) total += weights[i] = Math.exp((valueOf(order[i]!) - max) * invT);
+  let kept = order.length;
   if (s.topP < 1) {
     // The native op compares in double against float(topP) * total.
     const target = Math.fround(s.topP) * total;
     let cumulative = 0;
-    let n = 0;
-    while (n < cand.length) {
-      cumulative += weights[n++]!;
+    let m = 0;
+    while (m < order.length) {
+      cumulative += weights[m++]!;
       if (cumulative >= target) break;
     }
-    kept = n;
+    kept = m;
     total = cumulative;
   }
-  const ids = new Int32Array(kept);
+  const ids = Int32Array.from(order.slice(0, kept));
   const probs = new Float64Array(kept);
-  for (let i = 0; i < kept; i++) {
-    ids[i] = cand[i]!.id;
-    probs[i] = weights[i]! / total;
-  }
+  for (let i = 0; i < kept; i++) probs[i] = weights[i]! / total;
   return { ids, probs };
 }
 
