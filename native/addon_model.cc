@@ -67,6 +67,7 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
                                     InstanceAccessor("contextSize", &NativeSequence::ContextSize, nullptr),
                                     InstanceMethod("truncate", &NativeSequence::Truncate),
                                     InstanceMethod("setSeed", &NativeSequence::SetSeed),
+                                    InstanceMethod("readKv", &NativeSequence::ReadKv),
                                     InstanceMethod("dispose", &NativeSequence::Dispose)});
     addonData(env).sequence = Napi::Persistent(f);
     exports.Set("NativeSequence", f);
@@ -97,6 +98,26 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
     if (!info[0].IsNumber()) throwArg(info.Env(), "setSeed(seed) needs a number");
     s->rng = uint64_t(info[0].As<Napi::Number>().Int64Value());
     return info.Env().Undefined();
+  }
+  // readKv(layer) -> {k, v}: Float32Arrays of [length, kvWidth] (tests; see kv_inspect.cc).
+  Napi::Value ReadKv(const Napi::CallbackInfo& info) {
+    auto s = live(info.Env());
+    if (!info[0].IsNumber()) throwArg(info.Env(), "readKv(layer) needs a number");
+    std::vector<float> k, v;
+    try {
+      s->engine->readKv(*s, info[0].As<Napi::Number>().Int32Value(), k, v);
+    } catch (const std::exception& e) {
+      throwArg(info.Env(), e.what());
+    }
+    auto toJs = [&](const std::vector<float>& src) {
+      Napi::Float32Array a = Napi::Float32Array::New(info.Env(), src.size());
+      if (!src.empty()) std::memcpy(a.Data(), src.data(), src.size() * sizeof(float));
+      return a;
+    };
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("k", toJs(k));
+    out.Set("v", toJs(v));
+    return out;
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     seq.reset();

@@ -86,6 +86,9 @@ class Engine {
   void forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& policy,
                const std::atomic<bool>* cancel = nullptr);
   void truncate(Sequence& s, int64_t length);  // forget positions >= length
+  // K and V of `layer` at positions [0, s.length), in f32 (kvWidth each): for tests that compare
+  // caches (kv_inspect.cc). Waits for a pass in flight.
+  void readKv(const Sequence& s, int layer, std::vector<float>& k, std::vector<float>& v);
   void releaseSequence(Sequence& s);
 
   // Weights and norms as the backend holds them.

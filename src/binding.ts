@@ -55,6 +55,8 @@ export interface NativeSequence {
   readonly contextSize: number;
   truncate(length: number): void;
   setSeed(seed: number): void;
+  /** @internal K and V of one layer at positions [0, length), in f32 ([length, kvWidth] each): for tests. */
+  readKv(layer: number): { k: Float32Array; v: Float32Array };
   dispose(): void;
 }
 

@@ -17,6 +17,7 @@ import { UsageError, intArg, parseCommand } from './cliArgs';
 import { HELP, USAGE } from './cliHelp';
 import { LOAD_OPTIONS, SAMPLING_OPTIONS, depthFloor, lengthDefault, openModel, policyArg, policyLabel, samplingArgs } from './cliModel';
 import { describeSampling } from './sampling';
+import type { SpeculativeStats } from './speculative';
 import { chatCommand } from './cliChat';
 import { SIGINT_STATUS, colorMode, exitQuietlyOnClosedPipe } from './terminal';
 
@@ -68,6 +69,7 @@ async function generate(argv: string[]): Promise<number> {
           JSON.stringify({
             index: c.index, token: c.token, text: c.text, layers: c.layers, executed: Array.from(c.executed),
             routerWeights: Array.from(c.routerWeights, (w) => (Number.isNaN(w) ? null : +w.toFixed(6))),
+            ...(c.speculative ? { speculative: c.speculative } : {}),
           }) + '\n',
         );
     // Ctrl-C stops the generation (what was made is printed, exit 130); a second one exits at once.
@@ -109,7 +111,9 @@ async function generate(argv: string[]): Promise<number> {
     process.stderr.write(
       `[${r.usage.promptTokens} prompt tokens, ${r.usage.completionTokens} generated (${r.finishReason}); ` +
         `prefill ${r.timings.prefillMs.toFixed(1)} ms, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s; ` +
-        `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token]\n` +
+        `${r.depth.meanLayers.toFixed(2)} of ${model.config.numLayers} layers per token` +
+        (r.speculative ? `; ${speculativeFooter(r.speculative)}` : '') +
+        ']\n' +
         `[${describeSampling(r.sampling)}]\n`,
     );
     process.removeListener('SIGINT', onSigint);
@@ -305,5 +309,13 @@ if (require.main === module) {
       process.stderr.write(`depthgate: internal error: ${(e as Error).stack ?? String(e)}\n`);
       process.exitCode = 1;
     },
+  );
+}
+
+/** Exact mode's part of the generate footer. */
+function speculativeFooter(s: SpeculativeStats): string {
+  return (
+    `exact mode: ${s.accepted} of ${s.drafted} drafted tokens accepted (${(100 * s.acceptanceRate).toFixed(1)}%), ` +
+    `${s.meanDraftLength.toFixed(2)} drafted per verification, ${s.layersPerToken.toFixed(2)} layers computed per token`
   );
 }

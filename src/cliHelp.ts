@@ -15,7 +15,10 @@ const POLICY = `      --policy SPEC         which layers each token runs (defaul
                             \`info\` shows: flexidepth when FlexiDepth routers come with the model, in
                             its own weights or as the default model's add-on; otherwise none):
                               none | static:skip=3+5 | static:attn=2,mlp=4+6 | flexidepth[:threshold=0.5]
-                              | skiplayer | d3:alpha=0.9[,start=4][,min=8]`;
+                              | skiplayer | d3:alpha=0.9[,start=4][,min=8]
+                              | speculative:draft=flexidepth[,maxDraft=4][,minConfidence=0.5][,target=0.8]
+                                (exact mode: the draft's own parameters go alongside, e.g.
+                                speculative:draft=static,skip=3+4,maxDraft=2)`;
 
 const SAMPLING = `      --max-tokens N        most tokens to generate (default: the model's max_new_tokens, else 128)
       --temperature T       0 = greedy (default: the model's generation_config.json, else 0)

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { defaultModelSetup } from './defaultModel';
 import { loadModel, type Model } from './model';
 import type { GenerateOptions, LoadOptions } from './options';
-import { parsePolicy, type Policy } from './policy';
+import { formatPolicy, parsePolicy, type Policy } from './policy';
 import { UsageError, intArg, numArg, unescape, type Args, type Options } from './cliArgs';
 
 /** The options every command that loads a model takes. */
@@ -138,6 +138,7 @@ export function depthFloor(policy: Policy, model: Model): number {
 /** A policy as the CLI syntax writes it, for labels. */
 export function policyLabel(p: Policy | undefined): string {
   if (!p || p.type === 'none') return 'none';
+  if (p.type === 'speculative') return formatPolicy(p);
   const o = Object.entries(p).filter(([k]) => k !== 'type');
   return o.length ? `${p.type}:${o.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}` : p.type;
 }

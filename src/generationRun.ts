@@ -15,6 +15,7 @@ import { nativeSampling, resolveSampling, type ResolvedSampling } from './sampli
 import { StopDetector } from './stopDetector';
 import { StreamDecoder } from './streamDecoder';
 import { PREFILL_SLICE } from './scheduler';
+import { SpeculativeDecoder } from './speculative';
 import type { GenerateInput } from './input';
 import type { Sequence } from './sequence';
 
@@ -50,6 +51,8 @@ export class GenerationRun {
   /** The caller's sampling options over the model's generation_config.json defaults. */
   private readonly sampling: ResolvedSampling;
   private readonly maxTokens: number;
+  /** Exact mode's drafting and verification, when the policy is speculative. */
+  private spec: SpeculativeDecoder | null = null;
 
   constructor(
     private readonly seq: Sequence,
@@ -112,6 +115,9 @@ export class GenerationRun {
     this.done = true;
     this.opts.signal?.removeEventListener('abort', this.onAbort);
     if (this.ns) {
+      // Exact mode verifies ahead: positions past the tokens kept (a stop, eos or cancel inside
+      // a step's tokens, or drafts of a step that was cut short) are forgotten.
+      if (!this.seq.disposed) this.ns.truncate(this.seq.tokens.length + this.fed.length);
       this.seq.commit(this.fed, this.pending);
       this.seq.release();
     }
@@ -141,6 +147,7 @@ export class GenerationRun {
         decodeTokensPerSecond: decodeMs > 0 ? ((n - 1) * 1000) / decodeMs : 0,
         prefillTokensPerSecond: this.prefillMs > 0 ? (this.promptTokens * 1000) / this.prefillMs : 0,
       },
+      ...(this.spec ? { speculative: this.spec.stats() } : {}),
     });
   }
 
@@ -187,7 +194,8 @@ export class GenerationRun {
       seq.checkFits(ids.length);
       this.ns = seq.acquire();
       const ns = this.ns;
-      ns.setSeed(opts.seed ?? randomInt(0, 2 ** 47));
+      const seed = opts.seed ?? randomInt(0, 2 ** 47);
+      ns.setSeed(seed);
       const decoder = new StreamDecoder(model.tokenizer);
       stopCheck();
       const t0 = performance.now();
@@ -201,46 +209,67 @@ export class GenerationRun {
         input = input.slice(PREFILL_SLICE);
         stopCheck();
       }
-      for (let i = 0; i < maxTokens; i++) {
-        // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
-        const r = await model.run(
-          { sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling, ...(i > 0 ? { genIndex: i } : {}) },
-          policy,
-        );
-        this.fed.push(...input);
-        const token = r.token!;
-        this.pending = token;
-        if (i === 0) {
-          this.prefillMs = performance.now() - t0;
-          this.decodeStart = performance.now();
+      // Exact mode: after the full-depth prompt pass, each step drafts and verifies several tokens.
+      this.spec =
+        policy.type === 'speculative'
+          ? new SpeculativeDecoder(model, ns, policy, sampling, seq.speculativeThreshold(policy, sampling.temperature > 0), seed)
+          : null;
+      const fullDepth = new Uint8Array(L).fill(1);
+      const noRouterWeights = new Float32Array(L).fill(NaN);
+      let i = 0;
+      decode: while (i < maxTokens) {
+        let produced: { token: number; executed: Uint8Array; routerWeights: Float32Array; speculative?: TokenChunk['speculative'] }[];
+        if (this.spec && i > 0) {
+          // Every emitted token comes from a full-depth row of the verification pass.
+          const step = await this.spec.step(input[0]!, i, maxTokens - i, stopCheck);
+          const verification = this.spec.stats().verifications;
+          produced = step.tokens.map((token, j) => ({
+            token, executed: fullDepth, routerWeights: noRouterWeights, speculative: { accepted: j < step.accepted, step: verification },
+          }));
+        } else {
+          // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
+          const r = await model.run(
+            { sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling, ...(i > 0 ? { genIndex: i } : {}) },
+            policy,
+          );
+          produced = [{ token: r.token!, executed: r.executed, routerWeights: r.routerWeights }];
         }
-        this.generated.push(token);
-        let layers = 0;
-        for (let l = 0; l < L; l++) {
-          const ran = r.executed[l] ?? 0; // executed has one entry per layer
-          this.layerCounts[l] = (this.layerCounts[l] ?? 0) + ran;
-          layers += ran;
+        for (const { token, executed, routerWeights, speculative } of produced) {
+          this.fed.push(...input);
+          this.pending = token;
+          if (i === 0) {
+            this.prefillMs = performance.now() - t0;
+            this.decodeStart = performance.now();
+          }
+          this.generated.push(token);
+          let layers = 0;
+          for (let l = 0; l < L; l++) {
+            const ran = executed[l] ?? 0; // executed has one entry per layer
+            this.layerCounts[l] = (this.layerCounts[l] ?? 0) + ran;
+            layers += ran;
+          }
+          const index = i++;
+          if (eos.has(token)) {
+            finishReason = 'eos';
+            break decode;
+          }
+          this.text += decoder.push(token);
+          waiting.push({ token, text: '', index, layers, executed, routerWeights, ...(speculative ? { speculative } : {}) });
+          // Text that may be the start of a stop string is held back, together with its tokens.
+          const hit = stops.find(this.text, emitted);
+          if (hit >= 0) {
+            this.text = this.text.slice(0, hit);
+            finishReason = 'stop';
+            break decode;
+          }
+          if (stops.safeLength(this.text) === this.text.length && !decoder.holding) yield* flush();
+          stopCheck();
+          if (seq.tokens.length + this.fed.length + 1 > seq.contextSize) {
+            finishReason = 'context';
+            break decode;
+          }
+          input = [token];
         }
-        if (eos.has(token)) {
-          finishReason = 'eos';
-          break;
-        }
-        this.text += decoder.push(token);
-        waiting.push({ token, text: '', index: i, layers, executed: r.executed, routerWeights: r.routerWeights });
-        // Text that may be the start of a stop string is held back, together with its tokens.
-        const hit = stops.find(this.text, emitted);
-        if (hit >= 0) {
-          this.text = this.text.slice(0, hit);
-          finishReason = 'stop';
-          break;
-        }
-        if (stops.safeLength(this.text) === this.text.length && !decoder.holding) yield* flush();
-        stopCheck();
-        if (seq.tokens.length + this.fed.length + 1 > seq.contextSize) {
-          finishReason = 'context';
-          break;
-        }
-        input = [token];
       }
       if (finishReason !== 'stop') {
         // The decoder's last held-back text can complete a stop string too.

@@ -13,7 +13,7 @@ import { AbortError, ContextOverflowError, DisposedError, InvalidOptionError, Mo
 import { readGenerationDefaults, type GenerationDefaults } from './sampling';
 import { checkInt, checkObject, validateGenerateOptions, validateLoadOptions, type GenerateOptions, type GenerateResult, type LoadOptions } from './options';
 import { Tokenizer, type ChatMessage } from './tokenizer';
-import { validatePolicy, type Policy } from './policy';
+import { fullDepthOf, validatePolicy, type Policy } from './policy';
 import { resolveBackend } from './backend';
 import { Scheduler } from './scheduler';
 import { Sequence, type EvaluateOptions, type EvaluateResult } from './sequence';
@@ -22,6 +22,7 @@ import { promptTooLong, tokenIdArray, tokenizeInput, type GenerateInput } from '
 import { defaultMemoryBudget, formatBytes } from './memory';
 import { statRegularFile } from './modelFiles';
 import { chooseDefaultPolicy, isDefaultModelSetup, type DefaultPolicy } from './defaultPolicy';
+import { checkSpeculativeSampling } from './speculative';
 
 /** Default context of new sequences when loadModel gets no contextSize (capped by the model's own). */
 const DEFAULT_CONTEXT = 4096;
@@ -337,6 +338,7 @@ export class Model implements AsyncDisposable {
     let ids: number[];
     try {
       policy = this.checkPolicy(opts.policy);
+      checkSpeculativeSampling(policy, opts, this.generationDefaults.options);
       ids = tokenizeInput(this.tokenizer, input, true, this.config.vocabSize, this.contextSize, this.contextSize);
     } catch (e) {
       if (e instanceof ContextOverflowError || (e instanceof InvalidOptionError && e.option.startsWith('policy'))) return GenerationStream.failed(e);
@@ -432,25 +434,31 @@ export class Model implements AsyncDisposable {
    * needs (InvalidOptionError 'policy' when they are missing).
    */
   checkPolicy(policy: unknown): Policy {
-    const p = this.resolvePolicy(policy);
+    const resolved = this.resolvePolicy(policy);
+    // Exact mode needs what its draft needs.
+    const p = resolved.type === 'speculative' ? resolved.draft : resolved;
+    const field = resolved.type === 'speculative' ? 'policy.draft' : 'policy';
     if (p.type === 'flexidepth' || p.type === 'skiplayer') {
       this.routerLayers ??= (({ flexiDepthLayers, skipRouterLayers }) => ({ flexiDepthLayers, skipRouterLayers }))(this.live().info());
       const have = p.type === 'flexidepth' ? this.routerLayers.flexiDepthLayers : this.routerLayers.skipRouterLayers;
       if (have.length === 0)
         throw new InvalidOptionError(
-          'policy',
+          field,
           p.type === 'flexidepth'
             ? 'this model has no FlexiDepth router weights, which the flexidepth policy needs (load them with loadModel({addons}))'
             : 'this model has no SkipLayer router weights, which the skiplayer policy needs (load them with loadModel({addons}))',
         );
     }
-    return p;
+    return resolved;
   }
 
-  /** @internal Queues one request; requests waiting together under the same policy run as one batch. */
+  /**
+   * @internal Queues one request; requests waiting together under the same policy run as one
+   * batch. A pass under the speculative policy runs at full depth (its drafts run their own policy).
+   */
   run(request: NativeRequest, policy: Policy = { type: 'none' }): Promise<NativeResponse> {
     this.live();
-    return this.scheduler.run(request, policy);
+    return this.scheduler.run(request, fullDepthOf(policy));
   }
 }
 

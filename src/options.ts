@@ -4,6 +4,7 @@
  * number is checked against the range of the type the engine stores it in (an int32 topK, a
  * uint64 seed, ...), so no value is silently wrapped or clamped natively.
  */
+import type { SpeculativeStats } from './speculative';
 import { InvalidOptionError } from './errors';
 import type { Policy } from './policy';
 import { SAMPLING_KEYS, validateSamplingOptions, type ResolvedSampling, type SamplingOptions } from './sampling';
@@ -103,6 +104,11 @@ export interface TokenChunk {
   executed: Uint8Array;
   /** Per layer, the router weight (FlexiDepth), NaN where the layer has none. */
   routerWeights: Float32Array;
+  /**
+   * Exact mode only (tokens after the first): `accepted` when the draft proposed this token and
+   * verification kept it, false when it is the full model's own token; `step` counts verifications from 1.
+   */
+  speculative?: { accepted: boolean; step: number };
 }
 
 /** Depth statistics of a generation, over its generated tokens. */
@@ -140,6 +146,8 @@ export interface GenerateResult {
     /** Prompt tokens per second. */
     prefillTokensPerSecond: number;
   };
+  /** What exact mode did (drafted, accepted, acceptance rate...): present under the speculative policy. */
+  speculative?: SpeculativeStats;
 }
 
 /** Largest int32: the engine's type for token counts, positions, topK and layer indices. */

@@ -54,8 +54,36 @@ export interface D3Policy {
   minLayers?: number | undefined;
 }
 
-/** A skip policy. */
-export type Policy = NonePolicy | StaticPolicy | FlexiDepthPolicy | SkipLayerPolicy | D3Policy;
+/** A skip policy: the layers a token runs. */
+export type SkipPolicy = NonePolicy | StaticPolicy | FlexiDepthPolicy | SkipLayerPolicy | D3Policy;
+
+/**
+ * Exact mode (self-speculative decoding): `draft`, any skip policy, proposes up to `maxDraft`
+ * tokens one by one; one full-depth pass over them checks them all, and the output is the full
+ * model's own (greedy: the same tokens as `none`; sampling: the same distribution). The prompt
+ * runs at full depth. Stops drafting early when the draft's top-1 probability is below
+ * `minConfidence`; with `targetAcceptance`, that threshold adapts per sequence toward the target
+ * acceptance rate (as Self-SD does). evaluate() under this policy runs at full depth.
+ */
+export interface SpeculativePolicy {
+  type: 'speculative';
+  /** The policy that drafts (not speculative itself). */
+  draft: SkipPolicy;
+  /** Most tokens drafted per verification, 1..64 (default 4). */
+  maxDraft?: number;
+  /** Stop drafting after a token whose draft probability is below this, in [0, 1] (default 0: draft maxDraft tokens). */
+  minConfidence?: number;
+  /** Adapt minConfidence per sequence toward this acceptance rate, in (0, 1] (default: no adaptation). */
+  targetAcceptance?: number;
+}
+
+/** A policy: a skip policy, or exact mode with a skip policy as its draft. */
+export type Policy = SkipPolicy | SpeculativePolicy;
+
+/** Default draft length of the speculative policy. */
+export const DEFAULT_MAX_DRAFT = 4;
+/** Longest draft the speculative policy accepts. */
+export const MAX_DRAFT_LIMIT = 64;
 
 const KEYS: Record<Policy['type'], string[]> = {
   none: ['type'],
@@ -63,7 +91,13 @@ const KEYS: Record<Policy['type'], string[]> = {
   flexidepth: ['type', 'threshold'],
   skiplayer: ['type'],
   d3: ['type', 'alpha', 'start', 'minLayers'],
+  speculative: ['type', 'draft', 'maxDraft', 'minConfidence', 'targetAcceptance'],
 };
+
+/** The policy a pass runs at full depth under exact mode; other policies unchanged. */
+export function fullDepthOf(p: Policy): SkipPolicy {
+  return p.type === 'speculative' ? { type: 'none' } : p;
+}
 
 function layerList(v: unknown, name: string, layers: number): number[] | undefined {
   if (v === undefined) return undefined;
@@ -86,6 +120,8 @@ export function validatePolicy(p: unknown, layers: number): Policy {
     case 'none':
     case 'skiplayer':
       return { type };
+    case 'speculative':
+      return validateSpeculative(o, layers);
     case 'static': {
       const out: StaticPolicy = { type };
       const sl = layerList(o.skipLayers, 'policy.skipLayers', layers);
@@ -119,6 +155,39 @@ export function validatePolicy(p: unknown, layers: number): Policy {
   }
 }
 
+function validateSpeculative(o: Record<string, unknown>, layers: number): SpeculativePolicy {
+  if (o.draft === undefined) throw new InvalidOptionError('policy.draft', 'is required: the skip policy that drafts (e.g. {type: "flexidepth"})');
+  if (typeof o.draft === 'object' && o.draft !== null && (o.draft as { type?: unknown }).type === 'speculative')
+    throw new InvalidOptionError('policy.draft', 'must be a skip policy, not speculative');
+  let draft: SkipPolicy;
+  try {
+    draft = validatePolicy(o.draft, layers) as SkipPolicy;
+  } catch (e) {
+    // Name the draft's field: policy.draft.threshold, not policy.threshold.
+    if (e instanceof InvalidOptionError)
+      throw new InvalidOptionError(e.option.replace(/^policy/, 'policy.draft'), e.message.replace(/^option '[^']*': /, ''));
+    throw e;
+  }
+  const out: SpeculativePolicy = { type: 'speculative', draft };
+  const { maxDraft, minConfidence, targetAcceptance } = o;
+  if (maxDraft !== undefined) {
+    if (!Number.isInteger(maxDraft) || (maxDraft as number) < 1 || (maxDraft as number) > MAX_DRAFT_LIMIT)
+      throw new InvalidOptionError('policy.maxDraft', `must be an integer in 1..${MAX_DRAFT_LIMIT}, got ${JSON.stringify(maxDraft)}`);
+    out.maxDraft = maxDraft as number;
+  }
+  if (minConfidence !== undefined) {
+    if (typeof minConfidence !== 'number' || !(minConfidence >= 0 && minConfidence <= 1))
+      throw new InvalidOptionError('policy.minConfidence', `must be a number in [0, 1], got ${JSON.stringify(minConfidence)}`);
+    out.minConfidence = minConfidence;
+  }
+  if (targetAcceptance !== undefined) {
+    if (typeof targetAcceptance !== 'number' || !(targetAcceptance > 0 && targetAcceptance <= 1))
+      throw new InvalidOptionError('policy.targetAcceptance', `must be a number in (0, 1], got ${JSON.stringify(targetAcceptance)}`);
+    out.targetAcceptance = targetAcceptance;
+  }
+  return out;
+}
+
 /** D3's depth for the pass producing generated token `genIndex` (0 = the prompt pass: full depth). */
 export function d3Depth(layers: number, genIndex: number, alpha: number, start = 0, minLayers = 2): number {
   if (genIndex < 1) return layers;
@@ -137,10 +206,15 @@ export function d3LayerSet(layers: number, depth: number): number[] {
 
 /**
  * Parses the CLI syntax: `none`, `static:skip=3+5`, `static:attn=2,mlp=4+6`, `flexidepth`,
- * `flexidepth:threshold=0.6`, `skiplayer`, `d3:alpha=0.9,start=4,min=8`.
+ * `flexidepth:threshold=0.6`, `skiplayer`, `d3:alpha=0.9,start=4,min=8`, and exact mode:
+ * `speculative:draft=flexidepth,threshold=0.6,maxDraft=6,minConfidence=0.5,target=0.8` (the
+ * parameters other than draft, maxDraft, minConfidence and target belong to the draft).
  */
 export function parsePolicy(text: string, layers: number): Policy {
-  const [type, rest] = text.split(':', 2);
+  const colon = text.indexOf(':');
+  const type = colon < 0 ? text : text.slice(0, colon);
+  const rest = colon < 0 ? undefined : text.slice(colon + 1);
+  if (type === 'speculative') return parseSpeculative(rest ?? '', layers);
   const params: Record<string, string> = {};
   if (rest)
     for (const kv of rest.split(',')) {
@@ -174,6 +248,36 @@ export function parsePolicy(text: string, layers: number): Policy {
   return validatePolicy(spec, layers);
 }
 
+const SPECULATIVE_KEYS: Record<string, keyof SpeculativePolicy> = {
+  draft: 'draft', maxDraft: 'maxDraft', minConfidence: 'minConfidence', target: 'targetAcceptance',
+};
+
+function parseSpeculative(rest: string, layers: number): Policy {
+  let draftType: string | undefined;
+  const draftParams: string[] = [];
+  const spec: Record<string, unknown> = { type: 'speculative' };
+  for (const kv of rest === '' ? [] : rest.split(',')) {
+    const [k, v] = kv.split('=', 2).map((x) => x.trim());
+    if (!k || v === undefined) throw new InvalidOptionError('policy', `'${kv}' is not key=value`);
+    const key = Object.hasOwn(SPECULATIVE_KEYS, k) ? SPECULATIVE_KEYS[k] : undefined;
+    if (key === 'draft') draftType = v;
+    else if (key) {
+      if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(v)) throw new InvalidOptionError(`policy.${key}`, v === '' ? 'needs a value' : `'${v}' is not a number`);
+      spec[key] = Number(v);
+    } else draftParams.push(kv);
+  }
+  if (!draftType) throw new InvalidOptionError('policy.draft', 'is required: speculative:draft=<policy>, e.g. speculative:draft=flexidepth');
+  if (draftType === 'speculative') throw new InvalidOptionError('policy.draft', 'must be a skip policy, not speculative');
+  try {
+    spec.draft = parsePolicy(draftParams.length ? `${draftType}:${draftParams.join(',')}` : draftType, layers);
+  } catch (e) {
+    if (e instanceof InvalidOptionError)
+      throw new InvalidOptionError(e.option.replace(/^policy/, 'policy.draft'), e.message.replace(/^option '[^']*': /, ''));
+    throw e;
+  }
+  return validatePolicy(spec, layers);
+}
+
 /**
  * Writes a policy in the CLI's `--policy` syntax (the inverse of {@link parsePolicy}:
  * `parsePolicy(formatPolicy(p), layers)` gives back the validated `p`). Used for labels.
@@ -193,5 +297,14 @@ export function formatPolicy(p: Policy): string {
       return join('static', [['skip', p.skipLayers], ['attn', p.skipAttention], ['mlp', p.skipMlp]]);
     case 'd3':
       return join('d3', [['alpha', p.alpha], ['start', p.start], ['min', p.minLayers]]);
+    case 'speculative': {
+      const draft = formatPolicy(p.draft);
+      const colon = draft.indexOf(':');
+      const own = [['maxDraft', p.maxDraft], ['minConfidence', p.minConfidence], ['target', p.targetAcceptance]]
+        .filter(([, v]) => v !== undefined)
+        .map(([k, v]) => `${k}=${String(v)}`);
+      const params = [`draft=${colon < 0 ? draft : draft.slice(0, colon)}`, ...(colon < 0 ? [] : [draft.slice(colon + 1)]), ...own];
+      return `speculative:${params.join(',')}`;
+    }
   }
 }

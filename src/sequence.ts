@@ -6,7 +6,8 @@
 import type { NativeSequence } from './binding';
 import { AbortError, BusyError, ContextOverflowError, DisposedError, InvalidOptionError } from './errors';
 import { checkObject, validateGenerateOptions, type GenerateOptions, type GenerateResult } from './options';
-import type { Policy } from './policy';
+import type { Policy, SpeculativePolicy } from './policy';
+import { checkSpeculativeSampling, initialThreshold, type AdaptiveThreshold } from './speculative';
 import type { Model } from './model';
 import { GenerationStream } from './generation';
 import { PREFILL_SLICE } from './scheduler';
@@ -203,10 +204,20 @@ export class Sequence implements Disposable, AsyncDisposable {
     let policy: Policy;
     try {
       policy = this.model.checkPolicy(opts.policy);
+      checkSpeculativeSampling(policy, opts, this.model.generationDefaults.options);
     } catch (e) {
       return GenerationStream.failed(e);
     }
     return GenerationStream.start(this, input, opts, policy, false);
+  }
+
+  /**
+   * @internal K and V of one layer at every cached position, in f32 ([positions, kvHeads *
+   * headDim] each): for tests that compare caches. Waits for a pass in flight.
+   */
+  kvCache(layer: number): { k: Float32Array; v: Float32Array; positions: number } {
+    const ns = this.live();
+    return { ...ns.readKv(layer), positions: ns.length };
   }
 
   /** @internal */
@@ -246,6 +257,17 @@ export class Sequence implements Disposable, AsyncDisposable {
       }
     }
   }
+
+  /**
+   * @internal Exact mode's draft-stop threshold for this sequence, which adapts across its turns
+   * (started afresh when the policy or greedy/sampling changes).
+   */
+  speculativeThreshold(policy: SpeculativePolicy, sampled: boolean): AdaptiveThreshold {
+    const key = JSON.stringify([policy, sampled]);
+    if (this.threshold?.key !== key) this.threshold = { key, minConfidence: initialThreshold(policy, sampled), ema: undefined };
+    return this.threshold;
+  }
+  private threshold: AdaptiveThreshold | undefined;
 
   /** @internal */
   commit(tokens: number[], pending: number | null): void {

@@ -2,7 +2,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { loadModel } from '../src';
+import { ChatSession, defaultModelDir, loadModel } from '../src';
 import { loadReference, referenceLogits } from './reference/reference';
 import { quantizeActivation, quantizedReference } from './reference/quantize';
 import { cleanup, relError, tinyModel, tmpDir } from './helpers';
@@ -264,7 +264,6 @@ describe('behaving like a CLI', () => {
       input: 'In the beginning God created the heaven and the earth.\nAnd God said\n', encoding: 'utf8', timeout: 60000,
     });
     expect(child.status).toBe(0);
-    const { loadModel, defaultModelDir, ChatSession } = await import('../src');
     const m = await loadModel(defaultModelDir(), { threads: 1 });
     try {
       using seq = m.createSequence();

@@ -63,7 +63,7 @@ const EXPECTED_MAIN: Record<string, string[]> = {
   // types
   GenerateInput: [], ModelInfo: [], EvaluateResult: [], EvaluateOptions: [], GenerateOptions: [], GenerateResult: [],
   LoadOptions: [], TokenChunk: [], DepthStats: [], SamplingOptions: [], GenerationDefaults: [], ResolvedSampling: [], Policy: [], NonePolicy: [], StaticPolicy: [], FlexiDepthPolicy: [],
-  SkipLayerPolicy: [], D3Policy: [], ChatMessage: [], ModelConfig: [], Architecture: [], DefaultPolicy: [],
+  SkipLayerPolicy: [], D3Policy: [], SkipPolicy: [], SpeculativePolicy: [], SpeculativeStats: [], ChatMessage: [], ModelConfig: [], Architecture: [], DefaultPolicy: [],
   PerplexityOptions: [], PerplexityResult: [], DepthSpan: [], DepthViewInput: [], CudaStatus: [], GpuInfo: [],
   ServerState: [], ServerStats: [], ServerOptions: [], RequestRecord: [], ErrorBody: [], BuildInfo: [],
   DepthgateErrorCode: [], ChatRole: [], ChatSessionOptions: [], DepthAnsiOptions: [],
