@@ -67,7 +67,12 @@ greedyConfigs = keep(greedyConfigs);
 sampledConfigs = values['no-sampled'] ? [] : keep(sampledConfigs);
 const SAMPLING = { temperature: 0.8, topK: 40, topP: 0.95 };
 
-const model = await depthgate.loadModel(depthgate.defaultModelDir(), { addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'], threads });
+// Greedy unless a run sets a temperature (generationConfig: false: the model's file would sample).
+const model = await depthgate.loadModel(depthgate.defaultModelDir(), {
+  addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'].map((f) => path.join(depthgate.defaultModelDir(), f)),
+  threads,
+  generationConfig: false,
+});
 
 interface RunResult {
   tps: number;

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { NativeLoadError } from './errors';
 import type { NativeSampling } from './sampling';
 
-/** @internal What native/addon_gguf.cc reads of a GGUF file. */
+/** What native/addon_gguf.cc reads of a GGUF file (the binding's, not part of the public API). */
 export interface NativeGgufHeader {
   version: number;
   alignment: number;

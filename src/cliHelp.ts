@@ -99,6 +99,7 @@ ${LOAD}
 `,
 };
 
+/** The overview the command line prints for --help, a bad command, or no command. */
 export const USAGE = `Usage: depthgate COMMAND [MODEL_DIR] [options]
 
 Commands:

@@ -15,6 +15,7 @@ export function isGgufPath(p: string): boolean {
   return p.toLowerCase().endsWith('.gguf');
 }
 
+/** A GGUF file as a model source: its config and tokenizer from the metadata, and the file as the weights. */
 export function openGgufModel(file: string): { config: ModelConfig; tokenizer: Tokenizer; files: string[] } {
   statRegularFile(file, 'GGUF file');
   const header = readGgufHeader(file);

@@ -140,7 +140,7 @@ export function readGenerationDefaults(dir: string): GenerationDefaults {
   return { file, options };
 }
 
-/** @internal The native sample parameters of a step. */
+/** The native sample parameters of a step (the binding's, not part of the public API). */
 export interface NativeSampling {
   temperature: number;
   topK: number;

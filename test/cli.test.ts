@@ -224,7 +224,7 @@ describe('behaving like a CLI', () => {
   test('--show-depth: no colour when piped, with NO_COLOR or TERM=dumb; the depth follows each token instead', () => {
     const envs: Record<string, string>[] = [{ NO_COLOR: '', FORCE_COLOR: '' }, { NO_COLOR: '1', FORCE_COLOR: '1' }, { NO_COLOR: '', FORCE_COLOR: '0' }];
     for (const env of envs) {
-      const r = run(['generate', '--prompt', 'And God said', '--max-tokens', '6', '--show-depth'], env);
+      const r = run(['generate', '--prompt', 'And God said', '--max-tokens', '6', '--show-depth', '--temperature', '0'], env);
       expect(r.code).toBe(0);
       expect(r.stdout + r.stderr).not.toMatch(/\x1b\[/);
       expect(r.stdout).toMatch(/^And God said \S+?[⁰¹²³⁴⁵⁶⁷⁸⁹]+ /);
@@ -260,7 +260,8 @@ describe('behaving like a CLI', () => {
   });
 
   test('chat: one message per input line, the history kept (the replies are those of a ChatSession)', async () => {
-    const child = spawnSync(process.execPath, [cli, 'chat', '--max-tokens', '12', '--policy', 'none'], {
+    // Greedy on both sides: the default model's generation_config.json samples otherwise.
+    const child = spawnSync(process.execPath, [cli, 'chat', '--max-tokens', '12', '--policy', 'none', '--temperature', '0'], {
       input: 'In the beginning God created the heaven and the earth.\nAnd God said\n', encoding: 'utf8', timeout: 60000,
     });
     expect(child.status).toBe(0);
@@ -268,8 +269,9 @@ describe('behaving like a CLI', () => {
     try {
       using seq = m.createSequence();
       const session = new ChatSession({ sequence: seq });
-      const a = await session.prompt('In the beginning God created the heaven and the earth.', { maxTokens: 12, policy: { type: 'none' } });
-      const b = await session.prompt('And God said', { maxTokens: 12, policy: { type: 'none' } });
+      const greedy = { maxTokens: 12, policy: { type: 'none' } as const, temperature: 0 };
+      const a = await session.prompt('In the beginning God created the heaven and the earth.', greedy);
+      const b = await session.prompt('And God said', greedy);
       expect(child.stdout).toBe(`${a.text}\n${b.text}\n`);
     } finally {
       await m.dispose();

@@ -315,7 +315,7 @@ describe('the KV cache after exact mode', () => {
 describe('the default model', () => {
   let model: Model;
   beforeAll(async () => {
-    model = await loadModel(defaultModelDir(), { addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'], threads: 2 });
+    model = await loadModel(defaultModelDir(), { addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'].map((f) => path.join(defaultModelDir(), f)), threads: 2 });
   });
   afterAll(async () => model?.dispose());
 
@@ -330,8 +330,9 @@ describe('the default model', () => {
   test.each(drafts.map((d) => [d.type, d] as const))('greedy output equals none with a %s draft', async (_n, draft) => {
     let accepted = 0;
     for (const p of prompts) {
-      const want = await model.generate(p, { maxTokens: 40, policy: NONE });
-      const got = await model.generate(p, { maxTokens: 40, policy: spec(draft) });
+      // Greedy (the default model's generation_config.json would sample).
+      const want = await model.generate(p, { maxTokens: 40, policy: NONE, temperature: 0 });
+      const got = await model.generate(p, { maxTokens: 40, policy: spec(draft), temperature: 0 });
       expect([got.text, got.tokens, got.finishReason]).toEqual([want.text, want.tokens, want.finishReason]);
       accepted += got.speculative!.accepted;
     }
@@ -454,7 +455,7 @@ test('exact mode refuses repetition penalties (its distributions do not apply th
   const dir = tinyModel({ layers: 4, seed: 31, skiplayer: { mode: 'module', layers: [1, 2] } });
   const m = await loadModel(dir, { kvCacheType: 'f32', threads: 1 });
   try {
-    const policy = { type: 'speculative' as const, draft: { type: 'static' as const, skip: [2] } };
+    const policy = { type: 'speculative' as const, draft: { type: 'static' as const, skipLayers: [2] } };
     expect(() => m.stream({ tokens: [5, 6] }, { policy, repetitionPenalty: 1.3 })).toThrow(/option 'repetitionPenalty': exact mode/);
     await expect(m.generate({ tokens: [5, 6] }, { policy, presencePenalty: 0.5, maxTokens: 2 })).rejects.toThrow(/option 'presencePenalty'/);
     using seq = m.createSequence();
