@@ -4,14 +4,31 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'bench/dist/', 'scripts/gpu/dist/', 'build/', 'prebuilds/', 'models/', 'node_modules/', 'docs/', '.gpu-bundle/', 'coverage/', 'train/'] },
+  {
+    ignores: [
+      'dist/',
+      'bench/dist/',
+      'scripts/gpu/dist/',
+      'build/',
+      'prebuilds/',
+      'models/',
+      'node_modules/',
+      'docs/',
+      '.gpu-bundle/',
+      'coverage/',
+      'train/',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
     files: ['**/*.ts', '**/*.mts'],
     rules: {
       // `_`-prefixed names are deliberately unused (callback signatures, destructuring).
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' },
+      ],
     },
   },
   {
@@ -22,7 +39,17 @@ export default tseslint.config(
   {
     // CommonJS scripts run by node directly.
     files: ['**/*.js', '**/*.cjs'],
-    languageOptions: { sourceType: 'commonjs', globals: { require: 'readonly', module: 'writable', process: 'readonly', console: 'readonly', __dirname: 'readonly', Buffer: 'readonly' } },
+    languageOptions: {
+      sourceType: 'commonjs',
+      globals: {
+        require: 'readonly',
+        module: 'writable',
+        process: 'readonly',
+        console: 'readonly',
+        __dirname: 'readonly',
+        Buffer: 'readonly',
+      },
+    },
     rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
 );

@@ -38,7 +38,12 @@ if (values.child) {
   await model.generate(prompt, { ...opts, maxTokens: 8 });
   // A pathological case (the old pool beside busy processes ran at ~1 token/s) ends after 20 s,
   // with the speed of the tokens it made.
-  const r = await model.generate(prompt, { ...opts, maxTokens: Number(values.tokens), signal: AbortSignal.timeout(20000), stopOnAbort: true });
+  const r = await model.generate(prompt, {
+    ...opts,
+    maxTokens: Number(values.tokens),
+    signal: AbortSignal.timeout(20000),
+    stopOnAbort: true,
+  });
   console.log(JSON.stringify({ tokensPerSecond: r.timings.decodeTokensPerSecond }));
   await model.dispose();
   process.exit(0);
@@ -46,7 +51,9 @@ if (values.child) {
 
 const self = fileURLToPath(import.meta.url);
 const usable = depthgate.getBuildInfo().usableProcessors;
-const threadList = (values.threads ?? [...new Set([1, 2, usable, Math.max(4, 2 * usable)])].join(',')).split(',').map(Number);
+const threadList = (values.threads ?? [...new Set([1, 2, usable, Math.max(4, 2 * usable)])].join(','))
+  .split(',')
+  .map(Number);
 const competitorList = values.competitors!.split(',').map(Number);
 const runs = Number(values.runs);
 const engines: { name: string; env: NodeJS.ProcessEnv }[] = [{ name: 'this build', env: { ...process.env } }];
@@ -61,16 +68,24 @@ for (const m of values.models!.split(',')) models[m] = m === 'default' ? 'defaul
 // A competitor: one busy loop for at most `seconds`, so none outlives the benchmark.
 function startCompetitors(n: number, seconds: number) {
   return Array.from({ length: n }, () =>
-    spawn(process.execPath, ['-e', `const end = Date.now() + ${seconds * 1000}; let x = 0; while (Date.now() < end) x++;`], { stdio: 'ignore' }),
+    spawn(
+      process.execPath,
+      ['-e', `const end = Date.now() + ${seconds * 1000}; let x = 0; while (Date.now() < end) x++;`],
+      { stdio: 'ignore' },
+    ),
   );
 }
 
 function measure(engine: (typeof engines)[number], model: string, threads: number): number {
-  const r = spawnSync(process.execPath, [self, '--child', '--model', model, '--threads', String(threads), '--tokens', values.tokens!], {
-    env: engine.env,
-    encoding: 'utf8',
-    timeout: 600000,
-  });
+  const r = spawnSync(
+    process.execPath,
+    [self, '--child', '--model', model, '--threads', String(threads), '--tokens', values.tokens!],
+    {
+      env: engine.env,
+      encoding: 'utf8',
+      timeout: 600000,
+    },
+  );
   if (r.status !== 0) throw new Error(`measurement failed (${engine.name}, ${model}, threads ${threads}): ${r.stderr}`);
   return (JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { tokensPerSecond: number }).tokensPerSecond;
 }
@@ -101,10 +116,18 @@ for (const [name, dir] of Object.entries(models)) {
         engines.forEach((e, k) => {
           const xs = got[k];
           rows.push({
-            model: name, threads, competitors, engine: e.name,
-            medianTokensPerSecond: median(xs), minTokensPerSecond: Math.min(...xs), maxTokensPerSecond: Math.max(...xs), runs: xs,
+            model: name,
+            threads,
+            competitors,
+            engine: e.name,
+            medianTokensPerSecond: median(xs),
+            minTokensPerSecond: Math.min(...xs),
+            maxTokensPerSecond: Math.max(...xs),
+            runs: xs,
           });
-          console.log(`${name} threads ${threads} competitors ${competitors} ${e.name}: median ${median(xs).toFixed(1)} tokens/s (${xs.map((x) => x.toFixed(0)).join(', ')})`);
+          console.log(
+            `${name} threads ${threads} competitors ${competitors} ${e.name}: median ${median(xs).toFixed(1)} tokens/s (${xs.map((x) => x.toFixed(0)).join(', ')})`,
+          );
         });
       }
     } finally {
@@ -125,7 +148,14 @@ for (const m of Object.keys(models))
     for (const t of threadList)
       if (t !== 1) {
         const tt = find(m, t, c)!;
-        checks.push({ model: m, competitors: c, threads: t, ratioTo1Thread: tt / one, atLeastHalf: tt >= one / 2, ...(c === 1 && t === 2 ? { atLeast1Thread: tt >= one } : {}) });
+        checks.push({
+          model: m,
+          competitors: c,
+          threads: t,
+          ratioTo1Thread: tt / one,
+          atLeastHalf: tt >= one / 2,
+          ...(c === 1 && t === 2 ? { atLeast1Thread: tt >= one } : {}),
+        });
       }
   }
 // More threads than usable processors on an idle machine: the extra workers park, so it may cost
@@ -136,7 +166,14 @@ for (const m of Object.keys(models)) {
   if (atCores === undefined) continue;
   for (const t of threadList.filter((t) => t > usable)) {
     const tt = find(m, t, 0);
-    if (tt !== undefined) aboveCores.push({ model: m, threads: t, usableProcessors: usable, ratioToThreadsAtCores: tt / atCores, atLeast80Percent: tt >= 0.8 * atCores });
+    if (tt !== undefined)
+      aboveCores.push({
+        model: m,
+        threads: t,
+        usableProcessors: usable,
+        ratioToThreadsAtCores: tt / atCores,
+        atLeast80Percent: tt >= 0.8 * atCores,
+      });
   }
 }
 console.table(checks);

@@ -9,7 +9,17 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { copyBandwidth, depthgate, gitCommit, machine, median, readBandwidth, saveResult, spread, testing } from './machine.mjs';
+import {
+  copyBandwidth,
+  depthgate,
+  gitCommit,
+  machine,
+  median,
+  readBandwidth,
+  saveResult,
+  spread,
+  testing,
+} from './machine.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -26,8 +36,16 @@ const { values } = parseArgs({
 });
 const hidden = Number(values.hidden);
 const shape = {
-  arch: 'llama' as const, hidden, layers: Number(values.layers), heads: hidden / 64, kvHeads: Math.max(1, hidden / 256),
-  intermediate: Number(values.intermediate), vocabSize: Number(values.vocab), dtype: values.dtype as 'bf16', maxPositions: 4096, seed: 1,
+  arch: 'llama' as const,
+  hidden,
+  layers: Number(values.layers),
+  heads: hidden / 64,
+  kvHeads: Math.max(1, hidden / 256),
+  intermediate: Number(values.intermediate),
+  vocabSize: Number(values.vocab),
+  dtype: values.dtype as 'bf16',
+  maxPositions: 4096,
+  seed: 1,
 };
 const dir = path.join(os.tmpdir(), `depthgate-bench-${shape.hidden}x${shape.layers}-${shape.dtype}`);
 if (!fs.existsSync(path.join(dir, 'config.json'))) {
@@ -86,7 +104,8 @@ const result = {
   prefill16TokensMs: median(prefillMs),
   runsMsPerToken: perToken,
 };
-const f = (x: { median: number; min: number; max: number }, d = 2) => `${x.median.toFixed(d)} [${x.min.toFixed(d)}, ${x.max.toFixed(d)}]`;
+const f = (x: { median: number; min: number; max: number }, d = 2) =>
+  `${x.median.toFixed(d)} [${x.min.toFixed(d)}, ${x.max.toFixed(d)}]`;
 console.table({
   'read bandwidth (GB/s)': f(result.readBandwidthGBs),
   'copy bandwidth (GB/s)': f(result.copyBandwidthGBs),

@@ -35,9 +35,14 @@ const threads = Number(values.threads);
 const root = new URL('../..', import.meta.url).pathname;
 
 // Held-out prompts: the first words of verses spread through the held-out split.
-const lines = fs.readFileSync(path.join(root, 'bench', 'data', 'kjv-heldout.txt'), 'utf8').split('\n').filter(Boolean);
+const lines = fs
+  .readFileSync(path.join(root, 'bench', 'data', 'kjv-heldout.txt'), 'utf8')
+  .split('\n')
+  .filter(Boolean);
 const nPrompts = Number(values.prompts);
-const prompts = Array.from({ length: nPrompts }, (_, i) => lines[Math.floor(((i + 0.5) * lines.length) / nPrompts)]!.split(' ').slice(0, 5).join(' '));
+const prompts = Array.from({ length: nPrompts }, (_, i) =>
+  lines[Math.floor(((i + 0.5) * lines.length) / nPrompts)]!.split(' ').slice(0, 5).join(' '),
+);
 
 const drafts: [string, SkipPolicy][] = [
   ['flexidepth', { type: 'flexidepth' }],
@@ -54,22 +59,32 @@ let greedyConfigs: Config[] = [{ name: 'none', policy: { type: 'none' } }];
 for (const [name, draft] of drafts)
   for (const maxDraft of [2, 4])
     for (const minConfidence of [0, 0.6])
-      greedyConfigs.push({ name: `${name} k=${maxDraft} conf=${minConfidence}`, policy: { type: 'speculative', draft, maxDraft, minConfidence } });
+      greedyConfigs.push({
+        name: `${name} k=${maxDraft} conf=${minConfidence}`,
+        policy: { type: 'speculative', draft, maxDraft, minConfidence },
+      });
 for (const [name, draft] of drafts)
-  greedyConfigs.push({ name: `${name} k=6 adaptive(0.8)`, policy: { type: 'speculative', draft, maxDraft: 6, targetAcceptance: 0.8 } });
+  greedyConfigs.push({
+    name: `${name} k=6 adaptive(0.8)`,
+    policy: { type: 'speculative', draft, maxDraft: 6, targetAcceptance: 0.8 },
+  });
 // Draft-only speed (approximate output), for reference.
 for (const [name, draft] of drafts) greedyConfigs.push({ name: `${name} (draft alone, not exact)`, policy: draft });
 let sampledConfigs: Config[] = [{ name: 'none', policy: { type: 'none' } }];
-for (const [name, draft] of drafts) sampledConfigs.push({ name: `${name} k=2 conf=0`, policy: { type: 'speculative', draft, maxDraft: 2 } });
+for (const [name, draft] of drafts)
+  sampledConfigs.push({ name: `${name} k=2 conf=0`, policy: { type: 'speculative', draft, maxDraft: 2 } });
 const only = values.only?.split(',');
-const keep = (cs: Config[]) => (only ? cs.filter((c) => c.name === 'none' || only.some((o) => c.name.includes(o))) : cs);
+const keep = (cs: Config[]) =>
+  only ? cs.filter((c) => c.name === 'none' || only.some((o) => c.name.includes(o))) : cs;
 greedyConfigs = keep(greedyConfigs);
 sampledConfigs = values['no-sampled'] ? [] : keep(sampledConfigs);
 const SAMPLING = { temperature: 0.8, topK: 40, topP: 0.95 };
 
 // Greedy unless a run sets a temperature (generationConfig: false: the model's file would sample).
 const model = await depthgate.loadModel(depthgate.defaultModelDir(), {
-  addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'].map((f) => path.join(depthgate.defaultModelDir(), f)),
+  addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'].map((f) =>
+    path.join(depthgate.defaultModelDir(), f),
+  ),
   threads,
   generationConfig: false,
 });
@@ -91,7 +106,12 @@ async function runConfig(c: Config, sampled: boolean, run: number): Promise<RunR
   let layers = 0;
   const tokens: number[][] = [];
   for (const [i, p] of prompts.entries()) {
-    const r = await model.generate(p, { maxTokens, stopOnEos: false, policy: c.policy, ...(sampled ? { ...SAMPLING, seed: 1000 * run + i } : {}) });
+    const r = await model.generate(p, {
+      maxTokens,
+      stopOnEos: false,
+      policy: c.policy,
+      ...(sampled ? { ...SAMPLING, seed: 1000 * run + i } : {}),
+    });
     decodeMs += r.timings.decodeMs;
     decoded += r.tokens.length - 1;
     tokens.push(r.tokens);
@@ -102,7 +122,14 @@ async function runConfig(c: Config, sampled: boolean, run: number): Promise<RunR
       layers += r.speculative.layersPerToken * (r.tokens.length - 1);
     }
   }
-  return { tps: (decoded * 1000) / decodeMs, tokens, drafted, accepted, verifications, layersPerToken: layers / decoded };
+  return {
+    tps: (decoded * 1000) / decodeMs,
+    tokens,
+    drafted,
+    accepted,
+    verifications,
+    layersPerToken: layers / decoded,
+  };
 }
 
 const stats = (xs: number[]) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
@@ -133,7 +160,9 @@ async function sweep(configs: Config[], sampled: boolean) {
             layersPerToken: r0.layersPerToken,
           }
         : {}),
-      ...(sampled ? {} : { identicalToNone: rs.every((r, k) => JSON.stringify(r.tokens) === JSON.stringify(perRun[k]![0]!.tokens)) }),
+      ...(sampled
+        ? {}
+        : { identicalToNone: rs.every((r, k) => JSON.stringify(r.tokens) === JSON.stringify(perRun[k]![0]!.tokens)) }),
     };
   });
 }
@@ -153,7 +182,10 @@ async function passCosts(model: Model, draftsHere: [string, SkipPolicy][], reps:
     for (let r = 0; r < reps; r++) {
       ns.truncate(base);
       const t0 = performance.now();
-      await m.run({ sequence: ns, tokens: Int32Array.from({ length: tokens }, (_, i) => 5 + i), logits, genIndex: 1 }, policy);
+      await m.run(
+        { sequence: ns, tokens: Int32Array.from({ length: tokens }, (_, i) => 5 + i), logits, genIndex: 1 },
+        policy,
+      );
       ms.push(performance.now() - t0);
     }
     return stats(ms);
@@ -176,7 +208,14 @@ let costsBench: unknown = 'not run (pass --bench-model)';
 if (values['bench-model']) {
   const bm = await depthgate.loadModel(benchModelDir(), { threads });
   // No routers in the random bench model: the host-planned drafts at about a third skipped.
-  costsBench = await passCosts(bm, [['d3 alpha=0.9 (depth 14 at token 1)', { type: 'd3', alpha: 0.9 }], ['static skip 5 of 16', { type: 'static', skipLayers: [3, 5, 7, 9, 11] }]], Math.max(5, Math.floor(reps / 3)));
+  costsBench = await passCosts(
+    bm,
+    [
+      ['d3 alpha=0.9 (depth 14 at token 1)', { type: 'd3', alpha: 0.9 }],
+      ['static skip 5 of 16', { type: 'static', skipLayers: [3, 5, 7, 9, 11] }],
+    ],
+    Math.max(5, Math.floor(reps / 3)),
+  );
   await bm.dispose();
 }
 

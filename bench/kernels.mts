@@ -19,7 +19,10 @@ const setBytes = 256 * 2 ** 20;
 type Data = Float32Array | Uint16Array;
 function copies(make: (j: number) => Data): Data[] {
   const first = make(0);
-  return [first, ...Array.from({ length: Math.max(1, Math.round(setBytes / first.byteLength)) - 1 }, (_, j) => make(j + 1))];
+  return [
+    first,
+    ...Array.from({ length: Math.max(1, Math.round(setBytes / first.byteLength)) - 1 }, (_, j) => make(j + 1)),
+  ];
 }
 const weights: Record<'f32' | 'bf16' | 'f16', Data[]> = {
   f32: copies((j) => Float32Array.from({ length: rows * cols }, (_, i) => Math.sin(i * 0.37 + j) * 0.02)),
@@ -52,7 +55,7 @@ for (const t of bench.tasks) {
   let value = NaN;
   let ofRead = NaN;
   if (name.startsWith('matvec')) {
-    value = (weights[dtype][0].byteLength / s) / 1e9;
+    value = weights[dtype][0].byteLength / s / 1e9;
     metric = 'GB/s of weights';
     ofRead = (value * 1e9) / read;
   } else if (name.startsWith('matmul')) {
@@ -62,13 +65,30 @@ for (const t of bench.tasks) {
     value = (2 * normX.byteLength) / s / 1e9; // in cache: not a memory figure
     metric = 'GB/s';
   }
-  rowsOut.push({ kernel: name, 'mean ms': +meanMs.toFixed(3), [metric]: +value.toFixed(2), metric, 'of read bw': Number.isNaN(ofRead) ? '' : +ofRead.toFixed(2) });
+  rowsOut.push({
+    kernel: name,
+    'mean ms': +meanMs.toFixed(3),
+    [metric]: +value.toFixed(2),
+    metric,
+    'of read bw': Number.isNaN(ofRead) ? '' : +ofRead.toFixed(2),
+  });
 }
-console.log(`read bandwidth: ${(read / 1e9).toFixed(2)} GB/s (${threads} threads), copy bandwidth: ${(bw / 1e9).toFixed(2)} GB/s (1 thread)`);
+console.log(
+  `read bandwidth: ${(read / 1e9).toFixed(2)} GB/s (${threads} threads), copy bandwidth: ${(bw / 1e9).toFixed(2)} GB/s (1 thread)`,
+);
 console.table(rowsOut.map(({ metric: _m, ...r }) => r));
-console.log(`saved ${saveResult('cpu-kernels.json', {
-  benchmark: 'cpu-kernels', command: 'npm run bench:kernels', commit: gitCommit(), date: new Date().toISOString(), machine: machine(), threads,
-  loadAverage: os.loadavg().map((x) => +x.toFixed(2)),
-  note: `matrix-vector and matrix-matrix cycle through ${weights.f32.length} (f32) or ${weights.bf16.length} (bf16, f16) distinct 4096x4096 matrices; one run on a shared machine`,
-  readBandwidthGBs: read / 1e9, copyBandwidthGBs: bw / 1e9, results: rowsOut,
-})}`);
+console.log(
+  `saved ${saveResult('cpu-kernels.json', {
+    benchmark: 'cpu-kernels',
+    command: 'npm run bench:kernels',
+    commit: gitCommit(),
+    date: new Date().toISOString(),
+    machine: machine(),
+    threads,
+    loadAverage: os.loadavg().map((x) => +x.toFixed(2)),
+    note: `matrix-vector and matrix-matrix cycle through ${weights.f32.length} (f32) or ${weights.bf16.length} (bf16, f16) distinct 4096x4096 matrices; one run on a shared machine`,
+    readBandwidthGBs: read / 1e9,
+    copyBandwidthGBs: bw / 1e9,
+    results: rowsOut,
+  })}`,
+);

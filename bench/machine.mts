@@ -85,14 +85,25 @@ export function saveResult(name: string, data: unknown): string {
 export function gitCommit(): string {
   const root = new URL('../..', import.meta.url).pathname;
   const head = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout.trim();
-  const dirty = spawnSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: root, encoding: 'utf8' }).stdout.trim();
+  const dirty = spawnSync('git', ['status', '--porcelain', '--untracked-files=no'], {
+    cwd: root,
+    encoding: 'utf8',
+  }).stdout.trim();
   return head ? head + (dirty ? '-dirty' : '') : 'unknown';
 }
 
 /** The realistic-shape bench model's parameters (a Llama with random bf16 weights, 246 M parameters). */
 export const BENCH_SHAPE = {
-  arch: 'llama' as const, hidden: 1024, layers: 16, heads: 16, kvHeads: 4, intermediate: 2816, vocabSize: 32000,
-  dtype: 'bf16' as const, maxPositions: 4096, seed: 1,
+  arch: 'llama' as const,
+  hidden: 1024,
+  layers: 16,
+  heads: 16,
+  kvHeads: 4,
+  intermediate: 2816,
+  vocabSize: 32000,
+  dtype: 'bf16' as const,
+  maxPositions: 4096,
+  seed: 1,
 };
 
 /** The bench model's directory (written to the temporary folder the first time). */

@@ -31,11 +31,22 @@ const { values } = parseArgs({
 const modelDir = path.resolve(values.model!);
 const text = fs.readFileSync(values.text!, 'utf8');
 const opts = {
-  window: Number(values.window), context: Number(values.context),
+  window: Number(values.window),
+  context: Number(values.context),
   ...(values['max-tokens'] ? { maxTokens: Number(values['max-tokens']) } : {}),
 };
 
-interface Row { method: string; policy: string; addon: string | null; perplexity: number; nll: number; meanLayers: number; tokens: number; layerFractions: number[]; seconds: number }
+interface Row {
+  method: string;
+  policy: string;
+  addon: string | null;
+  perplexity: number;
+  nll: number;
+  meanLayers: number;
+  tokens: number;
+  layerFractions: number[];
+  seconds: number;
+}
 const rows: Row[] = [];
 /** Layers that carry FlexiDepth routers, as the engine reports them once an add-on is loaded. */
 let routedLayers = 0;
@@ -48,9 +59,21 @@ async function score(addon: string | null, runs: [string, string, Policy][]) {
     for (const [method, label, policy] of runs) {
       const t0 = performance.now();
       const r = await depthgate.measurePerplexity(model, ids, { ...opts, policy });
-      const row = { method, policy: label, addon, perplexity: r.perplexity, nll: r.nll, meanLayers: r.meanLayers, tokens: r.tokens, layerFractions: r.layerFractions, seconds: (performance.now() - t0) / 1000 };
+      const row = {
+        method,
+        policy: label,
+        addon,
+        perplexity: r.perplexity,
+        nll: r.nll,
+        meanLayers: r.meanLayers,
+        tokens: r.tokens,
+        layerFractions: r.layerFractions,
+        seconds: (performance.now() - t0) / 1000,
+      };
       rows.push(row);
-      console.log(`${method.padEnd(11)} ${label.padEnd(34)} ${(addon ?? '').padEnd(32)} ppl ${r.perplexity.toFixed(3).padStart(9)}  layers ${r.meanLayers.toFixed(2)}`);
+      console.log(
+        `${method.padEnd(11)} ${label.padEnd(34)} ${(addon ?? '').padEnd(32)} ppl ${r.perplexity.toFixed(3).padStart(9)}  layers ${r.meanLayers.toFixed(2)}`,
+      );
     }
     return model.config.numLayers;
   } finally {
@@ -70,15 +93,28 @@ for (const a of values.alphas!.split(',').map(Number)) base.push(['D3', `d3:alph
 await score(null, base);
 const files = fs.readdirSync(modelDir).sort();
 for (const f of files.filter((f) => /^flexidepth.*\.safetensors$/.test(f)))
-  await score(f, values.thresholds!.split(',').map(Number).map((t) => ['FlexiDepth', `flexidepth:threshold=${t}`, { type: 'flexidepth', threshold: t }] as [string, string, Policy]));
-for (const f of files.filter((f) => /^skiplayer.*\.safetensors$/.test(f))) await score(f, [['SkipLayer', 'skiplayer', { type: 'skiplayer' }]]);
+  await score(
+    f,
+    values
+      .thresholds!.split(',')
+      .map(Number)
+      .map(
+        (t) =>
+          ['FlexiDepth', `flexidepth:threshold=${t}`, { type: 'flexidepth', threshold: t }] as [string, string, Policy],
+      ),
+  );
+for (const f of files.filter((f) => /^skiplayer.*\.safetensors$/.test(f)))
+  await score(f, [['SkipLayer', 'skiplayer', { type: 'skiplayer' }]]);
 
 // The paper's claims, checked on these numbers.
 const full = rows.find((r) => r.method === 'none')!;
-const statics = rows.filter((r) => r.method === 'static-BI' || r.method === 'none').sort((a, b) => a.meanLayers - b.meanLayers);
+const statics = rows
+  .filter((r) => r.method === 'static-BI' || r.method === 'none')
+  .sort((a, b) => a.meanLayers - b.meanLayers);
 function staticAt(depth: number): number | null {
   for (let i = 0; i + 1 < statics.length; i++) {
-    const a = statics[i], b = statics[i + 1];
+    const a = statics[i],
+      b = statics[i + 1];
     if (depth >= a.meanLayers && depth <= b.meanLayers) {
       const t = (depth - a.meanLayers) / (b.meanLayers - a.meanLayers || 1);
       return Math.exp(Math.log(a.perplexity) * (1 - t) + Math.log(b.perplexity) * t);
@@ -91,21 +127,41 @@ const claims = rows
   .map((r) => {
     const s = staticAt(r.meanLayers);
     return {
-      addon: r.addon, policy: r.policy, meanLayers: r.meanLayers, perplexity: r.perplexity,
-      staticBIPerplexityAtSameDepth: s, beatsStatic: s === null ? null : r.perplexity < s,
+      addon: r.addon,
+      policy: r.policy,
+      meanLayers: r.meanLayers,
+      perplexity: r.perplexity,
+      staticBIPerplexityAtSameDepth: s,
+      beatsStatic: s === null ? null : r.perplexity < s,
       routedLayersSkippedFraction: routedLayers ? (L - r.meanLayers) / routedLayers : null,
       within5PercentOfFull: r.perplexity <= 1.05 * full.perplexity,
     };
   });
 const rel = (p: string) => path.relative(root, path.resolve(p)) || '.';
 const args = {
-  model: rel(modelDir), text: rel(values.text!), window: values.window!, context: values.context!, 'max-tokens': values['max-tokens']!,
-  alphas: values.alphas!, thresholds: values.thresholds!,
+  model: rel(modelDir),
+  text: rel(values.text!),
+  window: values.window!,
+  context: values.context!,
+  'max-tokens': values['max-tokens']!,
+  alphas: values.alphas!,
+  thresholds: values.thresholds!,
 };
 const out = saveResult(`quality-${path.basename(modelDir)}.json`, {
-  command: `npm run bench:quality -- ${Object.entries(args).map(([k, v]) => `--${k} ${v}`).join(' ')}`,
-  arguments: args, commit: gitCommit(), date: new Date().toISOString(),
-  machine: machine(), model: rel(modelDir), text: rel(values.text!), ...opts, layers: L, routedLayers, rows, claims,
+  command: `npm run bench:quality -- ${Object.entries(args)
+    .map(([k, v]) => `--${k} ${v}`)
+    .join(' ')}`,
+  arguments: args,
+  commit: gitCommit(),
+  date: new Date().toISOString(),
+  machine: machine(),
+  model: rel(modelDir),
+  text: rel(values.text!),
+  ...opts,
+  layers: L,
+  routedLayers,
+  rows,
+  claims,
 });
 console.log(`wrote ${out}`);
 fs.mkdirSync(path.dirname(values.svg!), { recursive: true });
@@ -114,40 +170,73 @@ console.log(`wrote ${values.svg}`);
 
 /** The plot's series: the method, and for FlexiDepth the add-on's penalty. */
 function seriesKey(r: Row): string {
-  return r.method === 'FlexiDepth' && r.addon ? `${r.method} ${r.addon.replace(/^flexidepth-|\.safetensors$/g, '')}` : r.method;
+  return r.method === 'FlexiDepth' && r.addon
+    ? `${r.method} ${r.addon.replace(/^flexidepth-|\.safetensors$/g, '')}`
+    : r.method;
 }
 
 /** Perplexity (log scale) against mean layers, one colour and marker per method. */
 function plot(rs: Row[], layers: number): string {
-  const W = 720, H = 440, m = { l: 70, r: 180, t: 40, b: 56 };
-  const pw = W - m.l - m.r, ph = H - m.t - m.b;
+  const W = 720,
+    H = 440,
+    m = { l: 70, r: 180, t: 40, b: 56 };
+  const pw = W - m.l - m.r,
+    ph = H - m.t - m.b;
   const ys = rs.map((r) => Math.log10(r.perplexity));
-  const y0 = Math.floor(Math.min(...ys) * 10) / 10, y1 = Math.ceil(Math.max(...ys) * 10) / 10 || y0 + 1;
+  const y0 = Math.floor(Math.min(...ys) * 10) / 10,
+    y1 = Math.ceil(Math.max(...ys) * 10) / 10 || y0 + 1;
   const xMin = Math.max(0, Math.floor(Math.min(...rs.map((r) => r.meanLayers))) - 1);
   const x = (v: number) => m.l + ((v - xMin) / (layers - xMin)) * pw;
   const y = (p: number) => m.t + ph - ((Math.log10(p) - y0) / (y1 - y0 || 1)) * ph;
-  const colours: Record<string, string> = { none: '#000000', 'static-BI': '#e69f00', D3: '#56b4e9', FlexiDepth: '#009e73', SkipLayer: '#cc79a7' };
+  const colours: Record<string, string> = {
+    none: '#000000',
+    'static-BI': '#e69f00',
+    D3: '#56b4e9',
+    FlexiDepth: '#009e73',
+    SkipLayer: '#cc79a7',
+  };
   const parts: string[] = [];
-  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
+  );
   parts.push(`<rect width="${W}" height="${H}" fill="white"/>`);
-  parts.push(`<text x="${m.l}" y="22" font-size="14">Perplexity of held-out text against mean layers run per token (${layers}-layer model)</text>`);
-  parts.push(`<line x1="${m.l}" y1="${m.t + ph}" x2="${m.l + pw}" y2="${m.t + ph}" stroke="#333"/><line x1="${m.l}" y1="${m.t}" x2="${m.l}" y2="${m.t + ph}" stroke="#333"/>`);
-  for (let v = xMin; v <= layers; v++) parts.push(`<line x1="${x(v)}" y1="${m.t + ph}" x2="${x(v)}" y2="${m.t + ph + 5}" stroke="#333"/><text x="${x(v)}" y="${m.t + ph + 18}" text-anchor="middle">${v}</text>`);
+  parts.push(
+    `<text x="${m.l}" y="22" font-size="14">Perplexity of held-out text against mean layers run per token (${layers}-layer model)</text>`,
+  );
+  parts.push(
+    `<line x1="${m.l}" y1="${m.t + ph}" x2="${m.l + pw}" y2="${m.t + ph}" stroke="#333"/><line x1="${m.l}" y1="${m.t}" x2="${m.l}" y2="${m.t + ph}" stroke="#333"/>`,
+  );
+  for (let v = xMin; v <= layers; v++)
+    parts.push(
+      `<line x1="${x(v)}" y1="${m.t + ph}" x2="${x(v)}" y2="${m.t + ph + 5}" stroke="#333"/><text x="${x(v)}" y="${m.t + ph + 18}" text-anchor="middle">${v}</text>`,
+    );
   parts.push(`<text x="${m.l + pw / 2}" y="${H - 14}" text-anchor="middle">mean layers run per scored token</text>`);
   for (let e = Math.ceil(y0 * 10) / 10; e <= y1 + 1e-9; e += (y1 - y0) / 6) {
     const p = 10 ** e;
-    parts.push(`<line x1="${m.l - 5}" y1="${y(p)}" x2="${m.l + pw}" y2="${y(p)}" stroke="#ddd"/><text x="${m.l - 8}" y="${y(p) + 4}" text-anchor="end">${p >= 100 ? p.toFixed(0) : p.toFixed(1)}</text>`);
+    parts.push(
+      `<line x1="${m.l - 5}" y1="${y(p)}" x2="${m.l + pw}" y2="${y(p)}" stroke="#ddd"/><text x="${m.l - 8}" y="${y(p) + 4}" text-anchor="end">${p >= 100 ? p.toFixed(0) : p.toFixed(1)}</text>`,
+    );
   }
-  parts.push(`<text transform="translate(18 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle">perplexity (log scale)</text>`);
+  parts.push(
+    `<text transform="translate(18 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle">perplexity (log scale)</text>`,
+  );
   const methods = [...new Set(rs.map(seriesKey))];
   methods.forEach((key, i) => {
     const pts = rs.filter((r) => seriesKey(r) === key).sort((a, b) => a.meanLayers - b.meanLayers);
     const c = colours[pts[0]!.method] ?? '#666';
     const dash = i % 2 ? ' stroke-dasharray="4 3"' : '';
-    if (pts.length > 1) parts.push(`<polyline fill="none" stroke="${c}" stroke-width="1.5"${dash} points="${pts.map((r) => `${x(r.meanLayers).toFixed(1)},${y(r.perplexity).toFixed(1)}`).join(' ')}"/>`);
-    for (const r of pts) parts.push(`<circle cx="${x(r.meanLayers).toFixed(1)}" cy="${y(r.perplexity).toFixed(1)}" r="4" fill="${c}"><title>${r.policy}${r.addon ? ` + ${r.addon}` : ''}: ppl ${r.perplexity.toFixed(2)}, ${r.meanLayers.toFixed(2)} layers</title></circle>`);
+    if (pts.length > 1)
+      parts.push(
+        `<polyline fill="none" stroke="${c}" stroke-width="1.5"${dash} points="${pts.map((r) => `${x(r.meanLayers).toFixed(1)},${y(r.perplexity).toFixed(1)}`).join(' ')}"/>`,
+      );
+    for (const r of pts)
+      parts.push(
+        `<circle cx="${x(r.meanLayers).toFixed(1)}" cy="${y(r.perplexity).toFixed(1)}" r="4" fill="${c}"><title>${r.policy}${r.addon ? ` + ${r.addon}` : ''}: ppl ${r.perplexity.toFixed(2)}, ${r.meanLayers.toFixed(2)} layers</title></circle>`,
+      );
     const ly = m.t + 10 + i * 20;
-    parts.push(`<line x1="${m.l + pw + 14}" y1="${ly}" x2="${m.l + pw + 34}" y2="${ly}" stroke="${c}" stroke-width="2"${dash}/><circle cx="${m.l + pw + 24}" cy="${ly}" r="4" fill="${c}"/><text x="${m.l + pw + 40}" y="${ly + 4}">${key === 'static-BI' ? 'static (block influence)' : key}</text>`);
+    parts.push(
+      `<line x1="${m.l + pw + 14}" y1="${ly}" x2="${m.l + pw + 34}" y2="${ly}" stroke="${c}" stroke-width="2"${dash}/><circle cx="${m.l + pw + 24}" cy="${ly}" r="4" fill="${c}"/><text x="${m.l + pw + 40}" y="${ly + 4}">${key === 'static-BI' ? 'static (block influence)' : key}</text>`,
+    );
   });
   parts.push('</svg>');
   return parts.join('\n') + '\n';

@@ -30,8 +30,16 @@ const hidden = Number(values.hidden);
 const L = Number(values.layers);
 const ff = Number(values.intermediate);
 const shape = {
-  arch: 'llama' as const, hidden, layers: L, heads: hidden / 64, kvHeads: Math.max(1, hidden / 256), intermediate: ff,
-  vocabSize: 32000, dtype: 'bf16' as const, maxPositions: 4096, seed: 1,
+  arch: 'llama' as const,
+  hidden,
+  layers: L,
+  heads: hidden / 64,
+  kvHeads: Math.max(1, hidden / 256),
+  intermediate: ff,
+  vocabSize: 32000,
+  dtype: 'bf16' as const,
+  maxPositions: 4096,
+  seed: 1,
   flexidepth: { layers: Array.from({ length: L }, (_, i) => i) },
 };
 const dir = path.join(os.tmpdir(), `depthgate-bench-routed-${hidden}x${L}`);
@@ -74,11 +82,12 @@ const work = {
   router: d * r + r * d + d,
   adapter: 3 * d * m,
 };
-const lmHead = d * c.vocabSize / T; // the LM head runs for the last row only
+const lmHead = (d * c.vocabSize) / T; // the LM head runs for the last row only
 const denseWork = L * (work.kv + work.q + work.attn + work.o + work.mlp) + lmHead;
 function routedWork(active: number[]): number {
   let w = lmHead;
-  for (const a of active) w += work.kv + work.router + a * (work.q + work.attn + work.o + work.mlp) + (1 - a) * work.adapter;
+  for (const a of active)
+    w += work.kv + work.router + a * (work.q + work.attn + work.o + work.mlp) + (1 - a) * work.adapter;
   return w;
 }
 
@@ -93,8 +102,13 @@ for (const frac of [0.25, 0.5, 0.75, 1.0]) {
   const activeMean = res.active.reduce((a, b) => a + b, 0) / L;
   const ideal = dense.ms * (routedWork(res.active) / denseWork);
   prefill.push({
-    targetActive: frac, activeMeasured: +activeMean.toFixed(3), threshold: +threshold.toFixed(4), ms: +res.ms.toFixed(1),
-    denseMs: +dense.ms.toFixed(1), idealMs: +ideal.toFixed(1), ratioToIdeal: +(res.ms / ideal).toFixed(3),
+    targetActive: frac,
+    activeMeasured: +activeMean.toFixed(3),
+    threshold: +threshold.toFixed(4),
+    ms: +res.ms.toFixed(1),
+    denseMs: +dense.ms.toFixed(1),
+    idealMs: +ideal.toFixed(1),
+    ratioToIdeal: +(res.ms / ideal).toFixed(3),
     speedupVsDense: +(dense.ms / res.ms).toFixed(3),
   });
 }
@@ -125,9 +139,13 @@ for (const k of [1, 4, 8]) {
   const skippedBytes = fullBytes - k * (layerBytes - kvBytes);
   const ideal = full * (skippedBytes / fullBytes);
   decode.push({
-    skippedLayers: k, ms: +ms.toFixed(2), fullMs: +full.toFixed(2), bytesOnlyIdealMs: +ideal.toFixed(2),
+    skippedLayers: k,
+    ms: +ms.toFixed(2),
+    fullMs: +full.toFixed(2),
+    bytesOnlyIdealMs: +ideal.toFixed(2),
     ratioToBytesOnlyIdeal: +(ms / ideal).toFixed(3),
-    savedPerSkippedLayerMs: +((full - ms) / k).toFixed(3), bytesOnlySavingPerLayerMs: +((full - ideal) / k).toFixed(3),
+    savedPerSkippedLayerMs: +((full - ms) / k).toFixed(3),
+    bytesOnlySavingPerLayerMs: +((full - ideal) / k).toFixed(3),
   });
 }
 await model.dispose();
@@ -135,9 +153,20 @@ console.log(`prefill of ${T} tokens, ${L} layers, hidden ${hidden}, bf16, ${thre
 console.table(prefill);
 console.log('batch-1 decode with k layers skipped (static):');
 console.table(decode);
-console.log(`saved ${saveResult('cpu-routing.json', {
-  benchmark: 'cpu-routing', commit: gitCommit(), loadAverage: os.loadavg().map((x) => +x.toFixed(2)), command: ['npm run bench:routing', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '), date: new Date().toISOString(),
-  machine: machine(), model: { ...shape, flexidepth: 'all layers', parameters: info.parameters }, threads, promptTokens: T,
-  note: 'ideal prefill = dense time x routed multiply-adds / dense multiply-adds; ideal decode = full time x weight bytes still read / full bytes (skipped layers still read Wk, Wv): bytes only, so per-layer costs that are not weight bytes make real times fall below it; figures are medians of runs on a shared machine',
-  routerBytesPerLayer, prefill, decode,
-})}`);
+console.log(
+  `saved ${saveResult('cpu-routing.json', {
+    benchmark: 'cpu-routing',
+    commit: gitCommit(),
+    loadAverage: os.loadavg().map((x) => +x.toFixed(2)),
+    command: ['npm run bench:routing', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
+    date: new Date().toISOString(),
+    machine: machine(),
+    model: { ...shape, flexidepth: 'all layers', parameters: info.parameters },
+    threads,
+    promptTokens: T,
+    note: 'ideal prefill = dense time x routed multiply-adds / dense multiply-adds; ideal decode = full time x weight bytes still read / full bytes (skipped layers still read Wk, Wv): bytes only, so per-layer costs that are not weight bytes make real times fall below it; figures are medians of runs on a shared machine',
+    routerBytesPerLayer,
+    prefill,
+    decode,
+  })}`,
+);

@@ -63,32 +63,51 @@ interface Sample {
 }
 
 /** One streaming request; resolves with its latency, time to first token, tokens and mean layers. */
-function streamOnce(agent: http.Agent, port: number, body: string): Promise<{ ms: number; ttft: number; tokens: number; layers: number }> {
+function streamOnce(
+  agent: http.Agent,
+  port: number,
+  body: string,
+): Promise<{ ms: number; ttft: number; tokens: number; layers: number }> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path: '/v1/completions', method: 'POST', agent, headers: { 'content-type': 'application/json' } }, (res) => {
-      let buf = '';
-      let ttft = -1;
-      let usage: { completion_tokens: number; depthgate: { mean_layers: number } } | null = null;
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        if (ttft < 0) ttft = performance.now() - t0;
-        buf += c;
-        let i;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const ev = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
-          const j = JSON.parse(ev.slice(6));
-          if (j.error) return reject(new Error(j.error.message));
-          if (j.usage) usage = j.usage;
-        }
-      });
-      res.on('end', () => {
-        if (res.statusCode !== 200 || !usage) return reject(new Error(`status ${res.statusCode}: ${buf}`));
-        resolve({ ms: performance.now() - t0, ttft, tokens: usage.completion_tokens, layers: usage.depthgate.mean_layers });
-      });
-    });
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/v1/completions',
+        method: 'POST',
+        agent,
+        headers: { 'content-type': 'application/json' },
+      },
+      (res) => {
+        let buf = '';
+        let ttft = -1;
+        let usage: { completion_tokens: number; depthgate: { mean_layers: number } } | null = null;
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => {
+          if (ttft < 0) ttft = performance.now() - t0;
+          buf += c;
+          let i;
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const ev = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
+            const j = JSON.parse(ev.slice(6));
+            if (j.error) return reject(new Error(j.error.message));
+            if (j.usage) usage = j.usage;
+          }
+        });
+        res.on('end', () => {
+          if (res.statusCode !== 200 || !usage) return reject(new Error(`status ${res.statusCode}: ${buf}`));
+          resolve({
+            ms: performance.now() - t0,
+            ttft,
+            tokens: usage.completion_tokens,
+            layers: usage.depthgate.mean_layers,
+          });
+        });
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -98,7 +117,12 @@ async function measure(url: string, c: ModelCase, policy: string, streams: numbe
   const port = Number(new URL(url).port);
   const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
   const body = JSON.stringify({
-    prompt: c.prompt, max_tokens: c.tokens, temperature: 0, stream: true, stream_options: { include_usage: true }, depthgate: { policy },
+    prompt: c.prompt,
+    max_tokens: c.tokens,
+    temperature: 0,
+    stream: true,
+    stream_options: { include_usage: true },
+    depthgate: { policy },
   });
   const t0 = performance.now();
   const out = await Promise.all(Array.from({ length: streams }, () => streamOnce(agent, port, body)));
@@ -106,8 +130,11 @@ async function measure(url: string, c: ModelCase, policy: string, streams: numbe
   agent.destroy();
   const completionTokens = out.reduce((s, o) => s + o.tokens, 0);
   return {
-    wallS, completionTokens, tokensPerSecond: completionTokens / wallS,
-    latencyMs: out.map((o) => o.ms), firstTokenMs: out.map((o) => o.ttft),
+    wallS,
+    completionTokens,
+    tokensPerSecond: completionTokens / wallS,
+    latencyMs: out.map((o) => o.ms),
+    firstTokenMs: out.map((o) => o.ttft),
     meanLayers: out.reduce((s, o) => s + o.layers * o.tokens, 0) / completionTokens,
   };
 }
@@ -123,7 +150,11 @@ for (const key of values.models!.split(',')) {
   if (!c) throw new Error(`unknown model '${key}' (default, bench)`);
   const model = await c.load();
   const maxStreams = Math.max(...streamCounts);
-  const server = depthgate.createServer(model, { parallel: maxStreams, queueLength: maxStreams, contextSize: Math.min(model.contextSize, 512) });
+  const server = depthgate.createServer(model, {
+    parallel: maxStreams,
+    queueLength: maxStreams,
+    contextSize: Math.min(model.contextSize, 512),
+  });
   const { url } = await server.listen(0);
   console.error(`${c.name}: warming up ...`);
   for (const p of c.policies) await measure(url, c, p, 2);
@@ -148,19 +179,34 @@ for (const key of values.models!.split(',')) {
         return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) };
       };
       results.push({
-        model: key, policy: p, streams: n, tokensPerRequest: c.tokens, layers: model.config.numLayers,
+        model: key,
+        policy: p,
+        streams: n,
+        tokensPerRequest: c.tokens,
+        layers: model.config.numLayers,
         tokensPerSecond: stat((s) => s.tokensPerSecond),
         latencyP50Ms: stat((s) => percentile(s.latencyMs, 0.5)),
         latencyP99Ms: stat((s) => percentile(s.latencyMs, 0.99)),
         firstTokenP50Ms: stat((s) => percentile(s.firstTokenMs, 0.5)),
         meanLayers: stat((s) => s.meanLayers),
-        runs: ss.map((s) => ({ wallS: s.wallS, completionTokens: s.completionTokens, tokensPerSecond: s.tokensPerSecond, meanLayers: s.meanLayers })),
+        runs: ss.map((s) => ({
+          wallS: s.wallS,
+          completionTokens: s.completionTokens,
+          tokensPerSecond: s.tokensPerSecond,
+          meanLayers: s.meanLayers,
+        })),
       });
     }
   await model.dispose();
 }
 
-type Row = { model: string; policy: string; streams: number; tokensPerSecond: { median: number }; meanLayers: { median: number } };
+type Row = {
+  model: string;
+  policy: string;
+  streams: number;
+  tokensPerSecond: { median: number };
+  meanLayers: { median: number };
+};
 const rows = results as unknown as Row[];
 const find = (m: string, p: string, n: number) => rows.find((r) => r.model === m && r.policy === p && r.streams === n);
 const summary: Record<string, unknown> = {};
@@ -168,9 +214,17 @@ for (const key of values.models!.split(',')) {
   const [none, skip] = cases[key].policies;
   const one = find(key, none, 1);
   summary[key] = {
-    scalingOverOneStream: Object.fromEntries(streamCounts.map((n) => [n, (find(key, none, n)?.tokensPerSecond.median ?? NaN) / (one?.tokensPerSecond.median ?? NaN)])),
+    scalingOverOneStream: Object.fromEntries(
+      streamCounts.map((n) => [
+        n,
+        (find(key, none, n)?.tokensPerSecond.median ?? NaN) / (one?.tokensPerSecond.median ?? NaN),
+      ]),
+    ),
     skipSpeedupOverNone: Object.fromEntries(
-      streamCounts.map((n) => [n, (find(key, skip, n)?.tokensPerSecond.median ?? NaN) / (find(key, none, n)?.tokensPerSecond.median ?? NaN)]),
+      streamCounts.map((n) => [
+        n,
+        (find(key, skip, n)?.tokensPerSecond.median ?? NaN) / (find(key, none, n)?.tokensPerSecond.median ?? NaN),
+      ]),
     ),
     skipMeanLayers: Object.fromEntries(streamCounts.map((n) => [n, find(key, skip, n)?.meanLayers.median])),
   };
@@ -183,18 +237,27 @@ const result = {
   date: new Date().toISOString(),
   machine: machine(),
   loadAverage: (await import('node:os')).loadavg(),
-  setup: 'in-process server (node:http) and node:http streaming clients; parallel = the largest stream count; greedy; one streaming request per client; figures: median over rounds [min, max]',
+  setup:
+    'in-process server (node:http) and node:http streaming clients; parallel = the largest stream count; greedy; one streaming request per client; figures: median over rounds [min, max]',
   rounds: runs,
   results,
   summary,
 };
 console.table(
   rows.map((r) => {
-    const x = r as unknown as { tokensPerSecond: { median: number; min: number; max: number }; latencyP50Ms: { median: number }; latencyP99Ms: { median: number } };
+    const x = r as unknown as {
+      tokensPerSecond: { median: number; min: number; max: number };
+      latencyP50Ms: { median: number };
+      latencyP99Ms: { median: number };
+    };
     return {
-      model: r.model, policy: r.policy, streams: r.streams,
+      model: r.model,
+      policy: r.policy,
+      streams: r.streams,
       'tokens/s (median [min, max])': `${x.tokensPerSecond.median.toFixed(1)} [${x.tokensPerSecond.min.toFixed(1)}, ${x.tokensPerSecond.max.toFixed(1)}]`,
-      'p50 ms': x.latencyP50Ms.median.toFixed(0), 'p99 ms': x.latencyP99Ms.median.toFixed(0), 'layers/token': r.meanLayers.median.toFixed(2),
+      'p50 ms': x.latencyP50Ms.median.toFixed(0),
+      'p99 ms': x.latencyP99Ms.median.toFixed(0),
+      'layers/token': r.meanLayers.median.toFixed(2),
     };
   }),
 );

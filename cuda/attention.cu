@@ -45,8 +45,8 @@ struct AttnArgs {
   int64_t kvWidth;
   int nHeads, nKv, headDim, window, group, headBlocks, splits, vec16;
   float scale;
-  float* partAcc;   // [maxRows][nHeads][splits][headDim]
-  float2* partML;   // [maxRows][nHeads][splits]: (max, sum; sum NaN when a score was NaN)
+  float* partAcc;  // [maxRows][nHeads][splits][headDim]
+  float2* partML;  // [maxRows][nHeads][splits]: (max, sum; sum NaN when a score was NaN)
 };
 
 // DPL contiguous cache elements at p (aligned to DPL elements), as f32.
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(kWarps * 32, attnMinBlocks<DMAX, HB>()) attnKe
   chunk = ceilDiv(chunk, 32) * 32;
   const int64_t k0 = first + split * chunk, k1 = min(int64_t(pos) + 1, k0 + chunk);
   const int64_t rec = (i * a.nHeads + hFirst) * a.splits + split;  // partial record of head 0
-  if (k0 >= k1) {  // an empty split (only when splits > 1)
+  if (k0 >= k1) {                                                  // an empty split (only when splits > 1)
     for (int t = tid; t < nh * D; t += kWarps * 32) a.partAcc[(rec + int64_t(t / D) * a.splits) * D + t % D] = 0.f;
     if (tid < nh) a.partML[rec + int64_t(tid) * a.splits] = make_float2(-INFINITY, 0.f);
     return;
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kWarps * 32, attnMinBlocks<DMAX, HB>()) attnKe
       for (int off = 0; off < D * es; off += 128) prefetchL2(vrow + off);
       const char* krow = kb + j * rowBytes;
       if (a.vec16) {
-        constexpr int NV = DMAX / E16;  // vectors per key at most
+        constexpr int NV = DMAX / E16;      // vectors per key at most
         constexpr int B = NV < 4 ? NV : 4;  // 16-byte loads in flight per lane
         const int nvec = D / E16;
 #pragma unroll 1
@@ -328,8 +328,8 @@ Plan planOf(const Dev& d, const RowSet& rows, const AttnShape& sh) {
   Plan p{};
   if (sh.headDim <= 0 || sh.nHeads <= 0 || sh.nKv <= 0) return p;
   if (sh.headDim > 256)
-    throw Error(kErrUnsupported, "the CUDA attention kernel supports head dimensions up to 256, not " +
-                                     std::to_string(sh.headDim));
+    throw Error(kErrUnsupported,
+                "the CUDA attention kernel supports head dimensions up to 256, not " + std::to_string(sh.headDim));
   p.dmax = sh.headDim <= 32 ? 32 : sh.headDim <= 64 ? 64 : sh.headDim <= 128 ? 128 : 256;
   if (sh.headDim % (p.dmax / 32) != 0)
     throw Error(kErrUnsupported, "the CUDA attention kernel needs the head dimension (" + std::to_string(sh.headDim) +
@@ -347,20 +347,36 @@ Plan planOf(const Dev& d, const RowSet& rows, const AttnShape& sh) {
 template <DType T, int DMAX>
 void launchHb(const dim3& grid, cudaStream_t s, const AttnArgs& a, int hb) {
   switch (hb) {
-    case 1: attnKernel<T, DMAX, 1><<<grid, kWarps * 32, 0, s>>>(a); break;
-    case 2: attnKernel<T, DMAX, 2><<<grid, kWarps * 32, 0, s>>>(a); break;
-    case 4: attnKernel<T, DMAX, 4><<<grid, kWarps * 32, 0, s>>>(a); break;
-    default: attnKernel<T, DMAX, 8><<<grid, kWarps * 32, 0, s>>>(a); break;
+    case 1:
+      attnKernel<T, DMAX, 1><<<grid, kWarps * 32, 0, s>>>(a);
+      break;
+    case 2:
+      attnKernel<T, DMAX, 2><<<grid, kWarps * 32, 0, s>>>(a);
+      break;
+    case 4:
+      attnKernel<T, DMAX, 4><<<grid, kWarps * 32, 0, s>>>(a);
+      break;
+    default:
+      attnKernel<T, DMAX, 8><<<grid, kWarps * 32, 0, s>>>(a);
+      break;
   }
 }
 
 template <DType T>
 void launchT(const dim3& grid, cudaStream_t s, const AttnArgs& a, const Plan& p) {
   switch (p.dmax) {
-    case 32: launchHb<T, 32>(grid, s, a, p.hb); break;
-    case 64: launchHb<T, 64>(grid, s, a, p.hb); break;
-    case 128: launchHb<T, 128>(grid, s, a, p.hb); break;
-    default: launchHb<T, 256>(grid, s, a, p.hb); break;
+    case 32:
+      launchHb<T, 32>(grid, s, a, p.hb);
+      break;
+    case 64:
+      launchHb<T, 64>(grid, s, a, p.hb);
+      break;
+    case 128:
+      launchHb<T, 128>(grid, s, a, p.hb);
+      break;
+    default:
+      launchHb<T, 256>(grid, s, a, p.hb);
+      break;
   }
 }
 
@@ -406,9 +422,15 @@ void launchAttention(const Dev& d, float* out, const float* q, RowSet rows, cons
   }
   const dim3 grid(unsigned(sh.nKv * p.headBlocks), unsigned(p.splits), unsigned(rows.max));
   switch (sh.kv) {
-    case DType::F32: launchT<DType::F32>(grid, d.stream, a, p); break;
-    case DType::F16: launchT<DType::F16>(grid, d.stream, a, p); break;
-    case DType::BF16: launchT<DType::BF16>(grid, d.stream, a, p); break;
+    case DType::F32:
+      launchT<DType::F32>(grid, d.stream, a, p);
+      break;
+    case DType::F16:
+      launchT<DType::F16>(grid, d.stream, a, p);
+      break;
+    case DType::BF16:
+      launchT<DType::BF16>(grid, d.stream, a, p);
+      break;
   }
   CUDA_CHECK_LAUNCH();
   if (p.splits > 1) {

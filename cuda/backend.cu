@@ -12,7 +12,7 @@ namespace cuda {
 
 namespace {
 
-constexpr size_t kMaxBounce = size_t(64) << 20;        // eager downloads above this go straight to the host
+constexpr size_t kMaxBounce = size_t(64) << 20;         // eager downloads above this go straight to the host
 constexpr size_t kMaxGraphDownload = size_t(64) << 20;  // steps downloading more are not captured
 constexpr size_t kMaxGraphUpload = size_t(16) << 20;
 constexpr size_t kMaxGraphs = 32;
@@ -184,15 +184,18 @@ void CudaOps::recordStep(const Rec& download) {
   if (counter_.note(recs_) < 2) return;
   // The buffers a graph bakes in; moving either invalidates every graph. This step may still be
   // reading stepIn_ (when it began by matching a graph): let it finish before the buffer moves.
-  if (stepIn_.capacity() < stepUploadBytes_ || stepOut_.capacity() < d.bytes) CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (stepIn_.capacity() < stepUploadBytes_ || stepOut_.capacity() < d.bytes)
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
   bool moved = stepIn_.ensure(stepUploadBytes_);
   moved = stepOut_.ensure(d.bytes) || moved;
   if (moved) invalidateGraphs();
   std::string why;
-  auto g = captureStep(stream_, recs_, [this](const Rec& x) { execute(x, true); }, generation_, &why);
+  auto g = captureStep(
+      stream_, recs_, [this](const Rec& x) { execute(x, true); }, generation_, &why);
   if (!g) {
     counter_.markFailed(recs_);
-    if (std::getenv("DEPTHGATE_CUDA_DEBUG")) std::fprintf(stderr, "depthgate cuda: step not captured: %s\n", why.c_str());
+    if (std::getenv("DEPTHGATE_CUDA_DEBUG"))
+      std::fprintf(stderr, "depthgate cuda: step not captured: %s\n", why.c_str());
     return;
   }
   g->lastUse = ++clock_;
@@ -254,8 +257,10 @@ void CudaOps::release(void* p) {
   } catch (...) {
     return;  // the device is gone; nothing to free into
   }
-  if (seg_ != Seg::Idle) deferred_.push_back(p);  // after the step's ops are issued
-  else heap_.free(p);
+  if (seg_ != Seg::Idle)
+    deferred_.push_back(p);  // after the step's ops are issued
+  else
+    heap_.free(p);
 }
 
 void CudaOps::copy(void* dst, const void* src, size_t bytes) {
@@ -379,8 +384,8 @@ void CudaOps::sync() {
 }
 
 // Weights go to the device once, in their stored dtype, through the pinned staging ring on the
-// backend's stream (the mmap'd source is pageable). Block-quantized weights are refused. The same host bytes prepared twice (tied
-// embeddings: embed and lm_head views of one tensor) share one device copy.
+// backend's stream (the mmap'd source is pageable). Block-quantized weights are refused. The same host bytes prepared
+// twice (tied embeddings: embed and lm_head views of one tensor) share one device copy.
 Weight CudaOps::prepareWeight(const Weight& w) {
   // The CUDA kernels read element types only; block formats (Q8_0, Q4_0) are a CPU feature for now.
   if (isBlockQuantized(w.dtype))

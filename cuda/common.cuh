@@ -24,9 +24,9 @@ constexpr const char* kErrCuda = "ERR_DEPTHGATE_CUDA";
 // fault is never reported as out-of-memory.
 [[noreturn]] void throwCuda(cudaError_t e, const char* what, const char* file, int line);
 
-#define CUDA_CHECK(expr)                                                                    \
-  do {                                                                                      \
-    cudaError_t dg_err_ = (expr);                                                           \
+#define CUDA_CHECK(expr)                                                                   \
+  do {                                                                                     \
+    cudaError_t dg_err_ = (expr);                                                          \
     if (dg_err_ != cudaSuccess) ::dg::cuda::throwCuda(dg_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 // After a launch: reports bad configurations at once (faults surface at the next sync).
@@ -98,9 +98,12 @@ __device__ __forceinline__ float loadElem(const void* base, int64_t i) {
 }
 template <DType T>
 __device__ __forceinline__ void storeElem(void* base, int64_t i, float v) {
-  if constexpr (T == DType::F32) static_cast<float*>(base)[i] = v;
-  else if constexpr (T == DType::BF16) static_cast<uint16_t*>(base)[i] = toBf16(v);
-  else static_cast<uint16_t*>(base)[i] = toF16(v);
+  if constexpr (T == DType::F32)
+    static_cast<float*>(base)[i] = v;
+  else if constexpr (T == DType::BF16)
+    static_cast<uint16_t*>(base)[i] = toBf16(v);
+  else
+    static_cast<uint16_t*>(base)[i] = toF16(v);
 }
 
 // Elements of dtype T in one 16-byte vector.
@@ -130,9 +133,7 @@ __device__ __forceinline__ void widen16(const uint4& v, float* f) {
 // A 16-byte load that bypasses L1 (weights are read once per step).
 __device__ __forceinline__ uint4 ldgStream(const uint4* p) {
   uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
 }
 

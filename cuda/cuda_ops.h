@@ -71,16 +71,16 @@ class CudaOps final : public Ops {
   enum ScratchSlot { kScratchAttention = 0, kScratchSample, kScratchNorm, kScratchGateUp, kScratchSlots };
 
   // backend.cu: the step state machine
-  void use();                        // makes this table's device current on the calling thread
-  void submit(const Rec& r);         // a compute op or device copy
-  void guardedSubmit(const Rec& r);  // submit; on an error, leaves the step first
-  bool matchNext(const Rec& r);      // Matching: keeps the candidates whose next record is r
-  void launchReady();                // Matching: launches the fully matched chunks
-  void flush();                      // Matching -> Recording, running what the graph did not
-  void endStep();                    // back to Idle; frees what was released during the step
-  void abandonStep();                // a non-stream call (alloc, sync, ...) inside a step
+  void use();                            // makes this table's device current on the calling thread
+  void submit(const Rec& r);             // a compute op or device copy
+  void guardedSubmit(const Rec& r);      // submit; on an error, leaves the step first
+  bool matchNext(const Rec& r);          // Matching: keeps the candidates whose next record is r
+  void launchReady();                    // Matching: launches the fully matched chunks
+  void flush();                          // Matching -> Recording, running what the graph did not
+  void endStep();                        // back to Idle; frees what was released during the step
+  void abandonStep();                    // a non-stream call (alloc, sync, ...) inside a step
   void recordStep(const Rec& download);  // counts a recorded step and captures it the second time
-  void invalidateGraphs();           // a buffer baked into graphs moved
+  void invalidateGraphs();               // a buffer baked into graphs moved
   // ops.cu
   void execute(const Rec& r, bool capturing);  // issues one record on the stream
   void checkAfter(const Rec& r);               // DEPTHGATE_CUDA_SYNC=1
@@ -89,8 +89,8 @@ class CudaOps final : public Ops {
   int device_;
   Dev dev_;
   cudaStream_t stream_ = nullptr;
-  std::mutex mu_;        // every method; download() drops it while it waits
-  std::mutex downMu_;    // one download at a time (the bounce buffer)
+  std::mutex mu_;      // every method; download() drops it while it waits
+  std::mutex downMu_;  // one download at a time (the bounce buffer)
   DeviceHeap heap_;
   StagingRing ring_;
   PinnedBuffer stepIn_;   // graphs' upload source: the step's uploaded bytes at their offsets
@@ -105,7 +105,7 @@ class CudaOps final : public Ops {
   bool graphsOn_ = true, syncEach_ = false;
 
   Seg seg_ = Seg::Idle;
-  std::vector<Rec> recs_;        // this step's records
+  std::vector<Rec> recs_;  // this step's records
   uint64_t stepUploadBytes_ = 0;
   std::vector<StepGraph*> cands_;  // Matching: graphs equal to the step so far
   size_t launchedChunks_ = 0, launchedRecs_ = 0;

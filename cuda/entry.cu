@@ -33,8 +33,7 @@ std::string cudaVersionString(int v) { return std::to_string(v / 1000) + "." + s
 // Why cudaGetDeviceCount failed, in words a user can act on: no driver at all, a driver too old for
 // this runtime, or what CUDA says.
 std::string deviceCountFailure(cudaError_t e, int driver, int runtime) {
-  if (driver == 0)
-    return "no NVIDIA driver found (libcuda.so.1 is not installed or cannot be loaded)";
+  if (driver == 0) return "no NVIDIA driver found (libcuda.so.1 is not installed or cannot be loaded)";
   if (e == cudaErrorInsufficientDriver || driver < runtime)
     return "the NVIDIA driver is too old: it supports CUDA " + cudaVersionString(driver) + ", this build's CUDA " +
            cudaVersionString(runtime) + " runtime needs driver " + kDriverFloor + " or newer";
@@ -54,12 +53,13 @@ DG_EXPORT int dg_cuda_probe(char* out, size_t len) {
     cudaDriverGetVersion(&driver);  // 0 when no driver is installed
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
-    std::string versions = ",\"runtimeVersion\":" + std::to_string(runtime) + ",\"driverVersion\":" + std::to_string(driver);
+    std::string versions =
+        ",\"runtimeVersion\":" + std::to_string(runtime) + ",\"driverVersion\":" + std::to_string(driver);
     if (e != cudaSuccess) {
       cudaGetLastError();
       std::string reason = dg::cuda::deviceCountFailure(e, driver, runtime);
-      dg::cuda::writeOut(out, len, "{\"available\":false,\"reason\":" + dg::jsonQuote(reason) + ",\"devices\":[]" +
-                                       versions + "}");
+      dg::cuda::writeOut(
+          out, len, "{\"available\":false,\"reason\":" + dg::jsonQuote(reason) + ",\"devices\":[]" + versions + "}");
       return 0;
     }
     std::string devices;
@@ -71,16 +71,18 @@ DG_EXPORT int dg_cuda_probe(char* out, size_t len) {
         continue;
       }
       if (!devices.empty()) devices += ",";
-      devices += "{\"index\":" + std::to_string(i) + ",\"name\":" + dg::jsonQuote(p.name) + ",\"computeCapability\":\"" +
-                 std::to_string(p.major) + "." + std::to_string(p.minor) + "\",\"memoryBytes\":" +
-                 std::to_string(p.totalGlobalMem) + ",\"multiprocessors\":" + std::to_string(p.multiProcessorCount) + "}";
+      devices += "{\"index\":" + std::to_string(i) + ",\"name\":" + dg::jsonQuote(p.name) +
+                 ",\"computeCapability\":\"" + std::to_string(p.major) + "." + std::to_string(p.minor) +
+                 "\",\"memoryBytes\":" + std::to_string(p.totalGlobalMem) +
+                 ",\"multiprocessors\":" + std::to_string(p.multiProcessorCount) + "}";
       if (p.major >= dg::cuda::kMinMajor) usable = true;
     }
     std::string reason = count == 0 ? "no CUDA device found"
                          : usable   ? ""
                                     : "no CUDA device of compute capability 8.0 or newer (this build targets sm_80+)";
-    dg::cuda::writeOut(out, len, std::string("{\"available\":") + (usable ? "true" : "false") + ",\"reason\":" +
-                                     dg::jsonQuote(reason) + ",\"devices\":[" + devices + "]" + versions + "}");
+    dg::cuda::writeOut(out, len,
+                       std::string("{\"available\":") + (usable ? "true" : "false") +
+                           ",\"reason\":" + dg::jsonQuote(reason) + ",\"devices\":[" + devices + "]" + versions + "}");
     return usable ? 1 : 0;
   } catch (...) {
     dg::cuda::writeOut(out, len, "{\"available\":false,\"reason\":\"the CUDA probe failed\",\"devices\":[]}");
@@ -100,8 +102,8 @@ DG_EXPORT dg::Ops* dg_cuda_create_ops(int device, char* err, size_t len) {
       return nullptr;
     }
     if (device < 0 || device >= count) {
-      dg::cuda::writeOut(err, len, "CUDA device " + std::to_string(device) + " does not exist (" +
-                                       std::to_string(count) + " found)");
+      dg::cuda::writeOut(
+          err, len, "CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) + " found)");
       return nullptr;
     }
     cudaDeviceProp p{};
@@ -111,9 +113,10 @@ DG_EXPORT dg::Ops* dg_cuda_create_ops(int device, char* err, size_t len) {
       return nullptr;
     }
     if (p.major < dg::cuda::kMinMajor) {
-      dg::cuda::writeOut(err, len, std::string("CUDA device ") + std::to_string(device) + " (" + p.name +
-                                       ") has compute capability " + std::to_string(p.major) + "." +
-                                       std::to_string(p.minor) + "; the CUDA backend needs 8.0 or newer");
+      dg::cuda::writeOut(err, len,
+                         std::string("CUDA device ") + std::to_string(device) + " (" + p.name +
+                             ") has compute capability " + std::to_string(p.major) + "." + std::to_string(p.minor) +
+                             "; the CUDA backend needs 8.0 or newer");
       return nullptr;
     }
     return new dg::cuda::CudaOps(device);

@@ -139,7 +139,7 @@ __device__ __forceinline__ void mmaTf32(float (&d)[4], const uint32_t (&a)[4], u
 
 template <DType T>
 __global__ void __launch_bounds__(128) mmaKernel(const MatArgs a) {
-  constexpr int BK = 32, LD = BK + 4;  // +4 floats: fragment reads hit 32 distinct banks
+  constexpr int BK = 32, LD = BK + 4;               // +4 floats: fragment reads hit 32 distinct banks
   __shared__ float Ahi[kTile][LD], Alo[kTile][LD];  // [m][k], TF32 bit patterns
   __shared__ float Bs[kTile][LD];                   // [n][k], exact in TF32
   const int64_t M = rowCount(a.count, a.maxRows);
@@ -224,8 +224,7 @@ bool mmaEnabled() {
 
 template <DType T>
 void launchT(const Dev& d, const MatArgs& a) {
-  const int64_t tiles =
-      a.gateUp ? ceilDiv(2 * a.N[0], kTile) : ceilDiv(a.N[0], kTile) + ceilDiv(a.N[1], kTile);
+  const int64_t tiles = a.gateUp ? ceilDiv(2 * a.N[0], kTile) : ceilDiv(a.N[0], kTile) + ceilDiv(a.N[1], kTile);
   const int64_t rowTiles = ceilDiv(a.maxRows, kTile);
   if (tiles > int64_t(0x7fffffff) || rowTiles > 65535)
     throw Error(kErrUnsupported, "matmul: shape too large for the CUDA tiled kernels");
@@ -243,9 +242,15 @@ void launchT(const Dev& d, const MatArgs& a) {
 
 void launchGemm(const Dev& d, const MatArgs& a, DType t) {
   switch (t) {
-    case DType::F32: launchT<DType::F32>(d, a); break;
-    case DType::F16: launchT<DType::F16>(d, a); break;
-    case DType::BF16: launchT<DType::BF16>(d, a); break;
+    case DType::F32:
+      launchT<DType::F32>(d, a);
+      break;
+    case DType::F16:
+      launchT<DType::F16>(d, a);
+      break;
+    case DType::BF16:
+      launchT<DType::BF16>(d, a);
+      break;
   }
   CUDA_CHECK_LAUNCH();
 }

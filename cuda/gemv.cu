@@ -109,8 +109,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemvKernel(const MatArgs a) {
 #pragma unroll
       for (int r = 0; r < R; r++) {
         if (r < n) {
-          if constexpr (GU) emitGateUp(a, r, o, acc[r], accU[r]);
-          else emitPlain(a, mat, r, orow, acc[r]);
+          if constexpr (GU)
+            emitGateUp(a, r, o, acc[r], accU[r]);
+          else
+            emitPlain(a, mat, r, orow, acc[r]);
         }
       }
     }
@@ -161,9 +163,15 @@ void launchR(const Dev& d, const MatArgs& a, int ks) {
   if (blocks > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "matmul: too many outputs for the CUDA gemv kernel");
   const dim3 grid{unsigned(blocks)}, block{unsigned(kWarps * 32)};
   switch (ks) {
-    case 1: gemvKernel<T, R, 1, GU><<<grid, block, 0, d.stream>>>(a); break;
-    case 2: gemvKernel<T, R, 2, GU><<<grid, block, 0, d.stream>>>(a); break;
-    default: gemvKernel<T, R, 4, GU><<<grid, block, 0, d.stream>>>(a); break;
+    case 1:
+      gemvKernel<T, R, 1, GU><<<grid, block, 0, d.stream>>>(a);
+      break;
+    case 2:
+      gemvKernel<T, R, 2, GU><<<grid, block, 0, d.stream>>>(a);
+      break;
+    default:
+      gemvKernel<T, R, 4, GU><<<grid, block, 0, d.stream>>>(a);
+      break;
   }
 }
 
@@ -171,16 +179,22 @@ template <DType T, bool GU>
 void launchT(const Dev& d, const MatArgs& a) {
   const int64_t total = GU ? a.N[0] : a.N[0] + a.N[1];
   const int ks = chooseKs(total, a.K / Vec16<T>::n, d.sms);
-  if (a.maxRows == 1) launchR<T, 1, GU>(d, a, ks);
-  else if (a.maxRows == 2) launchR<T, 2, GU>(d, a, ks);
-  else if (a.maxRows <= 4) launchR<T, 4, GU>(d, a, ks);
-  else launchR<T, 8, GU>(d, a, ks);
+  if (a.maxRows == 1)
+    launchR<T, 1, GU>(d, a, ks);
+  else if (a.maxRows == 2)
+    launchR<T, 2, GU>(d, a, ks);
+  else if (a.maxRows <= 4)
+    launchR<T, 4, GU>(d, a, ks);
+  else
+    launchR<T, 8, GU>(d, a, ks);
 }
 
 template <DType T>
 void launchDtype(const Dev& d, const MatArgs& a) {
-  if (a.gateUp) launchT<T, true>(d, a);
-  else launchT<T, false>(d, a);
+  if (a.gateUp)
+    launchT<T, true>(d, a);
+  else
+    launchT<T, false>(d, a);
 }
 
 }  // namespace
@@ -196,9 +210,15 @@ bool gemvFits(const MatArgs& a, DType t) {
 
 void launchGemv(const Dev& d, const MatArgs& a, DType t) {
   switch (t) {
-    case DType::F32: launchDtype<DType::F32>(d, a); break;
-    case DType::F16: launchDtype<DType::F16>(d, a); break;
-    case DType::BF16: launchDtype<DType::BF16>(d, a); break;
+    case DType::F32:
+      launchDtype<DType::F32>(d, a);
+      break;
+    case DType::F16:
+      launchDtype<DType::F16>(d, a);
+      break;
+    case DType::BF16:
+      launchDtype<DType::BF16>(d, a);
+      break;
   }
   CUDA_CHECK_LAUNCH();
 }

@@ -26,8 +26,10 @@ void checkWeight(const Weight& W, const char* op) {
 }
 
 void run(const Dev& d, const MatArgs& a, DType t) {
-  if (gemvFits(a, t)) launchGemv(d, a, t);
-  else launchGemm(d, a, t);
+  if (gemvFits(a, t))
+    launchGemv(d, a, t);
+  else
+    launchGemm(d, a, t);
 }
 
 }  // namespace

@@ -96,7 +96,8 @@ void StagingRing::init() {
   if (e != cudaSuccess) {
     cudaGetLastError();
     if (e == cudaErrorMemoryAllocation)
-      throw Error(kErrMemory, "cannot allocate " + std::to_string(kSlots * kSlotBytes) + " bytes of pinned staging memory");
+      throw Error(kErrMemory,
+                  "cannot allocate " + std::to_string(kSlots * kSlotBytes) + " bytes of pinned staging memory");
     throwCuda(e, "cudaHostAlloc(staging)", __FILE__, __LINE__);
   }
   host_ = static_cast<char*>(h);

@@ -9,22 +9,38 @@ namespace cuda {
 
 const char* opName(OpKind k) {
   switch (k) {
-    case OpKind::Upload: return "upload";
-    case OpKind::Download: return "download";
-    case OpKind::Copy: return "copy";
-    case OpKind::Embed: return "embed";
-    case OpKind::Rmsnorm: return "rmsnorm";
-    case OpKind::Matmul: return "matmul";
-    case OpKind::Matmul2: return "matmul2";
-    case OpKind::GateUp: return "matmulGateUp";
-    case OpKind::KvWriteRope: return "kvWriteRope";
-    case OpKind::RopeRows: return "ropeRows";
-    case OpKind::Attention: return "attention";
-    case OpKind::Tanh: return "tanhRows";
-    case OpKind::RouteThreshold: return "routeThreshold";
-    case OpKind::RouteArgmax: return "routeArgmax";
-    case OpKind::Compact: return "compact";
-    case OpKind::Sample: return "sample";
+    case OpKind::Upload:
+      return "upload";
+    case OpKind::Download:
+      return "download";
+    case OpKind::Copy:
+      return "copy";
+    case OpKind::Embed:
+      return "embed";
+    case OpKind::Rmsnorm:
+      return "rmsnorm";
+    case OpKind::Matmul:
+      return "matmul";
+    case OpKind::Matmul2:
+      return "matmul2";
+    case OpKind::GateUp:
+      return "matmulGateUp";
+    case OpKind::KvWriteRope:
+      return "kvWriteRope";
+    case OpKind::RopeRows:
+      return "ropeRows";
+    case OpKind::Attention:
+      return "attention";
+    case OpKind::Tanh:
+      return "tanhRows";
+    case OpKind::RouteThreshold:
+      return "routeThreshold";
+    case OpKind::RouteArgmax:
+      return "routeArgmax";
+    case OpKind::Compact:
+      return "compact";
+    case OpKind::Sample:
+      return "sample";
   }
   return "?";
 }
@@ -144,9 +160,9 @@ void CudaOps::execute(const Rec& r, bool capturing) {
 
 // ---- the op table -------------------------------------------------------------------------
 
-#define DG_OP(kind, Args, ...)                           \
-  std::lock_guard<std::mutex> lock(mu_);                 \
-  use();                                                 \
+#define DG_OP(kind, Args, ...)           \
+  std::lock_guard<std::mutex> lock(mu_); \
+  use();                                 \
   guardedSubmit(Rec::of(OpKind::kind, Args{__VA_ARGS__}))
 
 void CudaOps::embed(float* x, const int32_t* tokens, int64_t rows, const Weight& table) {

@@ -20,8 +20,22 @@ namespace dg {
 namespace cuda {
 
 enum class OpKind : uint32_t {
-  Upload = 1, Download, Copy, Embed, Rmsnorm, Matmul, Matmul2, GateUp, KvWriteRope, RopeRows, Attention, Tanh,
-  RouteThreshold, RouteArgmax, Compact, Sample
+  Upload = 1,
+  Download,
+  Copy,
+  Embed,
+  Rmsnorm,
+  Matmul,
+  Matmul2,
+  GateUp,
+  KvWriteRope,
+  RopeRows,
+  Attention,
+  Tanh,
+  RouteThreshold,
+  RouteArgmax,
+  Compact,
+  Sample
 };
 const char* opName(OpKind k);
 
@@ -56,9 +70,7 @@ struct EpilogueA {
   int64_t scaleMode;
   const float* scale;
   static EpilogueA of(const Epilogue& e) { return EpilogueA{e.mode, e.dst, e.scaleMode, e.scale}; }
-  Epilogue get() const {
-    return Epilogue{Epilogue::Mode(mode), dst, Epilogue::Scale(scaleMode), scale};
-  }
+  Epilogue get() const { return Epilogue{Epilogue::Mode(mode), dst, Epilogue::Scale(scaleMode), scale}; }
 };
 struct AttnA {
   int64_t nHeads, nKv, headDim, window, kv;
@@ -74,27 +86,125 @@ struct AttnA {
   }
 };
 
-struct UploadA { void* dst; uint64_t bytes; uint64_t offset; };  // offset in the step's upload area
-struct DownloadA { const void* src; uint64_t bytes; };
-struct CopyA { void* dst; const void* src; uint64_t bytes; };
-struct EmbedA { float* x; const int32_t* tokens; int64_t rows; WeightA table; };
-struct RmsnormA { float* out; const float* x; RowSet rows; int64_t dim; const float* w; uint64_t eps; };
-struct MatmulA { float* out; int64_t ldo; const float* x; int64_t ldx; RowSet rows; WeightA W; const float* bias; EpilogueA ep; };
+struct UploadA {
+  void* dst;
+  uint64_t bytes;
+  uint64_t offset;
+};  // offset in the step's upload area
+struct DownloadA {
+  const void* src;
+  uint64_t bytes;
+};
+struct CopyA {
+  void* dst;
+  const void* src;
+  uint64_t bytes;
+};
+struct EmbedA {
+  float* x;
+  const int32_t* tokens;
+  int64_t rows;
+  WeightA table;
+};
+struct RmsnormA {
+  float* out;
+  const float* x;
+  RowSet rows;
+  int64_t dim;
+  const float* w;
+  uint64_t eps;
+};
+struct MatmulA {
+  float* out;
+  int64_t ldo;
+  const float* x;
+  int64_t ldx;
+  RowSet rows;
+  WeightA W;
+  const float* bias;
+  EpilogueA ep;
+};
 struct Matmul2A {
-  float* out0; int64_t ldo0; float* out1; int64_t ldo1; const float* x; int64_t ldx; RowSet rows;
-  WeightA W0; const float* b0; WeightA W1; const float* b1;
+  float* out0;
+  int64_t ldo0;
+  float* out1;
+  int64_t ldo1;
+  const float* x;
+  int64_t ldx;
+  RowSet rows;
+  WeightA W0;
+  const float* b0;
+  WeightA W1;
+  const float* b1;
 };
 struct GateUpA {
-  float* out; int64_t ldo; const float* x; int64_t ldx; RowSet rows; WeightA Wg; const float* bg; WeightA Wu; const float* bu;
+  float* out;
+  int64_t ldo;
+  const float* x;
+  int64_t ldx;
+  RowSet rows;
+  WeightA Wg;
+  const float* bg;
+  WeightA Wu;
+  const float* bu;
 };
-struct KvWriteRopeA { float* k; const float* v; StepRows step; int64_t layer; AttnA a; const float* invFreq; };
-struct RopeRowsA { float* q; int64_t ldq; RowSet rows; StepRows step; int64_t nHeads, headDim; const float* invFreq; };
-struct AttentionA { float* out; const float* q; RowSet rows; StepRows step; int64_t layer; AttnA a; };
-struct TanhA { float* x; RowSet rows; int64_t dim; };
-struct RouteThresholdA { uint8_t* runAttn; uint8_t* runMlp; float* weight; const float* logits; int64_t rows; uint64_t threshold; };
-struct RouteArgmaxA { uint8_t* run; const float* logits; int64_t rows; };
-struct CompactA { const uint8_t* flags; int64_t rows; int32_t* runIdx; int32_t* runCount; int32_t* skipIdx; int32_t* skipCount; };
-struct SampleA { int32_t* tokens; float* logits; int64_t rows, vocab; SampleRow* params; const PenaltyToken* penalties; };
+struct KvWriteRopeA {
+  float* k;
+  const float* v;
+  StepRows step;
+  int64_t layer;
+  AttnA a;
+  const float* invFreq;
+};
+struct RopeRowsA {
+  float* q;
+  int64_t ldq;
+  RowSet rows;
+  StepRows step;
+  int64_t nHeads, headDim;
+  const float* invFreq;
+};
+struct AttentionA {
+  float* out;
+  const float* q;
+  RowSet rows;
+  StepRows step;
+  int64_t layer;
+  AttnA a;
+};
+struct TanhA {
+  float* x;
+  RowSet rows;
+  int64_t dim;
+};
+struct RouteThresholdA {
+  uint8_t* runAttn;
+  uint8_t* runMlp;
+  float* weight;
+  const float* logits;
+  int64_t rows;
+  uint64_t threshold;
+};
+struct RouteArgmaxA {
+  uint8_t* run;
+  const float* logits;
+  int64_t rows;
+};
+struct CompactA {
+  const uint8_t* flags;
+  int64_t rows;
+  int32_t* runIdx;
+  int32_t* runCount;
+  int32_t* skipIdx;
+  int32_t* skipCount;
+};
+struct SampleA {
+  int32_t* tokens;
+  float* logits;
+  int64_t rows, vocab;
+  SampleRow* params;
+  const PenaltyToken* penalties;
+};
 
 struct Rec {
   static constexpr size_t kBytes = 160;

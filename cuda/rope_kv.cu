@@ -87,16 +87,16 @@ void launchKvWriteRope(const Dev& d, float* k, const float* v, const StepRows& s
   const unsigned grid = unsigned(step.rows);
   switch (a.kv) {
     case DType::F32:
-      kvWriteRopeKernel<DType::F32><<<grid, kThreads, smem, d.stream>>>(k, v, step.pos, step.seq, step.seqs, layer,
-                                                                         a.nKv, a.headDim, invFreq);
+      kvWriteRopeKernel<DType::F32>
+          <<<grid, kThreads, smem, d.stream>>>(k, v, step.pos, step.seq, step.seqs, layer, a.nKv, a.headDim, invFreq);
       break;
     case DType::F16:
-      kvWriteRopeKernel<DType::F16><<<grid, kThreads, smem, d.stream>>>(k, v, step.pos, step.seq, step.seqs, layer,
-                                                                         a.nKv, a.headDim, invFreq);
+      kvWriteRopeKernel<DType::F16>
+          <<<grid, kThreads, smem, d.stream>>>(k, v, step.pos, step.seq, step.seqs, layer, a.nKv, a.headDim, invFreq);
       break;
     case DType::BF16:
-      kvWriteRopeKernel<DType::BF16><<<grid, kThreads, smem, d.stream>>>(k, v, step.pos, step.seq, step.seqs, layer,
-                                                                          a.nKv, a.headDim, invFreq);
+      kvWriteRopeKernel<DType::BF16>
+          <<<grid, kThreads, smem, d.stream>>>(k, v, step.pos, step.seq, step.seqs, layer, a.nKv, a.headDim, invFreq);
       break;
   }
   CUDA_CHECK_LAUNCH();
@@ -108,7 +108,7 @@ void launchRopeRows(const Dev& d, float* q, int64_t ldq, RowSet rows, const Step
   if (rows.max > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "ropeRows: too many rows");
   const size_t smem = size_t(headDim / 2) * 2 * sizeof(float);
   ropeRowsKernel<<<unsigned(rows.max), kThreads, smem, d.stream>>>(q, ldq, rows.max, rows.count, rows.idx, step.pos,
-                                                                    nHeads, headDim, invFreq);
+                                                                   nHeads, headDim, invFreq);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -32,8 +32,8 @@ constexpr int kCompactThreads = 256;
 // One block walks the flags in chunks of 256 rows; within a chunk, ballots give each row its rank
 // among the earlier rows of its kind, so the lists come out in increasing row order (stable).
 __global__ void __launch_bounds__(kCompactThreads)
-    compactKernel(const uint8_t* __restrict__ flags, int64_t rows, int32_t* runIdx, int32_t* runCount,
-                  int32_t* skipIdx, int32_t* skipCount) {
+    compactKernel(const uint8_t* __restrict__ flags, int64_t rows, int32_t* runIdx, int32_t* runCount, int32_t* skipIdx,
+                  int32_t* skipCount) {
   constexpr int kW = kCompactThreads / 32;
   __shared__ int runW[kW], skipW[kW];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -56,8 +56,10 @@ __global__ void __launch_bounds__(kCompactThreads)
       runAll += runW[w];
       skipAll += skipW[w];
     }
-    if (on) runIdx[runBase + runBefore + __popc(runBits & below)] = int32_t(r);
-    else if (in && skipIdx) skipIdx[skipBase + skipBefore + __popc(skipBits & below)] = int32_t(r);
+    if (on)
+      runIdx[runBase + runBefore + __popc(runBits & below)] = int32_t(r);
+    else if (in && skipIdx)
+      skipIdx[skipBase + skipBefore + __popc(skipBits & below)] = int32_t(r);
     runBase += runAll;
     skipBase += skipAll;
     __syncthreads();  // runW/skipW are rewritten by the next chunk

@@ -95,9 +95,15 @@ void launchEmbed(const Dev& d, float* x, const int32_t* tokens, int64_t rows, co
   if (!t.data) throw Error(kErrArg, "embed: the table has no device data");
   const dim3 grid(colBlocks(t.cols), unsigned(rows));
   switch (t.dtype) {
-    case DType::F32: embedKernel<DType::F32><<<grid, kThreads, 0, d.stream>>>(x, tokens, t.data, t.rows, t.cols); break;
-    case DType::F16: embedKernel<DType::F16><<<grid, kThreads, 0, d.stream>>>(x, tokens, t.data, t.rows, t.cols); break;
-    case DType::BF16: embedKernel<DType::BF16><<<grid, kThreads, 0, d.stream>>>(x, tokens, t.data, t.rows, t.cols); break;
+    case DType::F32:
+      embedKernel<DType::F32><<<grid, kThreads, 0, d.stream>>>(x, tokens, t.data, t.rows, t.cols);
+      break;
+    case DType::F16:
+      embedKernel<DType::F16><<<grid, kThreads, 0, d.stream>>>(x, tokens, t.data, t.rows, t.cols);
+      break;
+    case DType::BF16:
+      embedKernel<DType::BF16><<<grid, kThreads, 0, d.stream>>>(x, tokens, t.data, t.rows, t.cols);
+      break;
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -115,8 +121,8 @@ void launchRmsnorm(const Dev& d, float* out, const float* x, RowSet rows, int64_
     checkRows(rows.max, "rmsnorm");
     rmsnormKernel<<<unsigned(rows.max), kThreads, 0, d.stream>>>(tmp, x, rows.max, rows.count, rows.idx, dim, w, eps);
     CUDA_CHECK_LAUNCH();
-    copyRowsKernel<<<dim3(colBlocks(dim), unsigned(rows.max)), kThreads, 0, d.stream>>>(out, tmp, rows.max,
-                                                                                        rows.count, dim);
+    copyRowsKernel<<<dim3(colBlocks(dim), unsigned(rows.max)), kThreads, 0, d.stream>>>(out, tmp, rows.max, rows.count,
+                                                                                        dim);
     CUDA_CHECK_LAUNCH();
     return;
   }
@@ -127,8 +133,8 @@ void launchRmsnorm(const Dev& d, float* out, const float* x, RowSet rows, int64_
 void launchTanhRows(const Dev& d, float* x, RowSet rows, int64_t dim) {
   if (rows.max <= 0 || dim <= 0) return;
   checkRows(rows.max, "tanhRows");
-  tanhRowsKernel<<<dim3(colBlocks(dim), unsigned(rows.max)), kThreads, 0, d.stream>>>(x, rows.max, rows.count,
-                                                                                      rows.idx, dim);
+  tanhRowsKernel<<<dim3(colBlocks(dim), unsigned(rows.max)), kThreads, 0, d.stream>>>(x, rows.max, rows.count, rows.idx,
+                                                                                      dim);
   CUDA_CHECK_LAUNCH();
 }
 

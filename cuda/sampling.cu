@@ -94,9 +94,9 @@ __device__ ChunkStat rowStats(const ChunkStat* stats, int64_t chunks) {
 
 __device__ __forceinline__ bool topKApplies(const SampleRow& p, int64_t nEff) { return p.topK > 0 && p.topK < nEff; }
 
-__global__ void __launch_bounds__(kScanThreads) scanKernel(const float* __restrict__ logits, int64_t vocab,
-                                                           const SampleRow* __restrict__ params, ChunkStat* stats,
-                                                           int64_t chunks) {
+__global__ void __launch_bounds__(kScanThreads)
+    scanKernel(const float* __restrict__ logits, int64_t vocab, const SampleRow* __restrict__ params, ChunkStat* stats,
+               int64_t chunks) {
   const int64_t row = blockIdx.y;
   if (!params[row].draw) return;
   const float* l = logits + row * vocab;
@@ -118,10 +118,9 @@ __device__ __forceinline__ double weightOf(float eff, float maxEff, double invT)
 }
 
 // Per chunk: the sum of every candidate's weight, for rows whose total is over all candidates.
-__global__ void __launch_bounds__(kScanThreads) sumKernel(const float* __restrict__ logits, int64_t vocab,
-                                                          const SampleRow* __restrict__ params,
-                                                          const ChunkStat* __restrict__ stats, double* sums,
-                                                          int64_t chunks) {
+__global__ void __launch_bounds__(kScanThreads)
+    sumKernel(const float* __restrict__ logits, int64_t vocab, const SampleRow* __restrict__ params,
+              const ChunkStat* __restrict__ stats, double* sums, int64_t chunks) {
   __shared__ double warpSums[kScanThreads / 32];
   const int64_t row = blockIdx.y;
   const SampleRow p = params[row];
@@ -153,11 +152,11 @@ __global__ void __launch_bounds__(kScanThreads) sumKernel(const float* __restric
 enum SweepMode : int { kSum = 0, kReach = 1, kWalk = 2 };
 
 struct Sweep {
-  int64_t n;       // kReach: kept size
-  double cum;      // cumulative weight where it stopped (or over all of `limit`)
-  int64_t id;      // kWalk: the token
-  int64_t lastPos; // last token of non-zero weight seen
-  int64_t firstId; // the best candidate
+  int64_t n;        // kReach: kept size
+  double cum;       // cumulative weight where it stopped (or over all of `limit`)
+  int64_t id;       // kWalk: the token
+  int64_t lastPos;  // last token of non-zero weight seen
+  int64_t firstId;  // the best candidate
   int stopped;
 };
 
@@ -287,10 +286,9 @@ __device__ __forceinline__ uint64_t splitmix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-__global__ void __launch_bounds__(kThreads, 1) pickKernel(int32_t* tokens, const float* __restrict__ logits,
-                                                       int64_t vocab, SampleRow* params,
-                                                       const ChunkStat* __restrict__ stats,
-                                                       const double* __restrict__ sums, int64_t chunks) {
+__global__ void __launch_bounds__(kThreads, 1)
+    pickKernel(int32_t* tokens, const float* __restrict__ logits, int64_t vocab, SampleRow* params,
+               const ChunkStat* __restrict__ stats, const double* __restrict__ sums, int64_t chunks) {
   __shared__ Shared s;
   __shared__ PickState ps;
   __shared__ double uShared;
@@ -363,7 +361,8 @@ __global__ void penaltyKernel(float* logits, int64_t vocab, const SampleRow* __r
   const PenaltyToken* list = penalties + p.penaltyStart;
   for (int32_t j = threadIdx.x; j < p.penaltyCount; j += blockDim.x) {
     const PenaltyToken t = list[j];
-    if (t.id >= 0 && t.id < vocab) l[t.id] = applyPenalty(l[t.id], t.count, p.repetitionPenalty, p.frequencyPenalty, p.presencePenalty);
+    if (t.id >= 0 && t.id < vocab)
+      l[t.id] = applyPenalty(l[t.id], t.count, p.repetitionPenalty, p.frequencyPenalty, p.presencePenalty);
   }
 }
 
@@ -381,7 +380,8 @@ void launchSample(const Dev& d, int32_t* tokens, float* logits, int64_t rows, in
                   const PenaltyToken* penalties, void* scratch) {
   if (rows <= 0) return;
   if (rows > 65535) throw Error(kErrUnsupported, "sample: more than 65535 rows in one call");
-  if (vocab <= 0 || vocab > int64_t(0x7fffffff)) throw Error(kErrUnsupported, "sample: the vocabulary size is out of range");
+  if (vocab <= 0 || vocab > int64_t(0x7fffffff))
+    throw Error(kErrUnsupported, "sample: the vocabulary size is out of range");
   if (!scratch) throw Error(kErrArg, "sample: no scratch");
   const int64_t chunks = chunksOf(vocab);
   double* sums = static_cast<double*>(scratch);

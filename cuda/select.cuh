@@ -19,7 +19,7 @@ namespace sampler {
 
 constexpr int kThreads = 512;  // block size of the pick kernel
 constexpr int kWarps = kThreads / 32;
-constexpr int kBatch = 1024;   // keys sorted at once
+constexpr int kBatch = 1024;  // keys sorted at once
 constexpr uint64_t kAllKeys = ~uint64_t(0);
 
 __device__ __forceinline__ uint32_t orderedBits(float l) {

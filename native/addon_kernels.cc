@@ -17,9 +17,7 @@ namespace dg {
 
 namespace {
 
-[[noreturn]] void throwArg(Napi::Env env, const std::string& message) {
-  throw makeError(env, kErrArg, message, "");
-}
+[[noreturn]] void throwArg(Napi::Env env, const std::string& message) { throw makeError(env, kErrArg, message, ""); }
 
 Weight weightArg(Napi::Env env, Napi::Value v) {
   if (!v.IsObject()) throwArg(env, "weight must be {data, dtype, rows, cols}");

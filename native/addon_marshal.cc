@@ -8,9 +8,7 @@
 
 namespace dg {
 
-[[noreturn]] void throwArg(Napi::Env env, const std::string& message) {
-  throw makeError(env, kErrArg, message, "");
-}
+[[noreturn]] void throwArg(Napi::Env env, const std::string& message) { throw makeError(env, kErrArg, message, ""); }
 
 int32_t* flagPointer(Napi::Value v, Napi::Reference<Napi::Value>& keep) {
   if (!v.IsTypedArray()) return nullptr;
@@ -101,7 +99,8 @@ PolicySpec readPolicy(Napi::Env env, Napi::Value v) {
     Napi::Value x = o.Get(k);
     return x.IsNumber() ? x.As<Napi::Number>().DoubleValue() : def;
   };
-  if (type == "none") s.type = PolicySpec::None;
+  if (type == "none")
+    s.type = PolicySpec::None;
   else if (type == "static") {
     s.type = PolicySpec::Static;
     s.skipLayers = intList(env, o.Get("skipLayers"), "policy.skipLayers");
@@ -130,15 +129,20 @@ void readRequestFields(Napi::Env env, Napi::Object o, Request& rq) {
   Napi::Int32Array t = tv.As<Napi::Int32Array>();
   rq.tokens.assign(t.Data(), t.Data() + t.ElementLength());
   std::string mode = o.Get("logits").IsString() ? o.Get("logits").As<Napi::String>().Utf8Value() : "last";
-  if (mode == "none") rq.logits = LogitsMode::None;
-  else if (mode == "last") rq.logits = LogitsMode::Last;
-  else if (mode == "all") rq.logits = LogitsMode::All;
-  else throwArg(env, "request.logits must be 'none', 'last' or 'all'");
+  if (mode == "none")
+    rq.logits = LogitsMode::None;
+  else if (mode == "last")
+    rq.logits = LogitsMode::Last;
+  else if (mode == "all")
+    rq.logits = LogitsMode::All;
+  else
+    throwArg(env, "request.logits must be 'none', 'last' or 'all'");
   Napi::Value smp = o.Get("sample");
   if (smp.IsObject()) {
     Napi::Object so = smp.As<Napi::Object>();
     rq.sample = true;  // absent fields keep SamplingParams' defaults (kernels.h)
-    if (so.Get("temperature").IsNumber()) rq.sampling.temperature = so.Get("temperature").As<Napi::Number>().FloatValue();
+    if (so.Get("temperature").IsNumber())
+      rq.sampling.temperature = so.Get("temperature").As<Napi::Number>().FloatValue();
     if (so.Get("topK").IsNumber()) rq.sampling.topK = so.Get("topK").As<Napi::Number>().Int32Value();
     if (so.Get("topP").IsNumber()) rq.sampling.topP = so.Get("topP").As<Napi::Number>().FloatValue();
     // The penalties (validated in TypeScript, src/sampling.ts): absent = off.
@@ -150,7 +154,8 @@ void readRequestFields(Napi::Env env, Napi::Object o, Request& rq) {
       rq.sampling.presencePenalty = so.Get("presencePenalty").As<Napi::Number>().FloatValue();
     if (so.Get("penaltyWindow").IsNumber()) {
       const double w = so.Get("penaltyWindow").As<Napi::Number>().DoubleValue();
-      if (!(w >= 0 && w < 9e15) || w != std::floor(w)) throwArg(env, "request.sample.penaltyWindow must be an integer >= 0");
+      if (!(w >= 0 && w < 9e15) || w != std::floor(w))
+        throwArg(env, "request.sample.penaltyWindow must be an integer >= 0");
       rq.sampling.penaltyWindow = int64_t(w);
     }
     if (!(rq.sampling.repetitionPenalty > 0.f) || !std::isfinite(rq.sampling.repetitionPenalty))

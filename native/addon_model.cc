@@ -27,11 +27,10 @@ AddonData& addonData(Napi::Env env) { return *env.GetInstanceData<AddonData>(); 
 class NativeModel : public Napi::ObjectWrap<NativeModel> {
  public:
   static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function f = DefineClass(env, "NativeModel",
-                                   {InstanceMethod("info", &NativeModel::Info),
-                                    InstanceMethod("createSequence", &NativeModel::CreateSequence),
-                                    InstanceMethod("forward", &NativeModel::Forward),
-                                    InstanceMethod("dispose", &NativeModel::Dispose)});
+    Napi::Function f = DefineClass(
+        env, "NativeModel",
+        {InstanceMethod("info", &NativeModel::Info), InstanceMethod("createSequence", &NativeModel::CreateSequence),
+         InstanceMethod("forward", &NativeModel::Forward), InstanceMethod("dispose", &NativeModel::Dispose)});
     addonData(env).model = Napi::Persistent(f);
     exports.Set("NativeModel", f);
   }
@@ -62,13 +61,12 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
  public:
   static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function f = DefineClass(env, "NativeSequence",
-                                   {InstanceAccessor("length", &NativeSequence::Length, nullptr),
-                                    InstanceAccessor("contextSize", &NativeSequence::ContextSize, nullptr),
-                                    InstanceMethod("truncate", &NativeSequence::Truncate),
-                                    InstanceMethod("setSeed", &NativeSequence::SetSeed),
-                                    InstanceMethod("readKv", &NativeSequence::ReadKv),
-                                    InstanceMethod("dispose", &NativeSequence::Dispose)});
+    Napi::Function f = DefineClass(
+        env, "NativeSequence",
+        {InstanceAccessor("length", &NativeSequence::Length, nullptr),
+         InstanceAccessor("contextSize", &NativeSequence::ContextSize, nullptr),
+         InstanceMethod("truncate", &NativeSequence::Truncate), InstanceMethod("setSeed", &NativeSequence::SetSeed),
+         InstanceMethod("readKv", &NativeSequence::ReadKv), InstanceMethod("dispose", &NativeSequence::Dispose)});
     addonData(env).sequence = Napi::Persistent(f);
     exports.Set("NativeSequence", f);
   }
@@ -126,14 +124,15 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
   }
 };
 
-
 // A job that settles one promise: work() runs `run` on the model's thread with its exceptions
 // captured; deliver() rejects with the captured error, or hands over to resolve().
 class PromiseJob : public Dispatcher::Job {
  public:
   explicit PromiseJob(Napi::Env env) : deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
-  void work(Dispatcher& d) final { ok_ = runCaught([&] { run(d); }, err_); }
+  void work(Dispatcher& d) final {
+    ok_ = runCaught([&] { run(d); }, err_);
+  }
   void deliver(Napi::Env env) final {
     if (!ok_) {
       failed();
@@ -234,7 +233,6 @@ class LoadJob : public PromiseJob {
   std::shared_ptr<Engine> engine_;
 };
 
-
 // ---------------------------------------------------------------------------------------------
 
 Napi::Value NativeModel::Info(const Napi::CallbackInfo& info) {
@@ -248,7 +246,9 @@ Napi::Value NativeModel::Info(const Napi::CallbackInfo& info) {
   o.Set("weights", Napi::String::New(env, m.weightFormat));
   o.Set("quantizeMs", Napi::Number::New(env, m.quantizeSeconds * 1000.0));
   o.Set("backend", Napi::String::New(env, e->ops().name()));
-  o.Set("kvCacheType", Napi::String::New(env, e->kvType() == DType::F32 ? "f32" : e->kvType() == DType::F16 ? "f16" : "bf16"));
+  o.Set("kvCacheType", Napi::String::New(env, e->kvType() == DType::F32   ? "f32"
+                                              : e->kvType() == DType::F16 ? "f16"
+                                                                          : "bf16"));
   o.Set("kvBytesPerToken", Napi::Number::New(env, double(e->kvBytesPerPosition())));
   Napi::Array files = Napi::Array::New(env);
   for (size_t i = 0; i < m.store.files().size(); i++) files.Set(uint32_t(i), m.store.files()[i]->path());
@@ -331,7 +331,8 @@ Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
     w->requests_.push_back(std::move(rq));
   }
   Napi::Promise p = w->promise();
-  if (!dispatcher || !dispatcher->post(env, std::move(w))) throw makeError(env, kErrDisposed, "the model has been disposed", "");
+  if (!dispatcher || !dispatcher->post(env, std::move(w)))
+    throw makeError(env, kErrDisposed, "the model has been disposed", "");
   return p;
 }
 

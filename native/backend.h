@@ -67,9 +67,9 @@ struct KvCacheRef {
 // The rows of one step, in backend memory: row r is at position pos[r] of sequence seq[r] of the
 // sequence table `seqs`.
 struct StepRows {
-  int64_t rows = 0;               // host-known
-  const int32_t* pos = nullptr;   // [rows]
-  const int32_t* seq = nullptr;   // [rows] index into seqs
+  int64_t rows = 0;              // host-known
+  const int32_t* pos = nullptr;  // [rows]
+  const int32_t* seq = nullptr;  // [rows] index into seqs
   const KvCacheRef* seqs = nullptr;
 };
 
@@ -89,7 +89,7 @@ struct SampleRow {
   int32_t topK = 0;         // 0 = all
   float topP = 1.f;         // 1 = all
   int32_t draw = 0;         // 0: this logits row needs no token (skipped)
-  uint64_t rng = 0;  // splitmix64 state before the draw (one draw per sampled token)
+  uint64_t rng = 0;         // splitmix64 state before the draw (one draw per sampled token)
   // Penalties over the tokens of the row's context window (see PenaltyToken): the row's entries
   // are penalties[penaltyStart .. penaltyStart + penaltyCount) of the sample op's list.
   float repetitionPenalty = 1.f;  // 1 = off
@@ -112,7 +112,7 @@ class Ops {
   virtual void upload(void* dst, const void* host, size_t bytes) = 0;
   // backend -> host: waits for every op before it, then copies.
   virtual void download(void* host, const void* src, size_t bytes) = 0;
-  virtual void sync() = 0;  // waits for every op issued so far
+  virtual void sync() = 0;                                   // waits for every op issued so far
   virtual Weight prepareWeight(const Weight& hostView) = 0;  // CPU: the mmap view itself
 
   // ---- the layer's dense ops (every row of the step) ---------------------------------------
@@ -124,8 +124,8 @@ class Ops {
   virtual void matmul(float* out, int64_t ldo, const float* x, int64_t ldx, RowSet rows, const Weight& W,
                       const float* bias, Epilogue ep) = 0;
   // Two matrices over the same input rows in one pass (K and V): out0 = W0 x (+b0), out1 = W1 x (+b1).
-  virtual void matmul2(float* out0, int64_t ldo0, float* out1, int64_t ldo1, const float* x, int64_t ldx,
-                       RowSet rows, const Weight& W0, const float* b0, const Weight& W1, const float* b1) = 0;
+  virtual void matmul2(float* out0, int64_t ldo0, float* out1, int64_t ldo1, const float* x, int64_t ldx, RowSet rows,
+                       const Weight& W0, const float* b0, const Weight& W1, const float* b1) = 0;
   // SwiGLU in one pass: out[i] = silu(Wg x_i + bg) * (Wu x_i + bu), x_i = x[set row i].
   virtual void matmulGateUp(float* out, int64_t ldo, const float* x, int64_t ldx, RowSet rows, const Weight& Wg,
                             const float* bg, const Weight& Wu, const float* bu) = 0;

@@ -123,7 +123,8 @@ std::unique_ptr<Ops> createCudaOps(int device) {
   Ops* ops = L.create(device, err, sizeof err);
   if (!ops) {
     err[sizeof err - 1] = 0;
-    throw Error(kErrCudaUnavailable, std::string("the CUDA backend is unavailable: ") + (err[0] ? err : "unknown reason"));
+    throw Error(kErrCudaUnavailable,
+                std::string("the CUDA backend is unavailable: ") + (err[0] ? err : "unknown reason"));
   }
   return std::unique_ptr<Ops>(ops);
 }

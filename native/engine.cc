@@ -59,7 +59,7 @@ struct Engine::StepBuffers {
   Ops* ops = nullptr;
   char* dev = nullptr;  // backend memory
   size_t capacity = 0;
-  size_t penaltyCap = 0;  // PenaltyToken entries the layout holds (grows by doubling, never shrinks)
+  size_t penaltyCap = 0;   // PenaltyToken entries the layout holds (grows by doubling, never shrinks)
   std::vector<char> host;  // staging for in + plan, and the downloaded plan + out
   ~StepBuffers() {
     if (dev) ops->release(dev);
@@ -297,7 +297,7 @@ void Engine::mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, 
     S = RowSet{rows, sCount, sIdx};
   }
   ops_->matmulGateUp(gate_, ff, xn_, d, M, W.gate, W.gateBias, W.up, W.upBias);
-  const Epilogue ep = flexi  ? Epilogue::scatterAdd(M.idx, Epilogue::W, f.weight)
+  const Epilogue ep = flexi   ? Epilogue::scatterAdd(M.idx, Epilogue::W, f.weight)
                       : M.idx ? Epilogue::scatterAdd(M.idx)
                               : Epilogue::add();
   ops_->matmul(x_, d, gate_, ff, RowSet{rows, M.count, nullptr}, W.down, W.downBias, ep);

@@ -55,11 +55,11 @@ struct Request {
 };
 
 struct Response {
-  std::vector<float> logits;        // [rows, vocab]: 1 row for Last, tokens.size() for All, none otherwise
-  std::vector<uint8_t> executed;    // [rows, layers]: 1 where the layer's full computation ran
+  std::vector<float> logits;         // [rows, vocab]: 1 row for Last, tokens.size() for All, none otherwise
+  std::vector<uint8_t> executed;     // [rows, layers]: 1 where the layer's full computation ran
   std::vector<float> routerWeights;  // [rows, layers]: FlexiDepth router weight w, NaN where there is none
-  int32_t token = -1;               // sampled from the last row when Request::sample
-  uint64_t weightBytes = 0;         // weight bytes the whole batch pass read (same for every response)
+  int32_t token = -1;                // sampled from the last row when Request::sample
+  uint64_t weightBytes = 0;          // weight bytes the whole batch pass read (same for every response)
 };
 
 // Rows per step through the layers. Long prompts run in chunks so scratch memory stays bounded;
@@ -97,9 +97,9 @@ class Engine {
     const float *qBias, *kBias, *vBias, *oBias, *gateBias, *upBias, *downBias;  // null when absent
     Weight q, k, v, o, gate, up, down;
   };
-  struct FlexiDepthRouter {  // present when the layer has FlexiDepth weights
-    Weight enc, dec, head;           // router: [r, d], [d, r], [1, d]
-    const float* norm = nullptr;     // [r]
+  struct FlexiDepthRouter {                      // present when the layer has FlexiDepth weights
+    Weight enc, dec, head;                       // router: [r, d], [d, r], [1, d]
+    const float* norm = nullptr;                 // [r]
     Weight adapterGate, adapterDown, adapterUp;  // adapter: [m, d], [m, d] (d -> m despite the name), [d, m]
   };
   struct SkipRouters {
@@ -121,7 +121,8 @@ class Engine {
   void runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostRun, const std::atomic<bool>* cancel);
   void attentionBlock(int l, int64_t rows, const LayerFlags& f, bool routed, int hostRun);
   void mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, bool routed, int hostRun);
-  uint64_t weightBytesOf(int64_t rows, const uint8_t* attn, const uint8_t* mlp, Policy* policy, int64_t logitRows) const;
+  uint64_t weightBytesOf(int64_t rows, const uint8_t* attn, const uint8_t* mlp, Policy* policy,
+                         int64_t logitRows) const;
 
   std::shared_ptr<Model> model_;
   std::unique_ptr<Ops> ops_;

@@ -22,11 +22,11 @@ struct OptionError : Error {
 };
 
 // Codes shared with src/errors.ts.
-constexpr const char* kErrFormat = "ERR_DEPTHGATE_MODEL_FORMAT";    // malformed checkpoint
-constexpr const char* kErrIo = "ERR_DEPTHGATE_MODEL_IO";            // file cannot be opened/read
-constexpr const char* kErrArg = "ERR_DEPTHGATE_INVALID_ARGUMENT";   // malformed call from src/ (a bug)
-constexpr const char* kErrOption = "ERR_DEPTHGATE_INVALID_OPTION";  // OptionError
-constexpr const char* kErrUnsupported = "ERR_DEPTHGATE_UNSUPPORTED"; // valid, but not supported here
+constexpr const char* kErrFormat = "ERR_DEPTHGATE_MODEL_FORMAT";      // malformed checkpoint
+constexpr const char* kErrIo = "ERR_DEPTHGATE_MODEL_IO";              // file cannot be opened/read
+constexpr const char* kErrArg = "ERR_DEPTHGATE_INVALID_ARGUMENT";     // malformed call from src/ (a bug)
+constexpr const char* kErrOption = "ERR_DEPTHGATE_INVALID_OPTION";    // OptionError
+constexpr const char* kErrUnsupported = "ERR_DEPTHGATE_UNSUPPORTED";  // valid, but not supported here
 constexpr const char* kErrMemory = "ERR_DEPTHGATE_OUT_OF_MEMORY";
 constexpr const char* kErrContext = "ERR_DEPTHGATE_CONTEXT_OVERFLOW";
 constexpr const char* kErrDisposed = "ERR_DEPTHGATE_DISPOSED";

@@ -49,10 +49,14 @@ struct Parser {
     for (int i = 0; i < 4; i++, p++) {
       char c = *p;
       v <<= 4;
-      if (c >= '0' && c <= '9') v |= uint32_t(c - '0');
-      else if (c >= 'a' && c <= 'f') v |= uint32_t(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') v |= uint32_t(c - 'A' + 10);
-      else fail("bad hex digit in \\u escape");
+      if (c >= '0' && c <= '9')
+        v |= uint32_t(c - '0');
+      else if (c >= 'a' && c <= 'f')
+        v |= uint32_t(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F')
+        v |= uint32_t(c - 'A' + 10);
+      else
+        fail("bad hex digit in \\u escape");
     }
     return v;
   }
@@ -76,14 +80,30 @@ struct Parser {
       if (p >= end) fail("unterminated escape");
       char e = *p++;
       switch (e) {
-        case '"': s += '"'; break;
-        case '\\': s += '\\'; break;
-        case '/': s += '/'; break;
-        case 'b': s += '\b'; break;
-        case 'f': s += '\f'; break;
-        case 'n': s += '\n'; break;
-        case 'r': s += '\r'; break;
-        case 't': s += '\t'; break;
+        case '"':
+          s += '"';
+          break;
+        case '\\':
+          s += '\\';
+          break;
+        case '/':
+          s += '/';
+          break;
+        case 'b':
+          s += '\b';
+          break;
+        case 'f':
+          s += '\f';
+          break;
+        case 'n':
+          s += '\n';
+          break;
+        case 'r':
+          s += '\r';
+          break;
+        case 't':
+          s += '\t';
+          break;
         case 'u': {
           uint32_t c1 = hex4();
           if (c1 >= 0xD800 && c1 < 0xDC00) {
@@ -97,7 +117,8 @@ struct Parser {
           appendUtf8(s, c1);
           break;
         }
-        default: fail("bad escape");
+        default:
+          fail("bad escape");
       }
     }
   }
@@ -105,7 +126,8 @@ struct Parser {
     const char* start = p;
     if (p < end && *p == '-') p++;
     if (p >= end || !(*p >= '0' && *p <= '9')) fail("bad number");
-    if (*p == '0') p++;
+    if (*p == '0')
+      p++;
     else
       while (p < end && *p >= '0' && *p <= '9') p++;
     if (p < end && *p == '.') {

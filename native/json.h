@@ -12,8 +12,8 @@ namespace dg {
 struct JsonValue {
   enum Kind { Null, Bool, Number, String, Array, Object } kind = Null;
   bool boolean = false;
-  std::string text;  // String: decoded UTF-8; Number: the literal as written
-  std::vector<JsonValue> items;                         // Array
+  std::string text;                                        // String: decoded UTF-8; Number: the literal as written
+  std::vector<JsonValue> items;                            // Array
   std::vector<std::pair<std::string, JsonValue>> members;  // Object, in file order
 
   const JsonValue* find(const std::string& key) const;

@@ -27,8 +27,8 @@ const char* quantKernelVariant();
 // converted weight block across rows (matrix-matrix). accumulate: out += the product (+ bias).
 // A Q8_0/Q4_0 weight (W.cols a multiple of 32, else dg::Error kErrUnsupported) goes to
 // cpu/matmul_quant.cc, which quantizes the x rows to int8 blocks first (see there).
-void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
-            const Weight& W, const float* bias, bool accumulate = false);
+void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W,
+            const float* bias, bool accumulate = false);
 // Several matrix-vector products over one x row in one parallel loop (decode: K and V, or Q, K
 // and V): jobs[j].out (+)= jobs[j].W x + bias. At most 8 jobs.
 struct GemvJob {
@@ -54,19 +54,17 @@ bool quantizeWeight(ThreadPool& pool, const Weight& W, DType t, unsigned char* o
 
 // cpu/norm.cc: out = x / sqrt(mean(x^2) + eps) * weight, per row of width `dim`.
 // The mean of squares is accumulated in f32 like HF does (variance in fp32).
-void rmsnorm(ThreadPool& pool, float* out, const float* x, int64_t rows, int64_t dim,
-             const float* weight, float eps);
+void rmsnorm(ThreadPool& pool, float* out, const float* x, int64_t rows, int64_t dim, const float* weight, float eps);
 
 // cpu/rope.cc: rotates each head of each row in place by its position, HF "rotate_half"
 // layout (pairs i and i + headDim/2). invFreq has headDim/2 entries.
-void rope(ThreadPool& pool, float* x, int64_t ldx, int64_t rows, const int32_t* positions,
-          int nHeads, int headDim, const float* invFreq);
+void rope(ThreadPool& pool, float* x, int64_t ldx, int64_t rows, const int32_t* positions, int nHeads, int headDim,
+          const float* invFreq);
 // One row: every head of x rotated by position pos.
 void ropeRow(float* x, int nHeads, int headDim, const float* invFreq, int32_t pos);
 
 // cpu/activation.cc: gate[i] = silu(gate[i]) * up[i] over rows of width n.
-void siluMul(ThreadPool& pool, float* gate, int64_t ldg, const float* up, int64_t ldu,
-             int64_t rows, int64_t n);
+void siluMul(ThreadPool& pool, float* gate, int64_t ldg, const float* up, int64_t ldu, int64_t rows, int64_t n);
 
 // cpu/attention.cc: causal attention for a batch of query rows over per-sequence KV caches.
 // Row r has query q[r] ([nHeads*headDim]), absolute position pos[r], and reads keys/values
@@ -80,8 +78,8 @@ struct AttentionRow {
   float* out;
   int32_t pos;
 };
-void attention(ThreadPool& pool, const AttentionRow* rows, int64_t nRows, int nHeads, int nKv,
-               int headDim, int window, float scale, DType kv);
+void attention(ThreadPool& pool, const AttentionRow* rows, int64_t nRows, int nHeads, int nKv, int headDim, int window,
+               float scale, DType kv);
 
 // cpu/sampling.cc: picks a token from one row of logits.
 struct SamplingParams {
@@ -108,7 +106,8 @@ struct PenaltyToken {
 #if defined(__CUDACC__)
 __host__ __device__
 #endif
-inline float applyPenalty(float logit, int32_t count, float r, float f, float p) {
+    inline float
+    applyPenalty(float logit, int32_t count, float r, float f, float p) {
   const float l = logit > 0.f ? logit / r : logit * r;
 #if defined(__CUDA_ARCH__)
   // Rounded steps, as the host computes them: no fused multiply-add.

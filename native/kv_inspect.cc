@@ -11,7 +11,8 @@ namespace dg {
 void Engine::readKv(const Sequence& s, int layer, std::vector<float>& k, std::vector<float>& v) {
   std::lock_guard<std::mutex> lock(mu_);
   if (layer < 0 || layer >= model_->config.layers)
-    throw Error(kErrArg, "layer " + std::to_string(layer) + " is outside 0.." + std::to_string(model_->config.layers - 1));
+    throw Error(kErrArg,
+                "layer " + std::to_string(layer) + " is outside 0.." + std::to_string(model_->config.layers - 1));
   const size_t width = size_t(kv_.kvWidth()), elem = dtypeSize(kv_.kv), n = size_t(s.length) * width;
   k.assign(n, 0.f);
   v.assign(n, 0.f);

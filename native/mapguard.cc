@@ -41,8 +41,9 @@ void onSigbus(int sig, siginfo_t* info, void* ctx) {
     if (b && addr >= b && addr < b + s.size.load(std::memory_order_relaxed)) {
       writeAll("depthgate: fatal: the model file ");
       writeAll(s.path);
-      writeAll(" was truncated or rewritten while it was memory-mapped (SIGBUS reading its weights). "
-               "Replace checkpoints by writing a new file and renaming it over the old one.\n");
+      writeAll(
+          " was truncated or rewritten while it was memory-mapped (SIGBUS reading its weights). "
+          "Replace checkpoints by writing a new file and renaming it over the old one.\n");
       signal(SIGBUS, SIG_DFL);
       raise(SIGBUS);
       return;

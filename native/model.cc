@@ -56,8 +56,9 @@ struct Binder {
     const TensorEntry* t = m.store.find(name);
     if (!t) throw Error(kErrFormat, "missing tensor '" + name + "'" + ggufHint(name), fileHint());
     if (t->shape != shape) {
-      throw Error(kErrFormat, "tensor '" + name + "' has shape " + shapeStr(t->shape) + ", expected " +
-                                  shapeStr(shape) + " from config.json",
+      throw Error(kErrFormat,
+                  "tensor '" + name + "' has shape " + shapeStr(t->shape) + ", expected " + shapeStr(shape) +
+                      " from config.json",
                   m.store.files()[t->file]->path());
     }
     used.insert(name);
@@ -99,9 +100,7 @@ struct Binder {
 };
 
 // Tensors that HF checkpoints may carry but inference does not use.
-bool ignorable(const std::string& name) {
-  return name.find("rotary_emb.inv_freq") != std::string::npos;
-}
+bool ignorable(const std::string& name) { return name.find("rotary_emb.inv_freq") != std::string::npos; }
 
 // Optional router weights: a layer has all of a router's tensors or none of them.
 void bindRouters(Model& m, Binder& b) {
@@ -110,15 +109,17 @@ void bindRouters(Model& m, Binder& b) {
   for (int i = 0; i < c.layers; i++) {
     std::string p = "model.layers." + std::to_string(i) + ".";
     LayerWeights& L = m.layers[size_t(i)];
-    static const char* fdNames[] = {"router.router_enc.weight", "router.router_norm.weight", "router.router_dec.weight",
-                                    "router.router_head.weight", "router_proj.gate_proj.weight",
-                                    "router_proj.down_proj.weight", "router_proj.up_proj.weight"};
+    static const char* fdNames[] = {"router.router_enc.weight",     "router.router_norm.weight",
+                                    "router.router_dec.weight",     "router.router_head.weight",
+                                    "router_proj.gate_proj.weight", "router_proj.down_proj.weight",
+                                    "router_proj.up_proj.weight"};
     int have = 0;
     for (auto n : fdNames) have += m.store.find(p + n) ? 1 : 0;
     if (have > 0 && have < 7) {
       for (auto n : fdNames)
         if (!m.store.find(p + n))
-          throw Error(kErrFormat, "incomplete FlexiDepth weights for layer " + std::to_string(i) + ": missing '" + p + n + "'",
+          throw Error(kErrFormat,
+                      "incomplete FlexiDepth weights for layer " + std::to_string(i) + ": missing '" + p + n + "'",
                       b.fileHint());
     }
     if (have == 7) {
@@ -130,10 +131,11 @@ void bindRouters(Model& m, Binder& b) {
       int64_t r = enc->shape[0], mm = gate->shape[0];
       auto checkWidth = [&](const char* key, int factor, int64_t of, int64_t width, const std::string& tensor) {
         if (factor > 0 && of / factor != width)
-          throw Error(kErrFormat, "'" + std::string(key) + "' is " + std::to_string(factor) + ", so layer " + std::to_string(i) +
-                                      " would be " + std::to_string(of) + " / " + std::to_string(factor) + " = " +
-                                      std::to_string(of / factor) + " wide, but " + p + tensor + " has " +
-                                      std::to_string(width) + " rows",
+          throw Error(kErrFormat,
+                      "'" + std::string(key) + "' is " + std::to_string(factor) + ", so layer " + std::to_string(i) +
+                          " would be " + std::to_string(of) + " / " + std::to_string(factor) + " = " +
+                          std::to_string(of / factor) + " wide, but " + p + tensor + " has " + std::to_string(width) +
+                          " rows",
                       c.configFile);
       };
       checkWidth("router_reduction_factor", c.routerReductionFactor, d, r, "router.router_enc.weight");
@@ -155,7 +157,8 @@ void bindRouters(Model& m, Binder& b) {
       s.wAttn = b.matrix(p + "self_attn.skip_router.weight", 2, d), s.attn = true;
     if (m.store.find(p + "mlp.skip_router.weight")) s.wMlp = b.matrix(p + "mlp.skip_router.weight", 2, d), s.mlp = true;
     if (s.layer && (s.attn || s.mlp))
-      throw Error(kErrFormat, "layer " + std::to_string(i) + " has both a whole-layer and a per-module SkipLayer router",
+      throw Error(kErrFormat,
+                  "layer " + std::to_string(i) + " has both a whole-layer and a per-module SkipLayer router",
                   b.fileHint());
     if (s.layer || s.attn || s.mlp) m.skipRouterLayers.push_back(i);
   }
@@ -163,13 +166,17 @@ void bindRouters(Model& m, Binder& b) {
   if (c.hasRoutingLayers) {
     for (int l : c.routingLayers)
       if (l < 0 || l >= c.layers || !m.layers[size_t(l)].flexi.present)
-        throw Error(kErrFormat, "'routing_layers' lists layer " + std::to_string(l) +
-                                    ", which has no FlexiDepth router weights (model.layers." + std::to_string(l) +
-                                    ".router.* and .router_proj.*)", c.configFile);
+        throw Error(kErrFormat,
+                    "'routing_layers' lists layer " + std::to_string(l) +
+                        ", which has no FlexiDepth router weights (model.layers." + std::to_string(l) +
+                        ".router.* and .router_proj.*)",
+                    c.configFile);
     for (int l : m.flexiDepthLayers)
       if (std::find(c.routingLayers.begin(), c.routingLayers.end(), l) == c.routingLayers.end())
-        throw Error(kErrFormat, "layer " + std::to_string(l) + " has FlexiDepth router weights but 'routing_layers' does not list it",
-                    c.configFile);
+        throw Error(
+            kErrFormat,
+            "layer " + std::to_string(l) + " has FlexiDepth router weights but 'routing_layers' does not list it",
+            c.configFile);
   }
 }
 
@@ -251,8 +258,7 @@ std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::
         const volatile unsigned char* p = static_cast<const unsigned char*>(t.data);
         size_t n = t.end - t.begin;
         if (!p || n == 0) continue;
-        madvise(const_cast<void*>(reinterpret_cast<const void*>(
-                    reinterpret_cast<uintptr_t>(p) & ~uintptr_t(4095))),
+        madvise(const_cast<void*>(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(4095))),
                 n + (reinterpret_cast<uintptr_t>(p) & 4095), MADV_WILLNEED);
         for (size_t off = 0; off < n; off += chunk) {
           size_t end = std::min(n, off + chunk);

@@ -42,9 +42,9 @@ struct ModelConfig {
 // released modeling_ddllama.py; README "The official FlexiDepth checkpoint" lists the tensors and shapes).
 struct FlexiDepthWeights {
   bool present = false;
-  Weight enc, dec, head;     // [r, d], [d, r], [1, d]
-  std::vector<float> norm;   // [r] router_norm
-  Weight gate, down, up;     // adapter: [m, d], [m, d] (maps d -> m despite its name), [d, m]
+  Weight enc, dec, head;    // [r, d], [d, r], [1, d]
+  std::vector<float> norm;  // [r] router_norm
+  Weight gate, down, up;    // adapter: [m, d], [m, d] (maps d -> m despite its name), [d, m]
 };
 
 // SkipLayer routers: bias-free Linear(hidden -> 2) with logits [skip, run]. Key names (ours):
@@ -67,14 +67,14 @@ struct LayerWeights {
 struct Model {
   ModelConfig config;
   TensorStore store;
-  Weight embed;    // [vocab, hidden]
-  Weight lmHead;   // [vocab, hidden]; aliases embed when tied
+  Weight embed;   // [vocab, hidden]
+  Weight lmHead;  // [vocab, hidden]; aliases embed when tied
   std::vector<float> finalNorm;
   std::vector<LayerWeights> layers;
   std::vector<float> invFreq;  // [headDim/2], RoPE frequencies after scaling
   size_t weightBytes = 0;      // bytes of every tensor the model uses
   int64_t parameters = 0;
-  std::string dtypeSummary;    // e.g. "BF16" or "BF16+F32"
+  std::string dtypeSummary;           // e.g. "BF16" or "BF16+F32"
   std::vector<int> flexiDepthLayers;  // layers with FlexiDepth routers
   std::vector<int> skipRouterLayers;  // layers with any SkipLayer router
   // Quantization on load (quantize_model.cc): the format asked for ("stored" when none), the
@@ -84,11 +84,11 @@ struct Model {
   double quantizeSeconds = 0;
 };
 
-// Opens `files` (the checkpoint's shards, then any add-on files with router weights), checks that exactly the tensors the config needs are there with the right
-// shapes, and binds them. onProgress(done, total) is called while pages are read in.
-// Throws dg::Error; everything taken so far is released by the throw.
-std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files,
-                                 bool prefault, const std::function<bool(double)>& onProgress);
+// Opens `files` (the checkpoint's shards, then any add-on files with router weights), checks that exactly the tensors
+// the config needs are there with the right shapes, and binds them. onProgress(done, total) is called while pages are
+// read in. Throws dg::Error; everything taken so far is released by the throw.
+std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files, bool prefault,
+                                 const std::function<bool(double)>& onProgress);
 
 // quantize_model.cc: replaces the decoder layers' projections (q, k, v, o, gate, up, down) with
 // copies in block format `t` (Q8_0 or Q4_0), and the LM head with a Q8_0 copy (the format with the

@@ -21,17 +21,20 @@ namespace dg {
 constexpr uint64_t kMaxHeader = 100ull << 20;
 
 static bool dtypeFromName(const std::string& s, DType& t) {
-  if (s == "F32") t = DType::F32;
-  else if (s == "F16") t = DType::F16;
-  else if (s == "BF16") t = DType::BF16;
-  else return false;
+  if (s == "F32")
+    t = DType::F32;
+  else if (s == "F16")
+    t = DType::F16;
+  else if (s == "BF16")
+    t = DType::BF16;
+  else
+    return false;
   return true;
 }
 
 static bool knownSafetensorsDtype(const std::string& s) {
-  static const char* names[] = {"F64", "I64", "U64", "I32", "U32", "I16", "U16", "I8", "U8",
-                                "BOOL", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3",
-                                "F6_E3M2", "C64"};
+  static const char* names[] = {"F64",  "I64",     "U64",     "I32",     "U32", "I16",     "U16",     "I8", "U8",
+                                "BOOL", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4",  "F6_E2M3", "F6_E3M2", "C64"};
   for (auto n : names)
     if (s == n) return true;
   return false;
@@ -60,10 +63,8 @@ std::vector<TensorEntry> parseSafetensorsHeader(const char* json, size_t len, si
     const JsonValue* dt = v.find("dtype");
     const JsonValue* shape = v.find("shape");
     const JsonValue* offs = v.find("data_offsets");
-    if (!dt || dt->kind != JsonValue::String)
-      throw std::runtime_error("tensor '" + name + "' has no dtype string");
-    if (!shape || shape->kind != JsonValue::Array)
-      throw std::runtime_error("tensor '" + name + "' has no shape array");
+    if (!dt || dt->kind != JsonValue::String) throw std::runtime_error("tensor '" + name + "' has no dtype string");
+    if (!shape || shape->kind != JsonValue::Array) throw std::runtime_error("tensor '" + name + "' has no shape array");
     if (!offs || offs->kind != JsonValue::Array || offs->items.size() != 2)
       throw std::runtime_error("tensor '" + name + "' has no data_offsets [begin, end]");
     TensorEntry e;
@@ -164,15 +165,18 @@ TensorFile::~TensorFile() {
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : TensorFile(path) {
   int fd = fd_;
-  if (size_ < 8) throw Error(kErrFormat, "file is truncated: " + std::to_string(size_) +
-                                             " bytes, shorter than the 8-byte header length", path);
+  if (size_ < 8)
+    throw Error(kErrFormat,
+                "file is truncated: " + std::to_string(size_) + " bytes, shorter than the 8-byte header length", path);
   unsigned char lenBytes[8];
   if (pread(fd, lenBytes, 8, 0) != 8) throw Error(kErrIo, "cannot read the header length", path);
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | lenBytes[i];
   if (hlen > size_ - 8)
-    throw Error(kErrFormat, "header length " + std::to_string(hlen) + " runs past the end of the file (" +
-                                std::to_string(size_) + " bytes)", path);
+    throw Error(kErrFormat,
+                "header length " + std::to_string(hlen) + " runs past the end of the file (" + std::to_string(size_) +
+                    " bytes)",
+                path);
   if (hlen > kMaxHeader) throw Error(kErrFormat, "header length " + std::to_string(hlen) + " exceeds 100 MB", path);
   if (hlen < 2) throw Error(kErrFormat, "header is empty", path);
   std::string header(size_t(hlen), '\0');
@@ -198,7 +202,8 @@ std::string TensorFile::changeSinceOpen() const {
   if (statx(fd_, "", AT_EMPTY_PATH, STATX_SIZE | STATX_MTIME, &st) != 0)
     return "cannot be checked: " + std::string(std::strerror(errno));
   if (size_t(st.stx_size) != size_)
-    return "changed size on disk (" + std::to_string(size_) + " bytes when loaded, " + std::to_string(st.stx_size) + " now)";
+    return "changed size on disk (" + std::to_string(size_) + " bytes when loaded, " + std::to_string(st.stx_size) +
+           " now)";
   if (st.stx_mtime.tv_sec != mtimeSec_ || st.stx_mtime.tv_nsec != mtimeNsec_)
     return "was modified on disk since it was loaded";
   return "";
@@ -218,8 +223,9 @@ void TensorStore::open(const std::vector<std::string>& paths) {
       t.file = int(i);
       auto it = byName_.find(t.name);
       if (it != byName_.end())
-        throw Error(kErrFormat, "tensor '" + t.name + "' appears in both " + files_[it->second->file]->path() +
-                                    " and " + paths[i], paths[i]);
+        throw Error(kErrFormat,
+                    "tensor '" + t.name + "' appears in both " + files_[it->second->file]->path() + " and " + paths[i],
+                    paths[i]);
       byName_[t.name] = &t;
     }
   }
@@ -229,9 +235,12 @@ void TensorStore::checkUnchanged() const {
   for (auto& f : files_) {
     std::string why = f->changeSinceOpen();
     if (!why.empty())
-      throw Error(kErrIo, why + ": the loaded model would compute with a mixture of old and new weights, so it refuses to run. "
-                                "Load the model again; replace checkpoints by writing a new file and renaming it over the old one",
-                  f->path());
+      throw Error(
+          kErrIo,
+          why +
+              ": the loaded model would compute with a mixture of old and new weights, so it refuses to run. "
+              "Load the model again; replace checkpoints by writing a new file and renaming it over the old one",
+          f->path());
   }
 }
 

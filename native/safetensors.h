@@ -17,7 +17,7 @@ struct TensorEntry {
   std::string name;
   DType dtype;
   std::vector<int64_t> shape;
-  size_t begin = 0, end = 0;  // offsets into the data section
+  size_t begin = 0, end = 0;   // offsets into the data section
   const void* data = nullptr;  // set once mapped
   int file = 0;                // index into the owning TensorStore's files
 };

@@ -183,8 +183,7 @@ uint64_t ThreadPool::runChunks(uint32_t gen, int who) {
     const int64_t n = n_.load(std::memory_order_relaxed);
     (*fn_.load(std::memory_order_relaxed))(n * c / chunks, n * (c + 1) / chunks, who);
     ran++;
-    if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == chunks &&
-        callerWaiting_.load(std::memory_order_seq_cst))
+    if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == chunks && callerWaiting_.load(std::memory_order_seq_cst))
       futexWakeAll(&done_);
     w = claim_.load(std::memory_order_acquire);
   }
@@ -282,7 +281,8 @@ std::string cgroupPath(const char* controller) {
     if (!b) continue;
     std::string ctrls(a + 1, b), where(b + 1);
     while (!where.empty() && (where.back() == '\n' || where.back() == '\r')) where.pop_back();
-    bool match = *controller == 0 ? ctrls.empty() : ("," + ctrls + ",").find(std::string(",") + controller + ",") != std::string::npos;
+    bool match = *controller == 0 ? ctrls.empty()
+                                  : ("," + ctrls + ",").find(std::string(",") + controller + ",") != std::string::npos;
     if (match) {
       found = where;
       break;

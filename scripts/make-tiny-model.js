@@ -104,7 +104,9 @@ function main() {
   try {
     ({ writeTinyModel } = require(path.join(__dirname, '..', 'dist', 'testing', 'index.js')));
   } catch (err) {
-    process.stderr.write(`make-tiny-model: cannot load dist/testing/index.js (run \`npx tsc\` first): ${err.message}\n`);
+    process.stderr.write(
+      `make-tiny-model: cannot load dist/testing/index.js (run \`npx tsc\` first): ${err.message}\n`,
+    );
     process.exit(1);
   }
   let info;

@@ -20,7 +20,9 @@ const run = (args) => {
 };
 run(['-S', '.', '-B', build, '-DCMAKE_BUILD_TYPE=Release', '-DDEPTHGATE_CUDA=ON', '-DDEPTHGATE_CUDA_ONLY=ON']);
 run(['--build', build, '--target', 'depthgate_cuda', '-j', String(require('node:os').availableParallelism())]);
-const lib = [path.join(build, 'Release', 'libdepthgate_cuda.so'), path.join(build, 'libdepthgate_cuda.so')].find((f) => fs.existsSync(f));
+const lib = [path.join(build, 'Release', 'libdepthgate_cuda.so'), path.join(build, 'libdepthgate_cuda.so')].find((f) =>
+  fs.existsSync(f),
+);
 if (!lib) {
   console.error('prebuild-cuda: the build did not produce libdepthgate_cuda.so');
   process.exit(1);

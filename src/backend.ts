@@ -57,7 +57,11 @@ export function cudaStatus(): CudaStatus {
     compiled: c.libraryFound,
     available,
     ...(reason ? { reason } : {}),
-    devices: (report.devices ?? []).map((d) => ({ name: d.name, computeCapability: d.computeCapability, memoryBytes: d.memoryBytes })),
+    devices: (report.devices ?? []).map((d) => ({
+      name: d.name,
+      computeCapability: d.computeCapability,
+      memoryBytes: d.memoryBytes,
+    })),
   };
   return cached;
 }
@@ -81,6 +85,9 @@ export function resolveBackend(option: LoadOptions['backend']): { backend: 'cpu'
     return { backend: 'cuda' };
   }
   if (cuda.available && !CUDA_VALIDATED)
-    return { backend: 'cpu', reason: "CUDA not used: the CUDA backend has not been validated on a GPU yet; ask for backend 'cuda' to try it" };
+    return {
+      backend: 'cpu',
+      reason: "CUDA not used: the CUDA backend has not been validated on a GPU yet; ask for backend 'cuda' to try it",
+    };
   return cuda.available ? { backend: 'cuda' } : { backend: 'cpu', reason: `CUDA not used: ${cuda.reason}` };
 }

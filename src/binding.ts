@@ -150,8 +150,23 @@ export interface NativeAddon {
     cuda: { libraryFound: boolean; libraryPath: string; error: string; probe: string };
   };
   kernels: {
-    matmul(out: Float32Array, x: Float32Array, rows: number, w: NativeWeightArg, threads?: number, bias?: Float32Array): void;
-    rmsnorm(out: Float32Array, x: Float32Array, rows: number, dim: number, weight: Float32Array, eps: number, threads?: number): void;
+    matmul(
+      out: Float32Array,
+      x: Float32Array,
+      rows: number,
+      w: NativeWeightArg,
+      threads?: number,
+      bias?: Float32Array,
+    ): void;
+    rmsnorm(
+      out: Float32Array,
+      x: Float32Array,
+      rows: number,
+      dim: number,
+      weight: Float32Array,
+      eps: number,
+      threads?: number,
+    ): void;
     copy(dst: ArrayBufferView, src: ArrayBufferView): void;
     readSum(src: ArrayBufferView, threads: number): number;
   };
@@ -237,13 +252,22 @@ export function loadNativeFrom(root: string, explicit?: string): { addon: Native
   }
   const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
   const libc = runtimeLibc();
-  const prebuilt = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.node')).sort() : [];
-  if (prebuilt.length === 0) attempts.push({ path: path.join(dir, '*.node'), error: 'no prebuilt binary for this platform' });
+  const prebuilt = fs.existsSync(dir)
+    ? fs
+        .readdirSync(dir)
+        .filter((f) => f.endsWith('.node'))
+        .sort()
+    : [];
+  if (prebuilt.length === 0)
+    attempts.push({ path: path.join(dir, '*.node'), error: 'no prebuilt binary for this platform' });
   for (const f of prebuilt) {
     const tags = f.split('.');
     const wantsOther = (libc === 'glibc' && tags.includes('musl')) || (libc === 'musl' && tags.includes('glibc'));
     if (wantsOther) {
-      attempts.push({ path: path.join(dir, f), error: `built for ${libc === 'glibc' ? 'musl' : 'glibc'}, this system uses ${libc}` });
+      attempts.push({
+        path: path.join(dir, f),
+        error: `built for ${libc === 'glibc' ? 'musl' : 'glibc'}, this system uses ${libc}`,
+      });
       continue;
     }
     const got = tryLoad(path.join(dir, f));
@@ -255,7 +279,8 @@ export function loadNativeFrom(root: string, explicit?: string): { addon: Native
 function failure(attempts: LoadAttempt[], why: string, root: string): NativeLoadError {
   const lines = attempts.map((a) => `  - ${a.path}: ${a.error}`).join('\n');
   const glibc = glibcVersion();
-  const platform = `${process.platform}-${process.arch}, node ${process.versions.node} (napi ${process.versions.napi})` +
+  const platform =
+    `${process.platform}-${process.arch}, node ${process.versions.node} (napi ${process.versions.napi})` +
     (glibc ? `, glibc ${glibc}` : ', musl');
   const hasSources = fs.existsSync(path.join(root, 'binding.gyp'));
   return new NativeLoadError(

@@ -27,7 +27,13 @@ function checkMessages(messages: unknown, name: string): ChatMessage[] {
   if (!Array.isArray(messages)) throw new InvalidOptionError(name, 'must be an array of {role, content} messages');
   return messages.map((m: unknown, i) => {
     const o = m as { role?: unknown; content?: unknown } | null;
-    if (typeof o !== 'object' || o === null || typeof o.role !== 'string' || o.role === '' || typeof o.content !== 'string')
+    if (
+      typeof o !== 'object' ||
+      o === null ||
+      typeof o.role !== 'string' ||
+      o.role === '' ||
+      typeof o.content !== 'string'
+    )
       throw new InvalidOptionError(`${name}[${i}]`, 'must be {role: string, content: string}');
     return { role: o.role, content: o.content };
   });
@@ -41,9 +47,11 @@ export class ChatSession {
   private busy = false;
 
   constructor(options: ChatSessionOptions) {
-    if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'must be {sequence, systemPrompt?}');
+    if (typeof options !== 'object' || options === null)
+      throw new InvalidOptionError('options', 'must be {sequence, systemPrompt?}');
     for (const k of Object.keys(options))
-      if (k !== 'sequence' && k !== 'systemPrompt') throw new InvalidOptionError(k, 'is not a known option (known: sequence, systemPrompt)');
+      if (k !== 'sequence' && k !== 'systemPrompt')
+        throw new InvalidOptionError(k, 'is not a known option (known: sequence, systemPrompt)');
     const seq = options.sequence as unknown;
     if (typeof seq !== 'object' || seq === null || typeof (seq as Sequence).heldTokens !== 'function')
       throw new InvalidOptionError('sequence', 'must be a Sequence (model.createSequence())');
@@ -117,7 +125,14 @@ export class ChatSession {
   private feedFor(messages: ChatMessage[]): number[] {
     const seq = this.sequence;
     const model = seq.model;
-    const target = tokenizeInput(model.tokenizer, messages, true, model.config.vocabSize, seq.contextSize, seq.contextSize);
+    const target = tokenizeInput(
+      model.tokenizer,
+      messages,
+      true,
+      model.config.vocabSize,
+      seq.contextSize,
+      seq.contextSize,
+    );
     if (target.length === 0) throw new InvalidOptionError('messages', 'the chat template rendered them as no tokens');
     const held = seq.heldTokens();
     let common = 0;

@@ -45,7 +45,10 @@ class TemplateRaised extends Error {}
 /** An interpreter that counts its steps and the size of the strings it makes. */
 class BoundedInterpreter extends Interpreter {
   steps = 0;
-  constructor(scope: Scope, private readonly budget: { steps: number; chars: number }) {
+  constructor(
+    scope: Scope,
+    private readonly budget: { steps: number; chars: number },
+  ) {
     super(scope);
   }
   evaluate(statement: Statement, scope: Scope): RuntimeValue {
@@ -66,14 +69,22 @@ function strftimeNow(format: string): string {
   const d = new Date();
   return String(format).replace(/%[YmdbBHM%]/g, (t) => {
     switch (t) {
-      case '%Y': return String(d.getFullYear());
-      case '%m': return pad2(d.getMonth() + 1);
-      case '%d': return pad2(d.getDate());
-      case '%b': return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(d);
-      case '%B': return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(d);
-      case '%H': return pad2(d.getHours());
-      case '%M': return pad2(d.getMinutes());
-      default: return '%';
+      case '%Y':
+        return String(d.getFullYear());
+      case '%m':
+        return pad2(d.getMonth() + 1);
+      case '%d':
+        return pad2(d.getDate());
+      case '%b':
+        return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(d);
+      case '%B':
+        return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(d);
+      case '%H':
+        return pad2(d.getHours());
+      case '%M':
+        return pad2(d.getMinutes());
+      default:
+        return '%';
     }
   });
 }
@@ -83,7 +94,10 @@ export class ChatTemplate {
   private readonly parsed: Template['parsed'];
 
   /** Throws ModelFormatError (naming `file`) when the template does not parse. */
-  constructor(source: string, private readonly file: string) {
+  constructor(
+    source: string,
+    private readonly file: string,
+  ) {
     try {
       this.parsed = new Template(source).parsed;
     } catch (e) {
@@ -102,15 +116,22 @@ export class ChatTemplate {
     // The globals @huggingface/jinja's Template.render sets, with range() bounded by the budget
     // (a list longer than the steps left could never be iterated) and raise_exception typed.
     const globals: Record<string, unknown> = {
-      false: false, true: true, none: null, False: false, True: true, None: null,
+      false: false,
+      true: true,
+      none: null,
+      False: false,
+      True: true,
+      None: null,
       raise_exception: (message: unknown) => {
         throw new TemplateRaised(String(message));
       },
       range: (start: number, stop?: number, step = 1) => {
         if (stop === undefined) [start, stop] = [0, start];
-        if (![start, stop, step].every(Number.isFinite) || step === 0) throw new Error('range() needs finite numbers and a non-zero step');
+        if (![start, stop, step].every(Number.isFinite) || step === 0)
+          throw new Error('range() needs finite numbers and a non-zero step');
         const n = Math.max(0, Math.ceil((stop - start) / step));
-        if (n > budget.steps - interpreter.steps) throw new TemplateLimit(`range() of ${n} items, more than the steps left`);
+        if (n > budget.steps - interpreter.steps)
+          throw new TemplateLimit(`range() of ${n} items, more than the steps left`);
         return Array.from({ length: n }, (_, i) => start + i * step);
       },
       strftime_now: strftimeNow,
@@ -122,7 +143,8 @@ export class ChatTemplate {
       const run = (interpreter as unknown as InstanceType<typeof Interpreter>).run(this.parsed);
       return (run as { value: string }).value;
     } catch (e) {
-      if (e instanceof TemplateRaised) throw new InvalidOptionError('messages', `the chat template refused them: ${e.message}`);
+      if (e instanceof TemplateRaised)
+        throw new InvalidOptionError('messages', `the chat template refused them: ${e.message}`);
       if (e instanceof TemplateLimit)
         throw new ModelFormatError(
           `chat_template did not finish within its bound for ${messages.length} message(s) (${e.message}): a template that loops?`,

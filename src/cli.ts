@@ -15,7 +15,16 @@ import { parsePolicy } from './policy';
 import { SERVE_USAGE, serveCommand } from './server/command';
 import { UsageError, intArg, parseCommand } from './cliArgs';
 import { HELP, USAGE } from './cliHelp';
-import { LOAD_OPTIONS, SAMPLING_OPTIONS, depthFloor, lengthDefault, openModel, policyArg, policyLabel, samplingArgs } from './cliModel';
+import {
+  LOAD_OPTIONS,
+  SAMPLING_OPTIONS,
+  depthFloor,
+  lengthDefault,
+  openModel,
+  policyArg,
+  policyLabel,
+  samplingArgs,
+} from './cliModel';
 import { describeSampling } from './sampling';
 import type { SpeculativeStats } from './speculative';
 import { chatCommand } from './cliChat';
@@ -33,13 +42,19 @@ function superscript(n: number): string {
 
 async function generate(argv: string[]): Promise<number> {
   const args = parseCommand('generate', argv, {
-    prompt: { type: 'string', short: 'p' }, chat: { type: 'boolean' }, system: { type: 'string' },
-    ...SAMPLING_OPTIONS, ...LOAD_OPTIONS, trace: { type: 'string' }, 'show-depth': { type: 'boolean' },
+    prompt: { type: 'string', short: 'p' },
+    chat: { type: 'boolean' },
+    system: { type: 'string' },
+    ...SAMPLING_OPTIONS,
+    ...LOAD_OPTIONS,
+    trace: { type: 'string' },
+    'show-depth': { type: 'boolean' },
   });
   if (args.flag('help')) return help('generate');
   const prompt = args.str('prompt');
   if (prompt === undefined) throw new UsageError('generate needs --prompt TEXT', 'generate');
-  if (args.has('system') && !args.flag('chat')) throw new UsageError('--system needs --chat (it is a message of the chat template)', 'generate');
+  if (args.has('system') && !args.flag('chat'))
+    throw new UsageError('--system needs --chat (it is a message of the chat template)', 'generate');
   const opts = samplingArgs(args, 'generate');
   const chat = args.flag('chat');
   const tracePath = args.str('trace');
@@ -67,7 +82,11 @@ async function generate(argv: string[]): Promise<number> {
         fs.writeSync(
           trace,
           JSON.stringify({
-            index: c.index, token: c.token, text: c.text, layers: c.layers, executed: Array.from(c.executed),
+            index: c.index,
+            token: c.token,
+            text: c.text,
+            layers: c.layers,
+            executed: Array.from(c.executed),
             routerWeights: Array.from(c.routerWeights, (w) => (Number.isNaN(w) ? null : +w.toFixed(6))),
             ...(c.speculative ? { speculative: c.speculative } : {}),
           }) + '\n',
@@ -88,14 +107,16 @@ async function generate(argv: string[]): Promise<number> {
     for await (const chunk of stream) {
       if (html) spans.push({ text: chunk.text, layers: chunk.layers, executed: chunk.executed });
       if (!showDepth || chunk.text === '') process.stdout.write(chunk.text);
-      else if (colors !== 'none') process.stdout.write(renderDepthAnsi({ text: chunk.text, layers: chunk.layers }, L, scale));
+      else if (colors !== 'none')
+        process.stdout.write(renderDepthAnsi({ text: chunk.text, layers: chunk.layers }, L, scale));
       else process.stdout.write(chunk.text.replace(/(\r?\n)?$/, (nl) => superscript(chunk.layers) + nl));
     }
     const r = await stream.result;
     process.stdout.write('\n');
     if (showDepth) {
       const legendColors = colorMode(process.stderr);
-      if (legendColors !== 'none') process.stderr.write(depthLegendAnsi(L, { ...scale, colors: legendColors === '256' ? '256' : '24bit' }) + '\n');
+      if (legendColors !== 'none')
+        process.stderr.write(depthLegendAnsi(L, { ...scale, colors: legendColors === '256' ? '256' : '24bit' }) + '\n');
       else if (colors === 'none') process.stderr.write(`(the number after each token is the layers it ran, of ${L})\n`);
     }
     if (trace !== undefined) fs.closeSync(trace);
@@ -103,8 +124,13 @@ async function generate(argv: string[]): Promise<number> {
       fs.writeFileSync(
         traceFd!,
         renderDepthHtml({
-          prompt: chat ? '' : prompt, spans, numLayers: L, meanLayers: r.depth.meanLayers,
-          model: path.basename(model.dir), policy: policyLabel(opts.policy), title: 'depthgate: layers per token',
+          prompt: chat ? '' : prompt,
+          spans,
+          numLayers: L,
+          meanLayers: r.depth.meanLayers,
+          model: path.basename(model.dir),
+          policy: policyLabel(opts.policy),
+          title: 'depthgate: layers per token',
         }),
       );
     if (html) fs.closeSync(traceFd!);
@@ -135,37 +161,66 @@ function bytes(n: number): string {
 
 async function info(argv: string[]): Promise<number> {
   const args = parseCommand('info', argv, {
-    addon: { type: 'string', multiple: true }, backend: { type: 'string' }, weights: { type: 'string' },
+    addon: { type: 'string', multiple: true },
+    backend: { type: 'string' },
+    weights: { type: 'string' },
     'no-generation-config': { type: 'boolean' },
   });
   if (args.flag('help')) return help('info');
   const b = getBuildInfo();
-  console.log(`depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'}); ${b.usableProcessors} usable processor(s)`);
-  console.log(`addon: ${b.addonPath} (${b.prebuilt ? 'prebuilt' : 'local build'}, napi ${b.napiVersion}${b.glibc ? `, glibc ${b.glibc}` : ''})`);
-  console.log(`CUDA: ${b.cuda.available ? 'available' : `not available: ${b.cuda.reason}`}; GPUs: ${b.cuda.devices.length ? b.cuda.devices.map((d) => `${d.name} (sm_${d.computeCapability}, ${bytes(d.memoryBytes)})`).join(', ') : 'none seen'}`);
+  console.log(
+    `depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'}); ${b.usableProcessors} usable processor(s)`,
+  );
+  console.log(
+    `addon: ${b.addonPath} (${b.prebuilt ? 'prebuilt' : 'local build'}, napi ${b.napiVersion}${b.glibc ? `, glibc ${b.glibc}` : ''})`,
+  );
+  console.log(
+    `CUDA: ${b.cuda.available ? 'available' : `not available: ${b.cuda.reason}`}; GPUs: ${b.cuda.devices.length ? b.cuda.devices.map((d) => `${d.name} (sm_${d.computeCapability}, ${bytes(d.memoryBytes)})`).join(', ') : 'none seen'}`,
+  );
   const model = await openModel('info', args);
   try {
     const i = model.info;
     const c = model.config;
     console.log(`model: ${model.dir}`);
-    console.log(`architecture: ${i.architecture} (${c.numLayers} layers, hidden ${c.hiddenSize}, ${c.numHeads} heads / ${c.numKvHeads} KV heads of ${c.headDim}, MLP ${c.intermediateSize}, vocab ${c.vocabSize})`);
+    console.log(
+      `architecture: ${i.architecture} (${c.numLayers} layers, hidden ${c.hiddenSize}, ${c.numHeads} heads / ${c.numKvHeads} KV heads of ${c.headDim}, MLP ${c.intermediateSize}, vocab ${c.vocabSize})`,
+    );
     console.log(`parameters: ${i.parameters.toLocaleString('en-US')} (${(i.parameters / 1e6).toFixed(2)} M)`);
     console.log(`dtype: ${i.dtype}`);
-    if (i.weights === 'stored') console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
+    if (i.weights === 'stored')
+      console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
     else
       console.log(
         `weights: ${bytes(i.weightBytes)}, quantized on load to ${i.weights} in ${i.quantizeMs.toFixed(0)} ms from ${i.files.length} file(s)`,
       );
-    console.log(`KV cache: ${bytes(i.kvBytesPerToken)} per token; ${bytes(i.kvBytesPerToken * i.contextSize)} at the full context of ${i.contextSize}`);
+    console.log(
+      `KV cache: ${bytes(i.kvBytesPerToken)} per token; ${bytes(i.kvBytesPerToken * i.contextSize)} at the full context of ${i.contextSize}`,
+    );
     const own = i.checkpointFlexiDepthLayers;
-    const fdFrom = !i.flexiDepthLayers.length ? '' : own.length === i.flexiDepthLayers.length ? ' (in the checkpoint)' : own.length ? ` (in the checkpoint: [${own.join(', ')}]; the rest from add-ons)` : ' (from add-ons)';
-    console.log(`routers: FlexiDepth on layers [${i.flexiDepthLayers.join(', ')}]${fdFrom}; SkipLayer on layers [${i.skipRouterLayers.join(', ')}]`);
-    console.log(`default policy: ${policyLabel(i.defaultPolicy.policy)}, because ${i.defaultPolicy.reason} (--policy overrides it; --policy none runs every layer)`);
+    const fdFrom = !i.flexiDepthLayers.length
+      ? ''
+      : own.length === i.flexiDepthLayers.length
+        ? ' (in the checkpoint)'
+        : own.length
+          ? ` (in the checkpoint: [${own.join(', ')}]; the rest from add-ons)`
+          : ' (from add-ons)';
+    console.log(
+      `routers: FlexiDepth on layers [${i.flexiDepthLayers.join(', ')}]${fdFrom}; SkipLayer on layers [${i.skipRouterLayers.join(', ')}]`,
+    );
+    console.log(
+      `default policy: ${policyLabel(i.defaultPolicy.policy)}, because ${i.defaultPolicy.reason} (--policy overrides it; --policy none runs every layer)`,
+    );
     console.log(`chat template: ${model.tokenizer.chatTemplate ? 'yes' : 'none (--chat and chat need one)'}`);
-    console.log(`rope: theta ${c.ropeTheta}, scaling ${c.ropeType}${c.ropeType !== 'default' ? ` x${c.ropeFactor}` : ''}; tied embeddings ${c.tieWordEmbeddings}; eos ${c.eosTokenIds.join(', ')}`);
+    console.log(
+      `rope: theta ${c.ropeTheta}, scaling ${c.ropeType}${c.ropeType !== 'default' ? ` x${c.ropeFactor}` : ''}; tied embeddings ${c.tieWordEmbeddings}; eos ${c.eosTokenIds.join(', ')}`,
+    );
     const gd = i.generationDefaults;
-    const gdo = Object.entries(gd.options).map(([k, v]) => `${k} ${v}`).join(', ');
-    console.log(`generation defaults: ${gd.file ? `${gdo || 'none'} (from ${gd.file})` : 'none (no generation_config.json)'}`);
+    const gdo = Object.entries(gd.options)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ');
+    console.log(
+      `generation defaults: ${gd.file ? `${gdo || 'none'} (from ${gd.file})` : 'none (no generation_config.json)'}`,
+    );
   } finally {
     await model.dispose();
   }
@@ -174,16 +229,22 @@ async function info(argv: string[]): Promise<number> {
 
 async function logits(argv: string[]): Promise<number> {
   const args = parseCommand('logits', argv, {
-    tokens: { type: 'string' }, prompt: { type: 'string', short: 'p' }, json: { type: 'boolean' }, top: { type: 'string' },
-    policy: { type: 'string' }, ...LOAD_OPTIONS,
+    tokens: { type: 'string' },
+    prompt: { type: 'string', short: 'p' },
+    json: { type: 'boolean' },
+    top: { type: 'string' },
+    policy: { type: 'string' },
+    ...LOAD_OPTIONS,
   });
   if (args.flag('help')) return help('logits');
   const tokenList = args.str('tokens');
   const prompt = args.str('prompt');
-  if ((tokenList === undefined) === (prompt === undefined)) throw new UsageError('logits needs --prompt TEXT or --tokens 1,2,3 (one of them)', 'logits');
+  if ((tokenList === undefined) === (prompt === undefined))
+    throw new UsageError('logits needs --prompt TEXT or --tokens 1,2,3 (one of them)', 'logits');
   const top = intArg(args.str('top'), 'top', 1, 'logits', 100) ?? 3;
   const ids = tokenList?.split(',').map((s) => {
-    if (!/^\d+$/.test(s.trim())) throw new UsageError(`--tokens must be comma-separated token ids, got '${s}'`, 'logits');
+    if (!/^\d+$/.test(s.trim()))
+      throw new UsageError(`--tokens must be comma-separated token ids, got '${s}'`, 'logits');
     return Number(s.trim());
   });
   const model = await openModel('logits', args);
@@ -200,12 +261,26 @@ async function logits(argv: string[]): Promise<number> {
     const show = (id: number) => JSON.stringify(model.detokenize([id], { skipSpecialTokens: false }));
     const rows = r.tokens.map((id, p) => {
       const row = r.logits[p]!;
-      const best = Array.from(row.keys()).sort((a, b) => row[b]! - row[a]!).slice(0, top);
-      return [String(p), String(id), show(id), best.map((b) => `${show(b)} ${row[b]!.toFixed(2)}`).join(', '), String(r.executed[p]!.reduce((a, b) => a + b, 0))];
+      const best = Array.from(row.keys())
+        .sort((a, b) => row[b]! - row[a]!)
+        .slice(0, top);
+      return [
+        String(p),
+        String(id),
+        show(id),
+        best.map((b) => `${show(b)} ${row[b]!.toFixed(2)}`).join(', '),
+        String(r.executed[p]!.reduce((a, b) => a + b, 0)),
+      ];
     });
     const head = ['pos', 'token', 'text', `most likely next (logit)`, `layers of ${model.config.numLayers}`];
     const widths = head.map((h, c) => Math.max(h.length, ...rows.map((row) => row[c]!.length)));
-    for (const row of [head, ...rows]) console.log(row.map((v, c) => (c < 2 ? v.padStart(widths[c]!) : v.padEnd(widths[c]!))).join('  ').trimEnd());
+    for (const row of [head, ...rows])
+      console.log(
+        row
+          .map((v, c) => (c < 2 ? v.padStart(widths[c]!) : v.padEnd(widths[c]!)))
+          .join('  ')
+          .trimEnd(),
+      );
     console.log(`(policy ${policyLabel(policy)}; --json prints every logit)`);
   } finally {
     await model.dispose();
@@ -215,8 +290,13 @@ async function logits(argv: string[]): Promise<number> {
 
 async function evalText(argv: string[]): Promise<number> {
   const args = parseCommand('eval', argv, {
-    text: { type: 'string' }, policy: { type: 'string', multiple: true }, window: { type: 'string' }, context: { type: 'string' },
-    'max-tokens': { type: 'string' }, json: { type: 'boolean' }, ...LOAD_OPTIONS,
+    text: { type: 'string' },
+    policy: { type: 'string', multiple: true },
+    window: { type: 'string' },
+    context: { type: 'string' },
+    'max-tokens': { type: 'string' },
+    json: { type: 'boolean' },
+    ...LOAD_OPTIONS,
   });
   if (args.flag('help')) return help('eval');
   const textFile = args.str('text');
@@ -239,16 +319,25 @@ async function evalText(argv: string[]): Promise<number> {
     const ids = model.tokenizer.encode(text, false);
     const rows = [];
     const json = args.flag('json');
-    if (!json) console.log(`${'policy'.padEnd(34)} ${'perplexity'.padStart(10)} ${'mean layers'.padStart(12)} ${'tokens'.padStart(8)}`);
+    if (!json)
+      console.log(
+        `${'policy'.padEnd(34)} ${'perplexity'.padStart(10)} ${'mean layers'.padStart(12)} ${'tokens'.padStart(8)}`,
+      );
     for (let i = 0; i < policies.length; i++) {
       const r = await measurePerplexity(model, ids, {
-        policy: policies[i], ...(window ? { window } : {}), ...(context ? { context } : {}), ...(maxTokens ? { maxTokens } : {}),
+        policy: policies[i],
+        ...(window ? { window } : {}),
+        ...(context ? { context } : {}),
+        ...(maxTokens ? { maxTokens } : {}),
       });
       rows.push({ policy: specs[i], ...r });
       if (!json)
-        console.log(`${specs[i]!.padEnd(34)} ${r.perplexity.toFixed(3).padStart(10)} ${`${r.meanLayers.toFixed(2)} / ${L}`.padStart(12)} ${String(r.tokens).padStart(8)}`);
+        console.log(
+          `${specs[i]!.padEnd(34)} ${r.perplexity.toFixed(3).padStart(10)} ${`${r.meanLayers.toFixed(2)} / ${L}`.padStart(12)} ${String(r.tokens).padStart(8)}`,
+        );
     }
-    if (json) process.stdout.write(JSON.stringify({ model: model.dir, layers: L, text: textFile, results: rows }) + '\n');
+    if (json)
+      process.stdout.write(JSON.stringify({ model: model.dir, layers: L, text: textFile, results: rows }) + '\n');
   } finally {
     await model.dispose();
   }
@@ -288,7 +377,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof UsageError) {
       const hint = e.command ? `depthgate ${e.command} --help` : 'depthgate --help';
-      process.stderr.write(`depthgate${e.command ? ` ${e.command}` : ''}: ${e.message}\n(\`${hint}\` lists the options)\n`);
+      process.stderr.write(
+        `depthgate${e.command ? ` ${e.command}` : ''}: ${e.message}\n(\`${hint}\` lists the options)\n`,
+      );
       return 2;
     }
     if (e instanceof DepthgateError) {

@@ -53,7 +53,13 @@ export function parseCommand(command: string, argv: string[], options: Options):
     const a = argv[i]!;
     const next = argv[i + 1];
     const name = a.startsWith('--') ? a.slice(2) : undefined;
-    if (name !== undefined && !name.includes('=') && all[name]?.type === 'string' && next !== undefined && /^-[\d.]/.test(next)) {
+    if (
+      name !== undefined &&
+      !name.includes('=') &&
+      all[name]?.type === 'string' &&
+      next !== undefined &&
+      /^-[\d.]/.test(next)
+    ) {
       args.push(`${a}=${next}`);
       i++;
     } else args.push(a);
@@ -67,10 +73,19 @@ export function parseCommand(command: string, argv: string[], options: Options):
 }
 
 /** An integer option (undefined when absent). */
-export function intArg(v: string | undefined, name: string, min: number, command: string, max = 2 ** 31 - 1): number | undefined {
+export function intArg(
+  v: string | undefined,
+  name: string,
+  min: number,
+  command: string,
+  max = 2 ** 31 - 1,
+): number | undefined {
   if (v === undefined) return undefined;
   if (!/^-?\d+$/.test(v) || Number(v) < min || Number(v) > max)
-    throw new UsageError(`--${name} must be an integer from ${min}${max < 2 ** 31 - 1 ? ` to ${max}` : ' up'}, got '${v}'`, command);
+    throw new UsageError(
+      `--${name} must be an integer from ${min}${max < 2 ** 31 - 1 ? ` to ${max}` : ' up'}, got '${v}'`,
+      command,
+    );
   return Number(v);
 }
 
@@ -90,12 +105,18 @@ export function numArg(v: string | undefined, name: string, command: string, min
 export function unescape(s: string): string {
   return s.replace(/\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[nrt0\\])/g, (_, e: string) => {
     switch (e[0]) {
-      case 'n': return '\n';
-      case 'r': return '\r';
-      case 't': return '\t';
-      case '0': return '\0';
-      case '\\': return '\\';
-      default: return String.fromCharCode(parseInt(e.slice(1), 16));
+      case 'n':
+        return '\n';
+      case 'r':
+        return '\r';
+      case 't':
+        return '\t';
+      case '0':
+        return '\0';
+      case '\\':
+        return '\\';
+      default:
+        return String.fromCharCode(parseInt(e.slice(1), 16));
     }
   });
 }

@@ -12,15 +12,26 @@ import { UsageError, intArg, numArg, unescape, type Args, type Options } from '.
 
 /** The options every command that loads a model takes. */
 export const LOAD_OPTIONS: Options = {
-  threads: { type: 'string' }, backend: { type: 'string' }, 'kv-cache': { type: 'string' }, weights: { type: 'string' },
-  addon: { type: 'string', multiple: true }, 'no-generation-config': { type: 'boolean' },
+  threads: { type: 'string' },
+  backend: { type: 'string' },
+  'kv-cache': { type: 'string' },
+  weights: { type: 'string' },
+  addon: { type: 'string', multiple: true },
+  'no-generation-config': { type: 'boolean' },
 };
 
 /** The sampling options of generate and chat. */
 export const SAMPLING_OPTIONS: Options = {
-  'max-tokens': { type: 'string' }, temperature: { type: 'string' }, 'top-k': { type: 'string' }, 'top-p': { type: 'string' },
-  seed: { type: 'string' }, stop: { type: 'string', multiple: true }, policy: { type: 'string' },
-  'repetition-penalty': { type: 'string' }, 'frequency-penalty': { type: 'string' }, 'presence-penalty': { type: 'string' },
+  'max-tokens': { type: 'string' },
+  temperature: { type: 'string' },
+  'top-k': { type: 'string' },
+  'top-p': { type: 'string' },
+  seed: { type: 'string' },
+  stop: { type: 'string', multiple: true },
+  policy: { type: 'string' },
+  'repetition-penalty': { type: 'string' },
+  'frequency-penalty': { type: 'string' },
+  'presence-penalty': { type: 'string' },
   'penalty-window': { type: 'string' },
 };
 
@@ -44,12 +55,14 @@ function progressBar(label: string): ((f: number) => void) | undefined {
  * --addon names others. A relative --addon path is taken from the working directory, as the API's.
  */
 export async function openModel(command: string, args: Args): Promise<Model> {
-  if (args.positionals.length > 1) throw new UsageError(`${command} takes one MODEL_DIR, got ${args.positionals.length}`, command);
+  if (args.positionals.length > 1)
+    throw new UsageError(`${command} takes one MODEL_DIR, got ${args.positionals.length}`, command);
   const backend = args.str('backend');
   if (backend !== undefined && backend !== 'auto' && backend !== 'cpu' && backend !== 'cuda')
     throw new UsageError(`--backend must be auto, cpu or cuda, got '${backend}'`, command);
   const kv = args.str('kv-cache');
-  if (kv !== undefined && kv !== 'f32' && kv !== 'f16' && kv !== 'bf16') throw new UsageError(`--kv-cache must be f32, f16 or bf16, got '${kv}'`, command);
+  if (kv !== undefined && kv !== 'f32' && kv !== 'f16' && kv !== 'bf16')
+    throw new UsageError(`--kv-cache must be f32, f16 or bf16, got '${kv}'`, command);
   const weights = args.str('weights');
   if (weights !== undefined && weights !== 'stored' && weights !== 'q8_0' && weights !== 'q4_0')
     throw new UsageError(`--weights must be stored, q8_0 or q4_0, got '${weights}'`, command);
@@ -127,11 +140,16 @@ export function depthFloor(policy: Policy, model: Model): number {
   const L = model.config.numLayers;
   const info = model.info;
   switch (policy.type) {
-    case 'none': return L;
-    case 'flexidepth': return L - info.flexiDepthLayers.length;
-    case 'skiplayer': return L - info.skipRouterLayers.length;
-    case 'd3': return Math.min(L, policy.minLayers ?? 0);
-    default: return 0;
+    case 'none':
+      return L;
+    case 'flexidepth':
+      return L - info.flexiDepthLayers.length;
+    case 'skiplayer':
+      return L - info.skipRouterLayers.length;
+    case 'd3':
+      return Math.min(L, policy.minLayers ?? 0);
+    default:
+      return 0;
   }
 }
 
@@ -140,5 +158,7 @@ export function policyLabel(p: Policy | undefined): string {
   if (!p || p.type === 'none') return 'none';
   if (p.type === 'speculative') return formatPolicy(p);
   const o = Object.entries(p).filter(([k]) => k !== 'type');
-  return o.length ? `${p.type}:${o.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}` : p.type;
+  return o.length
+    ? `${p.type}:${o.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}`
+    : p.type;
 }

@@ -11,7 +11,12 @@ import { jsonSizeLimit, readRegularFile } from './modelFiles';
 import { readFlexiDepthFields } from './flexiDepthConfig';
 
 /** The architectures depthgate runs. DDLlamaForCausalLM is the official FlexiDepth checkpoint: a Llama model with routers in its own weights (src/flexiDepthConfig.ts). */
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'DDLlamaForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = [
+  'LlamaForCausalLM',
+  'MistralForCausalLM',
+  'Qwen2ForCausalLM',
+  'DDLlamaForCausalLM',
+] as const;
 /** One of {@link SUPPORTED_ARCHITECTURES}. */
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
@@ -42,7 +47,10 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 class Fields {
-  constructor(readonly o: Record<string, unknown>, readonly file: string) {}
+  constructor(
+    readonly o: Record<string, unknown>,
+    readonly file: string,
+  ) {}
   fail(key: string, why: string): never {
     throw new ModelFormatError(`'${key}' ${why}`, this.file);
   }
@@ -105,7 +113,11 @@ export function readModelConfig(dir: string): ModelConfig {
     f.fail('num_attention_heads', `(${heads}) must be a multiple of num_key_value_heads (${kvHeads})`);
   let headDim: number;
   if (raw.head_dim === undefined || raw.head_dim === null) {
-    if (hidden % heads !== 0) f.fail('hidden_size', `(${hidden}) must be divisible by num_attention_heads (${heads}) when head_dim is not given`);
+    if (hidden % heads !== 0)
+      f.fail(
+        'hidden_size',
+        `(${hidden}) must be divisible by num_attention_heads (${heads}) when head_dim is not given`,
+      );
     headDim = hidden / heads;
   } else {
     headDim = f.int('head_dim');
@@ -132,7 +144,8 @@ export function readModelConfig(dir: string): ModelConfig {
       low = rf.num('low_freq_factor', NaN, { positive: true });
       high = rf.num('high_freq_factor', NaN, { positive: true });
       origMax = rf.int('original_max_position_embeddings');
-      if ([ropeFactor, low, high].some(Number.isNaN)) f.fail('rope_scaling', 'needs factor, low_freq_factor and high_freq_factor');
+      if ([ropeFactor, low, high].some(Number.isNaN))
+        f.fail('rope_scaling', 'needs factor, low_freq_factor and high_freq_factor');
       if (high <= low) f.fail('rope_scaling', 'high_freq_factor must be greater than low_freq_factor');
     } else if (t === 'default') {
       // no scaling
@@ -165,7 +178,8 @@ export function readModelConfig(dir: string): ModelConfig {
   const cfg: ModelConfig = {
     architecture: arch as Architecture,
     modelType,
-    torchDtype: typeof raw.torch_dtype === 'string' ? raw.torch_dtype : typeof raw.dtype === 'string' ? raw.dtype : null,
+    torchDtype:
+      typeof raw.torch_dtype === 'string' ? raw.torch_dtype : typeof raw.dtype === 'string' ? raw.dtype : null,
     vocabSize: f.int('vocab_size'),
     hiddenSize: hidden,
     numLayers,
@@ -202,12 +216,17 @@ export function readModelConfig(dir: string): ModelConfig {
     if (firstBos !== undefined) cfg.bosTokenId = firstBos;
   }
   for (const id of cfg.eosTokenIds)
-    if (id >= cfg.vocabSize) throw new ModelFormatError(`eos token id ${id} is outside the vocabulary (${cfg.vocabSize})`, file);
+    if (id >= cfg.vocabSize)
+      throw new ModelFormatError(`eos token id ${id} is outside the vocabulary (${cfg.vocabSize})`, file);
   return cfg;
 }
 
 /** The safetensors files of a model directory: model.safetensors, or the shards its index lists. */
-export function listWeightFiles(dir: string): { files: string[]; weightMap?: Record<string, string>; indexFile?: string } {
+export function listWeightFiles(dir: string): {
+  files: string[];
+  weightMap?: Record<string, string>;
+  indexFile?: string;
+} {
   const single = path.join(dir, 'model.safetensors');
   const index = path.join(dir, 'model.safetensors.index.json');
   if (fs.existsSync(index)) {
@@ -226,7 +245,8 @@ export function listWeightFiles(dir: string): { files: string[]; weightMap?: Rec
       if (!files.includes(full)) files.push(full);
     }
     if (files.length === 0) throw new ModelFormatError("'weight_map' lists no tensors", index);
-    for (const f of files) if (!fs.existsSync(f)) throw new ModelFileError('shard listed in model.safetensors.index.json is missing', f);
+    for (const f of files)
+      if (!fs.existsSync(f)) throw new ModelFileError('shard listed in model.safetensors.index.json is missing', f);
     return { files, weightMap, indexFile: index };
   }
   if (fs.existsSync(single)) return { files: [single] };

@@ -26,8 +26,13 @@ const SKIPLAYER_ADDON = 'skiplayer.safetensors';
  * `defaultPolicy` when loaded with them): FlexiDepth ({@link DEFAULT_ADDON}), or with
  * `{policy: 'skiplayer'}` its SkipLayer routers.
  */
-export function defaultModelSetup(options?: { policy?: 'flexidepth' | 'skiplayer' | undefined }): { dir: string; addons: string[]; policy: Policy } {
+export function defaultModelSetup(options?: { policy?: 'flexidepth' | 'skiplayer' | undefined }): {
+  dir: string;
+  addons: string[];
+  policy: Policy;
+} {
   const dir = defaultModelDir();
-  if (options?.policy === 'skiplayer') return { dir, addons: [path.join(dir, SKIPLAYER_ADDON)], policy: { type: 'skiplayer' } };
+  if (options?.policy === 'skiplayer')
+    return { dir, addons: [path.join(dir, SKIPLAYER_ADDON)], policy: { type: 'skiplayer' } };
   return { dir, addons: [path.join(dir, DEFAULT_ADDON)], policy: { type: 'flexidepth' } };
 }

@@ -72,7 +72,8 @@ export function chooseDefaultPolicy(o: {
   if (o.addonFlexiDepthLayers.length)
     return {
       policy: { type: 'none' },
-      reason: "the FlexiDepth routers come from add-on files, which run only when a call asks for them (policy {type: 'flexidepth'})",
+      reason:
+        "the FlexiDepth routers come from add-on files, which run only when a call asks for them (policy {type: 'flexidepth'})",
     };
   return { policy: { type: 'none' }, reason: 'the checkpoint carries no FlexiDepth routers' };
 }

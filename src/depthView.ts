@@ -65,24 +65,29 @@ function checkLayers(layers: unknown, numLayers: number, name: string): asserts 
 }
 
 function checkSpan(span: unknown, numLayers: number, prefix: string): asserts span is DepthSpan {
-  if (typeof span !== 'object' || span === null) throw new InvalidOptionError(prefix || 'span', 'must be an object {text, layers}');
+  if (typeof span !== 'object' || span === null)
+    throw new InvalidOptionError(prefix || 'span', 'must be an object {text, layers}');
   const s = span as DepthSpan;
   const name = (k: string): string => (prefix ? `${prefix}.${k}` : k);
-  if (typeof s.text !== 'string') throw new InvalidOptionError(name('text'), `must be a string, got ${describeValue(s.text)}`);
+  if (typeof s.text !== 'string')
+    throw new InvalidOptionError(name('text'), `must be a string, got ${describeValue(s.text)}`);
   checkLayers(s.layers, numLayers, name('layers'));
   if (s.executed === undefined) return;
   const e = s.executed as unknown;
   if (typeof e !== 'object' || e === null || typeof (e as ArrayLike<number>).length !== 'number')
     throw new InvalidOptionError(name('executed'), `must be an array of 0/1 per layer, got ${describeValue(e)}`);
   const ex = e as ArrayLike<number>;
-  if (ex.length !== numLayers) throw new InvalidOptionError(name('executed'), `must have one entry per layer (${numLayers}), got ${ex.length}`);
+  if (ex.length !== numLayers)
+    throw new InvalidOptionError(name('executed'), `must have one entry per layer (${numLayers}), got ${ex.length}`);
   let ran = 0;
   for (let l = 0; l < numLayers; l++) {
     const v = ex[l];
-    if (v !== 0 && v !== 1) throw new InvalidOptionError(name('executed'), `entry ${l} must be 0 or 1, got ${describeValue(v)}`);
+    if (v !== 0 && v !== 1)
+      throw new InvalidOptionError(name('executed'), `entry ${l} must be 0 or 1, got ${describeValue(v)}`);
     ran += v;
   }
-  if (ran !== s.layers) throw new InvalidOptionError(name('executed'), `marks ${ran} layers as run but layers is ${s.layers}`);
+  if (ran !== s.layers)
+    throw new InvalidOptionError(name('executed'), `marks ${ran} layers as run but layers is ${s.layers}`);
 }
 
 function describeValue(v: unknown): string {
@@ -100,7 +105,11 @@ function colorAt(t: number): [number, number, number] {
   // i is in [0, length - 2] by construction.
   const a = VIRIDIS[i]!;
   const b = VIRIDIS[i + 1]!;
-  return [Math.round(a[0] + (b[0] - a[0]) * f), Math.round(a[1] + (b[1] - a[1]) * f), Math.round(a[2] + (b[2] - a[2]) * f)];
+  return [
+    Math.round(a[0] + (b[0] - a[0]) * f),
+    Math.round(a[1] + (b[1] - a[1]) * f),
+    Math.round(a[2] + (b[2] - a[2]) * f),
+  ];
 }
 
 /** WCAG relative luminance of an sRGB colour. */
@@ -154,14 +163,22 @@ export interface DepthAnsiOptions {
   colors?: '24bit' | '256' | undefined;
 }
 
-function checkAnsiOptions(o: DepthAnsiOptions | undefined, numLayers: number): { min: number; colors: '24bit' | '256' } {
+function checkAnsiOptions(
+  o: DepthAnsiOptions | undefined,
+  numLayers: number,
+): { min: number; colors: '24bit' | '256' } {
   if (o === undefined) return { min: 0, colors: '24bit' };
-  if (typeof o !== 'object' || o === null) throw new InvalidOptionError('options', 'must be an object {minLayers?, colors?}');
+  if (typeof o !== 'object' || o === null)
+    throw new InvalidOptionError('options', 'must be an object {minLayers?, colors?}');
   const min = o.minLayers ?? 0;
   if (!Number.isInteger(min) || min < 0 || min > numLayers)
-    throw new InvalidOptionError('minLayers', `must be an integer in 0..${numLayers}, got ${describeValue(o.minLayers)}`);
+    throw new InvalidOptionError(
+      'minLayers',
+      `must be an integer in 0..${numLayers}, got ${describeValue(o.minLayers)}`,
+    );
   const colors = o.colors ?? '24bit';
-  if (colors !== '24bit' && colors !== '256') throw new InvalidOptionError('colors', `must be '24bit' or '256', got ${describeValue(o.colors)}`);
+  if (colors !== '24bit' && colors !== '256')
+    throw new InvalidOptionError('colors', `must be '24bit' or '256', got ${describeValue(o.colors)}`);
   return { min, colors };
 }
 
@@ -186,11 +203,16 @@ export function depthColor(layers: number, numLayers: number): [number, number, 
 /** The index in xterm's 256-colour palette of the cube colour nearest to c. */
 function xterm256(c: readonly [number, number, number]): number {
   const levels = [0, 95, 135, 175, 215, 255];
-  const near = (v: number) => levels.reduce((best, l, i) => (Math.abs(l - v) < Math.abs(levels[best]! - v) ? i : best), 0);
+  const near = (v: number) =>
+    levels.reduce((best, l, i) => (Math.abs(l - v) < Math.abs(levels[best]! - v) ? i : best), 0);
   return 16 + 36 * near(c[0]) + 6 * near(c[1]) + near(c[2]);
 }
 
-function ansiColors(layers: number, numLayers: number, o: { min: number; colors: '24bit' | '256' } = { min: 0, colors: '24bit' }): string {
+function ansiColors(
+  layers: number,
+  numLayers: number,
+  o: { min: number; colors: '24bit' | '256' } = { min: 0, colors: '24bit' },
+): string {
   const bg = colorAt(scaled(layers, numLayers, o.min));
   const fg = foregroundFor(bg);
   if (o.colors === '256') return `${ESC}48;5;${xterm256(bg)}m${ESC}38;5;${fg[0] ? 231 : 16}m`;
@@ -228,7 +250,10 @@ export function depthLegendAnsi(numLayers: number, options?: DepthAnsiOptions): 
   checkNumLayers(numLayers);
   const o = checkAnsiOptions(options, numLayers);
   // Over a scale of a few depths, every depth has its swatch; over a long one, five ticks.
-  const ticks = numLayers - o.min <= 8 ? Array.from({ length: numLayers - o.min + 1 }, (_, i) => o.min + i) : legendTicks(numLayers - o.min).map((d) => d + o.min);
+  const ticks =
+    numLayers - o.min <= 8
+      ? Array.from({ length: numLayers - o.min + 1 }, (_, i) => o.min + i)
+      : legendTicks(numLayers - o.min).map((d) => d + o.min);
   return 'layers: ' + ticks.map((d) => `${ansiColors(d, numLayers, o)} ${d} ${RESET}`).join(' ');
 }
 
@@ -248,10 +273,13 @@ export function renderDepthViewAnsi(input: DepthViewInput): string {
 }
 
 function checkInput(input: DepthViewInput): DepthViewInput {
-  if (typeof input !== 'object' || input === null) throw new InvalidOptionError('input', 'must be an object {prompt, spans, numLayers}');
+  if (typeof input !== 'object' || input === null)
+    throw new InvalidOptionError('input', 'must be an object {prompt, spans, numLayers}');
   checkNumLayers(input.numLayers);
-  if (typeof input.prompt !== 'string') throw new InvalidOptionError('prompt', `must be a string, got ${describeValue(input.prompt)}`);
-  if (!Array.isArray(input.spans)) throw new InvalidOptionError('spans', `must be an array, got ${describeValue(input.spans)}`);
+  if (typeof input.prompt !== 'string')
+    throw new InvalidOptionError('prompt', `must be a string, got ${describeValue(input.prompt)}`);
+  if (!Array.isArray(input.spans))
+    throw new InvalidOptionError('spans', `must be an array, got ${describeValue(input.spans)}`);
   input.spans.forEach((s, i) => checkSpan(s, input.numLayers, `spans[${i}]`));
   for (const k of ['title', 'policy', 'model'] as const)
     if (input[k] !== undefined && typeof input[k] !== 'string')
@@ -264,7 +292,10 @@ function checkInput(input: DepthViewInput): DepthViewInput {
 
 /** Escapes text for HTML content and (double- or single-quoted) attribute values. */
 function escapeHtml(text: string): string {
-  return sanitize(text).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] as string);
+  return sanitize(text).replace(
+    /[&<>"']/g,
+    (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] as string,
+  );
 }
 
 function executedList(e: ArrayLike<number>): string {
@@ -317,8 +348,12 @@ export function renderDepthHtml(input: DepthViewInput): string {
     return `<span class="tok" style="background:${hex(bg)};color:${hex(foregroundFor(bg))}" title="${escapeHtml(tip)}">${escapeHtml(s.text)}</span>`;
   });
 
-  const stops = VIRIDIS.map((_, i) => `${hex(colorAt(i / (VIRIDIS.length - 1)))} ${((100 * i) / (VIRIDIS.length - 1)).toFixed(1)}%`);
-  const ticks = legendTicks(L).map((d) => `<div class="tick" style="left:${((100 * d) / L).toFixed(2)}%"><b>${d}</b></div>`);
+  const stops = VIRIDIS.map(
+    (_, i) => `${hex(colorAt(i / (VIRIDIS.length - 1)))} ${((100 * i) / (VIRIDIS.length - 1)).toFixed(1)}%`,
+  );
+  const ticks = legendTicks(L).map(
+    (d) => `<div class="tick" style="left:${((100 * d) / L).toFixed(2)}%"><b>${d}</b></div>`,
+  );
 
   const parts = [
     '<!DOCTYPE html>',
@@ -354,10 +389,15 @@ export function renderDepthHtml(input: DepthViewInput): string {
       for (const s of withMask) ran += (s.executed as ArrayLike<number>)[l] ?? 0;
       const frac = ran / withMask.length;
       const pct = (100 * frac).toFixed(1);
-      cols.push(`<div class="col" title="layer ${l}: ran for ${ran} of ${withMask.length} tokens (${pct}%)"><div class="fill" style="height:${pct}%"></div></div>`);
+      cols.push(
+        `<div class="col" title="layer ${l}: ran for ${ran} of ${withMask.length} tokens (${pct}%)"><div class="fill" style="height:${pct}%"></div></div>`,
+      );
       if (l % every === 0) labs.push(`<div class="lab" style="grid-column:${l + 1}">${l}</div>`);
     }
-    const of = withMask.length === spans.length ? `${spans.length}` : `${withMask.length} (of ${spans.length}) with a layer mask`;
+    const of =
+      withMask.length === spans.length
+        ? `${spans.length}`
+        : `${withMask.length} (of ${spans.length}) with a layer mask`;
     parts.push(
       '<h2>Fraction of generated tokens that ran each layer</h2>',
       `<div class="layers" style="grid-template-columns:repeat(${L}, minmax(0, 1fr))">${cols.join('')}${labs.join('')}</div>`,

@@ -187,7 +187,9 @@ export function fromNative(e: unknown): Error {
     case 'ERR_DEPTHGATE_CUDA':
       return new DepthgateError('ERR_DEPTHGATE_CUDA', err.message, { file: f, cause: err });
     case 'ERR_DEPTHGATE_INVALID_ARGUMENT': // a malformed call from this package to the addon
-      return new DepthgateError('ERR_DEPTHGATE_INTERNAL', `internal error (a bug in depthgate): ${err.message}`, { cause: err });
+      return new DepthgateError('ERR_DEPTHGATE_INTERNAL', `internal error (a bug in depthgate): ${err.message}`, {
+        cause: err,
+      });
     default:
       return new DepthgateError('ERR_DEPTHGATE_INTERNAL', err.message, { file: f, cause: err });
   }

@@ -61,7 +61,8 @@ function routingLayers(v: unknown, numLayers: number, file: string): number[] {
   };
   if (!Array.isArray(v) || v.some((x) => !Number.isInteger(x) || x < 0)) fail('must be a list of layer numbers');
   const list = v as number[];
-  for (const l of list) if (l >= numLayers) fail(`lists layer ${l}, but the model has ${numLayers} layers (0..${numLayers - 1})`);
+  for (const l of list)
+    if (l >= numLayers) fail(`lists layer ${l}, but the model has ${numLayers} layers (0..${numLayers - 1})`);
   const sorted = [...list].sort((a, b) => a - b);
   for (let i = 1; i < sorted.length; i++) if (sorted[i] === sorted[i - 1]) fail(`lists layer ${sorted[i]} twice`);
   return sorted;
@@ -80,12 +81,21 @@ function factor(raw: Record<string, unknown>, key: string, file: string): number
  * settings to the rules in the module comment. Other architectures keep reading only
  * `routing_layers` (their other keys are none of FlexiDepth's business).
  */
-export function readFlexiDepthFields(raw: Record<string, unknown>, arch: string, numLayers: number, file: string): FlexiDepthFields {
+export function readFlexiDepthFields(
+  raw: Record<string, unknown>,
+  arch: string,
+  numLayers: number,
+  file: string,
+): FlexiDepthFields {
   const out: FlexiDepthFields = {};
   const official = arch === FLEXIDEPTH_ARCHITECTURE;
-  if (raw.routing_layers !== undefined && raw.routing_layers !== null) out.routingLayers = routingLayers(raw.routing_layers, numLayers, file);
+  if (raw.routing_layers !== undefined && raw.routing_layers !== null)
+    out.routingLayers = routingLayers(raw.routing_layers, numLayers, file);
   else if (official)
-    throw new ModelFormatError(`'routing_layers' is missing: ${FLEXIDEPTH_ARCHITECTURE} routes the layers it lists`, file);
+    throw new ModelFormatError(
+      `'routing_layers' is missing: ${FLEXIDEPTH_ARCHITECTURE} routes the layers it lists`,
+      file,
+    );
   if (!official) return out;
   const r = factor(raw, 'router_reduction_factor', file);
   const p = factor(raw, 'proj_reduction_factor', file);

@@ -77,7 +77,13 @@ export class GenerationStream implements AsyncIterable<TokenChunk>, Disposable, 
   }
 
   /** @internal A stream generating a continuation of `seq`; it owns `seq` when `ownsSequence`. */
-  static start(seq: Sequence, input: GenerateInput, opts: GenerateOptions, policy: Policy, ownsSequence: boolean): GenerationStream {
+  static start(
+    seq: Sequence,
+    input: GenerateInput,
+    opts: GenerateOptions,
+    policy: Policy,
+    ownsSequence: boolean,
+  ): GenerationStream {
     return new GenerationStream(new GenerationRun(seq, input, opts, policy, ownsSequence));
   }
 

@@ -65,7 +65,8 @@ export class GenerationRun {
     const defaults = seq.model.generationDefaults.options;
     this.sampling = resolveSampling(opts, defaults);
     this.maxTokens = opts.maxTokens ?? defaults.maxTokens ?? DEFAULT_MAX_TOKENS;
-    if (opts.maxTokens === undefined && defaults.maxTokens !== undefined) this.sampling.fromGenerationConfig.push('maxTokens');
+    if (opts.maxTokens === undefined && defaults.maxTokens !== undefined)
+      this.sampling.fromGenerationConfig.push('maxTokens');
     this.result = new Promise((res, rej) => {
       this.resolveResult = res;
       this.rejectResult = rej;
@@ -212,24 +213,45 @@ export class GenerationRun {
       // Exact mode: after the full-depth prompt pass, each step drafts and verifies several tokens.
       this.spec =
         policy.type === 'speculative'
-          ? new SpeculativeDecoder(model, ns, policy, sampling, seq.speculativeThreshold(policy, sampling.temperature > 0), seed)
+          ? new SpeculativeDecoder(
+              model,
+              ns,
+              policy,
+              sampling,
+              seq.speculativeThreshold(policy, sampling.temperature > 0),
+              seed,
+            )
           : null;
       const fullDepth = new Uint8Array(L).fill(1);
       const noRouterWeights = new Float32Array(L).fill(NaN);
       let i = 0;
       decode: while (i < maxTokens) {
-        let produced: { token: number; executed: Uint8Array; routerWeights: Float32Array; speculative?: TokenChunk['speculative'] }[];
+        let produced: {
+          token: number;
+          executed: Uint8Array;
+          routerWeights: Float32Array;
+          speculative?: TokenChunk['speculative'];
+        }[];
         if (this.spec && i > 0) {
           // Every emitted token comes from a full-depth row of the verification pass.
           const step = await this.spec.step(input[0]!, i, maxTokens - i, stopCheck);
           const verification = this.spec.stats().verifications;
           produced = step.tokens.map((token, j) => ({
-            token, executed: fullDepth, routerWeights: noRouterWeights, speculative: { accepted: j < step.accepted, step: verification },
+            token,
+            executed: fullDepth,
+            routerWeights: noRouterWeights,
+            speculative: { accepted: j < step.accepted, step: verification },
           }));
         } else {
           // The pass producing generated token i; D3 decays its depth with i (the prompt pass is 0).
           const r = await model.run(
-            { sequence: ns, tokens: Int32Array.from(input), logits: 'none', sample: sampling, ...(i > 0 ? { genIndex: i } : {}) },
+            {
+              sequence: ns,
+              tokens: Int32Array.from(input),
+              logits: 'none',
+              sample: sampling,
+              ...(i > 0 ? { genIndex: i } : {}),
+            },
             policy,
           );
           produced = [{ token: r.token!, executed: r.executed, routerWeights: r.routerWeights }];
@@ -254,7 +276,15 @@ export class GenerationRun {
             break decode;
           }
           this.text += decoder.push(token);
-          waiting.push({ token, text: '', index, layers, executed, routerWeights, ...(speculative ? { speculative } : {}) });
+          waiting.push({
+            token,
+            text: '',
+            index,
+            layers,
+            executed,
+            routerWeights,
+            ...(speculative ? { speculative } : {}),
+          });
           // Text that may be the start of a stop string is held back, together with its tokens.
           const hit = stops.find(this.text, emitted);
           if (hit >= 0) {

@@ -14,7 +14,16 @@ export { loadModel, Model, Sequence, GenerationStream } from './model';
 export type { GenerateInput, ModelInfo, EvaluateResult, EvaluateOptions } from './model';
 export type { GenerateOptions, GenerateResult, LoadOptions, TokenChunk, DepthStats } from './options';
 export type { SamplingOptions, GenerationDefaults, ResolvedSampling } from './sampling';
-export type { Policy, NonePolicy, StaticPolicy, FlexiDepthPolicy, SkipLayerPolicy, D3Policy, SkipPolicy, SpeculativePolicy } from './policy';
+export type {
+  Policy,
+  NonePolicy,
+  StaticPolicy,
+  FlexiDepthPolicy,
+  SkipLayerPolicy,
+  D3Policy,
+  SkipPolicy,
+  SpeculativePolicy,
+} from './policy';
 export type { SpeculativeStats } from './speculative';
 export { validatePolicy, parsePolicy, formatPolicy, d3Depth, d3LayerSet } from './policy';
 export type { ChatMessage, ChatRole } from './chatTemplate';

@@ -16,7 +16,13 @@ export type GenerateInput = string | ChatMessage[] | { tokens: ArrayLike<number>
  * input calls `tooLong`, by default an InvalidOptionError), then checks each id is an integer in
  * 0..vocab-1. Errors name `name`.
  */
-export function tokenIdArray(v: unknown, name: string, vocab: number, maxLength: number, tooLong?: (n: number) => Error): number[] {
+export function tokenIdArray(
+  v: unknown,
+  name: string,
+  vocab: number,
+  maxLength: number,
+  tooLong?: (n: number) => Error,
+): number[] {
   const isArray = Array.isArray(v);
   const isTyped = ArrayBuffer.isView(v) && !(v instanceof DataView);
   if (!isArray && !isTyped && (typeof v !== 'object' || v === null || !('length' in v)))
@@ -26,7 +32,9 @@ export function tokenIdArray(v: unknown, name: string, vocab: number, maxLength:
     throw new InvalidOptionError(name, `must be an array of token ids (its length is ${String(n)})`);
   // An Array or typed array of any length already exists; a generic array-like is checked first.
   if (n > maxLength && (tooLong || (!isArray && !isTyped)))
-    throw tooLong ? tooLong(n) : new InvalidOptionError(name, `has ${n} elements, more than the ${maxLength} this call takes`);
+    throw tooLong
+      ? tooLong(n)
+      : new InvalidOptionError(name, `has ${n} elements, more than the ${maxLength} this call takes`);
   const ids = Array.from(v as ArrayLike<unknown>) as unknown[];
   for (let i = 0; i < ids.length; i++) {
     const t = ids[i];

@@ -9,7 +9,8 @@ import * as os from 'node:os';
 /** @internal Where the limit comes from; tests replace these to stand in for a container. */
 export const memorySources = {
   /** The cgroup (container) limit: Node returns 0, undefined or a huge number when there is none. */
-  constrained: (): number | undefined => (process as { constrainedMemory?: () => number | undefined }).constrainedMemory?.(),
+  constrained: (): number | undefined =>
+    (process as { constrainedMemory?: () => number | undefined }).constrainedMemory?.(),
   /** The machine's memory. */
   total: (): number => os.totalmem(),
 };

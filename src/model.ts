@@ -9,9 +9,26 @@ import * as path from 'node:path';
 import { native, type NativeModel, type NativeRequest, type NativeResponse } from './binding';
 import { listWeightFiles, readModelConfig, type ModelConfig } from './config';
 import { isGgufPath, openGgufModel } from './ggufModel';
-import { AbortError, ContextOverflowError, DisposedError, InvalidOptionError, ModelFileError, ModelFormatError, OutOfMemoryError, fromNative } from './errors';
+import {
+  AbortError,
+  ContextOverflowError,
+  DisposedError,
+  InvalidOptionError,
+  ModelFileError,
+  ModelFormatError,
+  OutOfMemoryError,
+  fromNative,
+} from './errors';
 import { readGenerationDefaults, type GenerationDefaults } from './sampling';
-import { checkInt, checkObject, validateGenerateOptions, validateLoadOptions, type GenerateOptions, type GenerateResult, type LoadOptions } from './options';
+import {
+  checkInt,
+  checkObject,
+  validateGenerateOptions,
+  validateLoadOptions,
+  type GenerateOptions,
+  type GenerateResult,
+  type LoadOptions,
+} from './options';
 import { Tokenizer, type ChatMessage } from './tokenizer';
 import { fullDepthOf, validatePolicy, type Policy } from './policy';
 import { resolveBackend } from './backend';
@@ -80,7 +97,8 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   const { backend } = resolveBackend(opts.backend);
   const root = path.resolve(dir);
   const gguf = isGgufPath(root);
-  if (!fs.existsSync(root)) throw new ModelFileError(gguf ? 'the GGUF file does not exist' : 'the model directory does not exist', root);
+  if (!fs.existsSync(root))
+    throw new ModelFileError(gguf ? 'the GGUF file does not exist' : 'the model directory does not exist', root);
   if (!gguf && !fs.statSync(root).isDirectory())
     throw new ModelFileError('is not a directory (expected a Hugging Face model directory or a .gguf file)', root);
   const source = gguf ? openGgufModel(root) : undefined;
@@ -120,7 +138,15 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   let nm: NativeModel;
   try {
     nm = await native().loadModel(
-      { files: [...files, ...addons], config, threads: opts.threads ?? native().buildInfo().usableProcessors, prefault: opts.prefault ?? true, backend, kvCacheType: opts.kvCacheType ?? 'bf16', weights: opts.weights ?? 'stored' },
+      {
+        files: [...files, ...addons],
+        config,
+        threads: opts.threads ?? native().buildInfo().usableProcessors,
+        prefault: opts.prefault ?? true,
+        backend,
+        kvCacheType: opts.kvCacheType ?? 'bf16',
+        weights: opts.weights ?? 'stored',
+      },
       onProgress,
       abortFlag,
     );
@@ -144,26 +170,43 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
       info.tensorNames.forEach((name, i) => {
         const where = fileOfTensor(i);
         if (addons.includes(where)) return;
-        if (!listed.has(name)) throw new ModelFormatError(`tensor '${name}' in ${where} is not listed in the index`, indexFile);
+        if (!listed.has(name))
+          throw new ModelFormatError(`tensor '${name}' in ${where} is not listed in the index`, indexFile);
         if (weightMap[name] !== where)
-          throw new ModelFormatError(`the index puts tensor '${name}' in ${weightMap[name]} but it is in ${where}`, indexFile);
+          throw new ModelFormatError(
+            `the index puts tensor '${name}' in ${weightMap[name]} but it is in ${where}`,
+            indexFile,
+          );
         listed.delete(name);
       });
       for (const name of listed)
-        throw new ModelFormatError(`tensor '${name}' is listed in the index but missing from ${weightMap[name]}`, indexFile);
+        throw new ModelFormatError(
+          `tensor '${name}' is listed in the index but missing from ${weightMap[name]}`,
+          indexFile,
+        );
     }
     const contextSize = opts.contextSize ?? Math.min(config.maxPositionEmbeddings, DEFAULT_CONTEXT);
     const budget = opts.memoryLimit ?? defaultMemoryBudget(info.weightBytes);
     // A layer's routers are the checkpoint's own when its router_enc tensor is in a shard, not an add-on.
     const fileOf = new Map(info.tensorNames.map((name, i) => [name, fileOfTensor(i)]));
-    const inCheckpoint = (l: number) => !addons.includes(fileOf.get(`model.layers.${l}.router.router_enc.weight`) ?? '');
+    const inCheckpoint = (l: number) =>
+      !addons.includes(fileOf.get(`model.layers.${l}.router.router_enc.weight`) ?? '');
     const checkpointFlexiDepthLayers = info.flexiDepthLayers.filter(inCheckpoint);
     const defaultPolicy = chooseDefaultPolicy({
       checkpointFlexiDepthLayers,
       addonFlexiDepthLayers: info.flexiDepthLayers.filter((l) => !inCheckpoint(l)),
       defaultModelSetup: isDefaultModelSetup(root, addons),
     });
-    return new Model(root, config, tokenizer, nm, contextSize, budget, { defaultPolicy, checkpointFlexiDepthLayers }, generationDefaults);
+    return new Model(
+      root,
+      config,
+      tokenizer,
+      nm,
+      contextSize,
+      budget,
+      { defaultPolicy, checkpointFlexiDepthLayers },
+      generationDefaults,
+    );
   } catch (e) {
     nm.dispose();
     throw e;
@@ -208,11 +251,19 @@ export class Model implements AsyncDisposable {
 
   /** @internal use {@link loadModel} */
   constructor(
-    dir: string, config: ModelConfig, tokenizer: Tokenizer, nm: NativeModel, contextSize: number, kvBudget: number,
+    dir: string,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    nm: NativeModel,
+    contextSize: number,
+    kvBudget: number,
     routers: { defaultPolicy: DefaultPolicy; checkpointFlexiDepthLayers: number[] },
     generationDefaults: GenerationDefaults = { file: null, options: {} },
   ) {
-    this.generationDefaults = Object.freeze({ file: generationDefaults.file, options: Object.freeze({ ...generationDefaults.options }) });
+    this.generationDefaults = Object.freeze({
+      file: generationDefaults.file,
+      options: Object.freeze({ ...generationDefaults.options }),
+    });
     const d = routers.defaultPolicy;
     this.defaultPolicy = Object.freeze({ policy: Object.freeze({ ...d.policy }), reason: d.reason });
     this.checkpointFlexiDepthLayers = routers.checkpointFlexiDepthLayers;
@@ -278,7 +329,8 @@ export class Model implements AsyncDisposable {
   detokenize(tokens: ArrayLike<number>, options?: { skipSpecialTokens?: boolean | undefined }): string {
     const o = checkObject(options, 'options');
     for (const k of Object.keys(o))
-      if (k !== 'skipSpecialTokens') throw new InvalidOptionError(k, 'is not a known option (known: skipSpecialTokens)');
+      if (k !== 'skipSpecialTokens')
+        throw new InvalidOptionError(k, 'is not a known option (known: skipSpecialTokens)');
     return this.tokenizer.decode(tokens, (o.skipSpecialTokens as boolean | undefined) ?? true);
   }
 
@@ -286,7 +338,8 @@ export class Model implements AsyncDisposable {
   applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean | undefined }): string {
     const o = checkObject(options, 'options');
     for (const k of Object.keys(o))
-      if (k !== 'addGenerationPrompt') throw new InvalidOptionError(k, 'is not a known option (known: addGenerationPrompt)');
+      if (k !== 'addGenerationPrompt')
+        throw new InvalidOptionError(k, 'is not a known option (known: addGenerationPrompt)');
     return this.tokenizer.applyChatTemplate(messages, (o.addGenerationPrompt as boolean | undefined) ?? true);
   }
 
@@ -297,7 +350,8 @@ export class Model implements AsyncDisposable {
    */
   createSequence(options?: { contextSize?: number | undefined }): Sequence {
     const o = checkObject(options, 'options');
-    for (const k of Object.keys(o)) if (k !== 'contextSize') throw new InvalidOptionError(k, 'is not a known option (known: contextSize)');
+    for (const k of Object.keys(o))
+      if (k !== 'contextSize') throw new InvalidOptionError(k, 'is not a known option (known: contextSize)');
     checkInt(o.contextSize, 'contextSize', 1, 2 ** 31 - 1);
     const ctx = (o.contextSize as number | undefined) ?? this.contextSize;
     checkContextSize(ctx, this.config);
@@ -341,7 +395,8 @@ export class Model implements AsyncDisposable {
       checkSpeculativeSampling(policy, opts, this.generationDefaults.options);
       ids = tokenizeInput(this.tokenizer, input, true, this.config.vocabSize, this.contextSize, this.contextSize);
     } catch (e) {
-      if (e instanceof ContextOverflowError || (e instanceof InvalidOptionError && e.option.startsWith('policy'))) return GenerationStream.failed(e);
+      if (e instanceof ContextOverflowError || (e instanceof InvalidOptionError && e.option.startsWith('policy')))
+        return GenerationStream.failed(e);
       throw e;
     }
     // A fresh sequence sized for the prompt plus maxTokens (not the whole default context).
@@ -439,7 +494,9 @@ export class Model implements AsyncDisposable {
     const p = resolved.type === 'speculative' ? resolved.draft : resolved;
     const field = resolved.type === 'speculative' ? 'policy.draft' : 'policy';
     if (p.type === 'flexidepth' || p.type === 'skiplayer') {
-      this.routerLayers ??= (({ flexiDepthLayers, skipRouterLayers }) => ({ flexiDepthLayers, skipRouterLayers }))(this.live().info());
+      this.routerLayers ??= (({ flexiDepthLayers, skipRouterLayers }) => ({ flexiDepthLayers, skipRouterLayers }))(
+        this.live().info(),
+      );
       const have = p.type === 'flexidepth' ? this.routerLayers.flexiDepthLayers : this.routerLayers.skipRouterLayers;
       if (have.length === 0)
         throw new InvalidOptionError(
@@ -461,4 +518,3 @@ export class Model implements AsyncDisposable {
     return this.scheduler.run(request, fullDepthOf(policy));
   }
 }
-

@@ -40,7 +40,11 @@ export function statRegularFile(file: string, what: string): fs.Stats {
     st = fs.statSync(file);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    throw new ModelFileError(err.code === 'ENOENT' ? `${what} is missing` : `cannot read ${what}: ${err.message}`, file, e);
+    throw new ModelFileError(
+      err.code === 'ENOENT' ? `${what} is missing` : `cannot read ${what}: ${err.message}`,
+      file,
+      e,
+    );
   }
   if (!st.isFile()) throw new ModelFileError(`${what} is not a regular file (it is ${kind(st)})`, file);
   return st;

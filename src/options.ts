@@ -154,10 +154,27 @@ export interface GenerateResult {
 export const INT32_MAX = 2 ** 31 - 1;
 
 const GENERATE_KEYS = new Set([
-  'maxTokens', ...SAMPLING_KEYS, 'seed', 'stop', 'stopOnEos', 'signal', 'stopOnAbort', 'onToken', 'policy',
+  'maxTokens',
+  ...SAMPLING_KEYS,
+  'seed',
+  'stop',
+  'stopOnEos',
+  'signal',
+  'stopOnAbort',
+  'onToken',
+  'policy',
 ]);
 const LOAD_KEYS = new Set([
-  'backend', 'threads', 'contextSize', 'memoryLimit', 'prefault', 'kvCacheType', 'weights', 'onProgress', 'signal', 'addons',
+  'backend',
+  'threads',
+  'contextSize',
+  'memoryLimit',
+  'prefault',
+  'kvCacheType',
+  'weights',
+  'onProgress',
+  'signal',
+  'addons',
   'generationConfig',
 ]);
 
@@ -177,23 +194,19 @@ export function checkObject(o: unknown, name: string): Record<string, unknown> {
 /** @internal Checks an optional integer option against a range. */
 export function checkInt(v: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): void {
   if (v === undefined) return;
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw new InvalidOptionError(name, `must be an integer, got ${describe(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v))
+    throw new InvalidOptionError(name, `must be an integer, got ${describe(v)}`);
   if (v < min || v > max) throw new InvalidOptionError(name, `must be between ${min} and ${max}, got ${v}`);
 }
 
-function checkNumber(v: unknown, name: string, min: number, max: number, minExclusive = false): void {
-  if (v === undefined) return;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new InvalidOptionError(name, `must be a finite number, got ${describe(v)}`);
-  if (v < min || v > max || (minExclusive && v === min))
-    throw new InvalidOptionError(name, `must be ${minExclusive ? 'above' : 'at least'} ${min} and at most ${max}, got ${v}`);
-}
-
 function checkBool(v: unknown, name: string): void {
-  if (v !== undefined && typeof v !== 'boolean') throw new InvalidOptionError(name, `must be true or false, got ${describe(v)}`);
+  if (v !== undefined && typeof v !== 'boolean')
+    throw new InvalidOptionError(name, `must be true or false, got ${describe(v)}`);
 }
 
 function checkFunction(v: unknown, name: string): void {
-  if (v !== undefined && typeof v !== 'function') throw new InvalidOptionError(name, `must be a function, got ${describe(v)}`);
+  if (v !== undefined && typeof v !== 'function')
+    throw new InvalidOptionError(name, `must be a function, got ${describe(v)}`);
 }
 
 function checkSignal(v: unknown, name: string): void {
@@ -245,13 +258,21 @@ export function validateLoadOptions(o: unknown): LoadOptions {
   checkInt(opts.memoryLimit, 'memoryLimit', 0);
   checkBool(opts.prefault, 'prefault');
   checkBool(opts.generationConfig, 'generationConfig');
-  if (opts.kvCacheType !== undefined && opts.kvCacheType !== 'f32' && opts.kvCacheType !== 'f16' && opts.kvCacheType !== 'bf16')
+  if (
+    opts.kvCacheType !== undefined &&
+    opts.kvCacheType !== 'f32' &&
+    opts.kvCacheType !== 'f16' &&
+    opts.kvCacheType !== 'bf16'
+  )
     throw new InvalidOptionError('kvCacheType', `must be 'f32', 'f16' or 'bf16', got ${describe(opts.kvCacheType)}`);
   if (opts.weights !== undefined && opts.weights !== 'stored' && opts.weights !== 'q8_0' && opts.weights !== 'q4_0')
     throw new InvalidOptionError('weights', `must be 'stored', 'q8_0' or 'q4_0', got ${describe(opts.weights)}`);
   checkFunction(opts.onProgress, 'onProgress');
   checkSignal(opts.signal, 'signal');
-  if (opts.addons !== undefined && (!Array.isArray(opts.addons) || opts.addons.some((a) => typeof a !== 'string' || a === '')))
+  if (
+    opts.addons !== undefined &&
+    (!Array.isArray(opts.addons) || opts.addons.some((a) => typeof a !== 'string' || a === ''))
+  )
     throw new InvalidOptionError('addons', 'must be an array of safetensors file paths');
   return opts as LoadOptions;
 }

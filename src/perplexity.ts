@@ -50,12 +50,20 @@ function intOption(v: unknown, name: string, min: number, max: number): number {
 }
 
 /** Scores `ids` with `model` under `options.policy`; see the module comment for the protocol. */
-export async function measurePerplexity(model: Model, ids: ArrayLike<number>, options: PerplexityOptions = {}): Promise<PerplexityResult> {
+export async function measurePerplexity(
+  model: Model,
+  ids: ArrayLike<number>,
+  options: PerplexityOptions = {},
+): Promise<PerplexityResult> {
   const maxWindow = model.info.contextSize;
-  const window = options.window === undefined ? Math.min(256, maxWindow) : intOption(options.window, 'window', 2, maxWindow);
+  const window =
+    options.window === undefined ? Math.min(256, maxWindow) : intOption(options.window, 'window', 2, maxWindow);
   const context =
-    options.context === undefined ? Math.max(1, Math.floor(window / 4)) : intOption(options.context, 'context', 1, window - 1);
-  const maxTokens = options.maxTokens === undefined ? Infinity : intOption(options.maxTokens, 'maxTokens', 1, Number.MAX_SAFE_INTEGER);
+    options.context === undefined
+      ? Math.max(1, Math.floor(window / 4))
+      : intOption(options.context, 'context', 1, window - 1);
+  const maxTokens =
+    options.maxTokens === undefined ? Infinity : intOption(options.maxTokens, 'maxTokens', 1, Number.MAX_SAFE_INTEGER);
   if (ids.length < window)
     throw new InvalidOptionError('text', `has ${ids.length} tokens, fewer than one window of ${window}`);
   const L = model.config.numLayers;
@@ -69,7 +77,11 @@ export async function measurePerplexity(model: Model, ids: ArrayLike<number>, op
     const w = Array.from({ length: window }, (_, i) => ids[start + i]!);
     const seq = model.createSequence();
     try {
-      const r = await seq.evaluate(w, { ...(options.policy ? { policy: options.policy } : {}), generatedFrom: context, signal: options.signal });
+      const r = await seq.evaluate(w, {
+        ...(options.policy ? { policy: options.policy } : {}),
+        generatedFrom: context,
+        signal: options.signal,
+      });
       // Row k predicts token k + 1; the scored tokens are context..window-1.
       for (let k = context - 1; k < window - 1; k++) {
         const row = r.logits[k]!;

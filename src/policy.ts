@@ -109,13 +109,21 @@ function layerList(v: unknown, name: string, layers: number): number[] | undefin
 /** Validates a policy against a model of `layers` layers; returns a normalised copy. */
 export function validatePolicy(p: unknown, layers: number): Policy {
   if (p === undefined) return { type: 'none' };
-  if (typeof p !== 'object' || p === null || Array.isArray(p)) throw new InvalidOptionError('policy', 'must be an object with a type');
+  if (typeof p !== 'object' || p === null || Array.isArray(p))
+    throw new InvalidOptionError('policy', 'must be an object with a type');
   const o = p as Record<string, unknown>;
   const type = o.type as Policy['type'];
   if (typeof type !== 'string' || !Object.hasOwn(KEYS, type))
-    throw new InvalidOptionError('policy.type', `must be one of ${Object.keys(KEYS).join(', ')}, got ${JSON.stringify(o.type)}`);
+    throw new InvalidOptionError(
+      'policy.type',
+      `must be one of ${Object.keys(KEYS).join(', ')}, got ${JSON.stringify(o.type)}`,
+    );
   for (const k of Object.keys(o))
-    if (!KEYS[type].includes(k)) throw new InvalidOptionError(`policy.${k}`, `is not an option of the ${type} policy (known: ${KEYS[type].join(', ')})`);
+    if (!KEYS[type].includes(k))
+      throw new InvalidOptionError(
+        `policy.${k}`,
+        `is not an option of the ${type} policy (known: ${KEYS[type].join(', ')})`,
+      );
   switch (type) {
     case 'none':
     case 'skiplayer':
@@ -144,9 +152,18 @@ export function validatePolicy(p: unknown, layers: number): Policy {
         throw new InvalidOptionError('policy.alpha', `must be a number in (0, 1], got ${JSON.stringify(alpha)}`);
       // int32 natively
       if (start !== undefined && (!Number.isInteger(start) || (start as number) < 0 || (start as number) > 2 ** 31 - 1))
-        throw new InvalidOptionError('policy.start', `must be an integer in 0..${2 ** 31 - 1}, got ${JSON.stringify(start)}`);
-      if (minLayers !== undefined && (!Number.isInteger(minLayers) || (minLayers as number) < 0 || (minLayers as number) > layers))
-        throw new InvalidOptionError('policy.minLayers', `must be an integer in 0..${layers}, got ${JSON.stringify(minLayers)}`);
+        throw new InvalidOptionError(
+          'policy.start',
+          `must be an integer in 0..${2 ** 31 - 1}, got ${JSON.stringify(start)}`,
+        );
+      if (
+        minLayers !== undefined &&
+        (!Number.isInteger(minLayers) || (minLayers as number) < 0 || (minLayers as number) > layers)
+      )
+        throw new InvalidOptionError(
+          'policy.minLayers',
+          `must be an integer in 0..${layers}, got ${JSON.stringify(minLayers)}`,
+        );
       const out: D3Policy = { type, alpha };
       if (start !== undefined) out.start = start as number;
       if (minLayers !== undefined) out.minLayers = minLayers as number;
@@ -156,7 +173,11 @@ export function validatePolicy(p: unknown, layers: number): Policy {
 }
 
 function validateSpeculative(o: Record<string, unknown>, layers: number): SpeculativePolicy {
-  if (o.draft === undefined) throw new InvalidOptionError('policy.draft', 'is required: the skip policy that drafts (e.g. {type: "flexidepth"})');
+  if (o.draft === undefined)
+    throw new InvalidOptionError(
+      'policy.draft',
+      'is required: the skip policy that drafts (e.g. {type: "flexidepth"})',
+    );
   if (typeof o.draft === 'object' && o.draft !== null && (o.draft as { type?: unknown }).type === 'speculative')
     throw new InvalidOptionError('policy.draft', 'must be a skip policy, not speculative');
   let draft: SkipPolicy;
@@ -165,24 +186,36 @@ function validateSpeculative(o: Record<string, unknown>, layers: number): Specul
   } catch (e) {
     // Name the draft's field: policy.draft.threshold, not policy.threshold.
     if (e instanceof InvalidOptionError)
-      throw new InvalidOptionError(e.option.replace(/^policy/, 'policy.draft'), e.message.replace(/^option '[^']*': /, ''));
+      throw new InvalidOptionError(
+        e.option.replace(/^policy/, 'policy.draft'),
+        e.message.replace(/^option '[^']*': /, ''),
+      );
     throw e;
   }
   const out: SpeculativePolicy = { type: 'speculative', draft };
   const { maxDraft, minConfidence, targetAcceptance } = o;
   if (maxDraft !== undefined) {
     if (!Number.isInteger(maxDraft) || (maxDraft as number) < 1 || (maxDraft as number) > MAX_DRAFT_LIMIT)
-      throw new InvalidOptionError('policy.maxDraft', `must be an integer in 1..${MAX_DRAFT_LIMIT}, got ${JSON.stringify(maxDraft)}`);
+      throw new InvalidOptionError(
+        'policy.maxDraft',
+        `must be an integer in 1..${MAX_DRAFT_LIMIT}, got ${JSON.stringify(maxDraft)}`,
+      );
     out.maxDraft = maxDraft as number;
   }
   if (minConfidence !== undefined) {
     if (typeof minConfidence !== 'number' || !(minConfidence >= 0 && minConfidence <= 1))
-      throw new InvalidOptionError('policy.minConfidence', `must be a number in [0, 1], got ${JSON.stringify(minConfidence)}`);
+      throw new InvalidOptionError(
+        'policy.minConfidence',
+        `must be a number in [0, 1], got ${JSON.stringify(minConfidence)}`,
+      );
     out.minConfidence = minConfidence;
   }
   if (targetAcceptance !== undefined) {
     if (typeof targetAcceptance !== 'number' || !(targetAcceptance > 0 && targetAcceptance <= 1))
-      throw new InvalidOptionError('policy.targetAcceptance', `must be a number in (0, 1], got ${JSON.stringify(targetAcceptance)}`);
+      throw new InvalidOptionError(
+        'policy.targetAcceptance',
+        `must be a number in (0, 1], got ${JSON.stringify(targetAcceptance)}`,
+      );
     out.targetAcceptance = targetAcceptance;
   }
   return out;
@@ -226,7 +259,8 @@ export function parsePolicy(text: string, layers: number): Policy {
   // an error, not 0.
   const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
   const num = (k: string, v: string) => {
-    if (!DECIMAL.test(v)) throw new InvalidOptionError(`policy.${k}`, v === '' ? 'needs a value' : `'${v}' is not a number`);
+    if (!DECIMAL.test(v))
+      throw new InvalidOptionError(`policy.${k}`, v === '' ? 'needs a value' : `'${v}' is not a number`);
     return Number(v);
   };
   const list = (k: string, v: string) => {
@@ -238,18 +272,31 @@ export function parsePolicy(text: string, layers: number): Policy {
   };
   const spec: Record<string, unknown> = { type };
   const rename: Record<string, string> = {
-    skip: 'skipLayers', attn: 'skipAttention', mlp: 'skipMlp', threshold: 'threshold', alpha: 'alpha', start: 'start', min: 'minLayers',
+    skip: 'skipLayers',
+    attn: 'skipAttention',
+    mlp: 'skipMlp',
+    threshold: 'threshold',
+    alpha: 'alpha',
+    start: 'start',
+    min: 'minLayers',
   };
   for (const [k, v] of Object.entries(params)) {
     const key = Object.hasOwn(rename, k) ? rename[k] : undefined;
-    if (!key) throw new InvalidOptionError(`policy.${k}`, 'is not a known policy parameter (skip, attn, mlp, threshold, alpha, start, min)');
+    if (!key)
+      throw new InvalidOptionError(
+        `policy.${k}`,
+        'is not a known policy parameter (skip, attn, mlp, threshold, alpha, start, min)',
+      );
     spec[key] = ['skipLayers', 'skipAttention', 'skipMlp'].includes(key) ? list(k, v) : num(k, v);
   }
   return validatePolicy(spec, layers);
 }
 
 const SPECULATIVE_KEYS: Record<string, keyof SpeculativePolicy> = {
-  draft: 'draft', maxDraft: 'maxDraft', minConfidence: 'minConfidence', target: 'targetAcceptance',
+  draft: 'draft',
+  maxDraft: 'maxDraft',
+  minConfidence: 'minConfidence',
+  target: 'targetAcceptance',
 };
 
 function parseSpeculative(rest: string, layers: number): Policy {
@@ -262,17 +309,26 @@ function parseSpeculative(rest: string, layers: number): Policy {
     const key = Object.hasOwn(SPECULATIVE_KEYS, k) ? SPECULATIVE_KEYS[k] : undefined;
     if (key === 'draft') draftType = v;
     else if (key) {
-      if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(v)) throw new InvalidOptionError(`policy.${key}`, v === '' ? 'needs a value' : `'${v}' is not a number`);
+      if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(v))
+        throw new InvalidOptionError(`policy.${key}`, v === '' ? 'needs a value' : `'${v}' is not a number`);
       spec[key] = Number(v);
     } else draftParams.push(kv);
   }
-  if (!draftType) throw new InvalidOptionError('policy.draft', 'is required: speculative:draft=<policy>, e.g. speculative:draft=flexidepth');
-  if (draftType === 'speculative') throw new InvalidOptionError('policy.draft', 'must be a skip policy, not speculative');
+  if (!draftType)
+    throw new InvalidOptionError(
+      'policy.draft',
+      'is required: speculative:draft=<policy>, e.g. speculative:draft=flexidepth',
+    );
+  if (draftType === 'speculative')
+    throw new InvalidOptionError('policy.draft', 'must be a skip policy, not speculative');
   try {
     spec.draft = parsePolicy(draftParams.length ? `${draftType}:${draftParams.join(',')}` : draftType, layers);
   } catch (e) {
     if (e instanceof InvalidOptionError)
-      throw new InvalidOptionError(e.option.replace(/^policy/, 'policy.draft'), e.message.replace(/^option '[^']*': /, ''));
+      throw new InvalidOptionError(
+        e.option.replace(/^policy/, 'policy.draft'),
+        e.message.replace(/^option '[^']*': /, ''),
+      );
     throw e;
   }
   return validatePolicy(spec, layers);
@@ -285,7 +341,9 @@ function parseSpeculative(rest: string, layers: number): Policy {
 export function formatPolicy(p: Policy): string {
   const join = (name: string, pairs: [string, unknown][]) => {
     const set = pairs.filter(([, v]) => v !== undefined && !(Array.isArray(v) && v.length === 0));
-    return set.length ? `${name}:${set.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}` : name;
+    return set.length
+      ? `${name}:${set.map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(',')}`
+      : name;
   };
   switch (p.type) {
     case 'none':
@@ -294,16 +352,32 @@ export function formatPolicy(p: Policy): string {
     case 'flexidepth':
       return join('flexidepth', [['threshold', p.threshold]]);
     case 'static':
-      return join('static', [['skip', p.skipLayers], ['attn', p.skipAttention], ['mlp', p.skipMlp]]);
+      return join('static', [
+        ['skip', p.skipLayers],
+        ['attn', p.skipAttention],
+        ['mlp', p.skipMlp],
+      ]);
     case 'd3':
-      return join('d3', [['alpha', p.alpha], ['start', p.start], ['min', p.minLayers]]);
+      return join('d3', [
+        ['alpha', p.alpha],
+        ['start', p.start],
+        ['min', p.minLayers],
+      ]);
     case 'speculative': {
       const draft = formatPolicy(p.draft);
       const colon = draft.indexOf(':');
-      const own = [['maxDraft', p.maxDraft], ['minConfidence', p.minConfidence], ['target', p.targetAcceptance]]
+      const own = [
+        ['maxDraft', p.maxDraft],
+        ['minConfidence', p.minConfidence],
+        ['target', p.targetAcceptance],
+      ]
         .filter(([, v]) => v !== undefined)
         .map(([k, v]) => `${k}=${String(v)}`);
-      const params = [`draft=${colon < 0 ? draft : draft.slice(0, colon)}`, ...(colon < 0 ? [] : [draft.slice(colon + 1)]), ...own];
+      const params = [
+        `draft=${colon < 0 ? draft : draft.slice(0, colon)}`,
+        ...(colon < 0 ? [] : [draft.slice(colon + 1)]),
+        ...own,
+      ];
       return `speculative:${params.join(',')}`;
     }
   }

@@ -44,7 +44,9 @@ export interface GenerationDefaults {
    * temperature 0; `do_sample: true` gives its temperature, top_k and top_p, with transformers'
    * own defaults (1, 50, 1) for those it leaves out; repetition_penalty and max_new_tokens when set.
    */
-  options: Partial<Pick<SamplingOptions, 'temperature' | 'topK' | 'topP' | 'repetitionPenalty'>> & { maxTokens?: number };
+  options: Partial<Pick<SamplingOptions, 'temperature' | 'topK' | 'topP' | 'repetitionPenalty'>> & {
+    maxTokens?: number;
+  };
 }
 
 /** The sampling a generation ran with (GenerateResult.sampling). */
@@ -63,7 +65,13 @@ export interface ResolvedSampling {
 
 /** @internal The keys of SamplingOptions. */
 export const SAMPLING_KEYS = [
-  'temperature', 'topK', 'topP', 'repetitionPenalty', 'frequencyPenalty', 'presencePenalty', 'penaltyWindow',
+  'temperature',
+  'topK',
+  'topP',
+  'repetitionPenalty',
+  'frequencyPenalty',
+  'presencePenalty',
+  'penaltyWindow',
 ] as const;
 
 const INT32_MAX = 2 ** 31 - 1;
@@ -76,14 +84,19 @@ function describe(v: unknown): string {
 
 function checkNumber(v: unknown, name: string, min: number, max: number, minExclusive = false): void {
   if (v === undefined) return;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new InvalidOptionError(name, `must be a finite number, got ${describe(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new InvalidOptionError(name, `must be a finite number, got ${describe(v)}`);
   if (v < min || v > max || (minExclusive && v === min))
-    throw new InvalidOptionError(name, `must be ${minExclusive ? 'above' : 'at least'} ${min} and at most ${max}, got ${v}`);
+    throw new InvalidOptionError(
+      name,
+      `must be ${minExclusive ? 'above' : 'at least'} ${min} and at most ${max}, got ${v}`,
+    );
 }
 
 function checkInt(v: unknown, name: string, min: number, max: number): void {
   if (v === undefined) return;
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw new InvalidOptionError(name, `must be an integer, got ${describe(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v))
+    throw new InvalidOptionError(name, `must be an integer, got ${describe(v)}`);
   if (v < min || v > max) throw new InvalidOptionError(name, `must be between ${min} and ${max}, got ${v}`);
 }
 
@@ -126,7 +139,11 @@ export function readGenerationDefaults(dir: string): GenerationDefaults {
   const topK = field('top_k', (v) => Number.isInteger(v) && v >= 0 && v <= INT32_MAX, 'an integer >= 0');
   const topP = field('top_p', (v) => v > 0 && v <= 1, 'a number above 0 and at most 1');
   const repetitionPenalty = field('repetition_penalty', (v) => v > 0 && v <= 100, 'a number above 0 (1 = off)');
-  const maxNewTokens = field('max_new_tokens', (v) => Number.isInteger(v) && v >= 1 && v <= INT32_MAX, 'an integer >= 1');
+  const maxNewTokens = field(
+    'max_new_tokens',
+    (v) => Number.isInteger(v) && v >= 1 && v <= INT32_MAX,
+    'an integer >= 1',
+  );
   const options: GenerationDefaults['options'] = {};
   if (doSample === true) {
     options.temperature = temperature ?? HF_DEFAULTS.temperature;

@@ -69,7 +69,10 @@ export class Scheduler {
   private async runBatch(nm: NativeModel, batch: [Pending, ...Pending[]]): Promise<void> {
     const [first] = batch;
     try {
-      const out = await nm.forward(batch.map((p) => p.request), first.policy);
+      const out = await nm.forward(
+        batch.map((p) => p.request),
+        first.policy,
+      );
       batch.forEach((p, i) => {
         const r = out[i];
         if (r) p.resolve(r);

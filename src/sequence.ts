@@ -64,7 +64,11 @@ export class Sequence implements Disposable, AsyncDisposable {
   private pendingToken: number | null = null;
 
   /** @internal use {@link Model.createSequence} */
-  constructor(readonly model: Model, ns: NativeSequence, contextSize: number) {
+  constructor(
+    readonly model: Model,
+    ns: NativeSequence,
+    contextSize: number,
+  ) {
     this.ns = ns;
     this.contextSize = contextSize;
   }
@@ -97,7 +101,8 @@ export class Sequence implements Disposable, AsyncDisposable {
   /** Forgets everything: the next input starts at position 0. Refused (BusyError) while a call is generating. */
   reset(): void {
     const ns = this.live();
-    if (this.busy) throw new BusyError('the sequence is generating: reset() it once that call has ended (or cancel it first)');
+    if (this.busy)
+      throw new BusyError('the sequence is generating: reset() it once that call has ended (or cancel it first)');
     ns.truncate(0);
     this.tokens.length = 0;
     this.pendingToken = null;
@@ -116,7 +121,14 @@ export class Sequence implements Disposable, AsyncDisposable {
   inputTokens(input: GenerateInput): number[] {
     const fresh = this.tokens.length === 0 && this.pendingToken === null;
     const room = this.contextSize - this.tokens.length - (this.pendingToken === null ? 0 : 1);
-    const ids = tokenizeInput(this.model.tokenizer, input, fresh, this.model.config.vocabSize, Math.max(0, room), this.contextSize);
+    const ids = tokenizeInput(
+      this.model.tokenizer,
+      input,
+      fresh,
+      this.model.config.vocabSize,
+      Math.max(0, room),
+      this.contextSize,
+    );
     if (this.pendingToken !== null) ids.unshift(this.pendingToken);
     if (ids.length === 0) throw new InvalidOptionError('input', 'is empty');
     return ids;
@@ -169,7 +181,10 @@ export class Sequence implements Disposable, AsyncDisposable {
         if (signal?.aborted) throw new AbortError('evaluation was aborted', signal.reason);
         const slice = ids.slice(start, start + PREFILL_SLICE);
         const genIndex = genStart === undefined ? {} : { genIndex: start - genStart + 1 };
-        const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(slice), logits: 'all', ...genIndex }, policy);
+        const r = await this.model.run(
+          { sequence: ns, tokens: Int32Array.from(slice), logits: 'all', ...genIndex },
+          policy,
+        );
         this.tokens.push(...slice);
         this.pendingToken = null;
         weightBytes += r.weightBytes;
@@ -264,7 +279,8 @@ export class Sequence implements Disposable, AsyncDisposable {
    */
   speculativeThreshold(policy: SpeculativePolicy, sampled: boolean): AdaptiveThreshold {
     const key = JSON.stringify([policy, sampled]);
-    if (this.threshold?.key !== key) this.threshold = { key, minConfidence: initialThreshold(policy, sampled), ema: undefined };
+    if (this.threshold?.key !== key)
+      this.threshold = { key, minConfidence: initialThreshold(policy, sampled), ema: undefined };
     return this.threshold;
   }
   private threshold: AdaptiveThreshold | undefined;
@@ -275,4 +291,3 @@ export class Sequence implements Disposable, AsyncDisposable {
     this.pendingToken = pending;
   }
 }
-

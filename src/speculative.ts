@@ -15,8 +15,14 @@ import type { Model } from './model';
 import type { Policy, SkipPolicy, SpeculativePolicy } from './policy';
 import { DEFAULT_MAX_DRAFT } from './policy';
 import {
-  SplitMix64, argmaxOf, drawFrom, samplingDistribution, topProbability, verifySampled,
-  type SamplingParams, type TokenDistribution,
+  SplitMix64,
+  argmaxOf,
+  drawFrom,
+  samplingDistribution,
+  topProbability,
+  verifySampled,
+  type SamplingParams,
+  type TokenDistribution,
 } from './speculativeSampling';
 
 /** What exact mode did in a generation (GenerateResult.speculative). */
@@ -210,7 +216,11 @@ export class SpeculativeDecoder {
  * run with a penalty would not be the full model's output, so it is refused, naming the option
  * (and saying when the value came from generation_config.json).
  */
-export function checkSpeculativeSampling(policy: Policy, opts: SamplingOptions, defaults: GenerationDefaults['options']): void {
+export function checkSpeculativeSampling(
+  policy: Policy,
+  opts: SamplingOptions,
+  defaults: GenerationDefaults['options'],
+): void {
   if (policy.type !== 'speculative') return;
   const s = resolveSampling(opts, defaults);
   const bad: [keyof SamplingOptions, number, number][] = [
@@ -223,6 +233,8 @@ export function checkSpeculativeSampling(policy: Policy, opts: SamplingOptions, 
       throw new InvalidOptionError(
         name,
         `exact mode (policy 'speculative') does not apply penalties yet; got ${v}` +
-          (s.fromGenerationConfig.includes(name) ? ` from generation_config.json (pass ${name}: ${off})` : ` (use ${off})`),
+          (s.fromGenerationConfig.includes(name)
+            ? ` from generation_config.json (pass ${name}: ${off})`
+            : ` (use ${off})`),
       );
 }

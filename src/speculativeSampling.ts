@@ -120,7 +120,7 @@ export function drawFrom(d: TokenDistribution, u: number): number {
     if (u < cumulative) return d.ids[i]!;
   }
   // Rounding can leave u just past the last sum: the last token with mass wins.
-  for (let i = d.ids.length; i-- > 0; ) if (d.probs[i]! > 0) return d.ids[i]!;
+  for (let i = d.ids.length; i-- > 0;) if (d.probs[i]! > 0) return d.ids[i]!;
   return d.ids[0]!;
 }
 
@@ -160,7 +160,12 @@ export function residualDistribution(p: TokenDistribution, q: TokenDistribution)
  * emit: the accepted prefix of the draft, then one token from the residual (on a rejection) or
  * from the last p (all accepted). `uniform()` gives the draws, in [0, 1).
  */
-export function verifySampled(drafted: number[], qs: TokenDistribution[], ps: TokenDistribution[], uniform: () => number): number[] {
+export function verifySampled(
+  drafted: number[],
+  qs: TokenDistribution[],
+  ps: TokenDistribution[],
+  uniform: () => number,
+): number[] {
   const out: number[] = [];
   for (let j = 0; j < drafted.length; j++) {
     const x = drafted[j]!;

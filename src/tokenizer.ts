@@ -114,7 +114,13 @@ export class Tokenizer {
       throw new ModelFormatError('tokenizer.json must hold a JSON object', tjFile);
     if (typeof tc !== 'object' || tc === null || Array.isArray(tc))
       throw new ModelFormatError('tokenizer_config.json must hold a JSON object', tcFile);
-    return Tokenizer.fromObjects(tj as Record<string, unknown>, tc as Record<string, unknown>, bosTokenId, tjFile, tcFile);
+    return Tokenizer.fromObjects(
+      tj as Record<string, unknown>,
+      tc as Record<string, unknown>,
+      bosTokenId,
+      tjFile,
+      tcFile,
+    );
   }
 
   /**
@@ -170,7 +176,8 @@ export class Tokenizer {
    * InvalidOptionError on `tokens`.
    */
   decode(ids: ArrayLike<number>, skipSpecialTokens = true): string {
-    if (typeof skipSpecialTokens !== 'boolean') throw new InvalidOptionError('skipSpecialTokens', 'must be true or false');
+    if (typeof skipSpecialTokens !== 'boolean')
+      throw new InvalidOptionError('skipSpecialTokens', 'must be true or false');
     const list = tokenIdArray(ids, 'tokens', this.size, MAX_DECODE_ARRAY_LIKE);
     return this.decodeIds(list, skipSpecialTokens);
   }
@@ -190,7 +197,8 @@ export class Tokenizer {
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): string {
     if (!Array.isArray(messages) || messages.some((m) => typeof m?.role !== 'string' || typeof m?.content !== 'string'))
       throw new InvalidOptionError('messages', 'must be an array of {role: string, content: string}');
-    if (typeof addGenerationPrompt !== 'boolean') throw new InvalidOptionError('addGenerationPrompt', 'must be true or false');
+    if (typeof addGenerationPrompt !== 'boolean')
+      throw new InvalidOptionError('addGenerationPrompt', 'must be true or false');
     if (!this.chatTemplate)
       throw new InvalidOptionError('messages', "this model's tokenizer_config.json has no chat_template");
     this.template ??= new ChatTemplate(this.chatTemplate, this.configFile);

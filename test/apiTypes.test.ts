@@ -15,12 +15,23 @@ function compile(source: string, extra: ts.CompilerOptions = {}): string[] {
   const file = path.join(tmpDir(), 'user.ts');
   fs.writeFileSync(file, source);
   const options: ts.CompilerOptions = {
-    strict: true, noEmit: true, target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.Node16, moduleResolution: ts.ModuleResolutionKind.Node16,
-    lib: ['lib.es2023.d.ts', 'lib.esnext.disposable.d.ts'], types: ['node'], typeRoots: [path.join(__dirname, '..', 'node_modules', '@types')],
-    baseUrl: dist, paths: { depthgate: [path.join(dist, 'index.d.ts')] }, skipLibCheck: true, ...extra,
+    strict: true,
+    noEmit: true,
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.Node16,
+    moduleResolution: ts.ModuleResolutionKind.Node16,
+    lib: ['lib.es2023.d.ts', 'lib.esnext.disposable.d.ts'],
+    types: ['node'],
+    typeRoots: [path.join(__dirname, '..', 'node_modules', '@types')],
+    baseUrl: dist,
+    paths: { depthgate: [path.join(dist, 'index.d.ts')] },
+    skipLibCheck: true,
+    ...extra,
   };
   const program = ts.createProgram([file], options);
-  return ts.getPreEmitDiagnostics(program).map((d) => `${d.code}: ${ts.flattenDiagnosticMessageText(d.messageText, '\n')}`);
+  return ts
+    .getPreEmitDiagnostics(program)
+    .map((d) => `${d.code}: ${ts.flattenDiagnosticMessageText(d.messageText, '\n')}`);
 }
 
 test('every option accepts undefined under exactOptionalPropertyTypes; roles are a union that takes others', () => {
@@ -44,14 +55,23 @@ void [load, gen, ev, ppl, srv, d3, roles, session];
 
 test('the shipped declarations are complete: no name in them refers to a stripped internal', () => {
   // With skipLibCheck a dangling name silently becomes any (a union typed by a stripped constant did).
-  const diagnostics = compile(`import type * as D from 'depthgate';\nimport type * as T from 'depthgate/testing';\nexport type X = [D.Model, T.TinyModelOptions];\n`, {
-    skipLibCheck: false, paths: { depthgate: [path.join(dist, 'index.d.ts')], 'depthgate/testing': [path.join(dist, 'testing', 'index.d.ts')] },
-  });
+  const diagnostics = compile(
+    `import type * as D from 'depthgate';\nimport type * as T from 'depthgate/testing';\nexport type X = [D.Model, T.TinyModelOptions];\n`,
+    {
+      skipLibCheck: false,
+      paths: {
+        depthgate: [path.join(dist, 'index.d.ts')],
+        'depthgate/testing': [path.join(dist, 'testing', 'index.d.ts')],
+      },
+    },
+  );
   expect(diagnostics.filter((d) => !/node_modules/.test(d))).toEqual([]);
   // And the options are typed: a wrong type is an error, not any.
-  expect(compile(`import type { GenerateOptions } from 'depthgate';\nexport const g: GenerateOptions = { maxTokens: 'many' };\n`)).toEqual([
-    expect.stringMatching(/^2322: Type 'string' is not assignable to type 'number'/),
-  ]);
+  expect(
+    compile(
+      `import type { GenerateOptions } from 'depthgate';\nexport const g: GenerateOptions = { maxTokens: 'many' };\n`,
+    ),
+  ).toEqual([expect.stringMatching(/^2322: Type 'string' is not assignable to type 'number'/)]);
 });
 
 test('a mistyped error code does not compile', () => {

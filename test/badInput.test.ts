@@ -147,7 +147,11 @@ interface Expected {
  * Loads `dir` expecting the failure described, then checks nothing inside `dir` is left mapped
  * or open and that a good model still loads.
  */
-async function expectLoadFailure(dir: string, want: Expected, options?: Parameters<typeof loadModel>[1]): Promise<Error> {
+async function expectLoadFailure(
+  dir: string,
+  want: Expected,
+  options?: Parameters<typeof loadModel>[1],
+): Promise<Error> {
   let err: unknown;
   let model: Model | undefined;
   try {
@@ -181,7 +185,11 @@ describe('truncated model.safetensors', () => {
     const dir = tinyModel();
     const buf = fs.readFileSync(st(dir));
     fs.writeFileSync(st(dir), buf.subarray(0, buf.length - 1000));
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /past the end of the data|truncated/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /past the end of the data|truncated/,
+      file: st(dir),
+    });
   });
 
   test('cut inside the header', async () => {
@@ -189,7 +197,11 @@ describe('truncated model.safetensors', () => {
     const buf = fs.readFileSync(st(dir));
     const hlen = Number(buf.readBigUInt64LE(0));
     fs.writeFileSync(st(dir), buf.subarray(0, 8 + Math.floor(hlen / 2)));
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /header length \d+ runs past the end of the file/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /header length \d+ runs past the end of the file/,
+      file: st(dir),
+    });
   });
 
   test('shorter than 8 bytes', async () => {
@@ -211,7 +223,11 @@ describe('header length', () => {
     const buf = fs.readFileSync(st(dir));
     buf.writeBigUInt64LE(BigInt(buf.length - 7), 0);
     fs.writeFileSync(st(dir), buf);
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /header length \d+ runs past the end of the file/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /header length \d+ runs past the end of the file/,
+      file: st(dir),
+    });
   });
 
   test.each([
@@ -223,7 +239,11 @@ describe('header length', () => {
     const buf = fs.readFileSync(st(dir));
     buf.writeBigUInt64LE(len, 0);
     fs.writeFileSync(st(dir), buf);
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: new RegExp(`header length ${len} runs past the end`), file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: new RegExp(`header length ${len} runs past the end`),
+      file: st(dir),
+    });
   });
 });
 
@@ -256,7 +276,11 @@ describe('safetensors header', () => {
     editHeader(st(dir), (h) => {
       h.__metadata__ = { format: 'pt', total: 5 };
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /__metadata__ value 'total' is not a string/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /__metadata__ value 'total' is not a string/,
+      file: st(dir),
+    });
   });
 
   test.each([
@@ -267,7 +291,11 @@ describe('safetensors header', () => {
     const dir = tinyModel();
     const { data } = readSt(st(dir));
     writeSt(st(dir), text, data);
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /invalid safetensors header: header is not a JSON object/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /invalid safetensors header: header is not a JSON object/,
+      file: st(dir),
+    });
   });
 
   test.each([
@@ -303,7 +331,11 @@ describe('safetensors header', () => {
       const e = entry(h, 'model.norm.weight');
       e.data_offsets = [e.data_offsets[1], e.data_offsets[0]];
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /tensor 'model\.norm\.weight' has data_offsets with begin > end/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /tensor 'model\.norm\.weight' has data_offsets with begin > end/,
+      file: st(dir),
+    });
   });
 
   test('data_offsets negative', async () => {
@@ -312,7 +344,11 @@ describe('safetensors header', () => {
       const e = entry(h, 'model.norm.weight');
       e.data_offsets = [-256, 0];
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /tensor 'model\.norm\.weight' has invalid data_offsets/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /tensor 'model\.norm\.weight' has invalid data_offsets/,
+      file: st(dir),
+    });
   });
 
   test('two tensors overlapping', async () => {
@@ -322,7 +358,11 @@ describe('safetensors header', () => {
       const b = entry(h, 'model.layers.1.input_layernorm.weight');
       b.data_offsets = [a.data_offsets[0], a.data_offsets[1]];
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /tensors '.*input_layernorm\.weight' and '.*input_layernorm\.weight' overlap/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /tensors '.*input_layernorm\.weight' and '.*input_layernorm\.weight' overlap/,
+      file: st(dir),
+    });
   });
 
   test('two tensors partly overlapping', async () => {
@@ -357,7 +397,11 @@ describe('safetensors header', () => {
     editHeader(st(dir), (h) => {
       entry(h, 'model.norm.weight').dtype = 'Q4';
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /tensor 'model\.norm\.weight' has unknown dtype 'Q4'/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /tensor 'model\.norm\.weight' has unknown dtype 'Q4'/,
+      file: st(dir),
+    });
   });
 
   test.each(['I64', 'F64', 'U8', 'F8_E4M3'])('safetensors dtype %s that depthgate does not support', async (dtype) => {
@@ -393,7 +437,11 @@ describe('safetensors header', () => {
     editHeader(st(dir), (h) => {
       (entry(h, 'model.norm.weight') as unknown as { shape: unknown }).shape = shape;
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /tensor 'model\.norm\.weight' has an invalid shape dimension/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /tensor 'model\.norm\.weight' has an invalid shape dimension/,
+      file: st(dir),
+    });
   });
 
   test('shape whose element count overflows', async () => {
@@ -401,7 +449,11 @@ describe('safetensors header', () => {
     editHeader(st(dir), (h) => {
       entry(h, 'model.norm.weight').shape = [2 ** 39, 2 ** 39, 2 ** 39];
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /tensor 'model\.norm\.weight' is too large/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /tensor 'model\.norm\.weight' is too large/,
+      file: st(dir),
+    });
   });
 });
 
@@ -413,12 +465,19 @@ describe('tensors against the config', () => {
   test('a missing tensor', async () => {
     const dir = tinyModel();
     rebuild(st(dir), (ts) => ts.filter((t) => t.name !== 'model.layers.1.mlp.up_proj.weight'));
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight'/, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight'/,
+      file: st(dir),
+    });
   });
 
   test('an extra tensor', async () => {
     const dir = tinyModel();
-    rebuild(st(dir), (ts) => [...ts, { name: 'model.layers.0.foo.weight', dtype: 'F32', shape: [4, 4], bytes: Buffer.alloc(64) }]);
+    rebuild(st(dir), (ts) => [
+      ...ts,
+      { name: 'model.layers.0.foo.weight', dtype: 'F32', shape: [4, 4], bytes: Buffer.alloc(64) },
+    ]);
     await expectLoadFailure(dir, {
       cls: ModelFormatError,
       message: /unexpected tensor 'model\.layers\.0\.foo\.weight' that config\.json does not account for/,
@@ -433,7 +492,8 @@ describe('tensors against the config', () => {
     );
     await expectLoadFailure(dir, {
       cls: ModelFormatError,
-      message: /tensor 'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \[64, 32\], expected \[32, 64\] from config\.json/,
+      message:
+        /tensor 'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \[64, 32\], expected \[32, 64\] from config\.json/,
       file: st(dir),
     });
   });
@@ -473,20 +533,28 @@ describe('sharded checkpoint', () => {
     const dir = tinyModel({ shards: 3 });
     const missing = path.join(dir, 'model-00002-of-00003.safetensors');
     fs.rmSync(missing);
-    await expectLoadFailure(dir, { cls: ModelFileError, message: /shard listed in model\.safetensors\.index\.json is missing/, file: missing });
+    await expectLoadFailure(dir, {
+      cls: ModelFileError,
+      message: /shard listed in model\.safetensors\.index\.json is missing/,
+      file: missing,
+    });
   });
 
   test('the index lists a tensor in the wrong shard', async () => {
     const dir = tinyModel({ shards: 3 });
     const t = 'model.norm.weight';
     const real = shardOf(dir, t);
-    const wrong = real === 'model-00001-of-00003.safetensors' ? 'model-00002-of-00003.safetensors' : 'model-00001-of-00003.safetensors';
+    const wrong =
+      real === 'model-00001-of-00003.safetensors'
+        ? 'model-00002-of-00003.safetensors'
+        : 'model-00001-of-00003.safetensors';
     editJson(indexFile(dir), (o) => {
       (o.weight_map as Record<string, string>)[t] = wrong;
     });
     const e = await expectLoadFailure(dir, {
       cls: ModelFormatError,
-      message: /the index puts tensor 'model\.norm\.weight' in .*model-0000\d-of-00003\.safetensors but it is in .*model-0000\d-of-00003\.safetensors/,
+      message:
+        /the index puts tensor 'model\.norm\.weight' in .*model-0000\d-of-00003\.safetensors but it is in .*model-0000\d-of-00003\.safetensors/,
       file: indexFile(dir),
     });
     expect(e.message).toContain(wrong);
@@ -512,7 +580,8 @@ describe('sharded checkpoint', () => {
     });
     await expectLoadFailure(dir, {
       cls: ModelFormatError,
-      message: /tensor 'model\.layers\.0\.ghost\.weight' is listed in the index but missing from .*model-00001-of-00003\.safetensors/,
+      message:
+        /tensor 'model\.layers\.0\.ghost\.weight' is listed in the index but missing from .*model-00001-of-00003\.safetensors/,
       file: indexFile(dir),
     });
   });
@@ -525,7 +594,10 @@ describe('sharded checkpoint', () => {
     editJson(indexFile(dir), (o) => {
       delete (o.weight_map as Record<string, string>)[t];
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight'/ });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight'/,
+    });
   });
 
   test('a tensor in two shards', async () => {
@@ -535,7 +607,12 @@ describe('sharded checkpoint', () => {
     const { header, data } = readSt(real);
     const e = entry(header, t);
     const bytes = data.subarray(e.data_offsets[0], e.data_offsets[1]);
-    const other = path.join(dir, path.basename(real) === 'model-00001-of-00003.safetensors' ? 'model-00002-of-00003.safetensors' : 'model-00001-of-00003.safetensors');
+    const other = path.join(
+      dir,
+      path.basename(real) === 'model-00001-of-00003.safetensors'
+        ? 'model-00002-of-00003.safetensors'
+        : 'model-00001-of-00003.safetensors',
+    );
     rebuild(other, (ts) => [...ts, { name: t, dtype: e.dtype, shape: e.shape, bytes }]);
     await expectLoadFailure(dir, { cls: ModelFormatError, message: /tensor 'model\.norm\.weight' appears in both/ });
   });
@@ -551,7 +628,11 @@ describe('sharded checkpoint', () => {
   test('index not JSON', async () => {
     const dir = tinyModel({ shards: 3 });
     fs.writeFileSync(indexFile(dir), '{"metadata": {"total_size": 1}, "weight_map": {');
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /model\.safetensors\.index\.json is not valid JSON/, file: indexFile(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /model\.safetensors\.index\.json is not valid JSON/,
+      file: indexFile(dir),
+    });
   });
 
   test('index without weight_map', async () => {
@@ -567,7 +648,10 @@ describe('sharded checkpoint', () => {
   ])("index weight_map entry with a '%s' path", async (_what, mk) => {
     const dir = tinyModel({ shards: 3 });
     // A real file really is there, so only the path check can refuse it.
-    fs.copyFileSync(path.join(dir, 'model-00001-of-00003.safetensors'), path.join(dir, '..', 'model-00001-of-00003.safetensors'));
+    fs.copyFileSync(
+      path.join(dir, 'model-00001-of-00003.safetensors'),
+      path.join(dir, '..', 'model-00001-of-00003.safetensors'),
+    );
     editJson(indexFile(dir), (o) => {
       (o.weight_map as Record<string, string>)['model.embed_tokens.weight'] = mk('model-00001-of-00003.safetensors');
     });
@@ -600,7 +684,11 @@ describe('config.json', () => {
   test('JSON but not an object', async () => {
     const dir = tinyModel();
     fs.writeFileSync(cfg(dir), '["LlamaForCausalLM"]');
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /config\.json must hold a JSON object/, file: cfg(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /config\.json must hold a JSON object/,
+      file: cfg(dir),
+    });
   });
 
   test('architectures missing', async () => {
@@ -616,7 +704,11 @@ describe('config.json', () => {
     editJson(cfg(dir), (o) => {
       o.architectures = ['GPT2LMHeadModel'];
     });
-    await expectLoadFailure(dir, { cls: UnsupportedModelError, message: /architecture 'GPT2LMHeadModel' is not supported/, file: cfg(dir) });
+    await expectLoadFailure(dir, {
+      cls: UnsupportedModelError,
+      message: /architecture 'GPT2LMHeadModel' is not supported/,
+      file: cfg(dir),
+    });
   });
 
   test('hidden_size not divisible by num_attention_heads (no head_dim)', async () => {
@@ -683,7 +775,11 @@ describe('config.json', () => {
     editJson(cfg(dir), (o) => {
       o.rope_scaling = { rope_type: 'yarn', factor: 4.0, original_max_position_embeddings: 64 };
     });
-    await expectLoadFailure(dir, { cls: UnsupportedModelError, message: /rope_scaling type 'yarn' is not supported/, file: cfg(dir) });
+    await expectLoadFailure(dir, {
+      cls: UnsupportedModelError,
+      message: /rope_scaling type 'yarn' is not supported/,
+      file: cfg(dir),
+    });
   });
 
   test('rope_scaling linear without factor', async () => {
@@ -691,7 +787,11 @@ describe('config.json', () => {
     editJson(cfg(dir), (o) => {
       o.rope_scaling = { rope_type: 'linear' };
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /rope_scaling\.factor' is missing/, file: cfg(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /rope_scaling\.factor' is missing/,
+      file: cfg(dir),
+    });
   });
 
   test('hidden_act gelu', async () => {
@@ -699,7 +799,11 @@ describe('config.json', () => {
     editJson(cfg(dir), (o) => {
       o.hidden_act = 'gelu';
     });
-    await expectLoadFailure(dir, { cls: UnsupportedModelError, message: /hidden_act 'gelu' is not supported/, file: cfg(dir) });
+    await expectLoadFailure(dir, {
+      cls: UnsupportedModelError,
+      message: /hidden_act 'gelu' is not supported/,
+      file: cfg(dir),
+    });
   });
 
   test('intermediate_size that disagrees with the tensors', async () => {
@@ -709,7 +813,8 @@ describe('config.json', () => {
     });
     await expectLoadFailure(dir, {
       cls: ModelFormatError,
-      message: /tensor 'model\.layers\.0\.mlp\.gate_proj\.weight' has shape \[128, 64\], expected \[96, 64\] from config\.json/,
+      message:
+        /tensor 'model\.layers\.0\.mlp\.gate_proj\.weight' has shape \[128, 64\], expected \[96, 64\] from config\.json/,
       file: st(dir),
     });
   });
@@ -719,7 +824,11 @@ describe('config.json', () => {
     editJson(cfg(dir), (o) => {
       o.num_hidden_layers = 3;
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /missing tensor 'model\.layers\.2\./, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /missing tensor 'model\.layers\.2\./,
+      file: st(dir),
+    });
   });
 
   test('num_hidden_layers that disagrees with the tensors (too few)', async () => {
@@ -727,7 +836,11 @@ describe('config.json', () => {
     editJson(cfg(dir), (o) => {
       o.num_hidden_layers = 1;
     });
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /unexpected tensor 'model\.layers\.1\./, file: st(dir) });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /unexpected tensor 'model\.layers\.1\./,
+      file: st(dir),
+    });
   });
 
   test('vocab_size that disagrees with the tensors', async () => {
@@ -746,7 +859,11 @@ describe('config.json', () => {
     const dir = tinyModel();
     const gen = path.join(dir, 'generation_config.json');
     fs.writeFileSync(gen, 'nope');
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /generation_config\.json is not valid JSON/, file: gen });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /generation_config\.json is not valid JSON/,
+      file: gen,
+    });
   });
 });
 
@@ -773,7 +890,11 @@ describe('tokenizer', () => {
     const dir = tinyModel();
     const f = path.join(dir, 'tokenizer.json');
     fs.writeFileSync(f, '[]');
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /tokenizer\.json must hold a JSON object/, file: f });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /tokenizer\.json must hold a JSON object/,
+      file: f,
+    });
   });
 
   test('tokenizer.json an object without a model', async () => {
@@ -787,7 +908,11 @@ describe('tokenizer', () => {
     const dir = tinyModel();
     const f = path.join(dir, 'tokenizer_config.json');
     fs.writeFileSync(f, '{,}');
-    await expectLoadFailure(dir, { cls: ModelFormatError, message: /tokenizer_config\.json is not valid JSON/, file: f });
+    await expectLoadFailure(dir, {
+      cls: ModelFormatError,
+      message: /tokenizer_config\.json is not valid JSON/,
+      file: f,
+    });
   });
 });
 
@@ -805,7 +930,11 @@ describe('model directory', () => {
   test('exists but holds no weights', async () => {
     const dir = tinyModel();
     fs.rmSync(st(dir));
-    await expectLoadFailure(dir, { cls: ModelFileError, message: /no model\.safetensors or model\.safetensors\.index\.json found/, file: dir });
+    await expectLoadFailure(dir, {
+      cls: ModelFileError,
+      message: /no model\.safetensors or model\.safetensors\.index\.json found/,
+      file: dir,
+    });
   });
 
   test('model.safetensors is a directory', async () => {
@@ -916,23 +1045,27 @@ describe('load options', () => {
 
   // Only meaningful where no GPU is usable; on a GPU machine jest reports it as skipped.
   const gpuHere = getBuildInfo().cuda.available;
-  if (gpuHere) console.log("skipping \"backend 'cuda' with no usable GPU\": a GPU is available here");
-  (gpuHere ? test.skip : test)("backend 'cuda' with no usable GPU is a BackendUnavailableError with the reason", async () => {
-    const err = await loadModel(goodDir, { backend: 'cuda' }).catch((e) => e);
-    expect(err).toBeInstanceOf(BackendUnavailableError);
-    expect(err.code).toBe('ERR_DEPTHGATE_BACKEND_UNAVAILABLE');
-    expect(err.message).toMatch(/backend 'cuda' is not available: \S/);
-    const auto = await loadModel(goodDir, { backend: 'auto', threads: 1 });
-    expect(auto.info.backend).toBe('cpu');
-    await auto.dispose();
-    expect(leftOpen(goodDir)).toEqual([]);
-  });
+  if (gpuHere) console.log('skipping "backend \'cuda\' with no usable GPU": a GPU is available here');
+  (gpuHere ? test.skip : test)(
+    "backend 'cuda' with no usable GPU is a BackendUnavailableError with the reason",
+    async () => {
+      const err = await loadModel(goodDir, { backend: 'cuda' }).catch((e) => e);
+      expect(err).toBeInstanceOf(BackendUnavailableError);
+      expect(err.code).toBe('ERR_DEPTHGATE_BACKEND_UNAVAILABLE');
+      expect(err.message).toMatch(/backend 'cuda' is not available: \S/);
+      const auto = await loadModel(goodDir, { backend: 'auto', threads: 1 });
+      expect(auto.info.backend).toBe('cpu');
+      await auto.dispose();
+      expect(leftOpen(goodDir)).toEqual([]);
+    },
+  );
 
   test('DEPTHGATE_BACKEND chooses the default backend and is validated', async () => {
     const saved = process.env.DEPTHGATE_BACKEND;
     try {
       process.env.DEPTHGATE_BACKEND = 'cuda';
-      if (!getBuildInfo().cuda.available) await expect(loadModel(goodDir)).rejects.toBeInstanceOf(BackendUnavailableError);
+      if (!getBuildInfo().cuda.available)
+        await expect(loadModel(goodDir)).rejects.toBeInstanceOf(BackendUnavailableError);
       process.env.DEPTHGATE_BACKEND = 'tpu';
       await expectOption(loadModel(goodDir), 'DEPTHGATE_BACKEND', /auto, cpu or cuda/);
       process.env.DEPTHGATE_BACKEND = 'cpu';
@@ -1017,8 +1150,16 @@ describe('generate options and inputs', () => {
 
   test('token id outside the vocabulary in generate({tokens: [vocabSize]})', async () => {
     const v = model.config.vocabSize;
-    await expectOption(model.generate({ tokens: [v] }, { maxTokens: 1 }), 'input', new RegExp(`token id ${v} is outside the vocabulary`));
-    await expectOption(model.generate({ tokens: [1, 2, v + 1000] }, { maxTokens: 1 }), 'input', /outside the vocabulary/);
+    await expectOption(
+      model.generate({ tokens: [v] }, { maxTokens: 1 }),
+      'input',
+      new RegExp(`token id ${v} is outside the vocabulary`),
+    );
+    await expectOption(
+      model.generate({ tokens: [1, 2, v + 1000] }, { maxTokens: 1 }),
+      'input',
+      /outside the vocabulary/,
+    );
   });
 
   test.each<[string, number[]]>([
@@ -1040,15 +1181,29 @@ describe('generate options and inputs', () => {
   });
 
   test('an already aborted signal', async () => {
-    await expect(model.generate({ tokens: [1, 2] }, { maxTokens: 2, signal: AbortSignal.abort() })).rejects.toBeInstanceOf(AbortError);
-    const r = await model.generate({ tokens: [1, 2] }, { maxTokens: 2, signal: AbortSignal.abort(), stopOnAbort: true });
+    await expect(
+      model.generate({ tokens: [1, 2] }, { maxTokens: 2, signal: AbortSignal.abort() }),
+    ).rejects.toBeInstanceOf(AbortError);
+    const r = await model.generate(
+      { tokens: [1, 2] },
+      { maxTokens: 2, signal: AbortSignal.abort(), stopOnAbort: true },
+    );
     expect(r.finishReason).toBe('abort');
   });
 
   test('an onToken callback that throws', async () => {
     const boom = new Error('boom');
     await expect(
-      model.generate({ tokens: [1, 2] }, { maxTokens: 4, stopOnEos: false, onToken: () => { throw boom; } }),
+      model.generate(
+        { tokens: [1, 2] },
+        {
+          maxTokens: 4,
+          stopOnEos: false,
+          onToken: () => {
+            throw boom;
+          },
+        },
+      ),
     ).rejects.toBe(boom);
   });
 
@@ -1058,7 +1213,10 @@ describe('generate options and inputs', () => {
   });
 
   test('the model still generates after all of the above', async () => {
-    const r = await model.generate({ tokens: [1, 2, 3] }, { maxTokens: 4, stopOnEos: false, temperature: 0.7, topK: 5, topP: 0.9, seed: 1 });
+    const r = await model.generate(
+      { tokens: [1, 2, 3] },
+      { maxTokens: 4, stopOnEos: false, temperature: 0.7, topK: 5, topP: 0.9, seed: 1 },
+    );
     expect(r.tokens).toHaveLength(4);
   });
 });
@@ -1086,7 +1244,13 @@ describe('numeric options fit the native types they are stored in', () => {
   });
 
   test('the largest values of those types are accepted', async () => {
-    const r = await model.generate('hello', { maxTokens: 2, temperature: 1, topK: 2 ** 31 - 1, seed: 2 ** 53 - 1, policy: { type: 'd3', alpha: 0.5, start: 2 ** 31 - 1 } });
+    const r = await model.generate('hello', {
+      maxTokens: 2,
+      temperature: 1,
+      topK: 2 ** 31 - 1,
+      seed: 2 ** 53 - 1,
+      policy: { type: 'd3', alpha: 0.5, start: 2 ** 31 - 1 },
+    });
     expect(r.tokens).toHaveLength(2);
     await expectOption(loadModel(goodDir, { contextSize: 2 ** 31 }), 'contextSize');
     await expectOption(() => model.createSequence({ contextSize: 2 ** 31 }), 'contextSize');
@@ -1096,7 +1260,10 @@ describe('numeric options fit the native types they are stored in', () => {
     // Bypass the TypeScript checks and ask the engine itself.
     const nm = (model as unknown as { live(): import('../src/binding').NativeModel }).live();
     const seq = nm.createSequence(8, 0);
-    const ask = (policy: unknown) => nm.forward([{ sequence: seq, tokens: Int32Array.from([1]), logits: 'none' }], policy as never).then(() => null, fromNative);
+    const ask = (policy: unknown) =>
+      nm
+        .forward([{ sequence: seq, tokens: Int32Array.from([1]), logits: 'none' }], policy as never)
+        .then(() => null, fromNative);
     for (const [policy, option, message] of [
       [{ type: 'd3', alpha: 0.5, start: -1 }, 'policy.start', /must be >= 0 for the d3 policy/],
       [{ type: 'd3', alpha: 2 }, 'policy.alpha', /must be in \(0, 1\]/],
@@ -1114,8 +1281,16 @@ describe('numeric options fit the native types they are stored in', () => {
   });
 
   test('a learned policy without routers is refused before anything runs, naming the option', async () => {
-    await expectOption(model.generate('hello', { policy: { type: 'flexidepth' } }), 'policy', /no FlexiDepth router weights/);
-    await expectOption(model.evaluate([1, 2], { policy: { type: 'skiplayer' } }), 'policy', /no SkipLayer router weights/);
+    await expectOption(
+      model.generate('hello', { policy: { type: 'flexidepth' } }),
+      'policy',
+      /no FlexiDepth router weights/,
+    );
+    await expectOption(
+      model.evaluate([1, 2], { policy: { type: 'skiplayer' } }),
+      'policy',
+      /no SkipLayer router weights/,
+    );
   });
 });
 
@@ -1136,7 +1311,11 @@ describe("the CLI's --policy syntax", () => {
   test('good values still parse', () => {
     expect(parsePolicy('flexidepth:threshold=0.25', 4)).toEqual({ type: 'flexidepth', threshold: 0.25 });
     expect(parsePolicy('d3:alpha=.5,start=2,min=3', 4)).toEqual({ type: 'd3', alpha: 0.5, start: 2, minLayers: 3 });
-    expect(parsePolicy('static:skip=1+3,attn=2', 4)).toEqual({ type: 'static', skipLayers: [1, 3], skipAttention: [2] });
+    expect(parsePolicy('static:skip=1+3,attn=2', 4)).toEqual({
+      type: 'static',
+      skipLayers: [1, 3],
+      skipAttention: [2],
+    });
   });
 });
 
@@ -1144,22 +1323,25 @@ describe('load progress', () => {
   test.each([
     ['every time', () => true],
     ['only at 1 (after the weights are in)', (f: number) => f === 1],
-  ])('an onProgress that throws %s rejects the load with that error, and frees what the load took', async (_when, throwsAt) => {
-    const dir = tinyModel({ seed: 3 });
-    const boom = new Error('progress boom');
-    const err = await loadModel(dir, {
-      threads: 1,
-      onProgress: (f) => {
-        if (throwsAt(f)) throw boom;
-      },
-    }).then(
-      (m) => m.dispose().then(() => null),
-      (e: unknown) => e,
-    );
-    expect(err).toBe(boom);
-    expect(leftOpen(dir)).toEqual([]);
-    await goodModelWorks();
-  });
+  ])(
+    'an onProgress that throws %s rejects the load with that error, and frees what the load took',
+    async (_when, throwsAt) => {
+      const dir = tinyModel({ seed: 3 });
+      const boom = new Error('progress boom');
+      const err = await loadModel(dir, {
+        threads: 1,
+        onProgress: (f) => {
+          if (throwsAt(f)) throw boom;
+        },
+      }).then(
+        (m) => m.dispose().then(() => null),
+        (e: unknown) => e,
+      );
+      expect(err).toBe(boom);
+      expect(leftOpen(dir)).toEqual([]);
+      await goodModelWorks();
+    },
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -1213,7 +1395,10 @@ describe('use after dispose', () => {
     try {
       const seq = model.createSequence({ contextSize: 32 });
       const e = await seq
-        .generate({ tokens: [1, 2, 3] }, { maxTokens: 10, stopOnEos: false, onToken: (c) => c.index === 1 && seq.dispose() })
+        .generate(
+          { tokens: [1, 2, 3] },
+          { maxTokens: 10, stopOnEos: false, onToken: (c) => c.index === 1 && seq.dispose() },
+        )
         .catch((x: unknown) => x);
       expect((e as DepthgateError).code).toBe('ERR_DEPTHGATE_DISPOSED');
       expect((e as Error).message).toMatch(/sequence has been disposed/);
@@ -1261,7 +1446,10 @@ describe('fromNative', () => {
     });
 
   test('same-realm native-style error is mapped', () => {
-    const e = Object.assign(new Error('header is empty'), { code: 'ERR_DEPTHGATE_MODEL_FORMAT', file: '/m/model.safetensors' });
+    const e = Object.assign(new Error('header is empty'), {
+      code: 'ERR_DEPTHGATE_MODEL_FORMAT',
+      file: '/m/model.safetensors',
+    });
     const m = fromNative(e);
     expect(m).toBeInstanceOf(ModelFormatError);
     expect((m as ModelFormatError).file).toBe('/m/model.safetensors');
@@ -1299,22 +1487,33 @@ describe('fromNative', () => {
       expect([code, documented.has(m.code)]).toEqual([code, true]);
     }
     // A malformed call from this package to the addon is an internal error, said as such.
-    const internal = fromNative(Object.assign(new Error('request.tokens must be an Int32Array'), { code: 'ERR_DEPTHGATE_INVALID_ARGUMENT' }));
+    const internal = fromNative(
+      Object.assign(new Error('request.tokens must be an Int32Array'), { code: 'ERR_DEPTHGATE_INVALID_ARGUMENT' }),
+    );
     expect((internal as DepthgateError).code).toBe('ERR_DEPTHGATE_INTERNAL');
     expect(internal.message).toMatch(/internal error \(a bug in depthgate\)/);
-    expect(fromNative(Object.assign(new Error('x'), { code: 'ERR_DEPTHGATE_UNSUPPORTED' }))).toBeInstanceOf(UnsupportedModelError);
-    expect(fromNative(Object.assign(new Error('x'), { code: 'ERR_DEPTHGATE_BACKEND_UNAVAILABLE' }))).toBeInstanceOf(BackendUnavailableError);
-    const opt = fromNative(Object.assign(new Error('must be >= 0'), { code: 'ERR_DEPTHGATE_INVALID_OPTION', option: 'policy.start' }));
+    expect(fromNative(Object.assign(new Error('x'), { code: 'ERR_DEPTHGATE_UNSUPPORTED' }))).toBeInstanceOf(
+      UnsupportedModelError,
+    );
+    expect(fromNative(Object.assign(new Error('x'), { code: 'ERR_DEPTHGATE_BACKEND_UNAVAILABLE' }))).toBeInstanceOf(
+      BackendUnavailableError,
+    );
+    const opt = fromNative(
+      Object.assign(new Error('must be >= 0'), { code: 'ERR_DEPTHGATE_INVALID_OPTION', option: 'policy.start' }),
+    );
     expect(opt).toBeInstanceOf(InvalidOptionError);
     expect((opt as InvalidOptionError).option).toBe('policy.start');
     // Every class's own code is documented too, and the table is exactly the DepthgateErrorCode union.
-    for (const code of ['ERR_DEPTHGATE_BUSY', 'ERR_DEPTHGATE_NATIVE_LOAD', 'ERR_DEPTHGATE_INTERNAL']) expect(documented.has(code)).toBe(true);
+    for (const code of ['ERR_DEPTHGATE_BUSY', 'ERR_DEPTHGATE_NATIVE_LOAD', 'ERR_DEPTHGATE_INTERNAL'])
+      expect(documented.has(code)).toBe(true);
     expect([...documented].sort()).toEqual([...ERROR_CODES].sort());
   });
 
   // Regression (disposed): ERR_DEPTHGATE_DISPOSED used to become a bare DepthgateError.
   test('ERR_DEPTHGATE_DISPOSED becomes DisposedError', () => {
-    const m = fromNative(Object.assign(new Error('the sequence has been disposed'), { code: 'ERR_DEPTHGATE_DISPOSED' }));
+    const m = fromNative(
+      Object.assign(new Error('the sequence has been disposed'), { code: 'ERR_DEPTHGATE_DISPOSED' }),
+    );
     expect((m as DepthgateError).code).toBe('ERR_DEPTHGATE_DISPOSED');
     expect(m).toBeInstanceOf(DisposedError);
   });

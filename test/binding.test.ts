@@ -22,7 +22,9 @@ describe('loader', () => {
     expect(err).toBeInstanceOf(NativeLoadError);
     expect(err.code).toBe('ERR_DEPTHGATE_NATIVE_LOAD');
     expect(err.attempts.map((a) => path.relative(dir, a.path))).toEqual([
-      'build/Release/depthgate.node', 'build/Debug/depthgate.node', `prebuilds/${process.platform}-${process.arch}/*.node`,
+      'build/Release/depthgate.node',
+      'build/Debug/depthgate.node',
+      `prebuilds/${process.platform}-${process.arch}/*.node`,
     ]);
     expect(err.message).toMatch(new RegExp(`for ${process.platform}-${process.arch}, node ${process.versions.node}`));
     expect(err.message).toMatch(/glibc >= 2\.32/);
@@ -48,7 +50,9 @@ describe('loader', () => {
   test('DEPTHGATE_NATIVE_PATH is used alone, and a bad one is reported as such', () => {
     const good = loadNativeFrom(tmpDir(), path.join(root, 'build', 'Release', 'depthgate.node'));
     expect(typeof good.addon.loadModel).toBe('function');
-    expect(() => loadNativeFrom(root, '/nonexistent/depthgate.node')).toThrow(/DEPTHGATE_NATIVE_PATH is set[\s\S]*nonexistent\/depthgate\.node: not found/);
+    expect(() => loadNativeFrom(root, '/nonexistent/depthgate.node')).toThrow(
+      /DEPTHGATE_NATIVE_PATH is set[\s\S]*nonexistent\/depthgate\.node: not found/,
+    );
   });
 
   test('getBuildInfo reports version, backends, CPU features and CUDA status', () => {
@@ -59,7 +63,8 @@ describe('loader', () => {
     expect(['avx512', 'avx2', 'scalar']).toContain(b.cpuKernels);
     expect(b.cuda.compiled).toBe(libBeside);
     // No GPU in CI: CUDA is unavailable and the reason says why (library missing, or no driver/GPU).
-    if (!b.cuda.available) expect(b.cuda.reason).toMatch(libBeside ? /cuda|driver|device|GPU/i : /library is not installed/);
+    if (!b.cuda.available)
+      expect(b.cuda.reason).toMatch(libBeside ? /cuda|driver|device|GPU/i : /library is not installed/);
     expect(fs.existsSync(b.addonPath)).toBe(true);
   });
 });
@@ -69,7 +74,9 @@ describe('the shipped API is documented', () => {
   test('every exported declaration in the .d.ts files has a TSDoc comment', () => {
     const missing: string[] = [];
     // binding and cli are internal modules (not re-exported by index).
-    for (const f of fs.readdirSync(dist).filter((n) => n.endsWith('.d.ts') && !['binding.d.ts', 'cli.d.ts'].includes(n))) {
+    for (const f of fs
+      .readdirSync(dist)
+      .filter((n) => n.endsWith('.d.ts') && !['binding.d.ts', 'cli.d.ts'].includes(n))) {
       const lines = fs.readFileSync(path.join(dist, f), 'utf8').split('\n');
       lines.forEach((line, i) => {
         const m = /^export (?:declare )?(?:abstract )?(?:function|class|interface|type|const) (\w+)/.exec(line);
@@ -92,7 +99,8 @@ describe('the shipped API is documented', () => {
         if (start) inInterface = start[1];
         else if (/^}/.test(line)) inInterface = '';
         const prop = /^ {4}(\w+)\??: /.exec(line);
-        if (inInterface && prop && prop[1] !== 'type' && !lines[i - 1].trim().endsWith('*/')) missing.push(`${inInterface}.${prop[1]}`);
+        if (inInterface && prop && prop[1] !== 'type' && !lines[i - 1].trim().endsWith('*/'))
+          missing.push(`${inInterface}.${prop[1]}`);
       });
     }
     expect(missing).toEqual([]);

@@ -27,7 +27,9 @@ test('native/sources.json lists every C++ source under native/', () => {
 test('the cmake-js build compiles and its addon generates text', () => {
   const out = tmpDir('depthgate-cmake-');
   const build = spawnSync('npx', ['cmake-js', 'compile', '-O', out, '--log-level', 'warn'], {
-    cwd: root, encoding: 'utf8', timeout: 600000,
+    cwd: root,
+    encoding: 'utf8',
+    timeout: 600000,
   });
   expect(build.stderr + build.stdout).not.toMatch(/error:/);
   expect(build.status).toBe(0);
@@ -40,7 +42,9 @@ test('the cmake-js build compiles and its addon generates text', () => {
     await m.dispose();
   })`;
   const run = spawnSync(process.execPath, ['-e', script], {
-    cwd: root, encoding: 'utf8', env: { ...process.env, DEPTHGATE_NATIVE_PATH: addon },
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...process.env, DEPTHGATE_NATIVE_PATH: addon },
   });
   expect(run.stderr).toBe('');
   const res = JSON.parse(run.stdout) as { n: number; addon: string };

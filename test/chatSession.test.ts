@@ -3,7 +3,15 @@
 // K/V behind them are those a fresh evaluation of those tokens computes.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ChatSession, InvalidOptionError, BusyError, loadModel, type ChatMessage, type Model, type GenerateResult } from '../src';
+import {
+  ChatSession,
+  InvalidOptionError,
+  BusyError,
+  loadModel,
+  type ChatMessage,
+  type Model,
+  type GenerateResult,
+} from '../src';
 import { TINY_CHAT_TEMPLATE } from '../src/testing';
 import { cleanup, relError, tinyModel } from './helpers';
 
@@ -95,7 +103,11 @@ describe.each([
     const prompt = rendered(model, [...firstTurn, { role: 'user', content: users[3]! }]);
     expect(seq.tokens).toEqual([...prompt, ...r.tokens].slice(0, -1));
     expect(r.usage.promptTokens).toBeLessThan(prompt.length);
-    expect(session.getHistory()).toEqual([...firstTurn, { role: 'user', content: users[3] }, { role: 'assistant', content: r.text }]);
+    expect(session.getHistory()).toEqual([
+      ...firstTurn,
+      { role: 'user', content: users[3] },
+      { role: 'assistant', content: r.text },
+    ]);
   });
 });
 
@@ -116,7 +128,10 @@ describe('a session', () => {
     for await (const c of stream) text += c.text;
     const r = await stream.result;
     expect(text).toBe(r.text);
-    expect(session.getHistory()).toEqual([{ role: 'user', content: 'Hello' }, { role: 'assistant', content: r.text }]);
+    expect(session.getHistory()).toEqual([
+      { role: 'user', content: 'Hello' },
+      { role: 'assistant', content: r.text },
+    ]);
   });
 
   test('an abort with stopOnAbort keeps the partial reply; one that rejects leaves the history as it was', async () => {
@@ -125,7 +140,11 @@ describe('a session', () => {
     const ac = new AbortController();
     let n = 0;
     const r = await session.prompt('Hello', {
-      maxTokens: 50, stopOnEos: false, policy: none, signal: ac.signal, stopOnAbort: true,
+      maxTokens: 50,
+      stopOnEos: false,
+      policy: none,
+      signal: ac.signal,
+      stopOnAbort: true,
       onToken: () => {
         if (++n === 2) ac.abort();
       },
@@ -135,7 +154,13 @@ describe('a session', () => {
     expect(session.getHistory().at(-1)).toEqual({ role: 'assistant', content: r.text });
     const before = session.getHistory();
     const ac2 = new AbortController();
-    const p = session.prompt('Again', { maxTokens: 50, stopOnEos: false, policy: none, signal: ac2.signal, onToken: () => ac2.abort() });
+    const p = session.prompt('Again', {
+      maxTokens: 50,
+      stopOnEos: false,
+      policy: none,
+      signal: ac2.signal,
+      onToken: () => ac2.abort(),
+    });
     await expect(p).rejects.toMatchObject({ code: 'ERR_DEPTHGATE_ABORTED' });
     expect(session.getHistory()).toEqual(before);
     // The cache still ends up as the conversation rendered at once.
@@ -159,10 +184,15 @@ describe('a session', () => {
     try {
       using seq = m.createSequence({ contextSize: 64 });
       const session = new ChatSession({ sequence: seq, systemPrompt: 'Be brief.' });
-      await expect(session.prompt('Hello')).rejects.toMatchObject({ option: 'messages', message: expect.stringMatching(/roles must alternate/) });
+      await expect(session.prompt('Hello')).rejects.toMatchObject({
+        option: 'messages',
+        message: expect.stringMatching(/roles must alternate/),
+      });
       expect(session.getHistory()).toEqual([{ role: 'system', content: 'Be brief.' }]);
       session.setHistory([]);
-      await expect(session.prompt('Hello', { maxTokens: 2, policy: none })).resolves.toMatchObject({ usage: { completionTokens: 2 } });
+      await expect(session.prompt('Hello', { maxTokens: 2, policy: none })).resolves.toMatchObject({
+        usage: { completionTokens: 2 },
+      });
     } finally {
       await m.dispose();
     }
@@ -171,10 +201,16 @@ describe('a session', () => {
   test('bad arguments are InvalidOptionErrors naming them', () => {
     using seq = model.createSequence({ contextSize: 16 });
     expect(() => new ChatSession({ sequence: {} as never })).toThrow(expect.objectContaining({ option: 'sequence' }));
-    expect(() => new ChatSession({ sequence: seq, systemPrompt: 3 as never })).toThrow(expect.objectContaining({ option: 'systemPrompt' }));
-    expect(() => new ChatSession({ sequence: seq, history: [] } as never)).toThrow(expect.objectContaining({ option: 'history' }));
+    expect(() => new ChatSession({ sequence: seq, systemPrompt: 3 as never })).toThrow(
+      expect.objectContaining({ option: 'systemPrompt' }),
+    );
+    expect(() => new ChatSession({ sequence: seq, history: [] } as never)).toThrow(
+      expect.objectContaining({ option: 'history' }),
+    );
     const session = new ChatSession({ sequence: seq });
-    expect(() => session.setHistory([{ role: 'user' }] as never)).toThrow(expect.objectContaining({ option: 'messages[0]' }));
+    expect(() => session.setHistory([{ role: 'user' }] as never)).toThrow(
+      expect.objectContaining({ option: 'messages[0]' }),
+    );
     expect(() => session.stream(7 as never)).toThrow(InvalidOptionError);
     expect(() => session.stream('hi', { maxTokens: 0 })).toThrow(expect.objectContaining({ option: 'maxTokens' }));
   });
@@ -190,10 +226,18 @@ describe('a session', () => {
 
 test("contextSize beyond the model's max_position_embeddings is refused, naming it", async () => {
   const dir = tinyModel({ seed: 14, maxPositions: 64 });
-  await expect(loadModel(dir, { contextSize: 65 })).rejects.toMatchObject({ option: 'contextSize', message: expect.stringMatching(/max_position_embeddings \(64/) });
+  await expect(loadModel(dir, { contextSize: 65 })).rejects.toMatchObject({
+    option: 'contextSize',
+    message: expect.stringMatching(/max_position_embeddings \(64/),
+  });
   const m = await loadModel(dir, { threads: 1 });
   try {
-    expect(() => m.createSequence({ contextSize: 4096 })).toThrow(expect.objectContaining({ option: 'contextSize', message: expect.stringMatching(/max_position_embeddings \(64/) }));
+    expect(() => m.createSequence({ contextSize: 4096 })).toThrow(
+      expect.objectContaining({
+        option: 'contextSize',
+        message: expect.stringMatching(/max_position_embeddings \(64/),
+      }),
+    );
     expect(m.createSequence({ contextSize: 64 }).contextSize).toBe(64);
   } finally {
     await m.dispose();

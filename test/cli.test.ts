@@ -11,7 +11,11 @@ afterAll(cleanup);
 
 const cli = path.join(__dirname, '..', 'dist', 'cli.js');
 function run(args: string[], env: Record<string, string> = {}) {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60000 });
+  const r = spawnSync(process.execPath, [cli, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    timeout: 60000,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -26,18 +30,36 @@ test('generate with no model directory uses the embedded trained model and its F
   expect(mean).toBeLessThan(12);
   expect(mean).toBeGreaterThan(6);
   // The model's generation_config.json sets the sampling, and the footer says so.
-  expect(r.stderr).toMatch(/sampling: temperature 0\.8, top-k 50, top-p 0\.95 \(defaults from generation_config\.json: temperature, topK, topP\)/);
+  expect(r.stderr).toMatch(
+    /sampling: temperature 0\.8, top-k 50, top-p 0\.95 \(defaults from generation_config\.json: temperature, topK, topP\)/,
+  );
   // The same seed gives the same text again; greedy with --no-generation-config or --temperature 0.
   const seeded = ['generate', '--prompt', 'And God said', '--max-tokens', '12', '--seed', '3'];
   expect(run(seeded).stdout).toBe(run(seeded).stdout);
   const greedy = run(['generate', '--prompt', 'And God said', '--max-tokens', '12', '--no-generation-config']);
   expect(greedy.stderr).toMatch(/\[sampling: greedy\]/);
-  expect(run(['generate', '--prompt', 'And God said', '--max-tokens', '12', '--temperature', '0']).stdout).toBe(greedy.stdout);
+  expect(run(['generate', '--prompt', 'And God said', '--max-tokens', '12', '--temperature', '0']).stdout).toBe(
+    greedy.stdout,
+  );
   // A penalty from the command line: named in the footer, and it changes the greedy text.
-  const penalised = run(['generate', '--prompt', 'And God said', '--max-tokens', '40', '--temperature', '0', '--repetition-penalty', '1.3', '--presence-penalty', '0.5']);
+  const penalised = run([
+    'generate',
+    '--prompt',
+    'And God said',
+    '--max-tokens',
+    '40',
+    '--temperature',
+    '0',
+    '--repetition-penalty',
+    '1.3',
+    '--presence-penalty',
+    '0.5',
+  ]);
   expect(penalised.code).toBe(0);
   expect(penalised.stderr).toMatch(/sampling: greedy, repetition penalty 1\.3, presence penalty 0\.5\]/);
-  expect(penalised.stdout).not.toBe(run(['generate', '--prompt', 'And God said', '--max-tokens', '40', '--temperature', '0']).stdout);
+  expect(penalised.stdout).not.toBe(
+    run(['generate', '--prompt', 'And God said', '--max-tokens', '40', '--temperature', '0']).stdout,
+  );
   // --policy none overrides the default policy: every token runs all 12 layers.
   const full = run(['generate', '--prompt', 'And God said', '--max-tokens', '4', '--policy', 'none']);
   expect(full.stderr).toMatch(/12\.00 of 12 layers per token/);
@@ -47,7 +69,22 @@ test('--show-depth colours each generated token by its depth; --trace FILE.html 
   const dir = tinyModel({ layers: 4, seed: 21 });
   const html = path.join(tmpDir(), 'depth.html');
   // Piped output has colour only when forced (FORCE_COLOR=3: 24-bit).
-  const r = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.9', '--show-depth', '--trace', html], { NO_COLOR: '', FORCE_COLOR: '3' });
+  const r = run(
+    [
+      'generate',
+      dir,
+      '--prompt',
+      'Once',
+      '--max-tokens',
+      '8',
+      '--policy',
+      'd3:alpha=0.9',
+      '--show-depth',
+      '--trace',
+      html,
+    ],
+    { NO_COLOR: '', FORCE_COLOR: '3' },
+  );
   expect(r.code).toBe(0);
   expect(r.stdout.startsWith('Once')).toBe(true);
   // 24-bit background colours on the generated text, at least two different depths (D3 decays), and a legend.
@@ -64,14 +101,27 @@ test('--show-depth colours each generated token by its depth; --trace FILE.html 
   expect(bad.stderr).toMatch(/--trace .*x\.html: ENOENT/);
   expect(bad.stdout).toBe('');
   // Without --show-depth the output is plain text.
-  const plain = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7'], { FORCE_COLOR: '3' });
+  const plain = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7'], {
+    FORCE_COLOR: '3',
+  });
   expect(plain.stdout).not.toMatch(/\x1b\[/);
 });
 
 test('--trace FILE writes one JSON line per generated token in the documented format', async () => {
   const dir = tinyModel({ layers: 4, seed: 21 });
   const file = path.join(tmpDir(), 'depth.jsonl');
-  const r = run(['generate', dir, '--prompt', 'Once', '--max-tokens', '8', '--policy', 'd3:alpha=0.7', '--trace', file]);
+  const r = run([
+    'generate',
+    dir,
+    '--prompt',
+    'Once',
+    '--max-tokens',
+    '8',
+    '--policy',
+    'd3:alpha=0.7',
+    '--trace',
+    file,
+  ]);
   expect(r.code).toBe(0);
   const lines = fs.readFileSync(file, 'utf8').split('\n');
   expect(lines.pop()).toBe(''); // every line ends with a newline
@@ -80,7 +130,11 @@ test('--trace FILE writes one JSON line per generated token in the documented fo
   // The same generation through the API: the tokens, text and layers the trace must hold.
   const model = await loadModel(dir);
   const chunks: { token: number; text: string; layers: number; executed: Uint8Array }[] = [];
-  await model.generate('Once', { maxTokens: 8, policy: { type: 'd3', alpha: 0.7 }, onToken: (c) => void chunks.push(c) });
+  await model.generate('Once', {
+    maxTokens: 8,
+    policy: { type: 'd3', alpha: 0.7 },
+    onToken: (c) => void chunks.push(c),
+  });
   await model.dispose();
   rows.forEach((row, i) => {
     expect(Object.keys(row)).toEqual(['index', 'token', 'text', 'layers', 'executed', 'routerWeights']);
@@ -97,7 +151,22 @@ test('--trace FILE writes one JSON line per generated token in the documented fo
 
 test('generate with sampling options and a seed is reproducible', () => {
   const dir = tinyModel({ seed: 2 });
-  const args = ['generate', dir, '-p', 'Once', '--max-tokens', '8', '--temperature', '0.9', '--top-k', '40', '--top-p', '0.95', '--seed', '5'];
+  const args = [
+    'generate',
+    dir,
+    '-p',
+    'Once',
+    '--max-tokens',
+    '8',
+    '--temperature',
+    '0.9',
+    '--top-k',
+    '40',
+    '--top-p',
+    '0.95',
+    '--seed',
+    '5',
+  ];
   const a = run(args);
   const b = run(args);
   expect(a.code).toBe(0);
@@ -159,11 +228,22 @@ test('bad arguments and bad models give a message and a non-zero exit, not a cra
 });
 
 describe('behaving like a CLI', () => {
-  const version = (JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }).version;
+  const version = (
+    JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }
+  ).version;
 
   test('every subcommand has its own --help (exit 0) listing the options it takes; --version', () => {
     const wants: Record<string, RegExp[]> = {
-      generate: [/--prompt/, /--chat/, /--system/, /--stop TEXT.*escapes/, /--show-depth/, /--threads/, /--kv-cache/, /--addon/],
+      generate: [
+        /--prompt/,
+        /--chat/,
+        /--system/,
+        /--stop TEXT.*escapes/,
+        /--show-depth/,
+        /--threads/,
+        /--kv-cache/,
+        /--addon/,
+      ],
       chat: [/--system/, /--max-tokens/, /Ctrl-C/, /--policy/],
       info: [/--addon/, /--backend/],
       logits: [/--prompt/, /--tokens/, /--json/, /--top/, /--threads/],
@@ -177,7 +257,10 @@ describe('behaving like a CLI', () => {
       for (const p of patterns) expect([cmd, r.stdout]).toEqual([cmd, expect.stringMatching(p)]);
     }
     expect(run(['--version'])).toMatchObject({ code: 0, stdout: `${version}\n` });
-    expect(run(['--help'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/chat\s+an interactive conversation/) });
+    expect(run(['--help'])).toMatchObject({
+      code: 0,
+      stdout: expect.stringMatching(/chat\s+an interactive conversation/),
+    });
   });
 
   test('a bad command line prints one line and a hint, exit 2; negative numbers are values', () => {
@@ -202,7 +285,9 @@ describe('behaving like a CLI', () => {
   });
 
   test('a closed pipe ends the command quietly with status 0', async () => {
-    const child = spawn(process.execPath, [cli, 'generate', '--prompt', 'And God said', '--max-tokens', '200'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cli, 'generate', '--prompt', 'And God said', '--max-tokens', '200'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.stdout.once('data', () => child.stdout.destroy()); // what `| head -c 1` does
@@ -212,7 +297,11 @@ describe('behaving like a CLI', () => {
   });
 
   test('Ctrl-C stops generate: what was made is printed and the status is 130', async () => {
-    const child = spawn(process.execPath, [cli, 'generate', '--prompt', 'And God said', '--max-tokens', '250', '--policy', 'none'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      [cli, 'generate', '--prompt', 'And God said', '--max-tokens', '250', '--policy', 'none'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.stdout.once('data', () => child.kill('SIGINT'));
@@ -222,16 +311,27 @@ describe('behaving like a CLI', () => {
   });
 
   test('--show-depth: no colour when piped, with NO_COLOR or TERM=dumb; the depth follows each token instead', () => {
-    const envs: Record<string, string>[] = [{ NO_COLOR: '', FORCE_COLOR: '' }, { NO_COLOR: '1', FORCE_COLOR: '1' }, { NO_COLOR: '', FORCE_COLOR: '0' }];
+    const envs: Record<string, string>[] = [
+      { NO_COLOR: '', FORCE_COLOR: '' },
+      { NO_COLOR: '1', FORCE_COLOR: '1' },
+      { NO_COLOR: '', FORCE_COLOR: '0' },
+    ];
     for (const env of envs) {
-      const r = run(['generate', '--prompt', 'And God said', '--max-tokens', '6', '--show-depth', '--temperature', '0'], env);
+      const r = run(
+        ['generate', '--prompt', 'And God said', '--max-tokens', '6', '--show-depth', '--temperature', '0'],
+        env,
+      );
       expect(r.code).toBe(0);
       expect(r.stdout + r.stderr).not.toMatch(/\x1b\[/);
       expect(r.stdout).toMatch(/^And God said \S+?[⁰¹²³⁴⁵⁶⁷⁸⁹]+ /);
       expect(r.stderr).toMatch(/the number after each token is the layers it ran, of 12/);
     }
     // Forced 256-colour output uses the xterm palette.
-    const c = run(['generate', '--prompt', 'And God said', '--max-tokens', '6', '--show-depth'], { NO_COLOR: '', FORCE_COLOR: '1', COLORTERM: '' });
+    const c = run(['generate', '--prompt', 'And God said', '--max-tokens', '6', '--show-depth'], {
+      NO_COLOR: '',
+      FORCE_COLOR: '1',
+      COLORTERM: '',
+    });
     expect(c.stdout).toMatch(/\x1b\[48;5;\d+m/);
   });
 
@@ -261,9 +361,15 @@ describe('behaving like a CLI', () => {
 
   test('chat: one message per input line, the history kept (the replies are those of a ChatSession)', async () => {
     // Greedy on both sides: the default model's generation_config.json samples otherwise.
-    const child = spawnSync(process.execPath, [cli, 'chat', '--max-tokens', '12', '--policy', 'none', '--temperature', '0'], {
-      input: 'In the beginning God created the heaven and the earth.\nAnd God said\n', encoding: 'utf8', timeout: 60000,
-    });
+    const child = spawnSync(
+      process.execPath,
+      [cli, 'chat', '--max-tokens', '12', '--policy', 'none', '--temperature', '0'],
+      {
+        input: 'In the beginning God created the heaven and the earth.\nAnd God said\n',
+        encoding: 'utf8',
+        timeout: 60000,
+      },
+    );
     expect(child.status).toBe(0);
     const m = await loadModel(defaultModelDir(), { threads: 1 });
     try {
@@ -280,7 +386,9 @@ describe('behaving like a CLI', () => {
 });
 
 test('chat: Ctrl-C stops the reply, a second Ctrl-C (at the prompt) ends the chat with 130', async () => {
-  const child = spawn(process.execPath, [cli, 'chat', '--max-tokens', '250', '--policy', 'none'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [cli, 'chat', '--max-tokens', '250', '--policy', 'none'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   let interrupts = 0;
   let quiet: NodeJS.Timeout | undefined;
   child.stdout.on('data', () => {

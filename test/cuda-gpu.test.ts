@@ -17,7 +17,14 @@ import * as dgSrc from '../src/index';
 import { writeTinyModel } from '../src/testing';
 import type { Depthgate, KvDtype } from '../scripts/gpu/common';
 import { kvOption, supportedKvDtypes } from '../scripts/gpu/common';
-import { checkDecode, checkGreedy, checkLongContext, checkPrefill, PARITY_CASES, TOL } from '../scripts/gpu/engineParity';
+import {
+  checkDecode,
+  checkGreedy,
+  checkLongContext,
+  checkPrefill,
+  PARITY_CASES,
+  TOL,
+} from '../scripts/gpu/engineParity';
 import { loadRoutedReference, referenceRouted, type RefPolicy } from './reference/routed';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';
 
@@ -27,7 +34,8 @@ const dg = { ...dgSrc, writeTinyModel } as unknown as Depthgate;
 function gpuStatus(): { ok: boolean; reason: string } {
   try {
     const c = dgSrc.getBuildInfo().cuda;
-    if (!c.compiled) return { ok: false, reason: `the CUDA backend is not compiled in (${c.reason ?? 'no reason given'})` };
+    if (!c.compiled)
+      return { ok: false, reason: `the CUDA backend is not compiled in (${c.reason ?? 'no reason given'})` };
     if (!c.available) return { ok: false, reason: `no usable GPU: ${c.reason ?? 'no reason given'}` };
     return { ok: true, reason: '' };
   } catch (e) {
@@ -111,7 +119,10 @@ describeGpu('CUDA backend matches the float64 reference (independent of engine.c
           const gpu = await dg.loadModel(dir, { ...kvOption(kv), backend: 'cuda' });
           try {
             const seq = (gpu as unknown as dgSrc.Model).createSequence();
-            const got = await seq.evaluate(tokens, { policy: policy as dgSrc.Policy, ...(p.type === 'd3' ? { generatedFrom: P } : {}) });
+            const got = await seq.evaluate(tokens, {
+              policy: policy as dgSrc.Policy,
+              ...(p.type === 'd3' ? { generatedFrom: P } : {}),
+            });
             seq.dispose();
             for (let i = 0; i < tokens.length; i++) {
               expect(Array.from(got.executed[i])).toEqual(want.executed[i]);

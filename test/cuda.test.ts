@@ -48,7 +48,11 @@ int main(int argc, char** argv) {
 `;
 
 const describeNvcc = nvcc && haveTools ? describe : describe.skip;
-const whyNot = !nvcc ? 'nvcc is not on PATH, so the CUDA backend library cannot be built here' : !haveTools ? 'cmake, g++ or nm is missing' : '';
+const whyNot = !nvcc
+  ? 'nvcc is not on PATH, so the CUDA backend library cannot be built here'
+  : !haveTools
+    ? 'cmake, g++ or nm is missing'
+    : '';
 // On a GPU check (DEPTHGATE_REQUIRE_GPU=1) the toolchain must be there: skipping is a failure.
 if (whyNot && process.env.DEPTHGATE_REQUIRE_GPU === '1')
   test('DEPTHGATE_REQUIRE_GPU=1: the CUDA toolchain is there', () => {
@@ -63,11 +67,24 @@ describeNvcc('CUDA backend library (built with nvcc, no GPU needed)', () => {
   beforeAll(() => {
     const out = tmpDir('depthgate-cuda-');
     const t0 = Date.now();
-    const cfg = spawnSync('cmake', ['-S', root, '-B', out, '-DCMAKE_BUILD_TYPE=Release', '-DDEPTHGATE_CUDA=ON',
-      '-DDEPTHGATE_CUDA_ONLY=ON', `-DCMAKE_CUDA_COMPILER=${nvcc}`], { encoding: 'utf8', timeout: 300000 });
+    const cfg = spawnSync(
+      'cmake',
+      [
+        '-S',
+        root,
+        '-B',
+        out,
+        '-DCMAKE_BUILD_TYPE=Release',
+        '-DDEPTHGATE_CUDA=ON',
+        '-DDEPTHGATE_CUDA_ONLY=ON',
+        `-DCMAKE_CUDA_COMPILER=${nvcc}`,
+      ],
+      { encoding: 'utf8', timeout: 300000 },
+    );
     if (cfg.status !== 0) throw new Error(`cmake configure failed:\n${cfg.stdout}\n${cfg.stderr}`);
     const build = spawnSync('cmake', ['--build', out, '--target', 'depthgate_cuda', '-j2'], {
-      encoding: 'utf8', timeout: 900000,
+      encoding: 'utf8',
+      timeout: 900000,
     });
     if (build.status !== 0) throw new Error(`CUDA build failed:\n${build.stdout}\n${build.stderr}`);
     buildSeconds = (Date.now() - t0) / 1000;
@@ -82,11 +99,17 @@ describeNvcc('CUDA backend library (built with nvcc, no GPU needed)', () => {
   test('exports the three dg_cuda_* entry points and no other C symbols of its own', () => {
     const nm = spawnSync('nm', ['-D', '--defined-only', lib], { encoding: 'utf8' });
     expect(nm.status).toBe(0);
-    const defined = nm.stdout.split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length === 3);
+    const defined = nm.stdout
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/))
+      .filter((f) => f.length === 3);
     const names = defined.map((f) => f[2]);
     for (const s of ['dg_cuda_abi_version', 'dg_cuda_probe', 'dg_cuda_create_ops']) expect(names).toContain(s);
     // Strong text symbols: only ours (weak template instances of libstdc++ may appear as W).
-    const strong = defined.filter((f) => f[1] === 'T').map((f) => f[2]).sort();
+    const strong = defined
+      .filter((f) => f[1] === 'T')
+      .map((f) => f[2])
+      .sort();
     expect(strong).toEqual(['dg_cuda_abi_version', 'dg_cuda_create_ops', 'dg_cuda_probe']);
     // The static CUDA runtime stays private.
     expect(names.filter((n) => /^(cuda|__cuda)/.test(n))).toEqual([]);
@@ -95,7 +118,10 @@ describeNvcc('CUDA backend library (built with nvcc, no GPU needed)', () => {
   test('has no load-time dependency on libcudart or libcuda', () => {
     const od = spawnSync('objdump', ['-p', lib], { encoding: 'utf8' });
     expect(od.status).toBe(0);
-    const needed = od.stdout.split('\n').filter((l) => /NEEDED/.test(l)).map((l) => l.trim().split(/\s+/)[1]);
+    const needed = od.stdout
+      .split('\n')
+      .filter((l) => /NEEDED/.test(l))
+      .map((l) => l.trim().split(/\s+/)[1]);
     expect(needed.length).toBeGreaterThan(0);
     expect(needed.filter((n) => /cudart|libcuda|cublas|nvrtc/.test(n))).toEqual([]);
     const ldd = spawnSync('ldd', [lib], { encoding: 'utf8' });
@@ -114,10 +140,18 @@ describeNvcc('CUDA backend library (built with nvcc, no GPU needed)', () => {
     expect(run.signal).toBeNull();
     expect(run.status).toBe(0);
     const r = JSON.parse(run.stdout) as {
-      abi: number; usable: number; createFailed: boolean;
-      probe: { available: boolean; reason: string; devices: { name: string; computeCapability: string; memoryBytes: number }[] };
+      abi: number;
+      usable: number;
+      createFailed: boolean;
+      probe: {
+        available: boolean;
+        reason: string;
+        devices: { name: string; computeCapability: string; memoryBytes: number }[];
+      };
     };
-    const abiHeader = fs.readFileSync(path.join(root, 'native/cuda_loader.h'), 'utf8').match(/#define DG_CUDA_ABI (\d+)/);
+    const abiHeader = fs
+      .readFileSync(path.join(root, 'native/cuda_loader.h'), 'utf8')
+      .match(/#define DG_CUDA_ABI (\d+)/);
     expect(abiHeader).not.toBeNull();
     expect(r.abi).toBe(Number(abiHeader![1]));
     expect(typeof r.probe.available).toBe('boolean');
@@ -128,7 +162,9 @@ describeNvcc('CUDA backend library (built with nvcc, no GPU needed)', () => {
       expect(r.probe.reason.length).toBeGreaterThan(0);
       expect(r.createFailed).toBe(true);
       // Without the driver's library the reason says so (not "driver version is insufficient").
-      const driver = spawnSync('/bin/sh', ['-c', 'ldconfig -p | grep -q "libcuda\\.so\\.1 " && echo yes || echo no'], { encoding: 'utf8' }).stdout.trim();
+      const driver = spawnSync('/bin/sh', ['-c', 'ldconfig -p | grep -q "libcuda\\.so\\.1 " && echo yes || echo no'], {
+        encoding: 'utf8',
+      }).stdout.trim();
       if (driver === 'no') expect(r.probe.reason).toMatch(/^no NVIDIA driver found/);
       console.log(`CUDA probe on this machine: unavailable (${r.probe.reason})`);
     } else {
@@ -136,7 +172,9 @@ describeNvcc('CUDA backend library (built with nvcc, no GPU needed)', () => {
         expect(d.computeCapability).toMatch(/^\d+\.\d+$/);
         expect(d.memoryBytes).toBeGreaterThan(0);
       }
-      console.log(`CUDA probe on this machine: ${r.probe.devices.map((d) => `${d.name} sm_${d.computeCapability}`).join(', ')}`);
+      console.log(
+        `CUDA probe on this machine: ${r.probe.devices.map((d) => `${d.name} sm_${d.computeCapability}`).join(', ')}`,
+      );
     }
   });
 });
@@ -146,7 +184,8 @@ test('the CUDA sources are only in the CUDA library, never in the addon source l
   expect(listed).toContain('native/cuda_loader.cc');
   expect(listed.filter((s) => s.startsWith('cuda/') || s.endsWith('.cu'))).toEqual([]);
   // The loader compiles without CUDA headers, so both addon builds (cmake-js, node-gyp) take it.
-  const loader = fs.readFileSync(path.join(root, 'native/cuda_loader.cc'), 'utf8') +
+  const loader =
+    fs.readFileSync(path.join(root, 'native/cuda_loader.cc'), 'utf8') +
     fs.readFileSync(path.join(root, 'native/cuda_loader.h'), 'utf8');
   expect(loader).not.toMatch(/#include\s*[<"](cuda_runtime|cuda\.h|cuda_fp16|cuda_bf16)/);
 });

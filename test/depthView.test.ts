@@ -136,9 +136,15 @@ describe('renderDepthAnsi', () => {
   test('validates its arguments', () => {
     expect(() => renderDepthAnsi({ text: 'a', layers: 17 }, 16)).toThrow(InvalidOptionError);
     expect(() => renderDepthAnsi({ text: 'a', layers: 1 }, 0)).toThrow(InvalidOptionError);
-    expect(() => renderDepthAnsi({ text: 'a', layers: 2, executed: mask(4, [0]) }, 4)).toThrow(/executed.*1 layers.*layers is 2/);
-    expect(() => renderDepthAnsi({ text: 'a', layers: 1, executed: mask(3, [0]) }, 4)).toThrow(/one entry per layer \(4\), got 3/);
-    expect(() => renderDepthAnsi({ text: 'a', layers: 1, executed: [0, 2, 0, 0] }, 4)).toThrow(/entry 1 must be 0 or 1/);
+    expect(() => renderDepthAnsi({ text: 'a', layers: 2, executed: mask(4, [0]) }, 4)).toThrow(
+      /executed.*1 layers.*layers is 2/,
+    );
+    expect(() => renderDepthAnsi({ text: 'a', layers: 1, executed: mask(3, [0]) }, 4)).toThrow(
+      /one entry per layer \(4\), got 3/,
+    );
+    expect(() => renderDepthAnsi({ text: 'a', layers: 1, executed: [0, 2, 0, 0] }, 4)).toThrow(
+      /entry 1 must be 0 or 1/,
+    );
   });
 });
 
@@ -155,7 +161,12 @@ describe('terminal legend', () => {
     expect(count(out, /\x1b\[48;2;/g)).toBe(5);
     expect(out.endsWith(RESET)).toBe(true);
     // The visible text lists the ticks in order.
-    expect(out.replace(/\x1b\[[0-9;]*m/g, '').split(/\s+/).filter(Boolean)).toEqual(['layers:', '0', '8', '15', '23', '30']);
+    expect(
+      out
+        .replace(/\x1b\[[0-9;]*m/g, '')
+        .split(/\s+/)
+        .filter(Boolean),
+    ).toEqual(['layers:', '0', '8', '15', '23', '30']);
   });
 
   test('small models have no repeated ticks; bad numLayers throws', () => {
@@ -175,7 +186,11 @@ describe('terminal legend', () => {
         { text: ' 4', layers: 1 },
       ],
     });
-    expect(out.startsWith('Q: 2+2?\n' + renderDepthAnsi({ text: 'A:', layers: 4 }, 4) + renderDepthAnsi({ text: ' 4', layers: 1 }, 4))).toBe(true);
+    expect(
+      out.startsWith(
+        'Q: 2+2?\n' + renderDepthAnsi({ text: 'A:', layers: 4 }, 4) + renderDepthAnsi({ text: ' 4', layers: 1 }, 4),
+      ),
+    ).toBe(true);
     expect(out).toContain(depthLegendAnsi(4) + '  mean 2.50 of 4\n');
   });
 });
@@ -219,14 +234,20 @@ describe('renderDepthHtml', () => {
   });
 
   test('header line with model, policy and mean layers, only when given', () => {
-    expect(html).toMatch(/<p class="meta">model: TinyLlama&#39;s · policy: flexidepth threshold=0.5 · mean layers: 11.50 of 16<\/p>/);
+    expect(html).toMatch(
+      /<p class="meta">model: TinyLlama&#39;s · policy: flexidepth threshold=0.5 · mean layers: 11.50 of 16<\/p>/,
+    );
     const bare = renderDepthHtml({ prompt: 'p', numLayers: 4, spans: [] });
     expect(bare).not.toContain('class="meta"');
     expect(bare).toContain('<title>Per-token depth</title>');
   });
 
   test('one coloured span per DepthSpan, in order, with the tooltip listing executed layers', () => {
-    const toks = [...html.matchAll(/<span class="tok" style="background:#([0-9a-f]{6});color:#(000000|ffffff)" title="([^"]*)">([^<]*)<\/span>/g)];
+    const toks = [
+      ...html.matchAll(
+        /<span class="tok" style="background:#([0-9a-f]{6});color:#(000000|ffffff)" title="([^"]*)">([^<]*)<\/span>/g,
+      ),
+    ];
     expect(toks).toHaveLength(input.spans.length);
     expect(count(html, /<span class="tok"/g)).toBe(input.spans.length);
     toks.forEach((m, i) => {
@@ -252,7 +273,10 @@ describe('renderDepthHtml', () => {
 
   test('every opened <span> and <div> is closed, and properly nested', () => {
     for (const tag of ['span', 'div', 'p', 'h1', 'h2', 'b', 'style', 'title', 'head', 'body', 'html'])
-      expect([tag, count(html, new RegExp(`<${tag}[\\s>]`, 'g'))]).toEqual([tag, count(html, new RegExp(`</${tag}>`, 'g'))]);
+      expect([tag, count(html, new RegExp(`<${tag}[\\s>]`, 'g'))]).toEqual([
+        tag,
+        count(html, new RegExp(`</${tag}>`, 'g')),
+      ]);
     // Nesting check with a stack over every tag that has a closing tag.
     const voids = new Set(['meta', '!DOCTYPE']);
     const stack: string[] = [];
@@ -273,7 +297,10 @@ describe('renderDepthHtml', () => {
     const hexOf = (c: [number, number, number]): string => '#' + c.map((v) => v.toString(16).padStart(2, '0')).join('');
     expect(stops[0]).toBe(`${hexOf(depthColor(0, L))} 0.0%`);
     expect(stops[stops.length - 1]).toBe(`${hexOf(depthColor(L, L))} 100.0%`);
-    const ticks = [...html.matchAll(/<div class="tick" style="left:([\d.]+)%"><b>(\d+)<\/b><\/div>/g)].map((m) => [Number(m[1]), Number(m[2])]);
+    const ticks = [...html.matchAll(/<div class="tick" style="left:([\d.]+)%"><b>(\d+)<\/b><\/div>/g)].map((m) => [
+      Number(m[1]),
+      Number(m[2]),
+    ]);
     expect(ticks).toEqual([
       [0, 0],
       [25, 4],
@@ -284,7 +311,11 @@ describe('renderDepthHtml', () => {
   });
 
   test('per-layer bar: the fraction of generated spans that ran each layer', () => {
-    const cols = [...html.matchAll(/<div class="col" title="layer (\d+): ran for (\d+) of (\d+) tokens \(([\d.]+)%\)"><div class="fill" style="height:([\d.]+)%"><\/div><\/div>/g)];
+    const cols = [
+      ...html.matchAll(
+        /<div class="col" title="layer (\d+): ran for (\d+) of (\d+) tokens \(([\d.]+)%\)"><div class="fill" style="height:([\d.]+)%"><\/div><\/div>/g,
+      ),
+    ];
     expect(cols).toHaveLength(L);
     cols.forEach((m, l) => {
       const ran = input.spans.filter((s) => s.executed![l]).length;
@@ -297,7 +328,10 @@ describe('renderDepthHtml', () => {
     expect(Number(cols[10][5])).toBe(25); // only 'Once' (all layers) ran layer 10
     expect(Number(cols[13][5])).toBe(50);
     // Only when spans carry executed masks.
-    const noMask = renderDepthHtml({ ...input, spans: input.spans.map(({ text, layers }): DepthSpan => ({ text, layers })) });
+    const noMask = renderDepthHtml({
+      ...input,
+      spans: input.spans.map(({ text, layers }): DepthSpan => ({ text, layers })),
+    });
     expect(noMask).not.toContain('class="col"');
     expect(noMask).not.toContain('Fraction of generated tokens');
     // Mixed: the fraction is over the spans that have a mask.
@@ -314,7 +348,15 @@ describe('renderDepthHtml', () => {
     bad({ numLayers: 0 }, /'numLayers': must be a positive integer, got 0/);
     bad({ numLayers: 3.5 }, /'numLayers'/);
     bad({ spans: [{ text: 'a', layers: 17 }] }, /'spans\[0\]\.layers': must be an integer in 0\.\.16, got 17/);
-    bad({ spans: [{ text: 'a', layers: 1 }, { text: 'b', layers: -1 }] }, /'spans\[1\]\.layers'/);
+    bad(
+      {
+        spans: [
+          { text: 'a', layers: 1 },
+          { text: 'b', layers: -1 },
+        ],
+      },
+      /'spans\[1\]\.layers'/,
+    );
     bad({ spans: [{ text: 'a', layers: 1.5 }] }, /'spans\[0\]\.layers'/);
     bad({ spans: [{ text: 'a', layers: 3, executed: mask(L, [0, 1]) }] }, /'spans\[0\]\.executed'/);
     bad({ spans: [{ text: 7 as unknown as string, layers: 3 }] }, /'spans\[0\]\.text': must be a string/);
@@ -325,7 +367,14 @@ describe('renderDepthHtml', () => {
   });
 
   test('is fast on long outputs', () => {
-    const spans: DepthSpan[] = Array.from({ length: 20000 }, (_, i) => ({ text: `t${i} `, layers: i % 33, executed: mask(32, Array.from({ length: i % 33 }, (_, l) => l)) }));
+    const spans: DepthSpan[] = Array.from({ length: 20000 }, (_, i) => ({
+      text: `t${i} `,
+      layers: i % 33,
+      executed: mask(
+        32,
+        Array.from({ length: i % 33 }, (_, l) => l),
+      ),
+    }));
     const t0 = Date.now();
     const out = renderDepthHtml({ prompt: 'p', numLayers: 32, spans });
     expect(count(out, /<span class="tok"/g)).toBe(20000);

@@ -52,23 +52,28 @@ describe.each(cases)('%s', (_name, options) => {
     for (let i = 0; i < tokens.length; i++) expect(relError(got.logits[i], want[i])).toBeLessThan(TOL_F32);
   });
 
-  test.each(['bf16', 'f16'] as const)('with a %s KV cache, logits match the reference that rounds K and V the same way', async (kv) => {
-    const ref = loadReference(dir);
-    const tokens = randomTokens(12, 0, model.config.vocabSize, 3);
-    const want = referenceLogits(ref, tokens, { kvCacheType: kv });
-    const unrounded = referenceLogits(ref, tokens);
-    const m = await loadModel(dir, { kvCacheType: kv, threads: 2 });
-    try {
-      expect(m.info.kvCacheType).toBe(kv);
-      expect(m.info.kvBytesPerToken).toBe(2 * 2 * m.config.numLayers * m.config.numKvHeads * m.config.headDim);
-      const got = await m.evaluate(tokens);
-      for (let i = 0; i < tokens.length; i++) expect(relError(got.logits[i], want[i])).toBeLessThan(TOL[kv]);
-      // The cache really is rounded: against the unrounded reference the error is far larger.
-      expect(Math.max(...got.logits.map((row, i) => relError(row, unrounded[i]!)))).toBeGreaterThan(ROUNDING_SEEN[kv]);
-    } finally {
-      await m.dispose();
-    }
-  });
+  test.each(['bf16', 'f16'] as const)(
+    'with a %s KV cache, logits match the reference that rounds K and V the same way',
+    async (kv) => {
+      const ref = loadReference(dir);
+      const tokens = randomTokens(12, 0, model.config.vocabSize, 3);
+      const want = referenceLogits(ref, tokens, { kvCacheType: kv });
+      const unrounded = referenceLogits(ref, tokens);
+      const m = await loadModel(dir, { kvCacheType: kv, threads: 2 });
+      try {
+        expect(m.info.kvCacheType).toBe(kv);
+        expect(m.info.kvBytesPerToken).toBe(2 * 2 * m.config.numLayers * m.config.numKvHeads * m.config.headDim);
+        const got = await m.evaluate(tokens);
+        for (let i = 0; i < tokens.length; i++) expect(relError(got.logits[i], want[i])).toBeLessThan(TOL[kv]);
+        // The cache really is rounded: against the unrounded reference the error is far larger.
+        expect(Math.max(...got.logits.map((row, i) => relError(row, unrounded[i]!)))).toBeGreaterThan(
+          ROUNDING_SEEN[kv],
+        );
+      } finally {
+        await m.dispose();
+      }
+    },
+  );
 
   test('greedy continuation matches the reference', async () => {
     const ref = loadReference(dir);
@@ -99,8 +104,11 @@ describe('batching and caching', () => {
   test('concurrent generations batched together equal the same generations one by one', async () => {
     const prompts = [0, 1, 2, 3, 4, 5].map((k) => randomTokens(3 + k, 0, 256, 100 + k));
     const alone: number[][] = [];
-    for (const p of prompts) alone.push((await model.generate({ tokens: p }, { maxTokens: 10, stopOnEos: false })).tokens);
-    const together = await Promise.all(prompts.map((p) => model.generate({ tokens: p }, { maxTokens: 10, stopOnEos: false })));
+    for (const p of prompts)
+      alone.push((await model.generate({ tokens: p }, { maxTokens: 10, stopOnEos: false })).tokens);
+    const together = await Promise.all(
+      prompts.map((p) => model.generate({ tokens: p }, { maxTokens: 10, stopOnEos: false })),
+    );
     expect(together.map((r) => r.tokens)).toEqual(alone);
   });
 

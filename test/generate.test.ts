@@ -58,7 +58,10 @@ describe('stopping', () => {
     const eos = free.tokens[3];
     const eosDir = path.join(path.dirname(dir), 'eos-model');
     fs.cpSync(dir, eosDir, { recursive: true });
-    fs.writeFileSync(path.join(eosDir, 'generation_config.json'), JSON.stringify({ eos_token_id: [999999 % 320, eos] }));
+    fs.writeFileSync(
+      path.join(eosDir, 'generation_config.json'),
+      JSON.stringify({ eos_token_id: [999999 % 320, eos] }),
+    );
     const m2 = await loadModel(eosDir, { threads: 1 });
     try {
       const chunks: number[] = [];
@@ -82,7 +85,12 @@ describe('stopping', () => {
     }
     expect(stop).not.toBe('');
     let streamed = '';
-    const r = await model.generate('The', { maxTokens: 40, stopOnEos: false, stop: [stop], onToken: (c) => (streamed += c.text) });
+    const r = await model.generate('The', {
+      maxTokens: 40,
+      stopOnEos: false,
+      stop: [stop],
+      onToken: (c) => (streamed += c.text),
+    });
     expect(r.finishReason).toBe('stop');
     expect(r.text).toBe(free.text.slice(0, free.text.indexOf(stop)));
     expect(streamed).toBe(r.text);
@@ -118,11 +126,20 @@ describe('abort', () => {
   test('an AbortSignal rejects with AbortError, or resolves the partial result with stopOnAbort', async () => {
     const ac = new AbortController();
     await expect(
-      model.generate(prompt, { maxTokens: 50, stopOnEos: false, signal: ac.signal, onToken: (c) => c.index === 2 && ac.abort() }),
+      model.generate(prompt, {
+        maxTokens: 50,
+        stopOnEos: false,
+        signal: ac.signal,
+        onToken: (c) => c.index === 2 && ac.abort(),
+      }),
     ).rejects.toBeInstanceOf(AbortError);
     const ac2 = new AbortController();
     const r = await model.generate(prompt, {
-      maxTokens: 50, stopOnEos: false, signal: ac2.signal, stopOnAbort: true, onToken: (c) => c.index === 2 && ac2.abort(),
+      maxTokens: 50,
+      stopOnEos: false,
+      signal: ac2.signal,
+      stopOnAbort: true,
+      onToken: (c) => c.index === 2 && ac2.abort(),
     });
     expect(r.finishReason).toBe('abort');
     expect(r.tokens).toHaveLength(3);
@@ -144,7 +161,10 @@ describe('text and chat input', () => {
     const rendered = model.applyChatTemplate(messages);
     expect(rendered).toContain('Hi there');
     const viaChat = await model.generate(messages, { maxTokens: 4, stopOnEos: false });
-    const viaTokens = await model.generate({ tokens: model.tokenize(rendered, { addSpecialTokens: false }) }, { maxTokens: 4, stopOnEos: false });
+    const viaTokens = await model.generate(
+      { tokens: model.tokenize(rendered, { addSpecialTokens: false }) },
+      { maxTokens: 4, stopOnEos: false },
+    );
     expect(viaChat.tokens).toEqual(viaTokens.tokens);
     expect(viaChat.usage.promptTokens).toBe(model.tokenize(rendered, { addSpecialTokens: false }).length);
   });
@@ -152,7 +172,10 @@ describe('text and chat input', () => {
 
 describe('lifecycle', () => {
   test('the event loop keeps running during a long prefill', async () => {
-    const big = await loadModel(tinyModel({ hidden: 256, heads: 4, kvHeads: 2, intermediate: 1024, layers: 6, maxPositions: 1024 }), { threads: 1 });
+    const big = await loadModel(
+      tinyModel({ hidden: 256, heads: 4, kvHeads: 2, intermediate: 1024, layers: 6, maxPositions: 1024 }),
+      { threads: 1 },
+    );
     try {
       let ticks = 0;
       const timer = setInterval(() => ticks++, 2);
@@ -196,7 +219,7 @@ describe('lifecycle', () => {
 });
 
 describe('long inputs', () => {
-  test('a prompt longer than one slice (512) gives the float64 reference\'s logits and greedy tokens', async () => {
+  test("a prompt longer than one slice (512) gives the float64 reference's logits and greedy tokens", async () => {
     const dir = tinyModel({ seed: 6, maxPositions: 1400 });
     const m = await loadModel(dir, { threads: 2, kvCacheType: 'f32' });
     try {
@@ -222,7 +245,9 @@ describe('long inputs', () => {
   });
 
   test('an AbortSignal stops a long prefill between slices', async () => {
-    const m = await loadModel(tinyModel({ seed: 6, hidden: 128, intermediate: 512, layers: 4, maxPositions: 4096 }), { threads: 1 });
+    const m = await loadModel(tinyModel({ seed: 6, hidden: 128, intermediate: 512, layers: 4, maxPositions: 4096 }), {
+      threads: 1,
+    });
     try {
       const ac = new AbortController();
       const tokens = randomTokens(4000, 0, 300, 78);
@@ -249,7 +274,9 @@ describe('memory and concurrency', () => {
     try {
       const perToken = m.info.kvBytesPerToken;
       const fits = Math.floor((10 * 2 ** 20) / perToken);
-      const err = await Promise.resolve().then(() => m.createSequence({ contextSize: fits + 1 })).catch((e) => e);
+      const err = await Promise.resolve()
+        .then(() => m.createSequence({ contextSize: fits + 1 }))
+        .catch((e) => e);
       expect(err).toBeInstanceOf(OutOfMemoryError);
       expect(err.message).toMatch(/needs 10\.00 MiB of KV cache \(\d+ bytes\)/); // MiB below 1 GiB
       // Reservations add up across live sequences, and come back on dispose.
@@ -266,8 +293,11 @@ describe('memory and concurrency', () => {
   test('32 concurrent greedy generations give exactly the outputs of running them one by one', async () => {
     const prompts = Array.from({ length: 32 }, (_, k) => randomTokens(2 + (k % 7), 0, 300, 500 + k));
     const alone: number[][] = [];
-    for (const p of prompts) alone.push((await model.generate({ tokens: p }, { maxTokens: 12, stopOnEos: false })).tokens);
-    const together = await Promise.all(prompts.map((p) => model.generate({ tokens: p }, { maxTokens: 12, stopOnEos: false })));
+    for (const p of prompts)
+      alone.push((await model.generate({ tokens: p }, { maxTokens: 12, stopOnEos: false })).tokens);
+    const together = await Promise.all(
+      prompts.map((p) => model.generate({ tokens: p }, { maxTokens: 12, stopOnEos: false })),
+    );
     expect(together.map((r) => r.tokens)).toEqual(alone);
   });
 });
@@ -307,7 +337,8 @@ describe('stop strings and the decoder’s final flush', () => {
       for (let k = 2; k <= full.tokens.length && !found; k++) {
         const text = tk.decode(full.tokens.slice(0, k));
         const stop = text.slice(-2);
-        if (text.endsWith('\uFFFD') && stop.length === 2 && text.indexOf(stop) === text.length - 2) found = { prompt: p, k, text };
+        if (text.endsWith('\uFFFD') && stop.length === 2 && text.indexOf(stop) === text.length - 2)
+          found = { prompt: p, k, text };
       }
     }
     if (!found) throw new Error('no greedy continuation ending inside a character was found for this model');
@@ -343,7 +374,8 @@ describe('stream decoder work', () => {
   const special = () => all().filter((i) => tk().isSpecial(i));
   // Byte tokens that alone are an incomplete or invalid UTF-8 sequence.
   const brokenBytes = () => all().filter((i) => !tk().isSpecial(i) && tk().decode([i]) === '\uFFFD');
-  const cycle = (ids: number[], n: number, step: number) => Array.from({ length: n }, (_, i) => ids[(i * step) % ids.length]);
+  const cycle = (ids: number[], n: number, step: number) =>
+    Array.from({ length: n }, (_, i) => ids[(i * step) % ids.length]);
 
   test.each([
     ['special tokens', () => cycle(special(), 4000, 1)],

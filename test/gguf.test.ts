@@ -355,7 +355,8 @@ describe('malformed GGUF files are refused with typed errors', () => {
     convertToGguf(dir, f32File);
     const s = specFromFile(f32File);
     // What quantize-on-load turns into Q8_0: the decoder projections and the LM head (untied here).
-    const quantized = /^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$|^output\.weight$/;
+    const quantized =
+      /^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$|^output\.weight$/;
     let n = 0;
     for (const t of s.tensors) {
       if (!quantized.test(t.name)) continue;
@@ -395,7 +396,11 @@ describe('malformed GGUF files are refused with typed errors', () => {
     t.data = new Uint8Array((elements / 256) * 144);
     const kFile = path.join(d, 'q4k.gguf');
     writeGguf(kFile, k);
-    await expectRefused(kFile, UnsupportedModelError, /tensor 'blk.0.ffn_down.weight' has ggml type Q4_K, which depthgate does not compute with/);
+    await expectRefused(
+      kFile,
+      UnsupportedModelError,
+      /tensor 'blk.0.ffn_down.weight' has ggml type Q4_K, which depthgate does not compute with/,
+    );
   });
   test('a GGUF path that does not exist, or is a directory', async () => {
     await expectRefused(path.join(d, 'missing.gguf'), ModelFileError, /does not exist/);

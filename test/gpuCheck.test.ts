@@ -28,7 +28,14 @@ function dryRun(out: string, env: Record<string, string>): { status: number | nu
   const r = spawnSync('bash', [script, '--dry-run', out], {
     encoding: 'utf8',
     timeout: 900000,
-    env: { ...process.env, DG_BUNDLE: bundle, DG_NO_CUDA_BUILD: '1', DG_XZ_LEVEL: '0', DEPTHGATE_REQUIRE_GPU: '', ...env },
+    env: {
+      ...process.env,
+      DG_BUNDLE: bundle,
+      DG_NO_CUDA_BUILD: '1',
+      DG_XZ_LEVEL: '0',
+      DEPTHGATE_REQUIRE_GPU: '',
+      ...env,
+    },
   });
   return { status: r.status, output: r.stdout + r.stderr };
 }
@@ -41,20 +48,44 @@ test('dry run: the bundle fits, every part that needs no GPU runs, $OUT stays wi
   const manifest = JSON.parse(fs.readFileSync(path.join(bundle, 'manifest.json'), 'utf8'));
   expect(manifest.travelBytes).toBeLessThanOrEqual(64 * 1024 * 1024);
   expect(manifest.travelBytes).toBeGreaterThan(manifest.bundleBytes);
-  for (const f of ['node.xz', 'bin/ops_parity_test', 'app/dist/index.js', 'app/build/Release/depthgate.node', 'scripts/engineParity.js', 'scripts/benchDecode.js'])
+  for (const f of [
+    'node.xz',
+    'bin/ops_parity_test',
+    'app/dist/index.js',
+    'app/build/Release/depthgate.node',
+    'scripts/engineParity.js',
+    'scripts/benchDecode.js',
+  ])
     expect(fs.existsSync(path.join(bundle, f))).toBe(true);
 
   const files = fs.readdirSync(out);
   expect(files.length).toBeLessThanOrEqual(8);
   for (const f of files) expect(fs.statSync(path.join(out, f)).size).toBeLessThan(16 * 1024 * 1024);
-  for (const f of ['summary.json', 'bench.json', 'ops-parity.json', 'engine-parity.json', 'hf-parity.json', 'env.txt', 'log.txt'])
+  for (const f of [
+    'summary.json',
+    'bench.json',
+    'ops-parity.json',
+    'engine-parity.json',
+    'hf-parity.json',
+    'env.txt',
+    'log.txt',
+  ])
     expect(files).toContain(f);
 
   const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   const status = Object.fromEntries((summary.parts as Part[]).map((p) => [p.part, p.status]));
   expect(status).toEqual({
-    node: 'ok', env: 'ok', cuda: 'skipped', ops: 'ok', engine: 'ok', hf: 'ok', memcheck: 'skipped',
-    python_checks: 'ok', bench_torch: 'ok', bench_depthgate: 'ok', bench_ops: 'ok',
+    node: 'ok',
+    env: 'ok',
+    cuda: 'skipped',
+    ops: 'ok',
+    engine: 'ok',
+    hf: 'ok',
+    memcheck: 'skipped',
+    python_checks: 'ok',
+    bench_torch: 'ok',
+    bench_depthgate: 'ok',
+    bench_ops: 'ok',
   });
   expect(summary.correctness).toBe('passed');
   expect(summary.results.opsParity.failed).toBe(0);

@@ -47,7 +47,10 @@ export function randomTokens(n: number, lo: number, hi: number, seed = 1): numbe
 
 /** Paths of files the process has memory-mapped or open (Linux), to check nothing is left after a failure. */
 export function openedFiles(): string[] {
-  const maps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').map((l) => l.split(/\s+/).slice(5).join(' '));
+  const maps = fs
+    .readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .map((l) => l.split(/\s+/).slice(5).join(' '));
   const fds = fs.readdirSync('/proc/self/fd').map((fd) => {
     try {
       return fs.readlinkSync(path.join('/proc/self/fd', fd));
@@ -66,7 +69,10 @@ export function openedFiles(): string[] {
 export function editF32Tensors(file: string, edits: Record<string, (values: Float32Array) => void>): void {
   const bytes = fs.readFileSync(file);
   const headerLen = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8')) as Record<
+    string,
+    { dtype: string; data_offsets: [number, number] }
+  >;
   for (const [name, edit] of Object.entries(edits)) {
     const e = header[name];
     if (!e) throw new Error(`editF32Tensors: ${file} has no tensor ${name}`);

@@ -6,7 +6,14 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ContextOverflowError, InvalidOptionError, loadModel, ModelFormatError, OutOfMemoryError, type Model } from '../src';
+import {
+  ContextOverflowError,
+  InvalidOptionError,
+  loadModel,
+  ModelFormatError,
+  OutOfMemoryError,
+  type Model,
+} from '../src';
 import { memorySources } from '../src/memory';
 import { cleanup, tinyModel } from './helpers';
 
@@ -26,7 +33,9 @@ describe('a prompt that cannot fit is refused before it is tokenized', () => {
   test('text, chat messages and token arrays, on one-shot calls and on sequences', async () => {
     const encode = jest.spyOn(model.tokenizer, 'encode');
     try {
-      await expect(model.generate(huge)).rejects.toThrow(/the prompt is 1000000 characters, at least \d+ tokens but only 64/);
+      await expect(model.generate(huge)).rejects.toThrow(
+        /the prompt is 1000000 characters, at least \d+ tokens but only 64/,
+      );
       const s = model.stream(huge);
       await expect(s.result).rejects.toBeInstanceOf(ContextOverflowError);
       const seq = model.createSequence({ contextSize: 32 });
@@ -64,7 +73,9 @@ describe('a prompt that cannot fit is refused before it is tokenized', () => {
     await expect(model.generate({ tokens: null as never })).rejects.toBeInstanceOf(InvalidOptionError);
     await expect(model.generate({ tokens: { length: -1 } as never })).rejects.toThrow(/length is -1/);
     // eslint-disable-next-line no-sparse-arrays -- a hole is the bad input under test
-    await expect(model.generate({ tokens: [5, , 6] as never })).rejects.toThrow(/element 1 \(undefined\) is not a token id/);
+    await expect(model.generate({ tokens: [5, , 6] as never })).rejects.toThrow(
+      /element 1 \(undefined\) is not a token id/,
+    );
     await expect(model.generate({ tokens: [5n] as never })).rejects.toThrow(/element 0 \(5n\)/);
     const r = await model.generate({ tokens: new Int32Array([5, 6]) }, { maxTokens: 1 });
     expect(r.usage.promptTokens).toBe(2); // ids are taken as given: no BOS added
@@ -117,40 +128,65 @@ describe('chat templates render within a bound', () => {
   const hi = [{ role: 'user', content: 'hi' }];
 
   test.each([
-    ['a loop of 10^8 steps', '{% for i in range(100000000) %}x{% endfor %}', /did not finish within its bound.*range\(\) of 100000000 items/],
-    ['nested loops', '{% for i in range(300) %}{% for j in range(300) %}x{% endfor %}{% endfor %}', /did not finish within its bound/],
-    ['a string doubled in a loop', "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}", /a string of more than \d+ characters/],
-  ])('%s is a ModelFormatError naming tokenizer_config.json, in a bounded number of steps', async (_what, template, message) => {
-    await withTemplate(template, async (m, file) => {
-      const t0 = performance.now();
-      let err: unknown;
-      try {
-        m.applyChatTemplate(hi);
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toBeInstanceOf(ModelFormatError);
-      expect((err as ModelFormatError).file).toBe(file);
-      expect((err as Error).message).toMatch(message);
-      // The bound is in steps (the message says it was hit); the time only says it is a small one: the
-      // unbounded renders took 45 s and more, and a loaded 2-core CI machine can take 1 s for this.
-      expect(performance.now() - t0).toBeLessThan(5000);
-      await expect(m.generate(hi)).rejects.toBeInstanceOf(ModelFormatError);
-    });
-  });
+    [
+      'a loop of 10^8 steps',
+      '{% for i in range(100000000) %}x{% endfor %}',
+      /did not finish within its bound.*range\(\) of 100000000 items/,
+    ],
+    [
+      'nested loops',
+      '{% for i in range(300) %}{% for j in range(300) %}x{% endfor %}{% endfor %}',
+      /did not finish within its bound/,
+    ],
+    [
+      'a string doubled in a loop',
+      "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+      /a string of more than \d+ characters/,
+    ],
+  ])(
+    '%s is a ModelFormatError naming tokenizer_config.json, in a bounded number of steps',
+    async (_what, template, message) => {
+      await withTemplate(template, async (m, file) => {
+        const t0 = performance.now();
+        let err: unknown;
+        try {
+          m.applyChatTemplate(hi);
+        } catch (e) {
+          err = e;
+        }
+        expect(err).toBeInstanceOf(ModelFormatError);
+        expect((err as ModelFormatError).file).toBe(file);
+        expect((err as Error).message).toMatch(message);
+        // The bound is in steps (the message says it was hit); the time only says it is a small one: the
+        // unbounded renders took 45 s and more, and a loaded 2-core CI machine can take 1 s for this.
+        expect(performance.now() - t0).toBeLessThan(5000);
+        await expect(m.generate(hi)).rejects.toBeInstanceOf(ModelFormatError);
+      });
+    },
+  );
 
   test("a template's raise_exception is an InvalidOptionError on messages; one that does not parse is a ModelFormatError", async () => {
-    await withTemplate("{% if messages[0]['role'] != 'system' %}{{ raise_exception('the first message must be a system message') }}{% endif %}", async (m) => {
-      expect(() => m.applyChatTemplate(hi)).toThrow(/option 'messages': the chat template refused them: the first message must be a system message/);
-    });
+    await withTemplate(
+      "{% if messages[0]['role'] != 'system' %}{{ raise_exception('the first message must be a system message') }}{% endif %}",
+      async (m) => {
+        expect(() => m.applyChatTemplate(hi)).toThrow(
+          /option 'messages': the chat template refused them: the first message must be a system message/,
+        );
+      },
+    );
     await withTemplate('{% for %}', async (m, file) => {
       expect(() => m.applyChatTemplate(hi)).toThrow(ModelFormatError);
-      expect(() => m.applyChatTemplate(hi)).toThrow(new RegExp(`${file.replace(/[/.]/g, '\\$&')}: chat_template is not a valid template`));
+      expect(() => m.applyChatTemplate(hi)).toThrow(
+        new RegExp(`${file.replace(/[/.]/g, '\\$&')}: chat_template is not a valid template`),
+      );
     });
   });
 
   test('the bound grows with the conversation: the model’s own template renders 2000 messages', () => {
-    const messages = Array.from({ length: 2000 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: `message ${i} `.repeat(20) }));
+    const messages = Array.from({ length: 2000 }, (_, i) => ({
+      role: i % 2 ? 'assistant' : 'user',
+      content: `message ${i} `.repeat(20),
+    }));
     const text = model.applyChatTemplate(messages);
     expect(text).toContain('message 1999');
     expect(text.split('<|eot_id|>')).toHaveLength(2001);
@@ -162,7 +198,9 @@ describe('memory', () => {
   let wide: string | undefined;
   const wideDir = () => (wide ??= tinyModel({ seed: 7, maxPositions: 2 ** 31 - 1 }));
   test('evaluate() is capped by the model’s contextSize', async () => {
-    await expect(model.evaluate(Array.from({ length: 65 }, (_, i) => i))).rejects.toThrow(/65 tokens but only 64 of its 64/);
+    await expect(model.evaluate(Array.from({ length: 65 }, (_, i) => i))).rejects.toThrow(
+      /65 tokens but only 64 of its 64/,
+    );
     expect((await model.evaluate(Array.from({ length: 64 }, (_, i) => i))).logits).toHaveLength(64);
   });
 
@@ -176,7 +214,9 @@ describe('memory', () => {
     const m = await loadModel(wideDir(), { threads: 1, memoryLimit: n * kv + (n * v * 4) / 2 });
     try {
       const seq = m.createSequence({ contextSize: n });
-      await expect(seq.evaluate(Array.from({ length: n }, (_, i) => i % 300))).rejects.toThrow(/evaluating 400 positions returns .* of logits/);
+      await expect(seq.evaluate(Array.from({ length: n }, (_, i) => i % 300))).rejects.toThrow(
+        /evaluating 400 positions returns .* of logits/,
+      );
       expect(seq.tokens).toEqual([]);
       // Fewer positions fit; the reservation is returned after each call.
       for (let k = 0; k < 3; k++) expect((await seq.evaluate([1, 2, 3])).logits).toHaveLength(3);

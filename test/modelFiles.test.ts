@@ -30,7 +30,12 @@ function replaceWith(file: string, kind: 'fifo' | 'devzero' | 'dir'): void {
 }
 
 /** Loads and expects a ModelFileError naming `file`, within a few seconds and with nothing left open. */
-async function expectRefused(dir: string, file: string, message: RegExp, options: Parameters<typeof loadModel>[1] = {}): Promise<void> {
+async function expectRefused(
+  dir: string,
+  file: string,
+  message: RegExp,
+  options: Parameters<typeof loadModel>[1] = {},
+): Promise<void> {
   const t0 = performance.now();
   let model: Model | undefined;
   const err = await loadModel(dir, { threads: 1, ...options }).then(
@@ -54,7 +59,11 @@ async function expectRefused(dir: string, file: string, message: RegExp, options
 const JSON_FILES = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json'];
 
 describe.each(['fifo', 'devzero', 'dir'] as const)('a %s in place of', (kind) => {
-  const why = { fifo: /not a regular file \(it is a FIFO\)/, devzero: /not a regular file \(it is a device\)/, dir: /not a regular file \(it is a directory\)/ }[kind];
+  const why = {
+    fifo: /not a regular file \(it is a FIFO\)/,
+    devzero: /not a regular file \(it is a device\)/,
+    dir: /not a regular file \(it is a directory\)/,
+  }[kind];
 
   test.each(JSON_FILES)('%s', async (name) => {
     const dir = tinyModel({ seed: 2 });
@@ -77,7 +86,13 @@ describe.each(['fifo', 'devzero', 'dir'] as const)('a %s in place of', (kind) =>
     await expectRefused(dir, weights, why);
 
     const sharded = tinyModel({ seed: 2, shards: 2 });
-    const shard = path.join(sharded, fs.readdirSync(sharded).filter((f) => /^model-\d+-of-\d+\.safetensors$/.test(f)).sort()[1]);
+    const shard = path.join(
+      sharded,
+      fs
+        .readdirSync(sharded)
+        .filter((f) => /^model-\d+-of-\d+\.safetensors$/.test(f))
+        .sort()[1],
+    );
     replaceWith(shard, kind);
     await expectRefused(sharded, shard, why);
 
@@ -98,7 +113,10 @@ test('the addon itself opens a FIFO without blocking and refuses it (its own che
   const t0 = performance.now();
   const err = await native()
     .loadModel({ files: [fifo], config, threads: 1, prefault: true, backend: 'cpu' })
-    .then(() => null, (e: unknown) => e as { code: string; file: string; message: string });
+    .then(
+      () => null,
+      (e: unknown) => e as { code: string; file: string; message: string },
+    );
   expect(err?.code).toBe('ERR_DEPTHGATE_MODEL_IO');
   expect(err?.file).toBe(fifo);
   expect(err?.message).toMatch(/not a regular file/);
@@ -188,7 +206,9 @@ describe('DEPTHGATE_NATIVE_PATH', () => {
       err = e;
     }
     expect(err).toBeInstanceOf(NativeLoadError);
-    expect((err as NativeLoadError).attempts).toEqual([{ path: path.resolve(target), error: expect.stringMatching(why) }]);
+    expect((err as NativeLoadError).attempts).toEqual([
+      { path: path.resolve(target), error: expect.stringMatching(why) },
+    ]);
     expect(performance.now() - t0).toBeLessThan(2000);
   });
 
@@ -222,6 +242,7 @@ test('a relative add-on path is taken from the working directory, not the model 
   }
   // The bare name, which would be found beside the model, is looked for in the working directory.
   await expect(loadModel(dir, { threads: 1, addons: ['skip.safetensors'] })).rejects.toMatchObject({
-    code: 'ERR_DEPTHGATE_MODEL_IO', file: path.resolve('skip.safetensors'),
+    code: 'ERR_DEPTHGATE_MODEL_IO',
+    file: path.resolve('skip.safetensors'),
   });
 });

@@ -45,7 +45,13 @@ function patchConfig(dir: string, patch: Record<string, unknown>): void {
 }
 
 /** Decisions, router weights and logits of `policy` (undefined: the model's default) against the reference's `ref`. */
-async function expectMatchesReference(model: Model, dir: string, tokens: number[], policy: Policy | undefined, ref: RefPolicy) {
+async function expectMatchesReference(
+  model: Model,
+  dir: string,
+  tokens: number[],
+  policy: Policy | undefined,
+  ref: RefPolicy,
+) {
   const want = referenceRouted(loadRoutedReference(dir), tokens, ref);
   const got = await model.evaluate(tokens, policy ? { policy } : {});
   for (let p = 0; p < tokens.length; p++) {
@@ -79,16 +85,23 @@ describe('writeTinyModel official FlexiDepth layout', () => {
 
   test('sharded: the index lists the router tensors in their shards', () => {
     const dir = write({ ...OFFICIAL, shards: 3 });
-    const index = JSON.parse(fs.readFileSync(path.join(dir, 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> };
+    const index = JSON.parse(fs.readFileSync(path.join(dir, 'model.safetensors.index.json'), 'utf8')) as {
+      weight_map: Record<string, string>;
+    };
     const shards = new Set(Object.values(index.weight_map));
     expect(shards.size).toBe(3);
-    for (const l of ROUTED) expect(index.weight_map[`model.layers.${l}.router.router_enc.weight`]).toMatch(/^model-0000\d-of-00003\.safetensors$/);
+    for (const l of ROUTED)
+      expect(index.weight_map[`model.layers.${l}.router.router_enc.weight`]).toMatch(
+        /^model-0000\d-of-00003\.safetensors$/,
+      );
     expect(loadRoutedReference(dir).flexidepthLayers).toEqual(ROUTED);
   });
 
   test('only for a Llama with routers in its own weights', () => {
     expect(() => write({ ...OFFICIAL, arch: 'qwen2' })).toThrow(/official/);
-    expect(() => write({ layers: 6, flexidepth: { layers: ROUTED, official: true, addonFile: 'fd.safetensors' } })).toThrow(/official/);
+    expect(() =>
+      write({ layers: 6, flexidepth: { layers: ROUTED, official: true, addonFile: 'fd.safetensors' } }),
+    ).toThrow(/official/);
   });
 });
 
@@ -117,7 +130,9 @@ describe.each([
   });
 
   test('with no policy, evaluate is FlexiDepth: decisions, router weights and logits equal the float64 reference', async () => {
-    const want = await expectMatchesReference(model, dir, randomTokens(24, 0, 300, 5), undefined, { type: 'flexidepth' });
+    const want = await expectMatchesReference(model, dir, randomTokens(24, 0, 300, 5), undefined, {
+      type: 'flexidepth',
+    });
     const routed = want.executed.flatMap((row) => row.slice(2));
     // The decisions split both ways, so this is not the dense model in disguise.
     expect(routed.some((x) => x === 0)).toBe(true);
@@ -142,9 +157,24 @@ describe.each([
   test('every other policy still works: none, another threshold, static, D3', async () => {
     const tokens = randomTokens(16, 0, 300, 6);
     await expectMatchesReference(model, dir, tokens, { type: 'none' }, { type: 'none' });
-    await expectMatchesReference(model, dir, tokens, { type: 'flexidepth', threshold: 0.3 }, { type: 'flexidepth', threshold: 0.3 });
-    await expectMatchesReference(model, dir, tokens, { type: 'static', skipLayers: [1, 4] }, { type: 'static', skipLayers: [1, 4] });
-    const d3 = await model.generate({ tokens: tokens.slice(0, 4) }, { maxTokens: 5, stopOnEos: false, policy: { type: 'd3', alpha: 0.5 } });
+    await expectMatchesReference(
+      model,
+      dir,
+      tokens,
+      { type: 'flexidepth', threshold: 0.3 },
+      { type: 'flexidepth', threshold: 0.3 },
+    );
+    await expectMatchesReference(
+      model,
+      dir,
+      tokens,
+      { type: 'static', skipLayers: [1, 4] },
+      { type: 'static', skipLayers: [1, 4] },
+    );
+    const d3 = await model.generate(
+      { tokens: tokens.slice(0, 4) },
+      { maxTokens: 5, stopOnEos: false, policy: { type: 'd3', alpha: 0.5 } },
+    );
     expect(d3.depth.meanLayers).toBeLessThan(6);
   });
 });
@@ -187,7 +217,9 @@ describe('config.json and the router tensors must agree', () => {
   test('routers on a layer that routing_layers does not list are refused', async () => {
     const dir = write({ ...OFFICIAL, shards: 2 });
     patchConfig(dir, { routing_layers: [2, 3, 4] });
-    await expect(loadModel(dir)).rejects.toThrow(/layer 5 has FlexiDepth router weights but 'routing_layers' does not list it/);
+    await expect(loadModel(dir)).rejects.toThrow(
+      /layer 5 has FlexiDepth router weights but 'routing_layers' does not list it/,
+    );
   });
 
   test('routing_layers missing, out of range or repeated is refused by readModelConfig', () => {
@@ -224,7 +256,9 @@ describe('config.json and the router tensors must agree', () => {
       /'router_reduction_factor' is 8, so layer 2 would be 64 \/ 8 = 8 wide, but model\.layers\.2\.router\.router_enc\.weight has 4 rows/,
     );
     patchConfig(dir, { router_reduction_factor: 16, proj_reduction_factor: 4 });
-    await expect(loadModel(dir)).rejects.toThrow(/'proj_reduction_factor' is 4, so layer 2 would be 128 \/ 4 = 32 wide/);
+    await expect(loadModel(dir)).rejects.toThrow(
+      /'proj_reduction_factor' is 4, so layer 2 would be 128 \/ 4 = 32 wide/,
+    );
     patchConfig(dir, { proj_reduction_factor: 0 });
     expect(() => readModelConfig(dir)).toThrow(/'proj_reduction_factor' must be a positive integer/);
   });
@@ -268,11 +302,18 @@ describe('other config.json fields of the official checkpoint', () => {
 
 describe('one default-policy rule for every model', () => {
   test('a LlamaForCausalLM checkpoint with routers in its shards defaults to FlexiDepth; routers from an add-on do not', async () => {
-    const own = await loadModel(write({ ...PLAIN, flexidepth: { layers: ROUTED } }), { kvCacheType: 'f32', threads: 1 });
+    const own = await loadModel(write({ ...PLAIN, flexidepth: { layers: ROUTED } }), {
+      kvCacheType: 'f32',
+      threads: 1,
+    });
     expect(own.defaultPolicy.policy).toEqual({ type: 'flexidepth' });
     await own.dispose();
     const dir = write({ ...PLAIN, flexidepth: { layers: ROUTED, addonFile: 'fd.safetensors' } });
-    const withAddon = await loadModel(dir, { kvCacheType: 'f32', threads: 1, addons: [path.join(dir, 'fd.safetensors')] });
+    const withAddon = await loadModel(dir, {
+      kvCacheType: 'f32',
+      threads: 1,
+      addons: [path.join(dir, 'fd.safetensors')],
+    });
     expect(withAddon.info.flexiDepthLayers).toEqual(ROUTED);
     expect(withAddon.info.checkpointFlexiDepthLayers).toEqual([]);
     expect(withAddon.defaultPolicy.policy).toEqual({ type: 'none' });
@@ -293,7 +334,11 @@ describe('one default-policy rule for every model', () => {
     const bare = await loadModel(d.dir, { kvCacheType: 'f32', threads: 1 });
     expect(bare.defaultPolicy.policy).toEqual({ type: 'none' });
     await bare.dispose();
-    const other = await loadModel(d.dir, { kvCacheType: 'f32', threads: 1, addons: [path.join(d.dir, 'flexidepth-p1e-2.safetensors')] });
+    const other = await loadModel(d.dir, {
+      kvCacheType: 'f32',
+      threads: 1,
+      addons: [path.join(d.dir, 'flexidepth-p1e-2.safetensors')],
+    });
     expect(other.defaultPolicy.policy).toEqual({ type: 'none' });
     await other.dispose();
   });
@@ -312,7 +357,9 @@ describe('CLI', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/architecture: DDLlamaForCausalLM \(6 layers/);
     expect(r.stdout).toMatch(/routers: FlexiDepth on layers \[2, 3, 4, 5\] \(in the checkpoint\)/);
-    expect(r.stdout).toMatch(/default policy: flexidepth, because the checkpoint carries FlexiDepth routers in its own weights \(layers \[2, 3, 4, 5\]\)/);
+    expect(r.stdout).toMatch(
+      /default policy: flexidepth, because the checkpoint carries FlexiDepth routers in its own weights \(layers \[2, 3, 4, 5\]\)/,
+    );
     const plain = run(['info', write(PLAIN)]);
     expect(plain.stdout).toMatch(/default policy: none, because the checkpoint carries no FlexiDepth routers/);
   });

@@ -35,7 +35,12 @@ test('every op agrees with the float64 reference on both backends, and every pla
   expect(out).toMatch(/ops parity passed/);
   expect(r.status).toBe(0);
 
-  const report = JSON.parse(fs.readFileSync(json, 'utf8')) as { a: string; b: string; failed: number; groups: GroupRow[] };
+  const report = JSON.parse(fs.readFileSync(json, 'utf8')) as {
+    a: string;
+    b: string;
+    failed: number;
+    groups: GroupRow[];
+  };
   expect(report.a).toMatch(/^cpu /);
   expect(report.b).toMatch(/^cpu scalar in a child process/);
   expect(report.failed).toBe(0);

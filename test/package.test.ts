@@ -35,7 +35,20 @@ function run(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.Proc
 /** A scratch copy of the package sources (node_modules linked), so the build here is left alone. */
 function packageCopy(): string {
   const dir = tmpDir('depthgate-src-');
-  for (const f of ['package.json', 'tsconfig.json', 'binding.gyp', 'CMakeLists.txt', 'README.md', 'src', 'native', 'cuda', 'scripts', 'models', 'docs', 'bench/data'])
+  for (const f of [
+    'package.json',
+    'tsconfig.json',
+    'binding.gyp',
+    'CMakeLists.txt',
+    'README.md',
+    'src',
+    'native',
+    'cuda',
+    'scripts',
+    'models',
+    'docs',
+    'bench/data',
+  ])
     fs.cpSync(path.join(root, f), path.join(dir, f), { recursive: true });
   fs.symlinkSync(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
   return dir;
@@ -54,34 +67,60 @@ test('npm pack + install with an empty cache and no compiler gives a working pac
   // The binary's floor: glibc 2.32 and GCC 11's libstdc++ (as the README states).
   const syms = run('objdump', ['-T', path.join(src, 'prebuilds', 'linux-x64', prebuilt[0])], { cwd: src }).stdout;
   const newest = (prefix: string) =>
-    [...syms.matchAll(new RegExp(`\\(${prefix}_([0-9.]+)\\)`, 'g'))].map((m) => m[1].split('.').map(Number))
-      .sort((a, b) => a[0] - b[0] || a[1] - b[1] || (a[2] ?? 0) - (b[2] ?? 0)).at(-1)!;
+    [...syms.matchAll(new RegExp(`\\(${prefix}_([0-9.]+)\\)`, 'g'))]
+      .map((m) => m[1].split('.').map(Number))
+      .sort((a, b) => a[0] - b[0] || a[1] - b[1] || (a[2] ?? 0) - (b[2] ?? 0))
+      .at(-1)!;
   expect(newest('GLIBC')).toEqual([2, 32]);
   expect(newest('GLIBCXX')).toEqual([3, 4, 29]);
 
   const dest = tmpDir('depthgate-pack-');
   const pack = run('npm', ['pack', '--json', '--pack-destination', dest], { cwd: src });
   expect(pack.code).toBe(0);
-  const info = JSON.parse(pack.stdout.slice(pack.stdout.indexOf('['))) as { filename: string; size: number; unpackedSize: number; files: { path: string }[] }[];
+  const info = JSON.parse(pack.stdout.slice(pack.stdout.indexOf('['))) as {
+    filename: string;
+    size: number;
+    unpackedSize: number;
+    files: { path: string }[];
+  }[];
   const files = info[0].files.map((f) => f.path);
-  expect(files).toEqual(expect.arrayContaining([
-    'dist/index.js', 'dist/index.d.ts', 'dist/cli.js', `prebuilds/linux-x64/${prebuilt[0]}`, 'binding.gyp', 'native/sources.json', 'native/engine.cc',
-  ]));
+  expect(files).toEqual(
+    expect.arrayContaining([
+      'dist/index.js',
+      'dist/index.d.ts',
+      'dist/cli.js',
+      `prebuilds/linux-x64/${prebuilt[0]}`,
+      'binding.gyp',
+      'native/sources.json',
+      'native/engine.cc',
+    ]),
+  );
   // The embedded default model and its router add-ons ship; nothing else heavy does: no tests,
   // benchmarks, training code, TypeScript sources, source maps or build folders.
-  expect(files).toEqual(expect.arrayContaining(['models/default/model.safetensors', 'models/default/tokenizer.json', `models/default/${DEFAULT_ADDON}`]));
+  expect(files).toEqual(
+    expect.arrayContaining([
+      'models/default/model.safetensors',
+      'models/default/tokenizer.json',
+      `models/default/${DEFAULT_ADDON}`,
+    ]),
+  );
   // The held-out text of the README's eval example ships, as do the pages and plots it links to.
-  for (const f of files.filter((f) => f !== 'bench/data/kjv-heldout.txt')) expect(f).not.toMatch(/^(test|bench|src|build|scripts|train)\/|\.map$|\.ts$(?<!\.d\.ts)/);
+  for (const f of files.filter((f) => f !== 'bench/data/kjv-heldout.txt'))
+    expect(f).not.toMatch(/^(test|bench|src|build|scripts|train)\/|\.map$|\.ts$(?<!\.d\.ts)/);
   // Every file the README links to or names as an example's input is in the package, so an installed copy has them.
   const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
-  const linked = [...readme.matchAll(/\]\(((?!https?:|#)[^)#\s]+)(?:#[^)]*)?\)/g)].map((m) => m[1]!.replace(/^\.\//, ''));
+  const linked = [...readme.matchAll(/\]\(((?!https?:|#)[^)#\s]+)(?:#[^)]*)?\)/g)].map((m) =>
+    m[1]!.replace(/^\.\//, ''),
+  );
   expect(linked.length).toBeGreaterThan(0);
   for (const f of [...linked, 'bench/data/kjv-heldout.txt']) expect([f, files.includes(f)]).toEqual([f, true]);
   for (const f of files.filter((f) => f.endsWith('.safetensors'))) expect(f).toMatch(/^models\/default\//);
   if (withCuda) expect(files).toContain('prebuilds/linux-x64/libdepthgate_cuda.so');
   // About 1.3 MiB of code (with the CUDA library) plus the default model's ~16 MiB of bf16 weights.
   expect(info[0].size).toBeLessThan((withCuda ? 22 : 20) * 2 ** 20);
-  console.log(`tarball ${info[0].filename}: ${(info[0].size / 1024).toFixed(0)} KiB packed, ${(info[0].unpackedSize / 1024).toFixed(0)} KiB unpacked, ${files.length} files`);
+  console.log(
+    `tarball ${info[0].filename}: ${(info[0].size / 1024).toFixed(0)} KiB packed, ${(info[0].unpackedSize / 1024).toFixed(0)} KiB unpacked, ${files.length} files`,
+  );
 
   // An environment with node, npm and sh only.
   const bin = tmpDir('depthgate-bin-');
@@ -93,14 +132,29 @@ test('npm pack + install with an empty cache and no compiler gives a working pac
   const userNpmrc = path.join(os.homedir(), '.npmrc');
   if (fs.existsSync(userNpmrc)) fs.copyFileSync(userNpmrc, path.join(home, '.npmrc'));
   const env: NodeJS.ProcessEnv = { PATH: bin, HOME: home, npm_config_cache: tmpDir('depthgate-npm-cache-') };
-  for (const k of ['HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'http_proxy', 'https_proxy', 'no_proxy', 'NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE'])
+  for (const k of [
+    'HTTP_PROXY',
+    'HTTPS_PROXY',
+    'NO_PROXY',
+    'http_proxy',
+    'https_proxy',
+    'no_proxy',
+    'NODE_EXTRA_CA_CERTS',
+    'SSL_CERT_FILE',
+  ])
     if (process.env[k]) env[k] = process.env[k];
   for (const tool of ['cc', 'gcc', 'g++', 'make', 'cmake', 'python3'])
-    expect(run('/bin/sh', ['-c', `command -v ${tool} || echo missing`], { cwd: bin, env }).stdout.trim()).toBe('missing');
+    expect(run('/bin/sh', ['-c', `command -v ${tool} || echo missing`], { cwd: bin, env }).stdout.trim()).toBe(
+      'missing',
+    );
 
   const app = tmpDir('depthgate-app-');
   fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', private: true }));
-  const install = run('npm', ['install', '--no-audit', '--no-fund', '--foreground-scripts', path.join(dest, info[0].filename)], { cwd: app, env });
+  const install = run(
+    'npm',
+    ['install', '--no-audit', '--no-fund', '--foreground-scripts', path.join(dest, info[0].filename)],
+    { cwd: app, env },
+  );
   expect(install.out).not.toMatch(/gyp info|CXX\(target\)|make: /);
   expect(install.code).toBe(0);
   expect(fs.existsSync(path.join(app, 'node_modules', 'depthgate', 'build'))).toBe(false);
@@ -116,10 +170,21 @@ test('npm pack + install with an empty cache and no compiler gives a working pac
       }
       const manifest = path.join(pkgDir, 'package.json');
       if (!fs.existsSync(manifest)) continue;
-      const pkg = JSON.parse(fs.readFileSync(manifest, 'utf8')) as { name: string; scripts?: Record<string, string>; gypfile?: boolean };
-      const scripts = ['preinstall', 'install', 'postinstall'].filter((k) => pkg.scripts?.[k]).map((k) => `${k}: ${pkg.scripts![k]}`);
+      const pkg = JSON.parse(fs.readFileSync(manifest, 'utf8')) as {
+        name: string;
+        scripts?: Record<string, string>;
+        gypfile?: boolean;
+      };
+      const scripts = ['preinstall', 'install', 'postinstall']
+        .filter((k) => pkg.scripts?.[k])
+        .map((k) => `${k}: ${pkg.scripts![k]}`);
       // npm runs `node-gyp rebuild` for a package with a binding.gyp and no install script, unless gypfile is false.
-      if (!pkg.scripts?.install && !pkg.scripts?.preinstall && pkg.gypfile !== false && fs.existsSync(path.join(pkgDir, 'binding.gyp')))
+      if (
+        !pkg.scripts?.install &&
+        !pkg.scripts?.preinstall &&
+        pkg.gypfile !== false &&
+        fs.existsSync(path.join(pkgDir, 'binding.gyp'))
+      )
         scripts.push('install: node-gyp rebuild (implicit, binding.gyp)');
       if (scripts.length) withScripts[pkg.name] = scripts.join('; ');
       if (fs.existsSync(path.join(pkgDir, 'node_modules'))) walk(path.join(pkgDir, 'node_modules'));
@@ -140,13 +205,22 @@ test('npm pack + install with an empty cache and no compiler gives a working pac
     });`;
   const gen = run('node', ['-e', script], { cwd: app, env });
   expect(gen.code).toBe(0);
-  const res = JSON.parse(gen.stdout.trim().split('\n').at(-1)!) as { addon: string; backends: string[]; cuda: { compiled: boolean; available: boolean }; tokens: number };
+  const res = JSON.parse(gen.stdout.trim().split('\n').at(-1)!) as {
+    addon: string;
+    backends: string[];
+    cuda: { compiled: boolean; available: boolean };
+    tokens: number;
+  };
   expect(res.addon).toContain(path.join('node_modules', 'depthgate', 'prebuilds', 'linux-x64'));
   // The installed addon finds the packed CUDA library (no GPU here, so it is not usable).
   expect(res.cuda.compiled).toBe(withCuda);
   expect(res.backends).toEqual(withCuda ? ['cpu', 'cuda'] : ['cpu']);
   expect(res.tokens).toBe(5);
-  const cli = run('node', [path.join(app, 'node_modules', '.bin', 'depthgate'), 'generate', '--prompt', 'Hi', '--max-tokens', '3'], { cwd: app, env });
+  const cli = run(
+    'node',
+    [path.join(app, 'node_modules', '.bin', 'depthgate'), 'generate', '--prompt', 'Hi', '--max-tokens', '3'],
+    { cwd: app, env },
+  );
   expect(cli.code).toBe(0);
   expect(cli.stdout.startsWith('Hi')).toBe(true);
   // With no model directory: the packed default model and its FlexiDepth routers.
@@ -157,7 +231,10 @@ test('npm pack + install with an empty cache and no compiler gives a working pac
 /** The README's ```ts and ```js examples, in order. */
 function readmeExamples(): { lang: 'ts' | 'js'; code: string }[] {
   const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
-  return [...readme.matchAll(/^```(ts|js)\n([\s\S]*?)^```$/gm)].map((m) => ({ lang: m[1] as 'ts' | 'js', code: m[2]! }));
+  return [...readme.matchAll(/^```(ts|js)\n([\s\S]*?)^```$/gm)].map((m) => ({
+    lang: m[1] as 'ts' | 'js',
+    code: m[2]!,
+  }));
 }
 
 /**
@@ -182,23 +259,50 @@ test('every TypeScript and JavaScript example in the README compiles under tsc -
     for (const [, name] of e.code.matchAll(/'\.\/([\w.-]+)'/g)) {
       const link = path.join(app, name!);
       if (fs.existsSync(link)) continue;
-      fs.symlinkSync(name!.endsWith('.safetensors') ? path.join(pkg, 'models', 'default', DEFAULT_ADDON) : path.join(pkg, 'models', 'default'), link);
+      fs.symlinkSync(
+        name!.endsWith('.safetensors')
+          ? path.join(pkg, 'models', 'default', DEFAULT_ADDON)
+          : path.join(pkg, 'models', 'default'),
+        link,
+      );
     }
-    fs.writeFileSync(path.join(dir, `example${i}.${e.lang === 'ts' ? 'mts' : 'mjs'}`), e.code.replace(/\.listen\(\d+\)/g, '.listen(0)'));
+    fs.writeFileSync(
+      path.join(dir, `example${i}.${e.lang === 'ts' ? 'mts' : 'mjs'}`),
+      e.code.replace(/\.listen\(\d+\)/g, '.listen(0)'),
+    );
   });
-  fs.writeFileSync(path.join(app, 'tsconfig.json'), JSON.stringify({
-    compilerOptions: {
-      strict: true, module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', lib: ['es2023', 'esnext.disposable'],
-      types: ['node'], typeRoots: [path.join(root, 'node_modules', '@types')], outDir: 'out', allowJs: true, skipLibCheck: true,
-    },
-    include: ['examples'],
-  }));
-  const tsc = run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: app });
+  fs.writeFileSync(
+    path.join(app, 'tsconfig.json'),
+    JSON.stringify({
+      compilerOptions: {
+        strict: true,
+        module: 'nodenext',
+        moduleResolution: 'nodenext',
+        target: 'es2022',
+        lib: ['es2023', 'esnext.disposable'],
+        types: ['node'],
+        typeRoots: [path.join(root, 'node_modules', '@types')],
+        outDir: 'out',
+        allowJs: true,
+        skipLibCheck: true,
+      },
+      include: ['examples'],
+    }),
+  );
+  const tsc = run(
+    process.execPath,
+    [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'],
+    { cwd: app },
+  );
   expect(tsc.out.trim()).toBe('');
   expect(tsc.code).toBe(0);
 
   // A server for the OpenAI client example, from the installed CLI.
-  const serve = spawn('node', [path.join(pkg, 'dist', 'cli.js'), 'serve', '--port', '0', '--quiet'], { cwd: app, env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const serve = spawn('node', [path.join(pkg, 'dist', 'cli.js'), 'serve', '--port', '0', '--quiet'], {
+    cwd: app,
+    env,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   try {
     const url = await new Promise<string>((resolve, reject) => {
       let err = '';

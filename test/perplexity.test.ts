@@ -56,7 +56,10 @@ test('a D3 generation, re-scored with generatedFrom, runs the same layers and pr
     const prompt = randomTokens(9, 0, 300, 5);
     const policy: Policy = { type: 'd3', alpha: 0.85, start: 2 };
     const executed: number[][] = [];
-    const r = await model.generate({ tokens: prompt }, { maxTokens: 12, policy, onToken: (c) => void executed.push(Array.from(c.executed)) });
+    const r = await model.generate(
+      { tokens: prompt },
+      { maxTokens: 12, policy, onToken: (c) => void executed.push(Array.from(c.executed)) },
+    );
     expect(r.tokens).toHaveLength(12);
     const seq = model.createSequence();
     const ev = await seq.evaluate([...prompt, ...r.tokens], { policy, generatedFrom: prompt.length });
@@ -108,7 +111,11 @@ test('measurePerplexity equals the perplexity computed from float64 reference lo
     }
     // A policy that skips layers scores differently from the full model (the test can fail).
     const full = await measurePerplexity(model, ids, { window, context });
-    const skipped = await measurePerplexity(model, ids, { window, context, policy: { type: 'static', skipLayers: [1, 2] } });
+    const skipped = await measurePerplexity(model, ids, {
+      window,
+      context,
+      policy: { type: 'static', skipLayers: [1, 2] },
+    });
     expect(skipped.meanLayers).toBe(2);
     expect(full.meanLayers).toBe(4);
     expect(skipped.nll).not.toBeCloseTo(full.nll, 3);
@@ -154,9 +161,24 @@ test('depthgate eval prints perplexity and mean layers per policy, as a table or
   expect(t.stdout).toMatch(/^policy\s+perplexity\s+mean layers\s+tokens/m);
   expect(t.stdout).toMatch(/^none\s+[\d.]+\s+4\.00 \/ 4\s+\d+$/m);
   expect(t.stdout).toMatch(/^static:skip=1\+2\s+[\d.]+\s+2\.00 \/ 4\s+\d+$/m);
-  const j = run(['eval', dir, '--text', text, '--policy', 'd3:alpha=0.5', '--window', '32', '--context', '8', '--json']);
+  const j = run([
+    'eval',
+    dir,
+    '--text',
+    text,
+    '--policy',
+    'd3:alpha=0.5',
+    '--window',
+    '32',
+    '--context',
+    '8',
+    '--json',
+  ]);
   expect(j.code).toBe(0);
-  const out = JSON.parse(j.stdout) as { layers: number; results: { policy: string; perplexity: number; meanLayers: number; tokens: number }[] };
+  const out = JSON.parse(j.stdout) as {
+    layers: number;
+    results: { policy: string; perplexity: number; meanLayers: number; tokens: number }[];
+  };
   expect(out.layers).toBe(4);
   expect(out.results[0].policy).toBe('d3:alpha=0.5');
   expect(out.results[0].meanLayers).toBeLessThan(4);
@@ -206,9 +228,16 @@ test('the default model and its routers reproduce the held-out figures the train
     const file = path.join(d.dir, `${name}.safetensors`);
     const rec = trainingRecord(file);
     const policies = [{ type: rec.kind }, ...(name === 'flexidepth-p3e-4' ? [{ type: 'none' }] : [])];
-    const r = spawnSync(process.execPath, [path.join(__dirname, 'trainingHeldout.js'), file, ...policies.map((p) => JSON.stringify(p))], { encoding: 'utf8', timeout: 240000 });
+    const r = spawnSync(
+      process.execPath,
+      [path.join(__dirname, 'trainingHeldout.js'), file, ...policies.map((p) => JSON.stringify(p))],
+      { encoding: 'utf8', timeout: 240000 },
+    );
     expect(r.stderr).toBe('');
-    const [routed, full] = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { windows: number; tokens: number; loss: number; ran: number });
+    const [routed, full] = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { windows: number; tokens: number; loss: number; ran: number });
     expect(routed.windows).toBe(32);
     expect(routed.tokens).toBe(32 * 256);
     expect(Math.abs(routed.loss - Number(rec.heldout_loss))).toBeLessThan(2e-4);

@@ -54,7 +54,10 @@ interface Entry {
 /** Header entries of every safetensors file in `dir` (or only of `only`). */
 function entries(dir: string, only?: (file: string) => boolean): Map<string, Entry> {
   const out = new Map<string, Entry>();
-  for (const f of fs.readdirSync(dir).filter((n) => n.endsWith('.safetensors') && (!only || only(n))).sort()) {
+  for (const f of fs
+    .readdirSync(dir)
+    .filter((n) => n.endsWith('.safetensors') && (!only || only(n)))
+    .sort()) {
     const bytes = fs.readFileSync(path.join(dir, f));
     const n = Number(bytes.readBigUInt64LE(0));
     const header = JSON.parse(bytes.subarray(8, 8 + n).toString('utf8')) as Record<string, Entry>;
@@ -67,7 +70,8 @@ function entries(dir: string, only?: (file: string) => boolean): Map<string, Ent
   return out;
 }
 
-const readJson = (file: string): Record<string, unknown> => JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+const readJson = (file: string): Record<string, unknown> =>
+  JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
 const sameBytes = (a: string, b: string): boolean => fs.readFileSync(a).equals(fs.readFileSync(b));
 const ST: Record<TinyDtype, string> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
 
@@ -121,12 +125,18 @@ function expectSameLogits(a: Float64Array[], b: Float64Array[]): void {
 
 function maxAbsDiff(a: Float64Array[], b: Float64Array[]): number {
   let m = 0;
-  for (let t = 0; t < a.length; t++) for (let i = 0; i < a[t]!.length; i++) m = Math.max(m, Math.abs(a[t]![i]! - b[t]![i]!));
+  for (let t = 0; t < a.length; t++)
+    for (let i = 0; i < a[t]!.length; i++) m = Math.max(m, Math.abs(a[t]![i]! - b[t]![i]!));
   return m;
 }
 
 /** Prefix runs give the first positions of the full run exactly (decisions included). */
-function expectPrefixConsistent(ref: RoutedReferenceModel, tokens: number[], policy: RefPolicy, full: RoutedResult): void {
+function expectPrefixConsistent(
+  ref: RoutedReferenceModel,
+  tokens: number[],
+  policy: RefPolicy,
+  full: RoutedResult,
+): void {
   for (const n of [1, Math.floor(tokens.length / 2), tokens.length - 1]) {
     const part = referenceRouted(ref, tokens.slice(0, n), policy);
     expectSameLogits(part.logits, full.logits.slice(0, n));
@@ -136,7 +146,10 @@ function expectPrefixConsistent(ref: RoutedReferenceModel, tokens: number[], pol
 }
 
 const FD_OPTS: TinyModelOptions = { layers: 6, flexidepth: { layers: [2, 3, 4, 5] } };
-const FD_ADDON_OPTS: TinyModelOptions = { layers: 6, flexidepth: { layers: [2, 3, 4, 5], addonFile: 'flexidepth.safetensors' } };
+const FD_ADDON_OPTS: TinyModelOptions = {
+  layers: 6,
+  flexidepth: { layers: [2, 3, 4, 5], addonFile: 'flexidepth.safetensors' },
+};
 const PLAIN6: TinyModelOptions = { layers: 6 };
 
 // ---------------------------------------------------------------------------------------------
@@ -144,39 +157,52 @@ const PLAIN6: TinyModelOptions = { layers: 6 };
 // ---------------------------------------------------------------------------------------------
 
 describe('writeTinyModel router tensors', () => {
-  test.each(['f32', 'bf16'] as TinyDtype[])('flexidepth in the own checkpoint (%s): names, shapes, dtype, routing_layers', (dtype) => {
-    const info = write({ layers: 4, dtype, flexidepth: { layers: [3, 1] } }, 'fd');
-    const cfg = readJson(path.join(info.dir, 'config.json'));
-    expect(cfg['routing_layers']).toEqual([1, 3]);
-    expect(info.config['routing_layers']).toEqual([1, 3]);
-    expect(info.addonFiles).toEqual([]);
-    expect(info.addonTensorNames).toEqual([]);
-    const all = entries(info.dir);
-    const expected = flexidepthShapes([1, 3], 64, 4, 8);
-    for (const [name, shape] of expected) {
-      const e = all.get(name);
-      expect([name, e?.shape]).toEqual([name, shape]);
-      expect(e!.dtype).toBe(ST[dtype]);
-      expect(e!.file).toBe('model.safetensors');
-      expect(info.tensorShapes[name]).toEqual(shape);
-      expect(info.tensorNames).toContain(name);
-    }
-    expect([...all.keys()].filter((n) => n.includes('router')).sort()).toEqual([...expected.keys()].sort());
-    expect([...all.keys()].filter((n) => /\.bias$/.test(n))).toEqual([]);
-    // The base tensors are those of the plain model.
-    const plain = loadReference(write({ layers: 4, dtype }, 'plain').dir);
-    const fd = loadReference(info.dir);
-    for (const [name, t] of plain.tensors) expect(fd.tensors.get(name)!.data).toEqual(t.data);
-  });
+  test.each(['f32', 'bf16'] as TinyDtype[])(
+    'flexidepth in the own checkpoint (%s): names, shapes, dtype, routing_layers',
+    (dtype) => {
+      const info = write({ layers: 4, dtype, flexidepth: { layers: [3, 1] } }, 'fd');
+      const cfg = readJson(path.join(info.dir, 'config.json'));
+      expect(cfg['routing_layers']).toEqual([1, 3]);
+      expect(info.config['routing_layers']).toEqual([1, 3]);
+      expect(info.addonFiles).toEqual([]);
+      expect(info.addonTensorNames).toEqual([]);
+      const all = entries(info.dir);
+      const expected = flexidepthShapes([1, 3], 64, 4, 8);
+      for (const [name, shape] of expected) {
+        const e = all.get(name);
+        expect([name, e?.shape]).toEqual([name, shape]);
+        expect(e!.dtype).toBe(ST[dtype]);
+        expect(e!.file).toBe('model.safetensors');
+        expect(info.tensorShapes[name]).toEqual(shape);
+        expect(info.tensorNames).toContain(name);
+      }
+      expect([...all.keys()].filter((n) => n.includes('router')).sort()).toEqual([...expected.keys()].sort());
+      expect([...all.keys()].filter((n) => /\.bias$/.test(n))).toEqual([]);
+      // The base tensors are those of the plain model.
+      const plain = loadReference(write({ layers: 4, dtype }, 'plain').dir);
+      const fd = loadReference(info.dir);
+      for (const [name, t] of plain.tensors) expect(fd.tensors.get(name)!.data).toEqual(t.data);
+    },
+  );
 
   test('flexidepth reductions and a sharded checkpoint', () => {
     const info = write(
-      { layers: 3, shards: 3, hidden: 96, heads: 4, intermediate: 192, flexidepth: { layers: [0, 2], routerReduction: 8, adapterReduction: 200 } },
+      {
+        layers: 3,
+        shards: 3,
+        hidden: 96,
+        heads: 4,
+        intermediate: 192,
+        flexidepth: { layers: [0, 2], routerReduction: 8, adapterReduction: 200 },
+      },
       'fdshard',
     );
     const all = entries(info.dir);
-    for (const [name, shape] of flexidepthShapes([0, 2], 96, 12, 2)) expect([name, all.get(name)?.shape]).toEqual([name, shape]);
-    const index = readJson(path.join(info.dir, 'model.safetensors.index.json')) as { weight_map: Record<string, string> };
+    for (const [name, shape] of flexidepthShapes([0, 2], 96, 12, 2))
+      expect([name, all.get(name)?.shape]).toEqual([name, shape]);
+    const index = readJson(path.join(info.dir, 'model.safetensors.index.json')) as {
+      weight_map: Record<string, string>;
+    };
     expect(Object.keys(index.weight_map).sort()).toEqual([...all.keys()].sort());
     for (const [name, e] of all) expect(index.weight_map[name]).toBe(e.file);
     expect(loadRoutedReference(info.dir).flexidepthLayers).toEqual([0, 2]);
@@ -208,27 +234,35 @@ describe('writeTinyModel router tensors', () => {
     expect(loadRoutedReference(info.dir).flexidepthLayers).toEqual([]);
   });
 
-  test.each(['layer', 'module'] as const)('skiplayer %s routers: names, shapes, placement, config unchanged', (mode) => {
-    const plain = write({ layers: 3, dtype: 'f16' }, 'plain');
-    const own = write({ layers: 3, dtype: 'f16', skiplayer: { mode } }, 'sl');
-    expect(sameBytes(path.join(own.dir, 'config.json'), path.join(plain.dir, 'config.json'))).toBe(true);
-    const all = entries(own.dir);
-    const expected = skipShapes(mode, [0, 1, 2], 64);
-    expect([...all.keys()].filter((n) => n.includes('skip_router')).sort()).toEqual([...expected.keys()].sort());
-    for (const [name, shape] of expected) {
-      expect(all.get(name)!.shape).toEqual(shape);
-      expect(all.get(name)!.dtype).toBe('F16');
-      expect(all.get(name)!.file).toBe('model.safetensors');
-    }
-    expect(loadRoutedReference(own.dir).skipRouters).toEqual([mode, mode, mode]);
+  test.each(['layer', 'module'] as const)(
+    'skiplayer %s routers: names, shapes, placement, config unchanged',
+    (mode) => {
+      const plain = write({ layers: 3, dtype: 'f16' }, 'plain');
+      const own = write({ layers: 3, dtype: 'f16', skiplayer: { mode } }, 'sl');
+      expect(sameBytes(path.join(own.dir, 'config.json'), path.join(plain.dir, 'config.json'))).toBe(true);
+      const all = entries(own.dir);
+      const expected = skipShapes(mode, [0, 1, 2], 64);
+      expect([...all.keys()].filter((n) => n.includes('skip_router')).sort()).toEqual([...expected.keys()].sort());
+      for (const [name, shape] of expected) {
+        expect(all.get(name)!.shape).toEqual(shape);
+        expect(all.get(name)!.dtype).toBe('F16');
+        expect(all.get(name)!.file).toBe('model.safetensors');
+      }
+      expect(loadRoutedReference(own.dir).skipRouters).toEqual([mode, mode, mode]);
 
-    const addon = write({ layers: 3, dtype: 'f16', skiplayer: { mode, layers: [1], addonFile: 'skip.safetensors' } }, 'sladdon');
-    expect(sameBytes(path.join(addon.dir, 'config.json'), path.join(plain.dir, 'config.json'))).toBe(true);
-    expect(sameBytes(path.join(addon.dir, 'model.safetensors'), path.join(plain.dir, 'model.safetensors'))).toBe(true);
-    const a = entries(addon.dir, (f) => f === 'skip.safetensors');
-    expect([...a.keys()].sort()).toEqual([...skipShapes(mode, [1], 64).keys()].sort());
-    expect(loadRoutedReference(addon.dir, addon.addonFiles).skipRouters).toEqual([null, mode, null]);
-  });
+      const addon = write(
+        { layers: 3, dtype: 'f16', skiplayer: { mode, layers: [1], addonFile: 'skip.safetensors' } },
+        'sladdon',
+      );
+      expect(sameBytes(path.join(addon.dir, 'config.json'), path.join(plain.dir, 'config.json'))).toBe(true);
+      expect(sameBytes(path.join(addon.dir, 'model.safetensors'), path.join(plain.dir, 'model.safetensors'))).toBe(
+        true,
+      );
+      const a = entries(addon.dir, (f) => f === 'skip.safetensors');
+      expect([...a.keys()].sort()).toEqual([...skipShapes(mode, [1], 64).keys()].sort());
+      expect(loadRoutedReference(addon.dir, addon.addonFiles).skipRouters).toEqual([null, mode, null]);
+    },
+  );
 
   test('flexidepth and skiplayer together; byte-determinism', () => {
     const options: TinyModelOptions = {
@@ -299,7 +333,12 @@ describe('referenceRouted', () => {
   const tokens = randomTokens(16, 1);
 
   test("'none' equals referenceLogits exactly (router tensors present or not)", () => {
-    for (const options of [PLAIN6, FD_OPTS, FD_ADDON_OPTS, { layers: 2, arch: 'qwen2', skiplayer: { mode: 'module' } }] as TinyModelOptions[]) {
+    for (const options of [
+      PLAIN6,
+      FD_OPTS,
+      FD_ADDON_OPTS,
+      { layers: 2, arch: 'qwen2', skiplayer: { mode: 'module' } },
+    ] as TinyModelOptions[]) {
       const { info, ref } = model(options);
       const r = referenceRouted(ref, tokens, { type: 'none' });
       expectSameLogits(r.logits, referenceLogits(loadReference(info.dir), tokens));
@@ -308,7 +347,10 @@ describe('referenceRouted', () => {
     }
     // and the mistral sliding window
     const { info, ref } = model({ arch: 'mistral', slidingWindow: 4, layers: 2 });
-    expectSameLogits(referenceRouted(ref, tokens, { type: 'none' }).logits, referenceLogits(loadReference(info.dir), tokens));
+    expectSameLogits(
+      referenceRouted(ref, tokens, { type: 'none' }).logits,
+      referenceLogits(loadReference(info.dir), tokens),
+    );
   });
 
   test('static: skipping every layer leaves embedding -> final norm -> lm_head', () => {
@@ -319,7 +361,15 @@ describe('referenceRouted', () => {
     const emb = ref.tensors.get('model.embed_tokens.weight')!.data;
     const norm = ref.tensors.get('model.norm.weight')!.data;
     const head = ref.tensors.get('lm_head.weight')!.data;
-    const direct = tokens.map((t) => linear(head, null, rmsNorm(emb.slice(t * c.hidden, (t + 1) * c.hidden), norm, c.rmsNormEps), c.vocabSize, c.hidden));
+    const direct = tokens.map((t) =>
+      linear(
+        head,
+        null,
+        rmsNorm(emb.slice(t * c.hidden, (t + 1) * c.hidden), norm, c.rmsNormEps),
+        c.vocabSize,
+        c.hidden,
+      ),
+    );
     expectSameLogits(r.logits, direct);
     expect(r.executed.flat().every((e) => e === 0)).toBe(true);
     // skipping both modules of every layer is the same thing
@@ -371,7 +421,9 @@ describe('referenceRouted', () => {
     }
     const runFraction = run / n;
     const logitRms = Math.sqrt(logit2 / n);
-    console.log(`flexidepth: run fraction ${runFraction.toFixed(3)}, near 0.5: ${near}/${n}, logit rms ${logitRms.toFixed(2)}`);
+    console.log(
+      `flexidepth: run fraction ${runFraction.toFixed(3)}, near 0.5: ${near}/${n}, logit rms ${logitRms.toFixed(2)}`,
+    );
     expect(runFraction).toBeGreaterThan(0.25);
     expect(runFraction).toBeLessThan(0.75);
     expect(near / n).toBeLessThan(0.05);
@@ -407,34 +459,44 @@ describe('referenceRouted', () => {
     expectPrefixConsistent(own, tokens, { type: 'flexidepth' }, a);
     // a base model without the add-on has no routed layers: flexidepth = none
     const base = loadRoutedReference(model(FD_ADDON_OPTS).info.dir);
-    expectSameLogits(referenceRouted(base, tokens, { type: 'flexidepth' }).logits, referenceRouted(base, tokens, { type: 'none' }).logits);
+    expectSameLogits(
+      referenceRouted(base, tokens, { type: 'flexidepth' }).logits,
+      referenceRouted(base, tokens, { type: 'none' }).logits,
+    );
   });
 
-  test.each(['layer', 'module'] as const)('skiplayer %s: decisions split both ways; prefixes are consistent', (mode) => {
-    const { ref } = model({ layers: 6, skiplayer: { mode } });
-    const r = referenceRouted(ref, tokens, { type: 'skiplayer' });
-    const fraction = r.executed.flat().reduce((s, e) => s + e, 0) / (tokens.length * 6);
-    console.log(`skiplayer ${mode}: executed fraction ${fraction.toFixed(3)}`);
-    if (mode === 'layer') {
-      expect(fraction).toBeGreaterThan(0.25);
-      expect(fraction).toBeLessThan(0.75);
-    } else {
-      expect(fraction).toBeGreaterThan(0.08);
-      expect(fraction).toBeLessThan(0.6);
-    }
-    expect(r.weights.flat().every((w) => Number.isNaN(w))).toBe(true);
-    const none = referenceRouted(ref, tokens, { type: 'none' });
-    expect(maxAbsDiff(r.logits, none.logits)).toBeGreaterThan(0.1);
-    expectPrefixConsistent(ref, tokens, { type: 'skiplayer' }, r);
-  });
+  test.each(['layer', 'module'] as const)(
+    'skiplayer %s: decisions split both ways; prefixes are consistent',
+    (mode) => {
+      const { ref } = model({ layers: 6, skiplayer: { mode } });
+      const r = referenceRouted(ref, tokens, { type: 'skiplayer' });
+      const fraction = r.executed.flat().reduce((s, e) => s + e, 0) / (tokens.length * 6);
+      console.log(`skiplayer ${mode}: executed fraction ${fraction.toFixed(3)}`);
+      if (mode === 'layer') {
+        expect(fraction).toBeGreaterThan(0.25);
+        expect(fraction).toBeLessThan(0.75);
+      } else {
+        expect(fraction).toBeGreaterThan(0.08);
+        expect(fraction).toBeLessThan(0.6);
+      }
+      expect(r.weights.flat().every((w) => Number.isNaN(w))).toBe(true);
+      const none = referenceRouted(ref, tokens, { type: 'none' });
+      expect(maxAbsDiff(r.logits, none.logits)).toBeGreaterThan(0.1);
+      expectPrefixConsistent(ref, tokens, { type: 'skiplayer' }, r);
+    },
+  );
 
   test('skiplayer: ties skip; swapping the router rows flips the first layer', () => {
     const { ref } = model({ layers: 6, skiplayer: { mode: 'module' } });
     // All-zero routers: every logit pair ties -> every module skips -> embedding -> norm -> head.
     const tensors = new Map(ref.tensors);
-    for (const name of ref.tensors.keys()) if (name.endsWith('skip_router.weight')) tensors.set(name, { shape: [2, 64], data: new Float64Array(128) });
+    for (const name of ref.tensors.keys())
+      if (name.endsWith('skip_router.weight')) tensors.set(name, { shape: [2, 64], data: new Float64Array(128) });
     const zero = referenceRouted({ ...ref, tensors }, tokens, { type: 'skiplayer' });
-    expectSameLogits(zero.logits, referenceRouted(ref, tokens, { type: 'static', skipLayers: [0, 1, 2, 3, 4, 5] }).logits);
+    expectSameLogits(
+      zero.logits,
+      referenceRouted(ref, tokens, { type: 'static', skipLayers: [0, 1, 2, 3, 4, 5] }).logits,
+    );
     expect(zero.executed.flat().every((e) => e === 0)).toBe(true);
 
     const layer = model({ layers: 6, skiplayer: { mode: 'layer' } }).ref;
@@ -468,7 +530,10 @@ describe('referenceRouted', () => {
     expect(maxAbsDiff(r.logits.slice(P), none.logits.slice(P))).toBeGreaterThan(0.1);
     expectPrefixConsistent(ref, tokens, policy, r);
     expectSameLogits(referenceRouted(ref, tokens, { type: 'd3', alpha: 1, promptLength: P }).logits, none.logits);
-    expectSameLogits(referenceRouted(ref, tokens, { type: 'd3', alpha: 0.5, promptLength: tokens.length }).logits, none.logits);
+    expectSameLogits(
+      referenceRouted(ref, tokens, { type: 'd3', alpha: 0.5, promptLength: tokens.length }).logits,
+      none.logits,
+    );
     // start delays the decay: with start 3, genIndex 1..3 run at full depth
     const late = referenceRouted(ref, tokens, { type: 'd3', alpha: 0.5, start: 3, promptLength: P });
     expectSameLogits(late.logits.slice(0, P + 3), none.logits.slice(0, P + 3));

@@ -42,7 +42,9 @@ test('100 load/generate/dispose cycles: memory, mappings and file descriptors co
 });
 
 test('the KV cache is released when a sequence ends', async () => {
-  const m = await loadModel(tinyModel({ seed: 3, hidden: 256, heads: 4, kvHeads: 4, layers: 8, maxPositions: 4096 }), { threads: 2 });
+  const m = await loadModel(tinyModel({ seed: 3, hidden: 256, heads: 4, kvHeads: 4, layers: 8, maxPositions: 4096 }), {
+    threads: 2,
+  });
   try {
     const seq = m.createSequence({ contextSize: 4096 });
     await seq.evaluate(randomTokens(4000, 0, 300, 1));
@@ -104,7 +106,9 @@ describe('a checkpoint that changes while mapped', () => {
       fs.truncateSync(file, 4096);
       const err = await m.evaluate([1, 2, 3]).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(ModelFileError);
-      expect((err as Error).message).toMatch(new RegExp(`changed size on disk \\(${size} bytes when loaded, 4096 now\\)`));
+      expect((err as Error).message).toMatch(
+        new RegExp(`changed size on disk \\(${size} bytes when loaded, 4096 now\\)`),
+      );
     } finally {
       await m.dispose();
     }
@@ -113,10 +117,14 @@ describe('a checkpoint that changes while mapped', () => {
   test('truncated while a page is being read (during a pass): the SIGBUS handler names the file and the cause first', () => {
     const out = tmpDir();
     const bin = path.join(out, 'mapguard_test');
-    const cc = spawnSync('g++', ['-std=c++17', '-O1', '-Inative', 'test/native/mapguard_test.cc', 'native/mapguard.cc', '-o', bin], {
-      cwd: root,
-      encoding: 'utf8',
-    });
+    const cc = spawnSync(
+      'g++',
+      ['-std=c++17', '-O1', '-Inative', 'test/native/mapguard_test.cc', 'native/mapguard.cc', '-o', bin],
+      {
+        cwd: root,
+        encoding: 'utf8',
+      },
+    );
     expect(cc.stderr).toBe('');
     expect(cc.status).toBe(0);
     const file = path.join(out, 'model.safetensors');
@@ -124,6 +132,8 @@ describe('a checkpoint that changes while mapped', () => {
     const r = spawnSync(bin, [file], { encoding: 'utf8', timeout: 60000 });
     expect(r.signal).toBe('SIGBUS');
     expect(r.stdout).not.toMatch(/survived/);
-    expect(r.stderr).toContain(`depthgate: fatal: the model file ${file} was truncated or rewritten while it was memory-mapped`);
+    expect(r.stderr).toContain(
+      `depthgate: fatal: the model file ${file} was truncated or rewritten while it was memory-mapped`,
+    );
   });
 });

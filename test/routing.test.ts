@@ -16,7 +16,14 @@ afterAll(cleanup);
 const TOL = 1e-5; // measured about 4e-7 with an f32 KV cache (engine.test.ts)
 
 /** Engine decisions and logits at every position equal the reference's. */
-async function expectMatches(model: Model, dir: string, tokens: number[], policy: Policy, ref: RefPolicy, addons: string[] = []) {
+async function expectMatches(
+  model: Model,
+  dir: string,
+  tokens: number[],
+  policy: Policy,
+  ref: RefPolicy,
+  addons: string[] = [],
+) {
   const want = referenceRouted(loadRoutedReference(dir, addons), tokens, ref);
   const got = await model.evaluate(tokens, { policy });
   for (let p = 0; p < tokens.length; p++) {
@@ -62,7 +69,13 @@ describe.each<[string, TinyModelOptions]>([
   });
 
   test('another threshold', async () => {
-    await expectMatches(model, dir, randomTokens(16, 0, 300, 6), { type: 'flexidepth', threshold: 0.3 }, { type: 'flexidepth', threshold: 0.3 });
+    await expectMatches(
+      model,
+      dir,
+      randomTokens(16, 0, 300, 6),
+      { type: 'flexidepth', threshold: 0.3 },
+      { type: 'flexidepth', threshold: 0.3 },
+    );
   });
 
   test('decode, one token at a time through the cache, equals the full-sequence reference', async () => {
@@ -80,22 +93,33 @@ describe.each<[string, TinyModelOptions]>([
 
   test('the prompt is routed and generated tokens report their layers', async () => {
     const prompt = randomTokens(6, 0, 256, 8);
-    const r = await model.generate({ tokens: prompt }, { maxTokens: 6, stopOnEos: false, policy: { type: 'flexidepth' } });
+    const r = await model.generate(
+      { tokens: prompt },
+      { maxTokens: 6, stopOnEos: false, policy: { type: 'flexidepth' } },
+    );
     const all = [...prompt, ...r.tokens];
     const want = referenceRouted(loadRoutedReference(dir), all, { type: 'flexidepth' });
     // Token i is produced at position P-1+i: greedy argmax there, and the layers reported are that row's.
     r.tokens.forEach((t, i) => expect(t).toBe(argmax(want.logits[prompt.length - 1 + i])));
     const counts = want.executed.slice(prompt.length - 1, prompt.length - 1 + r.tokens.length);
-    expect(r.depth.layerCounts).toEqual(counts.reduce((acc, row) => acc.map((a, l) => a + row[l]), new Array(6).fill(0)));
+    expect(r.depth.layerCounts).toEqual(
+      counts.reduce((acc, row) => acc.map((a, l) => a + row[l]), new Array(6).fill(0)),
+    );
     expect(r.depth.meanLayers).toBeCloseTo(counts.flat().reduce((a, b) => a + b, 0) / r.tokens.length, 10);
   });
 });
 
 test('FlexiDepth weights from an add-on file applied to a base model give the same result', async () => {
-  const dir = tinyModel({ layers: 6, seed: 11, flexidepth: { layers: [2, 3, 4, 5], addonFile: 'flexidepth.safetensors' } });
+  const dir = tinyModel({
+    layers: 6,
+    seed: 11,
+    flexidepth: { layers: [2, 3, 4, 5], addonFile: 'flexidepth.safetensors' },
+  });
   const addon = path.join(dir, 'flexidepth.safetensors');
   const plain = await loadModel(dir, { kvCacheType: 'f32', threads: 1 });
-  await expect(plain.evaluate([1, 2, 3], { policy: { type: 'flexidepth' } })).rejects.toThrow(/no FlexiDepth router weights/);
+  await expect(plain.evaluate([1, 2, 3], { policy: { type: 'flexidepth' } })).rejects.toThrow(
+    /no FlexiDepth router weights/,
+  );
   await plain.dispose();
   const model = await loadModel(dir, { kvCacheType: 'f32', threads: 2, addons: [addon] });
   expect(model.info.flexiDepthLayers).toEqual([2, 3, 4, 5]);
@@ -113,7 +137,13 @@ describe.each(['layer', 'module'] as const)('SkipLayer per %s', (mode) => {
   afterAll(async () => model?.dispose());
 
   test('decisions and logits match the reference; decisions split both ways', async () => {
-    const { want } = await expectMatches(model, dir, randomTokens(20, 0, 300, 3), { type: 'skiplayer' }, { type: 'skiplayer' });
+    const { want } = await expectMatches(
+      model,
+      dir,
+      randomTokens(20, 0, 300, 3),
+      { type: 'skiplayer' },
+      { type: 'skiplayer' },
+    );
     const flat = want.executed.flat();
     expect(flat.some((x) => x === 1)).toBe(true);
     expect(flat.some((x) => x === 0)).toBe(true);
@@ -138,9 +168,14 @@ describe.each(['layer', 'module'] as const)('SkipLayer per %s', (mode) => {
     // Identical [skip, run] rows give equal logits for every input: every routed decision is a tie.
     const tieDir = tinyModel({ layers: 5, seed: 4, skiplayer: { mode } });
     const names = Array.from({ length: 5 }, (_, l) =>
-      mode === 'layer' ? [`model.layers.${l}.skip_router.weight`] : [`model.layers.${l}.self_attn.skip_router.weight`, `model.layers.${l}.mlp.skip_router.weight`],
+      mode === 'layer'
+        ? [`model.layers.${l}.skip_router.weight`]
+        : [`model.layers.${l}.self_attn.skip_router.weight`, `model.layers.${l}.mlp.skip_router.weight`],
     ).flat();
-    editF32Tensors(path.join(tieDir, 'model.safetensors'), Object.fromEntries(names.map((n) => [n, (w: Float32Array) => w.copyWithin(w.length / 2, 0, w.length / 2)])));
+    editF32Tensors(
+      path.join(tieDir, 'model.safetensors'),
+      Object.fromEntries(names.map((n) => [n, (w: Float32Array) => w.copyWithin(w.length / 2, 0, w.length / 2)])),
+    );
     const tied = await loadModel(tieDir, { kvCacheType: 'f32', threads: 1 });
     const tokens = randomTokens(10, 0, 300, 24);
     const r = await tied.evaluate(tokens, { policy: { type: 'skiplayer' } });
@@ -207,7 +242,8 @@ describe('static and D3', () => {
     const { got } = await expectMatches(model, dir, randomTokens(12, 0, 300, 4), policy, policy as RefPolicy);
     const p = policy as { skipLayers?: number[]; skipAttention?: number[]; skipMlp?: number[] };
     const off = new Set([...(p.skipLayers ?? []), ...(p.skipAttention ?? []), ...(p.skipMlp ?? [])]);
-    for (const row of got.executed) expect(Array.from(row)).toEqual(Array.from({ length: 8 }, (_, l) => (off.has(l) ? 0 : 1)));
+    for (const row of got.executed)
+      expect(Array.from(row)).toEqual(Array.from({ length: 8 }, (_, l) => (off.has(l) ? 0 : 1)));
   });
 
   test('D3 depth schedule and layer sets are the documented ones (and agree with the reference)', () => {
@@ -215,7 +251,12 @@ describe('static and D3', () => {
     expect(engineD3Set(12, 6)).toEqual([0, 1, 2, 9, 10, 11]);
     expect(engineD3Set(12, 3)).toEqual([0, 1, 11]);
     expect(engineD3Set(12, 2)).toEqual([0, 11]);
-    for (const [L, a, s, m] of [[12, 0.5, 0, 2], [16, 0.9, 3, 4], [8, 0.7, 1, 2], [32, 0.95, 0, 8]])
+    for (const [L, a, s, m] of [
+      [12, 0.5, 0, 2],
+      [16, 0.9, 3, 4],
+      [8, 0.7, 1, 2],
+      [32, 0.95, 0, 8],
+    ])
       for (let i = 0; i < 40; i++) {
         expect(engineD3Depth(L, i, a, s, m)).toBe(d3Depth(L, i, a, s, m));
         expect(engineD3Set(L, engineD3Depth(L, i, a, s, m))).toEqual(d3LayerSet(L, i, a, s, m));
@@ -228,9 +269,15 @@ describe('static and D3', () => {
   ])('D3 %s: generated tokens run the documented layers and match the reference', async (_n, o) => {
     const prompt = randomTokens(5, 0, 256, 13);
     const chunks: Uint8Array[] = [];
-    const r = await model.generate({ tokens: prompt }, {
-      maxTokens: 10, stopOnEos: false, policy: { type: 'd3', ...o }, onToken: (c) => chunks.push(c.executed),
-    });
+    const r = await model.generate(
+      { tokens: prompt },
+      {
+        maxTokens: 10,
+        stopOnEos: false,
+        policy: { type: 'd3', ...o },
+        onToken: (c) => chunks.push(c.executed),
+      },
+    );
     r.tokens.forEach((_, i) => {
       const set = d3LayerSet(8, i, o.alpha, o.start ?? 0, o.minLayers ?? 2);
       expect(Array.from(chunks[i])).toEqual(Array.from({ length: 8 }, (_, l) => (set.includes(l) ? 1 : 0)));
@@ -244,30 +291,47 @@ describe('static and D3', () => {
     expect(r.depth.meanLayers).toBeLessThan(8);
   });
 
-  test.each([0, 1, 2, 3])('D3 through the engine: depth never falls below max(minLayers, 2) (minLayers %d)', async (minLayers) => {
-    // alpha 0.1 on 8 layers: floor(8 * 0.1^i) is 0 from token 1 on, so every later token sits on the floor.
-    const chunks: Uint8Array[] = [];
-    await model.generate({ tokens: randomTokens(4, 0, 256, 14) }, {
-      maxTokens: 5, stopOnEos: false, policy: { type: 'd3', alpha: 0.1, minLayers }, onToken: (c) => chunks.push(c.executed),
-    });
-    expect(chunks).toHaveLength(5);
-    expect(Array.from(chunks[0])).toEqual([1, 1, 1, 1, 1, 1, 1, 1]); // token 0 comes from the full-depth prompt pass
-    const floor = Math.max(minLayers, 2);
-    const kept = Array.from({ length: 8 }, (_, l) => (l < Math.ceil(floor / 2) || l >= 8 - Math.floor(floor / 2) ? 1 : 0));
-    for (const c of chunks.slice(1)) expect(Array.from(c)).toEqual(kept);
-  });
+  test.each([0, 1, 2, 3])(
+    'D3 through the engine: depth never falls below max(minLayers, 2) (minLayers %d)',
+    async (minLayers) => {
+      // alpha 0.1 on 8 layers: floor(8 * 0.1^i) is 0 from token 1 on, so every later token sits on the floor.
+      const chunks: Uint8Array[] = [];
+      await model.generate(
+        { tokens: randomTokens(4, 0, 256, 14) },
+        {
+          maxTokens: 5,
+          stopOnEos: false,
+          policy: { type: 'd3', alpha: 0.1, minLayers },
+          onToken: (c) => chunks.push(c.executed),
+        },
+      );
+      expect(chunks).toHaveLength(5);
+      expect(Array.from(chunks[0])).toEqual([1, 1, 1, 1, 1, 1, 1, 1]); // token 0 comes from the full-depth prompt pass
+      const floor = Math.max(minLayers, 2);
+      const kept = Array.from({ length: 8 }, (_, l) =>
+        l < Math.ceil(floor / 2) || l >= 8 - Math.floor(floor / 2) ? 1 : 0,
+      );
+      for (const c of chunks.slice(1)) expect(Array.from(c)).toEqual(kept);
+    },
+  );
 
   test('a later full-depth turn reads the K/V that skipped tokens wrote at skipped layers', async () => {
     const prompt = randomTokens(4, 0, 256, 17);
     const seq = model.createSequence();
-    const r = await seq.generate({ tokens: prompt }, { maxTokens: 5, stopOnEos: false, policy: { type: 'd3', alpha: 0.5 } });
+    const r = await seq.generate(
+      { tokens: prompt },
+      { maxTokens: 5, stopOnEos: false, policy: { type: 'd3', alpha: 0.5 } },
+    );
     // The last generated token is pending (not yet fed); the next turn starts with it.
     const turn2 = randomTokens(3, 0, 256, 18);
     const next = await seq.evaluate(turn2); // full depth
     const history = [...prompt, ...r.tokens, ...turn2];
     const firstTurn2 = prompt.length + r.tokens.length - 1; // the pending token leads turn 2
     const want = referenceRouted(loadRoutedReference(dir), history, {
-      type: 'd3', alpha: 0.5, promptLength: prompt.length, fullDepthFrom: firstTurn2,
+      type: 'd3',
+      alpha: 0.5,
+      promptLength: prompt.length,
+      fullDepthFrom: firstTurn2,
     });
     expect(want.executed.slice(prompt.length, firstTurn2).some((row) => row.includes(0))).toBe(true);
     expect(next.tokens).toEqual([r.tokens.at(-1), ...turn2]);
@@ -282,16 +346,24 @@ describe('static and D3', () => {
     const prompts = [randomTokens(4, 0, 256, 31), randomTokens(6, 0, 256, 32), randomTokens(3, 0, 256, 33)];
     const policy: Policy = { type: 'd3', alpha: 0.75 };
     const alone: import('../src').GenerateResult[] = [];
-    for (const p of prompts) alone.push(await model.generate({ tokens: p }, { maxTokens: 8, stopOnEos: false, policy }));
+    for (const p of prompts)
+      alone.push(await model.generate({ tokens: p }, { maxTokens: 8, stopOnEos: false, policy }));
     // Start them staggered so that their generated-token indices differ inside shared batches.
     const started: Promise<import('../src').GenerateResult>[] = [];
-    const first = model.generate({ tokens: prompts[0] }, {
-      maxTokens: 8, stopOnEos: false, policy,
-      onToken: (c) => {
-        if (c.index === 2) started.push(model.generate({ tokens: prompts[1] }, { maxTokens: 8, stopOnEos: false, policy }));
-        if (c.index === 4) started.push(model.generate({ tokens: prompts[2] }, { maxTokens: 8, stopOnEos: false, policy }));
+    const first = model.generate(
+      { tokens: prompts[0] },
+      {
+        maxTokens: 8,
+        stopOnEos: false,
+        policy,
+        onToken: (c) => {
+          if (c.index === 2)
+            started.push(model.generate({ tokens: prompts[1] }, { maxTokens: 8, stopOnEos: false, policy }));
+          if (c.index === 4)
+            started.push(model.generate({ tokens: prompts[2] }, { maxTokens: 8, stopOnEos: false, policy }));
+        },
       },
-    });
+    );
     const results = [await first, ...(await Promise.all(started))];
     results.forEach((r, i) => {
       expect(r.tokens).toEqual(alone[i].tokens);
@@ -330,7 +402,9 @@ describe('policy options', () => {
     for (const type of ['flexidepth', 'skiplayer'] as const) {
       const err = await model.evaluate([1, 2], { policy: { type } }).catch((e) => e);
       expect(err).toBeInstanceOf(DepthgateError);
-      expect(String(err.message)).toMatch(type === 'flexidepth' ? /no FlexiDepth router weights/ : /no SkipLayer router weights/);
+      expect(String(err.message)).toMatch(
+        type === 'flexidepth' ? /no FlexiDepth router weights/ : /no SkipLayer router weights/,
+      );
     }
     expect((await model.generate({ tokens: [1, 2] }, { maxTokens: 2 })).tokens).toHaveLength(2);
   });
@@ -355,7 +429,9 @@ describe('weights that are not needed are not read', () => {
     const model = await loadModel(dir, { kvCacheType: 'f32', threads: 1 });
     const c = model.config;
     const b = 2; // bf16
-    const d = c.hiddenSize, qd = c.numHeads * c.headDim, ff = c.intermediateSize;
+    const d = c.hiddenSize,
+      qd = c.numHeads * c.headDim,
+      ff = c.intermediateSize;
     const queryOutMlp = b * (2 * d * qd + 3 * d * ff);
     const one = async (policy: Policy) => (await model.evaluate([42], { policy })).weightBytes;
     const none = await one({ type: 'none' });
@@ -374,7 +450,7 @@ describe('weights that are not needed are not read', () => {
     await model.dispose();
   });
 
-  test('a skipped layer\'s query, output and MLP weights are never read: NaN there leaves the logits unchanged', async () => {
+  test("a skipped layer's query, output and MLP weights are never read: NaN there leaves the logits unchanged", async () => {
     const dir = tinyModel({ layers: 5, seed: 12 });
     const tokens = randomTokens(20, 0, 300, 15);
     const policy: Policy = { type: 'static', skipLayers: [2] };
@@ -392,8 +468,18 @@ describe('weights that are not needed are not read', () => {
     const want = await run(clean);
     await clean.dispose();
     const p = 'model.layers.2';
-    const unread = ['self_attn.q_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj', 'post_attention_layernorm'];
-    editF32Tensors(path.join(dir, 'model.safetensors'), Object.fromEntries(unread.map((n) => [`${p}.${n}.weight`, (w: Float32Array) => w.fill(NaN)])));
+    const unread = [
+      'self_attn.q_proj',
+      'self_attn.o_proj',
+      'mlp.gate_proj',
+      'mlp.up_proj',
+      'mlp.down_proj',
+      'post_attention_layernorm',
+    ];
+    editF32Tensors(
+      path.join(dir, 'model.safetensors'),
+      Object.fromEntries(unread.map((n) => [`${p}.${n}.weight`, (w: Float32Array) => w.fill(NaN)])),
+    );
     const poisoned = await loadModel(dir, { kvCacheType: 'f32', threads: 2 });
     const got = await run(poisoned);
     got.whole.forEach((row, i) => expect(Array.from(row)).toEqual(Array.from(want.whole[i])));

@@ -5,7 +5,14 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { InvalidOptionError, ModelFormatError, defaultModelSetup, loadModel, type GenerateOptions, type Model } from '../src';
+import {
+  InvalidOptionError,
+  ModelFormatError,
+  defaultModelSetup,
+  loadModel,
+  type GenerateOptions,
+  type Model,
+} from '../src';
 import { cleanup, randomTokens, tinyModel } from './helpers';
 
 afterAll(cleanup);
@@ -27,7 +34,14 @@ async function tokens(m: Model, o: GenerateOptions): Promise<number[]> {
 }
 
 describe('generation_config.json defaults', () => {
-  const sampled = { do_sample: true, temperature: 0.9, top_k: 7, top_p: 0.8, repetition_penalty: 1.2, max_new_tokens: 9 };
+  const sampled = {
+    do_sample: true,
+    temperature: 0.9,
+    top_k: 7,
+    top_p: 0.8,
+    repetition_penalty: 1.2,
+    max_new_tokens: 9,
+  };
 
   test('are read, reported in model.info and the result, and applied when the caller sets nothing', async () => {
     const dir = withGenerationConfig(sampled);
@@ -42,7 +56,13 @@ describe('generation_config.json defaults', () => {
       const r = await m.generate({ tokens: prompt }, { policy: none, stopOnEos: false, seed: 11 });
       expect(r.tokens).toHaveLength(9); // max_new_tokens
       expect(r.sampling).toMatchObject({ temperature: 0.9, topK: 7, topP: 0.8, repetitionPenalty: 1.2 });
-      expect(r.sampling.fromGenerationConfig.sort()).toEqual(['maxTokens', 'repetitionPenalty', 'temperature', 'topK', 'topP']);
+      expect(r.sampling.fromGenerationConfig.sort()).toEqual([
+        'maxTokens',
+        'repetitionPenalty',
+        'temperature',
+        'topK',
+        'topP',
+      ]);
       // The same as naming the file's values on a model that ignores the file, with the same seed.
       const explicit = { temperature: 0.9, topK: 7, topP: 0.8, repetitionPenalty: 1.2, maxTokens: 9, seed: 11 };
       expect(await tokens(plain, explicit)).toEqual(r.tokens);
@@ -52,7 +72,13 @@ describe('generation_config.json defaults', () => {
       expect(r.tokens).not.toEqual(greedy);
       // The file ignored: greedy, no penalty, nothing from the file.
       const ignored = await plain.generate({ tokens: prompt }, { policy: none, stopOnEos: false, maxTokens: 9 });
-      expect(ignored.sampling).toMatchObject({ temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1, fromGenerationConfig: [] });
+      expect(ignored.sampling).toMatchObject({
+        temperature: 0,
+        topK: 0,
+        topP: 1,
+        repetitionPenalty: 1,
+        fromGenerationConfig: [],
+      });
       expect(ignored.tokens).toEqual(await tokens(plain, { temperature: 0, maxTokens: 9 }));
     } finally {
       await m.dispose();
@@ -70,13 +96,18 @@ describe('generation_config.json defaults', () => {
       expect(r.tokens).toEqual(await tokens(plain, { temperature: 0, repetitionPenalty: 1.2, maxTokens: 5 }));
       expect(r.sampling.fromGenerationConfig).toEqual(['repetitionPenalty']);
       expect(r.sampling).toMatchObject({ temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1.2 });
-      const off = await m.generate({ tokens: prompt }, { policy: none, stopOnEos: false, temperature: 0, repetitionPenalty: 1 });
+      const off = await m.generate(
+        { tokens: prompt },
+        { policy: none, stopOnEos: false, temperature: 0, repetitionPenalty: 1 },
+      );
       expect(off.tokens).toEqual(await tokens(plain, { temperature: 0, maxTokens: 9 }));
       expect(off.sampling.fromGenerationConfig).toEqual(['maxTokens']);
       // topK named, the rest from the file.
       const k = await m.generate({ tokens: prompt }, { policy: none, stopOnEos: false, topK: 3, seed: 4 });
       expect(k.sampling.topK).toBe(3);
-      expect(k.tokens).toEqual(await tokens(plain, { temperature: 0.9, topK: 3, topP: 0.8, repetitionPenalty: 1.2, maxTokens: 9, seed: 4 }));
+      expect(k.tokens).toEqual(
+        await tokens(plain, { temperature: 0.9, topK: 3, topP: 0.8, repetitionPenalty: 1.2, maxTokens: 9, seed: 4 }),
+      );
     } finally {
       await m.dispose();
       await plain.dispose();
@@ -89,7 +120,10 @@ describe('generation_config.json defaults', () => {
       expect(reference.info.generationDefaults).toEqual({ file: null, options: {} });
       const greedy = await tokens(reference, {});
       expect(greedy).toEqual(await tokens(reference, { temperature: 0 }));
-      for (const fields of [{ do_sample: false, temperature: 0.7, top_p: 0.5 }, { temperature: 0.7, top_k: 3 }]) {
+      for (const fields of [
+        { do_sample: false, temperature: 0.7, top_p: 0.5 },
+        { temperature: 0.7, top_k: 3 },
+      ]) {
         const m = await loadModel(withGenerationConfig(fields));
         try {
           expect(m.info.generationDefaults.options).toEqual('do_sample' in fields ? { temperature: 0 } : {});
@@ -129,7 +163,11 @@ describe('generation_config.json defaults', () => {
 });
 
 /** transformers' RepetitionPenaltyLogitsProcessor, then OpenAI's frequency and presence penalties, in float64. */
-function penalize(logits: Float32Array, context: number[], o: { r: number; f: number; p: number; window?: number }): Float64Array {
+function penalize(
+  logits: Float32Array,
+  context: number[],
+  o: { r: number; f: number; p: number; window?: number },
+): Float64Array {
   const out = Float64Array.from(logits);
   const seen = o.window ? context.slice(-o.window) : context;
   const count = new Map<number, number>();
@@ -177,12 +215,19 @@ describe('repetition penalties', () => {
     ['repetition', { repetitionPenalty: 3 }, { r: 3, f: 0, p: 0 }],
     ['frequency', { frequencyPenalty: 1.5 }, { r: 1, f: 1.5, p: 0 }],
     ['presence', { presencePenalty: 2 }, { r: 1, f: 0, p: 2 }],
-    ['all three, window 5', { repetitionPenalty: 1.5, frequencyPenalty: 0.5, presencePenalty: 0.5, penaltyWindow: 5 }, { r: 1.5, f: 0.5, p: 0.5, window: 5 }],
+    [
+      'all three, window 5',
+      { repetitionPenalty: 1.5, frequencyPenalty: 0.5, presencePenalty: 0.5, penaltyWindow: 5 },
+      { r: 1.5, f: 0.5, p: 0.5, window: 5 },
+    ],
   ] as const)('%s: greedy tokens match the float64 reference step by step', async (_name, opts, ref) => {
     const m = await loadModel(tinyModel({ layers: 2, seed: 9 }), { kvCacheType: 'f32' });
     try {
       const n = 16;
-      const r = await m.generate({ tokens: prompt }, { policy: none, stopOnEos: false, maxTokens: n, temperature: 0, ...opts });
+      const r = await m.generate(
+        { tokens: prompt },
+        { policy: none, stopOnEos: false, maxTokens: n, temperature: 0, ...opts },
+      );
       const all = [...prompt, ...r.tokens];
       const ev = await m.evaluate(all, { policy: none });
       let changed = 0;

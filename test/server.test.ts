@@ -7,7 +7,15 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import OpenAI, { APIError } from 'openai';
-import { createServer, defaultModelSetup, formatPolicy, loadModel, parsePolicy, type DepthgateServer, type Model } from '../src';
+import {
+  createServer,
+  defaultModelSetup,
+  formatPolicy,
+  loadModel,
+  parsePolicy,
+  type DepthgateServer,
+  type Model,
+} from '../src';
 import { cleanup, tinyModel } from './helpers';
 import { RecordLog, client, connect, deferred, metrics, parseSse, post, raw, readAll, until } from './serverHelpers';
 
@@ -66,15 +74,29 @@ describe('chat completions', () => {
     expect(r.choices[0].message).toEqual({ role: 'assistant', content: ref.text });
     expect(r.choices[0].finish_reason).toBe(ref.finishReason === 'eos' ? 'stop' : 'length');
     const promptTokens = tiny.tokenize(tiny.applyChatTemplate(hello), { addSpecialTokens: false }).length;
-    expect(r.usage).toMatchObject({ prompt_tokens: promptTokens, completion_tokens: ref.tokens.length, total_tokens: promptTokens + ref.tokens.length });
+    expect(r.usage).toMatchObject({
+      prompt_tokens: promptTokens,
+      completion_tokens: ref.tokens.length,
+      total_tokens: promptTokens + ref.tokens.length,
+    });
     expect((r.usage as any).depthgate).toEqual({ mean_layers: ref.depth.meanLayers, num_layers: 2, policy: 'none' });
   });
 
   test('a streamed chat completion: role first, deltas that add up to the whole text, finish_reason, then usage with no choices', async () => {
     const c = client(tinyUrl);
-    const full = await c.chat.completions.create({ messages: hello, max_completion_tokens: 20, temperature: 0, model: 'tiny' });
+    const full = await c.chat.completions.create({
+      messages: hello,
+      max_completion_tokens: 20,
+      temperature: 0,
+      model: 'tiny',
+    });
     const stream = await c.chat.completions.create({
-      model: 'tiny', messages: hello, max_completion_tokens: 20, temperature: 0, stream: true, stream_options: { include_usage: true },
+      model: 'tiny',
+      messages: hello,
+      max_completion_tokens: 20,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
     });
     const chunks: OpenAI.ChatCompletionChunk[] = [];
     for await (const ch of stream) chunks.push(ch);
@@ -111,8 +133,18 @@ describe('completions', () => {
   test('text completions, streamed and not, equal the library run; stop strings end the text before them', async () => {
     const c = client(kjvUrl);
     for (const stop of [undefined, [','], 'Behold']) {
-      const opts = { model: 'default', prompt: 'And God said', max_tokens: 24, temperature: 0, ...(stop ? { stop } : {}) };
-      const ref = await kjv.generate('And God said', { maxTokens: 24, temperature: 0, ...(stop ? { stop: typeof stop === 'string' ? [stop] : stop } : {}) });
+      const opts = {
+        model: 'default',
+        prompt: 'And God said',
+        max_tokens: 24,
+        temperature: 0,
+        ...(stop ? { stop } : {}),
+      };
+      const ref = await kjv.generate('And God said', {
+        maxTokens: 24,
+        temperature: 0,
+        ...(stop ? { stop: typeof stop === 'string' ? [stop] : stop } : {}),
+      });
       const r = await c.completions.create(opts);
       expect(r.object).toBe('text_completion');
       expect(r.choices[0].text).toBe(ref.text);
@@ -127,7 +159,13 @@ describe('completions', () => {
       expect(streamed).toBe(ref.text);
       expect(finish).toBe(r.choices[0].finish_reason);
     }
-    const withStop = await c.completions.create({ model: 'default', prompt: 'And God said', max_tokens: 24, temperature: 0, stop: [','] });
+    const withStop = await c.completions.create({
+      model: 'default',
+      prompt: 'And God said',
+      max_tokens: 24,
+      temperature: 0,
+      stop: [','],
+    });
     expect(withStop.choices[0].text).not.toMatch(/,/);
     expect(withStop.choices[0].text.length).toBeGreaterThan(0);
   });
@@ -142,7 +180,15 @@ describe('completions', () => {
   test('the same seed gives the same sampled text (the library’s), another seed another text', async () => {
     const c = client(kjvUrl);
     const ask = (seed: number) =>
-      c.completions.create({ model: 'default', prompt: 'And the LORD', max_tokens: 24, temperature: 1, top_p: 0.95, top_k: 50, seed } as OpenAI.CompletionCreateParamsNonStreaming);
+      c.completions.create({
+        model: 'default',
+        prompt: 'And the LORD',
+        max_tokens: 24,
+        temperature: 1,
+        top_p: 0.95,
+        top_k: 50,
+        seed,
+      } as OpenAI.CompletionCreateParamsNonStreaming);
     const [a, b, other] = [await ask(7), await ask(7), await ask(8)];
     expect(a.choices[0].text).toBe(b.choices[0].text);
     expect(other.choices[0].text).not.toBe(a.choices[0].text);
@@ -161,9 +207,18 @@ describe('completions', () => {
     for (const [fields, opts] of [
       [{ repetition_penalty: 1.3 }, { repetitionPenalty: 1.3 }],
       [{ frequency_penalty: 0.5 }, { frequencyPenalty: 0.5 }],
-      [{ presence_penalty: 1, frequency_penalty: -0.2 }, { presencePenalty: 1, frequencyPenalty: -0.2 }],
+      [
+        { presence_penalty: 1, frequency_penalty: -0.2 },
+        { presencePenalty: 1, frequencyPenalty: -0.2 },
+      ],
     ] as const) {
-      const r = await c.completions.create({ model: 'default', prompt: 'And God said', max_tokens: 40, temperature: 0, ...fields } as any);
+      const r = await c.completions.create({
+        model: 'default',
+        prompt: 'And God said',
+        max_tokens: 40,
+        temperature: 0,
+        ...fields,
+      } as any);
       const lib = await kjv.generate('And God said', { maxTokens: 40, temperature: 0, ...opts });
       expect(r.choices[0].text).toBe(lib.text);
       expect(lib.text).not.toBe((await kjv.generate('And God said', { maxTokens: 40, temperature: 0 })).text);
@@ -174,7 +229,12 @@ describe('completions', () => {
     const c = client(tinyUrl);
     const r = await c.completions.create({ model: 'tiny', prompt: 'Once', max_tokens: 5, temperature: 0 });
     expect(r.usage!.completion_tokens).toBeLessThanOrEqual(5);
-    const chat = await c.chat.completions.create({ model: 'tiny', messages: hello, max_completion_tokens: 3, temperature: 0 });
+    const chat = await c.chat.completions.create({
+      model: 'tiny',
+      messages: hello,
+      max_completion_tokens: 3,
+      temperature: 0,
+    });
     expect(chat.usage!.completion_tokens).toBeLessThanOrEqual(3);
     const rest = 512 - tiny.tokenize('Once').length;
     const ref = await tiny.generate('Once', { maxTokens: rest, temperature: 0 });
@@ -189,7 +249,13 @@ describe('per-request depth', () => {
   test('depthgate.policy picks the policy of one request; depthgate.trace returns the layers of every token', async () => {
     const c = client(kjvUrl);
     const ask = (depthgate: object) =>
-      c.completions.create({ model: 'default', prompt: 'And God said', max_tokens: 10, temperature: 0, depthgate } as any) as Promise<any>;
+      c.completions.create({
+        model: 'default',
+        prompt: 'And God said',
+        max_tokens: 10,
+        temperature: 0,
+        depthgate,
+      } as any) as Promise<any>;
     const none = await ask({ policy: 'none', trace: true });
     expect(none.usage.depthgate).toEqual({ mean_layers: 12, num_layers: 12, policy: 'none' });
     const tokens = none.choices[0].depthgate.tokens;
@@ -203,7 +269,8 @@ describe('per-request depth', () => {
     expect(fd.usage.depthgate.mean_layers).toBeLessThan(12);
     const layers = fd.choices[0].depthgate.tokens.map((t: any) => t.layers);
     expect(layers.reduce((a: number, b: number) => a + b, 0) / layers.length).toBeCloseTo(ref.depth.meanLayers, 10);
-    for (const t of fd.choices[0].depthgate.tokens) expect(t.layers).toBe(t.executed.reduce((a: number, b: number) => a + b, 0));
+    for (const t of fd.choices[0].depthgate.tokens)
+      expect(t.layers).toBe(t.executed.reduce((a: number, b: number) => a + b, 0));
     // The CLI syntax with parameters, and a policy object.
     const st = await ask({ policy: 'static:skip=3+5' });
     expect(st.usage.depthgate).toMatchObject({ mean_layers: 10, policy: 'static:skip=3+5' });
@@ -213,9 +280,15 @@ describe('per-request depth', () => {
     // Streamed: each chunk carries its tokens' layers; mean layers in the usage chunk.
     const chunks: any[] = [];
     for await (const ch of (await c.completions.create({
-      model: 'default', prompt: 'And God said', max_tokens: 10, temperature: 0, stream: true, stream_options: { include_usage: true },
+      model: 'default',
+      prompt: 'And God said',
+      max_tokens: 10,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
       depthgate: { trace: true, policy: 'static:skip=3+5' },
-    } as any)) as any) chunks.push(ch);
+    } as any)) as any)
+      chunks.push(ch);
     const traced = chunks.flatMap((ch) => ch.choices[0]?.depthgate?.tokens ?? []);
     expect(traced.map((t: any) => t.layers)).toEqual(new Array(10).fill(10));
     expect(chunks[chunks.length - 1].usage.depthgate.mean_layers).toBe(10);
@@ -224,8 +297,16 @@ describe('per-request depth', () => {
 
 test('policy labels (usage, metrics) are the --policy syntax: formatPolicy is the inverse of parsePolicy', () => {
   const specs = [
-    'none', 'skiplayer', 'flexidepth', 'flexidepth:threshold=0.25', 'static', 'static:skip=1+3', 'static:attn=2,mlp=0+4',
-    'static:skip=5,attn=1,mlp=2', 'd3:alpha=0.9', 'd3:alpha=0.5,start=4,min=3',
+    'none',
+    'skiplayer',
+    'flexidepth',
+    'flexidepth:threshold=0.25',
+    'static',
+    'static:skip=1+3',
+    'static:attn=2,mlp=0+4',
+    'static:skip=5,attn=1,mlp=2',
+    'd3:alpha=0.9',
+    'd3:alpha=0.5,start=4,min=3',
   ];
   for (const s of specs) {
     const p = parsePolicy(s, 8);
@@ -241,7 +322,11 @@ describe('models, health, metrics', () => {
     const list = await c.models.list();
     expect(list.data).toHaveLength(1);
     expect(list.data[0]).toMatchObject({ id: 'default', object: 'model', owned_by: 'depthgate' });
-    expect((list.data[0] as any).meta).toMatchObject({ num_layers: 12, context_size: 256, default_policy: 'flexidepth' });
+    expect((list.data[0] as any).meta).toMatchObject({
+      num_layers: 12,
+      context_size: 256,
+      default_policy: 'flexidepth',
+    });
     expect((await c.models.retrieve('default')).id).toBe('default');
     const e = await apiError(c.models.retrieve('gpt-4'));
     expect(e.status).toBe(404);
@@ -253,7 +338,9 @@ describe('models, health, metrics', () => {
     const { server, url } = await start(pending.promise);
     const loading = await raw(url, 'GET', '/health');
     expect(loading.status).toBe(503);
-    expect(loading.json()).toEqual({ error: { message: 'Loading model', type: 'unavailable_error', param: null, code: 'model_loading' } });
+    expect(loading.json()).toEqual({
+      error: { message: 'Loading model', type: 'unavailable_error', param: null, code: 'model_loading' },
+    });
     expect(loading.headers['retry-after']).toBe('1');
     const early = await post(url, '/v1/completions', { prompt: 'x' });
     expect(early.status).toBe(503);
@@ -274,7 +361,13 @@ describe('models, health, metrics', () => {
   test('/metrics counts requests by status, tokens and layers per policy, in the Prometheus text format', async () => {
     const { url } = await start(kjv);
     const c = client(url);
-    await c.completions.create({ model: 'default', prompt: 'And God said', max_tokens: 8, temperature: 0, depthgate: { policy: 'none' } } as any);
+    await c.completions.create({
+      model: 'default',
+      prompt: 'And God said',
+      max_tokens: 8,
+      temperature: 0,
+      depthgate: { policy: 'none' },
+    } as any);
     await c.completions.create({ model: 'default', prompt: 'And God said', max_tokens: 8, temperature: 0 });
     await post(url, '/v1/completions', { prompt: 'x', temprature: 1 });
     const m = await metrics(url);
@@ -286,7 +379,8 @@ describe('models, health, metrics', () => {
     expect(m.get('depthgate_mean_layers_per_token{policy="none"}')).toBe(12);
     expect(m.get('depthgate_mean_layers_per_token{policy="flexidepth"}')).toBeLessThan(12);
     expect(m.get('depthgate_decode_tokens_per_second')).toBeGreaterThan(0);
-    for (const g of ['depthgate_queue_depth', 'depthgate_active_sequences', 'depthgate_kv_reserved_bytes']) expect(m.get(g)).toBe(0);
+    for (const g of ['depthgate_queue_depth', 'depthgate_active_sequences', 'depthgate_kv_reserved_bytes'])
+      expect(m.get(g)).toBe(0);
     expect(m.get('depthgate_model_loaded')).toBe(1);
   });
 });
@@ -295,18 +389,68 @@ describe('errors in OpenAI’s shape', () => {
   test('400: validation names the field and the rule; unsupported fields say so', async () => {
     const c = client(tinyUrl);
     const cases: [Promise<unknown>, string, string, RegExp][] = [
-      [c.chat.completions.create({ model: 'tiny', messages: hello, temperature: 3 }), 'temperature', 'invalid_value', /at most 2/],
-      [c.chat.completions.create({ model: 'tiny', messages: hello, max_tokens: '5' as any }), 'max_tokens', 'invalid_type', /expected an integer/],
+      [
+        c.chat.completions.create({ model: 'tiny', messages: hello, temperature: 3 }),
+        'temperature',
+        'invalid_value',
+        /at most 2/,
+      ],
+      [
+        c.chat.completions.create({ model: 'tiny', messages: hello, max_tokens: '5' as any }),
+        'max_tokens',
+        'invalid_type',
+        /expected an integer/,
+      ],
       [c.chat.completions.create({ model: 'tiny', messages: hello, n: 2 }), 'n', 'unsupported_parameter', /must be 1/],
-      [c.chat.completions.create({ model: 'tiny', messages: hello, logprobs: true }), 'logprobs', 'unsupported_parameter', /log-probabilities/],
-      [c.chat.completions.create({ model: 'tiny', messages: hello, frequency_penalty: 2.5 }), 'frequency_penalty', 'invalid_value', /at most 2/],
-      [c.chat.completions.create({ model: 'tiny', messages: hello, presence_penalty: -3 }), 'presence_penalty', 'invalid_value', /at least -2/],
-      [c.chat.completions.create({ model: 'tiny', messages: hello, repetition_penalty: 0 } as any), 'repetition_penalty', 'invalid_value', /greater than 0/],
-      [c.chat.completions.create({ model: 'tiny', messages: hello, temprature: 1 } as any), 'temprature', 'unknown_parameter', /Unknown parameter: 'temprature'/],
-      [c.chat.completions.create({ model: 'tiny', messages: [{ role: 'wizard', content: 'x' }] as any }), 'messages[0].role', 'invalid_value', /wizard/],
+      [
+        c.chat.completions.create({ model: 'tiny', messages: hello, logprobs: true }),
+        'logprobs',
+        'unsupported_parameter',
+        /log-probabilities/,
+      ],
+      [
+        c.chat.completions.create({ model: 'tiny', messages: hello, frequency_penalty: 2.5 }),
+        'frequency_penalty',
+        'invalid_value',
+        /at most 2/,
+      ],
+      [
+        c.chat.completions.create({ model: 'tiny', messages: hello, presence_penalty: -3 }),
+        'presence_penalty',
+        'invalid_value',
+        /at least -2/,
+      ],
+      [
+        c.chat.completions.create({ model: 'tiny', messages: hello, repetition_penalty: 0 } as any),
+        'repetition_penalty',
+        'invalid_value',
+        /greater than 0/,
+      ],
+      [
+        c.chat.completions.create({ model: 'tiny', messages: hello, temprature: 1 } as any),
+        'temprature',
+        'unknown_parameter',
+        /Unknown parameter: 'temprature'/,
+      ],
+      [
+        c.chat.completions.create({ model: 'tiny', messages: [{ role: 'wizard', content: 'x' }] as any }),
+        'messages[0].role',
+        'invalid_value',
+        /wizard/,
+      ],
       [c.completions.create({ model: 'tiny', prompt: ['a', 'b'] }), 'prompt', 'unsupported_parameter', /one prompt/],
-      [c.completions.create({ model: 'tiny', prompt: 'a', depthgate: { policy: 'flexidepth' } } as any), 'depthgate.policy', 'invalid_value', /no FlexiDepth routers/],
-      [c.completions.create({ model: 'tiny', prompt: 'a', depthgate: { policy: 'static:skip=9' } } as any), 'depthgate.policy', 'invalid_value', /layer numbers 0\.\.1/],
+      [
+        c.completions.create({ model: 'tiny', prompt: 'a', depthgate: { policy: 'flexidepth' } } as any),
+        'depthgate.policy',
+        'invalid_value',
+        /no FlexiDepth routers/,
+      ],
+      [
+        c.completions.create({ model: 'tiny', prompt: 'a', depthgate: { policy: 'static:skip=9' } } as any),
+        'depthgate.policy',
+        'invalid_value',
+        /layer numbers 0\.\.1/,
+      ],
     ];
     for (const [p, param, code, message] of cases) {
       const e = await apiError(p);
@@ -315,7 +459,14 @@ describe('errors in OpenAI’s shape', () => {
       expect(e.message).toMatch(message);
     }
     // Penalties in range are accepted.
-    const ok = await c.chat.completions.create({ model: 'tiny', messages: hello, max_tokens: 2, frequency_penalty: 0.5, presence_penalty: -1, repetition_penalty: 1.1 } as any);
+    const ok = await c.chat.completions.create({
+      model: 'tiny',
+      messages: hello,
+      max_tokens: 2,
+      frequency_penalty: 0.5,
+      presence_penalty: -1,
+      repetition_penalty: 1.1,
+    } as any);
     expect(ok.choices).toHaveLength(1);
   });
 
@@ -330,7 +481,13 @@ describe('errors in OpenAI’s shape', () => {
     e = await apiError(c.completions.create({ model: 'default', prompt: 'And God said', max_tokens: 253 }));
     expect([e.status, e.code, e.param]).toEqual([400, 'context_length_exceeded', 'max_tokens']);
     expect(e.message).toContain('you requested 257 tokens (4 in the prompt, 253 in the completion)');
-    const fits = await c.completions.create({ model: 'default', prompt: 'And God said', max_tokens: 252, stop: ['.'], temperature: 0 });
+    const fits = await c.completions.create({
+      model: 'default',
+      prompt: 'And God said',
+      max_tokens: 252,
+      stop: ['.'],
+      temperature: 0,
+    });
     expect(fits.choices).toHaveLength(1);
   });
 
@@ -339,7 +496,12 @@ describe('errors in OpenAI’s shape', () => {
     for (const key of ['wrong', 'sk-test-12', 'sk-test-1234']) {
       const e = await apiError(client(url, key).completions.create({ model: 'tiny', prompt: 'x', max_tokens: 1 }));
       expect(e.status).toBe(401);
-      expect(e.error).toEqual({ message: expect.stringMatching(/API key/), type: 'authentication_error', param: null, code: 'invalid_api_key' });
+      expect(e.error).toEqual({
+        message: expect.stringMatching(/API key/),
+        type: 'authentication_error',
+        param: null,
+        code: 'invalid_api_key',
+      });
     }
     const none = await post(url, '/v1/completions', { prompt: 'x' });
     expect(none.status).toBe(401);
@@ -353,7 +515,14 @@ describe('errors in OpenAI’s shape', () => {
   test('404 for an unknown route or model, 405 for a wrong method, both in the error shape', async () => {
     const r = await raw(tinyUrl, 'GET', '/v1/engines');
     expect(r.status).toBe(404);
-    expect(r.json()).toEqual({ error: { message: 'Invalid URL (GET /v1/engines)', type: 'invalid_request_error', param: null, code: 'not_found' } });
+    expect(r.json()).toEqual({
+      error: {
+        message: 'Invalid URL (GET /v1/engines)',
+        type: 'invalid_request_error',
+        param: null,
+        code: 'not_found',
+      },
+    });
     const e = await apiError(client(tinyUrl).chat.completions.create({ model: 'gpt-4o', messages: hello }));
     expect([e.status, e.code, e.param]).toEqual([404, 'model_not_found', 'model']);
     const m = await raw(tinyUrl, 'GET', '/v1/chat/completions');
@@ -397,7 +566,9 @@ describe('errors in OpenAI’s shape', () => {
     const late = await connect(url);
     const lateBody = JSON.stringify({ prompt: 'And', max_tokens: 2 });
     const arrived = new Promise((r) => server.httpServer.once('request', r));
-    late.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${lateBody.length}\r\n\r\n`);
+    late.write(
+      `POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${lateBody.length}\r\n\r\n`,
+    );
     const lateAnswer = readAll(late);
     await arrived;
     const closed = server.close({ timeoutMs: 30_000 });
@@ -425,7 +596,11 @@ test('503 when the KV budget cannot hold the request right now; smaller requests
     const { url } = await start(small, { modelId: 'tiny' });
     const r = await post(url, '/v1/completions', { prompt: 'Once', max_tokens: 200 });
     expect(r.status).toBe(503);
-    expect(r.json().error).toMatchObject({ type: 'unavailable_error', code: 'insufficient_memory', message: expect.stringMatching(/KV cache/) });
+    expect(r.json().error).toMatchObject({
+      type: 'unavailable_error',
+      code: 'insufficient_memory',
+      message: expect.stringMatching(/KV cache/),
+    });
     expect((await post(url, '/v1/completions', { prompt: 'Once', max_tokens: 20 })).status).toBe(200);
   } finally {
     await small.dispose();
@@ -435,7 +610,12 @@ test('503 when the KV budget cannot hold the request right now; smaller requests
 describe('the wire format', () => {
   test('raw SSE: data lines, one JSON chunk each, the usage chunk, [DONE] last; JSON responses have a length', async () => {
     const r = await post(tinyUrl, '/v1/chat/completions', {
-      model: 'tiny', messages: hello, max_tokens: 6, temperature: 0, stream: true, stream_options: { include_usage: true },
+      model: 'tiny',
+      messages: hello,
+      max_tokens: 6,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
     });
     expect(r.status).toBe(200);
     expect(r.headers['content-type']).toBe('text/event-stream; charset=utf-8');
@@ -443,8 +623,19 @@ describe('the wire format', () => {
     const { data, done, blocks } = parseSse(r.text);
     expect(done).toBe(true);
     expect(blocks[blocks.length - 1]).toBe('data: [DONE]');
-    for (const d of data) expect(d).toMatchObject({ id: data[0].id, object: 'chat.completion.chunk', created: data[0].created, model: 'tiny' });
-    expect(data[0].choices[0]).toEqual({ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null });
+    for (const d of data)
+      expect(d).toMatchObject({
+        id: data[0].id,
+        object: 'chat.completion.chunk',
+        created: data[0].created,
+        model: 'tiny',
+      });
+    expect(data[0].choices[0]).toEqual({
+      index: 0,
+      delta: { role: 'assistant', content: '' },
+      logprobs: null,
+      finish_reason: null,
+    });
     const usage = data[data.length - 1];
     expect(usage.choices).toEqual([]);
     expect(usage.usage.total_tokens).toBe(usage.usage.prompt_tokens + usage.usage.completion_tokens);
@@ -477,7 +668,9 @@ describe('the wire format', () => {
     const other = await raw(url, 'GET', '/v1/models', undefined, { origin: 'https://evil.example' });
     expect(other.headers['access-control-allow-origin']).toBeUndefined();
     const pre = await raw(url, 'OPTIONS', '/v1/chat/completions', undefined, {
-      origin: 'https://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization, content-type',
+      origin: 'https://app.example',
+      'access-control-request-method': 'POST',
+      'access-control-request-headers': 'authorization, content-type',
     });
     expect(pre.status).toBe(204);
     expect(pre.headers['access-control-allow-methods']).toBe('GET, POST, OPTIONS');
@@ -485,11 +678,29 @@ describe('the wire format', () => {
   });
 
   test('one record per request for access logs', async () => {
-    const r = await client(tinyUrl).completions.create({ model: 'tiny', prompt: 'Once', max_tokens: 3, temperature: 0 });
+    const r = await client(tinyUrl).completions.create({
+      model: 'tiny',
+      prompt: 'Once',
+      max_tokens: 3,
+      temperature: 0,
+    });
     const rec = await log.next((x) => x.id === r.id);
-    expect(rec).toMatchObject({ method: 'POST', path: '/v1/completions', status: 200, promptTokens: r.usage!.prompt_tokens, completionTokens: r.usage!.completion_tokens, policy: 'none' });
+    expect(rec).toMatchObject({
+      method: 'POST',
+      path: '/v1/completions',
+      status: 200,
+      promptTokens: r.usage!.prompt_tokens,
+      completionTokens: r.usage!.completion_tokens,
+      policy: 'none',
+    });
     expect(rec.durationMs).toBeGreaterThan(0);
-    expect(tinyServer.stats()).toMatchObject({ state: 'ready', active: 0, queued: 0, liveSequences: 0, kvReservedBytes: 0 });
+    expect(tinyServer.stats()).toMatchObject({
+      state: 'ready',
+      active: 0,
+      queued: 0,
+      liveSequences: 0,
+      kvReservedBytes: 0,
+    });
     expect(kjvServer.modelId).toBe('default');
   });
 });

@@ -39,7 +39,17 @@ async function stillServes(): Promise<void> {
 }
 
 test('malformed JSON, bodies that are not objects, and empty bodies are 400s', async () => {
-  for (const body of ['{', '{"prompt": }', '{"prompt": "x",}', "{'prompt': 'x'}", 'nul', '', '   ', '[1, 2', '{"a": 1e999999}x']) {
+  for (const body of [
+    '{',
+    '{"prompt": }',
+    '{"prompt": "x",}',
+    "{'prompt': 'x'}",
+    'nul',
+    '',
+    '   ',
+    '[1, 2',
+    '{"a": 1e999999}x',
+  ]) {
     const r = await raw(url, 'POST', '/v1/completions', body);
     expect(r.status).toBe(400);
     expect(expectErrorShape(r.text).code).toBe('invalid_json');
@@ -65,7 +75,11 @@ test('every field of the wrong type or out of range is a 400 naming it', async (
     [{ ...chat, messages: [null] }, 'messages[0]', 'invalid_type'],
     [{ ...chat, messages: [{ role: 'user' }] }, 'messages[0].content', 'missing_required_parameter'],
     [{ ...chat, messages: [{ role: 'user', content: 7 }] }, 'messages[0].content', 'invalid_type'],
-    [{ ...chat, messages: [{ role: 'user', content: [{ type: 'image_url', image_url: {} }] }] }, 'messages[0].content[0].type', 'unsupported_parameter'],
+    [
+      { ...chat, messages: [{ role: 'user', content: [{ type: 'image_url', image_url: {} }] }] },
+      'messages[0].content[0].type',
+      'unsupported_parameter',
+    ],
     [{ ...chat, messages: [{ role: 'user', content: 'x', extra: 1 }] }, 'messages[0].extra', 'unknown_parameter'],
     [{ ...chat, messages: [{ role: 'tool', content: 'x' }] }, 'messages[0].role', 'unsupported_parameter'],
     [{ ...chat, max_tokens: 0 }, 'max_tokens', 'invalid_value'],
@@ -109,7 +123,10 @@ test('every field of the wrong type or out of range is a 400 naming it', async (
   for (const [body, param, code] of cases) {
     const r = await post(url, '/v1/chat/completions', body);
     expect([r.status, JSON.stringify(body)]).toEqual([400, JSON.stringify(body)]);
-    expect([expectErrorShape(r.text), JSON.stringify(body)]).toEqual([expect.objectContaining({ param, code }), JSON.stringify(body)]);
+    expect([expectErrorShape(r.text), JSON.stringify(body)]).toEqual([
+      expect.objectContaining({ param, code }),
+      JSON.stringify(body),
+    ]);
   }
   const completions: [object, string, string][] = [
     [{ model: 'tiny' }, 'prompt', 'missing_required_parameter'],
@@ -129,7 +146,10 @@ test('every field of the wrong type or out of range is a 400 naming it', async (
   for (const [body, param, code] of completions) {
     const r = await post(url, '/v1/completions', body);
     expect(r.status).toBe(400);
-    expect([expectErrorShape(r.text), JSON.stringify(body)]).toEqual([expect.objectContaining({ param, code }), JSON.stringify(body)]);
+    expect([expectErrorShape(r.text), JSON.stringify(body)]).toEqual([
+      expect.objectContaining({ param, code }),
+      JSON.stringify(body),
+    ]);
   }
   await stillServes();
 });
@@ -144,7 +164,9 @@ test('a body over the limit is a 413 whether or not it is announced (even a lyin
   // A lying Content-Length far above the limit is refused before anything is read.
   const s = await connect(url);
   const first = new Promise<string>((r) => s.once('data', (c: Buffer) => r(c.toString('utf8'))));
-  s.write('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{"prompt":');
+  s.write(
+    'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{"prompt":',
+  );
   expect(await first).toMatch(/^HTTP\/1\.1 413 /);
   s.destroy();
   await stillServes();
@@ -154,7 +176,9 @@ test('a client that trickles its body in gets a 408 and is disconnected; the ser
   const s = await connect(url);
   const answer = readAll(s, 5000);
   const body = JSON.stringify({ prompt: 'Once upon a time', max_tokens: 2 });
-  s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+  s.write(
+    `POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`,
+  );
   const t0 = Date.now();
   let i = 0;
   const drip = setInterval(() => {
@@ -189,7 +213,8 @@ test('invalid UTF-8 is a 400; a body cut off by a closed connection is no crash'
 
 test('random bodies (fuzz): always 200 or a 4xx in the error shape, never a 5xx, and the server lives on', async () => {
   // Mostly valid values, sometimes any JSON at all, for every field; now and then an unknown one.
-  const sometimesAnything = <T>(valid: fc.Arbitrary<T>) => fc.oneof({ weight: 15, arbitrary: valid }, { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 2 }) });
+  const sometimesAnything = <T>(valid: fc.Arbitrary<T>) =>
+    fc.oneof({ weight: 15, arbitrary: valid }, { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 2 }) });
   const text = fc.oneof(fc.constantFrom('Once', 'Hello there', ''), fc.string({ maxLength: 12, unit: 'binary' }));
   const fields = {
     max_tokens: sometimesAnything(fc.integer({ min: 1, max: 8 })),
@@ -197,21 +222,48 @@ test('random bodies (fuzz): always 200 or a 4xx in the error shape, never a 5xx,
     top_p: sometimesAnything(fc.double({ min: 0.01, max: 1, noNaN: true })),
     top_k: sometimesAnything(fc.integer({ min: -1, max: 50 })),
     seed: sometimesAnything(fc.nat()),
-    stop: sometimesAnything(fc.oneof(fc.string({ minLength: 1, maxLength: 3 }), fc.array(fc.string({ minLength: 1, maxLength: 3 }), { maxLength: 3 }))),
+    stop: sometimesAnything(
+      fc.oneof(
+        fc.string({ minLength: 1, maxLength: 3 }),
+        fc.array(fc.string({ minLength: 1, maxLength: 3 }), { maxLength: 3 }),
+      ),
+    ),
     stream: sometimesAnything(fc.boolean()),
     n: sometimesAnything(fc.constant(1)),
-    depthgate: sometimesAnything(fc.record({ policy: fc.constantFrom('none', 'static:skip=0', 'd3:alpha=0.5', 'static:attn=1'), trace: fc.boolean() }, { requiredKeys: [] })),
+    depthgate: sometimesAnything(
+      fc.record(
+        { policy: fc.constantFrom('none', 'static:skip=0', 'd3:alpha=0.5', 'static:attn=1'), trace: fc.boolean() },
+        { requiredKeys: [] },
+      ),
+    ),
     frequency_penalty: sometimesAnything(fc.constant(0)),
     model: sometimesAnything(fc.constant('tiny')),
   };
   const optional = fc.record(fields, { requiredKeys: [] });
-  const unknown = fc.oneof({ weight: 9, arbitrary: fc.constant({}) }, { weight: 1, arbitrary: fc.dictionary(fc.string({ maxLength: 6 }), fc.jsonValue({ maxDepth: 1 }), { maxKeys: 1 }) });
-  const chat = fc.record({ messages: sometimesAnything(fc.array(fc.record({ role: fc.constantFrom('system', 'user', 'assistant', 'developer'), content: text }), { minLength: 1, maxLength: 3 })) });
-  const completion = fc.record({ prompt: sometimesAnything(fc.oneof(text, fc.array(fc.integer({ min: 0, max: 330 }), { minLength: 1, maxLength: 8 }))) });
+  const unknown = fc.oneof(
+    { weight: 9, arbitrary: fc.constant({}) },
+    { weight: 1, arbitrary: fc.dictionary(fc.string({ maxLength: 6 }), fc.jsonValue({ maxDepth: 1 }), { maxKeys: 1 }) },
+  );
+  const chat = fc.record({
+    messages: sometimesAnything(
+      fc.array(fc.record({ role: fc.constantFrom('system', 'user', 'assistant', 'developer'), content: text }), {
+        minLength: 1,
+        maxLength: 3,
+      }),
+    ),
+  });
+  const completion = fc.record({
+    prompt: sometimesAnything(
+      fc.oneof(text, fc.array(fc.integer({ min: 0, max: 330 }), { minLength: 1, maxLength: 8 })),
+    ),
+  });
   const statuses = new Map<number, number>();
   await fc.assert(
     fc.asyncProperty(
-      fc.oneof(fc.tuple(fc.constant('/v1/chat/completions'), chat), fc.tuple(fc.constant('/v1/completions'), completion)),
+      fc.oneof(
+        fc.tuple(fc.constant('/v1/chat/completions'), chat),
+        fc.tuple(fc.constant('/v1/completions'), completion),
+      ),
       optional,
       unknown,
       async ([path, base], extra, unk) => {
@@ -222,7 +274,8 @@ test('random bodies (fuzz): always 200 or a 4xx in the error shape, never a 5xx,
           if (body.stream === true) expect(parseSse(r.text).done).toBe(true);
           else expect(r.json().choices).toHaveLength(1);
         } else {
-          if (r.status < 400 || r.status >= 500) throw new Error(`status ${r.status} for ${JSON.stringify(body)}: ${r.text}`);
+          if (r.status < 400 || r.status >= 500)
+            throw new Error(`status ${r.status} for ${JSON.stringify(body)}: ${r.text}`);
           expectErrorShape(r.text);
         }
       },

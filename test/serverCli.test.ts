@@ -9,8 +9,14 @@ afterAll(cleanup);
 const cli = path.join(__dirname, '..', 'dist', 'cli.js');
 
 /** Starts `serve` on a free port; resolves once the model is loaded, with the URL and the stderr so far. */
-function serve(args: string[], env: Record<string, string> = {}): Promise<{ child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }> {
-  const child = spawn(process.execPath, [cli, 'serve', '--port', '0', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+function serve(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }> {
+  const child = spawn(process.execPath, [cli, 'serve', '--port', '0', ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let err = '';
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
   return new Promise((resolve, reject) => {
@@ -32,7 +38,12 @@ test('serve with no MODEL_DIR serves the default model; SIGTERM lets a running s
   expect(s.stderr()).toMatch(/using the default model/);
   const models = (await raw(s.url, 'GET', '/v1/models')).json();
   expect(models.data.map((m: { id: string }) => m.id)).toEqual(['default']);
-  const streaming = post(s.url, '/v1/completions', { prompt: 'And God said', max_tokens: 200, temperature: 0, stream: true });
+  const streaming = post(s.url, '/v1/completions', {
+    prompt: 'And God said',
+    max_tokens: 200,
+    temperature: 0,
+    stream: true,
+  });
   // SIGTERM once the generation is running.
   for (let i = 0; i < 400 && !/depthgate_active_sequences 1/.test((await raw(s.url, 'GET', '/metrics')).text); i++)
     await new Promise((r) => setTimeout(r, 5));
@@ -49,7 +60,9 @@ test('serve with no MODEL_DIR serves the default model; SIGTERM lets a running s
 
 test('serve options: an API key from the environment, --parallel and --context; bad arguments are usage errors', async () => {
   const dir = tinyModel({ seed: 4, maxPositions: 128 });
-  const s = await serve([dir, '--parallel', '2', '--context', '32', '--model-id', 'tiny', '--quiet'], { DEPTHGATE_API_KEY: 'k1' });
+  const s = await serve([dir, '--parallel', '2', '--context', '32', '--model-id', 'tiny', '--quiet'], {
+    DEPTHGATE_API_KEY: 'k1',
+  });
   expect((await post(s.url, '/v1/completions', { prompt: 'x' })).status).toBe(401);
   const auth = { authorization: 'Bearer k1' };
   const m = (await raw(s.url, 'GET', '/metrics', undefined, auth)).text;
@@ -61,12 +74,15 @@ test('serve options: an API key from the environment, --parallel and --context; 
   expect(await s.exited).toBe(0);
   expect(s.stderr()).not.toMatch(/POST \/v1/); // --quiet
 
-  const run = (args: string[]) => spawnSync(process.execPath, [cli, 'serve', ...args], { encoding: 'utf8', timeout: 30_000 });
+  const run = (args: string[]) =>
+    spawnSync(process.execPath, [cli, 'serve', ...args], { encoding: 'utf8', timeout: 30_000 });
   const badPort = run(['--port', 'eighty']);
   expect(badPort.status).toBe(2);
   expect(badPort.stderr).toMatch(/--port must be an integer from 0 to 65535, got 'eighty'/);
   // One line and a hint, not the whole usage.
-  expect(badPort.stderr).toBe("depthgate serve: --port must be an integer from 0 to 65535, got 'eighty'\n(`depthgate serve --help` lists the options)\n");
+  expect(badPort.stderr).toBe(
+    "depthgate serve: --port must be an integer from 0 to 65535, got 'eighty'\n(`depthgate serve --help` lists the options)\n",
+  );
   expect(run([dir, dir]).status).toBe(2);
   expect(run(['--bogus']).status).toBe(2);
   const help = run(['--help']);
@@ -78,6 +94,10 @@ test('serve options: an API key from the environment, --parallel and --context; 
   const missing = run([path.join(dir, 'nope'), '--port', '0']);
   expect(missing.status).toBe(1);
   expect(missing.stderr).toMatch(/the model directory does not exist/);
-  expect(spawnSync(process.execPath, [cli, '--help'], { encoding: 'utf8' }).stdout).toMatch(/serve\s+an OpenAI-compatible HTTP server/);
-  expect(spawnSync(process.execPath, [cli, 'help', 'serve'], { encoding: 'utf8' }).stdout).toMatch(/^Usage: depthgate serve \[MODEL_DIR\]/);
+  expect(spawnSync(process.execPath, [cli, '--help'], { encoding: 'utf8' }).stdout).toMatch(
+    /serve\s+an OpenAI-compatible HTTP server/,
+  );
+  expect(spawnSync(process.execPath, [cli, 'help', 'serve'], { encoding: 'utf8' }).stdout).toMatch(
+    /^Usage: depthgate serve \[MODEL_DIR\]/,
+  );
 });

@@ -22,7 +22,14 @@ export function raw(
   const u = new URL(path, base);
   return new Promise((resolve, reject) => {
     const req = http.request(
-      { host: u.hostname, port: u.port, path: u.pathname + u.search, method, headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers }, agent: false },
+      {
+        host: u.hostname,
+        port: u.port,
+        path: u.pathname + u.search,
+        method,
+        headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+        agent: false,
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -39,7 +46,12 @@ export function raw(
 }
 
 /** POSTs a JSON body. */
-export function post(base: string, path: string, body: unknown, headers: Record<string, string> = {}): Promise<RawResponse> {
+export function post(
+  base: string,
+  path: string,
+  body: unknown,
+  headers: Record<string, string> = {},
+): Promise<RawResponse> {
   return raw(base, 'POST', path, JSON.stringify(body), headers);
 }
 

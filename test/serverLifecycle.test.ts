@@ -59,7 +59,13 @@ describe('a client that disconnects', () => {
 
   test('mid-stream: its generation stops within one step, the active count drops, its KV reservation comes back', async () => {
     expect(budgetIsFree(model, 2)).toBe(true);
-    const stream = await client(url).completions.create({ model: 'default', prompt: 'And God said', max_tokens: 240, temperature: 0, stream: true });
+    const stream = await client(url).completions.create({
+      model: 'default',
+      prompt: 'And God said',
+      max_tokens: 240,
+      temperature: 0,
+      stream: true,
+    });
     let received = 0;
     let id = '';
     for await (const ch of stream) {
@@ -88,7 +94,10 @@ describe('a client that disconnects', () => {
     const long = post(url, '/v1/completions', { prompt: 'And God said', max_tokens: 200, temperature: 0 });
     await until(() => server.stats().active === 1);
     // Queued behind it, then gone.
-    const queued = http.request(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+    const queued = http.request(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+    });
     queued.on('error', () => undefined);
     queued.end(JSON.stringify({ prompt: 'And', max_tokens: 5, stream: true }));
     await until(() => server.stats().queued === 1);
@@ -98,7 +107,10 @@ describe('a client that disconnects', () => {
     expect(q.status).toBe(200); // its event stream had opened (keep-alive pings flow while queued)
     expect((await long).status).toBe(200);
     // A non-streamed request whose client leaves mid-generation.
-    const req = http.request(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+    const req = http.request(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+    });
     req.on('error', () => undefined);
     const prompt = 'In the beginning God created the heaven';
     const promptTokens = model.tokenize(prompt).length;
@@ -123,7 +135,12 @@ test('a shutdown cancels the generations that do not finish in time: a 503, or a
   const server = createServer(model, { parallel: 2, onRequest: log.onRequest });
   servers.push(server);
   const { url } = await server.listen(0);
-  const streamed = post(url, '/v1/completions', { prompt: 'And God said', max_tokens: 240, temperature: 0, stream: true });
+  const streamed = post(url, '/v1/completions', {
+    prompt: 'And God said',
+    max_tokens: 240,
+    temperature: 0,
+    stream: true,
+  });
   const plain = post(url, '/v1/completions', { prompt: 'In the beginning', max_tokens: 240, temperature: 0 });
   await until(() => server.stats().active === 2);
   await new Promise((r) => setTimeout(r, 20));
@@ -174,7 +191,11 @@ test('load: 64 concurrent clients, 256 requests, every one answered completely w
     let text = '';
     let finish: string | null = null;
     let tokens = -1;
-    for await (const ch of await c.completions.create({ ...body, stream: true, stream_options: { include_usage: true } })) {
+    for await (const ch of await c.completions.create({
+      ...body,
+      stream: true,
+      stream_options: { include_usage: true },
+    })) {
       text += ch.choices[0]?.text ?? '';
       finish = ch.choices[0]?.finish_reason ?? finish;
       if (ch.usage) tokens = ch.usage.completion_tokens;
@@ -197,7 +218,9 @@ test('load: 64 concurrent clients, 256 requests, every one answered completely w
     }
   };
   let timer: NodeJS.Timeout | undefined;
-  const cap = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('load test passed its 60 s cap')), 60_000)));
+  const cap = new Promise(
+    (_, reject) => (timer = setTimeout(() => reject(new Error('load test passed its 60 s cap')), 60_000)),
+  );
   await Promise.race([Promise.all(Array.from({ length: 64 }, worker)), cap]);
   clearTimeout(timer);
   const wall = (performance.now() - t0) / 1000;
@@ -216,9 +239,12 @@ test('load: 64 concurrent clients, 256 requests, every one answered completely w
       `p99 ${pct(0.99).toFixed(1)} ms; resident memory ${((process.memoryUsage().rss - rssBefore) / 2 ** 20).toFixed(1)} MiB above its start`,
   );
   expect(m.get('depthgate_requests_total{endpoint="/v1/completions",status="200"}')).toBe(2 * requests.length);
-  expect([...m.keys()].filter((k) => k.startsWith('depthgate_requests_total') && !k.includes('status="200"'))).toEqual([]);
+  expect([...m.keys()].filter((k) => k.startsWith('depthgate_requests_total') && !k.includes('status="200"'))).toEqual(
+    [],
+  );
   // Nothing is held afterwards: no slot, no queue, no sequence, and the model's whole KV budget is free.
-  for (const g of ['depthgate_queue_depth', 'depthgate_active_sequences', 'depthgate_kv_reserved_bytes']) expect(m.get(g)).toBe(0);
+  for (const g of ['depthgate_queue_depth', 'depthgate_active_sequences', 'depthgate_kv_reserved_bytes'])
+    expect(m.get(g)).toBe(0);
   expect(server.stats()).toMatchObject({ active: 0, queued: 0, liveSequences: 0, kvReservedBytes: 0 });
   for (const s of Array.from({ length: PARALLEL }, () => model.createSequence({ contextSize: 64 }))) s.dispose();
   await server.close();
@@ -237,9 +263,19 @@ test('continuous batching: a request that arrives while another generates joins 
     sizes.push(batch.length);
     return runBatch(nm, batch);
   };
-  const first = post(url, '/v1/completions', { prompt: 'And God said', max_tokens: 120, temperature: 0, depthgate: { policy: 'none' } });
+  const first = post(url, '/v1/completions', {
+    prompt: 'And God said',
+    max_tokens: 120,
+    temperature: 0,
+    depthgate: { policy: 'none' },
+  });
   await until(() => sizes.length >= 10); // the first is decoding
-  const second = post(url, '/v1/completions', { prompt: 'In the beginning', max_tokens: 40, temperature: 0, depthgate: { policy: 'none' } });
+  const second = post(url, '/v1/completions', {
+    prompt: 'In the beginning',
+    max_tokens: 40,
+    temperature: 0,
+    depthgate: { policy: 'none' },
+  });
   const [a, b] = await Promise.all([first, second]);
   expect([a.status, b.status]).toEqual([200, 200]);
   expect(b.json().usage.completion_tokens).toBe(40);

@@ -7,7 +7,17 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { InvalidOptionError, formatPolicy, loadModel, parsePolicy, validatePolicy, type GenerateOptions, type Model, type Policy, type Sequence } from '../src';
+import {
+  InvalidOptionError,
+  formatPolicy,
+  loadModel,
+  parsePolicy,
+  validatePolicy,
+  type GenerateOptions,
+  type Model,
+  type Policy,
+  type Sequence,
+} from '../src';
 import type { SkipPolicy } from '../src/policy';
 import { defaultModelDir } from '../src/defaultModel';
 import { cleanup, randomTokens, tinyModel } from './helpers';
@@ -21,20 +31,33 @@ const TINY_DRAFTS: [string, SkipPolicy][] = [
   ['static', { type: 'static', skipLayers: [2, 4], skipMlp: [1] }],
 ];
 const spec = (draft: SkipPolicy, extra: Partial<Extract<Policy, { type: 'speculative' }>> = {}): Policy => ({
-  type: 'speculative', draft, maxDraft: 4, ...extra,
+  type: 'speculative',
+  draft,
+  maxDraft: 4,
+  ...extra,
 });
 const NONE: Policy = { type: 'none' };
 
 /** A tiny model with FlexiDepth routers on layers 2-5 and SkipLayer routers on 1-4. */
 function tinyRouted(seed: number): string {
-  return tinyModel({ layers: 6, seed, maxPositions: 128, flexidepth: { layers: [2, 3, 4, 5] }, skiplayer: { mode: 'layer', layers: [1, 2, 3, 4] } });
+  return tinyModel({
+    layers: 6,
+    seed,
+    maxPositions: 128,
+    flexidepth: { layers: [2, 3, 4, 5] },
+    skiplayer: { mode: 'layer', layers: [1, 2, 3, 4] },
+  });
 }
 
 /**
  * Largest |a - b| over the cached K and V of every layer, relative to the largest |b|; the
  * fraction of elements that differ at all; and the positions.
  */
-function cacheDistance(a: Sequence, b: Sequence, layers: number): { rel: number; differing: number; positions: [number, number] } {
+function cacheDistance(
+  a: Sequence,
+  b: Sequence,
+  layers: number,
+): { rel: number; differing: number; positions: [number, number] } {
   let num = 0;
   let den = 0;
   let differing = 0;
@@ -45,7 +68,10 @@ function cacheDistance(a: Sequence, b: Sequence, layers: number): { rel: number;
     const y = b.kvCache(l);
     positions = [x.positions, y.positions];
     if (x.k.length !== y.k.length) return { rel: Infinity, differing: 1, positions };
-    for (const [p, q] of [[x.k, y.k], [x.v, y.v]] as const)
+    for (const [p, q] of [
+      [x.k, y.k],
+      [x.v, y.v],
+    ] as const)
       for (let i = 0; i < q.length; i++) {
         num = Math.max(num, Math.abs(p[i]! - q[i]!));
         den = Math.max(den, Math.abs(q[i]!));
@@ -66,25 +92,31 @@ describe.each(['f32', 'bf16'] as const)('tiny models, %s KV cache', (kv) => {
   const prompts = [0, 1, 2, 3, 4].map((k) => randomTokens(3 + 2 * k, 0, 256, 50 + k));
   const opts: GenerateOptions = { maxTokens: 24, stopOnEos: false };
 
-  test.each(TINY_DRAFTS)('greedy output equals none with a %s draft, over many prompts and draft lengths', async (_n, draft) => {
-    let drafted = 0;
-    for (const [i, p] of prompts.entries()) {
-      const want = await model.generate({ tokens: p }, { ...opts, policy: NONE });
-      for (const maxDraft of [1, 3, 6]) {
-        const got = await model.generate({ tokens: p }, { ...opts, policy: spec(draft, { maxDraft, minConfidence: i % 2 ? 0.3 : 0 }) });
-        expect(got.tokens).toEqual(want.tokens);
-        expect(got.text).toBe(want.text);
-        expect(got.finishReason).toBe(want.finishReason);
-        const s = got.speculative!;
-        expect(s.accepted).toBeLessThanOrEqual(s.drafted);
-        expect(s.meanDraftLength).toBeLessThanOrEqual(maxDraft);
-        // Every emitted token after the first came from a verification.
-        expect(s.accepted + s.verifications).toBe(got.tokens.length - 1);
-        drafted += s.drafted;
+  test.each(TINY_DRAFTS)(
+    'greedy output equals none with a %s draft, over many prompts and draft lengths',
+    async (_n, draft) => {
+      let drafted = 0;
+      for (const [i, p] of prompts.entries()) {
+        const want = await model.generate({ tokens: p }, { ...opts, policy: NONE });
+        for (const maxDraft of [1, 3, 6]) {
+          const got = await model.generate(
+            { tokens: p },
+            { ...opts, policy: spec(draft, { maxDraft, minConfidence: i % 2 ? 0.3 : 0 }) },
+          );
+          expect(got.tokens).toEqual(want.tokens);
+          expect(got.text).toBe(want.text);
+          expect(got.finishReason).toBe(want.finishReason);
+          const s = got.speculative!;
+          expect(s.accepted).toBeLessThanOrEqual(s.drafted);
+          expect(s.meanDraftLength).toBeLessThanOrEqual(maxDraft);
+          // Every emitted token after the first came from a verification.
+          expect(s.accepted + s.verifications).toBe(got.tokens.length - 1);
+          drafted += s.drafted;
+        }
       }
-    }
-    expect(drafted).toBeGreaterThan(0);
-  });
+      expect(drafted).toBeGreaterThan(0);
+    },
+  );
 
   test('a draft that skips nothing is always accepted (the verify pass agrees with the draft pass)', async () => {
     const r = await model.generate({ tokens: prompts[0]! }, { ...opts, policy: spec({ type: 'none' }) });
@@ -142,7 +174,8 @@ describe.each(['f32', 'bf16'] as const)('tiny models, %s KV cache', (kv) => {
     const turns = [prompts[0]!, randomTokens(4, 0, 256, 90), randomTokens(5, 0, 256, 91)];
     const plain = model.createSequence();
     const wanted: number[][] = [];
-    for (const t of turns) wanted.push((await plain.generate({ tokens: t }, { maxTokens: 9, stopOnEos: false, policy: NONE })).tokens);
+    for (const t of turns)
+      wanted.push((await plain.generate({ tokens: t }, { maxTokens: 9, stopOnEos: false, policy: NONE })).tokens);
     for (const [, draft] of TINY_DRAFTS) {
       const seq = model.createSequence();
       for (const [i, t] of turns.entries()) {
@@ -161,7 +194,7 @@ describe.each(['f32', 'bf16'] as const)('tiny models, %s KV cache', (kv) => {
     plain.dispose();
   });
 
-  test('with a D3 draft, concurrent sequences share passes: one sequence\'s verify rows run with another\'s draft rows', async () => {
+  test("with a D3 draft, concurrent sequences share passes: one sequence's verify rows run with another's draft rows", async () => {
     // Count the native D3 passes that carry a 1-row request (a draft) and a longer one (a verify).
     type Forward = (rq: { tokens: Int32Array }[], p: unknown) => Promise<unknown>;
     const holder = model as unknown as { nm: { forward: Forward } };
@@ -173,7 +206,12 @@ describe.each(['f32', 'bf16'] as const)('tiny models, %s KV cache', (kv) => {
           return (requests: { tokens: Int32Array }[], policy: unknown) => {
             // Prompts run under none and D3 drafts are one row: a longer D3 request is a verify.
             const sizes = requests.map((r) => r.tokens.length);
-            if ((policy as { type?: string } | undefined)?.type === 'd3' && sizes.includes(1) && sizes.some((n) => n > 1)) mixed++;
+            if (
+              (policy as { type?: string } | undefined)?.type === 'd3' &&
+              sizes.includes(1) &&
+              sizes.some((n) => n > 1)
+            )
+              mixed++;
             return target.forward(requests, policy);
           };
         const v = Reflect.get(target, prop) as unknown;
@@ -196,7 +234,9 @@ describe.each(['f32', 'bf16'] as const)('tiny models, %s KV cache', (kv) => {
   test('concurrent speculative generations equal the plain ones', async () => {
     const want = await Promise.all(prompts.map((p) => model.generate({ tokens: p }, { ...opts, policy: NONE })));
     const got = await Promise.all(
-      prompts.map((p, i) => model.generate({ tokens: p }, { ...opts, policy: i === 4 ? NONE : spec(TINY_DRAFTS[i]![1]) })),
+      prompts.map((p, i) =>
+        model.generate({ tokens: p }, { ...opts, policy: i === 4 ? NONE : spec(TINY_DRAFTS[i]![1]) }),
+      ),
     );
     expect(got.map((r) => r.tokens)).toEqual(want.map((r) => r.tokens));
   });
@@ -268,7 +308,9 @@ describe('the KV cache after exact mode', () => {
     const drafted = model.createSequence();
     // Feed the same tokens under the draft: the K/V of the skipped-layer states.
     await drafted.evaluate(p, { policy: NONE });
-    await drafted.evaluate(plain.tokens.slice(p.length), { policy: { type: 'static', skipLayers: [2, 4], skipMlp: [1] } });
+    await drafted.evaluate(plain.tokens.slice(p.length), {
+      policy: { type: 'static', skipLayers: [2, 4], skipMlp: [1] },
+    });
     const d = cacheDistance(drafted, plain, L());
     expect(d.rel).toBeGreaterThan(1e-2);
     expect(d.differing).toBeGreaterThan(0.2);
@@ -291,7 +333,10 @@ describe('the KV cache after exact mode', () => {
     });
     let r;
     try {
-      r = await seq.generate({ tokens: p }, { maxTokens: 30, stopOnEos: false, signal: ac.signal, stopOnAbort: true, policy: spec(draft) });
+      r = await seq.generate(
+        { tokens: p },
+        { maxTokens: 30, stopOnEos: false, signal: ac.signal, stopOnAbort: true, policy: spec(draft) },
+      );
     } finally {
       spy.mockRestore();
     }
@@ -305,7 +350,10 @@ describe('the KV cache after exact mode', () => {
     expect(d.positions[0]).toBe(seq.tokens.length);
     expect(d.rel).toBeLessThan(2e-6);
     // Continuing after the abort gives the rest of the plain run.
-    const rest = await seq.generate({ tokens: [] }, { maxTokens: 30 - r.tokens.length, stopOnEos: false, policy: spec(draft) });
+    const rest = await seq.generate(
+      { tokens: [] },
+      { maxTokens: 30 - r.tokens.length, stopOnEos: false, policy: spec(draft) },
+    );
     expect([...r.tokens, ...rest.tokens]).toEqual(want.tokens);
     fresh.dispose();
     seq.dispose();
@@ -315,11 +363,20 @@ describe('the KV cache after exact mode', () => {
 describe('the default model', () => {
   let model: Model;
   beforeAll(async () => {
-    model = await loadModel(defaultModelDir(), { addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'].map((f) => path.join(defaultModelDir(), f)), threads: 2 });
+    model = await loadModel(defaultModelDir(), {
+      addons: ['flexidepth-p3e-4.safetensors', 'skiplayer.safetensors'].map((f) => path.join(defaultModelDir(), f)),
+      threads: 2,
+    });
   });
   afterAll(async () => model?.dispose());
 
-  const prompts = ['Ge1:1 In the beginning', 'Joh3:16 For God so loved', 'Ps23:1 The LORD is my shepherd', 'Mat5:3 Blessed are', 'Ex20:3 Thou shalt'];
+  const prompts = [
+    'Ge1:1 In the beginning',
+    'Joh3:16 For God so loved',
+    'Ps23:1 The LORD is my shepherd',
+    'Mat5:3 Blessed are',
+    'Ex20:3 Thou shalt',
+  ];
   const drafts: SkipPolicy[] = [
     { type: 'flexidepth' },
     { type: 'skiplayer' },
@@ -363,14 +420,24 @@ describe('adaptive minConfidence', () => {
       expect(r2.speculative!.minConfidence).toBeGreaterThan(0.8 + 0.01 * r2.speculative!.verifications);
       seq.dispose();
       // A draft that is always right, under a low target: the threshold falls from the given start.
-      const good = await model.generate({ tokens: p }, { maxTokens: 30, stopOnEos: false, policy: spec({ type: 'none' }, { targetAcceptance: 0.5, minConfidence: 0.6 }) });
+      const good = await model.generate(
+        { tokens: p },
+        {
+          maxTokens: 30,
+          stopOnEos: false,
+          policy: spec({ type: 'none' }, { targetAcceptance: 0.5, minConfidence: 0.6 }),
+        },
+      );
       expect(good.tokens).toEqual(want.tokens);
       // Every verification with drafts accepts all: one step down each (the last, with one token left, drafts none).
       const v = good.speculative!.verifications;
       expect(good.speculative!.minConfidence).toBeGreaterThan(0.6 - 0.01 * v - 1e-9);
       expect(good.speculative!.minConfidence).toBeLessThan(0.6 - 0.01 * (v - 1) + 1e-9);
       // Without a target the threshold stays put.
-      const fixed = await model.generate({ tokens: p }, { maxTokens: 30, stopOnEos: false, policy: spec({ type: 'none' }, { minConfidence: 0.6 }) });
+      const fixed = await model.generate(
+        { tokens: p },
+        { maxTokens: 30, stopOnEos: false, policy: spec({ type: 'none' }, { minConfidence: 0.6 }) },
+      );
       expect(fixed.speculative!.minConfidence).toBe(0.6);
     } finally {
       await model.dispose();
@@ -380,8 +447,12 @@ describe('adaptive minConfidence', () => {
 
 describe('the speculative policy spec', () => {
   test('validation normalises the draft and names the bad field', () => {
-    expect(validatePolicy({ type: 'speculative', draft: { type: 'static', skipLayers: [4, 2, 2] }, maxDraft: 3 }, 6)).toEqual({
-      type: 'speculative', draft: { type: 'static', skipLayers: [2, 4] }, maxDraft: 3,
+    expect(
+      validatePolicy({ type: 'speculative', draft: { type: 'static', skipLayers: [4, 2, 2] }, maxDraft: 3 }, 6),
+    ).toEqual({
+      type: 'speculative',
+      draft: { type: 'static', skipLayers: [2, 4] },
+      maxDraft: 3,
     });
     const bad: [unknown, string][] = [
       [{ type: 'speculative' }, 'policy.draft'],
@@ -405,11 +476,20 @@ describe('the speculative policy spec', () => {
     }
   });
 
-  test('the CLI syntax parses, with the draft\'s own parameters alongside, and formatPolicy writes it back', () => {
+  test("the CLI syntax parses, with the draft's own parameters alongside, and formatPolicy writes it back", () => {
     const p = parsePolicy('speculative:draft=static,skip=3+4,maxDraft=2,minConfidence=0.4,target=0.8', 12);
-    expect(p).toEqual({ type: 'speculative', draft: { type: 'static', skipLayers: [3, 4] }, maxDraft: 2, minConfidence: 0.4, targetAcceptance: 0.8 });
+    expect(p).toEqual({
+      type: 'speculative',
+      draft: { type: 'static', skipLayers: [3, 4] },
+      maxDraft: 2,
+      minConfidence: 0.4,
+      targetAcceptance: 0.8,
+    });
     expect(parsePolicy(formatPolicy(p), 12)).toEqual(p);
-    expect(parsePolicy('speculative:draft=flexidepth', 12)).toEqual({ type: 'speculative', draft: { type: 'flexidepth' } });
+    expect(parsePolicy('speculative:draft=flexidepth', 12)).toEqual({
+      type: 'speculative',
+      draft: { type: 'flexidepth' },
+    });
     expect(() => parsePolicy('speculative:maxDraft=2', 12)).toThrow(/policy.draft/);
     expect(() => parsePolicy('speculative:draft=d3,alpha=2', 12)).toThrow(/policy.draft.alpha/);
     expect(() => parsePolicy('speculative:draft=none,maxDraft=x', 12)).toThrow(/policy.maxDraft/);
@@ -418,7 +498,9 @@ describe('the speculative policy spec', () => {
   test('a draft needing routers the model lacks is refused; evaluate under exact mode runs at full depth', async () => {
     const model = await loadModel(tinyModel({ layers: 4, seed: 2 }), { kvCacheType: 'f32', threads: 1 });
     try {
-      await expect(model.generate({ tokens: [1, 2] }, { maxTokens: 2, policy: spec({ type: 'flexidepth' }) })).rejects.toMatchObject({ option: 'policy.draft' });
+      await expect(
+        model.generate({ tokens: [1, 2] }, { maxTokens: 2, policy: spec({ type: 'flexidepth' }) }),
+      ).rejects.toMatchObject({ option: 'policy.draft' });
       const tokens = randomTokens(6, 0, 256, 3);
       const full = await model.evaluate(tokens, { policy: NONE });
       const exact = await model.evaluate(tokens, { policy: spec({ type: 'static', skipLayers: [1, 2] }) });
@@ -434,17 +516,30 @@ describe('the speculative policy spec', () => {
     const trace = path.join(path.dirname(dir), 'trace.jsonl');
     const cli = path.join(__dirname, '..', 'dist', 'cli.js');
     const run = (policy: string, extra: string[] = []) =>
-      spawnSync(process.execPath, [cli, 'generate', dir, '--prompt', 'hello there', '--max-tokens', '12', '--policy', policy, ...extra], {
-        encoding: 'utf8', timeout: 60000,
-      });
+      spawnSync(
+        process.execPath,
+        [cli, 'generate', dir, '--prompt', 'hello there', '--max-tokens', '12', '--policy', policy, ...extra],
+        {
+          encoding: 'utf8',
+          timeout: 60000,
+        },
+      );
     const plain = run('none');
     const exact = run('speculative:draft=skiplayer,maxDraft=3', ['--trace', trace]);
     expect(exact.status).toBe(0);
     expect(exact.stdout).toBe(plain.stdout);
-    expect(exact.stderr).toMatch(/exact mode: \d+ of \d+ drafted tokens accepted \(\d+\.\d%\), [\d.]+ drafted per verification, [\d.]+ layers computed per token/);
-    const lines = fs.readFileSync(trace, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { speculative?: { accepted: boolean; step: number } });
+    expect(exact.stderr).toMatch(
+      /exact mode: \d+ of \d+ drafted tokens accepted \(\d+\.\d%\), [\d.]+ drafted per verification, [\d.]+ layers computed per token/,
+    );
+    const lines = fs
+      .readFileSync(trace, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { speculative?: { accepted: boolean; step: number } });
     expect(lines[0]!.speculative).toBeUndefined();
-    expect(lines.slice(1).every((l) => typeof l.speculative?.accepted === 'boolean' && l.speculative.step >= 1)).toBe(true);
+    expect(lines.slice(1).every((l) => typeof l.speculative?.accepted === 'boolean' && l.speculative.step >= 1)).toBe(
+      true,
+    );
     const bad = run('speculative:draft=d3');
     expect(bad.status).not.toBe(0);
     expect(bad.stderr).toMatch(/policy.draft.alpha/);
@@ -456,10 +551,16 @@ test('exact mode refuses repetition penalties (its distributions do not apply th
   const m = await loadModel(dir, { kvCacheType: 'f32', threads: 1 });
   try {
     const policy = { type: 'speculative' as const, draft: { type: 'static' as const, skipLayers: [2] } };
-    expect(() => m.stream({ tokens: [5, 6] }, { policy, repetitionPenalty: 1.3 })).toThrow(/option 'repetitionPenalty': exact mode/);
-    await expect(m.generate({ tokens: [5, 6] }, { policy, presencePenalty: 0.5, maxTokens: 2 })).rejects.toThrow(/option 'presencePenalty'/);
+    expect(() => m.stream({ tokens: [5, 6] }, { policy, repetitionPenalty: 1.3 })).toThrow(
+      /option 'repetitionPenalty': exact mode/,
+    );
+    await expect(m.generate({ tokens: [5, 6] }, { policy, presencePenalty: 0.5, maxTokens: 2 })).rejects.toThrow(
+      /option 'presencePenalty'/,
+    );
     using seq = m.createSequence();
-    await expect(seq.generate({ tokens: [5, 6] }, { policy, frequencyPenalty: 0.5, maxTokens: 2 })).rejects.toThrow(/option 'frequencyPenalty'/);
+    await expect(seq.generate({ tokens: [5, 6] }, { policy, frequencyPenalty: 0.5, maxTokens: 2 })).rejects.toThrow(
+      /option 'frequencyPenalty'/,
+    );
     // Without penalties it runs.
     const r = await m.generate({ tokens: [5, 6] }, { policy, maxTokens: 3, stopOnEos: false });
     expect(r.tokens.length).toBe(3);

@@ -5,8 +5,16 @@
  */
 import { loadModel, type Model, type Policy } from '../src';
 import {
-  SplitMix64, acceptanceProbability, argmaxOf, drawFrom, probabilityOf, residualDistribution, samplingDistribution,
-  topProbability, verifySampled, type TokenDistribution,
+  SplitMix64,
+  acceptanceProbability,
+  argmaxOf,
+  drawFrom,
+  probabilityOf,
+  residualDistribution,
+  samplingDistribution,
+  topProbability,
+  verifySampled,
+  type TokenDistribution,
 } from '../src/speculativeSampling';
 import { cleanup, tinyModel } from './helpers';
 
@@ -18,8 +26,17 @@ const dist = (entries: [number, number][]): TokenDistribution => ({
 });
 
 describe('the acceptance rule', () => {
-  const p = dist([[0, 0.5], [1, 0.3], [2, 0.2]]);
-  const q = dist([[1, 0.6], [0, 0.2], [2, 0.1], [3, 0.1]]);
+  const p = dist([
+    [0, 0.5],
+    [1, 0.3],
+    [2, 0.2],
+  ]);
+  const q = dist([
+    [1, 0.6],
+    [0, 0.2],
+    [2, 0.1],
+    [3, 0.1],
+  ]);
 
   test('min(1, p(x)/q(x)) on hand-made p and q', () => {
     expect(acceptanceProbability(p, q, 0)).toBe(1); // p 0.5 > q 0.2
@@ -89,7 +106,9 @@ describe('the sampling transform', () => {
   });
 
   test('+inf takes all the mass; argmax and the top probability', () => {
-    expect([...samplingDistribution(Float32Array.of(0, Infinity, 1, Infinity), { temperature: 1, topK: 0, topP: 1 }).probs]).toEqual([0.5, 0.5]);
+    expect([
+      ...samplingDistribution(Float32Array.of(0, Infinity, 1, Infinity), { temperature: 1, topK: 0, topP: 1 }).probs,
+    ]).toEqual([0.5, 0.5]);
     expect(argmaxOf(Float32Array.of(NaN, 2, 5, 5))).toBe(2);
     expect(topProbability(Float32Array.of(0, 0, 0, 0))).toBeCloseTo(0.25, 15);
   });
@@ -138,7 +157,7 @@ function chiSquare(counts: Map<string, number>, probs: Map<string, number>, n: n
   return { stat, df: cells - 1 };
 }
 
-describe('the distribution of exact-mode samples is the full model\'s', () => {
+describe("the distribution of exact-mode samples is the full model's", () => {
   let model: Model;
   const prompt = [3, 17, 60, 101];
   const sampling = { temperature: 1, topK: 4, topP: 0.95 };
@@ -176,7 +195,10 @@ describe('the distribution of exact-mode samples is the full model\'s', () => {
     for (let start = 0; start < N; start += 16) {
       const batch = await Promise.all(
         Array.from({ length: 16 }, (_, i) =>
-          model.generate({ tokens: prompt }, { maxTokens: 3, stopOnEos: false, seed: 1000 + start + i, ...sampling, policy }),
+          model.generate(
+            { tokens: prompt },
+            { maxTokens: 3, stopOnEos: false, seed: 1000 + start + i, ...sampling, policy },
+          ),
         ),
       );
       for (const r of batch) {

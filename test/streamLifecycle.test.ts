@@ -7,7 +7,15 @@
  */
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
-import { AbortError, BusyError, InvalidOptionError, loadModel, type GenerateResult, type Model, type Sequence } from '../src';
+import {
+  AbortError,
+  BusyError,
+  InvalidOptionError,
+  loadModel,
+  type GenerateResult,
+  type Model,
+  type Sequence,
+} from '../src';
 import { cleanup, tinyModel } from './helpers';
 
 v8.setFlagsFromString('--expose-gc');
@@ -50,7 +58,11 @@ describe('a stream refused before it starts takes nothing', () => {
     const n = Math.ceil((8 * 2 ** 20) / perStream) + 4;
     for (let i = 0; i < n; i++) {
       const s = model.stream('hello', { maxTokens: 250, policy: { type: 'static', skipLayers: [99] } });
-      await expect((async () => { for await (const _ of s); })()).rejects.toBeInstanceOf(InvalidOptionError);
+      await expect(
+        (async () => {
+          for await (const _ of s);
+        })(),
+      ).rejects.toBeInstanceOf(InvalidOptionError);
       await expect(s.result).rejects.toBeInstanceOf(InvalidOptionError);
     }
     expect(live(model)).toBe(before);
@@ -137,7 +149,11 @@ describe('explicit ways to stop free at once', () => {
     const s = model.stream('hello', { ...O, signal: AbortSignal.abort() });
     expect(live(model)).toBe(before);
     await expect(s.result).rejects.toBeInstanceOf(AbortError);
-    await expect((async () => { for await (const _ of s); })()).rejects.toBeInstanceOf(AbortError);
+    await expect(
+      (async () => {
+        for await (const _ of s);
+      })(),
+    ).rejects.toBeInstanceOf(AbortError);
     const r = await model.generate('hello', { ...O, signal: AbortSignal.abort(), stopOnAbort: true });
     expect([r.finishReason, r.tokens.length]).toEqual(['abort', 0]);
   });

@@ -19,16 +19,33 @@ test('colour only on a TTY that shows it: NO_COLOR, TERM=dumb and FORCE_COLOR=0 
 
 test('a scale over the depths a policy can produce gives each depth a visibly different colour', () => {
   // FlexiDepth on the default model routes layers 6-11: depths 6..12 of 12.
-  const colours = [6, 7, 8, 9, 10, 11, 12].map((d) => renderDepthAnsi({ text: 'x', layers: d }, 12, { minLayers: 6 }).match(/48;2;(\d+);(\d+);(\d+)/)!.slice(1).map(Number));
+  const colours = [6, 7, 8, 9, 10, 11, 12].map((d) =>
+    renderDepthAnsi({ text: 'x', layers: d }, 12, { minLayers: 6 })
+      .match(/48;2;(\d+);(\d+);(\d+)/)!
+      .slice(1)
+      .map(Number),
+  );
   for (let i = 1; i < colours.length; i++) {
     const [a, b] = [colours[i - 1]!, colours[i]!];
     expect(Math.hypot(a[0]! - b[0]!, a[1]! - b[1]!, a[2]! - b[2]!)).toBeGreaterThan(25);
   }
   // The full scale's 9..12 were near-identical purples; the default scale (0..L) is unchanged.
   expect(renderDepthAnsi({ text: 'x', layers: 12 }, 12, { minLayers: 6 })).toContain(depthColor(12, 12).join(';'));
-  expect(depthLegendAnsi(12, { minLayers: 6 }).match(/ \d+ /g)).toEqual([' 6 ', ' 7 ', ' 8 ', ' 9 ', ' 10 ', ' 11 ', ' 12 ']);
-  expect(renderDepthAnsi({ text: 'x', layers: 3 }, 12, { colors: '256' })).toMatch(/^\x1b\[48;5;\d+m\x1b\[38;5;(16|231)mx\x1b\[0m$/);
-  expect(() => renderDepthAnsi({ text: 'x', layers: 3 }, 12, { minLayers: 13 })).toThrow(expect.objectContaining({ option: 'minLayers' }));
+  expect(depthLegendAnsi(12, { minLayers: 6 }).match(/ \d+ /g)).toEqual([
+    ' 6 ',
+    ' 7 ',
+    ' 8 ',
+    ' 9 ',
+    ' 10 ',
+    ' 11 ',
+    ' 12 ',
+  ]);
+  expect(renderDepthAnsi({ text: 'x', layers: 3 }, 12, { colors: '256' })).toMatch(
+    /^\x1b\[48;5;\d+m\x1b\[38;5;(16|231)mx\x1b\[0m$/,
+  );
+  expect(() => renderDepthAnsi({ text: 'x', layers: 3 }, 12, { minLayers: 13 })).toThrow(
+    expect.objectContaining({ option: 'minLayers' }),
+  );
 });
 
 test('command-line escapes', () => {

@@ -18,7 +18,8 @@ const root = path.join(__dirname, '..');
 const dist = JSON.stringify(path.join(root, 'dist', 'index.js'));
 
 /** Big enough that one 512-token pass takes about a second on one core. */
-const slowModel = () => tinyModel({ seed: 5, hidden: 512, heads: 8, kvHeads: 8, intermediate: 2048, layers: 6, maxPositions: 1024 });
+const slowModel = () =>
+  tinyModel({ seed: 5, hidden: 512, heads: 8, kvHeads: 8, intermediate: 2048, layers: 6, maxPositions: 1024 });
 
 test('passes in flight on five models (more than the libuv pool has threads) do not delay a small fs.readFile', async () => {
   const dir = slowModel();

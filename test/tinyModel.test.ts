@@ -111,7 +111,10 @@ function readJson(file: string): Record<string, unknown> {
 /** All safetensors entries of a model directory (single file or sharded), with their file. */
 function allEntries(dir: string): Map<string, HeaderEntry & { file: string; data: Buffer }> {
   const out = new Map<string, HeaderEntry & { file: string; data: Buffer }>();
-  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort();
+  const files = fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.safetensors'))
+    .sort();
   for (const f of files) {
     const { entries, data, metadata } = checkSafetensors(path.join(dir, f));
     expect(metadata).toEqual({ format: 'pt' });
@@ -123,7 +126,14 @@ function allEntries(dir: string): Map<string, HeaderEntry & { file: string; data
   return out;
 }
 
-function expectedTensors(o: Required<Pick<TinyModelOptions, 'arch' | 'layers' | 'hidden' | 'heads' | 'kvHeads' | 'headDim' | 'intermediate' | 'vocabSize' | 'tied' | 'bias'>>): Map<string, number[]> {
+function expectedTensors(
+  o: Required<
+    Pick<
+      TinyModelOptions,
+      'arch' | 'layers' | 'hidden' | 'heads' | 'kvHeads' | 'headDim' | 'intermediate' | 'vocabSize' | 'tied' | 'bias'
+    >
+  >,
+): Map<string, number[]> {
   const m = new Map<string, number[]>();
   const d = o.hidden;
   const q = o.heads * o.headDim;
@@ -237,11 +247,13 @@ describe('float16 / bfloat16 encoders', () => {
           const next = f16ToNumber((h + 1) | sign);
           const mid = (v + next) / 2; // exact in float32
           const even = (h & 1) === 0 ? h : h + 1;
-          if (float32ToFloat16Bits(mid) !== (even | sign)) throw new Error(`midpoint after ${h.toString(16)} misrounded`);
+          if (float32ToFloat16Bits(mid) !== (even | sign))
+            throw new Error(`midpoint after ${h.toString(16)} misrounded`);
           const below = mid - (next - v) / 1024;
           const above = mid + (next - v) / 1024;
           if (float32ToFloat16Bits(below) !== (h | sign)) throw new Error(`below midpoint after ${h.toString(16)}`);
-          if (float32ToFloat16Bits(above) !== ((h + 1) | sign)) throw new Error(`above midpoint after ${h.toString(16)}`);
+          if (float32ToFloat16Bits(above) !== ((h + 1) | sign))
+            throw new Error(`above midpoint after ${h.toString(16)}`);
         }
       }
     }
@@ -282,7 +294,8 @@ interface Variant {
 }
 
 const VARIANTS: Variant[] = [];
-for (const arch of ARCHS) for (const dtype of DTYPES) VARIANTS.push({ name: `${arch} ${dtype}`, options: { arch, dtype } });
+for (const arch of ARCHS)
+  for (const dtype of DTYPES) VARIANTS.push({ name: `${arch} ${dtype}`, options: { arch, dtype } });
 VARIANTS.push(
   { name: 'llama bias tied', options: { arch: 'llama', bias: true, tied: true } },
   { name: 'llama headDim 32 MQA', options: { arch: 'llama', headDim: 32, kvHeads: 1, dtype: 'bf16' } },
@@ -292,7 +305,10 @@ VARIANTS.push(
   { name: 'llama 3 shards bf16', options: { arch: 'llama', shards: 3, dtype: 'bf16', layers: 3 } },
   { name: 'qwen2 2 shards', options: { arch: 'qwen2', shards: 2 } },
   { name: 'llama vocab 400 no bos', options: { arch: 'llama', vocabSize: 400, addBos: false, rmsNormEps: 1e-6 } },
-  { name: 'llama odd sizes', options: { arch: 'llama', layers: 1, hidden: 48, heads: 6, kvHeads: 3, intermediate: 96, maxPositions: 64 } },
+  {
+    name: 'llama odd sizes',
+    options: { arch: 'llama', layers: 1, hidden: 48, heads: 6, kvHeads: 3, intermediate: 96, maxPositions: 64 },
+  },
 );
 
 describe('writeTinyModel files', () => {
@@ -371,14 +387,19 @@ describe('writeTinyModel files', () => {
       expect(info.tensorShapes[name]).toEqual(shape);
     }
     const shards = options.shards ?? 1;
-    const stFiles = fs.readdirSync(info.dir).filter((f) => f.endsWith('.safetensors')).sort();
+    const stFiles = fs
+      .readdirSync(info.dir)
+      .filter((f) => f.endsWith('.safetensors'))
+      .sort();
     const indexPath = path.join(info.dir, 'model.safetensors.index.json');
     if (shards === 1) {
       expect(stFiles).toEqual(['model.safetensors']);
       expect(fs.existsSync(indexPath)).toBe(false);
     } else {
       const pad = (n: number): string => String(n).padStart(5, '0');
-      expect(stFiles).toEqual(Array.from({ length: shards }, (_, k) => `model-${pad(k + 1)}-of-${pad(shards)}.safetensors`));
+      expect(stFiles).toEqual(
+        Array.from({ length: shards }, (_, k) => `model-${pad(k + 1)}-of-${pad(shards)}.safetensors`),
+      );
       const index = readJson(indexPath) as { metadata: { total_size: number }; weight_map: Record<string, string> };
       let total = 0;
       for (const e of entries.values()) total += e.data_offsets[1] - e.data_offsets[0];
@@ -514,7 +535,9 @@ describe('tokenizer', () => {
     }
     // Merges compress English: fewer tokens than bytes.
     const english = 'The small model reads a line of text and the children walk to the river.';
-    expect(tok.encode(english, { add_special_tokens: false }).ids.length).toBeLessThan(Buffer.byteLength(english) * 0.75);
+    expect(tok.encode(english, { add_special_tokens: false }).ids.length).toBeLessThan(
+      Buffer.byteLength(english) * 0.75,
+    );
     // Special tokens are single ids at the top of the vocabulary.
     expect(tok.token_to_id('<|begin_of_text|>')).toBe(st.bos);
     expect(tok.token_to_id('<|end_of_text|>')).toBe(st.endOfText);
@@ -576,8 +599,12 @@ describe('tokenizer', () => {
   });
 
   test('a larger vocabulary keeps the learned merges of a smaller one as a prefix', () => {
-    const small = readJson(path.join(write({ vocabSize: 300 }, 'v').dir, 'tokenizer.json')) as { model: { merges: string[] } };
-    const large = readJson(path.join(write({ vocabSize: 600 }, 'v').dir, 'tokenizer.json')) as { model: { merges: string[] } };
+    const small = readJson(path.join(write({ vocabSize: 300 }, 'v').dir, 'tokenizer.json')) as {
+      model: { merges: string[] };
+    };
+    const large = readJson(path.join(write({ vocabSize: 600 }, 'v').dir, 'tokenizer.json')) as {
+      model: { merges: string[] };
+    };
     expect(large.model.merges.slice(0, small.model.merges.length)).toEqual(small.model.merges);
   });
 
@@ -703,7 +730,9 @@ describe('reference forward pass', () => {
     const biased = model({ arch: 'llama', bias: true }).ref;
     expect(biased.tensors.has('model.layers.0.self_attn.o_proj.bias')).toBe(true);
     const zero = (which: string | null) =>
-      withTensors(biased, (name, d) => (name.endsWith('.bias') && (which === null || name.includes(which)) ? new Float64Array(d.length) : null));
+      withTensors(biased, (name, d) =>
+        name.endsWith('.bias') && (which === null || name.includes(which)) ? new Float64Array(d.length) : null,
+      );
     const allZero = referenceLogits(zero(null), toks);
     for (let i = 0; i < toks.length; i++) expect(maxAbsDiff(allZero[i]!, plain[i]!)).toBe(0);
     const full = referenceLogits(biased, toks);

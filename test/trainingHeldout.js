@@ -26,13 +26,18 @@ function logSoftmaxAt(row, id) {
   const text = fs.readFileSync(path.join(__dirname, '..', 'bench', 'data', 'kjv-heldout.txt'), 'utf8');
   const lines = text.split(/(?<=\n)/);
   const ids = [];
-  for (let i = 0; i < lines.length; i += 256) ids.push(...model.tokenizer.encode(lines.slice(i, i + 256).join(''), false));
+  for (let i = 0; i < lines.length; i += 256)
+    ids.push(...model.tokenizer.encode(lines.slice(i, i + 256).join(''), false));
   const seq = 256;
   const count = 32;
   const step = Math.max(seq + 1, Math.floor((ids.length - seq - 1) / count));
   for (const p of policies) {
     const policy = JSON.parse(p);
-    let total = 0, n = 0, ran = 0, routed = 0, windows = 0;
+    let total = 0,
+      n = 0,
+      ran = 0,
+      routed = 0,
+      windows = 0;
     for (let s = 0; s < ids.length - seq - 1 && windows < count; s += step, windows++) {
       const w = ids.slice(s, s + seq + 1);
       const r = await model.evaluate(w.slice(0, seq), { policy });

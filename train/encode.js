@@ -27,5 +27,10 @@ const max = ids.reduce((a, b) => Math.max(a, b), 0);
 const arr = max < 65536 ? Uint16Array.from(ids) : Uint32Array.from(ids);
 fs.writeFileSync(out, Buffer.from(arr.buffer));
 // The id width, for train/common.py's load_tokens.
-fs.writeFileSync(`${out}.json`, JSON.stringify({ dtype: arr.BYTES_PER_ELEMENT === 2 ? 'uint16' : 'uint32', tokens: ids.length }) + '\n');
-console.log(`${textFile}: ${text.length} bytes -> ${ids.length} tokens (${(text.length / ids.length).toFixed(2)} bytes/token), ${arr.BYTES_PER_ELEMENT * 8}-bit`);
+fs.writeFileSync(
+  `${out}.json`,
+  JSON.stringify({ dtype: arr.BYTES_PER_ELEMENT === 2 ? 'uint16' : 'uint32', tokens: ids.length }) + '\n',
+);
+console.log(
+  `${textFile}: ${text.length} bytes -> ${ids.length} tokens (${(text.length / ids.length).toFixed(2)} bytes/token), ${arr.BYTES_PER_ELEMENT * 8}-bit`,
+);

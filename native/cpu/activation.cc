@@ -5,8 +5,7 @@
 
 namespace dg {
 
-void siluMul(ThreadPool& pool, float* gate, int64_t ldg, const float* up, int64_t ldu,
-             int64_t rows, int64_t n) {
+void siluMul(ThreadPool& pool, float* gate, int64_t ldg, const float* up, int64_t ldu, int64_t rows, int64_t n) {
   if (rows <= 0 || n <= 0) return;
   // Decode has one long row, so split rows into column chunks to give every thread work.
   constexpr int64_t kChunk = 2048;
@@ -22,8 +21,10 @@ void siluMul(ThreadPool& pool, float* gate, int64_t ldg, const float* up, int64_
     }
   };
   const int64_t tasks = rows * chunksPerRow;
-  if (tasks == 1) work(0, 1, 0);
-  else pool.parallelFor(tasks, work);
+  if (tasks == 1)
+    work(0, 1, 0);
+  else
+    pool.parallelFor(tasks, work);
 }
 
 }  // namespace dg

@@ -35,8 +35,10 @@ DG_AVX2 inline __m256 load8(const void* base, int i) {
     return _mm256_loadu_ps(reinterpret_cast<const float*>(p) + i);
   } else {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * size_t(i)));
-    if constexpr (T == DType::BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    else return _mm256_cvtph_ps(h);
+    if constexpr (T == DType::BF16)
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else
+      return _mm256_cvtph_ps(h);
   }
 }
 
@@ -48,11 +50,11 @@ DG_AVX2 inline float hsum(__m256 v) {
 }
 
 struct Task {
-  const float* q;    // the group's first query head
-  const void* k;     // key of the first position read, this KV head
+  const float* q;  // the group's first query head
+  const void* k;   // key of the first position read, this KV head
   const void* v;
-  float* out;        // the group's first output head
-  int64_t count;     // keys read
+  float* out;     // the group's first output head
+  int64_t count;  // keys read
 };
 
 // Scores for `group` heads over `count` keys, then softmax and the weighted sum of values.
@@ -98,8 +100,7 @@ void taskScalar(const Task& t, int group, int headDim, int64_t kStride, float sc
 }
 
 template <DType T>
-DG_AVX2 void taskAvx2(const Task& t, int group, int headDim, int64_t kStride, float scale, float* scores,
-                      float* kbuf) {
+DG_AVX2 void taskAvx2(const Task& t, int group, int headDim, int64_t kStride, float scale, float* scores, float* kbuf) {
   const size_t es = dtypeSize(T);
   const unsigned char* k = static_cast<const unsigned char*>(t.k);
   const unsigned char* v = static_cast<const unsigned char*>(t.v);
@@ -144,7 +145,8 @@ DG_AVX2 void taskAvx2(const Task& t, int group, int headDim, int64_t kStride, fl
       const __m256 p = _mm256_set1_ps(scores[size_t(h) * size_t(t.count) + size_t(j)]);
       float* o = t.out + int64_t(h) * headDim;
       int i = 0;
-      for (; i < vec; i += 8) _mm256_storeu_ps(o + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(kbuf + i), _mm256_loadu_ps(o + i)));
+      for (; i < vec; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(kbuf + i), _mm256_loadu_ps(o + i)));
       const float ps = scores[size_t(h) * size_t(t.count) + size_t(j)];
       for (; i < headDim; i++) o[i] += ps * kbuf[i];
     }
@@ -161,16 +163,19 @@ using TaskFn = void (*)(const Task&, int, int, int64_t, float, float*, float*);
 TaskFn taskFn(DType kv) {
   const bool simd = std::strcmp(cpuKernelVariant(), "scalar") != 0;
   switch (kv) {
-    case DType::F16: return simd ? taskAvx2<DType::F16> : taskScalar<DType::F16>;
-    case DType::BF16: return simd ? taskAvx2<DType::BF16> : taskScalar<DType::BF16>;
-    default: return simd ? taskAvx2<DType::F32> : taskScalar<DType::F32>;
+    case DType::F16:
+      return simd ? taskAvx2<DType::F16> : taskScalar<DType::F16>;
+    case DType::BF16:
+      return simd ? taskAvx2<DType::BF16> : taskScalar<DType::BF16>;
+    default:
+      return simd ? taskAvx2<DType::F32> : taskScalar<DType::F32>;
   }
 }
 
 }  // namespace
 
-void attention(ThreadPool& pool, const AttentionRow* rows, int64_t nRows, int nHeads, int nKv, int headDim,
-               int window, float scale, DType kv) {
+void attention(ThreadPool& pool, const AttentionRow* rows, int64_t nRows, int nHeads, int nKv, int headDim, int window,
+               float scale, DType kv) {
   if (nRows <= 0 || nHeads <= 0 || nKv <= 0 || headDim <= 0) return;
   const int group = nHeads / nKv > 0 ? nHeads / nKv : 1;
   const int64_t kStride = int64_t(nKv) * headDim;
@@ -189,8 +194,10 @@ void attention(ThreadPool& pool, const AttentionRow* rows, int64_t nRows, int nH
       const int64_t first = window > 0 ? std::max<int64_t>(0, int64_t(row.pos) - window + 1) : 0;
       Task task;
       task.q = row.q + int64_t(g) * group * headDim;
-      task.k = static_cast<const unsigned char*>(row.k) + (size_t(first) * size_t(kStride) + size_t(g) * size_t(headDim)) * es;
-      task.v = static_cast<const unsigned char*>(row.v) + (size_t(first) * size_t(kStride) + size_t(g) * size_t(headDim)) * es;
+      task.k = static_cast<const unsigned char*>(row.k) +
+               (size_t(first) * size_t(kStride) + size_t(g) * size_t(headDim)) * es;
+      task.v = static_cast<const unsigned char*>(row.v) +
+               (size_t(first) * size_t(kStride) + size_t(g) * size_t(headDim)) * es;
       task.out = out;
       task.count = int64_t(row.pos) - first + 1;
       scores.resize(size_t(group) * size_t(task.count));
@@ -200,8 +207,10 @@ void attention(ThreadPool& pool, const AttentionRow* rows, int64_t nRows, int nH
   };
   const int64_t tasks = nRows * nKv;
   // A decode step over a short cache is a few microseconds of work: not worth waking the pool.
-  if (tasks == 1 || (nRows == 1 && int64_t(rows[0].pos) * nHeads * headDim < (int64_t(1) << 14))) work(0, tasks, 0);
-  else pool.parallelFor(tasks, work);
+  if (tasks == 1 || (nRows == 1 && int64_t(rows[0].pos) * nHeads * headDim < (int64_t(1) << 14)))
+    work(0, tasks, 0);
+  else
+    pool.parallelFor(tasks, work);
 }
 
 }  // namespace dg

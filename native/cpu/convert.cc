@@ -45,7 +45,7 @@ uint16_t f32ToF16(float f) {
   if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);
   if (a < 0x38800000u) {  // below 2^-14: half subnormal or zero
     uint32_t e = a >> 23;
-    uint32_t shift = 126 - e;  // value = m * 2^(e-150), half units are 2^-24
+    uint32_t shift = 126 - e;               // value = m * 2^(e-150), half units are 2^-24
     if (e == 0 || shift > 24) return sign;  // below a quarter of the smallest subnormal
     uint32_t m = (a & 0x7fffffu) | 0x800000u;
     uint32_t r = m >> shift;
@@ -74,8 +74,8 @@ static void toF32Scalar(float* out, const unsigned char* src, DType t, size_t n)
   }
 }
 
-__attribute__((target("avx2,fma,f16c"))) static void toF32Avx2(float* out, const unsigned char* src,
-                                                               DType t, size_t n) {
+__attribute__((target("avx2,fma,f16c"))) static void toF32Avx2(float* out, const unsigned char* src, DType t,
+                                                               size_t n) {
   if (t == DType::F32) {
     std::memcpy(out, src, n * 4);
     return;
@@ -96,8 +96,8 @@ __attribute__((target("avx2,fma,f16c"))) static void toF32Avx2(float* out, const
   if (i < n) toF32Scalar(out + i, src + 2 * i, t, n - i);
 }
 
-__attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void toF32Avx512(
-    float* out, const unsigned char* src, DType t, size_t n) {
+__attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void toF32Avx512(float* out, const unsigned char* src,
+                                                                                  DType t, size_t n) {
   if (t == DType::F32) {
     std::memcpy(out, src, n * 4);
     return;

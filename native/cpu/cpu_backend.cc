@@ -69,8 +69,10 @@ class CpuOps final : public Ops {
     char* p = static_cast<char*>(ptr) - kHeader;
     const size_t total = *reinterpret_cast<size_t*>(p);
     outstanding -= total;
-    if (total >= kMapThreshold) munmap(p, total);
-    else std::free(p);
+    if (total >= kMapThreshold)
+      munmap(p, total);
+    else
+      std::free(p);
   }
   void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void upload(void* dst, const void* host, size_t bytes) override { std::memcpy(dst, host, bytes); }
@@ -79,7 +81,8 @@ class CpuOps final : public Ops {
   Weight prepareWeight(const Weight& w) override { return w; }
 
   void embed(float* x, const int32_t* tokens, int64_t rows, const Weight& t) override {
-    for (int64_t r = 0; r < rows; r++) toF32(x + r * t.cols, t.data, t.dtype, size_t(tokens[r]) * size_t(t.cols), size_t(t.cols));
+    for (int64_t r = 0; r < rows; r++)
+      toF32(x + r * t.cols, t.data, t.dtype, size_t(tokens[r]) * size_t(t.cols), size_t(t.cols));
   }
 
   void rmsnorm(float* out, const float* x, RowSet rows, int64_t dim, const float* w, float eps) override {
@@ -90,7 +93,8 @@ class CpuOps final : public Ops {
       return;
     }
     for (int64_t i = 0; i < n; i++)
-      if (out + i * dim != x + rowOf(rows, i) * dim) std::memmove(out + i * dim, x + rowOf(rows, i) * dim, size_t(dim) * 4);
+      if (out + i * dim != x + rowOf(rows, i) * dim)
+        std::memmove(out + i * dim, x + rowOf(rows, i) * dim, size_t(dim) * 4);
     dg::rmsnorm(pool_, out, out, n, dim, w, eps);
   }
 
@@ -169,7 +173,8 @@ class CpuOps final : public Ops {
     for (int64_t i = 0; i < n; i++) ropeRow(q + i * ldq, nHeads, headDim, invFreq, step.pos[rowOf(rows, i)]);
   }
 
-  void attention(float* out, const float* q, RowSet rows, const StepRows& step, int layer, const AttnShape& a) override {
+  void attention(float* out, const float* q, RowSet rows, const StepRows& step, int layer,
+                 const AttnShape& a) override {
     const int64_t n = countOf(rows);
     if (n <= 0) return;
     const int64_t qd = int64_t(a.nHeads) * a.headDim, kvd = a.kvWidth();
@@ -213,8 +218,10 @@ class CpuOps final : public Ops {
                int32_t* skipCount) override {
     int32_t a = 0, b = 0;
     for (int64_t r = 0; r < rows; r++) {
-      if (flags[r]) runIdx[a++] = int32_t(r);
-      else if (skipIdx) skipIdx[b++] = int32_t(r);
+      if (flags[r])
+        runIdx[a++] = int32_t(r);
+      else if (skipIdx)
+        skipIdx[b++] = int32_t(r);
     }
     *runCount = a;
     if (skipCount) *skipCount = b;

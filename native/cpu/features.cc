@@ -41,8 +41,10 @@ const char* cpuKernelVariant() {
     int best = haveAvx512 ? 2 : haveAvx2 ? 1 : 0;
     int cap = 2;
     if (const char* env = std::getenv("DEPTHGATE_CPU_KERNELS")) {
-      if (std::strcmp(env, "scalar") == 0) cap = 0;
-      else if (std::strcmp(env, "avx2") == 0) cap = 1;
+      if (std::strcmp(env, "scalar") == 0)
+        cap = 0;
+      else if (std::strcmp(env, "avx2") == 0)
+        cap = 1;
     }
     int chosen = best < cap ? best : cap;
     return chosen == 2 ? "avx512" : chosen == 1 ? "avx2" : "scalar";

@@ -39,8 +39,10 @@ struct GemvAvx2 {
       return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i));
     } else {
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i));
-      if constexpr (T == DType::BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-      else return _mm256_cvtph_ps(h);
+      if constexpr (T == DType::BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      else
+        return _mm256_cvtph_ps(h);
     }
   }
   DG_AVX2 static V loadx(const float* p) { return _mm256_loadu_ps(p); }
@@ -64,8 +66,10 @@ struct GemvAvx512 {
       return _mm512_loadu_ps(row + 4 * i);
     } else {
       const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i));
-      if constexpr (T == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-      else return _mm512_cvtph_ps(h);
+      if constexpr (T == DType::BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      else
+        return _mm512_cvtph_ps(h);
     }
   }
   DG_AVX512 static V loadx(const float* p) { return _mm512_loadu_ps(p); }
@@ -74,34 +78,33 @@ struct GemvAvx512 {
   DG_AVX512 static float hsum(V a, V b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
 };
 
-#define GEMV_KERNEL(ATTR, NAME)                                                                 \
-  template <class Ops, DType T, int NR>                                                         \
+#define GEMV_KERNEL(ATTR, NAME)                                                                    \
+  template <class Ops, DType T, int NR>                                                            \
   ATTR void NAME(float* out, const unsigned char* w, size_t rowBytes, const float* x, int64_t k) { \
-    using V = typename Ops::V;                                                                  \
-    constexpr int64_t L = Ops::L;                                                               \
-    V acc0[NR], acc1[NR];                                                                       \
-    for (int r = 0; r < NR; r++) acc0[r] = acc1[r] = Ops::zero();                               \
-    int64_t i = 0;                                                                              \
-    for (; i + 2 * L <= k; i += 2 * L) {                                                        \
-      const V x0 = Ops::loadx(x + i), x1 = Ops::loadx(x + i + L);                               \
-      for (int r = 0; r < NR; r++) {                                                            \
-        acc0[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i), x0, acc0[r]);          \
-        acc1[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i + L), x1, acc1[r]);      \
-      }                                                                                         \
-    }                                                                                           \
-    for (int r = 0; r < NR; r++) {                                                              \
-      float s = Ops::hsum(acc0[r], acc1[r]);                                                    \
-      for (int64_t t = i; t < k; t++) s += loadScalar<T>(w + r * rowBytes, t) * x[t];           \
-      out[r] = s;                                                                               \
-    }                                                                                           \
+    using V = typename Ops::V;                                                                     \
+    constexpr int64_t L = Ops::L;                                                                  \
+    V acc0[NR], acc1[NR];                                                                          \
+    for (int r = 0; r < NR; r++) acc0[r] = acc1[r] = Ops::zero();                                  \
+    int64_t i = 0;                                                                                 \
+    for (; i + 2 * L <= k; i += 2 * L) {                                                           \
+      const V x0 = Ops::loadx(x + i), x1 = Ops::loadx(x + i + L);                                  \
+      for (int r = 0; r < NR; r++) {                                                               \
+        acc0[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i), x0, acc0[r]);             \
+        acc1[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i + L), x1, acc1[r]);         \
+      }                                                                                            \
+    }                                                                                              \
+    for (int r = 0; r < NR; r++) {                                                                 \
+      float s = Ops::hsum(acc0[r], acc1[r]);                                                       \
+      for (int64_t t = i; t < k; t++) s += loadScalar<T>(w + r * rowBytes, t) * x[t];              \
+      out[r] = s;                                                                                  \
+    }                                                                                              \
   }
 
 GEMV_KERNEL(DG_AVX2, gemvAvx2)
 GEMV_KERNEL(DG_AVX512, gemvAvx512)
 #undef GEMV_KERNEL
 
-using GemvFn = void (*)(float* out, const unsigned char* w, size_t rowBytes, const float* x,
-                        int64_t k);
+using GemvFn = void (*)(float* out, const unsigned char* w, size_t rowBytes, const float* x, int64_t k);
 struct GemvPair {
   GemvFn four, one;  // 4-row kernel for the bulk, 1-row kernel for the leftover rows
 };
@@ -127,7 +130,8 @@ void gemvGroups(const GemvPair& kern, float* out, int64_t outBase, const float* 
   for (int64_t g = g0; g < g1; g++) {
     const int64_t o = g * 4;
     const int nr = int(std::min<int64_t>(4, n - o));
-    if (nr == 4) kern.four(tmp, base + size_t(o) * rowBytes, rowBytes, x, k);
+    if (nr == 4)
+      kern.four(tmp, base + size_t(o) * rowBytes, rowBytes, x, k);
     else
       for (int r = 0; r < nr; r++) kern.one(tmp + r, base + size_t(o + r) * rowBytes, rowBytes, x, k);
     for (int r = 0; r < nr; r++) {
@@ -162,9 +166,8 @@ void gemvJobs(ThreadPool& pool, Isa isa, const float* x, const GemvJob* jobs, in
 
 }  // namespace
 
-
-void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
-            const Weight& W, const float* bias, bool accumulate) {
+void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W,
+            const float* bias, bool accumulate) {
   if (rows <= 0 || W.rows <= 0) return;
   if (W.cols <= 0) {  // empty reduction: the result is just the bias
     for (int64_t r = 0; r < rows; r++)

@@ -55,8 +55,7 @@ template <DType T, int NW>
 inline void finishRow(const DotTile& a, int r, float* sums) {
   float* o = a.out + r * a.ldo;
   if (a.tail > 0)
-    for (int j = 0; j < NW; j++)
-      sums[j] += tailDot<T>(a.wTail + j * a.rowBytes, a.xTail + r * a.ldxTail, a.tail);
+    for (int j = 0; j < NW; j++) sums[j] += tailDot<T>(a.wTail + j * a.rowBytes, a.xTail + r * a.ldxTail, a.tail);
   if (!a.first) {
     for (int j = 0; j < NW; j++) o[j] += sums[j];
   } else if (a.accumulate) {
@@ -77,7 +76,9 @@ struct ScalarOps {
   // Half H (0 or 1) of the 2L weights at column i: for bf16 the even (H = 0) or odd (H = 1)
   // columns, matching x permuted by permuteX; otherwise columns i + H * L ... in order.
   template <DType T, int H>
-  static V loadw(const unsigned char* row, int64_t i) { return loadScalar<T>(row, i + H); }
+  static V loadw(const unsigned char* row, int64_t i) {
+    return loadScalar<T>(row, i + H);
+  }
   static V fmadd(V a, V b, V c) { return a * b + c; }
   static void reduce4(const V* v, float* s) {
     for (int j = 0; j < 4; j++) s[j] = v[j];
@@ -86,19 +87,21 @@ struct ScalarOps {
 
 // Full-tile inner loop for avx2 in assembly: ymm0..11 accumulate acc[j][r] (j * 3 + r), ymm12..14
 // hold the x vectors of a half step and ymm15 the weight vector.
-#define DG_TILE_ROW(W, A0, A1, A2, LOAD)                                               \
-  LOAD(W)                                                                              \
-  "vfmadd231ps %%ymm12, %%ymm15, %%ymm" A0 "\n\t"                                      \
-  "vfmadd231ps %%ymm13, %%ymm15, %%ymm" A1 "\n\t"                                      \
+#define DG_TILE_ROW(W, A0, A1, A2, LOAD)   \
+  LOAD(W)                                  \
+  "vfmadd231ps %%ymm12, %%ymm15, %%ymm" A0 \
+  "\n\t"                                   \
+  "vfmadd231ps %%ymm13, %%ymm15, %%ymm" A1 \
+  "\n\t"                                   \
   "vfmadd231ps %%ymm14, %%ymm15, %%ymm" A2 "\n\t"
-#define DG_TILE_HALF(OFF, LOAD)                                                        \
-  "vmovups " OFF "(%[px0],%[i],4), %%ymm12\n\t"                                        \
-  "vmovups " OFF "(%[px1],%[i],4), %%ymm13\n\t"                                        \
-  "vmovups " OFF "(%[px2],%[i],4), %%ymm14\n\t"                                        \
-  DG_TILE_ROW("pw0", "0", "1", "2", LOAD)                                              \
-  DG_TILE_ROW("pw1", "3", "4", "5", LOAD)                                              \
-  DG_TILE_ROW("pw2", "6", "7", "8", LOAD)                                              \
-  DG_TILE_ROW("pw3", "9", "10", "11", LOAD)
+#define DG_TILE_HALF(OFF, LOAD)                                                         \
+  "vmovups " OFF                                                                        \
+  "(%[px0],%[i],4), %%ymm12\n\t"                                                        \
+  "vmovups " OFF                                                                        \
+  "(%[px1],%[i],4), %%ymm13\n\t"                                                        \
+  "vmovups " OFF "(%[px2],%[i],4), %%ymm14\n\t" DG_TILE_ROW("pw0", "0", "1", "2", LOAD) \
+      DG_TILE_ROW("pw1", "3", "4", "5", LOAD) DG_TILE_ROW("pw2", "6", "7", "8", LOAD)   \
+          DG_TILE_ROW("pw3", "9", "10", "11", LOAD)
 // bf16: even columns = dword << 16, odd columns = dword & 0xffff0000 (mask from memory).
 #define DG_LOAD_BF16_EVEN(W) "vmovdqu (%[" W "],%[i],2), %%ymm15\n\tvpslld $16, %%ymm15, %%ymm15\n\t"
 #define DG_LOAD_BF16_ODD(W) "vmovdqu (%[" W "],%[i],2), %%ymm15\n\tvpand %[mask], %%ymm15, %%ymm15\n\t"
@@ -106,7 +109,7 @@ struct ScalarOps {
 #define DG_LOAD_F16_HI(W) "vcvtph2ps 16(%[" W "],%[i],2), %%ymm15\n\t"
 #define DG_LOAD_F32_LO(W) "vmovups (%[" W "],%[i],4), %%ymm15\n\t"
 #define DG_LOAD_F32_HI(W) "vmovups 32(%[" W "],%[i],4), %%ymm15\n\t"
-#define DG_TILE_LOOP(LO, HI)                                                           \
+#define DG_TILE_LOOP(LO, HI) \
   "vxorps %%xmm0, %%xmm0, %%xmm0\n\t"                                                  \
   "vxorps %%xmm1, %%xmm1, %%xmm1\n\t"                                                  \
   "vxorps %%xmm2, %%xmm2, %%xmm2\n\t"                                                  \
@@ -151,8 +154,7 @@ struct Avx2Ops {
   // shape is the same as the generic loop in DG_DOT_KERNEL. Requires kb > 0.
   static constexpr bool kHasTileLoop = true;
   template <DType T>
-  DG_AVX2 static void tileLoop(float* accOut /* 12 x 8, acc[j][r] at (j * 3 + r) * 8 */,
-                               const DotTile& a) {
+  DG_AVX2 static void tileLoop(float* accOut /* 12 x 8, acc[j][r] at (j * 3 + r) * 8 */, const DotTile& a) {
     const unsigned char* pw0 = a.w;
     const unsigned char* pw1 = pw0 + a.rowBytes;
     const unsigned char* pw2 = pw1 + a.rowBytes;
@@ -162,7 +164,7 @@ struct Avx2Ops {
     const float* px2 = px1 + a.ldx;
     int64_t i = 0;
     const int64_t kb = a.kb;
-#define DG_TILE_OPERANDS                                                                   \
+#define DG_TILE_OPERANDS                                                            \
   : [i] "+r"(i)                                                                            \
   : [pw0] "r"(pw0), [pw1] "r"(pw1), [pw2] "r"(pw2), [pw3] "r"(pw3), [px0] "r"(px0),        \
     [px1] "r"(px1), [px2] "r"(px2), [kb] "r"(kb), [acc] "r"(accOut),                       \
@@ -220,60 +222,54 @@ struct Avx512Ops {
   }
   DG_AVX512 static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   DG_AVX512 static __m256 half(V v) {  // lanes i + lanes i + 8: avx512f only (no dq)
-    return _mm256_add_ps(_mm512_castps512_ps256(v),
-                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   }
   DG_AVX512 static void reduce4(const V* v, float* s) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(half(v[0]), half(v[1])),
-                                    _mm256_hadd_ps(half(v[2]), half(v[3])));
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(half(v[0]), half(v[1])), _mm256_hadd_ps(half(v[2]), half(v[3])));
     _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
   }
 };
 
-#define DG_DOT_KERNEL(ATTR, NAME)                                                              \
-  template <class Ops, DType T, int NW, int NX>                                               \
-  ATTR void NAME(const DotTile& a) {                                                           \
-    using V = typename Ops::V;                                                                 \
-    V acc[NW][NX];                                                                             \
-    _Pragma("GCC unroll 4") for (int j = 0; j < NW; j++)                                       \
-      _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++) acc[j][r] = Ops::zero();            \
-    /* Two halves of 2L columns: each loads its x vectors once and reloads the weights (L1) */ \
-    int64_t i0 = 0;                                                                            \
-    if constexpr (Ops::kHasTileLoop) {                                                        \
-      if constexpr (NW == 4 && NX == 3) {                                                      \
-        if (a.kb > 0) {                                                                        \
-          alignas(64) float accs[NW * NX * Ops::L];                                            \
-          Ops::template tileLoop<T>(accs, a);                                                  \
-          _Pragma("GCC unroll 4") for (int j = 0; j < NW; j++)                                 \
-            _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++)                               \
-              acc[j][r] = Ops::loadx(accs + (j * NX + r) * Ops::L);                            \
-          i0 = a.kb;                                                                           \
-        }                                                                                      \
-      }                                                                                        \
-    }                                                                                          \
-    for (int64_t i = i0; i < a.kb; i += 2 * Ops::L) {                                          \
-      V xv[NX];                                                                                \
-      _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++) xv[r] = Ops::loadx(a.x + r * a.ldx + i); \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NW; j++) {                                   \
-        const V wv = Ops::template loadw<T, 0>(a.w + j * a.rowBytes, i);                       \
-        _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++)                                   \
-          acc[j][r] = Ops::fmadd(wv, xv[r], acc[j][r]);                                        \
-      }                                                                                        \
-      _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++)                                     \
-        xv[r] = Ops::loadx(a.x + r * a.ldx + i + Ops::L);                                      \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NW; j++) {                                   \
-        const V wv = Ops::template loadw<T, 1>(a.w + j * a.rowBytes, i);                       \
-        _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++)                                   \
-          acc[j][r] = Ops::fmadd(wv, xv[r], acc[j][r]);                                        \
-      }                                                                                        \
-    }                                                                                          \
-    _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++) {                                     \
-      V v[4];                                                                                  \
-      _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) v[j] = j < NW ? acc[j][r] : Ops::zero(); \
-      float sums[4];                                                                           \
-      Ops::reduce4(v, sums);                                                                   \
-      finishRow<T, NW>(a, r, sums);                                                            \
-    }                                                                                          \
+#define DG_DOT_KERNEL(ATTR, NAME)                                                                                   \
+  template <class Ops, DType T, int NW, int NX>                                                                     \
+  ATTR void NAME(const DotTile& a) {                                                                                \
+    using V = typename Ops::V;                                                                                      \
+    V acc[NW][NX];                                                                                                  \
+    _Pragma("GCC unroll 4") for (int j = 0; j < NW; j++) _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++)       \
+        acc[j][r] = Ops::zero();                                                                                    \
+    /* Two halves of 2L columns: each loads its x vectors once and reloads the weights (L1) */                      \
+    int64_t i0 = 0;                                                                                                 \
+    if constexpr (Ops::kHasTileLoop) {                                                                              \
+      if constexpr (NW == 4 && NX == 3) {                                                                           \
+        if (a.kb > 0) {                                                                                             \
+          alignas(64) float accs[NW * NX * Ops::L];                                                                 \
+          Ops::template tileLoop<T>(accs, a);                                                                       \
+          _Pragma("GCC unroll 4") for (int j = 0; j < NW; j++) _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++) \
+              acc[j][r] = Ops::loadx(accs + (j * NX + r) * Ops::L);                                                 \
+          i0 = a.kb;                                                                                                \
+        }                                                                                                           \
+      }                                                                                                             \
+    }                                                                                                               \
+    for (int64_t i = i0; i < a.kb; i += 2 * Ops::L) {                                                               \
+      V xv[NX];                                                                                                     \
+      _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++) xv[r] = Ops::loadx(a.x + r * a.ldx + i);                 \
+      _Pragma("GCC unroll 4") for (int j = 0; j < NW; j++) {                                                        \
+        const V wv = Ops::template loadw<T, 0>(a.w + j * a.rowBytes, i);                                            \
+        _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++) acc[j][r] = Ops::fmadd(wv, xv[r], acc[j][r]);          \
+      }                                                                                                             \
+      _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++) xv[r] = Ops::loadx(a.x + r * a.ldx + i + Ops::L);        \
+      _Pragma("GCC unroll 4") for (int j = 0; j < NW; j++) {                                                        \
+        const V wv = Ops::template loadw<T, 1>(a.w + j * a.rowBytes, i);                                            \
+        _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++) acc[j][r] = Ops::fmadd(wv, xv[r], acc[j][r]);          \
+      }                                                                                                             \
+    }                                                                                                               \
+    _Pragma("GCC unroll 3") for (int r = 0; r < NX; r++) {                                                          \
+      V v[4];                                                                                                       \
+      _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) v[j] = j < NW ? acc[j][r] : Ops::zero();                  \
+      float sums[4];                                                                                                \
+      Ops::reduce4(v, sums);                                                                                        \
+      finishRow<T, NW>(a, r, sums);                                                                                 \
+    }                                                                                                               \
   }
 
 DG_DOT_KERNEL(, dotScalar)
@@ -285,8 +281,7 @@ DG_DOT_KERNEL(DG_AVX512, dotAvx512)
 // (even columns) shifted up, and the high 16 bits (odd columns) masked. x is reordered to match:
 // within each block of 2L columns, the L even columns, then the L odd ones. Columns past the
 // last whole block (the scalar tail) are read from x itself.
-void permuteX(float* dst, int64_t ldd, const float* x, int64_t ldx, int64_t r0, int64_t r1,
-              int64_t kVec, int lanes) {
+void permuteX(float* dst, int64_t ldd, const float* x, int64_t ldx, int64_t r0, int64_t r1, int64_t kVec, int lanes) {
   for (int64_t r = r0; r < r1; r++) {
     const float* src = x + r * ldx;
     float* d = dst + r * ldd;
@@ -303,12 +298,16 @@ struct DotKernels {
   DotFn fn[kTileW][kTileX];  // fn[nw - 1][nx - 1]
 };
 
-#define DG_DOT_TABLE(NAME, OPS, T)                                                             \
-  DotKernels{OPS::L,                                                                           \
-             {{NAME<OPS, T, 1, 1>, NAME<OPS, T, 1, 2>, NAME<OPS, T, 1, 3>},                    \
-              {NAME<OPS, T, 2, 1>, NAME<OPS, T, 2, 2>, NAME<OPS, T, 2, 3>},                    \
-              {NAME<OPS, T, 3, 1>, NAME<OPS, T, 3, 2>, NAME<OPS, T, 3, 3>},                    \
-              {NAME<OPS, T, 4, 1>, NAME<OPS, T, 4, 2>, NAME<OPS, T, 4, 3>}}}
+#define DG_DOT_TABLE(NAME, OPS, T)                                        \
+  DotKernels {                                                            \
+    OPS::L, {                                                             \
+      {NAME<OPS, T, 1, 1>, NAME<OPS, T, 1, 2>, NAME<OPS, T, 1, 3>},       \
+          {NAME<OPS, T, 2, 1>, NAME<OPS, T, 2, 2>, NAME<OPS, T, 2, 3>},   \
+          {NAME<OPS, T, 3, 1>, NAME<OPS, T, 3, 2>, NAME<OPS, T, 3, 3>}, { \
+        NAME<OPS, T, 4, 1>, NAME<OPS, T, 4, 2>, NAME<OPS, T, 4, 3>        \
+      }                                                                   \
+    }                                                                     \
+  }
 
 const DotKernels& dotKernels(Isa isa, DType t) {
   static const DotKernels scalar[3] = {DG_DOT_TABLE(dotScalar, ScalarOps, DType::F32),
@@ -337,8 +336,8 @@ const DotKernels& dotKernels(Isa isa, DType t) {
 constexpr int64_t kMaxBlockK = 4096;
 constexpr size_t kBlockWBytes = 192 * 1024;
 
-void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, int64_t ldx,
-          int64_t rows, const Weight& W, const float* bias, bool accumulate) {
+void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
+          const Weight& W, const float* bias, bool accumulate) {
   const int64_t n = W.rows, k = W.cols;
   const DotKernels& kern = dotKernels(isa, W.dtype);
   const size_t es = dtypeSize(W.dtype), rowBytes = size_t(k) * es;
@@ -348,8 +347,8 @@ void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, in
   // K blocks of equal size (whole steps), at most kMaxBlockK.
   const int64_t kBlocks = std::max<int64_t>(1, (kVec + kMaxBlockK - 1) / kMaxBlockK);
   const int64_t blockK = (kVec / step + kBlocks - 1) / kBlocks * step;
-  const int64_t blockN = std::max<int64_t>(
-      kTileW, int64_t(kBlockWBytes / (size_t(std::max<int64_t>(blockK, 1)) * es)) / kTileW * kTileW);
+  const int64_t blockN =
+      std::max<int64_t>(kTileW, int64_t(kBlockWBytes / (size_t(std::max<int64_t>(blockK, 1)) * es)) / kTileW * kTileW);
   // x rows in groups of at most 3, sizes balanced so no group of 1 is left over (M = 4 is 2 + 2).
   const int64_t xGroups = (rows + kTileX - 1) / kTileX;
   const int64_t groups = (n + kTileW - 1) / kTileW;
@@ -360,9 +359,8 @@ void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, in
     permuted.resize(size_t(rows * kVec));
     float* p = permuted.data();
     const int lanes = kern.lanes;
-    runBlocks(pool, rows, rows * kVec / 64, [&](int64_t r0, int64_t r1, int) {
-      permuteX(p, kVec, x, ldx, r0, r1, kVec, lanes);
-    });
+    runBlocks(pool, rows, rows * kVec / 64,
+              [&](int64_t r0, int64_t r1, int) { permuteX(p, kVec, x, ldx, r0, r1, kVec, lanes); });
     xv = p;
     ldxv = kVec;
   }
@@ -399,7 +397,6 @@ void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, in
     }
   });
 }
-
 
 }  // namespace matmul_detail
 }  // namespace dg

@@ -23,14 +23,15 @@ static void rmsnormRow(float* out, const float* x, int64_t dim, const float* wei
   for (int64_t j = 0; j < dim; j++) out[j] = weight[j] * (x[j] * inv);
 }
 
-void rmsnorm(ThreadPool& pool, float* out, const float* x, int64_t rows, int64_t dim,
-             const float* weight, float eps) {
+void rmsnorm(ThreadPool& pool, float* out, const float* x, int64_t rows, int64_t dim, const float* weight, float eps) {
   if (rows <= 0 || dim <= 0) return;
   auto work = [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; r++) rmsnormRow(out + r * dim, x + r * dim, dim, weight, eps);
   };
-  if (rows * dim < (int64_t(1) << 15)) work(0, rows, 0);  // a wake-up costs more than this
-  else pool.parallelFor(rows, work);
+  if (rows * dim < (int64_t(1) << 15))
+    work(0, rows, 0);  // a wake-up costs more than this
+  else
+    pool.parallelFor(rows, work);
 }
 
 }  // namespace dg

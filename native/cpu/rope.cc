@@ -30,14 +30,16 @@ void ropeRow(float* row, int nHeads, int headDim, const float* invFreq, int32_t 
   }
 }
 
-void rope(ThreadPool& pool, float* x, int64_t ldx, int64_t rows, const int32_t* positions,
-          int nHeads, int headDim, const float* invFreq) {
+void rope(ThreadPool& pool, float* x, int64_t ldx, int64_t rows, const int32_t* positions, int nHeads, int headDim,
+          const float* invFreq) {
   if (rows <= 0 || nHeads <= 0 || headDim < 2) return;
   auto work = [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; r++) ropeRow(x + r * ldx, nHeads, headDim, invFreq, positions[r]);
   };
-  if (rows < 4) work(0, rows, 0);  // per-row cost is small; decode never needs the pool
-  else pool.parallelFor(rows, work);
+  if (rows < 4)
+    work(0, rows, 0);  // per-row cost is small; decode never needs the pool
+  else
+    pool.parallelFor(rows, work);
 }
 
 }  // namespace dg

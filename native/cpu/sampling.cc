@@ -37,8 +37,7 @@ void applyPenalties(float* logits, int64_t vocab, const PenaltyToken* list, int6
   }
 }
 
-int32_t sampleToken(const float* logits, int64_t vocab, const SamplingParams& p,
-                    uint64_t& rngState) {
+int32_t sampleToken(const float* logits, int64_t vocab, const SamplingParams& p, uint64_t& rngState) {
   if (vocab <= 0) return p.temperature > 0.f ? (rngNext(rngState), 0) : 0;
   // Greedy does not consume randomness, so switching a request to greedy leaves the stream
   // of later sampled tokens unchanged.
@@ -64,8 +63,7 @@ int32_t sampleToken(const float* logits, int64_t vocab, const SamplingParams& p,
   }
   if (cand.empty()) return 0;
   if (anyPosInf) {  // +inf swallows all finite mass: uniform over the +inf tokens
-    cand.erase(std::remove_if(cand.begin(), cand.end(),
-                              [](const Candidate& c) { return c.logit != INFINITY; }),
+    cand.erase(std::remove_if(cand.begin(), cand.end(), [](const Candidate& c) { return c.logit != INFINITY; }),
                cand.end());
     for (auto& c : cand) c.logit = 0.f;
   }
@@ -100,8 +98,10 @@ int32_t sampleToken(const float* logits, int64_t vocab, const SamplingParams& p,
     size_t m = sorted ? cand.size() : std::min(cand.size(), size_t(256));
     for (;;) {
       if (!sorted) {
-        if (m == cand.size()) std::sort(cand.begin(), cand.end(), higher);
-        else std::partial_sort(cand.begin(), cand.begin() + ptrdiff_t(m), cand.end(), higher);
+        if (m == cand.size())
+          std::sort(cand.begin(), cand.end(), higher);
+        else
+          std::partial_sort(cand.begin(), cand.begin() + ptrdiff_t(m), cand.end(), higher);
       }
       double cumulative = 0;
       size_t n = 0;

@@ -52,9 +52,11 @@ class FlexiDepthPolicy final : public Policy {
 
 std::unique_ptr<Policy> makeFlexiDepthPolicy(const Engine& e, const PolicySpec& s) {
   if (e.model().flexiDepthLayers.empty())
-    throw OptionError("policy", "this model has no FlexiDepth router weights, which the flexidepth policy needs "
-                                "(model.layers.{i}.router.* and router_proj.*); load them from the checkpoint or an add-on file");
-  if (!(s.threshold >= 0.0f && s.threshold <= 1.0f)) throw OptionError("policy.threshold", "must be in [0, 1] for the flexidepth policy");
+    throw OptionError("policy",
+                      "this model has no FlexiDepth router weights, which the flexidepth policy needs "
+                      "(model.layers.{i}.router.* and router_proj.*); load them from the checkpoint or an add-on file");
+  if (!(s.threshold >= 0.0f && s.threshold <= 1.0f))
+    throw OptionError("policy.threshold", "must be in [0, 1] for the flexidepth policy");
   return std::make_unique<FlexiDepthPolicy>(e, s.threshold);
 }
 

@@ -52,8 +52,9 @@ class SkipLayerPolicy final : public Policy {
 
 std::unique_ptr<Policy> makeSkipLayerPolicy(const Engine& e, const PolicySpec&) {
   if (e.model().skipRouterLayers.empty())
-    throw OptionError("policy", "this model has no SkipLayer router weights, which the skiplayer policy needs "
-                                "(model.layers.{i}.skip_router.weight, or self_attn./mlp.skip_router.weight)");
+    throw OptionError("policy",
+                      "this model has no SkipLayer router weights, which the skiplayer policy needs "
+                      "(model.layers.{i}.skip_router.weight, or self_attn./mlp.skip_router.weight)");
   return std::make_unique<SkipLayerPolicy>(e);
 }
 

@@ -13,7 +13,8 @@ namespace {
 
 class StaticPolicy final : public Policy {
  public:
-  StaticPolicy(std::set<int> attnOff, std::set<int> mlpOff) : attnOff_(std::move(attnOff)), mlpOff_(std::move(mlpOff)) {}
+  StaticPolicy(std::set<int> attnOff, std::set<int> mlpOff)
+      : attnOff_(std::move(attnOff)), mlpOff_(std::move(mlpOff)) {}
   bool routed(int) const override { return false; }
   void planLayer(int layer, const RowMeta*, int64_t n, uint8_t* attn, uint8_t* mlp) const override {
     const uint8_t a = attnOff_.count(layer) ? 0 : 1, m = mlpOff_.count(layer) ? 0 : 1;
@@ -33,8 +34,8 @@ std::unique_ptr<Policy> makeStaticPolicy(const Engine& e, const PolicySpec& s) {
   auto add = [&](const std::vector<int>& list, const char* what, bool a, bool m) {
     for (int l : list) {
       if (l < 0 || l >= L)
-        throw OptionError(std::string("policy.") + what, "has layer " + std::to_string(l) +
-                                                           " but the model has layers 0.." + std::to_string(L - 1));
+        throw OptionError(std::string("policy.") + what,
+                          "has layer " + std::to_string(l) + " but the model has layers 0.." + std::to_string(L - 1));
       if (a) attnOff.insert(l);
       if (m) mlpOff.insert(l);
     }

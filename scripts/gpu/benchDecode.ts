@@ -14,7 +14,19 @@
  */
 import * as fs from 'node:fs';
 
-import { backendB, kvOption, KvDtype, loadDepthgate, log, ModelLike, parseArgs, PolicyLike, randomTokens, supportedKvDtypes, writeJson } from './common';
+import {
+  backendB,
+  kvOption,
+  KvDtype,
+  loadDepthgate,
+  log,
+  ModelLike,
+  parseArgs,
+  PolicyLike,
+  randomTokens,
+  supportedKvDtypes,
+  writeJson,
+} from './common';
 
 interface Shape {
   hidden: number;
@@ -34,32 +46,53 @@ interface ModelEntry {
 
 /** Bytes of one layer's parts (bf16 weights). */
 export function layerBytes(s: Shape): { kv: number; rest: number; router: number; adapter: number } {
-  const d = s.hidden, qd = s.heads * s.head_dim, kvd = s.kv * s.head_dim, r = Math.floor(d / 16), m = Math.floor(s.intermediate / 16);
+  const d = s.hidden,
+    qd = s.heads * s.head_dim,
+    kvd = s.kv * s.head_dim,
+    r = Math.floor(d / 16),
+    m = Math.floor(s.intermediate / 16);
   return {
-    kv: 2 * (2 * kvd * d) + 2 * d,  // K and V projections and the input norm: read for every token
-    rest: 2 * (2 * qd * d + 3 * s.intermediate * d) + 2 * d,  // Q, O, gate, up, down, post-attention norm
+    kv: 2 * (2 * kvd * d) + 2 * d, // K and V projections and the input norm: read for every token
+    rest: 2 * (2 * qd * d + 3 * s.intermediate * d) + 2 * d, // Q, O, gate, up, down, post-attention norm
     router: 2 * (2 * r * d + d + r),
     adapter: 2 * (3 * m * d),
   };
 }
 
 /** Bytes a batch-1 decode step reads when `run[l]` says which layers run in full. */
-export function stepBytes(s: Shape, vocab: number, run: boolean[], ctx: number, kvBytes: number, routed: boolean): number {
+export function stepBytes(
+  s: Shape,
+  vocab: number,
+  run: boolean[],
+  ctx: number,
+  kvBytes: number,
+  routed: boolean,
+): number {
   const b = layerBytes(s);
-  let total = 2 * vocab * s.hidden + 2 * s.hidden + 2 * s.hidden;  // LM head, one embedding row, the final norm
+  let total = 2 * vocab * s.hidden + 2 * s.hidden + 2 * s.hidden; // LM head, one embedding row, the final norm
   for (const r of run) total += b.kv + (r ? b.rest : 0) + (routed ? b.router + (r ? 0 : b.adapter) : 0);
-  return total + ctx * s.layers * 2 * s.kv * s.head_dim * kvBytes;  // K and V read so far
+  return total + ctx * s.layers * 2 * s.kv * s.head_dim * kvBytes; // K and V read so far
 }
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  const input = JSON.parse(fs.readFileSync(args.models, 'utf8')) as { ceilings?: { copyGBs: number }; models: ModelEntry[] };
+  const input = JSON.parse(fs.readFileSync(args.models, 'utf8')) as {
+    ceilings?: { copyGBs: number };
+    models: ModelEntry[];
+  };
   const steps = Number(args.steps ?? 48);
   const budgetMs = Number(args.budget ?? 120) * 1000;
   const t0 = Date.now();
   const dg = loadDepthgate();
   const copy = input.ceilings?.copyGBs ?? null;
-  const out: Record<string, unknown> = { b: args.b ?? 'cuda', steps, prompt: 16, copyGBs: copy, models: [] as unknown[], skipped: [] as string[] };
+  const out: Record<string, unknown> = {
+    b: args.b ?? 'cuda',
+    steps,
+    prompt: 16,
+    copyGBs: copy,
+    models: [] as unknown[],
+    skipped: [] as string[],
+  };
   const skipped = out.skipped as string[];
   const timeLeft = () => budgetMs - (Date.now() - t0);
 
@@ -77,8 +110,8 @@ async function main(): Promise<void> {
       entry.backend = model.info.backend;
       const vocab = model.config.vocabSize;
       const L = m.shape.layers;
-      const kvBytes = kvChoice === 'default' ? 4 : 2;  // the default cache is f32 in builds without the option
-      const ctx = 16 + steps / 2;  // mean context over the timed steps
+      const kvBytes = kvChoice === 'default' ? 4 : 2; // the default cache is f32 in builds without the option
+      const ctx = 16 + steps / 2; // mean context over the timed steps
       const denseBytes = stepBytes(m.shape, vocab, Array(L).fill(true), ctx, kvBytes, false);
       entry.denseBytesPerStep = denseBytes;
       if (copy) entry.floorMs = (denseBytes / (copy * 1e9)) * 1e3;
@@ -86,14 +119,29 @@ async function main(): Promise<void> {
       // ms per decode step for `batch` concurrent sequences under `policy`; executed flags per token.
       // Measured twice: msPerStep is the mean, spread the difference (a smaller gap between two
       // configurations is noise).
-      const measure = async (batch: number, policy: PolicyLike): Promise<{ msPerStep: number; spreadMs: number; tokensPerSecond: number; executed: number[][] }> => {
-        const prompts = Array.from({ length: batch }, (_, i) => randomTokens(16, 4, Math.min(vocab, 100000) - 8, 1000 + i));
+      const measure = async (
+        batch: number,
+        policy: PolicyLike,
+      ): Promise<{ msPerStep: number; spreadMs: number; tokensPerSecond: number; executed: number[][] }> => {
+        const prompts = Array.from({ length: batch }, (_, i) =>
+          randomTokens(16, 4, Math.min(vocab, 100000) - 8, 1000 + i),
+        );
         const executed: number[][] = [];
         const run = async (n: number, collect: boolean): Promise<number> => {
           const s = performance.now();
-          await Promise.all(prompts.map((tokens, i) =>
-            model!.generate({ tokens }, { maxTokens: n, stopOnEos: false, policy, onToken: collect && i === 0 ? (t) => executed.push(Array.from(t.executed)) : undefined }),
-          ));
+          await Promise.all(
+            prompts.map((tokens, i) =>
+              model!.generate(
+                { tokens },
+                {
+                  maxTokens: n,
+                  stopOnEos: false,
+                  policy,
+                  onToken: collect && i === 0 ? (t) => executed.push(Array.from(t.executed)) : undefined,
+                },
+              ),
+            ),
+          );
           return performance.now() - s;
         };
         await run(2, false);
@@ -105,17 +153,33 @@ async function main(): Promise<void> {
         }
         const mean = (ms[0] + ms[1]) / 2;
         // The first token comes from the prompt pass; the rest are the decode steps timed.
-        return { msPerStep: mean, spreadMs: Math.abs(ms[0] - ms[1]), tokensPerSecond: (batch * 1000) / mean, executed: executed.slice(1) };
+        return {
+          msPerStep: mean,
+          spreadMs: Math.abs(ms[0] - ms[1]),
+          tokensPerSecond: (batch * 1000) / mean,
+          executed: executed.slice(1),
+        };
       };
 
       const dense: Record<string, number> = {};
       entry.dense = [];
       for (const batch of [1, 8, 32]) {
-        if (timeLeft() < 5000) { skipped.push(`${m.name} dense batch ${batch}: the time budget ran out`); continue; }
+        if (timeLeft() < 5000) {
+          skipped.push(`${m.name} dense batch ${batch}: the time budget ran out`);
+          continue;
+        }
         const r = await measure(batch, { type: 'none' });
         dense[batch] = r.msPerStep;
-        (entry.dense as unknown[]).push({ batch, msPerStep: r.msPerStep, spreadMs: r.spreadMs, tokensPerSecond: r.tokensPerSecond, ...(batch === 1 && entry.floorMs ? { ratioToFloor: r.msPerStep / (entry.floorMs as number) } : {}) });
-        log(`${m.name} dense batch ${batch}: ${r.tokensPerSecond.toFixed(1)} tokens/s (${r.msPerStep.toFixed(2)} ms/step)`);
+        (entry.dense as unknown[]).push({
+          batch,
+          msPerStep: r.msPerStep,
+          spreadMs: r.spreadMs,
+          tokensPerSecond: r.tokensPerSecond,
+          ...(batch === 1 && entry.floorMs ? { ratioToFloor: r.msPerStep / (entry.floorMs as number) } : {}),
+        });
+        log(
+          `${m.name} dense batch ${batch}: ${r.tokensPerSecond.toFixed(1)} tokens/s (${r.msPerStep.toFixed(2)} ms/step)`,
+        );
       }
 
       if (L >= 4 && dense[1]) {
@@ -130,11 +194,25 @@ async function main(): Promise<void> {
             ['d3', { type: 'd3', alpha: 0.01, start: 0, minLayers: L - k }],
           ];
           for (const [name, policy] of policies) {
-            if (timeLeft() < 5000) { skipped.push(`${m.name} ${name} k=${k}: the time budget ran out`); continue; }
+            if (timeLeft() < 5000) {
+              skipped.push(`${m.name} ${name} k=${k}: the time budget ran out`);
+              continue;
+            }
             const r = await measure(1, policy);
             const realised = (dense[1] - r.msPerStep) / (dense[1] - ideal);
-            (entry.skipping as unknown[]).push({ policy: name, skipped: k, of: L, msPerStep: r.msPerStep, spreadMs: r.spreadMs, denseMs: dense[1], idealMs: ideal, shareOfIdealSaving: realised });
-            log(`${m.name} ${name} skipping ${k}/${L}: ${r.msPerStep.toFixed(2)} ms/step, ideal ${ideal.toFixed(2)}, ${(realised * 100).toFixed(0)}% of the ideal saving`);
+            (entry.skipping as unknown[]).push({
+              policy: name,
+              skipped: k,
+              of: L,
+              msPerStep: r.msPerStep,
+              spreadMs: r.spreadMs,
+              denseMs: dense[1],
+              idealMs: ideal,
+              shareOfIdealSaving: realised,
+            });
+            log(
+              `${m.name} ${name} skipping ${k}/${L}: ${r.msPerStep.toFixed(2)} ms/step, ideal ${ideal.toFixed(2)}, ${(realised * 100).toFixed(0)}% of the ideal saving`,
+            );
           }
         }
       }
@@ -143,18 +221,34 @@ async function main(): Promise<void> {
         // Calibration: the routers' weights on the decode steps themselves (greedy, threshold 0.5),
         // as the hidden states they see depend on what ran before.
         const w: number[] = [];
-        await model.generate({ tokens: randomTokens(16, 4, Math.min(vocab, 100000) - 8, 77) }, {
-          maxTokens: 32, stopOnEos: false, policy: { type: 'flexidepth' },
-          onToken: (t) => { for (const x of Array.from((t as unknown as { routerWeights?: ArrayLike<number> }).routerWeights ?? [])) if (!Number.isNaN(x)) w.push(x); },
-        });
+        await model.generate(
+          { tokens: randomTokens(16, 4, Math.min(vocab, 100000) - 8, 77) },
+          {
+            maxTokens: 32,
+            stopOnEos: false,
+            policy: { type: 'flexidepth' },
+            onToken: (t) => {
+              for (const x of Array.from((t as unknown as { routerWeights?: ArrayLike<number> }).routerWeights ?? []))
+                if (!Number.isNaN(x)) w.push(x);
+            },
+          },
+        );
         w.sort((a, b) => a - b);
         if (!w.length) throw new Error('the FlexiDepth calibration saw no router weights');
         entry.flexidepth = [];
         for (const target of [0.25, 0.5]) {
-          if (timeLeft() < 5000) { skipped.push(`${m.name} flexidepth ${target}: the time budget ran out`); continue; }
+          if (timeLeft() < 5000) {
+            skipped.push(`${m.name} flexidepth ${target}: the time budget ran out`);
+            continue;
+          }
           // run = w > threshold, so the threshold at the target quantile skips about that share;
           // skipping changes the states later routers see, so one correction follows a miss.
-          let q = target, threshold = 0, skippedPairs = 0, pairs = 0, idealBytes = 0, attempts = 0;
+          let q = target,
+            threshold = 0,
+            skippedPairs = 0,
+            pairs = 0,
+            idealBytes = 0,
+            attempts = 0;
           let r = { msPerStep: 0, spreadMs: 0, tokensPerSecond: 0, executed: [] as number[][] };
           for (; attempts < 2; attempts++) {
             threshold = w[Math.min(w.length - 1, Math.max(0, Math.floor(q * w.length)))];
@@ -174,10 +268,20 @@ async function main(): Promise<void> {
           }
           const ideal = dense[1] * (idealBytes / Math.max(1, r.executed.length) / denseBytes);
           (entry.flexidepth as unknown[]).push({
-            targetSkip: target, threshold, attempts: attempts + (attempts < 2 ? 1 : 0), skipped: pairs ? skippedPairs / pairs : null, msPerStep: r.msPerStep, spreadMs: r.spreadMs, denseMs: dense[1],
-            speedupVsDense: dense[1] / r.msPerStep, idealMs: ideal, shareOfIdealSaving: (dense[1] - r.msPerStep) / (dense[1] - ideal),
+            targetSkip: target,
+            threshold,
+            attempts: attempts + (attempts < 2 ? 1 : 0),
+            skipped: pairs ? skippedPairs / pairs : null,
+            msPerStep: r.msPerStep,
+            spreadMs: r.spreadMs,
+            denseMs: dense[1],
+            speedupVsDense: dense[1] / r.msPerStep,
+            idealMs: ideal,
+            shareOfIdealSaving: (dense[1] - r.msPerStep) / (dense[1] - ideal),
           });
-          log(`${m.name} flexidepth threshold ${threshold.toFixed(3)}: ${pairs ? ((100 * skippedPairs) / pairs).toFixed(0) : '?'}% skipped, ${r.msPerStep.toFixed(2)} ms/step, ${(dense[1] / r.msPerStep).toFixed(2)}x dense`);
+          log(
+            `${m.name} flexidepth threshold ${threshold.toFixed(3)}: ${pairs ? ((100 * skippedPairs) / pairs).toFixed(0) : '?'}% skipped, ${r.msPerStep.toFixed(2)} ms/step, ${(dense[1] / r.msPerStep).toFixed(2)}x dense`,
+          );
         }
       }
     } catch (e) {

@@ -112,7 +112,10 @@ export function kvOption(kv: KvDtype | 'default'): Record<string, unknown> {
 
 export function writeJson(file: string, value: unknown): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, JSON.stringify(value, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v), 1) + '\n');
+  fs.writeFileSync(
+    file,
+    JSON.stringify(value, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v), 1) + '\n',
+  );
 }
 
 /** --name value pairs and --flag switches. */

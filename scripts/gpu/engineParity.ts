@@ -15,8 +15,19 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
-  backendB, Depthgate, kvOption, KvDtype, loadDepthgate, log, ModelLike, parseArgs, PolicyLike, randomTokens,
-  relError, supportedKvDtypes, writeJson,
+  backendB,
+  Depthgate,
+  kvOption,
+  KvDtype,
+  loadDepthgate,
+  log,
+  ModelLike,
+  parseArgs,
+  PolicyLike,
+  randomTokens,
+  relError,
+  supportedKvDtypes,
+  writeJson,
 } from './common';
 
 /**
@@ -43,14 +54,22 @@ const basic: PolicyLike[] = [
 export const PARITY_CASES: ParityCase[] = [
   { name: 'llama bf16 GQA', model: { layers: 3, dtype: 'bf16', heads: 4, kvHeads: 2, seed: 1 }, policies: basic },
   { name: 'llama f16', model: { layers: 3, dtype: 'f16', seed: 2 }, policies: basic },
-  { name: 'llama f32 tied, biases', model: { layers: 3, dtype: 'f32', tied: true, bias: true, seed: 3 }, policies: basic },
+  {
+    name: 'llama f32 tied, biases',
+    model: { layers: 3, dtype: 'f32', tied: true, bias: true, seed: 3 },
+    policies: basic,
+  },
   {
     name: 'llama bf16 headDim 128',
     model: { layers: 3, dtype: 'bf16', hidden: 256, heads: 2, kvHeads: 1, headDim: 128, intermediate: 512, seed: 4 },
     policies: basic,
   },
   { name: 'qwen2 bf16 (q/k/v biases)', model: { arch: 'qwen2', layers: 3, dtype: 'bf16', seed: 5 }, policies: basic },
-  { name: 'mistral bf16 sliding window', model: { arch: 'mistral', layers: 3, dtype: 'bf16', slidingWindow: 7, seed: 6 }, policies: basic },
+  {
+    name: 'mistral bf16 sliding window',
+    model: { arch: 'mistral', layers: 3, dtype: 'bf16', slidingWindow: 7, seed: 6 },
+    policies: basic,
+  },
   {
     name: 'flexidepth bf16',
     model: { layers: 6, dtype: 'bf16', seed: 11, flexidepth: { layers: [2, 3, 4, 5] } },
@@ -120,7 +139,12 @@ export async function checkDecode(cpu: ModelLike, other: ModelLike, policy: Poli
 }
 
 /** 600 tokens: cache growth and chunked prefill (more than one 256-row chunk). */
-export async function checkLongContext(dg: Depthgate, dir: string, optsB: Record<string, unknown>, tol: number): Promise<number> {
+export async function checkLongContext(
+  dg: Depthgate,
+  dir: string,
+  optsB: Record<string, unknown>,
+  tol: number,
+): Promise<number> {
   const cpu = await dg.loadModel(dir, { ...optsB, backend: 'cpu', threads: 2 });
   const other = await dg.loadModel(dir, optsB);
   try {
@@ -140,7 +164,8 @@ export async function checkGreedy(dg: Depthgate, dir: string, optsB: Record<stri
     const prompt = randomTokens(9, 4, 250, 15);
     const a = await cpu.generate({ tokens: prompt }, { maxTokens: 16, stopOnEos: false });
     const b = await other.generate({ tokens: prompt }, { maxTokens: 16, stopOnEos: false });
-    if (a.tokens.join() !== b.tokens.join()) throw new Error(`greedy tokens [${b.tokens}] differ from the CPU's [${a.tokens}]`);
+    if (a.tokens.join() !== b.tokens.join())
+      throw new Error(`greedy tokens [${b.tokens}] differ from the CPU's [${a.tokens}]`);
     return 0;
   } finally {
     await cpu.dispose();
@@ -195,14 +220,27 @@ export async function runEngineParity(
         other = await dg.loadModel(dir, optsB);
         if (b === 'cuda' && other.info.backend !== 'cuda') throw new Error(`asked for cuda, got ${other.info.backend}`);
       } catch (e) {
-        results.push({ case: c.name, kv: k, policy: '-', phase: 'load', ok: false, tol: TOL[k], error: (e as Error).message, ms: 0 });
+        results.push({
+          case: c.name,
+          kv: k,
+          policy: '-',
+          phase: 'load',
+          ok: false,
+          tol: TOL[k],
+          error: (e as Error).message,
+          ms: 0,
+        });
         await cpu?.dispose();
         continue;
       }
       for (const policy of c.policies) {
         const p = JSON.stringify(policy);
-        await record({ case: c.name, kv: k, policy: p, phase: 'prefill', tol: TOL[k] }, () => checkPrefill(cpu!, other!, policy, TOL[k]));
-        await record({ case: c.name, kv: k, policy: p, phase: 'decode', tol: TOL[k] }, () => checkDecode(cpu!, other!, policy, TOL[k]));
+        await record({ case: c.name, kv: k, policy: p, phase: 'prefill', tol: TOL[k] }, () =>
+          checkPrefill(cpu!, other!, policy, TOL[k]),
+        );
+        await record({ case: c.name, kv: k, policy: p, phase: 'decode', tol: TOL[k] }, () =>
+          checkDecode(cpu!, other!, policy, TOL[k]),
+        );
       }
       await cpu.dispose();
       await other.dispose();
@@ -215,14 +253,21 @@ export async function runEngineParity(
   dg.writeTinyModel(greedyDir, { layers: 3, dtype: 'bf16', seed: 14 });
   for (const k of kvList) {
     const optsB = { ...backendB(b), ...kvOption(k) };
-    await record({ case: 'long context (600 tokens)', kv: k, policy: '{"type":"none"}', phase: 'prefill', tol: TOL[k] }, () =>
-      checkLongContext(dg, longDir, optsB, TOL[k]),
+    await record(
+      { case: 'long context (600 tokens)', kv: k, policy: '{"type":"none"}', phase: 'prefill', tol: TOL[k] },
+      () => checkLongContext(dg, longDir, optsB, TOL[k]),
     );
     await record({ case: 'greedy generation', kv: k, policy: '{"type":"none"}', phase: 'generate', tol: 0 }, () =>
       checkGreedy(dg, greedyDir, optsB),
     );
   }
-  return { kvDtypes: kvList, kvNote: kv.dtypes.length ? '' : `no kvCacheType option in this build (${kv.note}): only the default cache dtype ran`, results };
+  return {
+    kvDtypes: kvList,
+    kvNote: kv.dtypes.length
+      ? ''
+      : `no kvCacheType option in this build (${kv.note}): only the default cache dtype ran`,
+    results,
+  };
 }
 
 async function main(): Promise<void> {
@@ -233,20 +278,32 @@ async function main(): Promise<void> {
   const dg = loadDepthgate();
   const info = dg.getBuildInfo();
   const t0 = Date.now();
-  log(`engine parity: CPU (${info.cpuKernels}) against ${b}${b === 'cuda' ? ` (${JSON.stringify(info.cuda)})` : ' with 1 thread'}`);
+  log(
+    `engine parity: CPU (${info.cpuKernels}) against ${b}${b === 'cuda' ? ` (${JSON.stringify(info.cuda)})` : ' with 1 thread'}`,
+  );
   let report: Record<string, unknown>;
   let failed = 1;
   try {
-    if (b === 'cuda' && !info.cuda.available) throw new Error(`no usable CUDA backend: ${info.cuda.reason ?? 'no reason given'}`);
+    if (b === 'cuda' && !info.cuda.available)
+      throw new Error(`no usable CUDA backend: ${info.cuda.reason ?? 'no reason given'}`);
     const r = await runEngineParity(dg, b, tmp, args.quick === 'true');
     failed = r.results.filter((x) => !x.ok).length + (r.kvNote && b === 'cuda' ? 1 : 0);
-    report = { b, cuda: info.cuda, ...r, passed: r.results.filter((x) => x.ok).length, failed, seconds: (Date.now() - t0) / 1000 };
+    report = {
+      b,
+      cuda: info.cuda,
+      ...r,
+      passed: r.results.filter((x) => x.ok).length,
+      failed,
+      seconds: (Date.now() - t0) / 1000,
+    };
   } catch (e) {
     report = { b, cuda: info.cuda, error: (e as Error).message, failed: 1 };
   }
   writeJson(out, report);
   fs.rmSync(tmp, { recursive: true, force: true });
-  log(`engine parity: ${report.passed ?? 0} passed, ${failed} failed${report.kvNote ? ` (${report.kvNote})` : ''}${report.error ? `: ${report.error}` : ''}`);
+  log(
+    `engine parity: ${report.passed ?? 0} passed, ${failed} failed${report.kvNote ? ` (${report.kvNote})` : ''}${report.error ? `: ${report.error}` : ''}`,
+  );
   process.exitCode = failed ? 1 : 0;
 }
 

@@ -14,7 +14,10 @@ import { backendB, loadDepthgate, log, parseArgs, randomTokens, supportedKvDtype
 export const HF_MODELS: { name: string; model: Record<string, unknown> }[] = [
   { name: 'llama-f32-gqa', model: { layers: 3, dtype: 'f32', heads: 4, kvHeads: 2, seed: 21 } },
   { name: 'llama-bf16-tied-bias', model: { layers: 3, dtype: 'bf16', tied: true, bias: true, seed: 22 } },
-  { name: 'llama-f16-llama3-rope', model: { layers: 3, dtype: 'f16', ropeScaling: 'llama3', maxPositions: 512, seed: 23 } },
+  {
+    name: 'llama-f16-llama3-rope',
+    model: { layers: 3, dtype: 'f16', ropeScaling: 'llama3', maxPositions: 512, seed: 23 },
+  },
   {
     name: 'llama-bf16-headdim128',
     model: { layers: 2, dtype: 'bf16', hidden: 256, heads: 2, kvHeads: 1, headDim: 128, intermediate: 512, seed: 24 },
@@ -38,8 +41,17 @@ async function main(): Promise<void> {
     const mdir = path.join(dir, m.name);
     dg.writeTinyModel(mdir, m.model);
     const tokens = randomTokens(40, 4, 250, 31);
-    const entry: Record<string, unknown> = { name: m.name, dir: mdir, tokens, dtype: m.model.dtype, kv: kvOpt.kvCacheType ?? 'default' };
-    const sides: [string, string, Record<string, unknown>][] = [['cpu', 'cpu', { backend: 'cpu', threads: 2 }], ['b', b, backendB(b)]];
+    const entry: Record<string, unknown> = {
+      name: m.name,
+      dir: mdir,
+      tokens,
+      dtype: m.model.dtype,
+      kv: kvOpt.kvCacheType ?? 'default',
+    };
+    const sides: [string, string, Record<string, unknown>][] = [
+      ['cpu', 'cpu', { backend: 'cpu', threads: 2 }],
+      ['b', b, backendB(b)],
+    ];
     for (const [key, label, opts] of sides) {
       try {
         const model = await dg.loadModel(mdir, { ...kvOpt, ...opts });

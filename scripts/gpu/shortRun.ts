@@ -15,7 +15,15 @@ async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const dg = loadDepthgate();
   const dir = path.join(fs.mkdtempSync(path.join(args.dir ?? os.tmpdir(), 'dg-short-')), 'model');
-  dg.writeTinyModel(dir, { layers: 4, dtype: 'bf16', heads: 4, kvHeads: 2, seed: 3, flexidepth: { layers: [2, 3] }, skiplayer: { mode: 'module', layers: [1] } });
+  dg.writeTinyModel(dir, {
+    layers: 4,
+    dtype: 'bf16',
+    heads: 4,
+    kvHeads: 2,
+    seed: 3,
+    flexidepth: { layers: [2, 3] },
+    skiplayer: { mode: 'module', layers: [1] },
+  });
   const model = await dg.loadModel(dir, backendB(args.b ?? 'cuda'));
   const backend = model.info.backend;
   const policies: PolicyLike[] = [
@@ -32,8 +40,15 @@ async function main(): Promise<void> {
       await s.evaluate(randomTokens(5, 4, 250, 6), { policy });
       for (let i = 0; i < 3; i++) await s.evaluate([10 + i], { policy });
       s.dispose();
-      await model.generate({ tokens: randomTokens(6, 4, 250, 7) }, { maxTokens: 6, stopOnEos: false, policy, temperature: 0.8, topK: 20, seed: 1 });
-      await Promise.all([1, 2, 3].map((k) => model.generate({ tokens: randomTokens(4 + k, 4, 250, k) }, { maxTokens: 4, stopOnEos: false, policy })));
+      await model.generate(
+        { tokens: randomTokens(6, 4, 250, 7) },
+        { maxTokens: 6, stopOnEos: false, policy, temperature: 0.8, topK: 20, seed: 1 },
+      );
+      await Promise.all(
+        [1, 2, 3].map((k) =>
+          model.generate({ tokens: randomTokens(4 + k, 4, 250, k) }, { maxTokens: 4, stopOnEos: false, policy }),
+        ),
+      );
       log(`short run: ${JSON.stringify(policy)} done`);
     }
   } finally {

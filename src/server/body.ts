@@ -14,7 +14,13 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
 export function readJsonBody(req: IncomingMessage, limit: number, timeoutMs: number): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const tooLarge = () =>
-      new HttpError(413, `the request body is larger than the limit of ${limit} bytes`, 'invalid_request_error', null, 'request_too_large');
+      new HttpError(
+        413,
+        `the request body is larger than the limit of ${limit} bytes`,
+        'invalid_request_error',
+        null,
+        'request_too_large',
+      );
     const declared = req.headers['content-length'];
     if (declared !== undefined && Number(declared) > limit) return reject(tooLarge());
     const chunks: Buffer[] = [];
@@ -33,7 +39,15 @@ export function readJsonBody(req: IncomingMessage, limit: number, timeoutMs: num
     };
     const timer = setTimeout(
       () =>
-        finish(new HttpError(408, `the request body did not arrive within ${timeoutMs} ms`, 'invalid_request_error', null, 'request_timeout')),
+        finish(
+          new HttpError(
+            408,
+            `the request body did not arrive within ${timeoutMs} ms`,
+            'invalid_request_error',
+            null,
+            'request_timeout',
+          ),
+        ),
       timeoutMs,
     );
     const onData = (chunk: Buffer) => {
@@ -48,7 +62,8 @@ export function readJsonBody(req: IncomingMessage, limit: number, timeoutMs: num
       } catch {
         return finish(invalidRequest('the request body is not valid UTF-8', null, 'invalid_utf8'));
       }
-      if (text.trim() === '') return finish(invalidRequest('the request body is empty; expected a JSON object', null, 'invalid_json'));
+      if (text.trim() === '')
+        return finish(invalidRequest('the request body is empty; expected a JSON object', null, 'invalid_json'));
       try {
         finish(null, JSON.parse(text));
       } catch (e) {

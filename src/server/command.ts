@@ -60,11 +60,21 @@ export async function serveCommand(argv: string[]): Promise<number> {
       args: argv,
       allowPositionals: true,
       options: {
-        host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '8080' },
-        parallel: { type: 'string' }, queue: { type: 'string' }, context: { type: 'string' }, policy: { type: 'string' },
-        'api-key': { type: 'string' }, cors: { type: 'string', multiple: true }, 'model-id': { type: 'string' },
-        addon: { type: 'string', multiple: true }, threads: { type: 'string' }, backend: { type: 'string' },
-        'shutdown-timeout': { type: 'string' }, quiet: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+        host: { type: 'string', default: '127.0.0.1' },
+        port: { type: 'string', default: '8080' },
+        parallel: { type: 'string' },
+        queue: { type: 'string' },
+        context: { type: 'string' },
+        policy: { type: 'string' },
+        'api-key': { type: 'string' },
+        cors: { type: 'string', multiple: true },
+        'model-id': { type: 'string' },
+        addon: { type: 'string', multiple: true },
+        threads: { type: 'string' },
+        backend: { type: 'string' },
+        'shutdown-timeout': { type: 'string' },
+        quiet: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
       },
     }));
     if (values.help) {
@@ -76,7 +86,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
       throw new ServeUsageError(`--backend must be auto, cpu or cuda, got '${values.backend}'`);
   } catch (e) {
     if (e instanceof ServeUsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`depthgate serve: ${(e as Error).message}\n(\`depthgate serve --help\` lists the options)\n`);
+      process.stderr.write(
+        `depthgate serve: ${(e as Error).message}\n(\`depthgate serve --help\` lists the options)\n`,
+      );
       return 2;
     }
     throw e;
@@ -96,10 +108,13 @@ export async function serveCommand(argv: string[]): Promise<number> {
       return n === undefined ? {} : { [name]: n };
     };
     options = {
-      ...num(values.parallel, 'parallel', 1), ...renameKey(num(values.queue, 'queue', 0), 'queue', 'queueLength'),
+      ...num(values.parallel, 'parallel', 1),
+      ...renameKey(num(values.queue, 'queue', 0), 'queue', 'queueLength'),
       ...renameKey(num(values.context, 'context', 2), 'context', 'contextSize'),
-      ...(values.policy !== undefined ? { policy: values.policy } : {}), ...(apiKey ? { apiKey } : {}),
-      ...(values.cors ? { cors: values.cors } : {}), ...(values['model-id'] ? { modelId: values['model-id'] } : {}),
+      ...(values.policy !== undefined ? { policy: values.policy } : {}),
+      ...(apiKey ? { apiKey } : {}),
+      ...(values.cors ? { cors: values.cors } : {}),
+      ...(values['model-id'] ? { modelId: values['model-id'] } : {}),
       shutdownTimeoutMs: shutdownS * 1000,
       ...(values.quiet ? {} : { onRequest: (r: RequestRecord) => process.stderr.write(accessLine(r)) }),
     };
@@ -116,7 +131,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     say(`using the default model (12-layer Llama trained on the King James Bible): ${modelDir}`);
   }
   const loadOptions: LoadOptions = {
-    ...(threads ? { threads } : {}), ...(addons.length ? { addons } : {}),
+    ...(threads ? { threads } : {}),
+    ...(addons.length ? { addons } : {}),
     ...(values.backend ? { backend: values.backend as LoadOptions['backend'] } : {}),
   };
   const loading = loadModel(modelDir, loadOptions);
@@ -124,7 +140,10 @@ export async function serveCommand(argv: string[]): Promise<number> {
   try {
     server = createServer(loading, options);
   } catch (e) {
-    loading.then((m) => m.dispose(), () => undefined);
+    loading.then(
+      (m) => m.dispose(),
+      () => undefined,
+    );
     if (e instanceof DepthgateError) {
       process.stderr.write(`depthgate serve: ${e.message}\n`);
       return 2;
@@ -135,7 +154,10 @@ export async function serveCommand(argv: string[]): Promise<number> {
     const { url } = await server.listen(port, values.host);
     say(`listening on ${url} (loading the model)`);
   } catch (e) {
-    loading.then((m) => m.dispose(), () => undefined);
+    loading.then(
+      (m) => m.dispose(),
+      () => undefined,
+    );
     say(`cannot listen on ${values.host}:${port}: ${(e as Error).message}`);
     return 1;
   }

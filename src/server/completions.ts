@@ -46,7 +46,13 @@ function finishReason(r: GenerateResult['finishReason']): 'stop' | 'length' {
  * from generation_config.json (the sampler resolves it, src/sampling.ts), else OpenAI's: a
  * temperature of 1, so a request that names none samples.
  */
-function generateOptions(model: Model, r: CompletionRequest, maxTokens: number, policy: Policy, signal: AbortSignal): GenerateOptions {
+function generateOptions(
+  model: Model,
+  r: CompletionRequest,
+  maxTokens: number,
+  policy: Policy,
+  signal: AbortSignal,
+): GenerateOptions {
   const o: GenerateOptions = { maxTokens, policy, signal, stopOnAbort: true, ...r.penalties };
   if (r.temperature !== undefined) o.temperature = r.temperature;
   else if (model.generationDefaults.options.temperature === undefined) o.temperature = 1;
@@ -64,7 +70,8 @@ function promptTokens(model: Model, r: CompletionRequest): number[] {
     try {
       text = model.applyChatTemplate(r.messages);
     } catch (e) {
-      const why = e instanceof InvalidOptionError ? e.message.replace(/^option 'messages': /, '') : (e as Error).message;
+      const why =
+        e instanceof InvalidOptionError ? e.message.replace(/^option 'messages': /, '') : (e as Error).message;
       throw invalidRequest(`'messages' could not be rendered with the model's chat template: ${why}`, 'messages');
     }
     return model.tokenize(text, { addSpecialTokens: false });
@@ -77,7 +84,11 @@ function contextError(limit: number, prompt: number, maxTokens: number | undefin
     maxTokens === undefined
       ? `This model's maximum context length is ${limit} tokens. However, your ${what} resulted in ${prompt} tokens, which leaves no room to generate. Please reduce the length of the ${what}.`
       : `This model's maximum context length is ${limit} tokens. However, you requested ${prompt + maxTokens} tokens (${prompt} in the ${what}, ${maxTokens} in the completion). Please reduce the length of the ${what} or completion.`;
-  return invalidRequest(msg, maxTokens === undefined ? (what === 'messages' ? 'messages' : 'prompt') : 'max_tokens', 'context_length_exceeded');
+  return invalidRequest(
+    msg,
+    maxTokens === undefined ? (what === 'messages' ? 'messages' : 'prompt') : 'max_tokens',
+    'context_length_exceeded',
+  );
 }
 
 interface TraceToken {
@@ -106,7 +117,13 @@ export async function handleGeneration(
 ): Promise<void> {
   const r = endpoint === 'chat' ? parseChatRequest(body, ctx.facts) : parseCompletionRequest(body, ctx.facts);
   if (r.model !== undefined && r.model !== ctx.modelId)
-    throw new HttpError(404, `The model '${r.model}' does not exist (this server serves '${ctx.modelId}').`, 'invalid_request_error', 'model', 'model_not_found');
+    throw new HttpError(
+      404,
+      `The model '${r.model}' does not exist (this server serves '${ctx.modelId}').`,
+      'invalid_request_error',
+      'model',
+      'model_not_found',
+    );
   const what = endpoint === 'chat' ? 'messages' : 'prompt';
   const ids = promptTokens(ctx.model, r);
   if (ids.length === 0) throw invalidRequest(`'prompt' is empty: it has no tokens.`, what);
@@ -114,7 +131,8 @@ export async function handleGeneration(
   if (ids.length >= limit || (r.maxTokens !== undefined && ids.length + r.maxTokens > limit))
     throw contextError(limit, ids.length, ids.length >= limit ? undefined : r.maxTokens, what);
   // No max_tokens: the model's max_new_tokens (generation_config.json) when it fits, else the rest of the context.
-  const maxTokens = r.maxTokens ?? Math.min(ctx.model.generationDefaults.options.maxTokens ?? Infinity, limit - ids.length);
+  const maxTokens =
+    r.maxTokens ?? Math.min(ctx.model.generationDefaults.options.maxTokens ?? Infinity, limit - ids.length);
   const policy = r.policy ?? ctx.policy;
   const label = formatPolicy(policy);
   const id = `${endpoint === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
@@ -124,7 +142,12 @@ export async function handleGeneration(
   const slot = ctx.admission.acquire(signal); // a full queue throws 429 here, before any response
   const created = Math.floor(Date.now() / 1000);
   const object = endpoint === 'chat' ? 'chat.completion' : 'text_completion';
-  const base = { id, object: r.stream ? (endpoint === 'chat' ? 'chat.completion.chunk' : 'text_completion') : object, created, model: ctx.modelId };
+  const base = {
+    id,
+    object: r.stream ? (endpoint === 'chat' ? 'chat.completion.chunk' : 'text_completion') : object,
+    created,
+    model: ctx.modelId,
+  };
   // A stream starts at once, so that keep-alive comments flow while the request waits for a slot.
   const sse = r.stream ? new SseStream(res, ctx.keepAliveMs, headers) : null;
   const usageNull = r.includeUsage ? { usage: null } : {};
@@ -164,14 +187,21 @@ export async function handleGeneration(
         ctx.metrics.token();
         if (r.trace) trace.push(traceOf(c));
         if (sse && (c.text !== '' || r.trace)) {
-          await sse.send(chunk(endpoint === 'chat' ? { content: c.text } : c.text, null, r.trace ? trace.splice(0) : undefined));
+          await sse.send(
+            chunk(endpoint === 'chat' ? { content: c.text } : c.text, null, r.trace ? trace.splice(0) : undefined),
+          );
         }
       }
     } finally {
       signal.removeEventListener('abort', onAbort);
     }
     const result = await stream.result;
-    ctx.metrics.generation(label, result.usage.completionTokens, result.depth.tokens, result.depth.layerCounts.reduce((a, b) => a + b, 0));
+    ctx.metrics.generation(
+      label,
+      result.usage.completionTokens,
+      result.depth.tokens,
+      result.depth.layerCounts.reduce((a, b) => a + b, 0),
+    );
     record.completionTokens = result.usage.completionTokens;
     record.finishReason = result.finishReason;
     record.meanLayers = result.depth.meanLayers;
@@ -199,7 +229,12 @@ export async function handleGeneration(
       endpoint === 'chat'
         ? { index: 0, message: { role: 'assistant', content: result.text }, logprobs: null, finish_reason: finish }
         : { index: 0, text: result.text, logprobs: null, finish_reason: finish };
-    sendJson(res, 200, { ...base, choices: [{ ...choice, ...(r.trace ? { depthgate: { tokens: trace } } : {}) }], usage }, headers);
+    sendJson(
+      res,
+      200,
+      { ...base, choices: [{ ...choice, ...(r.trace ? { depthgate: { tokens: trace } } : {}) }], usage },
+      headers,
+    );
   } catch (e) {
     if (e instanceof AbortError && signal.aborted && signal.reason === 'client') {
       // The client left while waiting for a slot (or before its sequence started): nothing to answer.
@@ -223,8 +258,17 @@ export async function handleGeneration(
 }
 
 /** Sends a JSON response. */
-export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { ...headers, 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(text)) });
+  res.writeHead(status, {
+    ...headers,
+    'Content-Type': 'application/json',
+    'Content-Length': String(Buffer.byteLength(text)),
+  });
   res.end(text);
 }

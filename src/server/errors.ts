@@ -48,7 +48,11 @@ export class HttpError extends Error {
 }
 
 /** 400: a request field of the wrong type or value; `code` says which kind. */
-export function invalidRequest(message: string, param: string | null, code: string | null = 'invalid_value'): HttpError {
+export function invalidRequest(
+  message: string,
+  param: string | null,
+  code: string | null = 'invalid_value',
+): HttpError {
   return new HttpError(400, message, 'invalid_request_error', param, code);
 }
 
@@ -58,7 +62,10 @@ export function unsupported(param: string, message: string): HttpError {
 }
 
 /** 503 with Retry-After: the model is loading, or the server is shutting down. */
-export function unavailable(message: string, code: 'model_loading' | 'model_load_failed' | 'shutting_down' | 'insufficient_memory'): HttpError {
+export function unavailable(
+  message: string,
+  code: 'model_loading' | 'model_load_failed' | 'shutting_down' | 'insufficient_memory',
+): HttpError {
   return new HttpError(503, message, 'unavailable_error', null, code, { 'Retry-After': '1' });
 }
 

@@ -101,22 +101,51 @@ export class ServerMetrics {
       .sort((a, b) => a.endpoint.localeCompare(b.endpoint) || a.status - b.status)
       .map((r): [string, number] => [`{endpoint="${escapeLabel(r.endpoint)}",status="${r.status}"}`, r.count]);
     metric('depthgate_requests_total', 'counter', 'HTTP requests answered, by endpoint and status.', reqRows);
-    metric('depthgate_prompt_tokens_total', 'counter', 'Prompt tokens of requests accepted for generation.', [['', this.promptTokens]]);
+    metric('depthgate_prompt_tokens_total', 'counter', 'Prompt tokens of requests accepted for generation.', [
+      ['', this.promptTokens],
+    ]);
     metric('depthgate_completion_tokens_total', 'counter', 'Tokens generated.', [['', this.completionTokens]]);
-    metric('depthgate_cancelled_total', 'counter', 'Generations stopped early because the client disconnected or the server shut down.', [['', this.cancelled]]);
+    metric(
+      'depthgate_cancelled_total',
+      'counter',
+      'Generations stopped early because the client disconnected or the server shut down.',
+      [['', this.cancelled]],
+    );
     metric('depthgate_queue_depth', 'gauge', 'Requests waiting for a generation slot.', [['', g.queueDepth]]);
     metric('depthgate_queue_capacity', 'gauge', 'The most requests that may wait for a slot.', [['', g.queueLength]]);
-    metric('depthgate_active_sequences', 'gauge', 'Generations running, each with its own sequence (KV cache).', [['', g.activeSequences]]);
-    metric('depthgate_parallel_slots', 'gauge', 'Generations that may run at once.', [['', g.parallel]]);
-    metric('depthgate_kv_reserved_bytes', 'gauge', 'KV-cache bytes reserved by the sequences of running requests.', [['', g.kvReservedBytes]]);
-    metric('depthgate_decode_tokens_per_second', 'gauge', 'Tokens generated per second over the last 10 seconds, all requests together.', [
-      ['', this.decodeTokensPerSecond()],
+    metric('depthgate_active_sequences', 'gauge', 'Generations running, each with its own sequence (KV cache).', [
+      ['', g.activeSequences],
     ]);
+    metric('depthgate_parallel_slots', 'gauge', 'Generations that may run at once.', [['', g.parallel]]);
+    metric('depthgate_kv_reserved_bytes', 'gauge', 'KV-cache bytes reserved by the sequences of running requests.', [
+      ['', g.kvReservedBytes],
+    ]);
+    metric(
+      'depthgate_decode_tokens_per_second',
+      'gauge',
+      'Tokens generated per second over the last 10 seconds, all requests together.',
+      [['', this.decodeTokensPerSecond()]],
+    );
     const pol = [...this.policies.entries()].sort(([a], [b]) => a.localeCompare(b));
     const label = (p: string) => `{policy="${escapeLabel(p)}"}`;
-    metric('depthgate_policy_tokens_total', 'counter', 'Generated tokens counted for depth, by skip policy.', pol.map(([p, v]) => [label(p), v.tokens]));
-    metric('depthgate_policy_layers_total', 'counter', 'Layers run in full by the passes that produced those tokens, by skip policy.', pol.map(([p, v]) => [label(p), v.layers]));
-    metric('depthgate_mean_layers_per_token', 'gauge', 'Mean layers run per generated token since start, by skip policy.', pol.map(([p, v]) => [label(p), v.tokens ? v.layers / v.tokens : 0]));
+    metric(
+      'depthgate_policy_tokens_total',
+      'counter',
+      'Generated tokens counted for depth, by skip policy.',
+      pol.map(([p, v]) => [label(p), v.tokens]),
+    );
+    metric(
+      'depthgate_policy_layers_total',
+      'counter',
+      'Layers run in full by the passes that produced those tokens, by skip policy.',
+      pol.map(([p, v]) => [label(p), v.layers]),
+    );
+    metric(
+      'depthgate_mean_layers_per_token',
+      'gauge',
+      'Mean layers run per generated token since start, by skip policy.',
+      pol.map(([p, v]) => [label(p), v.tokens ? v.layers / v.tokens : 0]),
+    );
     metric('depthgate_model_loaded', 'gauge', '1 once the model is loaded and requests are served.', [['', g.loaded]]);
     return out.join('\n') + '\n';
   }

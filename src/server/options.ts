@@ -86,8 +86,18 @@ export interface CheckedOptions {
 }
 
 const KEYS = [
-  'parallel', 'queueLength', 'contextSize', 'policy', 'apiKey', 'cors', 'modelId', 'bodyLimit', 'bodyTimeoutMs',
-  'keepAliveMs', 'shutdownTimeoutMs', 'onRequest',
+  'parallel',
+  'queueLength',
+  'contextSize',
+  'policy',
+  'apiKey',
+  'cors',
+  'modelId',
+  'bodyLimit',
+  'bodyTimeoutMs',
+  'keepAliveMs',
+  'shutdownTimeoutMs',
+  'onRequest',
 ];
 
 function int(o: Record<string, unknown>, key: string, min: number, max: number, dflt: number): number;
@@ -103,12 +113,15 @@ function int(o: Record<string, unknown>, key: string, min: number, max: number, 
 /** Validates the options that do not depend on the model. */
 export function checkServerOptions(options: unknown): CheckedOptions {
   if (options === undefined) options = {};
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new InvalidOptionError('options', 'must be an object');
+  if (typeof options !== 'object' || options === null || Array.isArray(options))
+    throw new InvalidOptionError('options', 'must be an object');
   const o = options as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!KEYS.includes(k)) throw new InvalidOptionError(k, `is not a known option (known: ${KEYS.join(', ')})`);
+  for (const k of Object.keys(o))
+    if (!KEYS.includes(k)) throw new InvalidOptionError(k, `is not a known option (known: ${KEYS.join(', ')})`);
   const str = (key: string) => {
     const v = o[key];
-    if (v !== undefined && (typeof v !== 'string' || v === '')) throw new InvalidOptionError(key, 'must be a non-empty string');
+    if (v !== undefined && (typeof v !== 'string' || v === ''))
+      throw new InvalidOptionError(key, 'must be a non-empty string');
     return v as string | undefined;
   };
   const cors = o.cors ?? [];
@@ -116,7 +129,8 @@ export function checkServerOptions(options: unknown): CheckedOptions {
     throw new InvalidOptionError('cors', "must be an array of origins (e.g. 'https://app.example.com') or ['*']");
   if (o.policy !== undefined && typeof o.policy !== 'string' && (typeof o.policy !== 'object' || o.policy === null))
     throw new InvalidOptionError('policy', 'must be a Policy object or a string in the --policy syntax');
-  if (o.onRequest !== undefined && typeof o.onRequest !== 'function') throw new InvalidOptionError('onRequest', 'must be a function');
+  if (o.onRequest !== undefined && typeof o.onRequest !== 'function')
+    throw new InvalidOptionError('onRequest', 'must be a function');
   const apiKey = str('apiKey');
   const modelId = str('modelId');
   const contextSize = int(o, 'contextSize', 2, 2 ** 31 - 1);
@@ -149,7 +163,10 @@ export function resolveModelOptions(o: CheckedOptions, model: Model): ModelOptio
   const max = model.config.maxPositionEmbeddings;
   const contextSize = o.contextSize ?? model.contextSize;
   if (contextSize > max)
-    throw new InvalidOptionError('contextSize', `must be at most the model's max_position_embeddings (${max}), got ${contextSize}`);
+    throw new InvalidOptionError(
+      'contextSize',
+      `must be at most the model's max_position_embeddings (${max}), got ${contextSize}`,
+    );
   let policy: Policy;
   if (o.policy === undefined) policy = { ...model.defaultPolicy.policy };
   else policy = typeof o.policy === 'string' ? parsePolicy(o.policy, L) : validatePolicy(o.policy, L);

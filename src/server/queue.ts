@@ -54,11 +54,16 @@ export class Admission {
       throw new HttpError(
         429,
         `the server is busy: ${this.running} generations are running and ${this.waiters.length} requests are waiting (the most it queues); retry later`,
-        'rate_limit_error', null, 'queue_full', { 'Retry-After': '1' },
+        'rate_limit_error',
+        null,
+        'queue_full',
+        { 'Retry-After': '1' },
       );
     return new Promise((resolve, reject) => {
       const w: Waiter = {
-        resolve, reject, signal,
+        resolve,
+        reject,
+        signal,
         onAbort: () => {
           const i = this.waiters.indexOf(w);
           if (i >= 0) this.waiters.splice(i, 1);

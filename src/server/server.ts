@@ -20,7 +20,13 @@ import { readJsonBody } from './body';
 import { handleGeneration, sendJson, type CancelReason, type GenerationContext } from './completions';
 import { HttpError, toHttpError, unavailable } from './errors';
 import { ServerMetrics } from './metrics';
-import { checkServerOptions, resolveModelOptions, type CheckedOptions, type RequestRecord, type ServerOptions } from './options';
+import {
+  checkServerOptions,
+  resolveModelOptions,
+  type CheckedOptions,
+  type RequestRecord,
+  type ServerOptions,
+} from './options';
 import { Admission } from './queue';
 import { formatPolicy } from '../policy';
 
@@ -82,8 +88,11 @@ export class DepthgateServer {
       const s = this.stats();
       return {
         loaded: this.state === 'ready' || this.state === 'closing' ? 1 : 0,
-        queueDepth: s.queued, activeSequences: s.active, kvReservedBytes: s.kvReservedBytes,
-        parallel: this.opts.parallel, queueLength: this.opts.queueLength,
+        queueDepth: s.queued,
+        activeSequences: s.active,
+        kvReservedBytes: s.kvReservedBytes,
+        parallel: this.opts.parallel,
+        queueLength: this.opts.queueLength,
       };
     });
     // node's own limit on receiving a whole request is a backstop to the body deadline in body.ts,
@@ -101,9 +110,20 @@ export class DepthgateServer {
       this.kvBytesPerToken = info.kvBytesPerToken;
       this.loadedAt = Math.floor(Date.now() / 1000);
       this.ctx = {
-        model: m, modelId: mo.modelId, contextSize: mo.contextSize, policy: mo.policy, keepAliveMs: this.opts.keepAliveMs,
-        facts: { numLayers: m.config.numLayers, vocabSize: m.config.vocabSize, flexiDepthLayers: info.flexiDepthLayers, skipRouterLayers: info.skipRouterLayers },
-        admission: this.admission, metrics: this.metrics, sequences: this.sequences,
+        model: m,
+        modelId: mo.modelId,
+        contextSize: mo.contextSize,
+        policy: mo.policy,
+        keepAliveMs: this.opts.keepAliveMs,
+        facts: {
+          numLayers: m.config.numLayers,
+          vocabSize: m.config.vocabSize,
+          flexiDepthLayers: info.flexiDepthLayers,
+          skipRouterLayers: info.skipRouterLayers,
+        },
+        admission: this.admission,
+        metrics: this.metrics,
+        sequences: this.sequences,
       };
       if (this.state === 'loading') this.state = 'ready';
     };
@@ -149,7 +169,10 @@ export class DepthgateServer {
         tokens += s.contextSize;
       }
     return {
-      state: this.state, active: this.admission.active, queued: this.admission.waiting, liveSequences: live,
+      state: this.state,
+      active: this.admission.active,
+      queued: this.admission.waiting,
+      liveSequences: live,
       kvReservedBytes: tokens * this.kvBytesPerToken,
     };
   }
@@ -201,7 +224,13 @@ export class DepthgateServer {
     const started = performance.now();
     const url = req.url ?? '/';
     const path = url.split('?', 1)[0] ?? '/';
-    const record: RequestRecord = { id: `req-${++this.requestCount}`, method: req.method ?? '', path, status: 0, durationMs: 0 };
+    const record: RequestRecord = {
+      id: `req-${++this.requestCount}`,
+      method: req.method ?? '',
+      path,
+      status: 0,
+      durationMs: 0,
+    };
     const endpoint = Object.hasOwn(ROUTES, path) ? path : 'other';
     const headers = this.corsHeaders(req);
     const closed = new Promise<void>((resolve) => res.once('close', resolve));
@@ -226,7 +255,12 @@ export class DepthgateServer {
     }
   }
 
-  private sendError(req: http.IncomingMessage, res: http.ServerResponse, err: HttpError, headers: Record<string, string>): void {
+  private sendError(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    err: HttpError,
+    headers: Record<string, string>,
+  ): void {
     if (res.destroyed) return;
     const extra: Record<string, string> = { ...headers, ...err.headers };
     if (this.state === 'closing' || this.state === 'closed') extra.Connection = 'close';
@@ -250,7 +284,11 @@ export class DepthgateServer {
   }
 
   private async route(
-    req: http.IncomingMessage, res: http.ServerResponse, path: string, headers: Record<string, string>, record: RequestRecord,
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    path: string,
+    headers: Record<string, string>,
+    record: RequestRecord,
   ): Promise<void> {
     const method = req.method ?? '';
     if (method === 'OPTIONS' && this.opts.cors.length && req.headers['access-control-request-method']) {
@@ -258,23 +296,39 @@ export class DepthgateServer {
       if (headers['Access-Control-Allow-Origin'])
         Object.assign(headers, {
           'Access-Control-Allow-Methods': 'GET, POST, OPTIONS',
-          'Access-Control-Allow-Headers': req.headers['access-control-request-headers'] ?? 'authorization, content-type',
+          'Access-Control-Allow-Headers':
+            req.headers['access-control-request-headers'] ?? 'authorization, content-type',
           'Access-Control-Max-Age': '600',
         });
       res.writeHead(204, headers).end();
       return;
     }
     const allowed = Object.hasOwn(ROUTES, path) ? ROUTES[path] : path.startsWith('/v1/models/') ? ['GET'] : null;
-    if (!allowed) throw new HttpError(404, `Invalid URL (${method} ${path})`, 'invalid_request_error', null, 'not_found');
+    if (!allowed)
+      throw new HttpError(404, `Invalid URL (${method} ${path})`, 'invalid_request_error', null, 'not_found');
     if (!allowed.includes(method))
-      throw new HttpError(405, `${method} is not allowed on ${path} (allowed: ${allowed.join(', ')})`, 'invalid_request_error', null, 'method_not_allowed', {
-        Allow: allowed.join(', '),
-      });
+      throw new HttpError(
+        405,
+        `${method} is not allowed on ${path} (allowed: ${allowed.join(', ')})`,
+        'invalid_request_error',
+        null,
+        'method_not_allowed',
+        {
+          Allow: allowed.join(', '),
+        },
+      );
     if (path === '/health') return this.health(res, headers);
     if (!this.authorized(req))
-      throw new HttpError(401, 'Incorrect or missing API key: send Authorization: Bearer <key>.', 'authentication_error', null, 'invalid_api_key', {
-        'WWW-Authenticate': 'Bearer',
-      });
+      throw new HttpError(
+        401,
+        'Incorrect or missing API key: send Authorization: Bearer <key>.',
+        'authentication_error',
+        null,
+        'invalid_api_key',
+        {
+          'WWW-Authenticate': 'Bearer',
+        },
+      );
     if (path === '/metrics') {
       const text = this.metrics.render();
       res.writeHead(200, { ...headers, 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
@@ -290,7 +344,15 @@ export class DepthgateServer {
     });
     const body = await readJsonBody(req, this.opts.bodyLimit, this.opts.bodyTimeoutMs);
     const live = this.readyContext(); // the server may have started closing while the body arrived
-    const work = handleGeneration(live, path === '/v1/chat/completions' ? 'chat' : 'completions', body, res, ac.signal, record, headers);
+    const work = handleGeneration(
+      live,
+      path === '/v1/chat/completions' ? 'chat' : 'completions',
+      body,
+      res,
+      ac.signal,
+      record,
+      headers,
+    );
     const tracked = work.catch(() => undefined);
     this.inflight.set(tracked, ac);
     try {
@@ -302,7 +364,8 @@ export class DepthgateServer {
 
   /** The generation context, or a 503 saying why there is none. */
   private readyContext(): GenerationContext {
-    if (this.state === 'closing' || this.state === 'closed') throw unavailable('the server is shutting down', 'shutting_down');
+    if (this.state === 'closing' || this.state === 'closed')
+      throw unavailable('the server is shutting down', 'shutting_down');
     if (this.state === 'failed') throw unavailable(`the model failed to load: ${this.loadError}`, 'model_load_failed');
     if (!this.ctx) throw unavailable('Loading model', 'model_loading');
     return this.ctx;
@@ -313,7 +376,12 @@ export class DepthgateServer {
     sendJson(res, 200, { status: 'ok' }, headers);
   }
 
-  private models(res: http.ServerResponse, headers: Record<string, string>, path: string, ctx: GenerationContext): void {
+  private models(
+    res: http.ServerResponse,
+    headers: Record<string, string>,
+    path: string,
+    ctx: GenerationContext,
+  ): void {
     const m = ctx.model;
     const card = {
       id: ctx.modelId,
@@ -336,7 +404,13 @@ export class DepthgateServer {
       // not percent-encoded UTF-8: compared as sent
     }
     if (id !== ctx.modelId)
-      throw new HttpError(404, `The model '${id}' does not exist (this server serves '${ctx.modelId}').`, 'invalid_request_error', 'model', 'model_not_found');
+      throw new HttpError(
+        404,
+        `The model '${id}' does not exist (this server serves '${ctx.modelId}').`,
+        'invalid_request_error',
+        'model',
+        'model_not_found',
+      );
     sendJson(res, 200, card, headers);
   }
 }

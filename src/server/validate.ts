@@ -63,12 +63,35 @@ const MAX_STOP_LENGTH = 1024;
 const INT32_MAX = 2 ** 31 - 1;
 
 const COMMON_KEYS = [
-  'model', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'n', 'stream', 'stream_options',
-  'frequency_penalty', 'presence_penalty', 'repetition_penalty', 'user', 'logit_bias', 'depthgate',
+  'model',
+  'max_tokens',
+  'temperature',
+  'top_p',
+  'top_k',
+  'seed',
+  'stop',
+  'n',
+  'stream',
+  'stream_options',
+  'frequency_penalty',
+  'presence_penalty',
+  'repetition_penalty',
+  'user',
+  'logit_bias',
+  'depthgate',
 ];
 const CHAT_KEYS = new Set([
-  ...COMMON_KEYS, 'messages', 'max_completion_tokens', 'logprobs', 'top_logprobs', 'response_format',
-  'tools', 'tool_choice', 'functions', 'function_call', 'parallel_tool_calls',
+  ...COMMON_KEYS,
+  'messages',
+  'max_completion_tokens',
+  'logprobs',
+  'top_logprobs',
+  'response_format',
+  'tools',
+  'tool_choice',
+  'functions',
+  'function_call',
+  'parallel_tool_calls',
 ]);
 const COMPLETION_KEYS = new Set([...COMMON_KEYS, 'prompt', 'logprobs', 'echo', 'suffix', 'best_of']);
 
@@ -82,12 +105,19 @@ function typeName(v: unknown): string {
 }
 
 function invalidType(param: string, expected: string, v: unknown): HttpError {
-  return invalidRequest(`Invalid type for '${param}': expected ${expected}, but got ${typeName(v)} instead.`, param, 'invalid_type');
+  return invalidRequest(
+    `Invalid type for '${param}': expected ${expected}, but got ${typeName(v)} instead.`,
+    param,
+    'invalid_type',
+  );
 }
 
 function invalidValue(param: string, rule: string, v: unknown): HttpError {
   const shown = JSON.stringify(v);
-  return invalidRequest(`Invalid value for '${param}': ${rule}, got ${shown.length > 80 ? shown.slice(0, 77) + '...' : shown}.`, param);
+  return invalidRequest(
+    `Invalid value for '${param}': ${rule}, got ${shown.length > 80 ? shown.slice(0, 77) + '...' : shown}.`,
+    param,
+  );
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -95,7 +125,14 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 /** A JSON number field in [min, max] (or (min, max] when minExclusive); null or absent is undefined. */
-function optNumber(o: Record<string, unknown>, key: string, min: number, max: number, minExclusive = false, param = key): number | undefined {
+function optNumber(
+  o: Record<string, unknown>,
+  key: string,
+  min: number,
+  max: number,
+  minExclusive = false,
+  param = key,
+): number | undefined {
   const v = o[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isFinite(v)) throw invalidType(param, 'a number', v);
@@ -145,7 +182,8 @@ function stopField(o: Record<string, unknown>): string[] {
     const param = typeof v === 'string' ? 'stop' : `stop[${i}]`;
     if (typeof s !== 'string') throw invalidType(param, 'a string', s);
     if (s.length === 0) throw invalidValue(param, 'must not be empty', s);
-    if (s.length > MAX_STOP_LENGTH) throw invalidValue(param, `must be at most ${MAX_STOP_LENGTH} characters`, s.length);
+    if (s.length > MAX_STOP_LENGTH)
+      throw invalidValue(param, `must be at most ${MAX_STOP_LENGTH} characters`, s.length);
   });
   return list as string[];
 }
@@ -159,18 +197,26 @@ function depthgateField(o: Record<string, unknown>, facts: ModelFacts): { policy
   const trace = optBool(v, 'trace', 'depthgate.trace') ?? false;
   const p = v.policy;
   if (p === undefined || p === null) return { trace };
-  if (typeof p !== 'string' && !isObject(p)) throw invalidType('depthgate.policy', "a policy string (e.g. 'flexidepth:threshold=0.5') or object", p);
+  if (typeof p !== 'string' && !isObject(p))
+    throw invalidType('depthgate.policy', "a policy string (e.g. 'flexidepth:threshold=0.5') or object", p);
   let policy: Policy;
   try {
     policy = typeof p === 'string' ? parsePolicy(p, facts.numLayers) : validatePolicy(p, facts.numLayers);
   } catch (e) {
-    if (e instanceof InvalidOptionError) throw invalidRequest(`Invalid value for 'depthgate.policy': ${e.message}.`, 'depthgate.policy');
+    if (e instanceof InvalidOptionError)
+      throw invalidRequest(`Invalid value for 'depthgate.policy': ${e.message}.`, 'depthgate.policy');
     throw e;
   }
   if (policy.type === 'flexidepth' && facts.flexiDepthLayers.length === 0)
-    throw invalidRequest("Invalid value for 'depthgate.policy': this model has no FlexiDepth routers.", 'depthgate.policy');
+    throw invalidRequest(
+      "Invalid value for 'depthgate.policy': this model has no FlexiDepth routers.",
+      'depthgate.policy',
+    );
   if (policy.type === 'skiplayer' && facts.skipRouterLayers.length === 0)
-    throw invalidRequest("Invalid value for 'depthgate.policy': this model has no SkipLayer routers.", 'depthgate.policy');
+    throw invalidRequest(
+      "Invalid value for 'depthgate.policy': this model has no SkipLayer routers.",
+      'depthgate.policy',
+    );
   return { policy, trace };
 }
 
@@ -184,9 +230,11 @@ function offOnly(o: Record<string, unknown>, key: string, isOff: (v: unknown) =>
 function commonFields(o: Record<string, unknown>, facts: ModelFacts) {
   const model = o.model;
   if (model !== undefined && model !== null && typeof model !== 'string') throw invalidType('model', 'a string', model);
-  if (o.user !== undefined && o.user !== null && typeof o.user !== 'string') throw invalidType('user', 'a string', o.user);
+  if (o.user !== undefined && o.user !== null && typeof o.user !== 'string')
+    throw invalidType('user', 'a string', o.user);
   const n = optInt(o, 'n', 1, INT32_MAX);
-  if (n !== undefined && n !== 1) throw unsupported('n', "'n' must be 1: this server generates one choice per request.");
+  if (n !== undefined && n !== 1)
+    throw unsupported('n', "'n' must be 1: this server generates one choice per request.");
   offOnly(o, 'logit_bias', (v) => isObject(v) && Object.keys(v).length === 0, 'logit biases are not implemented');
   const stream = optBool(o, 'stream') ?? false;
   let includeUsage = false;
@@ -225,7 +273,11 @@ function messageContent(v: unknown, param: string): string {
     .map((part, j) => {
       const pp = `${param}[${j}]`;
       if (!isObject(part)) throw invalidType(pp, 'an object', part);
-      if (part.type !== 'text') throw unsupported(`${pp}.type`, `content parts of type ${JSON.stringify(part.type)} are not supported; only 'text' is.`);
+      if (part.type !== 'text')
+        throw unsupported(
+          `${pp}.type`,
+          `content parts of type ${JSON.stringify(part.type)} are not supported; only 'text' is.`,
+        );
       checkKeys(part, new Set(['type', 'text']), `${pp}.`);
       if (typeof part.text !== 'string') throw invalidType(`${pp}.text`, 'a string', part.text);
       return part.text;
@@ -236,22 +288,28 @@ function messageContent(v: unknown, param: string): string {
 const ROLES: Record<string, string> = { system: 'system', developer: 'system', user: 'user', assistant: 'assistant' };
 
 function messagesField(v: unknown): ChatMessage[] {
-  if (v === undefined || v === null) throw invalidRequest("Missing required parameter: 'messages'.", 'messages', 'missing_required_parameter');
+  if (v === undefined || v === null)
+    throw invalidRequest("Missing required parameter: 'messages'.", 'messages', 'missing_required_parameter');
   if (!Array.isArray(v)) throw invalidType('messages', 'an array of messages', v);
   if (v.length === 0) throw invalidValue('messages', 'must hold at least one message', v);
   return v.map((m, i) => {
     const p = `messages[${i}]`;
     if (!isObject(m)) throw invalidType(p, 'an object', m);
     if (m.tool_calls !== undefined || m.tool_call_id !== undefined)
-      throw unsupported(`${p}.${m.tool_calls !== undefined ? 'tool_calls' : 'tool_call_id'}`, 'tool calls are not supported.');
+      throw unsupported(
+        `${p}.${m.tool_calls !== undefined ? 'tool_calls' : 'tool_call_id'}`,
+        'tool calls are not supported.',
+      );
     checkKeys(m, new Set(['role', 'content', 'name']), `${p}.`);
     if (typeof m.role !== 'string') throw invalidType(`${p}.role`, 'a string', m.role);
     const role = Object.hasOwn(ROLES, m.role) ? ROLES[m.role] : undefined;
     if (!role) {
-      if (m.role === 'tool' || m.role === 'function') throw unsupported(`${p}.role`, `messages with role '${m.role}' (tool results) are not supported.`);
+      if (m.role === 'tool' || m.role === 'function')
+        throw unsupported(`${p}.role`, `messages with role '${m.role}' (tool results) are not supported.`);
       throw invalidValue(`${p}.role`, "must be 'system', 'developer', 'user' or 'assistant'", m.role);
     }
-    if (m.name !== undefined && m.name !== null && typeof m.name !== 'string') throw invalidType(`${p}.name`, 'a string', m.name);
+    if (m.name !== undefined && m.name !== null && typeof m.name !== 'string')
+      throw invalidType(`${p}.name`, 'a string', m.name);
     if (m.content === undefined || m.content === null)
       throw invalidRequest(`Missing required parameter: '${p}.content'.`, `${p}.content`, 'missing_required_parameter');
     return { role, content: messageContent(m.content, `${p}.content`) };
@@ -266,7 +324,10 @@ export function parseChatRequest(body: unknown, facts: ModelFacts): CompletionRe
   const common = commonFields(body, facts);
   const mct = optInt(body, 'max_completion_tokens', 1, INT32_MAX);
   if (mct !== undefined && common.maxTokens !== undefined && mct !== common.maxTokens)
-    throw invalidRequest("'max_tokens' and 'max_completion_tokens' disagree; give one of them.", 'max_completion_tokens');
+    throw invalidRequest(
+      "'max_tokens' and 'max_completion_tokens' disagree; give one of them.",
+      'max_completion_tokens',
+    );
   const logprobs = optBool(body, 'logprobs');
   if (logprobs)
     throw unsupported(
@@ -274,7 +335,12 @@ export function parseChatRequest(body: unknown, facts: ModelFacts): CompletionRe
       "'logprobs' is not supported: the engine samples each token natively and does not return its log-probabilities during generation.",
     );
   offOnly(body, 'top_logprobs', (v) => v === 0, "it needs 'logprobs', which is not supported");
-  offOnly(body, 'response_format', (v) => isObject(v) && v.type === 'text' && Object.keys(v).length === 1, "only {type: 'text'} is");
+  offOnly(
+    body,
+    'response_format',
+    (v) => isObject(v) && v.type === 'text' && Object.keys(v).length === 1,
+    "only {type: 'text'} is",
+  );
   offOnly(body, 'tools', (v) => Array.isArray(v) && v.length === 0, 'tool calls are not implemented');
   offOnly(body, 'functions', (v) => Array.isArray(v) && v.length === 0, 'function calls are not implemented');
   offOnly(body, 'tool_choice', (v) => v === 'none', 'tool calls are not implemented');
@@ -284,7 +350,8 @@ export function parseChatRequest(body: unknown, facts: ModelFacts): CompletionRe
 }
 
 function promptField(v: unknown, vocabSize: number): string | number[] {
-  if (v === undefined || v === null) throw invalidRequest("Missing required parameter: 'prompt'.", 'prompt', 'missing_required_parameter');
+  if (v === undefined || v === null)
+    throw invalidRequest("Missing required parameter: 'prompt'.", 'prompt', 'missing_required_parameter');
   if (typeof v === 'string') return v;
   if (!Array.isArray(v)) throw invalidType('prompt', 'a string, an array of token ids, or an array of one of them', v);
   if (v.length === 0) throw invalidValue('prompt', 'must not be an empty array', v);
@@ -318,6 +385,7 @@ export function parseCompletionRequest(body: unknown, facts: ModelFacts): Comple
   offOnly(body, 'echo', (v) => v === false, 'the prompt is not echoed');
   offOnly(body, 'suffix', (v) => v === '', 'insertion (a suffix) is not implemented');
   const bestOf = optInt(body, 'best_of', 1, INT32_MAX);
-  if (bestOf !== undefined && bestOf !== 1) throw unsupported('best_of', "'best_of' must be 1: this server generates one choice per request.");
+  if (bestOf !== undefined && bestOf !== 1)
+    throw unsupported('best_of', "'best_of' must be 1: this server generates one choice per request.");
   return dropUndefined({ endpoint: 'completions' as const, prompt, ...common });
 }

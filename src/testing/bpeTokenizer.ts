@@ -163,13 +163,13 @@ export const SPECIAL_TOKENS = [
 
 /** Llama-3-style chat template (Jinja). */
 export const TINY_CHAT_TEMPLATE =
-  "{{- bos_token }}" +
-  "{%- for message in messages %}" +
+  '{{- bos_token }}' +
+  '{%- for message in messages %}' +
   "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}" +
-  "{%- endfor %}" +
-  "{%- if add_generation_prompt %}" +
+  '{%- endfor %}' +
+  '{%- if add_generation_prompt %}' +
   "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}" +
-  "{%- endif %}";
+  '{%- endif %}';
 
 export function buildTokenizerJson(bpe: BpeModel, specialIds: number[], addBos: boolean): JsonLike {
   const addedTokens: JsonLike[] = SPECIAL_TOKENS.map((content, i) =>
@@ -186,9 +186,25 @@ export function buildTokenizerJson(bpe: BpeModel, specialIds: number[], addBos: 
   const bosTok = SPECIAL_TOKENS[0];
   const bosId = specialIds[0]!;
   const special = (typeId: number): JsonLike =>
-    ordered([['SpecialToken', ordered([['id', bosTok], ['type_id', typeId]])]]);
+    ordered([
+      [
+        'SpecialToken',
+        ordered([
+          ['id', bosTok],
+          ['type_id', typeId],
+        ]),
+      ],
+    ]);
   const sequence = (id: string, typeId: number): JsonLike =>
-    ordered([['Sequence', ordered([['id', id], ['type_id', typeId]])]]);
+    ordered([
+      [
+        'Sequence',
+        ordered([
+          ['id', id],
+          ['type_id', typeId],
+        ]),
+      ],
+    ]);
   const postProcessor: JsonLike = addBos
     ? ordered([
         ['type', 'TemplateProcessing'],
@@ -196,7 +212,16 @@ export function buildTokenizerJson(bpe: BpeModel, specialIds: number[], addBos: 
         ['pair', [special(0), sequence('A', 0), special(1), sequence('B', 1)]],
         [
           'special_tokens',
-          ordered([[bosTok, ordered([['id', bosTok], ['ids', [bosId]], ['tokens', [bosTok]]])]]),
+          ordered([
+            [
+              bosTok,
+              ordered([
+                ['id', bosTok],
+                ['ids', [bosId]],
+                ['tokens', [bosTok]],
+              ]),
+            ],
+          ]),
         ],
       ])
     : ordered([

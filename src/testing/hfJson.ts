@@ -32,7 +32,8 @@ export function pythonFloatRepr(v: number): string {
   return `${sign}${digits.slice(0, intLen)}.${digits.slice(intLen)}`;
 }
 
-export type JsonLike = null | boolean | number | string | PyFloat | JsonLike[] | Map<string, JsonLike> | { [k: string]: JsonLike };
+export type JsonLike =
+  null | boolean | number | string | PyFloat | JsonLike[] | Map<string, JsonLike> | { [k: string]: JsonLike };
 
 /**
  * Pretty JSON with two-space indentation. Plain objects have their keys sorted when

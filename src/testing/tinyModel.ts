@@ -225,14 +225,17 @@ export const SKIPLAYER_ROUTER_GAIN = 2;
 const TANH_SQ_MEAN = 0.3942;
 
 function checkInt(name: string, v: number, min: number): number {
-  if (!Number.isInteger(v) || v < min) throw new RangeError(`writeTinyModel: ${name} must be an integer >= ${min} (got ${v})`);
+  if (!Number.isInteger(v) || v < min)
+    throw new RangeError(`writeTinyModel: ${name} must be an integer >= ${min} (got ${v})`);
   return v;
 }
 
 /** Normal(0, std^2) fill. */
-const normalInit = (std: number) => (rng: Rng, out: Float32Array): void => {
-  for (let i = 0; i < out.length; i++) out[i] = rng.normal() * std;
-};
+const normalInit =
+  (std: number) =>
+  (rng: Rng, out: Float32Array): void => {
+    for (let i = 0; i < out.length; i++) out[i] = rng.normal() * std;
+  };
 
 /** RMSNorm weights: uniform in [0.8, 1.2]. */
 const normWeightInit = (rng: Rng, out: Float32Array): void => {
@@ -245,14 +248,16 @@ const normWeightInit = (rng: Rng, out: Float32Array): void => {
  * logits; near-ties still occur at a few percent of positions, so tests comparing greedy
  * output against a lower-precision engine should check the margin where they compare.
  */
-const lmHeadInit = (rows: number, cols: number, gain: number) => (rng: Rng, out: Float32Array): void => {
-  const std = gain / Math.sqrt(cols);
-  for (let r = 0; r < rows; r++) {
-    const u = rng.uniform();
-    const scale = 0.5 + 1.5 * u * u;
-    for (let c = 0; c < cols; c++) out[r * cols + c] = rng.normal() * std * scale;
-  }
-};
+const lmHeadInit =
+  (rows: number, cols: number, gain: number) =>
+  (rng: Rng, out: Float32Array): void => {
+    const std = gain / Math.sqrt(cols);
+    for (let r = 0; r < rows; r++) {
+      const u = rng.uniform();
+      const scale = 0.5 + 1.5 * u * u;
+      for (let c = 0; c < cols; c++) out[r * cols + c] = rng.normal() * std * scale;
+    }
+  };
 
 /** Layer index list check: integers in [0, layers), no duplicates; returned sorted. */
 function checkLayerList(what: string, list: unknown, layers: number): number[] {
@@ -264,14 +269,17 @@ function checkLayerList(what: string, list: unknown, layers: number): number[] {
     return v;
   });
   out.sort((a, b) => a - b);
-  for (let i = 1; i < out.length; i++) if (out[i] === out[i - 1]) throw new RangeError(`writeTinyModel: ${what}: layer ${out[i]} repeated`);
+  for (let i = 1; i < out.length; i++)
+    if (out[i] === out[i - 1]) throw new RangeError(`writeTinyModel: ${what}: layer ${out[i]} repeated`);
   return out;
 }
 
 function checkAddonFile(what: string, name: string | undefined): string | undefined {
   if (name === undefined) return undefined;
   if (typeof name !== 'string' || !/^[A-Za-z0-9._-]+\.safetensors$/.test(name) || name.startsWith('model')) {
-    throw new RangeError(`writeTinyModel: ${what}.addonFile must be a plain *.safetensors file name not starting with "model" (got ${String(name)})`);
+    throw new RangeError(
+      `writeTinyModel: ${what}.addonFile must be a plain *.safetensors file name not starting with "model" (got ${String(name)})`,
+    );
   }
   return name;
 }
@@ -282,16 +290,20 @@ function checkAddonFile(what: string, name: string | undefined): string | undefi
  */
 export function writeTinyModel(dir: string, options: TinyModelOptions = {}): TinyModelInfo {
   const arch: TinyArch = options.arch ?? 'llama';
-  if (arch !== 'llama' && arch !== 'mistral' && arch !== 'qwen2') throw new RangeError(`writeTinyModel: unknown arch ${String(arch)}`);
+  if (arch !== 'llama' && arch !== 'mistral' && arch !== 'qwen2')
+    throw new RangeError(`writeTinyModel: unknown arch ${String(arch)}`);
   const dtype: TinyDtype = options.dtype ?? 'f32';
   if (!(dtype in DTYPE_INFO)) throw new RangeError(`writeTinyModel: unknown dtype ${String(dtype)}`);
   const layers = checkInt('layers', options.layers ?? 2, 1);
   const hidden = checkInt('hidden', options.hidden ?? 64, 2);
   const heads = checkInt('heads', options.heads ?? 4, 1);
   const kvHeads = checkInt('kvHeads', options.kvHeads ?? (heads % 2 === 0 ? 2 : heads), 1);
-  if (heads % kvHeads !== 0) throw new RangeError(`writeTinyModel: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`);
+  if (heads % kvHeads !== 0)
+    throw new RangeError(`writeTinyModel: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`);
   if (options.headDim === undefined && hidden % heads !== 0) {
-    throw new RangeError(`writeTinyModel: hidden (${hidden}) must be a multiple of heads (${heads}) unless headDim is given`);
+    throw new RangeError(
+      `writeTinyModel: hidden (${hidden}) must be a multiple of heads (${heads}) unless headDim is given`,
+    );
   }
   const headDim = checkInt('headDim', options.headDim ?? hidden / heads, 2);
   if (headDim % 2 !== 0) throw new RangeError(`writeTinyModel: headDim must be even (got ${headDim})`);
@@ -317,20 +329,37 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
   const fdLayers = fd ? checkLayerList('flexidepth.layers', fd.layers, layers) : [];
   const fdAddon = fd ? checkAddonFile('flexidepth', fd.addonFile) : undefined;
   const fdGain = fd?.routerGain ?? FLEXIDEPTH_ROUTER_GAIN;
-  if (fd && !(fdGain > 0 && Number.isFinite(fdGain))) throw new RangeError('writeTinyModel: flexidepth.routerGain must be positive');
-  const fdR = fd ? Math.max(2, Math.floor(hidden / checkInt('flexidepth.routerReduction', fd.routerReduction ?? 16, 1))) : 0;
-  const fdM = fd ? Math.max(2, Math.floor(intermediate / checkInt('flexidepth.adapterReduction', fd.adapterReduction ?? 16, 1))) : 0;
+  if (fd && !(fdGain > 0 && Number.isFinite(fdGain)))
+    throw new RangeError('writeTinyModel: flexidepth.routerGain must be positive');
+  const fdR = fd
+    ? Math.max(2, Math.floor(hidden / checkInt('flexidepth.routerReduction', fd.routerReduction ?? 16, 1)))
+    : 0;
+  const fdM = fd
+    ? Math.max(2, Math.floor(intermediate / checkInt('flexidepth.adapterReduction', fd.adapterReduction ?? 16, 1)))
+    : 0;
   const sl = options.skiplayer;
-  if (sl && sl.mode !== 'layer' && sl.mode !== 'module') throw new RangeError(`writeTinyModel: skiplayer.mode must be 'layer' or 'module'`);
-  const slLayers = sl ? (sl.layers === undefined ? Array.from({ length: layers }, (_, i) => i) : checkLayerList('skiplayer.layers', sl.layers, layers)) : [];
+  if (sl && sl.mode !== 'layer' && sl.mode !== 'module')
+    throw new RangeError(`writeTinyModel: skiplayer.mode must be 'layer' or 'module'`);
+  const slLayers = sl
+    ? sl.layers === undefined
+      ? Array.from({ length: layers }, (_, i) => i)
+      : checkLayerList('skiplayer.layers', sl.layers, layers)
+    : [];
   const slAddon = sl ? checkAddonFile('skiplayer', sl.addonFile) : undefined;
   const slGain = sl?.gain ?? SKIPLAYER_ROUTER_GAIN;
-  if (sl && !(slGain > 0 && Number.isFinite(slGain))) throw new RangeError('writeTinyModel: skiplayer.gain must be positive');
+  if (sl && !(slGain > 0 && Number.isFinite(slGain)))
+    throw new RangeError('writeTinyModel: skiplayer.gain must be positive');
 
   // ---- tokenizer ----
   const bpe = trainBpe(vocabSize - SPECIAL_TOKENS.length);
   const specialIds = SPECIAL_TOKENS.map((_, i) => vocabSize - SPECIAL_TOKENS.length + i);
-  const [bosId, endOfTextId, startHeaderId, endHeaderId, eotId] = specialIds as [number, number, number, number, number];
+  const [bosId, endOfTextId, startHeaderId, endHeaderId, eotId] = specialIds as [
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   const eosIds = eosList ? [endOfTextId, eotId] : endOfTextId;
   const eosToken = eosList ? '<|eot_id|>' : '<|end_of_text|>';
 
@@ -403,7 +432,9 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
   if (fd && fdAddon === undefined) configJson['routing_layers'] = fdLayers;
   if (fd?.official) {
     if (arch !== 'llama' || fdAddon !== undefined)
-      throw new RangeError("writeTinyModel: flexidepth.official needs arch 'llama' and no addonFile (the official checkpoint is a Llama with routers in its own weights)");
+      throw new RangeError(
+        "writeTinyModel: flexidepth.official needs arch 'llama' and no addonFile (the official checkpoint is a Llama with routers in its own weights)",
+      );
     configJson['architectures'] = ['DDLlamaForCausalLM'];
     configJson['model_type'] = 'ddllama';
     configJson['auto_map'] = {
@@ -426,19 +457,21 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
   const normT = (name: string, n: number): TensorSpec => ({ name, shape: [n], init: normWeightInit });
   // router_head: N(0, 1/d), then scaled so that |router_dec^T router_head| = target. The
   // router_dec values are regenerated from that tensor's own stream (same seed and name).
-  const routerHead = (decName: string, r: number, target: number): TensorSpec['init'] => (rng, out) => {
-    normalInit(1 / Math.sqrt(d))(rng, out);
-    const dec = new Float32Array(d * r);
-    normalInit(1 / Math.sqrt(r))(new Rng(hashString(decName, seed)), dec);
-    let n2 = 0;
-    for (let j = 0; j < r; j++) {
-      let v = 0;
-      for (let i = 0; i < d; i++) v += dec[i * r + j]! * out[i]!;
-      n2 += v * v;
-    }
-    const scale = target / Math.sqrt(n2);
-    for (let i = 0; i < d; i++) out[i] = out[i]! * scale;
-  };
+  const routerHead =
+    (decName: string, r: number, target: number): TensorSpec['init'] =>
+    (rng, out) => {
+      normalInit(1 / Math.sqrt(d))(rng, out);
+      const dec = new Float32Array(d * r);
+      normalInit(1 / Math.sqrt(r))(new Rng(hashString(decName, seed)), dec);
+      let n2 = 0;
+      for (let j = 0; j < r; j++) {
+        let v = 0;
+        for (let i = 0; i < d; i++) v += dec[i * r + j]! * out[i]!;
+        n2 += v * v;
+      }
+      const scale = target / Math.sqrt(n2);
+      for (let i = 0; i < d; i++) out[i] = out[i]! * scale;
+    };
   const specs: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [vocabSize, d], init: normalInit(1) }];
   /** Tensors for the add-on files, by file name. */
   const addonSpecs = new Map<string, TensorSpec[]>();
@@ -475,7 +508,11 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
       place(fdAddon, linear(`${p}.router.router_enc.weight`, fdR, d));
       place(fdAddon, normT(`${p}.router.router_norm.weight`, fdR));
       place(fdAddon, linear(decName, d, fdR));
-      place(fdAddon, { name: `${p}.router.router_head.weight`, shape: [1, d], init: routerHead(decName, fdR, fdGain / Math.sqrt(TANH_SQ_MEAN)) });
+      place(fdAddon, {
+        name: `${p}.router.router_head.weight`,
+        shape: [1, d],
+        init: routerHead(decName, fdR, fdGain / Math.sqrt(TANH_SQ_MEAN)),
+      });
       place(fdAddon, linear(`${p}.router_proj.gate_proj.weight`, fdM, d));
       place(fdAddon, linear(`${p}.router_proj.down_proj.weight`, fdM, d));
       place(fdAddon, linear(`${p}.router_proj.up_proj.weight`, d, fdM, RESIDUAL_GAIN));
@@ -484,7 +521,8 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
   }
   specs.push(normT('model.norm.weight', d));
   if (!tied) specs.push({ name: 'lm_head.weight', shape: [vocabSize, d], init: lmHeadInit(vocabSize, d, LM_GAIN) });
-  if (shards > specs.length) throw new RangeError(`writeTinyModel: shards (${shards}) exceeds the tensor count (${specs.length})`);
+  if (shards > specs.length)
+    throw new RangeError(`writeTinyModel: shards (${shards}) exceeds the tensor count (${specs.length})`);
 
   // ---- write ----
   const outDir = path.resolve(dir);
@@ -499,7 +537,15 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
   write('config.json', formatJson(configJson, true) + '\n');
   write(
     'generation_config.json',
-    formatJson({ _from_model_config: true, bos_token_id: bosId, eos_token_id: eosIds, transformers_version: TRANSFORMERS_VERSION }, true) + '\n',
+    formatJson(
+      {
+        _from_model_config: true,
+        bos_token_id: bosId,
+        eos_token_id: eosIds,
+        transformers_version: TRANSFORMERS_VERSION,
+      },
+      true,
+    ) + '\n',
   );
 
   const elementBytes = DTYPE_INFO[dtype].bytes;
@@ -539,7 +585,10 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
       weightFiles.push(p);
       for (const t of g) weightMap[t.name] = fileName;
     });
-    write('model.safetensors.index.json', formatJson({ metadata: { total_size: total }, weight_map: weightMap }, true) + '\n');
+    write(
+      'model.safetensors.index.json',
+      formatJson({ metadata: { total_size: total }, weight_map: weightMap }, true) + '\n',
+    );
   }
   const addonFiles: string[] = [];
   const addonTensorNames: string[] = [];
@@ -594,7 +643,13 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
     tensorNames: specs.map((s) => s.name),
     tensorShapes,
     config: toPlain(configJson) as Record<string, unknown>,
-    specialTokens: { bos: bosId, endOfText: endOfTextId, startHeader: startHeaderId, endHeader: endHeaderId, eot: eotId },
+    specialTokens: {
+      bos: bosId,
+      endOfText: endOfTextId,
+      startHeader: startHeaderId,
+      endHeader: endHeaderId,
+      eot: eotId,
+    },
     bpeVocabSize: bpe.vocab.length,
   };
 }

@@ -92,7 +92,8 @@ static size_t countOf(const std::string& s, char c) {
 int main(int argc, char** argv) {
   if (argc < 2) return 2;
   ModelConfig cfg = tinyTestConfig();
-  auto model = std::shared_ptr<Model>(loadModel(cfg, {std::string(argv[1]) + "/model.safetensors"}, true, nullptr).release());
+  auto model =
+      std::shared_ptr<Model>(loadModel(cfg, {std::string(argv[1]) + "/model.safetensors"}, true, nullptr).release());
   PolicySpec none, stat, d3, flexi, skip;
   stat.type = PolicySpec::Static;
   stat.skipLayers = {1};

@@ -115,13 +115,12 @@ static void testConversions() {
     std::memcpy(&f, &u, 4);
     if (std::isfinite(f)) probes.push_back(f);
   }
-  for (float f : {65504.f, 65519.99f, 65520.f, 65536.f, 1e10f, 5.9604645e-8f, 2.9802322e-8f,
-                  2.9802326e-8f, 1e-30f, 6.1035156e-5f, 6.1032e-5f})
+  for (float f : {65504.f, 65519.99f, 65520.f, 65536.f, 1e10f, 5.9604645e-8f, 2.9802322e-8f, 2.9802326e-8f, 1e-30f,
+                  6.1035156e-5f, 6.1032e-5f})
     probes.push_back(f), probes.push_back(-f);
   for (float f : probes)
     if (f32ToF16(f) != encodeRef(f)) bad++;
-  check(bad == 0, "f32ToF16 rounding (" + std::to_string(bad) + " of " +
-                      std::to_string(probes.size()) + " wrong)");
+  check(bad == 0, "f32ToF16 rounding (" + std::to_string(bad) + " of " + std::to_string(probes.size()) + " wrong)");
   check(f32ToF16(INFINITY) == 0x7c00 && f32ToF16(-INFINITY) == 0xfc00, "f32ToF16 inf");
   uint16_t nanHalf = f32ToF16(NAN);
   check((nanHalf & 0x7c00) == 0x7c00 && (nanHalf & 0x3ff) != 0, "f32ToF16 nan stays nan");
@@ -140,7 +139,8 @@ static void testConversions() {
     std::vector<float> expect(n);
     for (size_t i = 0; i < n; i++) {
       float f = randomValue() * 100.f;
-      if (t == DType::F32) std::memcpy(base + 4 * i, &f, 4);
+      if (t == DType::F32)
+        std::memcpy(base + 4 * i, &f, 4);
       else {
         uint16_t h = t == DType::F16 ? f32ToF16(f) : f32ToBf16(f);
         std::memcpy(base + 2 * i, &h, 2);
@@ -155,8 +155,8 @@ static void testConversions() {
         toF32(got.data(), base, t, offset, len);
         bool ok = got[len] == 123.f;
         for (size_t i = 0; i < len; i++) ok = ok && got[i] == expect[offset + i];
-        check(ok, std::string("toF32 ") + dtypeName(t) + " offset " + std::to_string(offset) +
-                      " n " + std::to_string(len));
+        check(ok,
+              std::string("toF32 ") + dtypeName(t) + " offset " + std::to_string(offset) + " n " + std::to_string(len));
       }
   }
 }
@@ -194,8 +194,8 @@ static StoredWeight makeWeight(DType t, int64_t rows, int64_t cols) {
   return s;
 }
 
-static void testMatmulCase(ThreadPool& pool, DType t, int64_t rows, int64_t k, int64_t n,
-                           bool withBias, int64_t ldxPad, int64_t ldoPad, bool accumulate = false) {
+static void testMatmulCase(ThreadPool& pool, DType t, int64_t rows, int64_t k, int64_t n, bool withBias, int64_t ldxPad,
+                           int64_t ldoPad, bool accumulate = false) {
   StoredWeight sw = makeWeight(t, n, k);
   const int64_t ldx = k + ldxPad, ldo = n + ldoPad;
   std::vector<float> x(size_t(rows * ldx));
@@ -232,9 +232,10 @@ static void testMatmulCase(ThreadPool& pool, DType t, int64_t rows, int64_t k, i
     for (int64_t o = n; o < ldo; o++) paddingIntact = paddingIntact && out[size_t(r * ldo + o)] == sentinel;
   }
   char name[200];
-  std::snprintf(name, sizeof name, "matmul%s %s rows=%lld k=%lld n=%lld bias=%d ldx+%lld ldo+%lld threads=%d (rel err %.2e)",
-                accumulate ? " accumulate" : "", dtypeName(t), (long long)rows, (long long)k, (long long)n, int(withBias),
-                (long long)ldxPad, (long long)ldoPad, pool.size(), worst);
+  std::snprintf(name, sizeof name,
+                "matmul%s %s rows=%lld k=%lld n=%lld bias=%d ldx+%lld ldo+%lld threads=%d (rel err %.2e)",
+                accumulate ? " accumulate" : "", dtypeName(t), (long long)rows, (long long)k, (long long)n,
+                int(withBias), (long long)ldxPad, (long long)ldoPad, pool.size(), worst);
   check(worst <= 1e-5 && paddingIntact, name);
 }
 
@@ -242,11 +243,11 @@ static void testMatmul(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3) 
   struct Shape {
     int64_t rows, k, n;
   };
-  const Shape shapes[] = {{1, 7, 1},    {1, 7, 5},      {1, 1, 9},       {2, 7, 3},
-                          {3, 33, 65},  {3, 65, 33},    {1, 33, 65},     {4, 16, 8},
-                          {5, 513, 31}, {17, 130, 257}, {1, 130, 257},   {64, 256, 96},
-                          {9, 300, 50}, {1, 1024, 4096}, {1, 4096, 1024}, {70, 1024, 48},
-                          {7, 8200, 13}};  // > 4096 columns: several K blocks in the prefill path
+  const Shape shapes[] = {
+      {1, 7, 1},    {1, 7, 5},       {1, 1, 9},       {2, 7, 3},      {3, 33, 65},   {3, 65, 33},
+      {1, 33, 65},  {4, 16, 8},      {5, 513, 31},    {17, 130, 257}, {1, 130, 257}, {64, 256, 96},
+      {9, 300, 50}, {1, 1024, 4096}, {1, 4096, 1024}, {70, 1024, 48}, {7, 8200, 13}};  // > 4096 columns: several K
+                                                                                       // blocks in the prefill path
   for (DType t : {DType::F32, DType::F16, DType::BF16}) {
     int i = 0;
     for (const Shape& s : shapes) {
@@ -267,8 +268,8 @@ static void testFusedVector(ThreadPool& pool) {
       StoredWeight w0 = makeWeight(t, n0, k), w1 = makeWeight(t, n1, k), w2 = makeWeight(t, n2, k);
       std::vector<float> x = randomVector(size_t(k)), b0 = randomVector(size_t(n0)), prior = randomVector(size_t(n2));
       std::vector<float> o0(static_cast<size_t>(n0)), o1(static_cast<size_t>(n1)), o2 = prior;
-      const GemvJob jobs[3] = {{o0.data(), &w0.w, b0.data(), false}, {o1.data(), &w1.w, nullptr, false},
-                               {o2.data(), &w2.w, nullptr, true}};
+      const GemvJob jobs[3] = {
+          {o0.data(), &w0.w, b0.data(), false}, {o1.data(), &w1.w, nullptr, false}, {o2.data(), &w2.w, nullptr, true}};
       matmulMany(pool, x.data(), jobs, 3);
       double worst = 0;
       auto judge = [&](const StoredWeight& w, int64_t n, const float* got, const float* bias, const float* before) {
@@ -285,8 +286,8 @@ static void testFusedVector(ThreadPool& pool) {
       judge(w0, n0, o0.data(), b0.data(), nullptr);
       judge(w1, n1, o1.data(), nullptr, nullptr);
       judge(w2, n2, o2.data(), nullptr, prior.data());
-      check(worst <= 1e-5, std::string("matmulMany ") + dtypeName(t) + " k=" + std::to_string(k) + " threads=" +
-                               std::to_string(pool.size()) + " (rel err " + std::to_string(worst) + ")");
+      check(worst <= 1e-5, std::string("matmulMany ") + dtypeName(t) + " k=" + std::to_string(k) +
+                               " threads=" + std::to_string(pool.size()) + " (rel err " + std::to_string(worst) + ")");
 
       StoredWeight g = makeWeight(t, n2, k), u = makeWeight(t, n2, k);
       std::vector<float> bg = randomVector(size_t(n2)), out(static_cast<size_t>(n2));
@@ -328,8 +329,8 @@ static void testRmsnorm(ThreadPool& pool) {
           worst = std::max(worst, std::fabs(out[size_t(r * dim + i)] - want) / std::fabs(want));
         }
       }
-      check(worst <= 1e-5, "rmsnorm rows=" + std::to_string(rows) + " dim=" + std::to_string(dim) +
-                               " (rel err " + std::to_string(worst) + ")");
+      check(worst <= 1e-5, "rmsnorm rows=" + std::to_string(rows) + " dim=" + std::to_string(dim) + " (rel err " +
+                               std::to_string(worst) + ")");
     }
   }
 }
@@ -380,10 +381,11 @@ static void testSiluMul(ThreadPool& pool) {
           double want = gv / (1.0 + std::exp(-gv)) * u[size_t(r * ldu + i)];
           worst = std::max(worst, std::fabs(g[size_t(r * ldg + i)] - want) / std::fabs(want));
         }
-        for (int64_t i = n; i < ldg; i++) paddingIntact = paddingIntact && g[size_t(r * ldg + i)] == before[size_t(r * ldg + i)];
+        for (int64_t i = n; i < ldg; i++)
+          paddingIntact = paddingIntact && g[size_t(r * ldg + i)] == before[size_t(r * ldg + i)];
       }
-      check(worst <= 1e-5 && paddingIntact, "siluMul rows=" + std::to_string(rows) + " n=" +
-                                               std::to_string(n) + " (rel err " + std::to_string(worst) + ")");
+      check(worst <= 1e-5 && paddingIntact, "siluMul rows=" + std::to_string(rows) + " n=" + std::to_string(n) +
+                                                " (rel err " + std::to_string(worst) + ")");
     }
   }
   std::vector<float> g = {-200.f, -89.f, 100.f}, u = {1.f, 1.f, 2.f};
@@ -546,7 +548,8 @@ static void testSampling() {
     uint64_t s = 2024;
     for (int i = 0; i < draws; i++) counts[size_t(sampleToken(small.data(), n, warm, s))]++;
     double worst = 0;
-    for (int i = 0; i < n; i++) worst = std::max(worst, std::fabs(counts[size_t(i)] / double(draws) - prob[size_t(i)] / total));
+    for (int i = 0; i < n; i++)
+      worst = std::max(worst, std::fabs(counts[size_t(i)] / double(draws) - prob[size_t(i)] / total));
     check(worst < 0.015, "sampling matches softmax (max abs freq diff " + std::to_string(worst) + ")");
 
     // Temperature 2 flattens: compare against softmax(logits / 2).
@@ -557,7 +560,8 @@ static void testSampling() {
     std::fill(counts.begin(), counts.end(), 0);
     for (int i = 0; i < draws; i++) counts[size_t(sampleToken(small.data(), n, t2, s))]++;
     worst = 0;
-    for (int i = 0; i < n; i++) worst = std::max(worst, std::fabs(counts[size_t(i)] / double(draws) - prob[size_t(i)] / total));
+    for (int i = 0; i < n; i++)
+      worst = std::max(worst, std::fabs(counts[size_t(i)] / double(draws) - prob[size_t(i)] / total));
     check(worst < 0.015, "sampling at temperature 2 (max abs freq diff " + std::to_string(worst) + ")");
   }
   {
@@ -579,7 +583,8 @@ static void testSampling() {
   {
     std::vector<float> bad = {NAN, NAN, NAN};
     uint64_t s = 1;
-    check(sampleToken(bad.data(), 3, warm, s) == 0 && sampleToken(bad.data(), 3, greedy, s) == 0, "all-NaN logits give 0");
+    check(sampleToken(bad.data(), 3, warm, s) == 0 && sampleToken(bad.data(), 3, greedy, s) == 0,
+          "all-NaN logits give 0");
     std::vector<float> ninf = {-INFINITY, -INFINITY};
     check(sampleToken(ninf.data(), 2, warm, s) == 0, "all -inf logits give 0");
     std::vector<float> mixed = {NAN, -INFINITY, 0.5f, NAN};
@@ -607,8 +612,9 @@ static void testSampling() {
       for (int i = 0; i < 20; i++) sampleToken(vocab128k.data(), 128256, sp, s);
       return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / 20;
     };
-    std::printf("sampling 128k vocab, flat logits: greedy %.0f us, temp %.0f us, topK40+topP %.0f us, topP only %.0f us\n",
-                time(greedy), time(warm), time(k40), time(pOnly));
+    std::printf(
+        "sampling 128k vocab, flat logits: greedy %.0f us, temp %.0f us, topK40+topP %.0f us, topP only %.0f us\n",
+        time(greedy), time(warm), time(k40), time(pOnly));
     for (auto& v : vocab128k) v *= 3.f;  // peakier, closer to a trained model's logits
     std::printf("sampling 128k vocab, peaky logits: topP only %.0f us\n", time(pOnly));
   }
@@ -626,7 +632,8 @@ static void testPenalties() {
   // Hand-made logits: positive, negative, zero, large, tiny, and the infinities.
   const std::vector<float> base = {2.5f, -1.75f, 0.f, 31.f, 1e-3f, -7.125f, 4.f, -0.5f, INFINITY, -INFINITY};
   const int64_t V = int64_t(base.size());
-  const std::vector<PenaltyToken> list = {{0, 1}, {1, 2}, {2, 1}, {3, 5}, {4, 1}, {5, 3}, {8, 1}, {9, 2}};  // 6, 7 absent
+  const std::vector<PenaltyToken> list = {{0, 1}, {1, 2}, {2, 1}, {3, 5},
+                                          {4, 1}, {5, 3}, {8, 1}, {9, 2}};  // 6, 7 absent
   auto within = [](float got, double want) {
     if (std::isinf(want)) return got == float(want);
     return std::fabs(double(got) - want) <= 1e-6 * std::max(1.0, std::fabs(want));
@@ -648,15 +655,18 @@ static void testPenalties() {
       const double want = count[size_t(i)] ? refOpenAi(refRepetition(b, k.r), count[size_t(i)], k.f, k.p) : b;
       if (!within(l[size_t(i)], want)) bad++;
     }
-    check(bad == 0, std::string("penalties: ") + k.what + " matches the float64 reference (" + std::to_string(bad) + " wrong)");
+    check(bad == 0,
+          std::string("penalties: ") + k.what + " matches the float64 reference (" + std::to_string(bad) + " wrong)");
   }
   {  // The two sign cases of the repetition penalty, by hand: 2.5 / 2 and -1.75 * 2; zero stays zero.
     std::vector<float> l = base;
     applyPenalties(l.data(), V, list.data(), 3, 2.f, 0.f, 0.f);
-    check(l[0] == 1.25f && l[1] == -3.5f && l[2] == 0.f && l[3] == 31.f, "penalties: repetition divides positive, multiplies negative");
+    check(l[0] == 1.25f && l[1] == -3.5f && l[2] == 0.f && l[3] == 31.f,
+          "penalties: repetition divides positive, multiplies negative");
     l = base;
     applyPenalties(l.data(), V, list.data(), int64_t(list.size()), 1.f, 1.f, 0.f);
-    check(l[1] == -1.75f - 2.f && l[3] == 31.f - 5.f && l[6] == 4.f, "penalties: frequency counts every occurrence, absent ids untouched");
+    check(l[1] == -1.75f - 2.f && l[3] == 31.f - 5.f && l[6] == 4.f,
+          "penalties: frequency counts every occurrence, absent ids untouched");
     l = base;
     applyPenalties(l.data(), V, list.data(), int64_t(list.size()), 1.f, 0.f, 1.f);
     check(l[1] == -2.75f && l[3] == 30.f && l[7] == -0.5f, "penalties: presence once whatever the count");
@@ -666,7 +676,8 @@ static void testPenalties() {
     const PenaltyToken seen{1, 4};
     applyPenalties(l.data(), 3, &seen, 1, 1.1f, 0.f, 0.f);
     uint64_t st = 0;
-    check(sampleToken(l.data(), 3, SamplingParams{}, st) == 2, "penalties: a penalised argmax gives way to the runner-up");
+    check(sampleToken(l.data(), 3, SamplingParams{}, st) == 2,
+          "penalties: a penalised argmax gives way to the runner-up");
   }
 }
 
@@ -703,7 +714,8 @@ static void testPenaltyWindow() {
   check(bad == 0, "penalty window: incremental counts equal a recount (" + std::to_string(bad) + " steps wrong)");
 }
 // kernels_quant_test.cc: the Q8_0 / Q4_0 kernels.
-void testQuantizedKernels(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3, void (*check)(bool, const std::string&));
+void testQuantizedKernels(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3,
+                          void (*check)(bool, const std::string&));
 
 int main() {
   std::printf("kernel variant: %s\n", cpuKernelVariant());

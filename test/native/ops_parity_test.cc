@@ -53,9 +53,9 @@ struct Group {
   void (*run)(Ctx&);
 };
 const Group kGroups[] = {
-    {"memory", runMemoryCases},   {"embed", runEmbedCases},         {"rmsnorm", runRmsnormCases},
-    {"matmul", runMatmulCases},   {"matmul2", runMatmul2Cases},     {"gateUp", runGateUpCases},
-    {"tanh", runTanhCases},       {"kvWrite", runKvWriteCases},     {"rope", runRopeCases},
+    {"memory", runMemoryCases},       {"embed", runEmbedCases},     {"rmsnorm", runRmsnormCases},
+    {"matmul", runMatmulCases},       {"matmul2", runMatmul2Cases}, {"gateUp", runGateUpCases},
+    {"tanh", runTanhCases},           {"kvWrite", runKvWriteCases}, {"rope", runRopeCases},
     {"attention", runAttentionCases}, {"routing", runRoutingCases}, {"compact", runCompactCases},
     {"sample", runSampleCases},
 };
@@ -99,22 +99,33 @@ int main(int argc, char** argv) {
   bool quick = false, mutants = false;
   for (int i = 1; i < argc; i++) {
     const std::string a = argv[i];
-    if (a == "--b") which = arg(i, argc, argv);
-    else if (a == "--threads-a") threadsA = std::atoi(arg(i, argc, argv).c_str());
-    else if (a == "--threads-b") threadsB = std::atoi(arg(i, argc, argv).c_str());
-    else if (a == "--variant-b") variantB = arg(i, argc, argv);
-    else if (a == "--seed") seed = std::strtoull(arg(i, argc, argv).c_str(), nullptr, 10);
-    else if (a == "--quick") quick = true;
-    else if (a == "--only") only = arg(i, argc, argv);
-    else if (a == "--json") jsonPath = arg(i, argc, argv);
-    else if (a == "--mutants") mutants = true, quick = true;
-    else if (a == "--bench") benchPath = arg(i, argc, argv);
+    if (a == "--b")
+      which = arg(i, argc, argv);
+    else if (a == "--threads-a")
+      threadsA = std::atoi(arg(i, argc, argv).c_str());
+    else if (a == "--threads-b")
+      threadsB = std::atoi(arg(i, argc, argv).c_str());
+    else if (a == "--variant-b")
+      variantB = arg(i, argc, argv);
+    else if (a == "--seed")
+      seed = std::strtoull(arg(i, argc, argv).c_str(), nullptr, 10);
+    else if (a == "--quick")
+      quick = true;
+    else if (a == "--only")
+      only = arg(i, argc, argv);
+    else if (a == "--json")
+      jsonPath = arg(i, argc, argv);
+    else if (a == "--mutants")
+      mutants = true, quick = true;
+    else if (a == "--bench")
+      benchPath = arg(i, argc, argv);
     else {
       std::fprintf(stderr, "unknown argument %s (see the comment at the top of ops_parity_test.cc)\n", a.c_str());
       return 64;
     }
   }
-  const bool requireGpu = std::getenv("DEPTHGATE_REQUIRE_GPU") && std::string(std::getenv("DEPTHGATE_REQUIRE_GPU")) == "1";
+  const bool requireGpu =
+      std::getenv("DEPTHGATE_REQUIRE_GPU") && std::string(std::getenv("DEPTHGATE_REQUIRE_GPU")) == "1";
   if (requireGpu) which = "cuda";
 
   // Backend B.
@@ -151,7 +162,8 @@ int main(int argc, char** argv) {
   }
   if (threadsA <= 0) threadsA = cuda ? int(std::min(16u, std::max(1u, std::thread::hardware_concurrency()))) : 2;
   std::unique_ptr<dg::Ops> cpuA(dg::createCpuOps(threadsA));
-  const std::string aLabel = std::string("cpu ") + dg::cpuKernelVariant() + ", " + std::to_string(threadsA) + " threads";
+  const std::string aLabel =
+      std::string("cpu ") + dg::cpuKernelVariant() + ", " + std::to_string(threadsA) + " threads";
   dg::Ops* opsB = cuda ? cuda.get() : static_cast<dg::Ops*>(child.get());
 
   if (!benchPath.empty()) return runOpBench(*opsB, bLabel, cudaProbe, benchPath, quick);
@@ -263,8 +275,9 @@ int main(int argc, char** argv) {
     char extra[256];
     std::snprintf(extra, sizeof extra, "\"seed\":\"%llu\",\"quick\":%s,\"seconds\":%.2f,",
                   static_cast<unsigned long long>(seed), quick ? "true" : "false", seconds);
-    std::ofstream(jsonPath) << c.report.json(aLabel, bLabel,
-                                             std::string(extra) + "\"groupSeconds\":{" + timings + "},\"cudaProbe\":" + cudaProbe)
+    std::ofstream(jsonPath) << c.report.json(
+                                   aLabel, bLabel,
+                                   std::string(extra) + "\"groupSeconds\":{" + timings + "},\"cudaProbe\":" + cudaProbe)
                             << "\n";
   }
   std::printf("%d passed, %d failed (%.1f s)\n", c.report.passes(), c.report.failures(), seconds);

@@ -45,7 +45,8 @@ static void testExactlyOnce(int threads, ThreadPool::Mode mode, int loops) {
     for (int64_t i = 0; i < n; i++)
       if (hits[size_t(i)].load() != 1) ok = false;
   }
-  const std::string name = "threads " + std::to_string(threads) + (mode == ThreadPool::Mode::Fixed ? " fixed" : " adaptive");
+  const std::string name =
+      "threads " + std::to_string(threads) + (mode == ThreadPool::Mode::Fixed ? " fixed" : " adaptive");
   check(ok, name + ": every index exactly once");
   check(idsOk, name + ": worker ids in range");
   check(rangesOk, name + ": chunks inside the loop");
@@ -101,10 +102,11 @@ static void testOversubscribedThreads() {
       pool.parallelFor(64, [&](int64_t b, int64_t e, int) { sum.fetch_add(e - b, std::memory_order_relaxed); });
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     check(sum.load() == 2000 * 64, "4 fixed threads on one processor: loops complete");
-    std::printf("4 fixed threads on one processor: 2000 loops in %.1f ms, caller ran %llu of %llu chunks, slept %llu times\n",
-                ms, (unsigned long long)pool.stats().callerChunks,
-                (unsigned long long)(pool.stats().callerChunks + pool.stats().workerChunks),
-                (unsigned long long)pool.stats().callerSleeps);
+    std::printf(
+        "4 fixed threads on one processor: 2000 loops in %.1f ms, caller ran %llu of %llu chunks, slept %llu times\n",
+        ms, (unsigned long long)pool.stats().callerChunks,
+        (unsigned long long)(pool.stats().callerChunks + pool.stats().workerChunks),
+        (unsigned long long)pool.stats().callerSleeps);
   }
   restoreAffinity(saved);
 }
@@ -168,8 +170,11 @@ static void testLoadCheck() {
     }
     const double window = double(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
     const double callerWait = double(callerRunQueueWaitNs() - wait0) / window;
-    if (back || callerWait < 0.02) check(back, "the machine free again: the worker is back");
-    else std::printf("not checked: the machine stayed busy (the caller waited %.0f%% of the time for a processor)\n", callerWait * 100);
+    if (back || callerWait < 0.02)
+      check(back, "the machine free again: the worker is back");
+    else
+      std::printf("not checked: the machine stayed busy (the caller waited %.0f%% of the time for a processor)\n",
+                  callerWait * 100);
   }
   restoreAffinity(saved);
 }

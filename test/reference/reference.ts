@@ -77,7 +77,8 @@ export function readSafetensors(file: string): Map<string, ReferenceTensor> {
     const [begin, end] = e.data_offsets;
     const size = e.dtype === 'F32' ? 4 : e.dtype === 'F16' || e.dtype === 'BF16' ? 2 : 0;
     if (size === 0) throw new Error(`${file}: ${name}: unsupported dtype ${e.dtype}`);
-    if (end - begin !== count * size || dataStart + end > bytes.length) throw new Error(`${file}: ${name}: bad offsets`);
+    if (end - begin !== count * size || dataStart + end > bytes.length)
+      throw new Error(`${file}: ${name}: bad offsets`);
     const data = new Float64Array(count);
     const base = dataStart + begin;
     for (let i = 0; i < count; i++) {
@@ -248,7 +249,13 @@ export function layerWeights(model: ReferenceModel, l: number) {
 }
 
 /** y = W x (+ b), W is [out, in] row-major. */
-export function linear(w: Float64Array, b: Float64Array | null, x: Float64Array, outDim: number, inDim: number): Float64Array {
+export function linear(
+  w: Float64Array,
+  b: Float64Array | null,
+  x: Float64Array,
+  outDim: number,
+  inDim: number,
+): Float64Array {
   const y = new Float64Array(outDim);
   for (let o = 0; o < outDim; o++) {
     let s = 0;
@@ -332,8 +339,14 @@ export function asCached(v: Float64Array, type: KvCacheType): Float64Array {
  * query head h reads KV head floor(h / (heads / kvHeads)).
  */
 export function causalAttention(
-  qs: Float64Array[], ks: Float64Array[], vs: Float64Array[], t: number,
-  heads: number, kvHeads: number, hd: number, window: number | null,
+  qs: Float64Array[],
+  ks: Float64Array[],
+  vs: Float64Array[],
+  t: number,
+  heads: number,
+  kvHeads: number,
+  hd: number,
+  window: number | null,
 ): Float64Array {
   const group = heads / kvHeads;
   const scale = 1 / Math.sqrt(hd);
@@ -379,7 +392,8 @@ export function referenceLogits(
 
   const embed = tensor(model, 'model.embed_tokens.weight', [c.vocabSize, d]);
   let xs: Float64Array[] = tokens.map((tok) => {
-    if (!Number.isInteger(tok) || tok < 0 || tok >= c.vocabSize) throw new Error(`reference: token ${tok} out of range`);
+    if (!Number.isInteger(tok) || tok < 0 || tok >= c.vocabSize)
+      throw new Error(`reference: token ${tok} out of range`);
     return embed.slice(tok * d, (tok + 1) * d);
   });
 
@@ -434,7 +448,12 @@ export function argmax(v: ArrayLike<number>): number {
 }
 
 /** Greedy decoding: the `n` tokens generated after `prompt` (the prompt is not included). */
-export function referenceGreedy(model: ReferenceModel, prompt: number[], n: number, options: { kvCacheType?: KvCacheType } = {}): number[] {
+export function referenceGreedy(
+  model: ReferenceModel,
+  prompt: number[],
+  n: number,
+  options: { kvCacheType?: KvCacheType } = {},
+): number[] {
   if (prompt.length === 0) throw new Error('reference: empty prompt');
   const seq = [...prompt];
   const out: number[] = [];

@@ -103,7 +103,8 @@ export function loadRoutedReference(dir: string, addonFiles: string[] = []): Rou
   const listed = base.rawConfig['routing_layers'];
   if (Array.isArray(listed)) {
     for (const l of listed) {
-      if (!flexidepthLayers.includes(l as number)) throw new Error(`routed reference: routing_layers lists ${String(l)} but it has no router tensors`);
+      if (!flexidepthLayers.includes(l as number))
+        throw new Error(`routed reference: routing_layers lists ${String(l)} but it has no router tensors`);
     }
   }
   return { ...base, tensors, addonFiles: addonFiles.map((f) => path.resolve(f)), flexidepthLayers, skipRouters };
@@ -136,7 +137,8 @@ export function d3LayerSet(L: number, genIndex: number, alpha: number, start = 0
 function checkLayers(what: string, list: number[] | undefined, L: number): Set<number> {
   const s = new Set<number>();
   for (const l of list ?? []) {
-    if (!Number.isInteger(l) || l < 0 || l >= L) throw new RangeError(`referenceRouted: ${what}: layer ${l} out of range`);
+    if (!Number.isInteger(l) || l < 0 || l >= L)
+      throw new RangeError(`referenceRouted: ${what}: layer ${l} out of range`);
     s.add(l);
   }
   return s;
@@ -146,7 +148,10 @@ const sigmoid = (v: number): number => 1 / (1 + Math.exp(-v));
 
 /** Logits, executed mask and router weights of `tokens` (from position 0) under `policy`. */
 export function referenceRouted(
-  model: RoutedReferenceModel, tokens: number[], policy: RefPolicy, options: { kvCacheType?: KvCacheType } = {},
+  model: RoutedReferenceModel,
+  tokens: number[],
+  policy: RefPolicy,
+  options: { kvCacheType?: KvCacheType } = {},
 ): RoutedResult {
   const kvType = options.kvCacheType ?? 'f32';
   const c = model.config;
@@ -181,7 +186,8 @@ export function referenceRouted(
       break;
     case 'd3': {
       const P = policy.promptLength;
-      if (!Number.isInteger(P) || P < 1) throw new RangeError(`referenceRouted: d3 promptLength must be >= 1 (got ${P})`);
+      if (!Number.isInteger(P) || P < 1)
+        throw new RangeError(`referenceRouted: d3 promptLength must be >= 1 (got ${P})`);
       for (let p = 0; p < T; p++) {
         // fullDepthFrom: a later turn's prompt, run at full depth after the generated tokens.
         if (p < P || (policy.fullDepthFrom !== undefined && p >= policy.fullDepthFrom)) d3Kept.push(null);
@@ -198,7 +204,8 @@ export function referenceRouted(
 
   const embed = tensor(model, 'model.embed_tokens.weight', [c.vocabSize, d]);
   let xs: Float64Array[] = tokens.map((tok) => {
-    if (!Number.isInteger(tok) || tok < 0 || tok >= c.vocabSize) throw new Error(`reference: token ${tok} out of range`);
+    if (!Number.isInteger(tok) || tok < 0 || tok >= c.vocabSize)
+      throw new Error(`reference: token ${tok} out of range`);
     return embed.slice(tok * d, (tok + 1) * d);
   });
 

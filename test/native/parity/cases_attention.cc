@@ -113,7 +113,8 @@ void runKvWriteCases(Ctx& c) {
           const int nSeq = int(std::min<int64_t>(rows, 1 + c.rng.below(3)));
           // A ragged step: rows of several sequences interleaved, each sequence's rows at
           // consecutive positions from its own start.
-          std::vector<int32_t> seq(static_cast<size_t>(rows)), pos(static_cast<size_t>(rows)), start(static_cast<size_t>(nSeq)), next(size_t(nSeq), 0);
+          std::vector<int32_t> seq(static_cast<size_t>(rows)), pos(static_cast<size_t>(rows)),
+              start(static_cast<size_t>(nSeq)), next(size_t(nSeq), 0);
           for (int s = 0; s < nSeq; s++) start[size_t(s)] = int32_t(c.rng.below(nKv * hd > 512 ? 100 : 500));
           for (int64_t r = 0; r < rows; r++) {
             seq[size_t(r)] = int32_t(r < nSeq ? r : c.rng.below(nSeq));
@@ -123,7 +124,8 @@ void runKvWriteCases(Ctx& c) {
           const int layer = int(c.rng.below(3));
           const double theta = (caseNo % 2) ? 10000.0 : 500000.0;
           const std::vector<float> invFreq = invFreqFor(hd, theta);
-          const std::vector<float> k = c.rng.values(size_t(rows * caches.kvw)), v = c.rng.values(size_t(rows * caches.kvw));
+          const std::vector<float> k = c.rng.values(size_t(rows * caches.kvw)),
+                                   v = c.rng.values(size_t(rows * caches.kvw));
           // Expected: K rotated at the row's position (f64, before rounding), V rounded to nearest even.
           std::vector<std::vector<double>> refK(static_cast<size_t>(nSeq));
           std::vector<std::vector<uint8_t>> written(static_cast<size_t>(nSeq));
@@ -167,12 +169,14 @@ void runKvWriteCases(Ctx& c) {
                          Tol::rounding(t) + Tol::kRope);
               // V: exactly the f32 values rounded to nearest even; the rest of the block untouched.
               if (t == DType::F32) {
-                const auto g = asWords<uint32_t>(gotV), i0 = asWords<uint32_t>(caches.v[size_t(s)]), want = asWords<uint32_t>(wantV[size_t(s)]);
+                const auto g = asWords<uint32_t>(gotV), i0 = asWords<uint32_t>(caches.v[size_t(s)]),
+                           want = asWords<uint32_t>(wantV[size_t(s)]);
                 compareExact(c, si, group, w + " V (bits)", g, i0, want, written[size_t(s)]);
                 const auto gk = asWords<uint32_t>(gotK), ik = asWords<uint32_t>(caches.k[size_t(s)]);
                 compareExact(c, si, group, w + " K outside the written slots", gk, ik, gk, written[size_t(s)]);
               } else {
-                const auto g = asWords<uint16_t>(gotV), i0 = asWords<uint16_t>(caches.v[size_t(s)]), want = asWords<uint16_t>(wantV[size_t(s)]);
+                const auto g = asWords<uint16_t>(gotV), i0 = asWords<uint16_t>(caches.v[size_t(s)]),
+                           want = asWords<uint16_t>(wantV[size_t(s)]);
                 compareExact(c, si, group, w + " V (bits)", g, i0, want, written[size_t(s)]);
                 const auto gk = asWords<uint16_t>(gotK), ik = asWords<uint16_t>(caches.k[size_t(s)]);
                 compareExact(c, si, group, w + " K outside the written slots", gk, ik, gk, written[size_t(s)]);
@@ -255,7 +259,8 @@ void runAttentionCases(Ctx& c) {
               seq.push_back(int32_t(s));
             }
           } else {
-            const int64_t rows = work <= 512 ? c.rng.pick(std::vector<int64_t>{33, 257}) : c.rng.pick(std::vector<int64_t>{2, 5, 33});
+            const int64_t rows =
+                work <= 512 ? c.rng.pick(std::vector<int64_t>{33, 257}) : c.rng.pick(std::vector<int64_t>{2, 5, 33});
             const int64_t nSeq = 1 + (caseNo % 2);
             for (int64_t s = 0; s < nSeq; s++) {
               const int64_t p0 = c.rng.below(rows > 33 ? 64 : 300), n = s == 0 ? rows : c.rng.range(1, 8);
@@ -270,7 +275,8 @@ void runAttentionCases(Ctx& c) {
           for (size_t s = 0; s < length.size(); s++) {
             int64_t firstRead = length[s] - 1;
             for (size_t r = 0; r < pos.size(); r++)
-              if (size_t(seq[r]) == s) firstRead = std::min<int64_t>(firstRead, window ? std::max(0, pos[r] - window + 1) : 0);
+              if (size_t(seq[r]) == s)
+                firstRead = std::min<int64_t>(firstRead, window ? std::max(0, pos[r] - window + 1) : 0);
             for (int64_t p = firstRead; p < length[s]; p++)
               for (int64_t e = 0; e < caches.kvw; e++) {
                 caches.set(caches.k[s], caches.index(s, 1, p) + size_t(e), c.rng.value());
@@ -290,12 +296,13 @@ void runAttentionCases(Ctx& c) {
             const size_t s = size_t(seq[size_t(r)]);
             const unsigned char* kL = caches.k[s].data() + caches.index(s, 1, 0) * caches.es();
             const unsigned char* vL = caches.v[s].data() + caches.index(s, 1, 0) * caches.es();
-            ref::attentionRow(q.data() + i * qd, kL, vL, t, nHeads, nKv, hd, pos[size_t(r)], window, ref.data() + i * qd);
+            ref::attentionRow(q.data() + i * qd, kL, vL, t, nHeads, nKv, hd, pos[size_t(r)], window,
+                              ref.data() + i * qd);
             std::fill(written.begin() + i * qd, written.begin() + (i + 1) * qd, 1);
           }
           std::ostringstream what;
-          what << "attention " << dtypeLabel(t) << " head_dim " << hd << " heads " << nHeads << "/" << nKv << " (GQA " << gqa
-               << ") " << (decode ? "decode" : "prefill") << " rows " << spec.describe() << " window " << window
+          what << "attention " << dtypeLabel(t) << " head_dim " << hd << " heads " << nHeads << "/" << nKv << " (GQA "
+               << gqa << ") " << (decode ? "decode" : "prefill") << " rows " << spec.describe() << " window " << window
                << " longest " << *std::max_element(length.begin(), length.end());
           const std::string group = "attention " + dtypeLabel(t);
           onBoth(c, group, what.str(), [&](int si) {

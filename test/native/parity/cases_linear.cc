@@ -36,7 +36,8 @@ int64_t pickN(Rng& r, int64_t rows, int64_t K) {
 void runEmbedCases(Ctx& c) {
   for (DType t : kDtypes)
     for (int64_t rows : {int64_t(0), int64_t(1), int64_t(3), int64_t(8), int64_t(33), int64_t(257)}) {
-      const int64_t vocab = c.rng.pick(std::vector<int64_t>{5, 320}), cols = c.rng.pick(std::vector<int64_t>{7, 64, 1000});
+      const int64_t vocab = c.rng.pick(std::vector<int64_t>{5, 320}),
+                    cols = c.rng.pick(std::vector<int64_t>{7, 64, 1000});
       const HostWeight table = makeWeight(c.rng, t, vocab, cols, 1.f, (rows % 2) ? dg::dtypeSize(t) : 0);
       std::vector<int32_t> tokens(static_cast<size_t>(rows));
       for (auto& k : tokens) k = int32_t(c.rng.below(vocab));
@@ -132,15 +133,18 @@ void runMatmulCases(Ctx& c) {
           }
           std::vector<float> scale(static_cast<size_t>(outRows));
           for (auto& v : scale) v = routerScale(c.rng);
-          const std::vector<float> init =
-              ep == Store ? std::vector<float>(size_t(outRows * ldo), poisonF32()) : c.rng.values(size_t(outRows * ldo));
-          std::vector<double> ref(init.size(), 0), denom(size_t(outRows), 0), y(static_cast<size_t>(N)), a(static_cast<size_t>(N));
+          const std::vector<float> init = ep == Store ? std::vector<float>(size_t(outRows * ldo), poisonF32())
+                                                      : c.rng.values(size_t(outRows * ldo));
+          std::vector<double> ref(init.size(), 0), denom(size_t(outRows), 0), y(static_cast<size_t>(N)),
+              a(static_cast<size_t>(N));
           std::vector<uint8_t> written(init.size(), 0);
           for (int64_t i = 0; i < spec.count; i++) {
             ref::matvec(W, x.data() + spec.rowOf(i) * ldx, withBias ? bias.data() : nullptr, y.data());
             ref::matvecAbs(W, x.data() + spec.rowOf(i) * ldx, withBias ? bias.data() : nullptr, a.data());
             const int64_t r = scatter ? dst[size_t(i)] : i;
-            const double sc = ep == ScatterW ? scale[size_t(r)] : ep == ScatterOneMinusW ? 1.0 - double(scale[size_t(r)]) : 1.0;
+            const double sc = ep == ScatterW           ? scale[size_t(r)]
+                              : ep == ScatterOneMinusW ? 1.0 - double(scale[size_t(r)])
+                                                       : 1.0;
             for (int64_t j = 0; j < N; j++) {
               const size_t at = size_t(r * ldo + j);
               ref[at] = (ep == Store ? 0.0 : double(init[at])) + sc * y[size_t(j)];
@@ -150,8 +154,9 @@ void runMatmulCases(Ctx& c) {
             denom[size_t(r)] = sc * ref::rowScale(y.data(), a.data(), N, K);
           }
           std::ostringstream what;
-          what << "matmul " << dtypeLabel(t) << " rows " << spec.describe() << " K " << K << " N " << N << " ldx " << ldx
-               << " ldo " << ldo << " " << epName[ep] << (withBias ? " bias" : "") << (W.offset ? " unaligned W" : "");
+          what << "matmul " << dtypeLabel(t) << " rows " << spec.describe() << " K " << K << " N " << N << " ldx "
+               << ldx << " ldo " << ldo << " " << epName[ep] << (withBias ? " bias" : "")
+               << (W.offset ? " unaligned W" : "");
           const std::string group = "matmul " + dtypeLabel(t);
           onBoth(c, group, what.str(), [&](int s) {
             Ops& o = *c.side[s].ops;
@@ -189,8 +194,10 @@ void runMatmul2Cases(Ctx& c) {
         const bool b0 = caseNo % 2 == 0, b1 = caseNo % 3 != 0;
         const std::vector<float> bias0 = b0 ? c.rng.values(static_cast<size_t>(N)) : std::vector<float>();
         const std::vector<float> bias1 = b1 ? c.rng.values(static_cast<size_t>(N)) : std::vector<float>();
-        const std::vector<float> init0(size_t((max + 1) * ldo0), poisonF32()), init1(size_t((max + 1) * ldo1), poisonF32());
-        std::vector<double> ref0(init0.size()), ref1(init1.size()), y(static_cast<size_t>(N)), a(static_cast<size_t>(N));
+        const std::vector<float> init0(size_t((max + 1) * ldo0), poisonF32()),
+            init1(size_t((max + 1) * ldo1), poisonF32());
+        std::vector<double> ref0(init0.size()), ref1(init1.size()), y(static_cast<size_t>(N)),
+            a(static_cast<size_t>(N));
         std::vector<double> d0(size_t(max + 1), 0), d1(size_t(max + 1), 0);
         std::vector<uint8_t> w0(init0.size(), 0), w1(init1.size(), 0);
         for (int64_t i = 0; i < spec.count; i++) {
@@ -235,13 +242,15 @@ void runGateUpCases(Ctx& c) {
         const int64_t ldx = K + (caseNo % 3 == 1 ? 5 : 0), ldo = N + (caseNo % 2);
         const HostWeight Wg = makeWeight(c.rng, t, N, K, 1.f, 0), Wu = makeWeight(c.rng, t, N, K, 1.f, 0);
         // Inputs scaled so gate values spread over silu's curved part (|g| of a few units).
-        const std::vector<float> x = c.rng.values(size_t(std::max<int64_t>(inRows, 1) * ldx), float(3.0 / std::sqrt(double(K))));
+        const std::vector<float> x =
+            c.rng.values(size_t(std::max<int64_t>(inRows, 1) * ldx), float(3.0 / std::sqrt(double(K))));
         const bool withBias = caseNo % 2 == 1;
         const std::vector<float> bg = withBias ? c.rng.values(static_cast<size_t>(N)) : std::vector<float>();
         const std::vector<float> bu = withBias ? c.rng.values(static_cast<size_t>(N)) : std::vector<float>();
         const std::vector<float> init(size_t((max + 1) * ldo), poisonF32());
         std::vector<double> ref(init.size()), g(static_cast<size_t>(N)), u(static_cast<size_t>(N)),
-            ag(static_cast<size_t>(N)), au(static_cast<size_t>(N)), y(static_cast<size_t>(N)), a(static_cast<size_t>(N));
+            ag(static_cast<size_t>(N)), au(static_cast<size_t>(N)), y(static_cast<size_t>(N)),
+            a(static_cast<size_t>(N));
         std::vector<double> denom(size_t(max + 1), 0);
         std::vector<uint8_t> written(init.size(), 0);
         for (int64_t i = 0; i < spec.count; i++) {
@@ -262,8 +271,8 @@ void runGateUpCases(Ctx& c) {
           denom[size_t(i)] = ref::rowScale(y.data(), a.data(), N, K);
         }
         std::ostringstream what;
-        what << "matmulGateUp " << dtypeLabel(t) << " rows " << spec.describe() << " K " << K << " N " << N << " ldx " << ldx
-             << " ldo " << ldo << (withBias ? " biases" : "");
+        what << "matmulGateUp " << dtypeLabel(t) << " rows " << spec.describe() << " K " << K << " N " << N << " ldx "
+             << ldx << " ldo " << ldo << (withBias ? " biases" : "");
         const std::string group = "matmulGateUp " + dtypeLabel(t);
         onBoth(c, group, what.str(), [&](int s) {
           Ops& o = *c.side[s].ops;

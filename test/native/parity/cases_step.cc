@@ -23,11 +23,12 @@ void runMemoryCases(Ctx& c) {
     std::vector<unsigned char> want = init;
     std::copy(host.begin(), host.end(), want.begin() + long(off));
     std::vector<uint8_t> all(init.size(), 1);
-    const std::string what = "upload, copy, download of " + std::to_string(bytes) + " bytes at offset " + std::to_string(off);
+    const std::string what =
+        "upload, copy, download of " + std::to_string(bytes) + " bytes at offset " + std::to_string(off);
     onBoth(c, "memory", what, [&](int s) {
       Ops& o = *c.side[s].ops;
       DevBuf a = upload(o, init), b = upload(o, init);
-      a.put(host.data(), bytes, off);  // upload into a at off
+      a.put(host.data(), bytes, off);                         // upload into a at off
       o.copy(b.as<char>() + off, a.as<char>() + off, bytes);  // a -> b, same place
       std::vector<unsigned char> back(bytes);
       o.download(back.data(), b.as<char>() + off, bytes);
@@ -59,14 +60,16 @@ void runRoutingCases(Ctx& c) {
         wantFlags[size_t(r)] = wantW[size_t(r)] > double(threshold) ? 1 : 0;
         written[size_t(r)] = 1;
       }
-      const std::string what = "routeThreshold rows " + std::to_string(rows) + " threshold " + std::to_string(threshold);
+      const std::string what =
+          "routeThreshold rows " + std::to_string(rows) + " threshold " + std::to_string(threshold);
       onBoth(c, "routeThreshold", what, [&](int s) {
         Ops& o = *c.side[s].ops;
         DevBuf a = upload(o, initFlags), m = upload(o, initFlags), w = upload(o, initW), l = upload(o, logits);
         o.routeThreshold(a.as<uint8_t>(), m.as<uint8_t>(), w.as<float>(), l.as<float>(), rows, threshold);
         compareExact(c, s, "routeThreshold", what + " runAttn", a.fetch<uint8_t>(n), initFlags, wantFlags, written);
         compareExact(c, s, "routeThreshold", what + " runMlp", m.fetch<uint8_t>(n), initFlags, wantFlags, written);
-        compareF32(c, s, "routeThreshold", what + " weight", w.fetch<float>(n), initW, wantW, written, 1, Tol::kActivation);
+        compareF32(c, s, "routeThreshold", what + " weight", w.fetch<float>(n), initW, wantW, written, 1,
+                   Tol::kActivation);
       });
       c.endCase();
     }
@@ -104,8 +107,10 @@ void runCompactCases(Ctx& c) {
         std::vector<uint8_t> wroteRun(n, 0), wroteSkip(n, 0), one(1, 1);
         int32_t nr = 0, ns = 0;
         for (int64_t r = 0; r < rows; r++) {
-          if (flags[size_t(r)]) wroteRun[size_t(nr)] = 1, wantRun[size_t(nr++)] = int32_t(r);
-          else wroteSkip[size_t(ns)] = 1, wantSkip[size_t(ns++)] = int32_t(r);
+          if (flags[size_t(r)])
+            wroteRun[size_t(nr)] = 1, wantRun[size_t(nr++)] = int32_t(r);
+          else
+            wroteSkip[size_t(ns)] = 1, wantSkip[size_t(ns++)] = int32_t(r);
         }
         std::ostringstream what;
         what << "compact rows " << rows << " density " << density << (withSkip ? " with skip list" : "");
@@ -116,10 +121,12 @@ void runCompactCases(Ctx& c) {
           o.compact(f.as<uint8_t>(), rows, ri.as<int32_t>(), rc.as<int32_t>(), withSkip ? si.as<int32_t>() : nullptr,
                     withSkip ? sc.as<int32_t>() : nullptr);
           compareExact(c, s, "compact", what.str() + " runIdx", ri.fetch<int32_t>(n), init, wantRun, wroteRun);
-          compareExact(c, s, "compact", what.str() + " runCount", rc.fetch<int32_t>(1), initCount, std::vector<int32_t>{nr}, one);
+          compareExact(c, s, "compact", what.str() + " runCount", rc.fetch<int32_t>(1), initCount,
+                       std::vector<int32_t>{nr}, one);
           if (withSkip) {
             compareExact(c, s, "compact", what.str() + " skipIdx", si.fetch<int32_t>(n), init, wantSkip, wroteSkip);
-            compareExact(c, s, "compact", what.str() + " skipCount", sc.fetch<int32_t>(1), initCount, std::vector<int32_t>{ns}, one);
+            compareExact(c, s, "compact", what.str() + " skipCount", sc.fetch<int32_t>(1), initCount,
+                         std::vector<int32_t>{ns}, one);
           }
         });
         c.endCase();

@@ -30,8 +30,29 @@ namespace {
 constexpr size_t kArenaBytes = size_t(4) << 30;  // address space only: nothing is committed until used
 
 enum OpCode : uint32_t {
-  kHello = 0, kAlloc, kRelease, kCopy, kUpload, kDownload, kSync, kPrepare, kEmbed, kRmsnorm, kMatmul, kMatmul2,
-  kGateUp, kKvWrite, kRope, kAttention, kTanh, kThreshold, kArgmax, kCompact, kSample, kForget, kStats,
+  kHello = 0,
+  kAlloc,
+  kRelease,
+  kCopy,
+  kUpload,
+  kDownload,
+  kSync,
+  kPrepare,
+  kEmbed,
+  kRmsnorm,
+  kMatmul,
+  kMatmul2,
+  kGateUp,
+  kKvWrite,
+  kRope,
+  kAttention,
+  kTanh,
+  kThreshold,
+  kArgmax,
+  kCompact,
+  kSample,
+  kForget,
+  kStats,
 };
 
 struct ReqHeader {
@@ -47,28 +68,135 @@ struct RepHeader {
 
 // The arguments of each op, sent as they are: the parent and the child are the same executable,
 // and every pointer in them is the child's own.
-struct AllocArgs { size_t bytes; };
-struct PtrArgs { const void* p; };
-struct CopyArgs { void* dst; const void* src; size_t bytes; };
-struct UploadArgs { void* dst; size_t bytes; };
-struct PrepareArgs { Weight w; size_t misalign; };
-struct EmbedArgs { float* x; const int32_t* tokens; int64_t rows; Weight t; };
-struct RmsnormArgs { float* out; const float* x; RowSet rows; int64_t dim; const float* w; float eps; };
-struct MatmulArgs { float* out; int64_t ldo; const float* x; int64_t ldx; RowSet rows; Weight W; const float* bias; Epilogue ep; };
-struct Matmul2Args {
-  float* out0; int64_t ldo0; float* out1; int64_t ldo1; const float* x; int64_t ldx; RowSet rows;
-  Weight W0; const float* b0; Weight W1; const float* b1;
+struct AllocArgs {
+  size_t bytes;
 };
-struct GateUpArgs { float* out; int64_t ldo; const float* x; int64_t ldx; RowSet rows; Weight Wg; const float* bg; Weight Wu; const float* bu; };
-struct KvWriteArgs { float* k; const float* v; StepRows step; int layer; AttnShape a; const float* invFreq; };
-struct RopeArgs { float* q; int64_t ldq; RowSet rows; StepRows step; int nHeads, headDim; const float* invFreq; };
-struct AttentionArgs { float* out; const float* q; RowSet rows; StepRows step; int layer; AttnShape a; };
-struct TanhArgs { float* x; RowSet rows; int64_t dim; };
-struct ThresholdArgs { uint8_t* a; uint8_t* m; float* w; const float* logits; int64_t rows; float threshold; };
-struct ArgmaxArgs { uint8_t* run; const float* logits; int64_t rows; };
-struct CompactArgs { const uint8_t* flags; int64_t rows; int32_t* runIdx; int32_t* runCount; int32_t* skipIdx; int32_t* skipCount; };
-struct SampleArgs { int32_t* tokens; float* logits; int64_t rows; int64_t vocab; SampleRow* params; const PenaltyToken* penalties; };
-struct StatsReply { uint64_t live; char variant[16]; };
+struct PtrArgs {
+  const void* p;
+};
+struct CopyArgs {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+struct UploadArgs {
+  void* dst;
+  size_t bytes;
+};
+struct PrepareArgs {
+  Weight w;
+  size_t misalign;
+};
+struct EmbedArgs {
+  float* x;
+  const int32_t* tokens;
+  int64_t rows;
+  Weight t;
+};
+struct RmsnormArgs {
+  float* out;
+  const float* x;
+  RowSet rows;
+  int64_t dim;
+  const float* w;
+  float eps;
+};
+struct MatmulArgs {
+  float* out;
+  int64_t ldo;
+  const float* x;
+  int64_t ldx;
+  RowSet rows;
+  Weight W;
+  const float* bias;
+  Epilogue ep;
+};
+struct Matmul2Args {
+  float* out0;
+  int64_t ldo0;
+  float* out1;
+  int64_t ldo1;
+  const float* x;
+  int64_t ldx;
+  RowSet rows;
+  Weight W0;
+  const float* b0;
+  Weight W1;
+  const float* b1;
+};
+struct GateUpArgs {
+  float* out;
+  int64_t ldo;
+  const float* x;
+  int64_t ldx;
+  RowSet rows;
+  Weight Wg;
+  const float* bg;
+  Weight Wu;
+  const float* bu;
+};
+struct KvWriteArgs {
+  float* k;
+  const float* v;
+  StepRows step;
+  int layer;
+  AttnShape a;
+  const float* invFreq;
+};
+struct RopeArgs {
+  float* q;
+  int64_t ldq;
+  RowSet rows;
+  StepRows step;
+  int nHeads, headDim;
+  const float* invFreq;
+};
+struct AttentionArgs {
+  float* out;
+  const float* q;
+  RowSet rows;
+  StepRows step;
+  int layer;
+  AttnShape a;
+};
+struct TanhArgs {
+  float* x;
+  RowSet rows;
+  int64_t dim;
+};
+struct ThresholdArgs {
+  uint8_t* a;
+  uint8_t* m;
+  float* w;
+  const float* logits;
+  int64_t rows;
+  float threshold;
+};
+struct ArgmaxArgs {
+  uint8_t* run;
+  const float* logits;
+  int64_t rows;
+};
+struct CompactArgs {
+  const uint8_t* flags;
+  int64_t rows;
+  int32_t* runIdx;
+  int32_t* runCount;
+  int32_t* skipIdx;
+  int32_t* skipCount;
+};
+struct SampleArgs {
+  int32_t* tokens;
+  float* logits;
+  int64_t rows;
+  int64_t vocab;
+  SampleRow* params;
+  const PenaltyToken* penalties;
+};
+struct StatsReply {
+  uint64_t live;
+  char variant[16];
+};
 
 bool writeAll(int fd, const void* p, size_t n) {
   const char* c = static_cast<const char*>(p);
@@ -131,8 +259,8 @@ class Arena {
                                                   std::to_string(it->first + it->second - a) + " bytes after it");
       }
     }
-    throw Error("ERR_PARITY_BAD_POINTER", std::string(op) + ": " + what +
-                                              " is not backend memory (host memory passed where an upload belongs?)");
+    throw Error("ERR_PARITY_BAD_POINTER",
+                std::string(op) + ": " + what + " is not backend memory (host memory passed where an upload belongs?)");
   }
 
  private:
@@ -157,7 +285,8 @@ struct Checker {
       need("rows.count", s.count, 4);
       n = *s.count;
       if (n < 0 || n > s.max)
-        throw Error(kErrArg, std::string(op) + ": rows.count " + std::to_string(n) + " is outside 0.." + std::to_string(s.max));
+        throw Error(kErrArg,
+                    std::string(op) + ": rows.count " + std::to_string(n) + " is outside 0.." + std::to_string(s.max));
     }
     if (s.idx) need("rows.idx", s.idx, size_t(n) * 4);
     return n;
@@ -189,8 +318,10 @@ struct Checker {
       if (r < 0 || r >= s.rows) throw Error(kErrArg, std::string(op) + ": a row index is outside the step");
       need("step.seqs", s.seqs, size_t(s.seq[r] + 1) * sizeof(KvCacheRef));
       const KvCacheRef& c = s.seqs[s.seq[r]];
-      const size_t end = (size_t(layer) * size_t(c.capacity) + size_t(s.pos[r]) + 1) * size_t(a.kvWidth()) * dtypeSize(a.kv);
-      if (s.pos[r] < 0 || s.pos[r] >= c.capacity) throw Error(kErrArg, std::string(op) + ": a position is outside its cache");
+      const size_t end =
+          (size_t(layer) * size_t(c.capacity) + size_t(s.pos[r]) + 1) * size_t(a.kvWidth()) * dtypeSize(a.kv);
+      if (s.pos[r] < 0 || s.pos[r] >= c.capacity)
+        throw Error(kErrArg, std::string(op) + ": a position is outside its cache");
       need("cache K", c.k, end);
       need("cache V", c.v, end);
     }
@@ -204,7 +335,8 @@ void serve(int fd, Ops& cpu, Arena& arena) {
     if (!readAll(fd, &h, sizeof h)) return;
     args.resize(h.argBytes);
     extra.resize(size_t(h.extraBytes));
-    if ((h.argBytes && !readAll(fd, args.data(), h.argBytes)) || (h.extraBytes && !readAll(fd, extra.data(), extra.size())))
+    if ((h.argBytes && !readAll(fd, args.data(), h.argBytes)) ||
+        (h.extraBytes && !readAll(fd, extra.data(), extra.size())))
       return;
     reply.clear();
     RepHeader rep{0, 0, 0};
@@ -216,7 +348,9 @@ void serve(int fd, Ops& cpu, Arena& arena) {
           reply.assign(reinterpret_cast<char*>(&p), reinterpret_cast<char*>(&p) + sizeof p);
           break;
         }
-        case kRelease: arena.release(reinterpret_cast<const PtrArgs*>(a)->p); break;
+        case kRelease:
+          arena.release(reinterpret_cast<const PtrArgs*>(a)->p);
+          break;
         case kCopy: {
           auto* c = reinterpret_cast<const CopyArgs*>(a);
           Checker k{arena, "copy"};
@@ -238,7 +372,9 @@ void serve(int fd, Ops& cpu, Arena& arena) {
           cpu.download(reply.data(), d->dst, d->bytes);
           break;
         }
-        case kSync: cpu.sync(); break;
+        case kSync:
+          cpu.sync();
+          break;
         case kPrepare: {
           auto* p = reinterpret_cast<const PrepareArgs*>(a);
           char* mem = static_cast<char*>(arena.alloc(extra.size() + 64, true)) + p->misalign;
@@ -254,7 +390,8 @@ void serve(int fd, Ops& cpu, Arena& arena) {
           k.rows("x", e->x, e->rows, e->t.cols, e->t.cols);
           k.weight("table", e->t);
           for (int64_t r = 0; r < e->rows; r++)
-            if (e->tokens[r] < 0 || e->tokens[r] >= e->t.rows) throw Error(kErrArg, "embed: a token is outside the table");
+            if (e->tokens[r] < 0 || e->tokens[r] >= e->t.rows)
+              throw Error(kErrArg, "embed: a token is outside the table");
           cpu.embed(e->x, e->tokens, e->rows, e->t);
           break;
         }
@@ -401,7 +538,9 @@ void serve(int fd, Ops& cpu, Arena& arena) {
           cpu.sample(t->tokens, t->logits, t->rows, t->vocab, t->params, t->penalties);
           break;
         }
-        case kForget: arena.forgetWeights(); break;
+        case kForget:
+          arena.forgetWeights();
+          break;
         case kStats: {
           StatsReply s{};
           s.live = arena.live();
@@ -409,7 +548,8 @@ void serve(int fd, Ops& cpu, Arena& arena) {
           reply.assign(reinterpret_cast<char*>(&s), reinterpret_cast<char*>(&s) + sizeof s);
           break;
         }
-        default: throw Error(kErrArg, "unknown request " + std::to_string(h.op));
+        default:
+          throw Error(kErrArg, "unknown request " + std::to_string(h.op));
       }
     } catch (const Error& e) {
       rep.status = 1;
@@ -433,8 +573,8 @@ int childMain(int argc, char** argv) {
   char* want = reinterpret_cast<char*>(std::strtoull(argv[3], nullptr, 16));
   const size_t bytes = std::strtoull(argv[4], nullptr, 10);
   const int threads = std::atoi(argv[5]);
-  void* got = mmap(want, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
-                   -1, 0);
+  void* got = mmap(want, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
   RepHeader hello{0, 0, 0};
   if (got != want) {
     hello.status = 2;
@@ -533,8 +673,9 @@ void ChildOps::call(uint32_t op, const void* args, size_t argBytes, const void* 
   dead_ = true;
   deathReason_ = "the child CPU backend stopped answering";
   if (pid_ > 0 && waitpid(pid_, &status, 0) == pid_) {
-    deathReason_ = WIFSIGNALED(status) ? "the child CPU backend was killed by signal " + std::to_string(WTERMSIG(status))
-                                       : "the child CPU backend exited with status " + std::to_string(WEXITSTATUS(status));
+    deathReason_ = WIFSIGNALED(status)
+                       ? "the child CPU backend was killed by signal " + std::to_string(WTERMSIG(status))
+                       : "the child CPU backend exited with status " + std::to_string(WEXITSTATUS(status));
     pid_ = -1;
   }
   throw Error("ERR_PARITY_CHILD_DIED", deathReason_);

@@ -51,10 +51,18 @@ HostWeight makeWeight(Rng& rng, DType t, int64_t rows, int64_t cols, float scale
 std::string RowSpec::describe() const {
   std::ostringstream o;
   switch (kind) {
-    case Dense: o << "dense " << max; break;
-    case Counted: o << "count " << count << "/" << max; break;
-    case Indexed: o << "count " << count << "/" << max << " + indices"; break;
-    case HostIndexed: o << "indices " << max; break;
+    case Dense:
+      o << "dense " << max;
+      break;
+    case Counted:
+      o << "count " << count << "/" << max;
+      break;
+    case Indexed:
+      o << "count " << count << "/" << max << " + indices";
+      break;
+    case HostIndexed:
+      o << "indices " << max;
+      break;
   }
   return o.str();
 }
@@ -105,8 +113,10 @@ dg::Weight prepared(Ops& o, const HostWeight& w) { return o.prepareWeight(w.view
 // ---- report -------------------------------------------------------------------------------
 
 void Report::add(Check c) {
-  if (c.pass) passed_++;
-  else failed_++;
+  if (c.pass)
+    passed_++;
+  else
+    failed_++;
   checks_.push_back(std::move(c));
 }
 
@@ -125,10 +135,14 @@ void Report::truncate(size_t m) {
 static std::string quote(const std::string& s) {
   std::string o = "\"";
   for (char ch : s) {
-    if (ch == '"' || ch == '\\') o += '\\', o += ch;
-    else if (ch == '\n') o += "\\n";
-    else if (static_cast<unsigned char>(ch) < 0x20) o += ' ';
-    else o += ch;
+    if (ch == '"' || ch == '\\')
+      o += '\\', o += ch;
+    else if (ch == '\n')
+      o += "\\n";
+    else if (static_cast<unsigned char>(ch) < 0x20)
+      o += ' ';
+    else
+      o += ch;
   }
   return o + "\"";
 }
@@ -154,8 +168,8 @@ void Report::printSummary(const std::string& a, const std::string& b) const {
   std::printf("%-24s %7s %7s %12s %12s %10s %10s\n", "op group", "checks", "failed", "max err A", "max err B", "tol A",
               "tol B");
   for (const auto& [name, g] : groups)
-    std::printf("%-24s %7d %7d %12.3g %12.3g %10.3g %10.3g\n", name.c_str(), g.cases, g.failed, g.maxErr[0], g.maxErr[1],
-                g.tol[0], g.tol[1]);
+    std::printf("%-24s %7d %7d %12.3g %12.3g %10.3g %10.3g\n", name.c_str(), g.cases, g.failed, g.maxErr[0],
+                g.maxErr[1], g.tol[0], g.tol[1]);
   int shown = 0;
   for (const auto& k : checks_)
     if (!k.pass && shown++ < 40)
@@ -199,8 +213,7 @@ std::string Report::json(const std::string& a, const std::string& b, const std::
 
 void Ctx::opFailed(int s, const std::string& group, const std::string& what, const std::exception& e) {
   const auto* de = dynamic_cast<const dg::Error*>(&e);
-  report.add(Check{group, what, s, INFINITY, 0, false,
-                   std::string("threw ") + (de ? de->code + ": " : "") + e.what()});
+  report.add(Check{group, what, s, INFINITY, 0, false, std::string("threw ") + (de ? de->code + ": " : "") + e.what()});
 }
 
 void onBoth(Ctx& c, const std::string& group, const std::string& what, const std::function<void(int)>& f) {

@@ -132,9 +132,7 @@ struct HostWeight {
   std::vector<unsigned char> storage;
   size_t offset = 0;
   std::vector<double> exact;  // [rows * cols]
-  dg::Weight view() const {
-    return dg::Weight{storage.data() + offset, dtype, rows, cols};
-  }
+  dg::Weight view() const { return dg::Weight{storage.data() + offset, dtype, rows, cols}; }
   double at(int64_t r, int64_t c) const { return exact[size_t(r * cols + c)]; }
 };
 HostWeight makeWeight(Rng& rng, DType t, int64_t rows, int64_t cols, float scale, size_t misalign);
@@ -143,8 +141,8 @@ HostWeight makeWeight(Rng& rng, DType t, int64_t rows, int64_t cols, float scale
 // backend's memory.
 struct RowSpec {
   enum Kind { Dense, Counted, Indexed, HostIndexed } kind = Dense;
-  int64_t max = 0, count = 0;   // count <= max: the rows the op must process
-  std::vector<int32_t> idx;     // [max]: entries past count are kUnreadIndex
+  int64_t max = 0, count = 0;  // count <= max: the rows the op must process
+  std::vector<int32_t> idx;    // [max]: entries past count are kUnreadIndex
   int64_t rowOf(int64_t i) const { return idx.empty() ? i : idx[size_t(i)]; }
   std::string describe() const;
 };

@@ -38,7 +38,8 @@ std::vector<uint16_t> randomBf16(size_t n, uint64_t seed) {
   uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
   for (auto& h : v) {
     s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-    const uint16_t sign = uint16_t((s >> 20) & 1), exp = uint16_t(120 + (s >> 21) % 7), mant = uint16_t((s >> 30) & 0x7f);
+    const uint16_t sign = uint16_t((s >> 20) & 1), exp = uint16_t(120 + (s >> 21) % 7),
+                   mant = uint16_t((s >> 30) & 0x7f);
     h = uint16_t((sign << 15) | (exp << 7) | mant);
   }
   return v;
@@ -86,8 +87,10 @@ struct Weights {
 
 }  // namespace
 
-int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJson, const std::string& path, bool quick) {
-  std::vector<Shape> shapes = {{"llama-3.2-1b", 2048, 8192, 32, 8, 64, 128256}, {"llama-3-8b", 4096, 14336, 32, 8, 128, 128256}};
+int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJson, const std::string& path,
+               bool quick) {
+  std::vector<Shape> shapes = {{"llama-3.2-1b", 2048, 8192, 32, 8, 64, 128256},
+                               {"llama-3-8b", 4096, 14336, 32, 8, 128, 128256}};
   if (quick) shapes = {{"quick", 256, 512, 4, 2, 64, 1000}};
   std::vector<Entry> out;
   Rng rng(7);
@@ -95,22 +98,24 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
   auto record = [&](const Shape& s, const std::string& op, const std::string& detail, int64_t rows, double bytes,
                     double flops, double t) {
     out.push_back(Entry{s.name, op, detail, rows, bytes, flops, t});
-    std::printf("%-13s %-22s %-28s rows %4lld  %9.2f us  %8.1f GB/s  %8.2f TFLOP/s\n", s.name, op.c_str(), detail.c_str(),
-                static_cast<long long>(rows), t * 1e6, bytes / t / 1e9, flops / t / 1e12);
+    std::printf("%-13s %-22s %-28s rows %4lld  %9.2f us  %8.1f GB/s  %8.2f TFLOP/s\n", s.name, op.c_str(),
+                detail.c_str(), static_cast<long long>(rows), t * 1e6, bytes / t / 1e9, flops / t / 1e12);
     std::fflush(stdout);
   };
   try {
     for (const Shape& s : shapes) {
       const int64_t qd = s.heads * s.hd, kvd = s.kv * s.hd;
       const int64_t maxRows = 256;
-      DevBuf x = upload(o, rng.values(size_t(maxRows * std::max(s.inter, qd)))), y(o, size_t(maxRows * std::max(s.vocab, s.inter)) * 4),
-             y2(o, size_t(maxRows * s.inter) * 4);
+      DevBuf x = upload(o, rng.values(size_t(maxRows * std::max(s.inter, qd)))),
+             y(o, size_t(maxRows * std::max(s.vocab, s.inter)) * 4), y2(o, size_t(maxRows * s.inter) * 4);
       auto gemv = [&](const char* op, int64_t N, int64_t K) {
         Weights W(o, N, K, seed++);
         const dg::RowSet one = dg::RowSet::dense(1);
-        const double t = timeCalls(o, [&](int i) { o.matmul(y.as<float>(), N, x.as<float>(), K, one, W.at(i), nullptr, dg::Epilogue::store()); });
-        record(s, "matmul", std::string(op) + " " + std::to_string(N) + "x" + std::to_string(K), 1, double(N * K) * 2 + double(K + N) * 4,
-               2.0 * double(N * K), t);
+        const double t = timeCalls(o, [&](int i) {
+          o.matmul(y.as<float>(), N, x.as<float>(), K, one, W.at(i), nullptr, dg::Epilogue::store());
+        });
+        record(s, "matmul", std::string(op) + " " + std::to_string(N) + "x" + std::to_string(K), 1,
+               double(N * K) * 2 + double(K + N) * 4, 2.0 * double(N * K), t);
       };
       gemv("q_proj", qd, s.hidden);
       gemv("o_proj", s.hidden, qd);
@@ -120,7 +125,8 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
         Weights Wk(o, kvd, s.hidden, seed++), Wv(o, kvd, s.hidden, seed++);
         const dg::RowSet one = dg::RowSet::dense(1);
         const double t = timeCalls(o, [&](int i) {
-          o.matmul2(y.as<float>(), kvd, y2.as<float>(), kvd, x.as<float>(), s.hidden, one, Wk.at(i), nullptr, Wv.at(i), nullptr);
+          o.matmul2(y.as<float>(), kvd, y2.as<float>(), kvd, x.as<float>(), s.hidden, one, Wk.at(i), nullptr, Wv.at(i),
+                    nullptr);
         });
         record(s, "matmul2", "k_proj+v_proj " + std::to_string(kvd) + "x" + std::to_string(s.hidden), 1,
                2.0 * double(kvd * s.hidden) * 2, 4.0 * double(kvd * s.hidden), t);
@@ -139,18 +145,26 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
       }
       {  // norms, routing and the step's small ops: launch-bound at batch 1
         DevBuf w = upload(o, rng.values(size_t(s.hidden)));
-        const double t = timeCalls(o, [&](int) { o.rmsnorm(y.as<float>(), x.as<float>(), dg::RowSet::dense(1), s.hidden, w.as<float>(), 1e-5f); });
-        record(s, "rmsnorm", "hidden " + std::to_string(s.hidden), 1, 3.0 * double(s.hidden) * 4, 3.0 * double(s.hidden), t);
+        const double t = timeCalls(o, [&](int) {
+          o.rmsnorm(y.as<float>(), x.as<float>(), dg::RowSet::dense(1), s.hidden, w.as<float>(), 1e-5f);
+        });
+        record(s, "rmsnorm", "hidden " + std::to_string(s.hidden), 1, 3.0 * double(s.hidden) * 4,
+               3.0 * double(s.hidden), t);
         DevBuf flags(o, 64), weight(o, 256), idx(o, 256), count(o, 4);
         const double t2 = timeCalls(o, [&](int) {
           o.routeThreshold(flags.as<uint8_t>(), flags.as<uint8_t>() + 32, weight.as<float>(), x.as<float>(), 1, 0.5f);
         });
         record(s, "routeThreshold", "", 1, 9, 4, t2);
-        const double t3 = timeCalls(o, [&](int) { o.compact(flags.as<uint8_t>(), 1, idx.as<int32_t>(), count.as<int32_t>(), nullptr, nullptr); });
+        const double t3 = timeCalls(o, [&](int) {
+          o.compact(flags.as<uint8_t>(), 1, idx.as<int32_t>(), count.as<int32_t>(), nullptr, nullptr);
+        });
         record(s, "compact", "", 1, 9, 1, t3);
         std::vector<dg::SampleRow> sp(1);
         DevBuf params = upload(o, sp), tok(o, 4);
-        const double t4 = timeCalls(o, [&](int) { o.sample(tok.as<int32_t>(), x.as<float>(), 1, std::min(s.vocab, maxRows * s.inter), params.as<dg::SampleRow>(), nullptr); });
+        const double t4 = timeCalls(o, [&](int) {
+          o.sample(tok.as<int32_t>(), x.as<float>(), 1, std::min(s.vocab, maxRows * s.inter),
+                   params.as<dg::SampleRow>(), nullptr);
+        });
         record(s, "sample", "greedy, vocab " + std::to_string(s.vocab), 1, double(s.vocab) * 4, double(s.vocab), t4);
       }
       // Attention over bf16 caches: one sequence per row, every row at the end of its context.
@@ -158,7 +172,7 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
         for (int64_t ctx : {int64_t(512), int64_t(4096)}) {
           if (quick && ctx > 512) continue;
           if (rows == 32 && ctx > 1024 && s.hd > 64) continue;  // keep the cache under 2 GB
-          const int64_t cap = ctx, per = 2 * cap * kvd;  // layers = 1
+          const int64_t cap = ctx, per = 2 * cap * kvd;         // layers = 1
           const std::vector<uint16_t> kv = randomBf16(size_t(per), seed++);
           std::vector<DevBuf> caches;
           std::vector<dg::KvCacheRef> refs;
@@ -175,9 +189,10 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
           a.nKv = int(s.kv);
           a.headDim = int(s.hd);
           a.kv = dg::DType::BF16;
-          const double t = timeCalls(o, [&](int) { o.attention(y.as<float>(), x.as<float>(), dg::RowSet::dense(rows), step, 0, a); });
-          record(s, "attention", "bf16 cache, context " + std::to_string(ctx), rows, double(rows) * double(2 * ctx * kvd) * 2,
-                 double(rows) * 4.0 * double(ctx * qd), t);
+          const double t = timeCalls(
+              o, [&](int) { o.attention(y.as<float>(), x.as<float>(), dg::RowSet::dense(rows), step, 0, a); });
+          record(s, "attention", "bf16 cache, context " + std::to_string(ctx), rows,
+                 double(rows) * double(2 * ctx * kvd) * 2, double(rows) * 4.0 * double(ctx * qd), t);
         }
       {
         std::vector<int32_t> pos = {7}, seq = {0};
@@ -191,7 +206,8 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
         a.nKv = int(s.kv);
         a.headDim = int(s.hd);
         a.kv = dg::DType::BF16;
-        const double t = timeCalls(o, [&](int) { o.kvWriteRope(y.as<float>(), y2.as<float>(), step, 0, a, inv.as<float>()); });
+        const double t =
+            timeCalls(o, [&](int) { o.kvWriteRope(y.as<float>(), y2.as<float>(), step, 0, a, inv.as<float>()); });
         record(s, "kvWriteRope", "bf16 cache", 1, double(kvd) * (8 + 4), double(kvd) * 4, t);
       }
     }
@@ -201,7 +217,8 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
     return 1;
   }
   std::ostringstream j;
-  j << "{\"backend\":" << dg::jsonQuote(label) << ",\"probe\":" << probeJson << ",\"method\":\"median of 5 batches of calls between sync()s, "
+  j << "{\"backend\":" << dg::jsonQuote(label) << ",\"probe\":" << probeJson
+    << ",\"method\":\"median of 5 batches of calls between sync()s, "
     << "each batch at least 20 ms; weights under 256 MB rotated among copies\",\"ops\":[";
   for (size_t i = 0; i < out.size(); i++) {
     const Entry& e = out[i];
@@ -209,8 +226,8 @@ int runOpBench(dg::Ops& o, const std::string& label, const std::string& probeJso
     std::snprintf(b, sizeof b,
                   "%s{\"model\":\"%s\",\"op\":\"%s\",\"detail\":\"%s\",\"rows\":%lld,\"bytes\":%.0f,\"flops\":%.0f,"
                   "\"seconds\":%.9g}",
-                  i ? "," : "", e.model.c_str(), e.op.c_str(), e.detail.c_str(), static_cast<long long>(e.rows), e.bytes,
-                  e.flops, e.seconds);
+                  i ? "," : "", e.model.c_str(), e.op.c_str(), e.detail.c_str(), static_cast<long long>(e.rows),
+                  e.bytes, e.flops, e.seconds);
     j << b;
   }
   j << "]}\n";
