@@ -41,6 +41,7 @@ function packageCopy(): string {
     'binding.gyp',
     'CMakeLists.txt',
     'README.md',
+    'ARCHITECTURE.md',
     'src',
     'native',
     'cuda',
