@@ -5,15 +5,19 @@
 // the registry, libFuzzer, load/run/free soak, the GPU check's dry run. `npm test` runs both.
 const slow = [
   'build',
+  'cli', // spawns the CLI many times
   'cuda',
   'cuda-gpu',
   'fuzz',
+  'generate', // long prompts and the default model
   'gpuCheck',
   'kernels',
   'opsParity',
   'package',
   'perplexity',
   'reliability',
+  'speculative', // every draft policy on the default model
+  'speculativeSampling', // a chi-square test over 2400 seeds
   'threads',
 ];
 const slowPattern = `/test/(${slow.join('|')})\\.test\\.ts$`;
