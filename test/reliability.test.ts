@@ -42,8 +42,10 @@ test('100 load/generate/dispose cycles: memory, mappings and file descriptors co
 });
 
 test('the KV cache is released when a sequence ends', async () => {
+  // An f32 cache (the default is bf16, half the bytes) so the cache is 64 MiB, well above RSS noise.
   const m = await loadModel(tinyModel({ seed: 3, hidden: 256, heads: 4, kvHeads: 4, layers: 8, maxPositions: 4096 }), {
     threads: 2,
+    kvCacheType: 'f32',
   });
   try {
     const seq = m.createSequence({ contextSize: 4096 });
