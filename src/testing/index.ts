@@ -18,7 +18,7 @@ export type {
   TinySkipLayerOptions,
   TinyModelSpecialTokens,
   TinyModelInfo,
-} from './tinyModel';
+} from './tinyModelOptions';
 export { TINY_CHAT_TEMPLATE, bytesToUnicode } from './bpeTokenizer';
 export { float32Bits, float32ToFloat16Bits, float32ToBfloat16Bits } from './floatBits';
 export { writeGguf, ggufBytes, GGUF_VALUE_TYPES, GGML_TYPES } from './ggufWriter';

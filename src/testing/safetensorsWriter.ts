@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import { float32Bits, float32ToBfloat16Bits, float32ToFloat16Bits } from './floatBits';
 import { Rng, hashString } from './rng';
-import type { TinyDtype } from './tinyModel';
+import type { TinyDtype } from './tinyModelOptions';
 
 export interface TensorSpec {
   name: string;

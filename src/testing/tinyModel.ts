@@ -45,17 +45,6 @@ import { Rng, hashString } from './rng';
 import { DTYPE_INFO, writeSafetensorsFile, type TensorSpec } from './safetensorsWriter';
 import type { TinyArch, TinyDtype, TinyRopeScaling, TinyModelOptions, TinyModelInfo } from './tinyModelOptions';
 
-export type {
-  TinyArch,
-  TinyDtype,
-  TinyRopeScaling,
-  TinyModelOptions,
-  TinyFlexiDepthOptions,
-  TinySkipLayerOptions,
-  TinyModelSpecialTokens,
-  TinyModelInfo,
-} from './tinyModelOptions';
-
 // ---------------------------------------------------------------------------------------------
 // Checkpoint
 // ---------------------------------------------------------------------------------------------
