@@ -1,7 +1,7 @@
 // Decode speed of the bench model (BENCH_SHAPE) with its weights as stored (bf16) and quantized on
-// load to Q8_0 and Q4_0, at a fixed thread count, against each format's read floor: the bytes a
+// load to Q8_0, Q4_0 and Q4_K (llama.cpp's Q4_K_M mix of Q4_K and Q6_K), at a fixed thread count, against each format's read floor: the bytes a
 // decode token reads divided by a streaming-read bandwidth measured with the same threads in the
-// same run. The three models are loaded side by side and timed in alternation (one generate call
+// same run. The models are loaded side by side and timed in alternation (one generate call
 // each per round), so drift of a shared machine hits all of them alike.
 //   npm run bench:quant      (writes bench/results/cpu-quant.json)
 // Options: --threads 2 --tokens 48 --runs 7
@@ -29,7 +29,7 @@ const threads = Number(values.threads);
 const nTokens = Number(values.tokens);
 const runs = Number(values.runs);
 const dir = benchModelDir();
-const formats = ['stored', 'q8_0', 'q4_0'] as const;
+const formats = ['stored', 'q8_0', 'q4_0', 'q4_k'] as const;
 
 const models: Awaited<ReturnType<typeof depthgate.loadModel>>[] = [];
 for (const weights of formats) models.push(await depthgate.loadModel(dir, { threads, weights }));
