@@ -154,7 +154,7 @@ function callgrindBreakdown(): Record<string, number> {
   const shares: Record<string, number> = {};
   let total = 0;
   for (const line of ann.stdout.split('\n')) {
-    const m = /^\s*([\d,]+) \([^)]*\)\s+\S*:(.*?) \[/.exec(line);
+    const m = /^\s*([\d,]+) \([^)]*\)\s+[^\s:]+:(.*) \[/.exec(line);
     if (!m) continue;
     const ir = Number(m[1]!.replace(/,/g, ''));
     const fn = m[2]!;
@@ -163,8 +163,11 @@ function callgrindBreakdown(): Record<string, number> {
       /CpuOps::(\w+)\(/.exec(fn)?.[1] ?? (/dg::(sampleToken|rmsnorm|embedRows)\(/.exec(fn)?.[1] as string | undefined);
     if (op) shares[op] = Math.max(shares[op] ?? 0, ir);
   }
-  const perStep = tokens + 8 + 2; // decode steps + warm-up steps + the two prompt passes
-  const result: Record<string, number> = { instructionsPerStep: Math.round(total / perStep) };
+  if (total === 0) throw new Error(`callgrind_annotate showed no Engine::forward: ${ann.stderr}`);
+  // Forward calls: decode steps + warm-up steps + the two 8-token prompt passes. Valgrind runs the
+  // AVX2 kernels (it has no AVX-512), so these are the AVX2 variant's counts.
+  const calls = tokens + 8 + 2;
+  const result: Record<string, number> = { instructionsPerForwardCall: Math.round(total / calls) };
   for (const [op, ir] of Object.entries(shares)) result[`share:${op}`] = Number((ir / total).toFixed(4));
   return result;
 }
