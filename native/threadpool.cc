@@ -62,8 +62,13 @@ int64_t runQueueWaitNs(int tid) {
 // one forward pass are microseconds, and between two decode steps (JS, the N-API call, sampling)
 // tens of microseconds.
 constexpr int64_t kWorkerSpinNs = 300000;
-// How long the caller spins for chunks still running on other threads before it sleeps.
+// While the loop is still running on another thread the window is extended, up to this long in all
+// (a preempted caller holding its chunk must not keep a worker spinning for its whole time slice).
+constexpr int64_t kWorkerSpinMaxNs = 3000000;
+// How long the caller spins for chunks still running on other threads before it sleeps: as long
+// as its own chunks took (capped), plus kCallerSpinNs.
 constexpr int64_t kCallerSpinNs = 20000;
+constexpr int64_t kCallerSpinMaxNs = 1000000;
 // A loop is cut into one chunk per thread, which costs least to hand out; after a loop in which a
 // thread fell behind (the caller ran another thread's share, or had to wait), loops are cut into
 // kFineChunks chunks per thread for a while, so the threads that do run take more of the work.
@@ -116,6 +121,7 @@ ThreadPool::Stats ThreadPool::stats() const {
   s.callerChunks = callerChunks_.load();
   s.workerChunks = workerChunks_.load();
   s.callerSleeps = callerSleeps_.load();
+  s.workerSleeps = workerSleeps_.load();
   s.activeWorkers = activeWorkers_.load();
   return s;
 }
@@ -210,14 +216,20 @@ void ThreadPool::parallelFor(int64_t n, const std::function<void(int64_t, int64_
   wakeSeq_.fetch_add(1, std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) futexWakeAll(&wakeSeq_);
 
+  const int64_t started = nowNs();
   const uint64_t mine = runChunks(gen, 0);
+  const int64_t ranNs = nowNs() - started;
   callerChunks_.fetch_add(mine, std::memory_order_relaxed);
   // The caller ran more than its share: some worker was not there to take its chunk.
   bool behind = mine * uint64_t(active + 1) > chunks;
 
   // Every chunk is claimed; wait for the ones other threads are still running.
   if (done_.load(std::memory_order_acquire) != chunks) {
-    const int64_t until = nowNs() + kCallerSpinNs;
+    // A worker that took its chunk when the caller took its own needs about as long as the caller
+    // did: spin that long (plus kCallerSpinNs), so a worker that is running is waited for without
+    // a futex round trip (on a virtual machine, waking a halted vCPU costs tens of microseconds);
+    // one still busy after that was most likely preempted.
+    const int64_t until = nowNs() + kCallerSpinNs + std::min(ranNs, kCallerSpinMaxNs);
     for (int spins = 0; done_.load(std::memory_order_acquire) != chunks;) {
       cpuRelax();
       if (++spins < 64) continue;
@@ -244,16 +256,26 @@ void ThreadPool::workerLoop(int id) {
       if (id > activeWorkers_.load(std::memory_order_seq_cst) && !stop_.load()) futexWait(&activeSeq_, a);
     }
     uint32_t gen = seen;
-    const int64_t until = nowNs() + kWorkerSpinNs;
+    const int64_t spinStart = nowNs();
+    int64_t until = spinStart + kWorkerSpinNs;
     for (int spins = 0; !stop_.load(std::memory_order_relaxed);) {
-      gen = genOf(claim_.load(std::memory_order_acquire));
+      const uint64_t job = claim_.load(std::memory_order_acquire);
+      gen = genOf(job);
       if (gen != seen) break;
       cpuRelax();
       if (++spins < 64) continue;
       spins = 0;
+      // The spin window counts from the end of the loop, not from this worker's last chunk: while
+      // another thread still runs a chunk of it (the caller's last chunk can take a millisecond on
+      // a large matrix), the next loop follows that chunk closely, and a worker asleep by then
+      // misses it (waking a sleeping thread, a halted vCPU on a virtual machine, takes longer
+      // than a chunk, so the caller runs the whole loop alone).
+      if (done_.load(std::memory_order_relaxed) < chunksOf(job))
+        until = std::min(nowNs() + kWorkerSpinNs, spinStart + kWorkerSpinMaxNs);
       if (nowNs() < until) continue;
       // Nothing to do for a while: sleep until the next job is announced.
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      workerSleeps_.fetch_add(1, std::memory_order_relaxed);
       const uint32_t w = wakeSeq_.load(std::memory_order_seq_cst);
       if (genOf(claim_.load(std::memory_order_seq_cst)) == seen && !stop_.load()) futexWait(&wakeSeq_, w);
       sleepers_.fetch_sub(1, std::memory_order_seq_cst);

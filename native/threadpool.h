@@ -6,8 +6,10 @@
 //   caller (or a running worker) does its share instead of waiting for it; only a chunk already
 //   claimed by a thread that was then preempted is waited for.
 // - Waiting spins briefly (decode runs a few hundred short loops per token, and a futex wake-up
-//   costs microseconds), then sleeps on a futex, so a waiting thread gives its core back to the
-//   thread that has the work, ours or another process's.
+//   costs microseconds, tens on a virtual machine), then sleeps on a futex, so a waiting thread
+//   gives its core back to the thread that has the work, ours or another process's. A worker's
+//   spin window counts from the end of the loop in flight, so it does not fall asleep while the
+//   caller finishes a long last chunk and miss the next loop.
 // - When the machine has more runnable threads than processors (other processes busy, or more
 //   threads asked for than there are cores), the pool uses fewer workers for a while: a worker
 //   that is not running cannot help, and one that spins steals the time slice of one that could.
@@ -48,6 +50,7 @@ class ThreadPool {
     uint64_t callerChunks = 0;  // chunks the caller ran
     uint64_t workerChunks = 0;  // chunks the workers ran
     uint64_t callerSleeps = 0;  // times the caller slept waiting for a preempted worker's chunk
+    uint64_t workerSleeps = 0;  // times a worker slept waiting for the next loop
     int activeWorkers = 0;      // workers in use now (size() - 1 when the machine is not oversubscribed)
   };
   Stats stats() const;
@@ -94,7 +97,7 @@ class ThreadPool {
   // Loops left to cut finely: set when the last loops showed a thread falling behind.
   int fineLoops_ = 0;
 
-  std::atomic<uint64_t> loops_{0}, callerChunks_{0}, workerChunks_{0}, callerSleeps_{0};
+  std::atomic<uint64_t> loops_{0}, callerChunks_{0}, workerChunks_{0}, callerSleeps_{0}, workerSleeps_{0};
 };
 
 // Processors this process may run on: the affinity mask, capped by a cgroup CPU quota
