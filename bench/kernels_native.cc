@@ -1,6 +1,7 @@
 // Microbenchmark of the CPU matmul against the machine's memory bandwidth.
 //   g++ -std=c++17 -O3 -pthread -Inative bench/kernels_native.cc native/threadpool.cc \
-//     native/cpu/{features,convert,matmul,norm,rope,activation,attention,sampling}.cc -o /tmp/kbench
+//     native/cpu/{features,convert,kquant,matmul,matmul_kquant,matmul_quant,matmul_tiles}.cc \
+//     native/cpu/{norm,rope,activation,attention,sampling}.cc -o /tmp/kbench
 //   DEPTHGATE_CPU_KERNELS=avx2 /tmp/kbench
 // Decode (rows=1) is reported in GB/s of weight streamed, cycling through enough distinct
 // matrices that they cannot sit in the last-level cache; prefill (rows=64) in GFLOP/s.

@@ -387,7 +387,7 @@ void CudaOps::sync() {
 // backend's stream (the mmap'd source is pageable). Block-quantized weights are refused. The same host bytes prepared
 // twice (tied embeddings: embed and lm_head views of one tensor) share one device copy.
 Weight CudaOps::prepareWeight(const Weight& w) {
-  // The CUDA kernels read element types only; block formats (Q8_0, Q4_0) are a CPU feature for now.
+  // The CUDA kernels read element types only; block formats (Q8_0, Q4_0, Q4_K, Q6_K) are a CPU feature for now.
   if (isBlockQuantized(w.dtype))
     throw Error(kErrUnsupported, std::string("the CUDA backend does not run ") + dtypeName(w.dtype) +
                                      " weights; load the model with backend 'cpu' to use them");

@@ -182,8 +182,7 @@ class LoadJob : public PromiseJob {
       return !flagSet(abort_) && !d.cancelled();
     });
     if (weights_ != "stored")
-      quantizeModel(*model, weights_ == "q8_0" ? DType::Q8_0 : DType::Q4_0, threads_,
-                    [&] { return !flagSet(abort_) && !d.cancelled(); });
+      quantizeModel(*model, weights_, threads_, [&] { return !flagSet(abort_) && !d.cancelled(); });
     std::shared_ptr<Model> shared(std::move(model));
     std::unique_ptr<Ops> ops = cuda_ ? createCudaOps(0) : std::unique_ptr<Ops>(createCpuOps(threads_));
     engine_ = std::make_shared<Engine>(shared, std::move(ops), kvType_);
@@ -226,7 +225,7 @@ class LoadJob : public PromiseJob {
   bool prefault_;
   bool cuda_;
   DType kvType_;
-  std::string weights_;  // "stored", "q8_0" or "q4_0"
+  std::string weights_;  // "stored", "q8_0", "q4_0", "q4_k" or "q6_k"
   int32_t* abort_;
   Napi::Reference<Napi::Value> keepAbort_;
   Napi::FunctionReference progress_;
@@ -363,8 +362,8 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   if (kv != "f32" && kv != "f16" && kv != "bf16") throwArg(env, "spec.kvCacheType must be 'f32', 'f16' or 'bf16'");
   const DType kvType = kv == "f32" ? DType::F32 : kv == "f16" ? DType::F16 : DType::BF16;
   std::string weights = spec.Get("weights").IsString() ? spec.Get("weights").As<Napi::String>().Utf8Value() : "stored";
-  if (weights != "stored" && weights != "q8_0" && weights != "q4_0")
-    throwArg(env, "spec.weights must be 'stored', 'q8_0' or 'q4_0'");
+  if (weights != "stored" && weights != "q8_0" && weights != "q4_0" && weights != "q4_k" && weights != "q6_k")
+    throwArg(env, "spec.weights must be 'stored', 'q8_0', 'q4_0', 'q4_k' or 'q6_k'");
   Napi::Function progress = info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
   Napi::Reference<Napi::Value> keep;
   int32_t* abortFlag = flagPointer(info[2], keep);

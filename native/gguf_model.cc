@@ -18,15 +18,21 @@ DType dtypeForGgmlType(uint32_t ggmlType, const std::string& tensor, const std::
       return DType::Q8_0;
     case 2:  // llama.cpp's Q4_0 block (f16 scale + 16 bytes of nibbles), the layout of DType::Q4_0
       return DType::Q4_0;
+    case 12:  // llama.cpp's block_q4_K (256 weights, 144 bytes), the layout of DType::Q4_K
+      return DType::Q4_K;
+    case 14:  // llama.cpp's block_q6_K (256 weights, 210 bytes), the layout of DType::Q6_K
+      return DType::Q6_K;
     default:
       break;
   }
   const GgmlTypeInfo* t = ggmlTypeInfo(ggmlType);
   std::string name = t ? t->name : "type " + std::to_string(ggmlType);
-  throw Error(kErrUnsupported,
-              "tensor '" + tensor + "' has ggml type " + name +
-                  ", which depthgate does not compute with (GGUF tensors of type F32, F16, BF16, Q8_0 and Q4_0 load)",
-              path);
+  throw Error(
+      kErrUnsupported,
+      "tensor '" + tensor + "' has ggml type " + name +
+          ", which depthgate does not compute with (GGUF tensors of type F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K "
+          "load)",
+      path);
 }
 
 namespace {

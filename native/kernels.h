@@ -26,7 +26,8 @@ const char* quantKernelVariant();
 // rows == 1 is the bandwidth-bound decode case (matrix-vector); larger rows reuse each
 // converted weight block across rows (matrix-matrix). accumulate: out += the product (+ bias).
 // A Q8_0/Q4_0 weight (W.cols a multiple of 32, else dg::Error kErrUnsupported) goes to
-// cpu/matmul_quant.cc, which quantizes the x rows to int8 blocks first (see there).
+// cpu/matmul_quant.cc, which quantizes the x rows to int8 blocks first (see there); a Q4_K/Q6_K
+// weight (W.cols a multiple of 256) to cpu/matmul_kquant.cc, likewise with 256-wide blocks.
 void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W,
             const float* bias, bool accumulate = false);
 // Several matrix-vector products over one x row in one parallel loop (decode: K and V, or Q, K
@@ -43,12 +44,12 @@ void gateUpVector(ThreadPool& pool, float* out, const float* x, const Weight& Wg
                   const float* bu);
 
 // cpu/quantize.cc: llama.cpp's reference rounding for the block formats (tensor.h); decoding
-// (dequantizeRow) is in cpu/convert.cc. k must be a multiple of 32; `blocks` holds k / 32 blocks
-// (rowBytes(t, k) bytes). t is Q8_0 or Q4_0.
+// (dequantizeRow) is in cpu/convert.cc, the K-quants' both ways in cpu/kquant.cc. k must be a
+// multiple of blockElements(t) (32, or 256 for Q4_K / Q6_K); `blocks` holds rowBytes(t, k) bytes.
 void quantizeRow(DType t, const float* x, unsigned char* blocks, int64_t k);
 void dequantizeRow(DType t, const unsigned char* blocks, float* out, int64_t k);
 // Quantizes a whole weight (rows of any element type) into `out` (W.rows * rowBytes(t, W.cols)
-// bytes), rows split across the pool. W.cols must be a multiple of 32. Returns false if W holds a
+// bytes), rows split across the pool. W.cols must be a multiple of blockElements(t). Returns false if W holds a
 // non-finite value (coded as 0: a block format cannot hold it).
 bool quantizeWeight(ThreadPool& pool, const Weight& W, DType t, unsigned char* out);
 

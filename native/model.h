@@ -90,13 +90,18 @@ struct Model {
 std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files, bool prefault,
                                  const std::function<bool(double)>& onProgress);
 
-// quantize_model.cc: replaces the decoder layers' projections (q, k, v, o, gate, up, down) with
-// copies in block format `t` (Q8_0 or Q4_0), and the LM head with a Q8_0 copy (the format with the
-// most precision there is; llama.cpp too keeps the output matrix above Q4 precision). The embedding
+// quantize_model.cc: replaces the decoder layers' projections (q, k, v, o, gate, up, down) and the
+// LM head with quantized copies, by `format` (the `weights` load option):
+//   "q8_0", "q4_0": every projection in that format, the LM head in Q8_0 (the format with the most
+//     precision there is; llama.cpp too keeps the output matrix above Q4 precision);
+//   "q4_k": llama.cpp's Q4_K_M mix: Q4_K, except v and down in Q6_K on the layers llama.cpp's
+//     use_more_bits picks (the first and last eighth and every third between), the LM head Q6_K;
+//   "q6_k": every projection and the LM head in Q6_K.
+// A K-quant matrix whose width is not a multiple of 256 is made Q8_0 instead. The embedding
 // table and the FlexiDepth / SkipLayer router and adapter weights keep their stored dtype. `threads`
 // quantize in parallel. Throws dg::Error naming the tensor when one is not 32k columns wide
 // (kErrUnsupported) or holds a non-finite value (kErrFormat); the model then holds no copies.
-void quantizeModel(Model& m, DType t, int threads, const std::function<bool()>& keepGoing);
+void quantizeModel(Model& m, const std::string& format, int threads, const std::function<bool()>& keepGoing);
 
 // RoPE inverse frequencies with HF's scaling rules (default, linear, llama3).
 std::vector<float> ropeInvFreq(const ModelConfig& c);

@@ -3,6 +3,7 @@
 // their Weight views are pointed at those copies. Which matrices, and why, is in model.h.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -37,32 +38,51 @@ void releasePages(const void* p, size_t n) {
   if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
+// llama.cpp's use_more_bits (llama-quant.cpp): the first and last eighth of the layers and every
+// third one between them, whose attn_v and ffn_down Q4_K_M keeps in Q6_K.
+bool useMoreBits(int layer, int layers) {
+  return layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
+}
+
 }  // namespace
 
-void quantizeModel(Model& m, DType t, int threads, const std::function<bool()>& keepGoing) {
+void quantizeModel(Model& m, const std::string& format, int threads, const std::function<bool()>& keepGoing) {
   const auto start = std::chrono::steady_clock::now();
+  const bool mix = format == "q4_k";  // Q4_K_M
+  const DType base = format == "q8_0"   ? DType::Q8_0
+                     : format == "q4_0" ? DType::Q4_0
+                     : format == "q6_k" ? DType::Q6_K
+                                        : DType::Q4_K;
+  // The LM head: Q8_0 beside the 32-wide formats, Q6_K beside the K-quants (llama.cpp's choice for
+  // output.weight in its K-quant mixes).
+  const DType head = isKQuant(base) ? DType::Q6_K : DType::Q8_0;
   std::vector<Target> targets;
-  for (size_t i = 0; i < m.layers.size(); i++) {
+  const int layers = int(m.layers.size());
+  for (int i = 0; i < layers; i++) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    LayerWeights& L = m.layers[i];
-    targets.push_back({p + "self_attn.q_proj.weight", &L.q, t});
-    targets.push_back({p + "self_attn.k_proj.weight", &L.k, t});
-    targets.push_back({p + "self_attn.v_proj.weight", &L.v, t});
-    targets.push_back({p + "self_attn.o_proj.weight", &L.o, t});
-    targets.push_back({p + "mlp.gate_proj.weight", &L.gate, t});
-    targets.push_back({p + "mlp.up_proj.weight", &L.up, t});
-    targets.push_back({p + "mlp.down_proj.weight", &L.down, t});
+    LayerWeights& L = m.layers[size_t(i)];
+    const DType more = mix && useMoreBits(i, layers) ? DType::Q6_K : base;
+    targets.push_back({p + "self_attn.q_proj.weight", &L.q, base});
+    targets.push_back({p + "self_attn.k_proj.weight", &L.k, base});
+    targets.push_back({p + "self_attn.v_proj.weight", &L.v, more});
+    targets.push_back({p + "self_attn.o_proj.weight", &L.o, base});
+    targets.push_back({p + "mlp.gate_proj.weight", &L.gate, base});
+    targets.push_back({p + "mlp.up_proj.weight", &L.up, base});
+    targets.push_back({p + "mlp.down_proj.weight", &L.down, more});
   }
-  targets.push_back({m.config.tiedEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight", &m.lmHead, DType::Q8_0});
+  targets.push_back({m.config.tiedEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight", &m.lmHead, head});
 
-  // Every width is checked before any work, so a model that cannot be quantized fails at once.
-  for (const Target& g : targets)
+  // A K-quant matrix not 256k wide falls back to Q8_0, as llama.cpp falls back to a 32-wide format
+  // (it picks Q5_0 / Q8_0; depthgate has Q8_0). Every width is checked before any work, so a model
+  // that cannot be quantized fails at once.
+  for (Target& g : targets) {
+    if (isKQuant(g.to) && g.weight->cols % kSuperBlock != 0) g.to = DType::Q8_0;
     if (g.weight->cols % kQuantBlock != 0)
       throw Error(kErrUnsupported,
-                  std::string("weights '") + (t == DType::Q8_0 ? "q8_0" : "q4_0") +
-                      "' needs every quantized matrix to be a " + "multiple of 32 columns wide, but '" + g.name +
-                      "' has " + std::to_string(g.weight->cols),
+                  "weights '" + format + "' needs every quantized matrix to be a multiple of 32 columns wide, but '" +
+                      g.name + "' has " + std::to_string(g.weight->cols),
                   fileOf(m, g.name));
+  }
 
   ThreadPool pool(threads < 1 ? 1 : threads);
   std::vector<std::vector<unsigned char>> copies;
@@ -81,6 +101,7 @@ void quantizeModel(Model& m, DType t, int threads, const std::function<bool()>& 
     quantized.push_back(q);
   }
   // Nothing can fail from here: swap the views over and account for the bytes.
+  std::vector<DType> used;  // the formats made
   for (size_t i = 0; i < targets.size(); i++) {
     Weight& w = *targets[i].weight;
     const bool stillUsed = &w == &m.lmHead && m.config.tiedEmbeddings;  // the embedding table reads it
@@ -90,10 +111,16 @@ void quantizeModel(Model& m, DType t, int threads, const std::function<bool()>& 
       releasePages(w.data, w.bytes());
     }
     w = quantized[i];
+    if (std::find(used.begin(), used.end(), targets[i].to) == used.end()) used.push_back(targets[i].to);
   }
+  // The layer format first, then the others in a fixed order (Q6_K, then Q8_0).
+  auto rank = [&](DType t) { return t == base ? 100 : int(t); };
+  std::sort(used.begin(), used.end(), [&](DType a, DType b) { return rank(a) > rank(b); });
   m.quantizedCopies = std::move(copies);
-  m.weightFormat = t == DType::Q8_0 ? "q8_0" : "q4_0";
-  m.dtypeSummary = std::string(dtypeName(t)) + (t == DType::Q8_0 ? "" : "+Q8_0") + " (from " + m.dtypeSummary + ")";
+  m.weightFormat = format;
+  std::string made;
+  for (DType t : used) made += (made.empty() ? "" : "+") + std::string(dtypeName(t));
+  m.dtypeSummary = made + " (from " + m.dtypeSummary + ")";
   m.quantizeSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 

@@ -8,24 +8,51 @@
 
 namespace dg {
 
-// F32/F16/BF16 are element types. Q8_0 and Q4_0 are llama.cpp's block formats (ggml-common.h):
-// each row is cols / 32 blocks of 32 weights, a block being an f16 scale d followed by
+// F32/F16/BF16 are element types. The others are llama.cpp's block formats (ggml-common.h), packed
+// back to back with no padding, so a block's f16 fields may be unaligned. Q8_0 and Q4_0: each row is
+// cols / 32 blocks of 32 weights, a block being an f16 scale d followed by
 //   Q8_0: 32 int8 q, weight = d * q                                        (34 bytes)
 //   Q4_0: 16 bytes of nibbles, byte j holding weight j (low) and j + 16 (high),
 //         weight = d * (q - 8)                                             (18 bytes)
-// Blocks are packed back to back with no padding, so a block's scale may be unaligned.
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4 };
+// The K-quants: each row is cols / 256 super-blocks of 256 weights,
+//   Q4_K: f16 d, f16 dmin, 12 bytes of 6-bit scales sc[8] and mins m[8] (packing in
+//         cpu/kquant.cc), 128 bytes of nibbles: bytes 32c..32c+31 hold weights 64c + l (low) and
+//         64c + 32 + l (high); weight i of sub-block j (32 wide) = d * sc[j] * q - dmin * m[j]
+//                                                                          (144 bytes)
+//   Q6_K: ql[128] (low 4 bits), qh[64] (high 2 bits), int8 scales[16] (one per 16 weights),
+//         f16 d; weight = d * scales[i / 16] * (q - 32), q in [0, 63]      (210 bytes)
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4, Q4_K = 5, Q6_K = 6 };
 
-constexpr int64_t kQuantBlock = 32;  // weights per Q8_0 / Q4_0 block
-inline bool isBlockQuantized(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
-// Bytes of one block of a block format (34 for Q8_0, 18 for Q4_0); 0 for element types.
-inline size_t blockBytes(DType t) { return t == DType::Q8_0 ? 34 : t == DType::Q4_0 ? 18 : 0; }
+constexpr int64_t kQuantBlock = 32;   // weights per Q8_0 / Q4_0 block
+constexpr int64_t kSuperBlock = 256;  // weights per Q4_K / Q6_K super-block
+// The 32-wide block formats, which cpu/matmul_quant.cc computes with.
+inline bool isBlock32(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
+// The 256-wide K-quants, which cpu/matmul_kquant.cc computes with.
+inline bool isKQuant(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
+inline bool isBlockQuantized(DType t) { return isBlock32(t) || isKQuant(t); }
+// Weights per block: 32 or 256 for the block formats, 1 for element types.
+inline int64_t blockElements(DType t) { return isKQuant(t) ? kSuperBlock : isBlock32(t) ? kQuantBlock : 1; }
+// Bytes of one block of a block format (34, 18, 144, 210); 0 for element types.
+inline size_t blockBytes(DType t) {
+  switch (t) {
+    case DType::Q8_0:
+      return 34;
+    case DType::Q4_0:
+      return 18;
+    case DType::Q4_K:
+      return 144;
+    case DType::Q6_K:
+      return 210;
+    default:
+      return 0;
+  }
+}
 // Bytes of one element of an element type. Block formats have no element size: use rowBytes.
 inline size_t dtypeSize(DType t) { return t == DType::F32 ? 4 : 2; }
-// Bytes of one row of `cols` values: cols * element size, or cols / 32 blocks for block formats
-// (whose rows must be a multiple of 32 wide; see isBlockQuantized).
+// Bytes of one row of `cols` values: cols * element size, or cols / blockElements blocks for block
+// formats (whose rows must be whole blocks wide; see blockElements).
 inline size_t rowBytes(DType t, int64_t cols) {
-  return isBlockQuantized(t) ? size_t(cols / kQuantBlock) * blockBytes(t) : size_t(cols) * dtypeSize(t);
+  return isBlockQuantized(t) ? size_t(cols / blockElements(t)) * blockBytes(t) : size_t(cols) * dtypeSize(t);
 }
 inline const char* dtypeName(DType t) {
   switch (t) {
@@ -39,6 +66,10 @@ inline const char* dtypeName(DType t) {
       return "Q8_0";
     case DType::Q4_0:
       return "Q4_0";
+    case DType::Q4_K:
+      return "Q4_K";
+    case DType::Q6_K:
+      return "Q6_K";
   }
   return "?";
 }
@@ -85,7 +116,7 @@ inline float loadElement(const void* data, DType t, size_t i) {
 }
 
 // Converts `n` elements starting at element `offset` into f32. For the block formats, offset and
-// n must be multiples of 32 (whole blocks; rows of a weight are).
+// n must be multiples of blockElements (whole blocks; rows of a weight are).
 void toF32(float* out, const void* data, DType t, size_t offset, size_t n);
 
 }  // namespace dg

@@ -12,7 +12,7 @@ trap 'rm -rf "$out"' EXIT
 
 # The kernel files: native/cpu/ in native/sources.json, less the CPU backend (it needs the engine).
 read -r -a kernels <<<"$(node -p "require('./native/sources.json').filter(f => f.startsWith('native/cpu/') && !f.endsWith('/cpu_backend.cc')).join(' ')")"
-sources=(test/native/kernels_test.cc test/native/kernels_quant_test.cc native/threadpool.cc native/penalty_window.cc "${kernels[@]}")
+sources=(test/native/kernels_test.cc test/native/kernels_quant_test.cc test/native/kernels_kquant_test.cc native/threadpool.cc native/penalty_window.cc "${kernels[@]}")
 flags=(-std=c++17 -O2 -pthread -Inative)
 
 variants=(scalar)

@@ -88,7 +88,7 @@ export interface NativeResponse {
 /** The dtype K and V are stored in. */
 export type KvCacheType = 'f32' | 'f16' | 'bf16';
 /** 'stored': the checkpoint's dtype; else the block format the weights are quantized to on load. */
-export type WeightFormat = 'stored' | 'q8_0' | 'q4_0';
+export type WeightFormat = 'stored' | 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k';
 
 export interface NativeModelInfo {
   parameters: number;

@@ -6,7 +6,8 @@ const MODEL = `MODEL_DIR is a Hugging Face model directory; without one, the emb
 const LOAD = `      --threads N           CPU threads (default: the processors this process may use)
       --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
       --kv-cache T          KV cache dtype: bf16 (default), f16 or f32
-      --weights W           weights in memory: stored (default), q8_0 or q4_0 (quantized on load, CPU)
+      --weights W           weights in memory: stored (default), or quantized on load (CPU): q8_0, q4_0,
+                            q4_k (llama.cpp's Q4_K_M mix of Q4_K and Q6_K) or q6_k
       --no-generation-config  ignore the sampling defaults of the model's generation_config.json
       --addon FILE          router weights to apply to the model (repeatable; a relative path is
                             taken from the working directory)`;
@@ -69,7 +70,8 @@ ${MODEL}
 
       --addon FILE          router weights to apply to the model (repeatable)
       --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
-      --weights W           weights in memory: stored (default), q8_0 or q4_0 (quantized on load, CPU)
+      --weights W           weights in memory: stored (default), or quantized on load (CPU): q8_0, q4_0,
+                            q4_k (llama.cpp's Q4_K_M mix of Q4_K and Q6_K) or q6_k
 `,
   logits: `Usage: depthgate logits [MODEL_DIR] (--prompt TEXT | --tokens 1,2,3) [options]
 The logits at every position: a table of each position's token, the most likely next tokens and

@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import { defaultModelSetup } from './defaultModel';
 import { loadModel, type Model } from './model';
-import type { GenerateOptions, LoadOptions } from './options';
+import { WEIGHT_FORMATS, type GenerateOptions, type LoadOptions, type WeightFormatOption } from './options';
 import { formatPolicy, parsePolicy, type Policy } from './policy';
 import { UsageError, intArg, numArg, unescape, type Args, type Options } from './cliArgs';
 
@@ -64,8 +64,8 @@ export async function openModel(command: string, args: Args): Promise<Model> {
   if (kv !== undefined && kv !== 'f32' && kv !== 'f16' && kv !== 'bf16')
     throw new UsageError(`--kv-cache must be f32, f16 or bf16, got '${kv}'`, command);
   const weights = args.str('weights');
-  if (weights !== undefined && weights !== 'stored' && weights !== 'q8_0' && weights !== 'q4_0')
-    throw new UsageError(`--weights must be stored, q8_0 or q4_0, got '${weights}'`, command);
+  if (weights !== undefined && !(WEIGHT_FORMATS as readonly string[]).includes(weights))
+    throw new UsageError(`--weights must be stored, q8_0, q4_0, q4_k or q6_k, got '${weights}'`, command);
   const threads = intArg(args.str('threads'), 'threads', 1, command, 1024);
   let addons = (args.list('addon') ?? []).map((a) => path.resolve(a));
   let modelDir = args.positionals[0];
@@ -85,7 +85,7 @@ export async function openModel(command: string, args: Args): Promise<Model> {
     ...(addons.length ? { addons } : {}),
     ...(backend ? { backend } : {}),
     ...(kv ? { kvCacheType: kv } : {}),
-    ...(weights ? { weights } : {}),
+    ...(weights ? { weights: weights as WeightFormatOption } : {}),
     ...(args.flag('no-generation-config') ? { generationConfig: false } : {}),
   };
   return loadModel(modelDir, options);

@@ -28,6 +28,7 @@ import {
   type GenerateOptions,
   type GenerateResult,
   type LoadOptions,
+  type WeightFormatOption,
 } from './options';
 import { Tokenizer, type ChatMessage } from './tokenizer';
 import { fullDepthOf, validatePolicy, type Policy } from './policy';
@@ -59,7 +60,7 @@ export interface ModelInfo {
   /** Dtype(s) of the weights, e.g. "BF16", or "Q8_0 (from BF16)" when quantized on load. */
   dtype: string;
   /** LoadOptions.weights: 'stored', or the block format the weights were quantized to on load. */
-  weights: 'stored' | 'q8_0' | 'q4_0';
+  weights: WeightFormatOption;
   /** Milliseconds the quantization on load took (0 for 'stored'). */
   quantizeMs: number;
   /** The backend running the model: 'cpu' or 'cuda'. */

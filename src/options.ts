@@ -9,6 +9,11 @@ import { InvalidOptionError } from './errors';
 import type { Policy } from './policy';
 import { SAMPLING_KEYS, validateSamplingOptions, type ResolvedSampling, type SamplingOptions } from './sampling';
 
+/** LoadOptions.weights: 'stored', or the block format the weights are quantized to on load. */
+export type WeightFormatOption = 'stored' | 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k';
+/** @internal The values of LoadOptions.weights (and of the CLI's --weights). */
+export const WEIGHT_FORMATS: readonly WeightFormatOption[] = ['stored', 'q8_0', 'q4_0', 'q4_k', 'q6_k'];
+
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
   /**
@@ -41,12 +46,18 @@ export interface LoadOptions {
   kvCacheType?: 'f32' | 'f16' | 'bf16' | undefined;
   /**
    * The weights' format in memory (default 'stored': the checkpoint's own dtype, memory-mapped).
-   * 'q8_0' and 'q4_0' quantize on load to llama.cpp's Q8_0 / Q4_0 block formats (8.5 / 4.5 bits a
-   * weight) for the CPU backend: every decoder layer's q, k, v, o, gate, up and down projection in
-   * that format and the LM head in Q8_0; the embedding table, norms and router / adapter weights
-   * keep their dtype. Needs those matrices to be a multiple of 32 columns wide.
+   * The others quantize on load, for the CPU backend, every decoder layer's q, k, v, o, gate, up and
+   * down projection and the LM head to llama.cpp's block formats; the embedding table, norms and
+   * router / adapter weights keep their dtype:
+   *  * 'q8_0', 'q4_0': Q8_0 / Q4_0 (8.5 / 4.5 bits a weight), the LM head Q8_0;
+   *  * 'q4_k': llama.cpp's Q4_K_M mix: Q4_K (4.5 bits), with v and down in Q6_K (6.56 bits) on the
+   *    layers llama.cpp's use_more_bits picks (first and last eighth, every third between), the LM
+   *    head Q6_K;
+   *  * 'q6_k': Q6_K throughout, the LM head included.
+   * Those matrices must be a multiple of 32 columns wide; for 'q4_k' / 'q6_k' one that is not a
+   * multiple of 256 is quantized to Q8_0 instead.
    */
-  weights?: 'stored' | 'q8_0' | 'q4_0' | undefined;
+  weights?: WeightFormatOption | undefined;
   /** Called with the fraction loaded, from 0 to 1. */
   onProgress?: ((fraction: number) => void) | undefined;
   /** Cancels the load; the promise rejects with AbortError and everything taken is freed. */
@@ -265,8 +276,11 @@ export function validateLoadOptions(o: unknown): LoadOptions {
     opts.kvCacheType !== 'bf16'
   )
     throw new InvalidOptionError('kvCacheType', `must be 'f32', 'f16' or 'bf16', got ${describe(opts.kvCacheType)}`);
-  if (opts.weights !== undefined && opts.weights !== 'stored' && opts.weights !== 'q8_0' && opts.weights !== 'q4_0')
-    throw new InvalidOptionError('weights', `must be 'stored', 'q8_0' or 'q4_0', got ${describe(opts.weights)}`);
+  if (opts.weights !== undefined && !(WEIGHT_FORMATS as readonly unknown[]).includes(opts.weights))
+    throw new InvalidOptionError(
+      'weights',
+      `must be 'stored', 'q8_0', 'q4_0', 'q4_k' or 'q6_k', got ${describe(opts.weights)}`,
+    );
   checkFunction(opts.onProgress, 'onProgress');
   checkSignal(opts.signal, 'signal');
   if (

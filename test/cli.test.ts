@@ -209,7 +209,13 @@ test('--weights q8_0 quantizes on load: info says so, logits match the reference
   out.logits.forEach((row, i) => expect(relError(row, want[i])).toBeLessThan(1e-5));
   const bad = run(['info', dir, '--weights', 'q5_k']);
   expect(bad.code).toBe(2);
-  expect(bad.stderr).toMatch(/--weights must be stored, q8_0 or q4_0, got 'q5_k'/);
+  expect(bad.stderr).toMatch(/--weights must be stored, q8_0, q4_0, q4_k or q6_k, got 'q5_k'/);
+  // q4_k on a model 256 wide: Q4_K_M's mix of Q4_K and Q6_K (the LM head, layer 1's v and down).
+  const wide = tinyModel({ seed: 4, hidden: 256, intermediate: 512 });
+  const k = run(['info', wide, '--weights', 'q4_k']);
+  expect(k.code).toBe(0);
+  expect(k.stdout).toMatch(/dtype: Q4_K\+Q6_K \(from F32\)/);
+  expect(k.stdout).toMatch(/quantized on load to q4_k in \d+ ms/);
 });
 
 test('bad arguments and bad models give a message and a non-zero exit, not a crash', () => {

@@ -20,6 +20,7 @@ import {
 } from '../src/testing';
 import { readGgufHeader } from '../src/ggufConfig';
 import { float32ToFloat16Bits } from '../src/testing/floatBits';
+import { dequantizeKQuant } from '../src/testing/kQuants';
 import { Tokenizer } from '../src/tokenizer';
 import { loadReference, referenceLogits } from './reference/reference';
 import { cleanup, openedFiles, randomTokens, relError, tinyModel, tmpDir } from './helpers';
@@ -350,7 +351,7 @@ describe('malformed GGUF files are refused with typed errors', () => {
       /missing tensor 'model.layers.1.mlp.up_proj.weight'/,
     );
   });
-  test('Q8_0 tensors load and compute as the same weights quantized on load; a K-quant is refused, naming it', async () => {
+  test('Q8_0 tensors load and compute as the same weights quantized on load; Q5_K is refused, naming it', async () => {
     const dir = tinyModel({ seed: 1, vocabSize: 320, intermediate: 256 }); // f32; ffn_down 256 wide: one Q4_K block a row
     const f32File = path.join(d, 'f32.gguf');
     convertToGguf(dir, f32File);
@@ -389,20 +390,86 @@ describe('malformed GGUF files are refused with typed errors', () => {
       await onLoad.dispose();
       await plain.dispose();
     }
-    // A K-quant (Q4_K, ggml type 12) is not computed: refused, naming the tensor and the type.
+    // A K-quant other than Q4_K and Q6_K (Q5_K, ggml type 13) is not computed: refused, naming the
+    // tensor and the type.
     const k = specFromFile(f32File);
     const t = k.tensors.find((x) => x.name === 'blk.0.ffn_down.weight')!;
     const elements = t.dims.reduce((x, y) => x * y, 1);
-    t.type = 'Q4_K';
-    t.data = new Uint8Array((elements / 256) * 144);
-    const kFile = path.join(d, 'q4k.gguf');
+    t.type = 'Q5_K';
+    t.data = new Uint8Array((elements / 256) * 176);
+    const kFile = path.join(d, 'q5k.gguf');
     writeGguf(kFile, k);
     await expectRefused(
       kFile,
       UnsupportedModelError,
-      /tensor 'blk.0.ffn_down.weight' has ggml type Q4_K, which depthgate does not compute with/,
+      /tensor 'blk.0.ffn_down.weight' has ggml type Q5_K, which depthgate does not compute with \(.*Q4_K and Q6_K load\)/,
     );
   });
+  test.each(['q4_k', 'q6_k'] as const)(
+    'a %s GGUF (llama.cpp reference quantizer) computes as its dequantized weights and as quantizing on load',
+    async (weights) => {
+      // 256 wide, 2 layers (llama: Q/K rows permuted in the file), untied: Q4_K_M's layer 1 v and down are Q6_K.
+      const dir = tinyModel({ seed: 2, hidden: 256, intermediate: 256, layers: 2, vocabSize: 320 });
+      const kFile = path.join(d, `${weights}.gguf`);
+      convertToGguf(dir, kFile, { weights, quantizeEmbedding: true });
+      const spec = specFromFile(kFile);
+      // The same K-quant file with token_embd in F32, to compare with quantization on load (which keeps it).
+      const plainFile = path.join(d, `${weights}-plain.gguf`);
+      convertToGguf(dir, plainFile);
+      const spec2 = specFromFile(kFile);
+      const embd = spec2.tensors.findIndex((x) => x.name === 'token_embd.weight');
+      spec2.tensors[embd] = specFromFile(plainFile).tensors.find((x) => x.name === 'token_embd.weight')!;
+      const kFile2 = path.join(d, `${weights}-embd-f32.gguf`);
+      writeGguf(kFile2, spec2);
+      const typeOf = (n: string) => spec.tensors.find((x) => x.name === n)!.type;
+      const base = weights === 'q4_k' ? 'Q4_K' : 'Q6_K';
+      expect(typeOf('token_embd.weight')).toBe(base);
+      expect(typeOf('output.weight')).toBe('Q6_K');
+      expect(typeOf('blk.0.attn_q.weight')).toBe(base);
+      expect(typeOf('blk.0.attn_v.weight')).toBe(base);
+      expect(typeOf('blk.1.attn_v.weight')).toBe('Q6_K');
+      expect(typeOf('blk.1.ffn_down.weight')).toBe('Q6_K');
+      expect(typeOf('blk.0.attn_norm.weight')).toBe('F32');
+      // The same file with every K-quant tensor replaced by its dequantized values in F32.
+      for (const t of spec.tensors) {
+        if (t.type !== 'Q4_K' && t.type !== 'Q6_K') continue;
+        const values = dequantizeKQuant(t.type, t.data);
+        t.type = 'F32';
+        t.data = new Uint8Array(values.buffer);
+      }
+      const deqFile = path.join(d, `${weights}-dequantized.gguf`);
+      writeGguf(deqFile, spec);
+      const tokens = randomTokens(12, 3, 320, 6);
+      const fromK = await loadModel(kFile, { kvCacheType: 'f32', threads: 2 });
+      const fromDeq = await loadModel(deqFile, { kvCacheType: 'f32', threads: 2 });
+      const fromK2 = await loadModel(kFile2, { kvCacheType: 'f32', threads: 2 });
+      const onLoad = await loadModel(dir, { kvCacheType: 'f32', threads: 2, weights });
+      try {
+        expect(fromK.info.dtype).toBe(weights === 'q4_k' ? 'F32+Q4_K+Q6_K' : 'F32+Q6_K');
+        const a = await fromK.evaluate(tokens);
+        const b = await fromDeq.evaluate(tokens);
+        const c = await fromK2.evaluate(tokens);
+        const e = await onLoad.evaluate(tokens);
+        let vsDeq = 0;
+        for (let p = 0; p < tokens.length; p++) {
+          // Same weights; the K-quant kernels round the matmul inputs to int8 (256-wide blocks), the
+          // F32 ones do not: that rounding is all that is left (measured 3.1e-2 and 3.3e-2).
+          vsDeq = Math.max(vsDeq, relError(a.logits[p]!, b.logits[p]!));
+          // The same blocks, written by the TypeScript port of llama.cpp's quantizer and by the
+          // engine's own: the same logits up to f32 summation order.
+          expect(relError(c.logits[p]!, e.logits[p]!)).toBeLessThan(1e-5);
+        }
+        console.log(`${weights} GGUF vs its dequantized weights in F32: ${vsDeq.toExponential(2)}`);
+        expect(vsDeq).toBeLessThan(5e-2);
+      } finally {
+        await fromK.dispose();
+        await fromDeq.dispose();
+        await fromK2.dispose();
+        await onLoad.dispose();
+      }
+    },
+    120000,
+  );
   test('a GGUF path that does not exist, or is a directory', async () => {
     await expectRefused(path.join(d, 'missing.gguf'), ModelFileError, /does not exist/);
     fs.mkdirSync(path.join(d, 'dir.gguf'));

@@ -1,5 +1,5 @@
 /**
- * loadModel(dir, { weights: 'q8_0' | 'q4_0' }): quantization on load.
+ * loadModel(dir, { weights: 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k' }): quantization on load.
  *  * Against the float64 reference run on the weights as quantized (test/reference/quantize.ts,
  *    llama.cpp's rounding written again): what is left is the engine's f32 arithmetic and the int8
  *    rounding of the activations inside every quantized matmul.
@@ -9,7 +9,7 @@
 import { InvalidOptionError, loadModel, UnsupportedModelError } from '../src';
 import type { TinyModelOptions } from '../src/testing';
 import { loadReference, referenceLogits } from './reference/reference';
-import { quantizeActivation, quantizedReference, type BlockFormat } from './reference/quantize';
+import { activationRounding, quantizedReference, type WeightsOption } from './reference/quantize';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';
 
 afterAll(cleanup);
@@ -20,34 +20,52 @@ afterAll(cleanup);
 // TOL_STORED: the reference on the stored weights. Measured on these models: exact 1.4e-7 to
 // 2.8e-7 (f32 arithmetic only, as for stored weights in engine.test.ts); weights only 2.1e-2 to
 // 3.1e-2; stored 3.2e-2 to 4.3e-2 (Q8_0) and 0.26 to 0.42 (Q4_0: uniform random weights are hard on 16 levels).
-const TOL_EXACT: Record<BlockFormat, number> = { q8_0: 1e-5, q4_0: 1e-5 };
+// The K-quants (models 256 wide): exact 1.2e-7 to 2.5e-7 (so the engine's quantizer and the
+// TypeScript port of llama.cpp's write the same blocks); weights only 1.1e-2 to 4.0e-2 (256-wide
+// activation blocks); stored 8.6e-2 to 0.30 (q4_k, Q4_K_M) and 3.0e-2 to 8.6e-2 (q6_k).
+const TOL_EXACT: Record<WeightsOption, number> = { q8_0: 1e-5, q4_0: 1e-5, q4_k: 1e-5, q6_k: 1e-5 };
 const TOL_WEIGHTS = 5e-2;
-const TOL_STORED: Record<BlockFormat, number> = { q8_0: 6e-2, q4_0: 5e-1 };
+const TOL_STORED: Record<WeightsOption, number> = { q8_0: 6e-2, q4_0: 5e-1, q4_k: 5e-1, q6_k: 1.5e-1 };
+// m.info.dtype: the formats made, the layer format first.
+const DTYPES: Record<WeightsOption, RegExp> = {
+  q8_0: /^Q8_0 \(from /,
+  q4_0: /^Q4_0\+Q8_0 \(from /,
+  q4_k: /^Q4_K\+Q6_K(\+Q8_0)? \(from /,
+  q6_k: /^Q6_K(\+Q8_0)? \(from /,
+};
 
-const cases: [string, TinyModelOptions][] = [
-  ['llama f32 GQA', { arch: 'llama', dtype: 'f32' }],
-  ['llama bf16 tied', { arch: 'llama', dtype: 'bf16', tied: true }],
-  ['qwen2 biases bf16', { arch: 'qwen2', dtype: 'bf16', intermediate: 160 }],
+const cases: [string, TinyModelOptions, WeightsOption[]][] = [
+  ['llama f32 GQA', { arch: 'llama', dtype: 'f32' }, ['q8_0', 'q4_0']],
+  ['llama bf16 tied', { arch: 'llama', dtype: 'bf16', tied: true }, ['q8_0', 'q4_0']],
+  ['qwen2 biases bf16', { arch: 'qwen2', dtype: 'bf16', intermediate: 160 }, ['q8_0', 'q4_0']],
+  // 256 wide, 3 layers: Q4_K_M puts layer 2's v and down in Q6_K.
+  ['llama f32 256 wide', { arch: 'llama', dtype: 'f32', hidden: 256, intermediate: 256, layers: 3 }, ['q4_k', 'q6_k']],
+  // down_proj 160 wide: Q8_0 in place of a K-quant; the tied LM head gets a Q6_K copy.
+  [
+    'qwen2 bf16 tied 256 wide, down 160',
+    { arch: 'qwen2', dtype: 'bf16', tied: true, hidden: 256, intermediate: 160 },
+    ['q4_k', 'q6_k'],
+  ],
 ];
 
-describe.each(cases)('%s', (_name, options) => {
+describe.each(cases)('%s', (_name, options, formats) => {
   let dir: string;
   beforeAll(() => {
     dir = tinyModel({ seed: 5, ...options });
   });
 
-  test.each(['q8_0', 'q4_0'] as const)('%s logits match the reference on the quantized weights', async (format) => {
+  test.each(formats)('%s logits match the reference on the quantized weights', async (format) => {
     const ref = loadReference(dir);
     const tokens = randomTokens(12, 0, 300, 4);
     const qref = quantizedReference(ref, format);
-    const wantExact = referenceLogits(qref, tokens, { kvCacheType: 'f32', matmulInput: quantizeActivation });
+    const wantExact = referenceLogits(qref, tokens, { kvCacheType: 'f32', matmulInput: activationRounding(format) });
     const wantQuant = referenceLogits(qref, tokens, { kvCacheType: 'f32' });
     const wantStored = referenceLogits(ref, tokens, { kvCacheType: 'f32' });
     const m = await loadModel(dir, { weights: format, kvCacheType: 'f32', threads: 2 });
     try {
       expect(m.info.weights).toBe(format);
       expect(m.info.quantizeMs).toBeGreaterThan(0);
-      expect(m.info.dtype).toMatch(format === 'q8_0' ? /^Q8_0 \(from / : /^Q4_0\+Q8_0 \(from /);
+      expect(m.info.dtype).toMatch(DTYPES[format]);
       const got = await m.evaluate(tokens);
       const exact = Math.max(...got.logits.map((row, i) => relError(row, wantExact[i]!)));
       const vsQuantWeights = Math.max(...got.logits.map((row, i) => relError(row, wantQuant[i]!)));
@@ -111,6 +129,40 @@ test('weightBytes counts the quantized copies in place of the projections; route
   }
 });
 
+test('q4_k is the Q4_K_M mix: weightBytes counts Q4_K, Q6_K (v and down on the use_more_bits layers, LM head) and Q8_0 fallback blocks', async () => {
+  // 9 layers: use_more_bits picks 0 (< 9/8 = 1), 7 and 8 (>= 63/8 = 7), and 3 and 6 ((i - 1) % 3 == 2).
+  const dir = tinyModel({ seed: 4, dtype: 'bf16', layers: 9, hidden: 256, intermediate: 160 });
+  const stored = await loadModel(dir, { threads: 2 });
+  const q4k = await loadModel(dir, { weights: 'q4_k', threads: 2 });
+  const q6k = await loadModel(dir, { weights: 'q6_k', threads: 2 });
+  try {
+    const c = stored.config;
+    const d = c.hiddenSize;
+    const qkvo = (c.numHeads * c.headDim * 2 + c.numKvHeads * c.headDim * 2) * d;
+    const v = c.numKvHeads * c.headDim * d;
+    const gateUp = 2 * c.intermediateSize * d; // 256 wide: K-quants
+    const down = d * c.intermediateSize; // 160 wide: Q8_0 in both
+    const head = c.vocabSize * d;
+    const q4 = (n: number) => (n / 256) * 144;
+    const q6 = (n: number) => (n / 256) * 210;
+    const q8 = (n: number) => (n / 32) * 34;
+    const more = [0, 3, 6, 7, 8].length;
+    const layerBf16 = c.numLayers * (qkvo + gateUp + down);
+    const expect4 =
+      c.numLayers * (q4(qkvo - v) + q4(gateUp) + q8(down)) + more * q6(v) + (c.numLayers - more) * q4(v) + q6(head);
+    expect(q4k.info.weightBytes).toBe(stored.info.weightBytes - 2 * (layerBf16 + head) + expect4);
+    const expect6 = c.numLayers * (q6(qkvo) + q6(gateUp) + q8(down)) + q6(head);
+    expect(q6k.info.weightBytes).toBe(stored.info.weightBytes - 2 * (layerBf16 + head) + expect6);
+    expect(q4k.info.dtype).toBe('Q4_K+Q6_K+Q8_0 (from BF16)');
+    expect(q6k.info.dtype).toBe('Q6_K+Q8_0 (from BF16)');
+    expect(q4k.info.weights).toBe('q4_k');
+  } finally {
+    await stored.dispose();
+    await q4k.dispose();
+    await q6k.dispose();
+  }
+});
+
 test('an unknown weights value is an InvalidOptionError naming the option', async () => {
   const dir = tinyModel({ seed: 1 });
   await expect(loadModel(dir, { weights: 'q5_k' as never })).rejects.toThrow(InvalidOptionError);
@@ -122,6 +174,10 @@ test('a matrix whose width is not a multiple of 32 is refused with UnsupportedMo
   const err = await loadModel(dir, { weights: 'q8_0' }).catch((e: unknown) => e);
   expect(err).toBeInstanceOf(UnsupportedModelError);
   expect(String((err as Error).message)).toMatch(/model\.layers\.0\.self_attn\.q_proj\.weight' has 48/);
+  // The K-quants' Q8_0 fallback needs 32k columns too.
+  const errK = await loadModel(dir, { weights: 'q4_k' }).catch((e: unknown) => e);
+  expect(errK).toBeInstanceOf(UnsupportedModelError);
+  expect(String((errK as Error).message)).toMatch(/weights 'q4_k' needs .*multiple of 32.*q_proj\.weight' has 48/);
   // Stored weights of the same model load fine.
   const m = await loadModel(dir);
   await m.dispose();

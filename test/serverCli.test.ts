@@ -60,9 +60,13 @@ test('serve with no MODEL_DIR serves the default model; SIGTERM lets a running s
 
 test('serve options: an API key from the environment, --parallel and --context; bad arguments are usage errors', async () => {
   const dir = tinyModel({ seed: 4, maxPositions: 128 });
-  const s = await serve([dir, '--parallel', '2', '--context', '32', '--model-id', 'tiny', '--quiet'], {
-    DEPTHGATE_API_KEY: 'k1',
-  });
+  const s = await serve(
+    [dir, '--parallel', '2', '--context', '32', '--model-id', 'tiny', '--quiet', '--weights', 'q8_0'],
+    { DEPTHGATE_API_KEY: 'k1' },
+  );
+  expect(s.stderr()).toMatch(
+    /model loaded \(LlamaForCausalLM, 2 layers, weights quantized on load to q8_0 in \d+ ms\)/,
+  );
   expect((await post(s.url, '/v1/completions', { prompt: 'x' })).status).toBe(401);
   const auth = { authorization: 'Bearer k1' };
   const m = (await raw(s.url, 'GET', '/metrics', undefined, auth)).text;
@@ -84,6 +88,9 @@ test('serve options: an API key from the environment, --parallel and --context; 
     "depthgate serve: --port must be an integer from 0 to 65535, got 'eighty'\n(`depthgate serve --help` lists the options)\n",
   );
   expect(run([dir, dir]).status).toBe(2);
+  const badWeights = run([dir, '--weights', 'q5_k']);
+  expect(badWeights.status).toBe(2);
+  expect(badWeights.stderr).toMatch(/--weights must be stored, q8_0, q4_0, q4_k or q6_k, got 'q5_k'/);
   expect(run(['--bogus']).status).toBe(2);
   const help = run(['--help']);
   expect(help.status).toBe(0);

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "kquant.h"
 #include "tensor.h"
 
 // GCC 12's avx512 headers use self-initialised "undefined" vectors that -Wall flags.
@@ -118,9 +119,13 @@ __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void toF32Avx51
   if (i < n) toF32Scalar(out + i, src + 2 * i, t, n - i);
 }
 
-// ---- block formats (tensor.h): whole blocks of 32, scale times code -------------------------
+// ---- block formats (tensor.h): whole blocks of 32, scale times code (K-quants: kquant.cc) -------------------------
 
 void dequantizeRow(DType t, const unsigned char* blocks, float* out, int64_t k) {
+  if (isKQuant(t)) {
+    dequantizeRowKQuant(t, blocks, out, k);
+    return;
+  }
   const size_t bb = blockBytes(t);
   for (int64_t b = 0; b < k / kQuantBlock; b++) {
     const unsigned char* blk = blocks + size_t(b) * bb;
@@ -151,7 +156,8 @@ static ToF32Fn chooseToF32() {
 
 void toF32(float* out, const void* data, DType t, size_t offset, size_t n) {
   if (isBlockQuantized(t)) {  // whole blocks only (see tensor.h)
-    const unsigned char* p = static_cast<const unsigned char*>(data) + offset / kQuantBlock * blockBytes(t);
+    const unsigned char* p =
+        static_cast<const unsigned char*>(data) + offset / size_t(blockElements(t)) * blockBytes(t);
     dequantizeRow(t, p, out, int64_t(n));
     return;
   }

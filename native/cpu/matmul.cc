@@ -12,8 +12,9 @@
 //
 // SIMD variants carry per-function target attributes so the build needs no -m flags; the
 // variant is picked at run time from cpuKernelVariant().
-// The prefill kernels are in matmul_tiles.cc, the block-quantized (Q8_0, Q4_0) ones in
-// matmul_quant.cc; what they share is in matmul_common.h.
+// The prefill kernels are in matmul_tiles.cc, the K-quant (Q4_K, Q6_K) ones in matmul_kquant.cc,
+// the other block-quantized (Q8_0, Q4_0) ones in matmul_quant.cc; what they share is in
+// matmul_common.h.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -177,6 +178,10 @@ void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t l
       }
     return;
   }
+  if (isKQuant(W.dtype)) {
+    matmulKQuant(pool, out, ldo, x, ldx, rows, W, bias, accumulate);
+    return;
+  }
   if (isBlockQuantized(W.dtype)) {
     matmulQuant(pool, out, ldo, x, ldx, rows, W, bias, accumulate);
     return;
@@ -191,11 +196,20 @@ void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t l
 }
 
 void matmulMany(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs) {
-  bool allQuant = nJobs > 0 && nJobs <= 8;
-  for (int j = 0; j < nJobs; j++)
-    allQuant = allQuant && isBlockQuantized(jobs[j].W->dtype) && jobs[j].W->cols == jobs[0].W->cols;
-  if (allQuant) {
+  // One activation quantization for all jobs when they share a block family (a Q4_K_M model's
+  // Q4_K and Q6_K projections do); mixed families run job by job below.
+  bool all32 = nJobs > 0 && nJobs <= 8, allK = all32;
+  for (int j = 0; j < nJobs; j++) {
+    const bool sameWidth = jobs[j].W->cols == jobs[0].W->cols;
+    all32 = all32 && isBlock32(jobs[j].W->dtype) && sameWidth;
+    allK = allK && isKQuant(jobs[j].W->dtype) && sameWidth;
+  }
+  if (all32) {
     matmulManyQuant(pool, x, jobs, nJobs);
+    return;
+  }
+  if (allK) {
+    matmulManyKQuant(pool, x, jobs, nJobs);
     return;
   }
   bool ok = chosenIsa() != Isa::Scalar && nJobs <= 8;
@@ -210,8 +224,12 @@ void matmulMany(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs
 
 void gateUpVector(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
                   const float* bu) {
-  if (isBlockQuantized(Wg.dtype) && isBlockQuantized(Wu.dtype)) {
+  if (isBlock32(Wg.dtype) && isBlock32(Wu.dtype)) {
     gateUpQuant(pool, out, x, Wg, bg, Wu, bu);
+    return;
+  }
+  if (isKQuant(Wg.dtype) && isKQuant(Wu.dtype)) {
+    gateUpKQuant(pool, out, x, Wg, bg, Wu, bu);
     return;
   }
   const Isa isa = chosenIsa();

@@ -22,6 +22,8 @@
 // SIMD variants carry per-function target attributes so the build needs no -m flags.
 #define DG_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define DG_AVX512 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
+// 256-bit VNNI (vpdpbusd on ymm) comes with AVX512_VNNI + AVX512VL.
+#define DG_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 namespace dg {
 namespace matmul_detail {
@@ -37,6 +39,16 @@ inline Isa chosenIsa() {
     return Isa::Scalar;
   }();
   return isa;
+}
+
+// The integer (block-quantized) kernels' variant: the float kernels' one, narrowed by what they
+// need: VNNI on top of AVX-512 (quantKernelVariant() names it).
+enum class QIsa { Scalar, Avx2, Vnni };
+inline QIsa quantIsa(Isa isa) {
+  if (isa == Isa::Scalar) return QIsa::Scalar;
+  const CpuFeatures& f = cpuFeatures();
+  if (isa == Isa::Avx512 && f.avx512vnni && f.avx512vl) return QIsa::Vnni;
+  return QIsa::Avx2;
 }
 
 // Below this many multiply-adds, waking the pool costs more than it saves.
@@ -70,7 +82,7 @@ void runBlocks(ThreadPool& pool, int64_t n, int64_t work, const Fn& fn) {
 void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
           const Weight& W, const float* bias, bool accumulate);
 
-// Weights in a block format (Q8_0, Q4_0; matmul_quant.cc): the activation rows are quantized to
+// Weights in a 32-wide block format (Q8_0, Q4_0; matmul_quant.cc): the activation rows are quantized to
 // int8 blocks once per call and meet the weight blocks in integer dot products. These throw
 // dg::Error (kErrUnsupported) for a weight that is not block-quantized or not 32k columns wide.
 void matmulQuant(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W,
@@ -79,6 +91,15 @@ void matmulQuant(ThreadPool& pool, float* out, int64_t ldo, const float* x, int6
 void matmulManyQuant(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs);
 void gateUpQuant(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
                  const float* bu);
+
+// The same three for the K-quants (Q4_K, Q6_K; matmul_kquant.cc), whose activation rows are
+// quantized to 256-wide int8 blocks with 16-wide sums. A job list may mix Q4_K and Q6_K. They throw
+// dg::Error (kErrUnsupported) for a weight that is not a K-quant or not 256k columns wide.
+void matmulKQuant(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W,
+                  const float* bias, bool accumulate);
+void matmulManyKQuant(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs);
+void gateUpKQuant(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
+                  const float* bu);
 
 }  // namespace matmul_detail
 }  // namespace dg

@@ -1,4 +1,5 @@
-// out[r, o] = sum_i x[r, i] * W[o, i] (+ bias[o]) for W in a block format (Q8_0, Q4_0; tensor.h).
+// out[r, o] = sum_i x[r, i] * W[o, i] (+ bias[o]) for W in a 32-wide block format (Q8_0, Q4_0;
+// tensor.h). The K-quants (Q4_K, Q6_K) have their own kernels in matmul_kquant.cc.
 //
 // The activation rows are quantized once per call into int8 blocks of 32 with an f32 scale each
 // (llama.cpp quantizes them to Q8_0, with an f16 scale; f32 loses less and costs nothing here), so
@@ -19,9 +20,6 @@
 
 #include "errors.h"
 #include "matmul_common.h"
-
-// 256-bit VNNI (vpdpbusd on ymm) comes with AVX512_VNNI + AVX512VL.
-#define DG_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 namespace dg {
 namespace matmul_detail {
@@ -157,16 +155,6 @@ struct QGemvPair {
   QGemvFn four, one;
 };
 
-enum class QIsa { Scalar, Avx2, Vnni };
-
-// The float kernels' variant, narrowed by what the integer kernels need: VNNI on top of AVX-512.
-QIsa quantIsa(Isa isa) {
-  if (isa == Isa::Scalar) return QIsa::Scalar;
-  const CpuFeatures& f = cpuFeatures();
-  if (isa == Isa::Avx512 && f.avx512vnni && f.avx512vl) return QIsa::Vnni;
-  return QIsa::Avx2;
-}
-
 template <DType T>
 QGemvPair kernelsFor(QIsa q) {
   if (q == QIsa::Vnni) return {qgemvVnni<T, 4>, qgemvVnni<T, 1>};
@@ -180,7 +168,7 @@ QGemvPair quantKernels(Isa isa, DType t) {
 }
 
 void requireBlocks(const Weight& W) {
-  if (!isBlockQuantized(W.dtype) || W.cols % kQuantBlock != 0)
+  if (!isBlock32(W.dtype) || W.cols % kQuantBlock != 0)
     throw Error(kErrUnsupported, std::string("a ") + dtypeName(W.dtype) +
                                      " matmul needs a block-quantized weight whose " +
                                      "width is a multiple of 32, got " + std::to_string(W.cols) + " columns");

@@ -4,7 +4,8 @@
 //  * Q8_0: d = max|x| / 127, q = round(x / d);
 //  * Q4_0: d = m / -8 where m is the value of largest magnitude (sign kept), q = min(15, (int)(x / d + 8.5)).
 // The codes are computed with the f32 scale and the scale is then stored as f16, as there.
-// Decoding (dequantizeRow) is in convert.cc with the other conversions to f32.
+// Decoding (dequantizeRow) is in convert.cc with the other conversions to f32. The K-quants (Q4_K,
+// Q6_K) are quantized and decoded in kquant.cc.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "kquant.h"
 #include "tensor.h"
 
 namespace dg {
@@ -58,6 +60,10 @@ void quantizeBlockQ4_0(const float* x, unsigned char* blk) {
 }  // namespace
 
 void quantizeRow(DType t, const float* x, unsigned char* blocks, int64_t k) {
+  if (isKQuant(t)) {
+    quantizeRowKQuant(t, x, blocks, k);
+    return;
+  }
   const size_t bb = blockBytes(t);
   for (int64_t b = 0; b < k / kQuantBlock; b++) {
     if (t == DType::Q8_0)

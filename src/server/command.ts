@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { defaultModelSetup } from '../defaultModel';
 import { DepthgateError } from '../errors';
 import { loadModel, type Model } from '../model';
-import type { LoadOptions } from '../options';
+import { WEIGHT_FORMATS, type LoadOptions, type WeightFormatOption } from '../options';
 import { createServer } from './server';
 import type { RequestRecord, ServerOptions } from './options';
 
@@ -28,6 +28,8 @@ export const SERVE_USAGE = `Usage: depthgate serve [MODEL_DIR] [options]   OpenA
       --addon FILE          router weights to apply to the model (repeatable)
       --threads N           CPU threads (default: the processors this process may use)
       --backend B           auto | cpu | cuda (default: $DEPTHGATE_BACKEND or auto)
+      --weights W           weights in memory: stored (default), or quantized on load (CPU): q8_0, q4_0,
+                            q4_k (llama.cpp's Q4_K_M mix of Q4_K and Q6_K) or q6_k
       --shutdown-timeout S  seconds running requests get to finish on SIGTERM (default 10)
       --quiet               no access log
 `;
@@ -72,6 +74,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
         addon: { type: 'string', multiple: true },
         threads: { type: 'string' },
         backend: { type: 'string' },
+        weights: { type: 'string' },
         'shutdown-timeout': { type: 'string' },
         quiet: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -84,6 +87,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     if (positionals.length > 1) throw new ServeUsageError(`serve takes one MODEL_DIR, got ${positionals.length}`);
     if (values.backend !== undefined && !['auto', 'cpu', 'cuda'].includes(values.backend))
       throw new ServeUsageError(`--backend must be auto, cpu or cuda, got '${values.backend}'`);
+    if (values.weights !== undefined && !(WEIGHT_FORMATS as readonly string[]).includes(values.weights))
+      throw new ServeUsageError(`--weights must be stored, q8_0, q4_0, q4_k or q6_k, got '${values.weights}'`);
   } catch (e) {
     if (e instanceof ServeUsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(
@@ -134,6 +139,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     ...(threads ? { threads } : {}),
     ...(addons.length ? { addons } : {}),
     ...(values.backend ? { backend: values.backend as LoadOptions['backend'] } : {}),
+    ...(values.weights ? { weights: values.weights as WeightFormatOption } : {}),
   };
   const loading = loadModel(modelDir, loadOptions);
   let server;
@@ -181,7 +187,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
       async () => {
         model = await loading;
         const i = model.info;
-        say(`model loaded (${i.architecture}, ${i.numLayers} layers), served as '${server.modelId}'`);
+        const q =
+          i.weights === 'stored' ? '' : `, weights quantized on load to ${i.weights} in ${i.quantizeMs.toFixed(0)} ms`;
+        say(`model loaded (${i.architecture}, ${i.numLayers} layers${q}), served as '${server.modelId}'`);
       },
       (e) => {
         say(`cannot serve the model: ${(e as Error).message}`);

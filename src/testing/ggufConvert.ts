@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { float32ToBfloat16Bits, float32ToFloat16Bits, float32Bits } from './floatBits';
 import { Q8_0_BLOCK, quantizeQ8_0 } from './ggmlQ8';
 import { writeGguf, type GgufMetadataValue, type GgufTensor } from './ggufWriter';
+import { quantizeKQuant, useMoreBits, type KQuantType } from './kQuants';
 
 export interface GgufConvertOptions {
   /**
@@ -26,6 +27,32 @@ export interface GgufConvertOptions {
    * what a converter that forgot the permutation would: a different model, for tests.
    */
   permuteQK?: boolean;
+  /**
+   * Write the decoder projections and output.weight as K-quants with the engine's choice for
+   * loadModel's `weights` option: 'q4_k' is llama.cpp's Q4_K_M mix (Q4_K; attn_v and ffn_down in
+   * Q6_K on the layers useMoreBits picks; output Q6_K), 'q6_k' all Q6_K. Every such matrix must be
+   * a multiple of 256 columns wide. Quantized with src/testing/kQuants.ts (llama.cpp's reference
+   * quantizers). Default: not quantized.
+   */
+  weights?: 'q4_k' | 'q6_k';
+  /** With `weights`, token_embd too (Q4_K for 'q4_k', as llama.cpp's Q4_K_M files have it; Q6_K for 'q6_k'). */
+  quantizeEmbedding?: boolean;
+}
+
+/** The K-quant convertToGguf writes tensor `name` in (HF name), or undefined to keep it as it is. */
+function kQuantTypeOf(
+  name: string,
+  weights: 'q4_k' | 'q6_k',
+  layers: number,
+  embedding: boolean,
+): KQuantType | undefined {
+  const base: KQuantType = weights === 'q4_k' ? 'Q4_K' : 'Q6_K';
+  if (name === 'lm_head.weight') return 'Q6_K';
+  if (name === 'model.embed_tokens.weight') return embedding ? base : undefined;
+  const m = /^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$/.exec(name);
+  if (!m) return undefined;
+  const more = /v_proj|down_proj/.test(m[2]!) && useMoreBits(Number(m[1]), layers);
+  return more ? 'Q6_K' : base;
 }
 
 const HF_TO_GGUF_LAYER: Record<string, string> = {
@@ -274,12 +301,19 @@ export function convertToGguf(dir: string, file: string, options: GgufConvertOpt
       const gname = ggufTensorName(name);
       if (!gname) throw new RangeError(`convertToGguf: tensor ${name} has no GGUF name`);
       const oneD = t.shape.length === 1;
-      let type: 'F32' | 'F16' | 'BF16' | 'Q8_0' = oneD ? 'F32' : (options.type ?? t.dtype);
-      if (type === 'Q8_0' && t.shape[t.shape.length - 1]! % Q8_0_BLOCK !== 0) type = 'F16';
+      const k = options.weights
+        ? kQuantTypeOf(name, options.weights, num('num_hidden_layers'), options.quantizeEmbedding ?? false)
+        : undefined;
+      if (k && t.shape[1]! % 256 !== 0)
+        throw new RangeError(`convertToGguf: ${name} is ${t.shape[1]} wide, not a multiple of 256 for ${k}`);
+      let plain: 'F32' | 'F16' | 'BF16' | 'Q8_0' = oneD ? 'F32' : (options.type ?? t.dtype);
+      if (plain === 'Q8_0' && t.shape[t.shape.length - 1]! % Q8_0_BLOCK !== 0) plain = 'F16';
+      const type = k ?? plain;
       let bytes: Uint8Array;
-      if (type === t.dtype) bytes = t.bytes;
-      else if (type === 'Q8_0') bytes = quantizeQ8_0(decode(t));
-      else bytes = encode(decode(t), type);
+      if (k) bytes = quantizeKQuant(k, decode(t));
+      else if (plain === t.dtype) bytes = t.bytes;
+      else if (plain === 'Q8_0') bytes = quantizeQ8_0(decode(t));
+      else bytes = encode(decode(t), plain);
       if (arch === 'llama' && options.permuteQK !== false && /\.self_attn\.[qk]_proj\./.test(name))
         bytes = permuteRows(bytes, t.shape[0]!, name.includes('.q_proj.') ? heads : kvHeads);
       tensors.push({ name: gname, dims: [...t.shape].reverse(), type, data: bytes });

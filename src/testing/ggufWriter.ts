@@ -30,7 +30,7 @@ export type GgufMetadataValue =
   | { type: GgufScalarType; array: readonly (number | bigint | boolean | string)[] | ArrayLike<number> };
 
 /** ggml tensor types the writer knows the ids of (the data is given already encoded). */
-export const GGML_TYPES = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q4_K: 12, Q6_K: 14, BF16: 30 } as const;
+export const GGML_TYPES = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q4_K: 12, Q5_K: 13, Q6_K: 14, BF16: 30 } as const;
 export type GgufTensorType = keyof typeof GGML_TYPES;
 
 export interface GgufTensor {

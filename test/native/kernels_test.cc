@@ -716,6 +716,9 @@ static void testPenaltyWindow() {
 // kernels_quant_test.cc: the Q8_0 / Q4_0 kernels.
 void testQuantizedKernels(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3,
                           void (*check)(bool, const std::string&));
+// kernels_kquant_test.cc: the Q4_K / Q6_K formats and kernels.
+void testKQuantKernels(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool3,
+                       void (*check)(bool, const std::string&));
 
 int main() {
   std::printf("kernel variant: %s\n", cpuKernelVariant());
@@ -735,6 +738,7 @@ int main() {
   testAttention(pool3);
   testSampling();
   testQuantizedKernels(pool1, pool2, pool3, check);
+  testKQuantKernels(pool1, pool2, pool3, check);
   testPenalties();
   testPenaltyWindow();
   std::printf("%d passed, %d failed\n", passed, failed);
