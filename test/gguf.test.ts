@@ -14,6 +14,7 @@ import {
   ggufBytes,
   writeGguf,
   type GgufFileSpec,
+  type GgufTensor,
   type GgufMetadataValue,
   type GgufTensorType,
 } from '../src/testing';
@@ -473,6 +474,79 @@ describe('malformed GGUF files are refused with typed errors', () => {
     await expectRefused(path.join(d, 'missing.gguf'), ModelFileError, /does not exist/);
     fs.mkdirSync(path.join(d, 'dir.gguf'));
     await expectRefused(path.join(d, 'dir.gguf'), ModelFileError, /not a regular file/);
+  });
+});
+
+describe("convertToGguf's Q8_0 (convert_hf_to_gguf.py --outtype q8_0)", () => {
+  const f32Of = (t: GgufTensor) =>
+    new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
+  test('every 2-D tensor is in llama.cpp Q8_0 blocks, norms stay F32, and it computes as the weights quantized on load', async () => {
+    const dir = tinyModel({ seed: 3, vocabSize: 320, intermediate: 256 }); // f32, every row a multiple of 32
+    const d = path.dirname(dir);
+    const f32File = path.join(d, 'f32.gguf');
+    const q8File = path.join(d, 'q8.gguf');
+    convertToGguf(dir, f32File);
+    convertToGguf(dir, q8File, { type: 'Q8_0' });
+    const plain = specFromFile(f32File);
+    const q8 = specFromFile(q8File);
+    expect(q8.tensors.map((t) => t.name)).toEqual(plain.tensors.map((t) => t.name));
+    let blocks = 0;
+    for (const t of q8.tensors) {
+      const p = plain.tensors.find((x) => x.name === t.name)!;
+      expect(t.dims).toEqual(p.dims);
+      if (p.dims.length === 1) {
+        expect([t.name, t.type]).toEqual([t.name, 'F32']);
+        expect(Buffer.from(t.data).equals(Buffer.from(p.data))).toBe(true);
+        continue;
+      }
+      expect([t.name, t.type]).toEqual([t.name, 'Q8_0']);
+      // the Q/K rows are permuted before quantizing; a block never spans rows, so the order does not matter
+      expect(Buffer.from(t.data).equals(Buffer.from(q8Blocks(f32Of(p))))).toBe(true);
+      blocks++;
+    }
+    expect(blocks).toBe(2 * 7 + 2); // projections, the embedding table and the LM head
+    // Quantize-on-load keeps the embedding table as stored: with the f32 table put back, the file
+    // holds exactly the blocks it computes with (the permuted Q/K rows included).
+    const mixed = specFromFile(q8File);
+    mixed.tensors.find((t) => t.name === 'token_embd.weight')!.type = 'F32';
+    mixed.tensors.find((t) => t.name === 'token_embd.weight')!.data = plain.tensors.find(
+      (t) => t.name === 'token_embd.weight',
+    )!.data;
+    const mixedFile = path.join(d, 'q8-f32-embedding.gguf');
+    writeGguf(mixedFile, mixed);
+    const tokens = randomTokens(12, 3, 320, 7);
+    const fromGguf = await loadModel(q8File, { kvCacheType: 'f32', threads: 2 });
+    const fromMixed = await loadModel(mixedFile, { kvCacheType: 'f32', threads: 2 });
+    const onLoad = await loadModel(dir, { kvCacheType: 'f32', threads: 2, weights: 'q8_0' });
+    const exact = await loadModel(f32File, { kvCacheType: 'f32', threads: 2 });
+    try {
+      const a = await fromGguf.evaluate(tokens);
+      const m = await fromMixed.evaluate(tokens);
+      const b = await onLoad.evaluate(tokens);
+      const c = await exact.evaluate(tokens);
+      for (let p = 0; p < tokens.length; p++) {
+        expect(relError(m.logits[p]!, b.logits[p]!)).toBeLessThan(1e-5);
+        // the whole Q8_0 file: 8-bit weights everywhere, near the f32 model but not equal to it
+        const e = relError(a.logits[p]!, c.logits[p]!);
+        expect(e).toBeLessThan(5e-2);
+        expect(e).toBeGreaterThan(1e-4);
+      }
+    } finally {
+      await fromGguf.dispose();
+      await fromMixed.dispose();
+      await onLoad.dispose();
+      await exact.dispose();
+    }
+  });
+  test('a tensor whose rows are not whole blocks of 32 is written as F16, as the converter falls back', () => {
+    const dir = tinyModel({ seed: 4, vocabSize: 320, intermediate: 48 }); // ffn_down rows: 48 values
+    const file = path.join(path.dirname(dir), 'q8.gguf');
+    convertToGguf(dir, file, { type: 'Q8_0' });
+    const types = new Map(readGgufHeader(file).tensors.map((t) => [t.name, t.type]));
+    expect(types.get('blk.0.ffn_down.weight')).toBe('F16');
+    expect(types.get('blk.0.ffn_up.weight')).toBe('Q8_0');
+    expect(types.get('token_embd.weight')).toBe('Q8_0');
+    expect(types.get('blk.0.attn_norm.weight')).toBe('F32');
   });
 });
 

@@ -9,12 +9,17 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { float32ToBfloat16Bits, float32ToFloat16Bits, float32Bits } from './floatBits';
+import { Q8_0_BLOCK, quantizeQ8_0 } from './ggmlQ8';
 import { writeGguf, type GgufMetadataValue, type GgufTensor } from './ggufWriter';
 import { quantizeKQuant, useMoreBits, type KQuantType } from './kQuants';
 
 export interface GgufConvertOptions {
-  /** Type of the 2-D tensors (default: the checkpoint's own, so the bytes are the same). */
-  type?: 'F32' | 'F16' | 'BF16';
+  /**
+   * Type of the 2-D tensors (default: the checkpoint's own, so the bytes are the same). `Q8_0` is
+   * convert_hf_to_gguf.py's `--outtype q8_0`: every 2-D tensor (the embedding table too) in
+   * llama.cpp's Q8_0 blocks, and F16 where a row is not a whole number of blocks of 32.
+   */
+  type?: 'F32' | 'F16' | 'BF16' | 'Q8_0';
   /** Writes general.alignment (default: not written, so readers use 32). */
   alignment?: number;
   /**
@@ -110,6 +115,13 @@ function f16ToF32(h: number): number {
 function decode(t: StTensor): Float32Array {
   const n = t.dtype === 'F32' ? t.bytes.length / 4 : t.bytes.length / 2;
   const out = new Float32Array(n);
+  if (t.dtype === 'BF16') {
+    // bf16 is the top half of an f32: one integer store per value (benchmark models are large)
+    const bits = new Uint32Array(out.buffer);
+    const b = t.bytes;
+    for (let i = 0; i < n; i++) bits[i] = ((b[2 * i + 1]! << 24) | (b[2 * i]! << 16)) >>> 0;
+    return out;
+  }
   for (let i = 0; i < n; i++) {
     if (t.dtype === 'F32') out[i] = t.bytes.readFloatLE(4 * i);
     else {
@@ -294,9 +306,14 @@ export function convertToGguf(dir: string, file: string, options: GgufConvertOpt
         : undefined;
       if (k && t.shape[1]! % 256 !== 0)
         throw new RangeError(`convertToGguf: ${name} is ${t.shape[1]} wide, not a multiple of 256 for ${k}`);
-      const plain: 'F32' | 'F16' | 'BF16' = oneD ? 'F32' : (options.type ?? t.dtype);
+      let plain: 'F32' | 'F16' | 'BF16' | 'Q8_0' = oneD ? 'F32' : (options.type ?? t.dtype);
+      if (plain === 'Q8_0' && t.shape[t.shape.length - 1]! % Q8_0_BLOCK !== 0) plain = 'F16';
       const type = k ?? plain;
-      let bytes: Uint8Array = k ? quantizeKQuant(k, decode(t)) : plain === t.dtype ? t.bytes : encode(decode(t), plain);
+      let bytes: Uint8Array;
+      if (k) bytes = quantizeKQuant(k, decode(t));
+      else if (plain === t.dtype) bytes = t.bytes;
+      else if (plain === 'Q8_0') bytes = quantizeQ8_0(decode(t));
+      else bytes = encode(decode(t), plain);
       if (arch === 'llama' && options.permuteQK !== false && /\.self_attn\.[qk]_proj\./.test(name))
         bytes = permuteRows(bytes, t.shape[0]!, name.includes('.q_proj.') ? heads : kvHeads);
       tensors.push({ name: gname, dims: [...t.shape].reverse(), type, data: bytes });
