@@ -103,11 +103,11 @@ struct ForwardPlan {
 
 struct Engine::ChunkStage {
   int64_t rows = 0;
-  int64_t policyRows = 0;      // the prefix of the chunk's rows under the policy
-  Policy* policy = nullptr;    // the pass's policy, or null when the chunk has no policy rows
-  int64_t logitRows = 0;       // rows with logits (their list: logitRows in the step buffers)
-  bool downloadLogits = false;  // some request asked for logits back
-  bool sampleOp = false;        // some row draws a token or has its logits penalised
+  int64_t policyRows = 0;           // the prefix of the chunk's rows under the policy
+  Policy* policy = nullptr;         // the pass's policy, or null when the chunk has no policy rows
+  int64_t logitRows = 0;            // rows with logits (their list: logitRows in the step buffers)
+  bool downloadLogits = false;      // some request asked for logits back
+  bool sampleOp = false;            // some row draws a token or has its logits penalised
   std::vector<int32_t> logitRowOf;  // per chunk row: its logits row, or -1
   std::vector<uint8_t> hostRun;     // [2 * layers]: what the host knows of attention and MLP (HostRun)
   StepBuffers::Layout layout;
