@@ -3,12 +3,16 @@
 // prompts; acceptance; whether greedy output is identical to `none`; and the cost of one draft
 // pass against a verify pass of k + 1 rows, on the default model and on the realistic-shape bench
 // model (random weights: costs only).
-//   npm run bench:exact -- [--runs 3] [--tokens 48] [--prompts 4] [--bench-model]
+// With --concurrent N (default 4; 0 = off), also N generations at once per configuration: their
+// combined tokens/s against N plain ones, and how many passes under a draft policy carried another
+// sequence's verification too (draft and verify rows of different sequences in one pass).
+//   npm run bench:exact -- [--runs 3] [--tokens 48] [--prompts 4] [--bench-model] [--concurrent 4]
 // Writes bench/results/exact-default.json. Medians with min and max over runs; every run goes
 // through every configuration in turn, so a busy machine slows them all alike.
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import { benchModelDir, depthgate, gitCommit, machine, median, saveResult } from './machine.mjs';
 
 type Policy = import('../dist/index.js').Policy;
@@ -26,9 +30,11 @@ const { values } = parseArgs({
     // Only the configurations whose names contain one of these (comma-separated), besides none.
     only: { type: 'string' },
     'no-sampled': { type: 'boolean', default: false },
+    concurrent: { type: 'string', default: '4' },
     out: { type: 'string', default: 'exact-default.json' },
   },
 });
+const loadAtStart = os.loadavg();
 const runs = Number(values.runs);
 const maxTokens = Number(values.tokens);
 const threads = Number(values.threads);
@@ -198,9 +204,92 @@ async function passCosts(model: Model, draftsHere: [string, SkipPolicy][], reps:
   return { draftPassMs: draft, verifyPassMs: verify };
 }
 
+/** Every native forward pass of `model` while `fn` runs: its policy, and per request its rows and whether it ran at full depth. */
+async function observed<T>(
+  fn: () => Promise<T>,
+): Promise<{ value: T; passes: { policy: string; rows: [number, boolean][] }[] }> {
+  type Forward = (rq: { tokens: Int32Array; fullDepth?: boolean }[], p?: { type?: string }) => Promise<unknown>;
+  const holder = model as unknown as { nm: { forward: Forward } };
+  const nm = holder.nm;
+  const passes: { policy: string; rows: [number, boolean][] }[] = [];
+  holder.nm = new Proxy(nm, {
+    get(target, prop) {
+      if (prop === 'forward')
+        return (rq: Parameters<Forward>[0], p?: { type?: string }) => {
+          passes.push({ policy: p?.type ?? 'none', rows: rq.map((r) => [r.tokens.length, r.fullDepth === true]) });
+          return target.forward(rq, p);
+        };
+      const v = Reflect.get(target, prop) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  try {
+    return { value: await fn(), passes };
+  } finally {
+    holder.nm = nm;
+  }
+}
+
+/** N greedy generations at once (the prompts in turn): combined generated tokens/s over the wall time, prefill included. */
+async function runConcurrent(c: Config, n: number) {
+  const t0 = performance.now();
+  const { value: rs, passes } = await observed(() =>
+    Promise.all(
+      Array.from({ length: n }, (_, i) =>
+        model.generate(prompts[i % prompts.length]!, { maxTokens, stopOnEos: false, policy: c.policy }),
+      ),
+    ),
+  );
+  const ms = performance.now() - t0;
+  const underDraft = passes.filter((p) => p.policy !== 'none');
+  return {
+    tps: (rs.reduce((a, r) => a + r.tokens.length, 0) * 1000) / ms,
+    tokens: rs.map((r) => r.tokens),
+    passes: passes.length,
+    draftPolicyPasses: underDraft.length,
+    // A one-row draft beside a full-depth verification of several rows.
+    mixedPasses: underDraft.filter((p) => p.rows.some(([k, f]) => !f && k === 1) && p.rows.some(([k, f]) => f && k > 1))
+      .length,
+  };
+}
+
+async function concurrentSweep(n: number) {
+  const names = [
+    'none',
+    'skiplayer k=2 conf=0',
+    'flexidepth k=4 conf=0.6',
+    'flexidepth k=6 adaptive(0.8)',
+    'static k=4 conf=0.6',
+  ];
+  const configs = greedyConfigs.filter((c) => names.includes(c.name));
+  await runConcurrent(configs[0]!, n); // warm-up
+  const perRun: Awaited<ReturnType<typeof runConcurrent>>[][] = [];
+  for (let run = 0; run < runs; run++) {
+    const row = [];
+    for (const c of configs) row.push(await runConcurrent(c, n));
+    perRun.push(row);
+    console.error(`concurrent run ${run + 1}/${runs} done`);
+  }
+  return configs.map((c, j) => {
+    const rs = perRun.map((row) => row[j]!);
+    return {
+      config: c.name,
+      streams: n,
+      tokensPerSecond: stats(rs.map((r) => r.tps)),
+      speedupVsNone: stats(perRun.map((row) => row[j]!.tps / row[0]!.tps)),
+      passes: rs[0]!.passes,
+      draftPolicyPasses: rs[0]!.draftPolicyPasses,
+      mixedDraftVerifyPasses: rs[0]!.mixedPasses,
+      identicalToNone: rs.every((r, k) => JSON.stringify(r.tokens) === JSON.stringify(perRun[k]![0]!.tokens)),
+    };
+  });
+}
+
 const reps = Number(values['cost-reps']);
+const nConcurrent = Number(values.concurrent);
 const greedy = await sweep(greedyConfigs, false);
 const sampled = sampledConfigs.length ? await sweep(sampledConfigs, true) : [];
+const concurrent = nConcurrent > 0 ? await concurrentSweep(nConcurrent) : [];
 const costsDefault = await passCosts(model, drafts, reps);
 await model.dispose();
 
@@ -225,6 +314,8 @@ const result = {
   date: new Date().toISOString(),
   commit: gitCommit(),
   machine: machine(),
+  // 1, 5 and 15 minute load averages when the run began and ended (the machine is shared).
+  loadAverage: { start: loadAtStart, end: os.loadavg() },
   note: 'shared 2-core machine, busy with other builds and tests during the run: absolute figures are noisy; speedups are per-run ratios to none measured in the same run',
   model: 'models/default (12 layers, hidden 256, 8.1 M parameters, bf16) + flexidepth-p3e-4 and skiplayer add-ons',
   threads,
@@ -234,6 +325,7 @@ const result = {
   sampling: SAMPLING,
   greedy,
   sampled,
+  concurrent,
   passCosts: { defaultModel: costsDefault, benchModel: costsBench },
 };
 const file = saveResult(values.out!, result);
@@ -254,5 +346,20 @@ const show = (rows: typeof greedy) =>
   );
 show(greedy);
 show(sampled);
+if (concurrent.length)
+  console.table(
+    Object.fromEntries(
+      concurrent.map((r) => [
+        `${r.config} x${r.streams}`,
+        {
+          'tok/s': r.tokensPerSecond.median.toFixed(1),
+          speedup: `${r.speedupVsNone.median.toFixed(2)} (${r.speedupVsNone.min.toFixed(2)}-${r.speedupVsNone.max.toFixed(2)})`,
+          passes: r.passes,
+          'mixed draft+verify': `${r.mixedDraftVerifyPasses} of ${r.draftPolicyPasses}`,
+          identical: String(r.identicalToNone),
+        },
+      ]),
+    ),
+  );
 console.log(JSON.stringify(result.passCosts, null, 1));
 console.log(`wrote ${file}`);

@@ -1,6 +1,6 @@
 // The sample op on the device, with the semantics of native/cpu/sampling.cc:
-//  * first, in place, each drawing row's penalty list (SampleRow::penaltyStart/penaltyCount) is
-//    applied to its logits with applyPenalty (kernels.h, the host's code): the ids of a row's
+//  * first, in place, each row's penalty list (SampleRow::penaltyStart/penaltyCount), drawing or
+//    not, is applied to its logits with applyPenalty (kernels.h, the host's code): the ids of a row's
 //    list are distinct, so each thread owns the logits it writes.
 //  * temperature <= 0: greedy argmax (NaN never wins, lowest id on ties, 0 when every logit is
 //    NaN); no draw.
@@ -356,7 +356,7 @@ __global__ void penaltyKernel(float* logits, int64_t vocab, const SampleRow* __r
                               const PenaltyToken* __restrict__ penalties) {
   const int64_t row = blockIdx.x;
   const SampleRow p = params[row];
-  if (!p.draw || p.penaltyCount <= 0) return;
+  if (p.penaltyCount <= 0) return;  // drawing or not (exact mode draws from penalised rows itself)
   float* l = logits + row * vocab;
   const PenaltyToken* list = penalties + p.penaltyStart;
   for (int32_t j = threadIdx.x; j < p.penaltyCount; j += blockDim.x) {

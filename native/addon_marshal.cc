@@ -122,6 +122,27 @@ PolicySpec readPolicy(Napi::Env env, Napi::Value v) {
   return s;
 }
 
+namespace {
+// The penalties of `o` (validated in TypeScript, src/sampling.ts): absent = off.
+void readPenalties(Napi::Env env, Napi::Object o, SamplingParams& sp, const std::string& what) {
+  if (o.Get("repetitionPenalty").IsNumber())
+    sp.repetitionPenalty = o.Get("repetitionPenalty").As<Napi::Number>().FloatValue();
+  if (o.Get("frequencyPenalty").IsNumber())
+    sp.frequencyPenalty = o.Get("frequencyPenalty").As<Napi::Number>().FloatValue();
+  if (o.Get("presencePenalty").IsNumber())
+    sp.presencePenalty = o.Get("presencePenalty").As<Napi::Number>().FloatValue();
+  if (o.Get("penaltyWindow").IsNumber()) {
+    const double w = o.Get("penaltyWindow").As<Napi::Number>().DoubleValue();
+    if (!(w >= 0 && w < 9e15) || w != std::floor(w)) throwArg(env, what + ".penaltyWindow must be an integer >= 0");
+    sp.penaltyWindow = int64_t(w);
+  }
+  if (!(sp.repetitionPenalty > 0.f) || !std::isfinite(sp.repetitionPenalty))
+    throwArg(env, what + ".repetitionPenalty must be a finite number above 0");
+  if (!std::isfinite(sp.frequencyPenalty) || !std::isfinite(sp.presencePenalty))
+    throwArg(env, what + ".frequencyPenalty and presencePenalty must be finite");
+}
+}  // namespace
+
 void readRequestFields(Napi::Env env, Napi::Object o, Request& rq) {
   Napi::Value tv = o.Get("tokens");
   if (!tv.IsTypedArray() || tv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
@@ -145,24 +166,16 @@ void readRequestFields(Napi::Env env, Napi::Object o, Request& rq) {
       rq.sampling.temperature = so.Get("temperature").As<Napi::Number>().FloatValue();
     if (so.Get("topK").IsNumber()) rq.sampling.topK = so.Get("topK").As<Napi::Number>().Int32Value();
     if (so.Get("topP").IsNumber()) rq.sampling.topP = so.Get("topP").As<Napi::Number>().FloatValue();
-    // The penalties (validated in TypeScript, src/sampling.ts): absent = off.
-    if (so.Get("repetitionPenalty").IsNumber())
-      rq.sampling.repetitionPenalty = so.Get("repetitionPenalty").As<Napi::Number>().FloatValue();
-    if (so.Get("frequencyPenalty").IsNumber())
-      rq.sampling.frequencyPenalty = so.Get("frequencyPenalty").As<Napi::Number>().FloatValue();
-    if (so.Get("presencePenalty").IsNumber())
-      rq.sampling.presencePenalty = so.Get("presencePenalty").As<Napi::Number>().FloatValue();
-    if (so.Get("penaltyWindow").IsNumber()) {
-      const double w = so.Get("penaltyWindow").As<Napi::Number>().DoubleValue();
-      if (!(w >= 0 && w < 9e15) || w != std::floor(w))
-        throwArg(env, "request.sample.penaltyWindow must be an integer >= 0");
-      rq.sampling.penaltyWindow = int64_t(w);
-    }
-    if (!(rq.sampling.repetitionPenalty > 0.f) || !std::isfinite(rq.sampling.repetitionPenalty))
-      throwArg(env, "request.sample.repetitionPenalty must be a finite number above 0");
-    if (!std::isfinite(rq.sampling.frequencyPenalty) || !std::isfinite(rq.sampling.presencePenalty))
-      throwArg(env, "request.sample.frequencyPenalty and presencePenalty must be finite");
+    readPenalties(env, so, rq.sampling, "request.sample");
   }
+  // Penalties on the returned logits rows, without a draw (exact mode).
+  Napi::Value pen = o.Get("penalties");
+  if (pen.IsObject()) {
+    if (rq.sample) throwArg(env, "request.penalties and request.sample cannot be combined (sample has its own)");
+    readPenalties(env, pen.As<Napi::Object>(), rq.sampling, "request.penalties");
+    rq.penalizeLogits = true;
+  }
+  if (o.Get("fullDepth").IsBoolean()) rq.fullDepth = o.Get("fullDepth").As<Napi::Boolean>().Value();
   if (o.Get("genIndex").IsNumber()) {
     double g = o.Get("genIndex").As<Napi::Number>().DoubleValue();
     if (!(std::fabs(g) < 1e9) || g != std::floor(g)) throwArg(env, "request.genIndex must be an integer");

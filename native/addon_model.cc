@@ -304,8 +304,9 @@ class ForwardJob : public PromiseJob {
   std::vector<Response> responses_;
 };
 
-// forward([{sequence, tokens: Int32Array, logits: 'none'|'last'|'all', sample?: {temperature, topK, topP},
-//           genIndex?}], policy?); row i of a request with genIndex g produces generated token g + i
+// forward([{sequence, tokens: Int32Array, logits: 'none'|'last'|'all', sample?: {temperature, topK, topP, ...},
+//           genIndex?, penalties?, fullDepth?}], policy?); row i of a request with genIndex g produces
+// generated token g + i (src/binding.ts's NativeRequest says what each field does)
 Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto e = live(env);

@@ -7,7 +7,7 @@
 // inside a step:
 // - The step's facts (token ids, positions, which sequence each row belongs to, D3/static plans,
 //   sampling parameters) are uploaded once, at the start of a step, into buffers the engine
-//   keeps for the model's life (StepBuffers in engine.h).
+//   keeps for the model's life (StepBuffers in engine_step.h).
 // - Routing happens on the backend: router scores, the run/skip decision, the stable compaction
 //   of the rows that run into an index list and its length are ops. Ops over "active rows" take
 //   a RowSet whose count and indices live in backend memory, so the host never learns (or waits
@@ -88,7 +88,7 @@ struct SampleRow {
   float temperature = 0.f;  // <= 0: greedy (argmax, lowest id on ties; draws nothing)
   int32_t topK = 0;         // 0 = all
   float topP = 1.f;         // 1 = all
-  int32_t draw = 0;         // 0: this logits row needs no token (skipped)
+  int32_t draw = 0;         // 0: this logits row needs no token (its penalties still apply)
   uint64_t rng = 0;         // splitmix64 state before the draw (one draw per sampled token)
   // Penalties over the tokens of the row's context window (see PenaltyToken): the row's entries
   // are penalties[penaltyStart .. penaltyStart + penaltyCount) of the sample op's list.
@@ -162,10 +162,10 @@ class Ops {
   // tokens[i] = a token drawn from logits row i (vocab wide) under params[i], for the rows with
   // params[i].draw; params[i].rng is advanced by the draw (exactly one when temperature > 0,
   // none for greedy, so the host can follow the generator without reading it back).
-  // First, in place, each drawing row's penalties are applied to its logits (applyPenalty in
-  // kernels.h, for every entry of its penalty list; ids in a row's list are distinct): a caller
-  // that downloads the logits afterwards sees what the draw saw, before temperature, top-k and
-  // top-p. `penalties` may be null when no row has a penalty list.
+  // First, in place, each row's penalties are applied to its logits (applyPenalty in kernels.h,
+  // for every entry of its penalty list; ids in a row's list are distinct), drawing or not: a
+  // caller that downloads the logits afterwards sees what the draw saw (or would see), before
+  // temperature, top-k and top-p. `penalties` may be null when no row has a penalty list.
   virtual void sample(int32_t* tokens, float* logits, int64_t rows, int64_t vocab, SampleRow* params,
                       const PenaltyToken* penalties) = 0;
 };

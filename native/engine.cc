@@ -4,83 +4,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine_step.h"
 #include "errors.h"
 
 namespace dg {
-
-// The step's buffers in backend memory, and their host staging copy. One allocation:
-//
-//   work: attnIdx[R] attnCount mlpIdx[R] mlpCount skipIdx[R] skipCount   (backend only)
-//   in:   tokens[R] pos[R] seq[R] logitRows[R] | seqs: KvCacheRef[R] | sample: SampleRow[R]
-//         penalties: PenaltyToken[P]  (the sampled rows' (id, count) lists; P only grows, so the
-//         layout, and with it a device's captured step, stays the same from step to step)
-//   plan: attn u8[L*R] mlp u8[L*R] (padded) weight f32[L*R]              <- uploaded with `in`
-//   out:  tokens i32[R] | logits f32[logit rows * vocab]                 <- downloaded with `plan`
-//
-// R is the chunk's row count: offsets are computed per chunk, within a buffer sized for kChunk.
-// One upload covers in + plan and one download covers plan + out, so a step costs the host two
-// transfers whatever the policy.
-struct Engine::StepBuffers {
-  struct Layout {
-    size_t attnIdx, attnCount, mlpIdx, mlpCount, skipIdx, skipCount;
-    size_t tokens, pos, seq, logitRows, seqs, sample, penalties, planAttn, planMlp, planWeight, outTokens, logits, end;
-  };
-  static size_t align(size_t x, size_t a) { return (x + a - 1) / a * a; }
-  static Layout layout(int64_t rows, int layers, int64_t vocab, int64_t logitRows, size_t penaltyCap) {
-    Layout o{};
-    size_t R = size_t(rows), L = size_t(layers), at = 0;
-    auto take = [&](size_t bytes) {
-      at = align(at, 64);
-      size_t here = at;
-      at += bytes;
-      return here;
-    };
-    o.attnIdx = take(4 * R);
-    o.attnCount = take(4);
-    o.mlpIdx = take(4 * R);
-    o.mlpCount = take(4);
-    o.skipIdx = take(4 * R);
-    o.skipCount = take(4);
-    o.tokens = take(4 * R);
-    o.pos = take(4 * R);
-    o.seq = take(4 * R);
-    o.logitRows = take(4 * R);
-    o.seqs = take(sizeof(KvCacheRef) * R);
-    o.sample = take(sizeof(SampleRow) * R);
-    o.penalties = take(sizeof(PenaltyToken) * penaltyCap);
-    o.planAttn = take(L * R);
-    o.planMlp = take(L * R);
-    o.planWeight = take(4 * L * R);
-    o.outTokens = take(4 * R);
-    o.logits = take(4 * size_t(logitRows) * size_t(vocab));
-    o.end = at;
-    return o;
-  }
-  Ops* ops = nullptr;
-  char* dev = nullptr;  // backend memory
-  size_t capacity = 0;
-  size_t penaltyCap = 0;   // PenaltyToken entries the layout holds (grows by doubling, never shrinks)
-  std::vector<char> host;  // staging for in + plan, and the downloaded plan + out
-  ~StepBuffers() {
-    if (dev) ops->release(dev);
-  }
-  void reserve(size_t bytes) {
-    if (bytes <= capacity) return;
-    if (dev) ops->release(dev);
-    dev = nullptr;
-    capacity = 0;
-    dev = static_cast<char*>(ops->alloc(bytes));
-    capacity = bytes;
-  }
-  template <class T>
-  T* d(size_t off) {
-    return reinterpret_cast<T*>(dev + off);
-  }
-  template <class T>
-  T* h(size_t off) {
-    return reinterpret_cast<T*>(host.data() + off);
-  }
-};
 
 Sequence::~Sequence() {
   if (engine) engine->releaseSequence(*this);
@@ -241,16 +168,6 @@ void Engine::ensureScratch() {
   }
 }
 
-namespace {
-// What the host knows of a layer's rows before the step: all run, none run, or some.
-enum HostRun : int { kSome = 0, kAll = 1, kNone = 2 };
-int hostRunOf(const uint8_t* flags, int64_t rows) {
-  int64_t on = 0;
-  for (int64_t r = 0; r < rows; r++) on += flags[r] != 0;
-  return on == rows ? kAll : on == 0 ? kNone : kSome;
-}
-}  // namespace
-
 // The rows whose attention runs: host-known (all, none) or compacted on the backend.
 void Engine::attentionBlock(int l, int64_t rows, const LayerFlags& f, bool routed, int hostRun) {
   const ModelConfig& c = model_->config;
@@ -276,7 +193,8 @@ void Engine::attentionBlock(int l, int64_t rows, const LayerFlags& f, bool route
 
 // The MLP half of a layer: SwiGLU on the rows whose MLP runs (scaled by w for FlexiDepth),
 // FlexiDepth's adapter scaled by (1 - w) on the rest, identity otherwise.
-void Engine::mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, bool routed, int hostRun) {
+void Engine::mlpBlock(int l, int64_t rows, int64_t policyRows, Policy* policy, const LayerFlags& f, bool routed,
+                      int hostRun) {
   const ModelConfig& c = model_->config;
   const LayerWeights& W = layers_[size_t(l)];
   const int64_t d = c.hidden, ff = c.intermediate;
@@ -285,7 +203,7 @@ void Engine::mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, 
   StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0, step_->penaltyCap);
   if (!routed && !after && hostRun == kNone) return;
   ops_->rmsnorm(xn_, x_, RowSet::dense(rows), d, W.postAttnNorm, c.rmsEps);
-  if (after) policy->routeMlp(*this, l, xn_, rows, f);
+  if (after) policy->routeMlp(*this, l, xn_, policyRows, f);
   RowSet M = RowSet::dense(rows), S{};
   if (routed || after || hostRun == kSome) {
     int32_t* idx = step_->d<int32_t>(o.mlpIdx);
@@ -311,8 +229,9 @@ void Engine::mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, 
 }
 
 // One step of `rows` rows through every layer, from the uploaded step buffers. On return x_ holds
-// the last hidden states and the plan in backend memory says what ran.
-void Engine::runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostRun,
+// the last hidden states and the plan in backend memory says what ran. Routers read the first
+// `policyRows` rows (the rows after them run every layer: the uploaded plan says so).
+void Engine::runChunk(int64_t rows, int64_t policyRows, Policy* policy, const std::vector<uint8_t>& hostRun,
                       const std::atomic<bool>* cancel) {
   const ModelConfig& c = model_->config;
   StepBuffers::Layout o = StepBuffers::layout(rows, c.layers, c.vocab, 0, step_->penaltyCap);
@@ -330,9 +249,9 @@ void Engine::runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& 
                        step_->d<uint8_t>(o.planMlp) + size_t(l) * size_t(rows),
                        step_->d<float>(o.planWeight) + size_t(l) * size_t(rows)};
     const bool routed = policy && policy->routed(l);
-    if (routed) policy->routeLayer(*this, l, xn_, rows, f);
+    if (routed) policy->routeLayer(*this, l, xn_, policyRows, f);
     attentionBlock(l, rows, f, routed, hostRun[size_t(2 * l)]);
-    mlpBlock(l, rows, policy, f, routed, hostRun[size_t(2 * l + 1)]);
+    mlpBlock(l, rows, policyRows, policy, f, routed, hostRun[size_t(2 * l + 1)]);
   }
 }
 
@@ -418,21 +337,12 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
     rq.seq->context.resize(size_t(rq.seq->length));
     rq.seq->context.insert(rq.seq->context.end(), rq.tokens.begin(), rq.tokens.end());
   }
-  // The sampled requests' penalty lists: (id, count) over each one's window, uploaded with every
-  // chunk (only the chunk with a request's last row reads its list).
-  std::vector<PenaltyToken> penaltyList;
-  std::vector<int32_t> penaltyStart(requests.size(), 0), penaltyCount(requests.size(), 0);
-  for (size_t i = 0; i < requests.size(); i++) {
-    Request& rq = requests[i];
-    if (!rq.sample || !rq.sampling.penalized()) continue;
-    rq.seq->penalties.advance(rq.seq->context, int64_t(rq.seq->context.size()), rq.sampling.penaltyWindow);
-    penaltyStart[i] = int32_t(penaltyList.size());
-    rq.seq->penalties.appendTo(penaltyList);
-    penaltyCount[i] = int32_t(penaltyList.size()) - penaltyStart[i];
-  }
-  if (penaltyList.size() > step_->penaltyCap) {
+  // The rows in pass order (policy rows first) and every penalised row's list, uploaded with
+  // every chunk (a row reads its own).
+  const ForwardPlan plan = planForward(requests);
+  if (plan.penalties.size() > step_->penaltyCap) {
     size_t cap = std::max<size_t>(256, step_->penaltyCap);
-    while (cap < penaltyList.size()) cap *= 2;
+    while (cap < plan.penalties.size()) cap *= 2;
     step_->penaltyCap = cap;
   }
   const size_t penaltyCap = step_->penaltyCap;
@@ -448,104 +358,35 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
     responses[i].routerWeights.resize(reported * size_t(L));
   }
 
-  // Flatten the batch into rows and run it chunk by chunk.
-  struct RowRef {
-    size_t req;
-    size_t idx;
-  };
-  std::vector<RowRef> all;
-  for (size_t i = 0; i < requests.size(); i++)
-    for (size_t j = 0; j < requests[i].tokens.size(); j++) all.push_back({i, j});
-
-  std::vector<RowMeta> meta;
-  std::vector<int32_t> logitRowOf;  // per chunk row: its logits row, or -1
-  std::vector<uint8_t> hostRun(size_t(2 * L));
+  // The rows chunk by chunk.
+  const std::vector<RowRef>& all = plan.rows;
   uint64_t weightBytes = 0;
   for (size_t start = 0; start < all.size(); start += size_t(kChunk)) {
     const size_t end = std::min(all.size(), start + size_t(kChunk));
-    const int64_t rows = int64_t(end - start);
-    // Which rows need logits: All rows, the last row of Last, and the last row of a sample.
-    logitRowOf.assign(size_t(rows), -1);
-    int64_t nLogits = 0;
-    bool downloadLogits = false, anySample = false;
-    for (size_t i = start; i < end; i++) {
-      const Request& rq = requests[all[i].req];
-      const bool last = all[i].idx + 1 == rq.tokens.size();
-      const bool wants = rq.logits == LogitsMode::All || (last && (rq.logits == LogitsMode::Last || rq.sample));
-      if (wants) logitRowOf[i - start] = int32_t(nLogits++);
-      downloadLogits |= wants && rq.logits != LogitsMode::None;
-      anySample |= last && rq.sample;
-    }
-    const StepBuffers::Layout o = StepBuffers::layout(rows, L, c.vocab, nLogits, penaltyCap);
-    step_->reserve(StepBuffers::layout(kChunk, L, c.vocab, nLogits, penaltyCap).end);
-    step_->host.assign(o.end, 0);
-    if (!penaltyList.empty())
-      std::memcpy(step_->h<PenaltyToken>(o.penalties), penaltyList.data(), penaltyList.size() * sizeof(PenaltyToken));
-    // The step's facts.
-    std::vector<Sequence*> seqTable;
-    meta.resize(size_t(rows));
-    for (size_t i = start; i < end; i++) {
-      const size_t r = i - start;
-      Request& rq = requests[all[i].req];
-      const int32_t pos = int32_t(rq.seq->length + int64_t(all[i].idx));
-      meta[r] = RowMeta{pos, rq.hasGenIndex ? int32_t(rq.genIndex + int64_t(all[i].idx)) : -1};
-      size_t si = size_t(std::find(seqTable.begin(), seqTable.end(), rq.seq) - seqTable.begin());
-      if (si == seqTable.size()) seqTable.push_back(rq.seq);
-      step_->h<int32_t>(o.tokens)[r] = rq.tokens[all[i].idx];
-      step_->h<int32_t>(o.pos)[r] = pos;
-      step_->h<int32_t>(o.seq)[r] = int32_t(si);
-      const int32_t lr = logitRowOf[r];
-      if (lr >= 0) {
-        step_->h<int32_t>(o.logitRows)[lr] = int32_t(r);
-        SampleRow& sp = step_->h<SampleRow>(o.sample)[lr];
-        const bool draw = rq.sample && all[i].idx + 1 == rq.tokens.size();
-        sp.draw = draw ? 1 : 0;
-        sp.temperature = rq.sampling.temperature;
-        sp.topK = rq.sampling.topK;
-        sp.topP = rq.sampling.topP;
-        sp.rng = rq.seq->rng;
-        if (draw && penaltyCount[all[i].req] > 0) {
-          sp.repetitionPenalty = rq.sampling.repetitionPenalty;
-          sp.frequencyPenalty = rq.sampling.frequencyPenalty;
-          sp.presencePenalty = rq.sampling.presencePenalty;
-          sp.penaltyStart = penaltyStart[all[i].req];
-          sp.penaltyCount = penaltyCount[all[i].req];
-        }
-      }
-    }
-    for (size_t si = 0; si < seqTable.size(); si++)
-      step_->h<KvCacheRef>(o.seqs)[si] = KvCacheRef{seqTable[si]->k, seqTable[si]->v, seqTable[si]->capacity};
-    // The plan: host decisions for the layers the policy does not route; routers overwrite theirs.
-    uint8_t* pa = step_->h<uint8_t>(o.planAttn);
-    uint8_t* pm = step_->h<uint8_t>(o.planMlp);
-    float* pw = step_->h<float>(o.planWeight);
-    std::fill(pa, pa + size_t(L) * size_t(rows), uint8_t(1));
-    std::fill(pm, pm + size_t(L) * size_t(rows), uint8_t(1));
-    std::fill(pw, pw + size_t(L) * size_t(rows), NAN);
-    for (int l = 0; l < L; l++) {
-      uint8_t* a = pa + size_t(l) * size_t(rows);
-      uint8_t* m = pm + size_t(l) * size_t(rows);
-      if (policy && !policy->routed(l)) policy->planLayer(l, meta.data(), rows, a, m);
-      hostRun[size_t(2 * l)] = uint8_t(hostRunOf(a, rows));
-      hostRun[size_t(2 * l + 1)] = uint8_t(hostRunOf(m, rows));
-    }
+    const ChunkStage st = stageChunk(requests, plan, start, end, policy.get());
+    const int64_t rows = st.rows, nLogits = st.logitRows;
+    const StepBuffers::Layout& o = st.layout;
+    const std::vector<int32_t>& logitRowOf = st.logitRowOf;
     ops_->upload(step_->dev + o.tokens, step_->host.data() + o.tokens, o.outTokens - o.tokens);  // in + plan
 
-    runChunk(rows, policy.get(), hostRun, cancel);
+    runChunk(rows, st.policyRows, st.policy, st.hostRun, cancel);
 
     if (nLogits > 0) {
       const RowSet logitRows{nLogits, nullptr, step_->d<int32_t>(o.logitRows)};
       float* logits = step_->d<float>(o.logits);
       ops_->rmsnorm(xn_, x_, logitRows, c.hidden, finalNorm_, c.rmsEps);
       ops_->matmul(logits, c.vocab, xn_, c.hidden, RowSet::dense(nLogits), lmHead_, nullptr, Epilogue::store());
-      if (anySample)
+      if (st.sampleOp)
         ops_->sample(step_->d<int32_t>(o.outTokens), logits, nLogits, c.vocab, step_->d<SampleRow>(o.sample),
                      penaltyCap ? step_->d<PenaltyToken>(o.penalties) : nullptr);
     }
     // The one download of the step: the plan as executed, sampled tokens, logits when asked.
-    const size_t downloadEnd = downloadLogits ? o.end : o.logits;
+    const size_t downloadEnd = st.downloadLogits ? o.end : o.logits;
     ops_->download(step_->host.data() + o.planAttn, step_->dev + o.planAttn, downloadEnd - o.planAttn);
-    weightBytes += weightBytesOf(rows, pa, pm, policy.get(), nLogits);
+    const uint8_t* pa = step_->h<uint8_t>(o.planAttn);
+    const uint8_t* pm = step_->h<uint8_t>(o.planMlp);
+    const float* pw = step_->h<float>(o.planWeight);
+    weightBytes += weightBytesOf(rows, pa, pm, st.policy, nLogits);
 
     for (size_t i = start; i < end; i++) {
       const size_t r = i - start;
@@ -557,7 +398,8 @@ void Engine::forward(std::vector<Request>& requests, std::vector<Response>& resp
         for (int l = 0; l < L; l++) {
           const size_t p = size_t(l) * size_t(rows) + r;
           rs.executed[slot * size_t(L) + size_t(l)] = pa[p] && pm[p];
-          rs.routerWeights[slot * size_t(L) + size_t(l)] = pw[p];
+          // A full-depth row's w of 1 is the engine's, not a router's.
+          rs.routerWeights[slot * size_t(L) + size_t(l)] = rq.fullDepth ? NAN : pw[p];
         }
       }
       const int32_t lr = logitRowOf[r];

@@ -21,6 +21,7 @@
 namespace dg {
 
 class Engine;
+struct ForwardPlan;  // engine_step.h
 
 // One sequence's KV cache: K and V blocks of [layers][capacity][nKv * headDim] in the cache dtype,
 // in backend memory. Grows by doubling up to maxContext.
@@ -52,6 +53,13 @@ struct Request {
   // a known continuation is scored (evaluate's generatedFrom); a decode step has one row.
   bool hasGenIndex = false;
   int32_t genIndex = 0;
+  // The request's rows run every layer whatever the pass's policy (exact mode's verify rows
+  // sharing a pass with other sequences' draft rows): routers and host plans skip them.
+  bool fullDepth = false;
+  // The penalties in `sampling` are applied to every logits row the request gets back, each over
+  // the window that ends at its own token (the logits a plain pass would sample from there),
+  // without drawing (exact mode builds its distributions from them).
+  bool penalizeLogits = false;
 };
 
 struct Response {
@@ -115,12 +123,18 @@ class Engine {
   float* routerSmall() { return routerSmall_; }
 
  private:
-  struct StepBuffers;
+  struct StepBuffers;  // engine_step.h
+  struct ChunkStage;   // engine_step.h
   void ensureCapacity(Sequence& s, int64_t needed);
   void ensureScratch();
-  void runChunk(int64_t rows, Policy* policy, const std::vector<uint8_t>& hostRun, const std::atomic<bool>* cancel);
+  // engine_plan.cc: the host-side facts and plan of one chunk of a forward, staged for upload.
+  ChunkStage stageChunk(const std::vector<Request>& requests, const ForwardPlan& plan, size_t start, size_t end,
+                        Policy* policy);
+  // Runs a chunk's rows through every layer; routers and host plans see its first `policyRows`.
+  void runChunk(int64_t rows, int64_t policyRows, Policy* policy, const std::vector<uint8_t>& hostRun,
+                const std::atomic<bool>* cancel);
   void attentionBlock(int l, int64_t rows, const LayerFlags& f, bool routed, int hostRun);
-  void mlpBlock(int l, int64_t rows, Policy* policy, const LayerFlags& f, bool routed, int hostRun);
+  void mlpBlock(int l, int64_t rows, int64_t policyRows, Policy* policy, const LayerFlags& f, bool routed, int hostRun);
   uint64_t weightBytesOf(int64_t rows, const uint8_t* attn, const uint8_t* mlp, Policy* policy,
                          int64_t logitRows) const;
 

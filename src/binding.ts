@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NativeLoadError } from './errors';
-import type { NativeSampling } from './sampling';
+import type { NativePenalties, NativeSampling } from './sampling';
 
 /** What native/addon_gguf.cc reads of a GGUF file (the binding's, not part of the public API). */
 export interface NativeGgufHeader {
@@ -72,6 +72,17 @@ export interface NativeRequest {
   sample?: NativeSampling;
   /** Index of the generated token this pass's first row produces (row i: genIndex + i; < 1 counts as prompt); absent for prompt passes. */
   genIndex?: number;
+  /**
+   * Penalties applied to every logits row returned, each over the penalty window that ends at
+   * its own token (what a plain pass would sample from there), without a draw: exact mode builds
+   * its distributions from these rows. Not with `sample` (which has its own).
+   */
+  penalties?: NativePenalties;
+  /**
+   * The rows run every layer whatever the pass's policy: a full-depth request sharing a pass
+   * with requests under a skip policy (the scheduler sets it; routers and host plans skip these rows).
+   */
+  fullDepth?: boolean;
 }
 
 export interface NativeResponse {

@@ -40,7 +40,6 @@ import { promptTooLong, tokenIdArray, tokenizeInput, type GenerateInput } from '
 import { defaultMemoryBudget, formatBytes } from './memory';
 import { statRegularFile } from './modelFiles';
 import { chooseDefaultPolicy, isDefaultModelSetup, type DefaultPolicy } from './defaultPolicy';
-import { checkSpeculativeSampling } from './speculative';
 
 /** Default context of new sequences when loadModel gets no contextSize (capped by the model's own). */
 const DEFAULT_CONTEXT = 4096;
@@ -393,7 +392,6 @@ export class Model implements AsyncDisposable {
     let ids: number[];
     try {
       policy = this.checkPolicy(opts.policy);
-      checkSpeculativeSampling(policy, opts, this.generationDefaults.options);
       ids = tokenizeInput(this.tokenizer, input, true, this.config.vocabSize, this.contextSize, this.contextSize);
     } catch (e) {
       if (e instanceof ContextOverflowError || (e instanceof InvalidOptionError && e.option.startsWith('policy')))

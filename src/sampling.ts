@@ -169,6 +169,19 @@ export interface NativeSampling {
   penaltyWindow: number;
 }
 
+/** The penalties of a NativeSampling alone (NativeRequest.penalties). */
+export type NativePenalties = Pick<
+  NativeSampling,
+  'repetitionPenalty' | 'frequencyPenalty' | 'presencePenalty' | 'penaltyWindow'
+>;
+
+/** @internal The penalties of `s`, or undefined when all are off. */
+export function nativePenalties(s: NativeSampling): NativePenalties | undefined {
+  if (s.repetitionPenalty === 1 && s.frequencyPenalty === 0 && s.presencePenalty === 0) return undefined;
+  const { repetitionPenalty, frequencyPenalty, presencePenalty, penaltyWindow } = s;
+  return { repetitionPenalty, frequencyPenalty, presencePenalty, penaltyWindow };
+}
+
 /** @internal The caller's options over the model's defaults over the built-in ones. */
 export function resolveSampling(opts: SamplingOptions, defaults: GenerationDefaults['options']): ResolvedSampling {
   const fromGenerationConfig: string[] = [];

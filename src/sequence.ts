@@ -7,7 +7,7 @@ import type { NativeSequence } from './binding';
 import { AbortError, BusyError, ContextOverflowError, DisposedError, InvalidOptionError } from './errors';
 import { checkObject, validateGenerateOptions, type GenerateOptions, type GenerateResult } from './options';
 import type { Policy, SpeculativePolicy } from './policy';
-import { checkSpeculativeSampling, initialThreshold, type AdaptiveThreshold } from './speculative';
+import { initialThreshold, type AdaptiveThreshold } from './speculative';
 import type { Model } from './model';
 import { GenerationStream } from './generation';
 import { PREFILL_SLICE } from './scheduler';
@@ -219,7 +219,6 @@ export class Sequence implements Disposable, AsyncDisposable {
     let policy: Policy;
     try {
       policy = this.model.checkPolicy(opts.policy);
-      checkSpeculativeSampling(policy, opts, this.model.generationDefaults.options);
     } catch (e) {
       return GenerationStream.failed(e);
     }

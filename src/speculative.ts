@@ -7,12 +7,19 @@
  * the full model's next token; sampling accepts with min(1, p/q) and resamples a rejection from
  * normalize(max(p - q, 0)) (src/speculativeSampling.ts). The cache is then cut to the tokens
  * kept, so it holds what a plain full-depth run would have written.
+ *
+ * Repetition, frequency and presence penalties apply to both p and q as a plain run applies them
+ * before it samples: the engine penalises each logits row natively (NativeRequest.penalties) over
+ * the window that ends at that row's token, and the window holds the context the cache holds, so
+ * rejected drafts, once forgotten, are never counted.
+ *
+ * The verify pass runs under `none`: the scheduler puts it in the pass of other sequences' drafts
+ * (whatever their policy) with its rows marked full-depth.
  */
 import type { NativeSequence } from './binding';
-import { InvalidOptionError } from './errors';
-import { resolveSampling, type GenerationDefaults, type SamplingOptions } from './sampling';
+import { nativePenalties, type NativePenalties, type NativeSampling } from './sampling';
 import type { Model } from './model';
-import type { Policy, SkipPolicy, SpeculativePolicy } from './policy';
+import type { SkipPolicy, SpeculativePolicy } from './policy';
 import { DEFAULT_MAX_DRAFT } from './policy';
 import {
   SplitMix64,
@@ -21,7 +28,6 @@ import {
   samplingDistribution,
   topProbability,
   verifySampled,
-  type SamplingParams,
   type TokenDistribution,
 } from './speculativeSampling';
 
@@ -78,8 +84,9 @@ export interface SpeculativeStep {
 /** @internal Runs the speculative steps of one generation on one sequence. */
 export class SpeculativeDecoder {
   private readonly draftPolicy: SkipPolicy;
-  private readonly verifyPolicy: SkipPolicy;
   private readonly maxDraft: number;
+  /** The penalties both passes apply to their logits rows, when any is on. */
+  private readonly penalties: NativePenalties | undefined;
   private readonly sampled: boolean;
   private readonly rng: SplitMix64;
   private drafted = 0;
@@ -93,14 +100,12 @@ export class SpeculativeDecoder {
     private readonly model: Model,
     private readonly ns: NativeSequence,
     private readonly policy: SpeculativePolicy,
-    private readonly sampling: SamplingParams,
+    private readonly sampling: NativeSampling,
     private readonly threshold: AdaptiveThreshold,
     seed: number,
   ) {
     this.draftPolicy = policy.draft;
-    // D3 runs rows without a generated-token index at full depth, exactly as `none` does: under
-    // the draft's own policy the verify pass shares batches with other sequences' D3 drafts.
-    this.verifyPolicy = policy.draft.type === 'd3' ? policy.draft : { type: 'none' };
+    this.penalties = nativePenalties(sampling);
     this.maxDraft = policy.maxDraft ?? DEFAULT_MAX_DRAFT;
     this.sampled = sampling.temperature > 0;
     // Its own stream, apart from the native generator's (which the prompt pass draws from).
@@ -129,7 +134,13 @@ export class SpeculativeDecoder {
       let input = last;
       while (drafts.length < k) {
         const r = await this.model.run(
-          { sequence: ns, tokens: Int32Array.of(input), logits: 'last', genIndex: genIndex + drafts.length },
+          {
+            sequence: ns,
+            tokens: Int32Array.of(input),
+            logits: 'last',
+            genIndex: genIndex + drafts.length,
+            ...(this.penalties ? { penalties: this.penalties } : {}),
+          },
           this.draftPolicy,
         );
         this.draftPasses++;
@@ -155,7 +166,15 @@ export class SpeculativeDecoder {
       // Forget the draft's K/V and verify at full depth: the pass rewrites those positions.
       ns.truncate(base);
       const rows = [last, ...drafts];
-      const r = await this.model.run({ sequence: ns, tokens: Int32Array.from(rows), logits: 'all' }, this.verifyPolicy);
+      const r = await this.model.run(
+        {
+          sequence: ns,
+          tokens: Int32Array.from(rows),
+          logits: 'all',
+          ...(this.penalties ? { penalties: this.penalties } : {}),
+        },
+        { type: 'none' },
+      );
       const logits = r.logits!;
       const V = this.model.config.vocabSize;
       const row = (j: number) => logits.subarray(j * V, (j + 1) * V);
@@ -208,33 +227,4 @@ export class SpeculativeDecoder {
       minConfidence: this.threshold.minConfidence,
     };
   }
-}
-
-/**
- * Exact mode builds the full model's and the draft's distributions in JavaScript, which does not
- * apply repetition, frequency or presence penalties (the backend's sample op does): a speculative
- * run with a penalty would not be the full model's output, so it is refused, naming the option
- * (and saying when the value came from generation_config.json).
- */
-export function checkSpeculativeSampling(
-  policy: Policy,
-  opts: SamplingOptions,
-  defaults: GenerationDefaults['options'],
-): void {
-  if (policy.type !== 'speculative') return;
-  const s = resolveSampling(opts, defaults);
-  const bad: [keyof SamplingOptions, number, number][] = [
-    ['repetitionPenalty', s.repetitionPenalty, 1],
-    ['frequencyPenalty', s.frequencyPenalty, 0],
-    ['presencePenalty', s.presencePenalty, 0],
-  ];
-  for (const [name, v, off] of bad)
-    if (v !== off)
-      throw new InvalidOptionError(
-        name,
-        `exact mode (policy 'speculative') does not apply penalties yet; got ${v}` +
-          (s.fromGenerationConfig.includes(name)
-            ? ` from generation_config.json (pass ${name}: ${off})`
-            : ` (use ${off})`),
-      );
 }

@@ -86,3 +86,39 @@ export function editF32Tensors(file: string, edits: Record<string, (values: Floa
   }
   fs.writeFileSync(file, bytes);
 }
+
+/** One native forward pass as the scheduler sent it: its policy and, per request, its row count and flags. */
+export interface ObservedPass {
+  policy: string;
+  requests: { rows: number; fullDepth: boolean; penalties: boolean }[];
+}
+
+/**
+ * Records every native forward pass of `model` (the scheduler's batches, at the binding) until
+ * the returned stop() is called.
+ */
+export function observePasses(model: object): { passes: ObservedPass[]; stop(): void } {
+  type Forward = (rq: { tokens: Int32Array; fullDepth?: boolean; penalties?: object }[], p: unknown) => unknown;
+  const holder = model as unknown as { nm: { forward: Forward } };
+  const nm = holder.nm;
+  const passes: ObservedPass[] = [];
+  holder.nm = new Proxy(nm, {
+    get(target, prop) {
+      if (prop === 'forward')
+        return (requests: Parameters<Forward>[0], policy: unknown) => {
+          passes.push({
+            policy: (policy as { type?: string } | undefined)?.type ?? 'none',
+            requests: requests.map((r) => ({
+              rows: r.tokens.length,
+              fullDepth: r.fullDepth === true,
+              penalties: r.penalties !== undefined,
+            })),
+          });
+          return target.forward(requests, policy);
+        };
+      const v = Reflect.get(target, prop) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  return { passes, stop: () => void (holder.nm = nm) };
+}

@@ -10,7 +10,8 @@ import { d3Depth as engineD3Depth, d3LayerSet as engineD3Set } from '../src/poli
 import type { TinyModelOptions } from '../src/testing';
 import { argmax } from './reference/reference';
 import { d3Depth, d3LayerSet, loadRoutedReference, referenceRouted, type RefPolicy } from './reference/routed';
-import { cleanup, editF32Tensors, randomTokens, relError, tinyModel } from './helpers';
+import type { NativeModel } from '../src/binding';
+import { cleanup, editF32Tensors, observePasses, randomTokens, relError, tinyModel } from './helpers';
 
 afterAll(cleanup);
 const TOL = 1e-5; // measured about 4e-7 with an f32 KV cache (engine.test.ts)
@@ -370,6 +371,92 @@ describe('static and D3', () => {
       expect(r.depth.layerCounts).toEqual(alone[i].depth.layerCounts);
     });
   });
+});
+
+describe('full-depth rows in a pass under a skip policy (exact mode: verify rows beside draft rows)', () => {
+  let model: Model;
+  let dir: string;
+  beforeAll(async () => {
+    dir = tinyModel({
+      layers: 6,
+      seed: 41,
+      flexidepth: { layers: [2, 3, 4, 5] },
+      skiplayer: { mode: 'module', layers: [1, 2, 3, 4] },
+    });
+    model = await loadModel(dir, { kvCacheType: 'f32', threads: 2 });
+  });
+  afterAll(async () => model?.dispose());
+
+  test.each<[string, Policy]>([
+    ['flexidepth', { type: 'flexidepth' }],
+    ['skiplayer', { type: 'skiplayer' }],
+    ['static', { type: 'static', skipLayers: [2], skipMlp: [4] }],
+  ])(
+    '%s: the policy rows follow the policy and the full-depth rows equal a plain pass and the reference',
+    async (_n, policy) => {
+      const nm = (model as unknown as { nm: NativeModel }).nm;
+      const ref = loadRoutedReference(dir);
+      const drafts = [randomTokens(10, 0, 300, 42), randomTokens(10, 0, 300, 43)];
+      const verified = randomTokens(15, 0, 300, 44);
+      const [a1, a2, b, c] = [0, 1, 2, 3].map(() => nm.createSequence(64, 1));
+      const obs = observePasses(model);
+      try {
+        await model.run({ sequence: a1, tokens: Int32Array.from(drafts[0]!.slice(0, 7)), logits: 'none' }, policy);
+        await model.run({ sequence: a2, tokens: Int32Array.from(drafts[1]!.slice(0, 7)), logits: 'none' }, policy);
+        for (const s of [b, c])
+          await model.run({ sequence: s, tokens: Int32Array.from(verified.slice(0, 6)), logits: 'none' });
+        const wantA = drafts.map((t) => referenceRouted(ref, t, policy as RefPolicy));
+        const wantB = referenceRouted(ref, verified, { type: 'none' });
+        const executedA: number[] = [];
+        for (let round = 0; round < 3; round++) {
+          const rows = Int32Array.from(verified.slice(6 + 3 * round, 9 + 3 * round));
+          obs.passes.length = 0;
+          // Queued in one tick: one pass under the policy, b's rows marked full-depth.
+          const [r1, r2, rb] = await Promise.all([
+            model.run({ sequence: a1, tokens: Int32Array.of(drafts[0]![7 + round]!), logits: 'last' }, policy),
+            model.run({ sequence: a2, tokens: Int32Array.of(drafts[1]![7 + round]!), logits: 'last' }, policy),
+            model.run({ sequence: b, tokens: rows, logits: 'all' }, { type: 'none' }),
+          ]);
+          expect(obs.passes).toEqual([
+            {
+              policy: policy.type,
+              requests: [
+                { rows: 1, fullDepth: false, penalties: false },
+                { rows: 1, fullDepth: false, penalties: false },
+                { rows: 3, fullDepth: true, penalties: false },
+              ],
+            },
+          ]);
+          const plain = await model.run({ sequence: c, tokens: rows, logits: 'all' }, { type: 'none' });
+          const V = model.config.vocabSize;
+          const L = model.config.numLayers;
+          [r1, r2].forEach((r, i) => {
+            const p = 7 + round;
+            expect(Array.from(r.executed)).toEqual(wantA[i]!.executed[p]);
+            executedA.push(...r.executed);
+            expect(relError(r.logits!, wantA[i]!.logits[p]!)).toBeLessThan(TOL);
+            wantA[i]!.weights[p]!.forEach((w, l) => {
+              if (Number.isNaN(w)) expect(r.routerWeights[l]).toBeNaN();
+              else expect(Math.abs(r.routerWeights[l]! - w)).toBeLessThan(1e-5);
+            });
+          });
+          for (let j = 0; j < 3; j++) {
+            const got = rb.logits!.subarray(j * V, (j + 1) * V);
+            expect(relError(got, wantB.logits[6 + 3 * round + j]!)).toBeLessThan(TOL);
+            // Against the same rows in a plain full-depth pass: f32 rounding only.
+            expect(relError(got, plain.logits!.subarray(j * V, (j + 1) * V))).toBeLessThan(1e-6);
+          }
+          expect(Array.from(rb.executed)).toEqual(new Array(3 * L).fill(1));
+          expect(Array.from(rb.routerWeights).every(Number.isNaN)).toBe(true);
+        }
+        // The policy rows skipped something, so the full-depth rows ran beside real skips.
+        expect(executedA).toContain(0);
+      } finally {
+        obs.stop();
+        for (const s of [a1, a2, b, c]) s.dispose();
+      }
+    },
+  );
 });
 
 describe('policy options', () => {

@@ -19,8 +19,9 @@ import {
   type Sequence,
 } from '../src';
 import type { SkipPolicy } from '../src/policy';
+import type { NativeModel, NativeSequence } from '../src/binding';
 import { defaultModelDir } from '../src/defaultModel';
-import { cleanup, randomTokens, tinyModel } from './helpers';
+import { cleanup, observePasses, randomTokens, tinyModel } from './helpers';
 
 afterAll(cleanup);
 
@@ -194,41 +195,55 @@ describe.each(['f32', 'bf16'] as const)('tiny models, %s KV cache', (kv) => {
     plain.dispose();
   });
 
-  test("with a D3 draft, concurrent sequences share passes: one sequence's verify rows run with another's draft rows", async () => {
-    // Count the native D3 passes that carry a 1-row request (a draft) and a longer one (a verify).
-    type Forward = (rq: { tokens: Int32Array }[], p: unknown) => Promise<unknown>;
-    const holder = model as unknown as { nm: { forward: Forward } };
-    const nm = holder.nm;
-    let mixed = 0;
-    holder.nm = new Proxy(nm, {
-      get(target, prop) {
-        if (prop === 'forward')
-          return (requests: { tokens: Int32Array }[], policy: unknown) => {
-            // Prompts run under none and D3 drafts are one row: a longer D3 request is a verify.
-            const sizes = requests.map((r) => r.tokens.length);
-            if (
-              (policy as { type?: string } | undefined)?.type === 'd3' &&
-              sizes.includes(1) &&
-              sizes.some((n) => n > 1)
-            )
-              mixed++;
-            return target.forward(requests, policy);
-          };
-        const v = Reflect.get(target, prop) as unknown;
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-      },
-    });
-    const spy = { mockRestore: () => void (holder.nm = nm) };
-    try {
-      const d3 = spec({ type: 'd3', alpha: 0.8 }, { maxDraft: 3 });
+  test.each(TINY_DRAFTS)(
+    "with a %s draft, concurrent sequences share passes: one sequence's verify rows run with others' draft rows",
+    async (_n, draft) => {
       const want = await Promise.all(prompts.map((p) => model.generate({ tokens: p }, { ...opts, policy: NONE })));
-      mixed = 0;
-      const got = await Promise.all(prompts.map((p) => model.generate({ tokens: p }, { ...opts, policy: d3 })));
+      // Different draft lengths keep the sequences out of step, so verifications meet drafts.
+      const obs = observePasses(model);
+      let got;
+      try {
+        got = await Promise.all(
+          prompts.map((p, i) => model.generate({ tokens: p }, { ...opts, policy: spec(draft, { maxDraft: 2 + i }) })),
+        );
+      } finally {
+        obs.stop();
+      }
       expect(got.map((r) => r.tokens)).toEqual(want.map((r) => r.tokens));
-      expect(mixed).toBeGreaterThan(0);
-    } finally {
-      spy.mockRestore();
-    }
+      // A pass under the draft policy carrying a one-row draft and a full-depth verification of several rows.
+      const mixed = obs.passes.filter(
+        (p) =>
+          p.policy === draft.type &&
+          p.requests.some((r) => !r.fullDepth && r.rows === 1) &&
+          p.requests.some((r) => r.fullDepth && r.rows > 1),
+      );
+      expect(mixed.length).toBeGreaterThan(3);
+    },
+  );
+
+  test('greedy with penalties equals none with the same penalties, for every draft', async () => {
+    const variants: GenerateOptions[] = [
+      { repetitionPenalty: 1.4 },
+      { presencePenalty: 0.8, frequencyPenalty: 0.3 },
+      { repetitionPenalty: 1.2, frequencyPenalty: 0.5, penaltyWindow: 5 },
+    ];
+    let changed = 0;
+    let rejected = 0;
+    for (const pen of variants)
+      for (const p of prompts.slice(0, 3)) {
+        const plain = await model.generate({ tokens: p }, { ...opts, policy: NONE });
+        const want = await model.generate({ tokens: p }, { ...opts, ...pen, policy: NONE });
+        if (want.tokens.join() !== plain.tokens.join()) changed++;
+        for (const [, draft] of TINY_DRAFTS) {
+          const got = await model.generate({ tokens: p }, { ...opts, ...pen, policy: spec(draft) });
+          expect([got.tokens, got.finishReason]).toEqual([want.tokens, want.finishReason]);
+          rejected += got.speculative!.drafted - got.speculative!.accepted;
+        }
+      }
+    // The penalties change the output (so the equality above says something), and rejected drafts
+    // (whose tokens must not enter the window) happen.
+    expect(changed).toBeGreaterThan(3);
+    expect(rejected).toBeGreaterThan(20);
   });
 
   test('concurrent speculative generations equal the plain ones', async () => {
@@ -357,6 +372,124 @@ describe('the KV cache after exact mode', () => {
     expect([...r.tokens, ...rest.tokens]).toEqual(want.tokens);
     fresh.dispose();
     seq.dispose();
+  });
+});
+
+describe('penalised logits rows (what exact mode builds p and q from)', () => {
+  let model: Model;
+  let nm: NativeModel;
+  beforeAll(async () => {
+    model = await loadModel(tinyRouted(7), { kvCacheType: 'f32', threads: 2 });
+    nm = (model as unknown as { nm: NativeModel }).nm;
+  });
+  afterAll(async () => model?.dispose());
+
+  const pen = { repetitionPenalty: 1.7, frequencyPenalty: 0.3, presencePenalty: 0.5 };
+  /** kernels.h's applyPenalty in f32 steps: the reference the native rows are checked against. */
+  const penalize = (l: number, n: number) => {
+    const x =
+      l > 0 ? Math.fround(l / Math.fround(pen.repetitionPenalty)) : Math.fround(l * Math.fround(pen.repetitionPenalty));
+    return Math.fround(
+      Math.fround(x - Math.fround(n * Math.fround(pen.frequencyPenalty))) - Math.fround(pen.presencePenalty),
+    );
+  };
+  const counts = (window: number[]) => {
+    const m = new Map<number, number>();
+    for (const t of window) m.set(t, (m.get(t) ?? 0) + 1);
+    return m;
+  };
+  /** Row `got` is `plain` with the penalties over `window` applied, and untouched elsewhere. */
+  const expectPenalised = (got: Float32Array, plain: Float32Array, window: number[]) => {
+    const c = counts(window);
+    for (let t = 0; t < plain.length; t++) {
+      const n = c.get(t);
+      if (n === undefined) expect(got[t]).toBe(plain[t]);
+      else expect(got[t]).toBeCloseTo(penalize(plain[t]!, n), 5);
+    }
+  };
+  const V = () => model.config.vocabSize;
+  async function pass(ns: NativeSequence, tokens: number[], logits: 'none' | 'last' | 'all', penaltyWindow?: number) {
+    const r = await model.run({
+      sequence: ns,
+      tokens: Int32Array.from(tokens),
+      logits,
+      ...(penaltyWindow !== undefined ? { penalties: { ...pen, penaltyWindow } } : {}),
+    });
+    return r.logits!;
+  }
+
+  test.each([0, 3])(
+    'each row of a verification is penalised over the window ending at its own token (window %d)',
+    async (w) => {
+      const P = [9, 14, 9, 33, 71, 14];
+      const rows = [33, 9, 120, 9]; // repeats: counts above 1, and tokens entering and leaving a window of 3
+      const a = nm.createSequence(64, 1);
+      const b = nm.createSequence(64, 1);
+      try {
+        await pass(a, P, 'none');
+        await pass(b, P, 'none');
+        const plain = await pass(a, rows, 'all');
+        const got = await pass(b, rows, 'all', w);
+        for (let j = 0; j < rows.length; j++) {
+          const context = [...P, ...rows.slice(0, j + 1)];
+          const window = w > 0 ? context.slice(-w) : context;
+          expectPenalised(got.subarray(j * V(), (j + 1) * V()), plain.subarray(j * V(), (j + 1) * V()), window);
+        }
+      } finally {
+        a.dispose();
+        b.dispose();
+      }
+    },
+  );
+
+  test('drafts that were forgotten (rejected) are not in the window; the tokens kept are', async () => {
+    const P = [5, 6, 7, 8];
+    const kept = 40;
+    const rejected = [41, 42]; // not in P, not kept, not fed after
+    const next = 43;
+    const a = nm.createSequence(64, 1);
+    const b = nm.createSequence(64, 1);
+    try {
+      for (const ns of [a, b]) {
+        await pass(ns, P, 'none');
+        await pass(ns, [kept, ...rejected], 'none', 0);
+        ns.truncate(P.length + 1);
+      }
+      const plain = await pass(a, [next], 'last');
+      const got = await pass(b, [next], 'last', 0);
+      expectPenalised(got, plain, [...P, kept, next]);
+      for (const t of rejected) expect(got[t]).toBe(plain[t]);
+      expect(got[kept]).not.toBe(plain[kept]);
+    } finally {
+      a.dispose();
+      b.dispose();
+    }
+  });
+
+  test('penalties with a sample are refused (the sample has its own)', async () => {
+    const a = nm.createSequence(16, 1);
+    try {
+      let err: unknown;
+      try {
+        await nm.forward(
+          [
+            {
+              sequence: a,
+              tokens: Int32Array.of(1),
+              logits: 'last',
+              sample: { temperature: 0, topK: 0, topP: 1, ...pen, penaltyWindow: 0 },
+              penalties: { ...pen, penaltyWindow: 0 },
+            },
+          ],
+          { type: 'none' },
+        );
+      } catch (e) {
+        err = e;
+      }
+      expect(String(err)).toMatch(/request.penalties and request.sample/);
+    } finally {
+      a.dispose();
+    }
   });
 });
 
@@ -544,27 +677,4 @@ describe('the speculative policy spec', () => {
     expect(bad.status).not.toBe(0);
     expect(bad.stderr).toMatch(/policy.draft.alpha/);
   });
-});
-
-test('exact mode refuses repetition penalties (its distributions do not apply them), naming the option', async () => {
-  const dir = tinyModel({ layers: 4, seed: 31, skiplayer: { mode: 'module', layers: [1, 2] } });
-  const m = await loadModel(dir, { kvCacheType: 'f32', threads: 1 });
-  try {
-    const policy = { type: 'speculative' as const, draft: { type: 'static' as const, skipLayers: [2] } };
-    expect(() => m.stream({ tokens: [5, 6] }, { policy, repetitionPenalty: 1.3 })).toThrow(
-      /option 'repetitionPenalty': exact mode/,
-    );
-    await expect(m.generate({ tokens: [5, 6] }, { policy, presencePenalty: 0.5, maxTokens: 2 })).rejects.toThrow(
-      /option 'presencePenalty'/,
-    );
-    using seq = m.createSequence();
-    await expect(seq.generate({ tokens: [5, 6] }, { policy, frequencyPenalty: 0.5, maxTokens: 2 })).rejects.toThrow(
-      /option 'frequencyPenalty'/,
-    );
-    // Without penalties it runs.
-    const r = await m.generate({ tokens: [5, 6] }, { policy, maxTokens: 3, stopOnEos: false });
-    expect(r.tokens.length).toBe(3);
-  } finally {
-    await m.dispose();
-  }
 });

@@ -1,7 +1,8 @@
 /**
  * Exact speculative sampling: the acceptance rule's arithmetic on hand-made p and q, the
  * sampling transform (temperature, top-k, top-p) against hand-computed distributions, and the
- * output distribution of exact mode against the full model's, by a chi-square test.
+ * output distribution of exact mode against the full model's, by a chi-square test, without and
+ * with repetition penalties.
  */
 import { loadModel, type Model, type Policy } from '../src';
 import {
@@ -157,6 +158,23 @@ function chiSquare(counts: Map<string, number>, probs: Map<string, number>, n: n
   return { stat, df: cells - 1 };
 }
 
+interface Penalties {
+  repetitionPenalty?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+}
+
+/** The penalties over `window` applied to a logits row, as kernels.h's applyPenalty defines them. */
+function penalizeRow(logits: Float32Array, window: number[], p: Penalties): void {
+  const r = p.repetitionPenalty ?? 1;
+  const counts = new Map<number, number>();
+  for (const t of window) counts.set(t, (counts.get(t) ?? 0) + 1);
+  for (const [t, n] of counts) {
+    const l = logits[t]!;
+    logits[t] = (l > 0 ? l / r : l * r) - n * (p.frequencyPenalty ?? 0) - (p.presencePenalty ?? 0);
+  }
+}
+
 describe("the distribution of exact-mode samples is the full model's", () => {
   let model: Model;
   const prompt = [3, 17, 60, 101];
@@ -170,12 +188,17 @@ describe("the distribution of exact-mode samples is the full model's", () => {
   });
   afterAll(async () => model?.dispose());
 
-  /** The full model's probability of every first three tokens, from its logits after each prefix. */
-  async function exactTriples(): Promise<Map<string, number>> {
+  /**
+   * The full model's probability of every first three tokens, from its logits after each prefix
+   * (with `penalties`: applied here, in JavaScript, over the whole prefix: the reference).
+   */
+  async function exactTriples(penalties?: Penalties): Promise<Map<string, number>> {
     const out = new Map<string, number>();
     const next = async (prefix: number[]) => {
       const e = await model.evaluate(prefix, { policy: { type: 'none' } });
-      return samplingDistribution(e.logits[prefix.length - 1]!, sampling);
+      const logits = Float32Array.from(e.logits[prefix.length - 1]!);
+      if (penalties) penalizeRow(logits, prefix, penalties);
+      return samplingDistribution(logits, sampling);
     };
     const d1 = await next(prompt);
     for (let i = 0; i < d1.ids.length; i++) {
@@ -189,7 +212,10 @@ describe("the distribution of exact-mode samples is the full model's", () => {
     return out;
   }
 
-  async function sampleTriples(policy: Policy): Promise<{ counts: Map<string, number>; rejected: number }> {
+  async function sampleTriples(
+    policy: Policy,
+    penalties: Penalties = {},
+  ): Promise<{ counts: Map<string, number>; rejected: number }> {
     const counts = new Map<string, number>();
     let rejected = 0;
     for (let start = 0; start < N; start += 16) {
@@ -197,7 +223,7 @@ describe("the distribution of exact-mode samples is the full model's", () => {
         Array.from({ length: 16 }, (_, i) =>
           model.generate(
             { tokens: prompt },
-            { maxTokens: 3, stopOnEos: false, seed: 1000 + start + i, ...sampling, policy },
+            { maxTokens: 3, stopOnEos: false, seed: 1000 + start + i, ...sampling, ...penalties, policy },
           ),
         ),
       );
@@ -223,5 +249,21 @@ describe("the distribution of exact-mode samples is the full model's", () => {
     // Power: sampling from the draft itself is far outside the threshold.
     const alone = await sampleTriples(draft);
     expect(chiSquare(alone.counts, exact, N).stat).toBeGreaterThan(3 * chiSquareThreshold(fit.df));
+  });
+
+  test('with penalties: chi-square against the penalised full model passes, and the penalties matter', async () => {
+    const penalties: Penalties = { repetitionPenalty: 1.6, presencePenalty: 1, frequencyPenalty: 0.5 };
+    const exact = await exactTriples(penalties);
+    const spec = await sampleTriples({ type: 'speculative', draft: draft as never, maxDraft: 2 }, penalties);
+    const fit = chiSquare(spec.counts, exact, N);
+    expect(fit.df).toBeGreaterThanOrEqual(10);
+    expect(spec.rejected).toBeGreaterThan(N / 10);
+    expect(fit.stat).toBeLessThan(chiSquareThreshold(fit.df));
+    // Power: a sampler that ignored the penalties (the unpenalised full model) would be expected
+    // far beyond the threshold: the noncentrality N * sum (p - p0)^2 / p of its statistic.
+    const plain = await exactTriples();
+    let lambda = 0;
+    for (const [key, p] of exact) lambda += (N * ((plain.get(key) ?? 0) - p) ** 2) / p;
+    expect(lambda).toBeGreaterThan(3 * chiSquareThreshold(fit.df));
   });
 });

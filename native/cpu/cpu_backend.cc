@@ -231,10 +231,10 @@ class CpuOps final : public Ops {
               const PenaltyToken* penalties) override {
     for (int64_t i = 0; i < rows; i++) {
       SampleRow& p = params[i];
-      if (!p.draw) continue;
       if (penalties && p.penaltyCount > 0)
         applyPenalties(logits + i * vocab, vocab, penalties + p.penaltyStart, p.penaltyCount, p.repetitionPenalty,
                        p.frequencyPenalty, p.presencePenalty);
+      if (!p.draw) continue;
       SamplingParams sp;
       sp.temperature = p.temperature;
       sp.topK = p.topK;

@@ -156,6 +156,58 @@ int main(int argc, char** argv) {
           check(shapeOk, label + ": each decode step (penalties included) is one upload, compute, one download");
           check(tokensOk, label + ": tokens (and logits) came back");
         }
+  // Exact mode's step shapes in one pass: a sampled decode row and a penalised draft row under the
+  // policy, and a full-depth verification of 4 rows with every logits row penalised.
+  for (const auto& [name, spec] : policies) {
+    auto* counting = new CountingOps(createCpuOps(2));
+    Engine engine(model, std::unique_ptr<Ops>(counting), DType::F32);
+    std::vector<std::unique_ptr<Sequence>> seqs;
+    std::vector<Request> reqs(3);
+    for (size_t s = 0; s < 3; s++) {
+      seqs.push_back(engine.createSequence(200, 21 + s));
+      reqs[s].seq = seqs[s].get();
+      reqs[s].tokens = {1, 2, 3, int32_t(5 + s)};
+      reqs[s].logits = LogitsMode::None;
+    }
+    std::vector<Response> out;
+    engine.forward(reqs, out, spec);
+    bool shapeOk = true, fullOk = true;
+    // Step 0 grows the step buffers to this shape (more logits rows, penalty lists); later steps
+    // of the same shape must not allocate.
+    for (int step = 0; step <= 4; step++) {
+      reqs[0].tokens = {int32_t(7 + step)};
+      reqs[0].sample = true;
+      reqs[0].sampling.temperature = 0.7f;
+      reqs[0].sampling.repetitionPenalty = 1.3f;
+      reqs[1].tokens = {int32_t(9 + step)};
+      reqs[1].logits = LogitsMode::Last;
+      reqs[1].penalizeLogits = true;
+      reqs[1].sampling.presencePenalty = 0.4f;
+      reqs[2].tokens = {4, 5, 6, int32_t(step)};
+      reqs[2].logits = LogitsMode::All;
+      reqs[2].fullDepth = true;
+      reqs[2].penalizeLogits = true;
+      reqs[2].sampling.frequencyPenalty = 0.2f;
+      for (size_t s = 0; s < 3; s++) {
+        reqs[s].hasGenIndex = s < 2;
+        reqs[s].genIndex = step;
+      }
+      counting->log.clear();
+      engine.forward(reqs, out, spec);
+      const std::string& log = counting->log;
+      const bool ok = log.size() >= 3 && log.front() == 'U' && log.back() == 'D' && countOf(log, 'U') == 1 &&
+                      countOf(log, 'D') == 1 && countOf(log, 'S') == 0 && countOf(log, 'A') == 0 &&
+                      countOf(log, 'R') == 0;
+      if (step == 0) continue;
+      if (!ok) std::printf("  %s mixed step %d: %s\n", name, step, log.c_str());
+      shapeOk = shapeOk && ok;
+      fullOk = fullOk && out[2].logits.size() == 4 * size_t(cfg.vocab) && out[1].logits.size() == size_t(cfg.vocab);
+      for (uint8_t e : out[2].executed) fullOk = fullOk && e == 1;
+    }
+    check(shapeOk,
+          std::string(name) + ": a step mixing policy, full-depth and penalised rows is one upload, one download");
+    check(fullOk, std::string(name) + ": the full-depth request ran every layer and got its logits");
+  }
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

@@ -147,7 +147,7 @@ void runSampleCases(Ctx& c) {
         for (int64_t i = 0; i < vocab; i++) l[i] = c.rng.normal() * 3.f;
         dg::SampleRow& p = params[size_t(r)];
         p.rng = c.rng.next();
-        p.draw = (r % 5 == 4) ? 0 : 1;  // rows that need no token are left alone
+        p.draw = (r % 5 == 4) ? 0 : 1;  // rows that need no token draw nothing (their penalties still apply)
         switch (r % 4) {
           case 0:  // greedy, with a tie for the maximum (the lower id wins) and a NaN that never wins
             p.temperature = 0.f;
@@ -193,7 +193,7 @@ void runSampleCases(Ctx& c) {
       penalties.push_back({0, 1});  // never read: keeps the list non-empty for the upload
       std::vector<float> penalized = logits;
       for (int64_t r = 0; r < rows; r++)
-        if (params[size_t(r)].draw) ref::penalize(penalized.data() + r * vocab, params[size_t(r)], penalties.data());
+        ref::penalize(penalized.data() + r * vocab, params[size_t(r)], penalties.data());
       std::vector<uint32_t> logitBits(logits.size()), wantBits(logits.size());
       std::memcpy(logitBits.data(), logits.data(), logits.size() * 4);
       std::memcpy(wantBits.data(), penalized.data(), logits.size() * 4);
@@ -218,7 +218,7 @@ void runSampleCases(Ctx& c) {
         DevBuf tok = upload(o, init), l = upload(o, logits), pr = upload(o, params), pen = upload(o, penalties);
         o.sample(tok.as<int32_t>(), l.as<float>(), rows, vocab, pr.as<dg::SampleRow>(), pen.as<dg::PenaltyToken>());
         compareExact(c, s, "sample", what + " tokens", tok.fetch<int32_t>(init.size()), init, want, written);
-        // The penalties are applied in place, to the drawing rows only, bit for bit.
+        // The penalties are applied in place, to every row with a list (drawing or not), bit for bit.
         compareExact(c, s, "sample", what + " penalised logits", l.fetch<uint32_t>(logits.size()), logitBits, wantBits,
                      everyLogit);
         const auto after = pr.fetch<dg::SampleRow>(size_t(rows));

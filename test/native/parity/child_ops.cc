@@ -532,7 +532,7 @@ void serve(int fd, Ops& cpu, Arena& arena) {
           k.need("params", t->params, size_t(t->rows) * sizeof(SampleRow));
           for (int64_t r = 0; r < t->rows; r++) {
             const SampleRow& p = t->params[r];
-            if (t->penalties && p.draw && p.penaltyCount > 0)
+            if (t->penalties && p.penaltyCount > 0)
               k.need("penalties", t->penalties + p.penaltyStart, size_t(p.penaltyCount) * sizeof(PenaltyToken));
           }
           cpu.sample(t->tokens, t->logits, t->rows, t->vocab, t->params, t->penalties);
