@@ -321,9 +321,15 @@ test('every TypeScript and JavaScript example in the README compiles under tsc -
         // A server that runs until SIGTERM: it must print its URL, then shut down cleanly.
         const child = spawn('node', [file], { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'] });
         let out = '';
+        let stopped = false;
         child.stdout.on('data', (d: Buffer) => {
           out += d.toString();
-          if (/^http:\/\//m.test(out)) child.kill('SIGTERM');
+          // One SIGTERM: the example's handler is process.once, so a second one (from a later chunk
+          // of output) would kill it by default and the exit code would be null.
+          if (!stopped && /^http:\/\//m.test(out)) {
+            stopped = true;
+            child.kill('SIGTERM');
+          }
         });
         const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
         expect([i, code, out]).toEqual([i, 0, expect.stringMatching(/^http:\/\/[\d.]+:\d+/)]);
