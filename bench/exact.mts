@@ -316,7 +316,11 @@ const result = {
   machine: machine(),
   // 1, 5 and 15 minute load averages when the run began and ended (the machine is shared).
   loadAverage: { start: loadAtStart, end: os.loadavg() },
-  note: 'shared 2-core machine, busy with other builds and tests during the run: absolute figures are noisy; speedups are per-run ratios to none measured in the same run',
+  note: `${
+    Math.max(loadAtStart[0]!, os.loadavg()[0]!) < 1
+      ? 'quiet machine (1-minute load average below 1 at the start and the end)'
+      : 'shared machine, busy during the run (see loadAverage): absolute figures are noisy'
+  }; speedups are per-run ratios to none measured in the same run`,
   model: 'models/default (12 layers, hidden 256, 8.1 M parameters, bf16) + flexidepth-p3e-4 and skiplayer add-ons',
   threads,
   prompts,

@@ -1,17 +1,19 @@
 // Per-token fixed cost (issue 17): where a decode step's time goes, against the bytes floor.
 //   npm run bench:overhead                      (writes bench/results/cpu-overhead.json)
-//   npm run bench:overhead -- --llama-bench PATH/llama-bench
+//   npm run bench:overhead -- --llama-bench PATH/llama-bench   (default: the one that
+//                                   scripts/build-llama-bench.sh builds, when it is there)
 //   npm run bench:overhead -- --callgrind       (adds instruction counts per op, needs valgrind)
 //
 // For the default model and the realistic-shape bench model, each in a fresh process, full depth,
 // greedy, batch 1:
-// - generate(): ms per token through the whole API (scheduler, N-API call, tokens to text);
+// - generate(): ms per token through the whole API (scheduler, N-API call, tokens to text), with
+//   decode ahead (the next step runs while JavaScript handles a token) and without it;
 // - native: the same steps driven straight through the binding's forward() with the token fed
-//   back, so generate - native is the JavaScript side of a step;
+//   back, so generate (without decode ahead) - native is the JavaScript side of a step;
 // - the floor: weight bytes read per token / streaming-read bandwidth with the same threads
 //   (bench/machine.mts readBandwidth: a vectorised sum over 1 GiB), and the single-memcpy copy
 //   figure beside it;
-// - llama-bench (llama.cpp's own benchmark, when a path is given; never committed) on the same
+// - llama-bench (llama.cpp's own benchmark, when it is built; never committed) on the same
 //   weights converted to a BF16 GGUF without changing a bit, -p 0 -n TOKENS, the same threads.
 // Engines alternate (A B B A) so the machine's drift falls on all alike; medians with min and max.
 import { spawnSync } from 'node:child_process';
@@ -57,6 +59,7 @@ if (values.child) {
   const policy = { type: 'none' as const };
   let msPerToken: number;
   let stepBytes = 0;
+  let breakdown: Breakdown | undefined;
   if (values.child === 'generate') {
     const opts = { stopOnEos: false, policy, temperature: 0 };
     await model.generate({ tokens: promptTokens }, { ...opts, maxTokens: 8 });
@@ -79,32 +82,46 @@ if (values.child) {
     const run = async (n: number) => {
       const seq = nm.createSequence(promptTokens.length + n + 1, 1);
       let [r] = await nm.forward([{ sequence: seq, tokens: Int32Array.from(promptTokens), logits: 'none', sample }]);
+      const sum = { queueMs: 0, passMs: 0, deliverMs: 0 };
       const t0 = process.hrtime.bigint();
       for (let i = 0; i < n; i++) {
         [r] = await nm.forward([
           { sequence: seq, tokens: Int32Array.of(r!.token!), logits: 'none', sample, genIndex: i + 1 },
         ]);
+        sum.queueMs += r!.timing.queueMs;
+        sum.passMs += r!.timing.passMs;
+        sum.deliverMs += r!.timing.deliverMs;
       }
       stepBytes = r!.weightBytes;
-      return Number(process.hrtime.bigint() - t0) / 1e6 / n;
+      const total = Number(process.hrtime.bigint() - t0) / 1e6 / n;
+      breakdown = { queueMs: sum.queueMs / n, passMs: sum.passMs / n, deliverMs: sum.deliverMs / n };
+      return total;
     };
     await run(8);
     msPerToken = await run(tokens);
   }
-  console.log(JSON.stringify({ msPerToken, stepBytes }));
+  console.log(JSON.stringify({ msPerToken, stepBytes, breakdown }));
   await model.dispose();
   process.exit(0);
 }
 
 const self = fileURLToPath(import.meta.url);
 
+/** A native decode step's mean milliseconds: queued, in the pass, delivered back (NativeTiming). */
+interface Breakdown {
+  queueMs: number;
+  passMs: number;
+  deliverMs: number;
+}
+
 interface Measured {
   msPerToken: number;
+  breakdown?: Breakdown;
   /** Weight bytes one decode step read (the native child reports it from forward()). */
   stepBytes?: number;
 }
 
-function child(kind: 'generate' | 'native', model: string, wrap: string[] = []): Measured {
+function child(kind: 'generate' | 'native', model: string, wrap: string[] = [], env: NodeJS.ProcessEnv = {}): Measured {
   const args = [
     process.execPath,
     self,
@@ -118,7 +135,7 @@ function child(kind: 'generate' | 'native', model: string, wrap: string[] = []):
     String(tokens),
   ];
   const cmd = [...wrap, ...args];
-  const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: 'utf8', timeout: 1200000 });
+  const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: 'utf8', timeout: 1200000, env: { ...process.env, ...env } });
   if (r.status !== 0) throw new Error(`measurement failed (${kind}, ${model}): ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as Measured;
 }
@@ -178,23 +195,33 @@ console.log(
   `read bandwidth (${threads} threads, 1 GiB): ${(read / 1e9).toFixed(1)} GB/s; memcpy ${(copy / 1e9).toFixed(1)} GB/s`,
 );
 
+// scripts/build-llama-bench.sh's output, unless a path is given.
+const builtLlamaBench = path.join(
+  fileURLToPath(new URL('../..', import.meta.url)),
+  'bench/.peers/llama.cpp/build/bin/llama-bench',
+);
+const llamaBenchExe = values['llama-bench'] ?? (fs.existsSync(builtLlamaBench) ? builtLlamaBench : undefined);
+if (!llamaBenchExe) console.log('llama-bench: not built (bash scripts/build-llama-bench.sh), so not compared');
 const models: Record<string, string> = {};
 for (const m of values.models!.split(',')) models[m] = m === 'default' ? 'default' : benchModelDir();
 const runs = Number(values.runs);
 const rows: Record<string, unknown>[] = [];
 for (const [name, dir] of Object.entries(models)) {
   let gguf: string | undefined;
-  if (values['llama-bench']) {
+  if (llamaBenchExe) {
     gguf = path.join(os.tmpdir(), `depthgate-overhead-${name}-bf16.gguf`);
     if (!fs.existsSync(gguf)) testing.convertToGguf(name === 'default' ? depthgate.defaultModelDir() : dir, gguf);
   }
   const engines: { name: string; run: () => Measured }[] = [
     { name: 'generate', run: () => child('generate', dir) },
+    // The same without decode ahead (native/engine_ahead.cc): what the round trip costs when it
+    // does not overlap the pass.
+    { name: 'generateNoAhead', run: () => child('generate', dir, [], { DEPTHGATE_DECODE_AHEAD: '0' }) },
     { name: 'native', run: () => child('native', dir) },
   ];
-  if (gguf)
-    engines.push({ name: 'llama-bench', run: () => ({ msPerToken: llamaBench(values['llama-bench']!, gguf!) }) });
+  if (gguf) engines.push({ name: 'llama-bench', run: () => ({ msPerToken: llamaBench(llamaBenchExe!, gguf!) }) });
   const got: number[][] = engines.map(() => []);
+  const parts: Breakdown[] = [];
   let stepBytes = 0;
   for (let i = 0; i < runs; i++) {
     const order = i % 2 === 0 ? engines.map((_, k) => k) : engines.map((_, k) => engines.length - 1 - k);
@@ -202,6 +229,7 @@ for (const [name, dir] of Object.entries(models)) {
       const r = engines[k]!.run();
       got[k]!.push(r.msPerToken);
       if (r.stepBytes) stepBytes = r.stepBytes;
+      if (r.breakdown) parts.push(r.breakdown);
     }
   }
   const floorMs = (stepBytes / read) * 1000;
@@ -221,9 +249,29 @@ for (const [name, dir] of Object.entries(models)) {
     );
   });
   const g = (row.generate as { msPerToken: { median: number } }).msPerToken.median;
+  const g0 = (row.generateNoAhead as { msPerToken: { median: number } }).msPerToken.median;
   const n = (row.native as { msPerToken: { median: number } }).msPerToken.median;
-  row.javascriptMsPerToken = g - n;
-  console.log(`${name}: JavaScript side of a step ${(g - n).toFixed(3)} ms (generate - native)`);
+  row.javascriptMsPerToken = g0 - n;
+  console.log(
+    `${name}: JavaScript side of a step ${(g0 - n).toFixed(3)} ms (generate without decode ahead - native); decode ahead saves ${(g0 - g).toFixed(3)} ms of it`,
+  );
+  // The native step split (medians over the native runs): the rest of it is the promise's
+  // continuation and the next call's marshalling on the JavaScript thread.
+  const split = {
+    queueMs: spread(parts.map((p) => p.queueMs)).median,
+    passMs: spread(parts.map((p) => p.passMs)).median,
+    deliverMs: spread(parts.map((p) => p.deliverMs)).median,
+  };
+  if (row['llama-bench']) {
+    // Issue 17's target: generate()'s tokens/s at least 90% of llama-bench's on the same weights.
+    const l = (row['llama-bench'] as { msPerToken: { median: number } }).msPerToken.median;
+    row.generateSpeedVsLlamaBench = l / g;
+    console.log(`${name}: generate() at ${((100 * l) / g).toFixed(0)}% of llama-bench's tokens/s`);
+  }
+  row.nativeSplit = { ...split, restMs: n - split.queueMs - split.passMs - split.deliverMs };
+  console.log(
+    `${name} native step: queue ${split.queueMs.toFixed(3)} + pass ${split.passMs.toFixed(3)} + deliver ${split.deliverMs.toFixed(3)} + rest ${(n - split.queueMs - split.passMs - split.deliverMs).toFixed(3)} ms`,
+  );
   rows.push(row);
 }
 const result: Record<string, unknown> = {
