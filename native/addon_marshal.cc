@@ -176,6 +176,14 @@ void readRequestFields(Napi::Env env, Napi::Object o, Request& rq) {
     rq.penalizeLogits = true;
   }
   if (o.Get("fullDepth").IsBoolean()) rq.fullDepth = o.Get("fullDepth").As<Napi::Boolean>().Value();
+  if (o.Get("ahead").IsBoolean()) rq.ahead = o.Get("ahead").As<Napi::Boolean>().Value();
+  Napi::Value stop = o.Get("aheadStop");
+  if (!stop.IsUndefined()) {
+    if (!stop.IsTypedArray() || stop.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throwArg(env, "request.aheadStop must be an Int32Array");
+    Napi::Int32Array a = stop.As<Napi::Int32Array>();
+    rq.aheadStop.assign(a.Data(), a.Data() + a.ElementLength());
+  }
   if (o.Get("genIndex").IsNumber()) {
     double g = o.Get("genIndex").As<Napi::Number>().DoubleValue();
     if (!(std::fabs(g) < 1e9) || g != std::floor(g)) throwArg(env, "request.genIndex must be an integer");

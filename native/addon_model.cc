@@ -1,5 +1,6 @@
 #include "addon_model.h"
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 
@@ -79,8 +80,11 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
     if (!seq) throw makeError(env, kErrDisposed, "the sequence has been disposed", "");
     return seq;
   }
+  // Every method below sees the sequence as the caller left it: a decode step run ahead of the
+  // caller's next request (engine_ahead.cc) is not counted, and is undone before the sequence is
+  // read or changed (waiting for it when it is still running: at most one pass).
   Napi::Value Length(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), seq ? double(seq->length) : 0);
+    return Napi::Number::New(info.Env(), seq ? double(seq->engine->aheadLength(*seq)) : 0);
   }
   Napi::Value ContextSize(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), seq ? double(seq->maxContext) : 0);
@@ -88,12 +92,14 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
   Napi::Value Truncate(const Napi::CallbackInfo& info) {
     auto s = live(info.Env());
     if (!info[0].IsNumber()) throwArg(info.Env(), "truncate(length) needs a number");
+    s->engine->settleAhead(*s);
     s->engine->truncate(*s, info[0].As<Napi::Number>().Int64Value());
     return info.Env().Undefined();
   }
   Napi::Value SetSeed(const Napi::CallbackInfo& info) {
     auto s = live(info.Env());
     if (!info[0].IsNumber()) throwArg(info.Env(), "setSeed(seed) needs a number");
+    s->engine->settleAhead(*s);
     s->rng = uint64_t(info[0].As<Napi::Number>().Int64Value());
     return info.Env().Undefined();
   }
@@ -102,6 +108,7 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
     auto s = live(info.Env());
     if (!info[0].IsNumber()) throwArg(info.Env(), "readKv(layer) needs a number");
     std::vector<float> k, v;
+    s->engine->settleAhead(*s);
     try {
       s->engine->readKv(*s, info[0].As<Napi::Number>().Int32Value(), k, v);
     } catch (const std::exception& e) {
@@ -134,6 +141,8 @@ class PromiseJob : public Dispatcher::Job {
     ok_ = runCaught([&] { run(d); }, err_);
   }
   void deliver(Napi::Env env) final {
+    if (settled_) return;
+    settled_ = true;
     if (!ok_) {
       failed();
       deferred_.Reject(err_.toJs(env).Value());
@@ -143,6 +152,13 @@ class PromiseJob : public Dispatcher::Job {
   }
 
  protected:
+  // JS thread: resolves now, from a message run() sent once its result was complete, while run()
+  // goes on with work nobody waits for; the job's own delivery then has nothing left to do.
+  void resolveEarly(Napi::Env env) {
+    if (settled_) return;
+    settled_ = true;
+    resolve(env, deferred_);
+  }
   virtual void run(Dispatcher& d) = 0;
   // JS thread: the work succeeded; settle the promise (resolve, or reject after all).
   virtual void resolve(Napi::Env env, Napi::Promise::Deferred& deferred) = 0;
@@ -152,6 +168,7 @@ class PromiseJob : public Dispatcher::Job {
  private:
   Napi::Promise::Deferred deferred_;
   bool ok_ = false;
+  bool settled_ = false;  // JS thread only
   CaughtError err_;
 };
 
@@ -292,16 +309,51 @@ class ForwardJob : public PromiseJob {
   std::vector<Request> requests_;
   PolicySpec policy_;
 
-  void run(Dispatcher& d) override { engine_->forward(requests_, responses_, policy_, d.cancelFlag()); }
+  void run(Dispatcher& d) override {
+    started_ = Clock::now();
+    ahead_ = engine_->takeAhead(requests_, responses_, policy_);
+    if (!ahead_) engine_->forward(requests_, responses_, policy_, d.cancelFlag());
+    ended_ = Clock::now();
+    if (!engine_->aheadWanted(requests_, responses_)) return;
+    // The answer goes now; the next step runs while JavaScript handles this one. From here the
+    // JS thread reads requests_ and responses_, and this thread only reads them too.
+    d.send(std::make_unique<Early>(this));
+    engine_->runAhead(requests_[0], responses_[0], policy_, d.cancelFlag());
+  }
   void resolve(Napi::Env env, Napi::Promise::Deferred& deferred) override {
+    // Where the call's time went (bench:overhead's breakdown): posted -> the model thread took it
+    // (queue), the pass itself, the pass's end -> this callback on the JS thread (deliver).
+    const Clock::time_point delivered = Clock::now();
+    Napi::Object timing = Napi::Object::New(env);
+    timing.Set("queueMs", ms(posted_, started_));
+    timing.Set("passMs", ms(started_, ended_));
+    timing.Set("deliverMs", ms(ended_, delivered));
+    timing.Set("ahead", ahead_);  // answered by a step run ahead: passMs is the lookup
     Napi::Array out = Napi::Array::New(env, responses_.size());
-    for (size_t i = 0; i < responses_.size(); i++) out.Set(uint32_t(i), responseToJs(env, requests_[i], responses_[i]));
+    for (size_t i = 0; i < responses_.size(); i++) {
+      Napi::Object r = responseToJs(env, requests_[i], responses_[i]);
+      r.Set("timing", timing);
+      out.Set(uint32_t(i), r);
+    }
     deferred.Resolve(out);
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+  static double ms(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  }
+  // Delivers the job's answer before the job is done (it is delivered before the job itself, so
+  // the job is still alive).
+  struct Early : Dispatcher::Message {
+    explicit Early(ForwardJob* j) : job(j) {}
+    void deliver(Napi::Env env) override { job->resolveEarly(env); }
+    ForwardJob* job;
+  };
   std::shared_ptr<Engine> engine_;
   std::vector<Response> responses_;
+  Clock::time_point posted_ = Clock::now(), started_, ended_;
+  bool ahead_ = false;
 };
 
 // forward([{sequence, tokens: Int32Array, logits: 'none'|'last'|'all', sample?: {temperature, topK, topP, ...},

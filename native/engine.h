@@ -7,6 +7,8 @@
 // download of what the caller needs (the plan as executed, sampled tokens, logits when asked) at
 // the end. Everything between is backend ops, routing included (see backend.h).
 #pragma once
+#include <pthread.h>
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -22,6 +24,7 @@ namespace dg {
 
 class Engine;
 struct ForwardPlan;  // engine_step.h
+struct AheadStep;    // below
 
 // One sequence's KV cache: K and V blocks of [layers][capacity][nKv * headDim] in the cache dtype,
 // in backend memory. Grows by doubling up to maxContext.
@@ -37,6 +40,11 @@ struct Sequence {
   // one that failed), and their counts in the window the repetition penalties look at.
   std::vector<int32_t> context;
   PenaltyWindow penalties;
+  // A decode step run ahead of the caller's request for it (engine_ahead.cc). The model's thread
+  // runs it while the JavaScript thread may read or cut the sequence, so its state is guarded.
+  pthread_mutex_t aheadMu = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t aheadCv = PTHREAD_COND_INITIALIZER;
+  std::unique_ptr<AheadStep> ahead;  // under aheadMu; null when none was ever run
   ~Sequence();
 };
 
@@ -60,6 +68,11 @@ struct Request {
   // the window that ends at its own token (the logits a plain pass would sample from there),
   // without drawing (exact mode builds its distributions from them).
   bool penalizeLogits = false;
+  // A generation's decode step that will be followed by the next one: once it is answered, the
+  // model's thread runs that next step (the sampled token, genIndex + 1) ahead, unless the token
+  // is one of aheadStop (engine_ahead.cc).
+  bool ahead = false;
+  std::vector<int32_t> aheadStop;
 };
 
 struct Response {
@@ -68,6 +81,17 @@ struct Response {
   std::vector<float> routerWeights;  // [rows, layers]: FlexiDepth router weight w, NaN where there is none
   int32_t token = -1;                // sampled from the last row when Request::sample
   uint64_t weightBytes = 0;          // weight bytes the whole batch pass read (same for every response)
+};
+
+// A decode step run ahead: the request it answers, its response, and what it changed in its
+// sequence so that it can be undone (engine_ahead.cc).
+struct AheadStep {
+  enum State { None, Running, Ready } state = None;
+  Request request;
+  PolicySpec policy;
+  Response response;
+  int64_t length = 0;  // the sequence's length before the step
+  uint64_t rng = 0;    // and its generator
 };
 
 // Rows per step through the layers. Long prompts run in chunks so scratch memory stays bounded;
@@ -94,6 +118,18 @@ class Engine {
   void forward(std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& policy,
                const std::atomic<bool>* cancel = nullptr);
   void truncate(Sequence& s, int64_t length);  // forget positions >= length
+
+  // Decode ahead (engine_ahead.cc). Model's thread, before a pass: a step run ahead answers a call
+  // that is exactly the one request it was run for (true: `responses` filled); a step of any other
+  // sequence of the call is undone. After a pass: aheadWanted says whether the call asked for the
+  // next step and may have it; runAhead runs it (never throws: a failed step is undone).
+  bool takeAhead(const std::vector<Request>& requests, std::vector<Response>& responses, const PolicySpec& policy);
+  bool aheadWanted(const std::vector<Request>& requests, const std::vector<Response>& responses) const;
+  void runAhead(const Request& done, const Response& got, const PolicySpec& policy, const std::atomic<bool>* cancel);
+  // JavaScript thread, before it reads or changes a sequence: waits for a step in flight and
+  // undoes a step nobody asked for yet. aheadLength: the length without such a step, no wait.
+  void settleAhead(Sequence& s);
+  int64_t aheadLength(Sequence& s);
   // K and V of `layer` at positions [0, s.length), in f32 (kvWidth each): for tests that compare
   // caches (kv_inspect.cc). Waits for a pass in flight.
   void readKv(const Sequence& s, int layer, std::vector<float>& k, std::vector<float>& v);

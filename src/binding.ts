@@ -83,6 +83,14 @@ export interface NativeRequest {
    * with requests under a skip policy (the scheduler sets it; routers and host plans skip these rows).
    */
   fullDepth?: boolean;
+  /**
+   * A generation's decode step with another to follow: once it is answered, the model's thread
+   * runs that next step (the sampled token, genIndex + 1) while JavaScript handles this one, and
+   * answers the next request from it when it is exactly that step (native/engine_ahead.cc). Not
+   * when the sampled token is one of `aheadStop`. Only a call of one request runs ahead.
+   */
+  ahead?: boolean;
+  aheadStop?: Int32Array;
 }
 
 export interface NativeResponse {
@@ -94,6 +102,20 @@ export interface NativeResponse {
   routerWeights: Float32Array;
   /** Model weight bytes the batch pass read (what skipping saves in memory traffic). */
   weightBytes: number;
+  /** Where the call's time went, shared by the call's responses (bench:overhead reports it). */
+  timing: NativeTiming;
+}
+
+/** Milliseconds of one forward() call. */
+export interface NativeTiming {
+  /** From forward() to the model's thread starting the pass (the thread's wake-up, a pass before it). */
+  queueMs: number;
+  /** The pass on the model's thread. */
+  passMs: number;
+  /** From the pass's end to the promise's settling callback on the JavaScript thread. */
+  deliverMs: number;
+  /** The answer was a step run ahead (NativeRequest.ahead): passMs is only the lookup. */
+  ahead: boolean;
 }
 
 /** The dtype K and V are stored in. */

@@ -164,6 +164,11 @@ export class GenerationRun {
     const maxTokens = this.maxTokens;
     const stops = new StopDetector(opts.stop ?? []);
     const eos = new Set(opts.stopOnEos === false ? [] : model.config.eosTokenIds);
+    // Decode ahead (NativeRequest.ahead): the native side runs the next step while this loop
+    // streams the token; never past an eos token that ends the run. DEPTHGATE_DECODE_AHEAD=0 turns
+    // it off (benchmarks compare both).
+    const ahead = process.env.DEPTHGATE_DECODE_AHEAD !== '0';
+    const aheadStop = Int32Array.from(eos);
     const sampling = nativeSampling(this.sampling);
     const L = model.config.numLayers;
     let finishReason: GenerateResult['finishReason'] = 'length';
@@ -251,6 +256,7 @@ export class GenerationRun {
               logits: 'none',
               sample: sampling,
               ...(i > 0 ? { genIndex: i } : {}),
+              ...(ahead && i + 1 < maxTokens ? { ahead: true, aheadStop } : {}),
             },
             policy,
           );
