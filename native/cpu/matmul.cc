@@ -143,25 +143,10 @@ void gemvGroups(const GemvPair& kern, float* out, int64_t outBase, const float* 
   }
 }
 
-// Several matrix-vector products over one x in one parallel loop: the 4-row groups of every
-// matrix are numbered one after another and split across the threads together.
+// Several matrix-vector products over one x in one parallel loop.
 void gemvJobs(ThreadPool& pool, Isa isa, const float* x, const GemvJob* jobs, int nJobs) {
-  int64_t groups[8], total = 0, work = 0;
-  for (int j = 0; j < nJobs; j++) {
-    groups[j] = (jobs[j].W->rows + 3) / 4;
-    total += groups[j];
-    work += jobs[j].W->rows * jobs[j].W->cols;
-  }
-  runBlocks(pool, total, work, [&](int64_t b, int64_t e, int) {
-    int64_t first = 0;
-    for (int j = 0; j < nJobs && b < e; j++) {
-      const int64_t lo = std::max(b, first), hi = std::min(e, first + groups[j]);
-      if (lo < hi) {
-        const GemvJob& J = jobs[j];
-        gemvGroups(gemvKernels(isa, J.W->dtype), J.out, 0, x, *J.W, J.bias, J.accumulate, lo - first, hi - first);
-      }
-      first += groups[j];
-    }
+  runJobGroups(pool, jobs, nJobs, [&](const GemvJob& J, int64_t g0, int64_t g1) {
+    gemvGroups(gemvKernels(isa, J.W->dtype), J.out, 0, x, *J.W, J.bias, J.accumulate, g0, g1);
   });
 }
 

@@ -6,6 +6,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -75,6 +76,27 @@ void runBlocks(ThreadPool& pool, int64_t n, int64_t work, const Fn& fn) {
     return;
   }
   pool.parallelFor(n, fn);
+}
+
+// Several matrix-vector products over one x in one parallel loop (matmulMany, at most 8 jobs):
+// the 4-row groups of every job are numbered one after another and split across the threads
+// together; groups(job, g0, g1) runs groups [g0, g1) of one job.
+template <class Fn>
+void runJobGroups(ThreadPool& pool, const GemvJob* jobs, int nJobs, const Fn& groups) {
+  int64_t count[8], total = 0, work = 0;
+  for (int j = 0; j < nJobs; j++) {
+    count[j] = (jobs[j].W->rows + 3) / 4;
+    total += count[j];
+    work += jobs[j].W->rows * jobs[j].W->cols;
+  }
+  runBlocks(pool, total, work, [&](int64_t b, int64_t e, int) {
+    int64_t first = 0;
+    for (int j = 0; j < nJobs && b < e; j++) {
+      const int64_t lo = std::max(b, first), hi = std::min(e, first + count[j]);
+      if (lo < hi) groups(jobs[j], lo - first, hi - first);
+      first += count[j];
+    }
+  });
 }
 
 // Prefill (rows > 1, or any rows on the scalar variant): out[r, o] (+)= x[r] . W[o] + bias[o]

@@ -215,27 +215,14 @@ void matmulQuant(ThreadPool& pool, float* out, int64_t ldo, const float* x, int6
 }
 
 void matmulManyQuant(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs) {
-  int64_t groups[8], total = 0, work = 0;
   for (int j = 0; j < nJobs; j++) {
     requireBlocks(*jobs[j].W);
     if (jobs[j].W->cols != jobs[0].W->cols)
       throw Error(kErrArg, "matmulMany: every job must read the same x (equal widths)");
-    groups[j] = (jobs[j].W->rows + 3) / 4;
-    total += groups[j];
-    work += jobs[j].W->rows * jobs[j].W->cols;
   }
   const QuantizedRows xq = quantizeActivations(x, jobs[0].W->cols, 1, jobs[0].W->cols);
-  runBlocks(pool, total, work, [&](int64_t b, int64_t e, int) {
-    int64_t first = 0;
-    for (int j = 0; j < nJobs && b < e; j++) {
-      const int64_t lo = std::max(b, first), hi = std::min(e, first + groups[j]);
-      if (lo < hi) {
-        const GemvJob& J = jobs[j];
-        quantGroups(quantKernels(chosenIsa(), J.W->dtype), J.out, 0, 0, xq, 1, *J.W, J.bias, J.accumulate, lo - first,
-                    hi - first);
-      }
-      first += groups[j];
-    }
+  runJobGroups(pool, jobs, nJobs, [&](const GemvJob& J, int64_t g0, int64_t g1) {
+    quantGroups(quantKernels(chosenIsa(), J.W->dtype), J.out, 0, 0, xq, 1, *J.W, J.bias, J.accumulate, g0, g1);
   });
 }
 
