@@ -305,6 +305,14 @@ Napi::Value NativeModel::CreateSequence(const Napi::CallbackInfo& info) {
 class ForwardJob : public PromiseJob {
  public:
   ForwardJob(Napi::Env env, std::shared_ptr<Engine> engine) : PromiseJob(env), engine_(std::move(engine)) {}
+
+ private:
+  // Declared before seqs_, so destroyed after them: a sequence's destructor returns its cache to
+  // the engine, and when the model and the sequences were disposed while the job ran (a step run
+  // ahead outlives its promise), this job holds the last reference to both.
+  std::shared_ptr<Engine> engine_;
+
+ public:
   std::vector<std::shared_ptr<Sequence>> seqs_;  // alive until the pass is over, disposed or not
   std::vector<Request> requests_;
   PolicySpec policy_;
@@ -350,7 +358,6 @@ class ForwardJob : public PromiseJob {
     void deliver(Napi::Env env) override { job->resolveEarly(env); }
     ForwardJob* job;
   };
-  std::shared_ptr<Engine> engine_;
   std::vector<Response> responses_;
   Clock::time_point posted_ = Clock::now(), started_, ended_;
   bool ahead_ = false;

@@ -6,6 +6,8 @@
  * of the context, seeds, penalties, every policy, multi-turn sequences and concurrent streams; and
  * a step run ahead that nobody asks for is undone before the sequence is read or changed.
  */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { loadModel, type GenerateOptions, type Model, type Policy, type Sequence } from '../src';
 import type { NativeModel, NativeRequest, NativeResponse, NativeSequence } from '../src/binding';
 import { cleanup, randomTokens, relError, tinyModel } from './helpers';
@@ -157,6 +159,29 @@ describe('decode ahead gives what the same generation gives without it', () => {
     const together = await withAhead(true, () => Promise.all(inputs.map((x) => model.generate(x, o))));
     expect(together.map((r) => r.tokens)).toEqual(alone);
   });
+});
+
+test('disposing the sequence and the model while a step runs ahead frees them in order (in a child process: it crashed once)', () => {
+  // A stop string ends each run with the next step in flight; the forward job then held the last
+  // references to the sequence and the engine, and freed the engine first (a use after free).
+  const root = path.join(__dirname, '..');
+  const script = `const dg = require('./dist/index.js');
+    (async () => {
+      for (let i = 0; i < 20; i++) {
+        const m = await dg.loadModel(dg.defaultModelDir(), { threads: 2 });
+        const s = m.createSequence({ contextSize: 64 });
+        const r = await s.generate({ tokens: [1, 2, 3] }, { maxTokens: 50, stop: ['e'], stopOnEos: false });
+        if (r.finishReason !== 'stop') throw new Error('no stop: ' + r.finishReason);
+        await s.dispose();
+        await m.dispose();
+      }
+      console.log('ok');
+    })().catch((e) => { console.error(e); process.exit(1); });`;
+  const r = spawnSync(process.execPath, ['-e', script], { cwd: root, encoding: 'utf8', timeout: 120000 });
+  expect(r.stderr).toBe('');
+  expect(r.signal).toBeNull();
+  expect(r.status).toBe(0);
+  expect(r.stdout.trim()).toBe('ok');
 });
 
 describe('a step run ahead at the binding', () => {
