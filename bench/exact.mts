@@ -317,8 +317,8 @@ const result = {
   // 1, 5 and 15 minute load averages when the run began and ended (the machine is shared).
   loadAverage: { start: loadAtStart, end: os.loadavg() },
   note: `${
-    Math.max(loadAtStart[0]!, os.loadavg()[0]!) < 1
-      ? 'quiet machine (1-minute load average below 1 at the start and the end)'
+    loadAtStart[0]! < 1
+      ? 'quiet machine (1-minute load average below 1 when the run began; the run itself adds about 2)'
       : 'shared machine, busy during the run (see loadAverage): absolute figures are noisy'
   }; speedups are per-run ratios to none measured in the same run`,
   model: 'models/default (12 layers, hidden 256, 8.1 M parameters, bf16) + flexidepth-p3e-4 and skiplayer add-ons',
