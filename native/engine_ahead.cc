@@ -71,7 +71,6 @@ bool Engine::takeAhead(const std::vector<Request>& requests, std::vector<Respons
     if (requests.size() == 1 && answers(*s.ahead, rq, policy)) {
       responses.assign(1, std::move(s.ahead->response));
       s.ahead->state = AheadStep::None;
-      s.ahead->response = Response();
       taken = true;
     } else {
       undo(s, *s.ahead);

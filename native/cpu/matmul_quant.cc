@@ -26,8 +26,8 @@ namespace matmul_detail {
 namespace {
 
 // Activation rows in int8 blocks: row r's codes at q + r * k, its block scales at d + r * k / 32,
-// and for the VNNI kernel, -128 x the sum of each 4 consecutive codes at lanes + r * k / 4 (8 per
-// block: the accumulator vpdpbusd starts from, see qgemvVnni512).
+// and for the VNNI kernel only (empty otherwise), -128 x the sum of each 4 consecutive codes at
+// lanes + r * k / 4 (8 per block: the accumulator vpdpbusd starts from, see qgemvVnni512).
 struct QuantizedRows {
   const int8_t* q;
   const float* d;
@@ -44,7 +44,9 @@ QuantizedRows quantizeActivations(const float* x, int64_t ldx, int64_t rows, int
   const int64_t nb = k / kQuantBlock;
   q.resize(size_t(rows * k));
   d.resize(size_t(rows * nb));
-  lanes.resize(size_t(rows * k / 4));
+  // Only the VNNI kernel reads the lane sums; the others would pay for them on every call.
+  const bool withLanes = quantIsa(chosenIsa()) == QIsa::Vnni;
+  lanes.resize(withLanes ? size_t(rows * k / 4) : 0);
   for (int64_t r = 0; r < rows; r++) {
     const float* xr = x + r * ldx;
     for (int64_t b = 0; b < nb; b++) {
@@ -69,7 +71,7 @@ QuantizedRows quantizeActivations(const float* x, int64_t ldx, int64_t rows, int
   }
   for (size_t i = 0; i < lanes.size(); i++)
     lanes[i] = -128 * (int32_t(q[4 * i]) + q[4 * i + 1] + q[4 * i + 2] + q[4 * i + 3]);
-  return {q.data(), d.data(), lanes.data(), k};
+  return {q.data(), d.data(), withLanes ? lanes.data() : nullptr, k};
 }
 
 template <DType T>
@@ -246,7 +248,7 @@ void quantGroups(const QGemvPair& kern, float* out, int64_t ldo, int64_t outBase
     for (int64_t r = 0; r < rows; r++) {
       const int8_t* aq = x.q + r * x.k;
       const float* ad = x.d + r * nb;
-      const int32_t* al = x.lanes + r * x.k / 4;
+      const int32_t* al = x.lanes ? x.lanes + r * x.k / 4 : nullptr;
       if (nr == 4)
         kern.four(tmp, wg, rb, aq, ad, al, nb);
       else
