@@ -110,6 +110,14 @@ class GgufFile : public TensorFile {
   const GgufHeader& header() const { return header_; }
   // Tensor data copied out of the mapping (rows reordered on load); freed with the file.
   std::vector<std::unique_ptr<unsigned char[]>>& ownedCopies() { return owned_; }
+  bool freeCopy(const void* p) override {
+    for (auto& c : owned_)
+      if (c && c.get() == p) {
+        c.reset();
+        return true;
+      }
+    return false;
+  }
 
  private:
   GgufHeader header_;

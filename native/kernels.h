@@ -27,7 +27,8 @@ const char* quantKernelVariant();
 // converted weight block across rows (matrix-matrix). accumulate: out += the product (+ bias).
 // A Q8_0/Q4_0 weight (W.cols a multiple of 32, else dg::Error kErrUnsupported) goes to
 // cpu/matmul_quant.cc, which quantizes the x rows to int8 blocks first (see there); a Q4_K/Q6_K
-// weight (W.cols a multiple of 256) to cpu/matmul_kquant.cc, likewise with 256-wide blocks.
+// weight (W.cols a multiple of 256) to cpu/matmul_kquant.cc, likewise with 256-wide blocks; a
+// Q8_0x16 weight (the CPU's repacked Q8_0) to cpu/matmul_repacked.cc.
 void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows, const Weight& W,
             const float* bias, bool accumulate = false);
 // Several matrix-vector products over one x row in one parallel loop (decode: K and V, or Q, K
@@ -52,6 +53,16 @@ void dequantizeRow(DType t, const unsigned char* blocks, float* out, int64_t k);
 // bytes), rows split across the pool. W.cols must be a multiple of blockElements(t). Returns false if W holds a
 // non-finite value (coded as 0: a block format cannot hold it).
 bool quantizeWeight(ThreadPool& pool, const Weight& W, DType t, unsigned char* out);
+
+// cpu/matmul_repacked.cc: the CPU backend's layout for Q8_0 weights, Q8_0x16 (tensor.h).
+// Whether the loader repacks Q8_0 matrices for the CPU backend: when the avx512vnni quantized variant
+// runs (the only one with a Q8_0x16 kernel) and DEPTHGATE_CPU_REPACK is not "0". Read once.
+bool cpuRepacksQ8_0();
+// Repacks a Q8_0 weight (W.cols a multiple of 32, else dg::Error kErrUnsupported) into `out`
+// (W.rows * rowBytes(Q8_0x16, W.cols) bytes), rows split across the pool.
+void repackWeight(ThreadPool& pool, const Weight& W, unsigned char* out);
+// One Q8_0x16 row of `cols` values back to f32 (dequantizeRow calls it for Q8_0x16).
+void dequantizeRowRepacked(const unsigned char* row, float* out, int64_t cols);
 
 // cpu/norm.cc: out = x / sqrt(mean(x^2) + eps) * weight, per row of width `dim`.
 // The mean of squares is accumulated in f32 like HF does (variance in fp32).

@@ -82,6 +82,11 @@ struct Model {
   std::string weightFormat = "stored";
   std::vector<std::vector<unsigned char>> quantizedCopies;
   double quantizeSeconds = 0;
+  // The CPU backend's layouts (repack_model.cc): the repacked copies the views above point into,
+  // how many matrices were repacked and how long that took.
+  std::vector<std::vector<unsigned char>> cpuLayoutCopies;
+  int repackedMatrices = 0;
+  double repackSeconds = 0;
 };
 
 // Opens `files` (the checkpoint's shards, then any add-on files with router weights), checks that exactly the tensors
@@ -102,6 +107,16 @@ std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::
 // quantize in parallel. Throws dg::Error naming the tensor when one is not 32k columns wide
 // (kErrUnsupported) or holds a non-finite value (kErrFormat); the model then holds no copies.
 void quantizeModel(Model& m, const std::string& format, int threads, const std::function<bool()>& keepGoing);
+
+// repack_model.cc: for a model the CPU backend will run, repacks every Q8_0 projection and the LM
+// head into Q8_0x16 (tensor.h) when cpuRepacksQ8_0() (kernels.h), giving back the bytes each
+// replaces. Throws dg::Error (kErrAborted) when keepGoing says stop; the model stays whole.
+void repackForCpu(Model& m, int threads, const std::function<bool()>& keepGoing);
+
+// Drops the mapped file pages wholly inside [p, p + n) from this process (quantize_model.cc): a copy
+// replaced them, and the page cache keeps them for whoever else reads the file. Pages shared with
+// a neighbouring tensor are kept. Only for memory that maps a file (anonymous pages would read 0).
+void releasePages(const void* p, size_t n);
 
 // RoPE inverse frequencies with HF's scaling rules (default, linear, llama3).
 std::vector<float> ropeInvFreq(const ModelConfig& c);

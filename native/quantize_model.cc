@@ -29,15 +29,6 @@ std::string fileOf(const Model& m, const std::string& name) {
   return t ? m.store.files()[t->file]->path() : std::string();
 }
 
-// Drops the mapped pages wholly inside [p, p + n) from this process: the copy replaced them, and
-// the file's pages stay in the page cache for whoever else reads them. Pages shared with a
-// neighbouring tensor are kept (they are refaulted on use anyway, so this is only about memory).
-void releasePages(const void* p, size_t n) {
-  const uintptr_t page = 4096, b = reinterpret_cast<uintptr_t>(p), e = b + n;
-  const uintptr_t lo = (b + page - 1) & ~(page - 1), hi = e & ~(page - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
-}
-
 // llama.cpp's use_more_bits (llama-quant.cpp): the first and last eighth of the layers and every
 // third one between them, whose attn_v and ffn_down Q4_K_M keeps in Q6_K.
 bool useMoreBits(int layer, int layers) {
@@ -45,6 +36,12 @@ bool useMoreBits(int layer, int layers) {
 }
 
 }  // namespace
+
+void releasePages(const void* p, size_t n) {
+  const uintptr_t page = 4096, b = reinterpret_cast<uintptr_t>(p), e = b + n;
+  const uintptr_t lo = (b + page - 1) & ~(page - 1), hi = e & ~(page - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
 
 void quantizeModel(Model& m, const std::string& format, int threads, const std::function<bool()>& keepGoing) {
   const auto start = std::chrono::steady_clock::now();

@@ -33,6 +33,17 @@ class TensorFile {
   const std::string& path() const { return path_; }
   std::vector<TensorEntry>& tensors() { return tensors_; }
   size_t fileSize() const { return size_; }
+  // Frees the copy of a tensor this file made (GGUF: rows put back in HF order) that starts at p,
+  // once its user no longer reads it; false when p is no such copy.
+  virtual bool freeCopy(const void* p) {
+    (void)p;
+    return false;
+  }
+  // Whether p points into this file's mapping.
+  bool maps(const void* p) const {
+    const unsigned char* b = static_cast<const unsigned char*>(map_);
+    return b && p >= b && p < b + size_;
+  }
   // Why the file we mapped is no longer what was loaded (its size or modification time changed:
   // it was truncated or rewritten in place), or "" when it is unchanged. One statx of the open
   // descriptor: a file replaced by rename, or deleted, is still the unchanged file we hold.

@@ -21,18 +21,33 @@ namespace dg {
 //                                                                          (144 bytes)
 //   Q6_K: ql[128] (low 4 bits), qh[64] (high 2 bits), int8 scales[16] (one per 16 weights),
 //         f16 d; weight = d * scales[i / 16] * (q - 32), q in [0, 63]      (210 bytes)
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4, Q4_K = 5, Q6_K = 6 };
+// Q8_0x16 is no file's format: the CPU backend's layout for Q8_0 weights (cpu/matmul_repacked.cc
+// makes it at load), the same codes and scales rearranged so that one 64-byte load feeds the int32
+// lanes of 16 blocks. A row of nb = cols / 32 blocks, in chunks of 16 blocks (the last one holding
+// t = nb % 16 when that is not 0):
+//   the codes: chunk by chunk, 8 groups each; group g of a chunk of n blocks is 4n bytes, byte 4i + j
+//     holding block i's code 4g + j plus 128 (so unsigned);              (32 * nb bytes)
+//   then the nb f16 scales in block order;                               (2 * nb bytes)
+//   then zeros up to a multiple of 64 bytes, so every row and full chunk starts on a cache line.
+// weight = d[b] * (byte - 128).
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4, Q4_K = 5, Q6_K = 6, Q8_0x16 = 7 };
 
-constexpr int64_t kQuantBlock = 32;   // weights per Q8_0 / Q4_0 block
-constexpr int64_t kSuperBlock = 256;  // weights per Q4_K / Q6_K super-block
+constexpr int64_t kQuantBlock = 32;    // weights per Q8_0 / Q4_0 block
+constexpr int64_t kSuperBlock = 256;   // weights per Q4_K / Q6_K super-block
+constexpr int64_t kRepackBlocks = 16;  // Q8_0 blocks per Q8_0x16 chunk
 // The 32-wide block formats, which cpu/matmul_quant.cc computes with.
 inline bool isBlock32(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
 // The 256-wide K-quants, which cpu/matmul_kquant.cc computes with.
 inline bool isKQuant(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
-inline bool isBlockQuantized(DType t) { return isBlock32(t) || isKQuant(t); }
+// The CPU backend's repacked layouts (Q8_0x16), which cpu/matmul_repacked.cc computes with.
+inline bool isRepacked(DType t) { return t == DType::Q8_0x16; }
+inline bool isBlockQuantized(DType t) { return isBlock32(t) || isKQuant(t) || isRepacked(t); }
 // Weights per block: 32 or 256 for the block formats, 1 for element types.
-inline int64_t blockElements(DType t) { return isKQuant(t) ? kSuperBlock : isBlock32(t) ? kQuantBlock : 1; }
-// Bytes of one block of a block format (34, 18, 144, 210); 0 for element types.
+inline int64_t blockElements(DType t) {
+  return isKQuant(t) ? kSuperBlock : isBlock32(t) || isRepacked(t) ? kQuantBlock : 1;
+}
+// Bytes of one block of a block format (34, 18, 144, 210); 0 for element types and Q8_0x16, whose
+// blocks are spread over a chunk (its rows are whole chunks: see rowBytes).
 inline size_t blockBytes(DType t) {
   switch (t) {
     case DType::Q8_0:
@@ -52,6 +67,7 @@ inline size_t dtypeSize(DType t) { return t == DType::F32 ? 4 : 2; }
 // Bytes of one row of `cols` values: cols * element size, or cols / blockElements blocks for block
 // formats (whose rows must be whole blocks wide; see blockElements).
 inline size_t rowBytes(DType t, int64_t cols) {
+  if (isRepacked(t)) return (size_t(cols / kQuantBlock) * 34 + 63) / 64 * 64;
   return isBlockQuantized(t) ? size_t(cols / blockElements(t)) * blockBytes(t) : size_t(cols) * dtypeSize(t);
 }
 inline const char* dtypeName(DType t) {
@@ -70,6 +86,8 @@ inline const char* dtypeName(DType t) {
       return "Q4_K";
     case DType::Q6_K:
       return "Q6_K";
+    case DType::Q8_0x16:
+      return "Q8_0x16";
   }
   return "?";
 }

@@ -132,6 +132,9 @@ export interface NativeModelInfo {
   weights: WeightFormat;
   /** Milliseconds spent quantizing on load (0 for 'stored'). */
   quantizeMs: number;
+  /** Q8_0 matrices repacked into the CPU backend's layout at load, and the milliseconds it took. */
+  repackedMatrices: number;
+  repackMs: number;
   /** K and V bytes per position of one sequence, every layer, in the cache dtype. */
   kvBytesPerToken: number;
   files: string[];

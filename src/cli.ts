@@ -193,6 +193,10 @@ async function info(argv: string[]): Promise<number> {
       console.log(
         `weights: ${bytes(i.weightBytes)}, quantized on load to ${i.weights} in ${i.quantizeMs.toFixed(0)} ms from ${i.files.length} file(s)`,
       );
+    if (i.repackedMatrices > 0)
+      console.log(
+        `CPU layout: ${i.repackedMatrices} Q8_0 matrices repacked for the VNNI kernel in ${i.repackMs.toFixed(0)} ms`,
+      );
     console.log(
       `KV cache: ${bytes(i.kvBytesPerToken)} per token; ${bytes(i.kvBytesPerToken * i.contextSize)} at the full context of ${i.contextSize}`,
     );

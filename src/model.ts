@@ -62,6 +62,15 @@ export interface ModelInfo {
   weights: WeightFormatOption;
   /** Milliseconds the quantization on load took (0 for 'stored'). */
   quantizeMs: number;
+  /**
+   * Q8_0 matrices the CPU backend repacked at load into its own layout (16 blocks interleaved, so
+   * its integer kernel reads them with aligned loads). Only the AVX-512 VNNI kernels use that
+   * layout, so this is 0 elsewhere, on CUDA, and with DEPTHGATE_CPU_REPACK=0. The bytes each copy
+   * replaces are given back; `weightBytes` counts the copies.
+   */
+  repackedMatrices: number;
+  /** Milliseconds the repacking at load took (0 when nothing was repacked). */
+  repackMs: number;
   /** The backend running the model: 'cpu' or 'cuda'. */
   backend: string;
   /** Decoder layers. */
@@ -298,6 +307,8 @@ export class Model implements AsyncDisposable {
       dtype: ni.dtype,
       weights: ni.weights,
       quantizeMs: ni.quantizeMs,
+      repackedMatrices: ni.repackedMatrices,
+      repackMs: ni.repackMs,
       backend: ni.backend,
       numLayers: c.numLayers,
       hiddenSize: c.hiddenSize,

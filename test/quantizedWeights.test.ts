@@ -6,6 +6,8 @@
  *  * Against the same model loaded as stored: the loss that quantizing the weights costs, looser.
  *  * Which tensors were quantized (weightBytes accounts for every one), typed errors.
  */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { InvalidOptionError, loadModel, UnsupportedModelError } from '../src';
 import type { TinyModelOptions } from '../src/testing';
 import { loadReference, referenceLogits } from './reference/reference';
@@ -98,33 +100,51 @@ describe.each(cases)('%s', (_name, options, formats) => {
 test('weightBytes counts the quantized copies in place of the projections; routers and embeddings keep their bytes', async () => {
   const dir = tinyModel({ seed: 3, dtype: 'bf16', layers: 3, flexidepth: { layers: [1, 2] } });
   const stored = await loadModel(dir, { threads: 1 });
-  const q8 = await loadModel(dir, { weights: 'q8_0', threads: 1 });
+  const q8m = await loadModel(dir, { weights: 'q8_0', threads: 1 });
   const q4 = await loadModel(dir, { weights: 'q4_0', threads: 1 });
   try {
     const c = stored.config;
-    const proj =
-      (c.numHeads * c.headDim * 2 + c.numKvHeads * c.headDim * 2) * c.hiddenSize +
-      3 * c.intermediateSize * c.hiddenSize;
-    const params = c.numLayers * proj; // quantized in the layer format
-    const head = c.vocabSize * c.hiddenSize; // lm_head, in Q8_0 for both formats
-    const bf16 = (n: number) => 2 * n;
-    const blocks = (n: number, bytes: number) => (n / 32) * bytes;
+    const h = c.hiddenSize,
+      att = c.numHeads * c.headDim,
+      kv = c.numKvHeads * c.headDim,
+      m = c.intermediateSize;
+    // [rows, cols] of one layer's q, k, v, o, gate, up and down, and of the LM head.
+    const layer: [number, number][] = [
+      [att, h],
+      [kv, h],
+      [kv, h],
+      [h, att],
+      [m, h],
+      [m, h],
+      [h, m],
+    ];
+    const head: [number, number] = [c.vocabSize, h];
+    const bf16 = ([r, k]: [number, number]) => 2 * r * k;
+    const blocks = ([r, k]: [number, number], bytes: number) => r * (k / 32) * bytes;
+    // A Q8_0 matrix the CPU backend repacked (Q8_0x16, native/tensor.h): rows padded to 64 bytes.
+    const q8 = (s: [number, number], repacked: boolean) =>
+      repacked ? s[0] * Math.ceil(((s[1] / 32) * 34) / 64) * 64 : blocks(s, 34);
+    const sum = (f: (s: [number, number]) => number) => c.numLayers * layer.map(f).reduce((a, b) => a + b, 0);
+    const storedBytes = sum(bf16) + bf16(head);
     expect(stored.info.weights).toBe('stored');
     expect(stored.info.quantizeMs).toBe(0);
-    expect(q8.info.weightBytes).toBe(stored.info.weightBytes - bf16(params + head) + blocks(params + head, 34));
-    expect(q4.info.weightBytes).toBe(
-      stored.info.weightBytes - bf16(params + head) + blocks(params, 18) + blocks(head, 34),
-    );
-    expect(q8.info.flexiDepthLayers).toEqual([1, 2]);
+    expect(stored.info.repackedMatrices).toBe(0); // nothing in Q8_0
+    const r8 = q8m.info.repackedMatrices > 0;
+    // Every Q8_0 matrix or none: the layer projections and the head, or (q4_0) the head alone.
+    expect(q8m.info.repackedMatrices).toBe(r8 ? 7 * c.numLayers + 1 : 0);
+    expect(q4.info.repackedMatrices).toBe(r8 ? 1 : 0);
+    expect(q8m.info.weightBytes).toBe(stored.info.weightBytes - storedBytes + sum((s) => q8(s, r8)) + q8(head, r8));
+    expect(q4.info.weightBytes).toBe(stored.info.weightBytes - storedBytes + sum((s) => blocks(s, 18)) + q8(head, r8));
+    expect(q8m.info.flexiDepthLayers).toEqual([1, 2]);
     // The routed model runs on the quantized weights and routes like the stored one on most tokens.
     const tokens = randomTokens(10, 0, 300, 9);
     const a = await stored.evaluate(tokens, { policy: { type: 'flexidepth' } });
-    const b = await q8.evaluate(tokens, { policy: { type: 'flexidepth' } });
+    const b = await q8m.evaluate(tokens, { policy: { type: 'flexidepth' } });
     for (let i = 0; i < tokens.length; i++)
       expect(relError(b.logits[i]!, a.logits[i]!)).toBeLessThan(TOL_STORED.q8_0 * 4);
   } finally {
     await stored.dispose();
-    await q8.dispose();
+    await q8m.dispose();
     await q4.dispose();
   }
 });
@@ -145,7 +165,11 @@ test('q4_k is the Q4_K_M mix: weightBytes counts Q4_K, Q6_K (v and down on the u
     const head = c.vocabSize * d;
     const q4 = (n: number) => (n / 256) * 144;
     const q6 = (n: number) => (n / 256) * 210;
-    const q8 = (n: number) => (n / 32) * 34;
+    // down in Q8_0, repacked by the CPU backend where its kernel runs (rows padded to 64 bytes).
+    const repacked = q4k.info.repackedMatrices > 0;
+    expect(q4k.info.repackedMatrices).toBe(repacked ? c.numLayers : 0);
+    expect(q6k.info.repackedMatrices).toBe(q4k.info.repackedMatrices);
+    const q8 = (n: number) => (repacked ? d * Math.ceil(((n / d / 32) * 34) / 64) * 64 : (n / 32) * 34);
     const more = [0, 3, 6, 7, 8].length;
     const layerBf16 = c.numLayers * (qkvo + gateUp + down);
     const expect4 =
@@ -181,4 +205,46 @@ test('a matrix whose width is not a multiple of 32 is refused with UnsupportedMo
   // Stored weights of the same model load fine.
   const m = await loadModel(dir);
   await m.dispose();
+});
+
+test("the CPU backend's repacked Q8_0 (Q8_0x16) computes what the stored layout does, and DEPTHGATE_CPU_REPACK=0 keeps the stored layout", async () => {
+  // The same model in a child process with the repack off (the switch is read once per process).
+  // On a processor without AVX-512 VNNI neither process repacks, and the two runs are the same code.
+  const dir = tinyModel({ seed: 8, dtype: 'bf16', hidden: 96, intermediate: 544, layers: 2 }); // partial chunks
+  const tokens = randomTokens(9, 0, 300, 2);
+  const script = `(async () => {
+    const { loadModel } = require('./dist');
+    const m = await loadModel(${JSON.stringify(dir)}, { weights: 'q8_0', kvCacheType: 'f32', threads: 2 });
+    const r = await m.evaluate(${JSON.stringify(tokens)});
+    console.log(JSON.stringify({ repacked: m.info.repackedMatrices, logits: r.logits.map((l) => Array.from(l)) }));
+    await m.dispose();
+  })()`;
+  const child = spawnSync(process.execPath, ['-e', script], {
+    cwd: path.join(__dirname, '..'),
+    encoding: 'utf8',
+    env: { ...process.env, DEPTHGATE_CPU_REPACK: '0' },
+  });
+  expect(child.stderr).toBe('');
+  const off = JSON.parse(child.stdout) as { repacked: number; logits: number[][] };
+  expect(off.repacked).toBe(0);
+  const m = await loadModel(dir, { weights: 'q8_0', kvCacheType: 'f32', threads: 2 });
+  try {
+    expect([0, 2 * 7 + 1]).toContain(m.info.repackedMatrices);
+    const got = await m.evaluate(tokens);
+    // The same codes, scales and activation rounding: equal up to the f32 summation order.
+    for (let i = 0; i < tokens.length; i++)
+      expect(relError(got.logits[i]!, Float32Array.from(off.logits[i]!))).toBeLessThan(1e-5);
+    // Decode (the matrix-vector kernel) too.
+    const seq = m.createSequence();
+    try {
+      for (let i = 0; i < 3; i++) {
+        const step = await seq.evaluate([tokens[i]!]);
+        expect(relError(step.logits[0]!, Float32Array.from(off.logits[i]!))).toBeLessThan(1e-5);
+      }
+    } finally {
+      seq.dispose();
+    }
+  } finally {
+    await m.dispose();
+  }
 });

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "errors.h"
 #include "kernels.h"
 #include "kquant.h"
 #include "tensor.h"
@@ -126,6 +127,10 @@ void dequantizeRow(DType t, const unsigned char* blocks, float* out, int64_t k) 
     dequantizeRowKQuant(t, blocks, out, k);
     return;
   }
+  if (isRepacked(t)) {
+    dequantizeRowRepacked(blocks, out, k);
+    return;
+  }
   const size_t bb = blockBytes(t);
   for (int64_t b = 0; b < k / kQuantBlock; b++) {
     const unsigned char* blk = blocks + size_t(b) * bb;
@@ -155,6 +160,9 @@ static ToF32Fn chooseToF32() {
 }
 
 void toF32(float* out, const void* data, DType t, size_t offset, size_t n) {
+  // A Q8_0x16 offset says nothing about the row it falls in; the loader never repacks a table that
+  // is read this way (the embedding), so this is a bug in the caller, not in the file.
+  if (isRepacked(t)) throw Error(kErrArg, "toF32: Q8_0x16 rows are decoded with dequantizeRow");
   if (isBlockQuantized(t)) {  // whole blocks only (see tensor.h)
     const unsigned char* p =
         static_cast<const unsigned char*>(data) + offset / size_t(blockElements(t)) * blockBytes(t);

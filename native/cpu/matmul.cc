@@ -167,6 +167,10 @@ void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t l
     matmulKQuant(pool, out, ldo, x, ldx, rows, W, bias, accumulate);
     return;
   }
+  if (isRepacked(W.dtype)) {
+    matmulRepacked(pool, out, ldo, x, ldx, rows, W, bias, accumulate);
+    return;
+  }
   if (isBlockQuantized(W.dtype)) {
     matmulQuant(pool, out, ldo, x, ldx, rows, W, bias, accumulate);
     return;
@@ -183,11 +187,16 @@ void matmul(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t l
 void matmulMany(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs) {
   // One activation quantization for all jobs when they share a block family (a Q4_K_M model's
   // Q4_K and Q6_K projections do); mixed families run job by job below.
-  bool all32 = nJobs > 0 && nJobs <= 8, allK = all32;
+  bool all32 = nJobs > 0 && nJobs <= 8, allK = all32, allRepacked = all32;
   for (int j = 0; j < nJobs; j++) {
     const bool sameWidth = jobs[j].W->cols == jobs[0].W->cols;
     all32 = all32 && isBlock32(jobs[j].W->dtype) && sameWidth;
     allK = allK && isKQuant(jobs[j].W->dtype) && sameWidth;
+    allRepacked = allRepacked && isRepacked(jobs[j].W->dtype) && sameWidth;
+  }
+  if (allRepacked) {
+    matmulManyRepacked(pool, x, jobs, nJobs);
+    return;
   }
   if (all32) {
     matmulManyQuant(pool, x, jobs, nJobs);
@@ -217,6 +226,10 @@ void gateUpVector(ThreadPool& pool, float* out, const float* x, const Weight& Wg
     gateUpKQuant(pool, out, x, Wg, bg, Wu, bu);
     return;
   }
+  if (isRepacked(Wg.dtype) && isRepacked(Wu.dtype)) {
+    gateUpRepacked(pool, out, x, Wg, bg, Wu, bu);
+    return;
+  }
   const Isa isa = chosenIsa();
   const int64_t n = Wg.rows;
   if (isa == Isa::Scalar || Wg.cols <= 0 || isBlockQuantized(Wg.dtype) || isBlockQuantized(Wu.dtype)) {
@@ -228,19 +241,10 @@ void gateUpVector(ThreadPool& pool, float* out, const float* x, const Weight& Wg
     return;
   }
   const GemvPair kg = gemvKernels(isa, Wg.dtype), ku = gemvKernels(isa, Wu.dtype);
-  // One loop over the 4-row groups: gate and up rows o..o+3, then silu(g) * u, while both are hot.
-  runBlocks(pool, (n + 3) / 4, 2 * n * Wg.cols, [&](int64_t g0, int64_t g1, int) {
-    float up[4 * 64];
-    for (int64_t g = g0; g < g1; g += 64) {
-      const int64_t ge = std::min(g1, g + 64);
-      gemvGroups(kg, out, 0, x, Wg, bg, false, g, ge);
-      gemvGroups(ku, up, g * 4, x, Wu, bu, false, g, ge);
-      for (int64_t o = g * 4; o < std::min(n, ge * 4); o++) {
-        const float v = out[o];
-        out[o] = v / (1.0f + std::exp(-v)) * up[o - g * 4];
-      }
-    }
-  });
+  gateUpGroups(pool, out, Wg, bg, Wu, bu,
+               [&](float* dst, int64_t outBase, const Weight& W, const float* b, int64_t g0, int64_t g1) {
+                 gemvGroups(&W == &Wg ? kg : ku, dst, outBase, x, W, b, false, g0, g1);
+               });
 }
 
 }  // namespace dg

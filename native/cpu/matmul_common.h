@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
 #include "kernels.h"
@@ -50,6 +51,14 @@ inline QIsa quantIsa(Isa isa) {
   const CpuFeatures& f = cpuFeatures();
   if (isa == Isa::Avx512 && f.avx512vnni && f.avx512vl) return QIsa::Vnni;
   return QIsa::Avx2;
+}
+
+// The sum of the 8 lanes.
+DG_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
 }
 
 // Below this many multiply-adds, waking the pool costs more than it saves.
@@ -99,6 +108,47 @@ void runJobGroups(ThreadPool& pool, const GemvJob* jobs, int nJobs, const Fn& gr
   });
 }
 
+// SwiGLU for one row over the 4-row groups of Wg and Wu (n rows each) in one parallel loop: the gate
+// and up rows of up to 64 groups, then silu(g) * u while both are hot. groups(dst, outBase, W,
+// bias, g0, g1) writes W's rows o of groups [g0, g1) (+ bias) to dst[o - outBase].
+template <class Groups>
+void gateUpGroups(ThreadPool& pool, float* out, const Weight& Wg, const float* bg, const Weight& Wu, const float* bu,
+                  const Groups& groups) {
+  const int64_t n = Wg.rows;
+  runBlocks(pool, (n + 3) / 4, 2 * n * Wg.cols, [&](int64_t g0, int64_t g1, int) {
+    float up[4 * 64];
+    for (int64_t g = g0; g < g1; g += 64) {
+      const int64_t ge = std::min(g1, g + 64);
+      groups(out, 0, Wg, bg, g, ge);
+      groups(up, g * 4, Wu, bu, g, ge);
+      for (int64_t o = g * 4; o < std::min(n, ge * 4); o++) {
+        const float v = out[o];
+        out[o] = v / (1.0f + std::exp(-v)) * up[o - g * 4];
+      }
+    }
+  });
+}
+
+// The activation rounding of the 32-wide integer kernels (matmul_quant.cc, matmul_repacked.cc), one
+// block of 32: d = max|x| / 127, q = round(x / d); returns d. A block with a non-finite value gets
+// d = NaN and codes 0, so the NaN reaches the output as it would in f32. (llama.cpp rounds
+// activations to Q8_0, with an f16 scale; f32 loses less and costs nothing here.)
+inline float quantizeActivationBlock(const float* xb, int8_t* q) {
+  float amax = 0.f;
+  bool finite = true;
+  for (int j = 0; j < 32; j++) {
+    finite = finite && std::isfinite(xb[j]);
+    amax = std::max(amax, std::fabs(xb[j]));
+  }
+  if (!finite) {
+    std::memset(q, 0, 32);
+    return NAN;
+  }
+  const float inv = amax != 0.f ? 127.f / amax : 0.f;
+  for (int j = 0; j < 32; j++) q[j] = int8_t(std::lrint(xb[j] * inv));
+  return amax / 127.f;
+}
+
 // Prefill (rows > 1, or any rows on the scalar variant): out[r, o] (+)= x[r] . W[o] + bias[o]
 // with register-tiled dot products on W in its stored layout (matmul_tiles.cc).
 void gemm(ThreadPool& pool, Isa isa, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
@@ -122,6 +172,14 @@ void matmulKQuant(ThreadPool& pool, float* out, int64_t ldo, const float* x, int
 void matmulManyKQuant(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs);
 void gateUpKQuant(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
                   const float* bu);
+
+// The same three for the CPU's repacked Q8_0 (Q8_0x16; matmul_repacked.cc). They throw dg::Error
+// (kErrUnsupported) for a weight in another layout.
+void matmulRepacked(ThreadPool& pool, float* out, int64_t ldo, const float* x, int64_t ldx, int64_t rows,
+                    const Weight& W, const float* bias, bool accumulate);
+void matmulManyRepacked(ThreadPool& pool, const float* x, const GemvJob* jobs, int nJobs);
+void gateUpRepacked(ThreadPool& pool, float* out, const float* x, const Weight& Wg, const float* bg, const Weight& Wu,
+                    const float* bu);
 
 }  // namespace matmul_detail
 }  // namespace dg

@@ -2,7 +2,7 @@
 // tensor.h). The K-quants (Q4_K, Q6_K) have their own kernels in matmul_kquant.cc.
 //
 // The activation rows are quantized once per call into int8 blocks of 32 with an f32 scale each
-// (llama.cpp quantizes them to Q8_0, with an f16 scale; f32 loses less and costs nothing here), so
+// (quantizeActivationBlock in matmul_common.h), so
 // each block of a weight row and of x meet in an integer dot product:
 //   W[o] . x ~= sum_b d_w[o, b] * d_x[b] * sum_j q_w[o, b, j] * q_x[b, j]
 // accumulated in f32. The 32-wide integer dot is u8 x s8 after moving the weight's sign onto the
@@ -35,8 +35,7 @@ struct QuantizedRows {
   int64_t k;
 };
 
-// Rounds each block of 32 to d = max|x| / 127, q = round(x / d). A block with a non-finite value
-// gets scale NaN (codes 0), so the NaN reaches the output as it would in f32.
+// Rounds each block of 32 (quantizeActivationBlock).
 QuantizedRows quantizeActivations(const float* x, int64_t ldx, int64_t rows, int64_t k) {
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> d;
@@ -47,28 +46,10 @@ QuantizedRows quantizeActivations(const float* x, int64_t ldx, int64_t rows, int
   // Only the VNNI kernel reads the lane sums; the others would pay for them on every call.
   const bool withLanes = quantIsa(chosenIsa()) == QIsa::Vnni;
   lanes.resize(withLanes ? size_t(rows * k / 4) : 0);
-  for (int64_t r = 0; r < rows; r++) {
-    const float* xr = x + r * ldx;
-    for (int64_t b = 0; b < nb; b++) {
-      const float* xb = xr + b * kQuantBlock;
-      int8_t* qb = q.data() + r * k + b * kQuantBlock;
-      float amax = 0.f;
-      bool finite = true;
-      for (int j = 0; j < kQuantBlock; j++) {
-        finite = finite && std::isfinite(xb[j]);
-        amax = std::max(amax, std::fabs(xb[j]));
-      }
-      float& scale = d[size_t(r * nb + b)];
-      if (!finite) {
-        scale = NAN;
-        std::fill(qb, qb + kQuantBlock, int8_t(0));
-        continue;
-      }
-      scale = amax / 127.f;
-      const float inv = scale != 0.f ? 127.f / amax : 0.f;
-      for (int j = 0; j < kQuantBlock; j++) qb[j] = int8_t(std::lrint(xb[j] * inv));
-    }
-  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t b = 0; b < nb; b++)
+      d[size_t(r * nb + b)] =
+          quantizeActivationBlock(x + r * ldx + b * kQuantBlock, q.data() + r * k + b * kQuantBlock);
   for (size_t i = 0; i < lanes.size(); i++)
     lanes[i] = -128 * (int32_t(q[4 * i]) + q[4 * i + 1] + q[4 * i + 2] + q[4 * i + 3]);
   return {q.data(), d.data(), withLanes ? lanes.data() : nullptr, k};
@@ -128,13 +109,6 @@ struct DotVnni {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
   }
 };
-
-DG_AVX2 inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // One body per ISA: NR independent f32 accumulators, one block of x shared by the NR rows.
 #define QGEMV_KERNEL(ATTR, NAME, DOT)                                                                              \
@@ -290,21 +264,12 @@ void gateUpQuant(ThreadPool& pool, float* out, const float* x, const Weight& Wg,
                  const float* bu) {
   requireBlocks(Wg);
   requireBlocks(Wu);
-  const int64_t n = Wg.rows;
   const QuantizedRows xq = quantizeActivations(x, Wg.cols, 1, Wg.cols);
   const QGemvPair kg = quantKernels(chosenIsa(), Wg.dtype), ku = quantKernels(chosenIsa(), Wu.dtype);
-  runBlocks(pool, (n + 3) / 4, 2 * n * Wg.cols, [&](int64_t g0, int64_t g1, int) {
-    float up[4 * 64];
-    for (int64_t g = g0; g < g1; g += 64) {
-      const int64_t ge = std::min(g1, g + 64);
-      quantGroups(kg, out, 0, 0, xq, 1, Wg, bg, false, g, ge);
-      quantGroups(ku, up, 0, g * 4, xq, 1, Wu, bu, false, g, ge);
-      for (int64_t o = g * 4; o < std::min(n, ge * 4); o++) {
-        const float v = out[o];
-        out[o] = v / (1.0f + std::exp(-v)) * up[o - g * 4];
-      }
-    }
-  });
+  gateUpGroups(pool, out, Wg, bg, Wu, bu,
+               [&](float* dst, int64_t outBase, const Weight& W, const float* b, int64_t g0, int64_t g1) {
+                 quantGroups(&W == &Wg ? kg : ku, dst, 0, outBase, xq, 1, W, b, false, g0, g1);
+               });
 }
 
 }  // namespace matmul_detail

@@ -8,6 +8,10 @@
 //    itself, on (a) the activations quantized the way the kernel documents (agreement to f32
 //    rounding: the integer path is exact) and (b) the f32 activations, within the bound that
 //    activation rounding allows: sum_b d_x[b] / 2 * sum_j |w_j|.
+//  * Q8_0x16, the CPU's repacked Q8_0 (tensor.h): the bytes of a repacked row follow the documented
+//    chunk layout, with a last, partial chunk and the row's padding; it decodes to the Q8_0 row's
+//    values; and every matmul case above runs again on repacked copies of the same Q8_0 weights,
+//    judged against the same references (the values are the Q8_0 ones).
 //  * Widths that are not a multiple of 32 are refused with kErrUnsupported.
 #include <cmath>
 #include <cstdio>
@@ -72,14 +76,22 @@ void quantizeActivation(const float* x, int64_t k, std::vector<double>& deq, std
 }
 
 struct QuantWeight {
-  std::vector<unsigned char> bytes;
+  std::vector<unsigned char> bytes, repacked;
   std::vector<double> value;
   Weight w;
 };
 
 // Quantizes random f32 weights with quantizeWeight (rawCodes: random bytes and scales instead,
 // Q8_0 codes including -128, which the quantizer never writes but a file may hold).
+// Q8_0x16: a Q8_0 weight made so, then repacked (at an odd address too); its values are the Q8_0 ones.
 QuantWeight makeQuantWeight(ThreadPool& pool, DType t, int64_t n, int64_t k, bool rawCodes) {
+  if (t == DType::Q8_0x16) {
+    QuantWeight q = makeQuantWeight(pool, DType::Q8_0, n, k, rawCodes);
+    q.repacked.resize(size_t(n) * rowBytes(t, k) + 3);
+    repackWeight(pool, q.w, q.repacked.data() + 3);
+    q.w = Weight{q.repacked.data() + 3, t, n, k};
+    return q;
+  }
   QuantWeight q;
   q.bytes.resize(size_t(n) * rowBytes(t, k) + 3);
   unsigned char* base = q.bytes.data() + 1;  // odd address: blocks carry no alignment
@@ -161,6 +173,40 @@ void testLayout(CheckFn check) {
   ok = true;
   for (int j = 0; j < 32; j++) ok = ok && back[j] == x[j];
   check(ok, "Q4_0 dequantize of an exact block");
+
+  // Q8_0x16: 33 blocks (3 chunks, the last holding one block) of random Q8_0 codes, repacked.
+  {
+    const int64_t k = 33 * 32;
+    std::vector<unsigned char> src(rowBytes(DType::Q8_0, k)), dst(rowBytes(DType::Q8_0x16, k));
+    for (auto& b : src) b = uint8_t(qrng());
+    for (int64_t b = 0; b < 33; b++) src[size_t(b) * 34 + 1] = uint8_t(0x20 + b % 8);  // finite scales
+    ThreadPool one(1, ThreadPool::Mode::Fixed);
+    const Weight w{src.data(), DType::Q8_0, 1, k};
+    repackWeight(one, w, dst.data());
+    // 2 full chunks of 16 blocks and a last one of 1; 33 * 34 = 1122 bytes, padded to 1152.
+    bool layout = dst.size() == 1152;
+    for (int64_t b = 0; b < 33; b++) {
+      const int64_t c = b / 16, i = b % 16, n = c < 2 ? 16 : 1;
+      for (int h = 0; h < 2; h++) layout = layout && dst[size_t(32 * 33 + 2 * b + h)] == src[size_t(b) * 34 + h];
+      for (int j = 0; j < 32; j++)
+        layout = layout &&
+                 dst[size_t(c * 512 + (j / 4) * 4 * n + 4 * i + j % 4)] == int8_t(src[size_t(b) * 34 + 2 + j]) + 128;
+    }
+    for (size_t p = 1122; p < dst.size(); p++) layout = layout && dst[p] == 0;
+    check(layout,
+          "Q8_0x16 layout: chunk c's group g holds code 4g + j of block i (+128) at 512c + 4ng + 4i + j "
+          "(n blocks in the chunk), then the 33 scales, then zeros to a multiple of 64 bytes");
+    std::vector<float> a(static_cast<size_t>(k)), b(static_cast<size_t>(k));
+    dequantizeRow(DType::Q8_0, src.data(), a.data(), k);
+    dequantizeRow(DType::Q8_0x16, dst.data(), b.data(), k);
+    check(a == b, "Q8_0x16 decodes to the Q8_0 row's values");
+    try {
+      repackWeight(one, Weight{src.data(), DType::Q4_0, 1, k}, dst.data());
+      check(false, "repackWeight refuses a Q4_0 weight");
+    } catch (const Error& e) {
+      check(e.code == kErrUnsupported, std::string("repackWeight refuses a Q4_0 weight: ") + e.what());
+    }
+  }
 
   // Round trip on random values: Q8_0 within half a step, Q4_0 within one step (the positive end is
   // clamped to code 15), each plus the f16 rounding of the scale.
@@ -275,7 +321,7 @@ void testQuantizedKernels(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool
   // n not a multiple of 4 (leftover rows), k from one block up; rows > 1 is the prefill path.
   const Shape shapes[] = {{1, 32, 1},   {1, 64, 7},    {2, 96, 5},     {1, 1024, 257},
                           {3, 160, 33}, {5, 4128, 13}, {17, 512, 130}, {1, 2816, 1023}};
-  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q8_0x16}) {
     int i = 0;
     for (const Shape& s : shapes) {
       ThreadPool& pool = i % 3 == 0 ? pool1 : i % 3 == 1 ? pool2 : pool3;
@@ -287,6 +333,7 @@ void testQuantizedKernels(ThreadPool& pool1, ThreadPool& pool2, ThreadPool& pool
     testFused(check, pool3, t);
   }
   testRefusals(check, pool1);
+  std::printf("the loader repacks Q8_0 for this variant: %s\n", cpuRepacksQ8_0() ? "yes" : "no");
   std::printf("quantized matmuls: worst rel err vs quantized-x reference %.2e, worst err / activation bound %.3f\n",
               worstSeen.exact, worstSeen.vsFloat);
 }
