@@ -9,7 +9,8 @@
 //   Q6_K: w = d sc_k (q - 32), so W . x ~= d_x d (sum_k sc_k (q . a)_k - 32 sum_k sc_k sum(a)_k).
 // The codes q are unsigned (Q4_K 0..15, Q6_K 0..63), so u8 x s8 products need no sign trick:
 // AVX2 vpmaddubsw (pairs at most 2 * 63 * 127, no saturation) then vpmaddwd by the sub-block scales,
-// or AVX-512 VNNI vpdpbusd then a multiply by the scales; the scalar variant does the same in int32.
+// or on AVX-512 VNNI the same over 64 codes with vpdpwssd (kdotVnni512*); the scalar variant does it
+// in int32.
 // Every super-block's integer sum fits int32 (at most 256 * 63 * 127 * 128 for Q6_K).
 //
 // The work split is the 32-wide kernels': 4-row groups of W across the threads; with several
@@ -147,12 +148,6 @@ struct KDotAvx2 {
     return _mm256_madd_epi16(p, _mm256_set_m128i(_mm_set1_epi16(int16_t(s1)), _mm_set1_epi16(int16_t(s0))));
   }
 };
-struct KDotVnni {
-  DG_VNNI static __m256i dot(__m256i u, __m256i a, int s0, int s1) {
-    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, a);
-    return _mm256_mullo_epi32(p, _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0)));
-  }
-};
 
 // One body per ISA and format. The integer sum of each super-block is reduced to a scalar so the
 // Q6_K offset (32 sum sc_k sum(a)_k) is taken off exactly.
@@ -210,15 +205,122 @@ struct KDotVnni {
   }
 
 KDOT_KERNELS(DG_AVX2, kdotAvx2, KDotAvx2)
-KDOT_KERNELS(DG_VNNI, kdotVnni, KDotVnni)
 #undef KDOT_KERNELS
+
+// AVX-512 VNNI, 64 codes per instruction. The kernels above spend most of their instructions on
+// each 32-wide piece's own scale (a scalar unpack, a multiply of int32 lanes) and on the scalar
+// min / offset term; here the sub-block scales are unpacked once per super-block into int16 lanes
+// (vpermw), each piece is vpmaddubsw (u8 code x s8 activation, pairs at most 2 * 63 * 127) then
+// vpdpwssd by its scale into one int32 accumulator, and the min (Q4_K) or offset (Q6_K) term is
+// one vpmaddwd of the 16 scales or mins with the activation's 16-wide sums. Both terms are carried
+// in f32 vectors across the super-blocks and reduced once per row.
+//   kScaleIdx[v]: int16 lane i of a 64-code piece -> the sub-block scale it takes, for
+//   Q4_K (8 scales): v = 0..3: pieces (sub-blocks 4p, 4p+2) and (4p+1, 4p+3) of pair p = v / 2;
+//   Q6_K (16 scales): v = 4..7: pieces (8h..8h+3) and (8h+4..8h+7) of half h = (v - 4) / 2.
+struct ScaleIdx {
+  int16_t lane[8][32];
+  constexpr ScaleIdx() : lane() {
+    for (int i = 0; i < 32; i++) {
+      for (int p = 0; p < 2; p++) {
+        lane[2 * p][i] = int16_t(4 * p + (i < 16 ? 0 : 2));
+        lane[2 * p + 1][i] = int16_t(4 * p + 1 + (i < 16 ? 0 : 2));
+      }
+      for (int h = 0; h < 2; h++) {
+        lane[4 + 2 * h][i] = int16_t(8 * h + i / 8);
+        lane[4 + 2 * h + 1][i] = int16_t(8 * h + 4 + i / 8);
+      }
+    }
+  }
+};
+constexpr ScaleIdx kScaleIdx;
+
+DG_VNNI inline __m512i scaleLanes(int v, __m512i scales16) {
+  return _mm512_permutexvar_epi16(_mm512_loadu_si512(kScaleIdx.lane[v]), scales16);
+}
+
+// Q4_K's 8 scales and 8 mins of a super-block as bytes, from the 12 packed ones (q4kScaleMin for
+// all eight at once: 4 words of shifts and masks).
+inline void q4kScalesMins(const unsigned char* s, uint64_t& scales, uint64_t& mins) {
+  uint32_t u[3];
+  std::memcpy(u, s, 12);
+  const uint32_t lo6 = 0x3f3f3f3f, lo4 = 0x0f0f0f0f, lo2 = 0x03030303;
+  const uint32_t sc03 = u[0] & lo6, sc47 = (u[2] & lo4) | (((u[0] >> 6) & lo2) << 4);
+  const uint32_t m03 = u[1] & lo6, m47 = ((u[2] >> 4) & lo4) | (((u[1] >> 6) & lo2) << 4);
+  scales = uint64_t(sc03) | (uint64_t(sc47) << 32);
+  mins = uint64_t(m03) | (uint64_t(m47) << 32);
+}
+
+DG_VNNI float kdotVnni512Q4K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  __m512 main = _mm512_setzero_ps();
+  __m256 minTerm = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    const unsigned char* blk = w + size_t(b) * 144;
+    const int8_t* a = aq + b * kSuperBlock;
+    uint64_t sc8, m8;
+    q4kScalesMins(blk + 4, sc8, m8);
+    const __m512i sc16 = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc8))));
+    __m512i acc = _mm512_setzero_si512();
+    for (int p = 0; p < 2; p++) {
+      const __m512i q = _mm512_loadu_si512(blk + 16 + 64 * p);
+      // Chunk 2p's codes then chunk 2p+1's; low nibbles are weights 128p + 0..31 and + 64..95.
+      const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+      const __m512i aLo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + 128 * p))),
+                                             _mm256_loadu_si256((const __m256i*)(a + 128 * p + 64)), 1);
+      const __m512i aHi =
+          _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + 128 * p + 32))),
+                             _mm256_loadu_si256((const __m256i*)(a + 128 * p + 96)), 1);
+      acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(lo, aLo), scaleLanes(2 * p, sc16));
+      acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(hi, aHi), scaleLanes(2 * p + 1, sc16));
+    }
+    main = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(halfAt(blk) * ad[b]), main);
+    // sum_j m_j (sum of sub-block j's 32 codes): each min against its two 16-wide sums.
+    const __m128i mb = _mm_cvtsi64_si128(int64_t(m8));
+    const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mb, mb));
+    const __m256i mt = _mm256_madd_epi16(mins16, _mm256_loadu_si256((const __m256i*)(as + b * 16)));
+    minTerm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mt), _mm256_set1_ps(halfAt(blk + 2) * ad[b]), minTerm);
+  }
+  return _mm512_reduce_add_ps(main) - hsum256(minTerm);
+}
+
+DG_VNNI float kdotVnni512Q6K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x30);
+  // The high bits' shifts: left 4 then 2 for codes 0..63 of a half, right 0 then 2 for 64..127.
+  const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+  const __m512i shr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  __m512 main = _mm512_setzero_ps();
+  __m256 offset = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    const unsigned char* blk = w + size_t(b) * 210;
+    const int8_t* a = aq + b * kSuperBlock;
+    const __m256i sc16y = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));
+    const __m512i sc16 = _mm512_zextsi256_si512(sc16y);
+    __m512i acc = _mm512_setzero_si512();
+    for (int h = 0; h < 2; h++) {
+      const __m512i l = _mm512_loadu_si512(blk + 64 * h);
+      const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h)));
+      const __m512i q01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, shl), m2));
+      const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                          _mm512_and_si512(_mm512_srlv_epi16(hb, shr), m2));
+      acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q01, _mm512_loadu_si512(a + 128 * h)),
+                                scaleLanes(4 + 2 * h, sc16));
+      acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q23, _mm512_loadu_si512(a + 128 * h + 64)),
+                                scaleLanes(5 + 2 * h, sc16));
+    }
+    const float d = halfAt(blk + 208) * ad[b];
+    main = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(d), main);
+    const __m256i off = _mm256_madd_epi16(sc16y, _mm256_loadu_si256((const __m256i*)(as + b * 16)));
+    offset = _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(32.f * d), offset);
+  }
+  return _mm512_reduce_add_ps(main) - hsum256(offset);
+}
 
 using KDotFn = float (*)(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb);
 
 KDotFn kdotKernel(DType t) {
   const QIsa q = quantIsa(chosenIsa());
   const bool q4 = t == DType::Q4_K;
-  if (q == QIsa::Vnni) return q4 ? kdotVnniQ4K : kdotVnniQ6K;
+  if (q == QIsa::Vnni) return q4 ? kdotVnni512Q4K : kdotVnni512Q6K;
   if (q == QIsa::Avx2) return q4 ? kdotAvx2Q4K : kdotAvx2Q6K;
   return q4 ? kdotScalar<DType::Q4_K> : kdotScalar<DType::Q6_K>;
 }
@@ -278,20 +380,11 @@ void gateUpKQuant(ThreadPool& pool, float* out, const float* x, const Weight& Wg
   requireSuperBlocks(Wu);
   if (Wg.cols != Wu.cols || Wg.rows != Wu.rows)
     throw Error(kErrArg, "gateUpVector: the gate and up weights must have the same shape");
-  const int64_t n = Wg.rows;
   const KRows xq = quantizeActivationsK(x, Wg.cols, 1, Wg.cols);
-  runBlocks(pool, (n + 3) / 4, 2 * n * Wg.cols, [&](int64_t g0, int64_t g1, int) {
-    float up[4 * 64];
-    for (int64_t g = g0; g < g1; g += 64) {
-      const int64_t ge = std::min(g1, g + 64);
-      kquantGroups(out, 0, 0, xq, 1, Wg, bg, false, g, ge);
-      kquantGroups(up, 0, g * 4, xq, 1, Wu, bu, false, g, ge);
-      for (int64_t o = g * 4; o < std::min(n, ge * 4); o++) {
-        const float v = out[o];
-        out[o] = v / (1.0f + std::exp(-v)) * up[o - g * 4];
-      }
-    }
-  });
+  gateUpGroups(pool, out, Wg, bg, Wu, bu,
+               [&](float* dst, int64_t outBase, const Weight& W, const float* b, int64_t g0, int64_t g1) {
+                 kquantGroups(dst, 0, outBase, xq, 1, W, b, false, g0, g1);
+               });
 }
 
 }  // namespace matmul_detail
