@@ -16,6 +16,9 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { depthgate, gitCommit, machine, median, saveResult, testing } from './machine.mjs';
 
+type Model = import('../dist/index.js').Model;
+type WeightFormatOption = NonNullable<import('../dist/index.js').LoadOptions['weights']>;
+
 const { values } = parseArgs({
   options: {
     hidden: { type: 'string', default: '1024' },
@@ -24,6 +27,11 @@ const { values } = parseArgs({
     prompt: { type: 'string', default: '256' },
     threads: { type: 'string', default: String(os.availableParallelism()) },
     runs: { type: 'string', default: '3' },
+    // The formats the skipped-layer decode runs in (stored, or quantized on load), and whether the
+    // routed prefill (bf16 only) is left out.
+    weights: { type: 'string', default: 'stored,q8_0,q4_k' },
+    'decode-only': { type: 'boolean', default: false },
+    out: { type: 'string', default: 'cpu-routing.json' },
   },
 });
 const hidden = Number(values.hidden);
@@ -94,9 +102,9 @@ function routedWork(active: number[]): number {
 // Thresholds giving 25/50/75% active rows overall: quantiles of the router weights.
 const probe = await model.evaluate(tokens, { policy: { type: 'flexidepth', threshold: 0.5 } });
 const ws = probe.routerWeights.flatMap((row) => Array.from(row)).sort((a, b) => a - b);
-const dense = await timeEval({ type: 'none' });
+const dense = !values['decode-only'] ? await timeEval({ type: 'none' }) : { ms: 0, active: [] };
 const prefill = [];
-for (const frac of [0.25, 0.5, 0.75, 1.0]) {
+for (const frac of !values['decode-only'] ? [0.25, 0.5, 0.75, 1.0] : []) {
   const threshold = frac === 1 ? 0 : ws[Math.floor((1 - frac) * ws.length)];
   const res = await timeEval({ type: 'flexidepth', threshold });
   const activeMean = res.active.reduce((a, b) => a + b, 0) / L;
@@ -113,48 +121,76 @@ for (const frac of [0.25, 0.5, 0.75, 1.0]) {
   });
 }
 
-// Decode at batch 1 with k layers skipped.
-const info = model.info;
-const bytesPerParam = info.weightBytes / info.parameters;
-const routerBytesPerLayer = (work.router + work.adapter) * bytesPerParam;
-const layerBytes = (work.kv + work.q + work.o + work.mlp) * bytesPerParam; // what a plain layer reads
-const kvBytes = work.kv * bytesPerParam;
-const headBytes = d * c.vocabSize * bytesPerParam;
-async function decodeMs(policy: import('../dist/policy.js').Policy): Promise<number> {
+// Decode at batch 1 with k layers skipped, in each format. The bytes a layer reads come from the
+// model's weightBytes less what decode does not stream: the embedding table (bf16 in every format,
+// one row read), the routers and adapters (bf16; a static policy runs none) and the LM head (in
+// the format's head type: Q8_0 beside q8_0 / q4_0, Q6_K beside q4_k). A skipped layer still reads
+// Wk and Wv (every token writes K/V), taken as their share of the layer's multiply-adds.
+const HEAD_BYTES_PER_WEIGHT: Record<string, number> = { stored: 2, q8_0: 34 / 32, q4_0: 34 / 32, q4_k: 210 / 256 };
+const layerWork = work.kv + work.q + work.o + work.mlp;
+// ms per decode token of each policy, the policies run in turn each round (forward, then backward
+// the next round) so that drift of a shared machine hits them alike; medians over the rounds.
+async function decodeMs(m: Model, policies: import('../dist/policy.js').Policy[]): Promise<number[]> {
   const prompt = { tokens: tokens.slice(0, 8) };
-  await model.generate(prompt, { maxTokens: 4, stopOnEos: false, policy });
-  const per: number[] = [];
+  for (const policy of policies) await m.generate(prompt, { maxTokens: 4, stopOnEos: false, policy });
+  const per: number[][] = policies.map(() => []);
   for (let i = 0; i < runs; i++) {
-    const res = await model.generate(prompt, { maxTokens: 32, stopOnEos: false, policy });
-    per.push(res.timings.decodeMs / (res.tokens.length - 1));
+    const order = policies.map((_, j) => j);
+    if (i % 2) order.reverse();
+    for (const j of order) {
+      const res = await m.generate(prompt, { maxTokens: 32, stopOnEos: false, policy: policies[j]! });
+      per[j]!.push(res.timings.decodeMs / (res.tokens.length - 1));
+    }
   }
-  return median(per);
+  return per.map(median);
 }
-const full = await decodeMs({ type: 'none' });
-const decode = [];
-for (const k of [1, 4, 8]) {
-  const skip = Array.from({ length: k }, (_, i) => Math.floor(L / 2) - Math.floor(k / 2) + i);
-  const ms = await decodeMs({ type: 'static', skipLayers: skip });
+const info = model.info;
+const routerBytesPerLayer = (work.router + work.adapter) * 2;
+const decode: Record<string, string | number>[] = [];
+for (const weights of values.weights!.split(',')) {
+  if (!(weights in HEAD_BYTES_PER_WEIGHT))
+    throw new Error(`--weights: ${weights} is not one of stored, q8_0, q4_0, q4_k`);
+  const m =
+    weights === 'stored' ? model : await depthgate.loadModel(dir, { threads, weights: weights as WeightFormatOption });
+  const headBytes = d * c.vocabSize * HEAD_BYTES_PER_WEIGHT[weights]!;
+  const embedBytes = d * c.vocabSize * 2;
+  const layerBytes = (m.info.weightBytes - embedBytes - headBytes - L * routerBytesPerLayer - (L * 2 + 1) * d * 4) / L;
+  const kvBytes = layerBytes * (work.kv / layerWork);
   const fullBytes = L * layerBytes + headBytes;
-  const skippedBytes = fullBytes - k * (layerBytes - kvBytes);
-  const ideal = full * (skippedBytes / fullBytes);
-  decode.push({
-    skippedLayers: k,
-    ms: +ms.toFixed(2),
-    fullMs: +full.toFixed(2),
-    bytesOnlyIdealMs: +ideal.toFixed(2),
-    ratioToBytesOnlyIdeal: +(ms / ideal).toFixed(3),
-    savedPerSkippedLayerMs: +((full - ms) / k).toFixed(3),
-    bytesOnlySavingPerLayerMs: +((full - ideal) / k).toFixed(3),
-  });
+  try {
+    const ks = [1, 4, 8];
+    const skips = ks.map((k) => Array.from({ length: k }, (_, i) => Math.floor(L / 2) - Math.floor(k / 2) + i));
+    const [full, ...times] = await decodeMs(m, [
+      { type: 'none' },
+      ...skips.map((skipLayers) => ({ type: 'static' as const, skipLayers })),
+    ]);
+    ks.forEach((k, i) => {
+      const ms = times[i]!;
+      const ideal = full! * ((fullBytes - k * (layerBytes - kvBytes)) / fullBytes);
+      decode.push({
+        weights,
+        dtype: m.info.dtype,
+        skippedLayers: k,
+        ms: +ms.toFixed(2),
+        fullMs: +full!.toFixed(2),
+        bytesOnlyIdealMs: +ideal.toFixed(2),
+        ratioToBytesOnlyIdeal: +(ms / ideal).toFixed(3),
+        savedPerSkippedLayerMs: +((full! - ms) / k).toFixed(3),
+        bytesOnlySavingPerLayerMs: +((full! - ideal) / k).toFixed(3),
+        shareOfIdealSaving: +((full! - ms) / (full! - ideal)).toFixed(3),
+      });
+    });
+  } finally {
+    if (m !== model) await m.dispose();
+  }
 }
 await model.dispose();
 console.log(`prefill of ${T} tokens, ${L} layers, hidden ${hidden}, bf16, ${threads} threads:`);
 console.table(prefill);
-console.log('batch-1 decode with k layers skipped (static):');
+console.log('batch-1 decode with k layers skipped (static), per format:');
 console.table(decode);
 console.log(
-  `saved ${saveResult('cpu-routing.json', {
+  `saved ${saveResult(values.out!, {
     benchmark: 'cpu-routing',
     commit: gitCommit(),
     loadAverage: os.loadavg().map((x) => +x.toFixed(2)),

@@ -135,8 +135,8 @@ DG_VNNI void rgemvVnni(float* out, const unsigned char* w, size_t rb, const int8
     rchunkVnni<NR, true>(acc, w, rb, size_t(c * kChunkCodes), size_t(32 * nb + 32 * c), aq + c * kChunkCodes,
                          ad + c * kRepackBlocks, start + c * kRepackBlocks, kRepackBlocks);
   if (tail)
-    rchunkVnni<NR, false>(acc, w, rb, size_t(full * kChunkCodes), size_t(32 * nb + 32 * full),
-                          aq + full * kChunkCodes, ad + full * kRepackBlocks, start + full * kRepackBlocks, int(tail));
+    rchunkVnni<NR, false>(acc, w, rb, size_t(full * kChunkCodes), size_t(32 * nb + 32 * full), aq + full * kChunkCodes,
+                          ad + full * kRepackBlocks, start + full * kRepackBlocks, int(tail));
   for (int r = 0; r < NR; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
@@ -159,8 +159,8 @@ void requireRepacked(const Weight& W) {
 
 // out[r * ldo + o - outBase] (+)= W[o] . x[r] + bias[o] for every activation row r < rows and the
 // outputs o of the 4-row groups [g0, g1).
-void repackedGroups(const RGemvPair& kern, float* out, int64_t ldo, int64_t outBase, const PackedRows& x,
-                    int64_t rows, const Weight& W, const float* bias, bool accumulate, int64_t g0, int64_t g1) {
+void repackedGroups(const RGemvPair& kern, float* out, int64_t ldo, int64_t outBase, const PackedRows& x, int64_t rows,
+                    const Weight& W, const float* bias, bool accumulate, int64_t g0, int64_t g1) {
   const int64_t n = W.rows, nb = W.cols / kQuantBlock;
   const size_t rb = rowBytes(W.dtype, W.cols);
   const unsigned char* base = static_cast<const unsigned char*>(W.data);
