@@ -61,8 +61,6 @@ bool cpuRepacksQ8_0();
 // Repacks a Q8_0 weight (W.cols a multiple of 32, else dg::Error kErrUnsupported) into `out`
 // (W.rows * rowBytes(Q8_0x16, W.cols) bytes), rows split across the pool.
 void repackWeight(ThreadPool& pool, const Weight& W, unsigned char* out);
-// One Q8_0x16 row of `cols` values back to f32 (dequantizeRow calls it for Q8_0x16).
-void dequantizeRowRepacked(const unsigned char* row, float* out, int64_t cols);
 
 // cpu/norm.cc: out = x / sqrt(mean(x^2) + eps) * weight, per row of width `dim`.
 // The mean of squares is accumulated in f32 like HF does (variance in fp32).

@@ -62,6 +62,12 @@ inline size_t blockBytes(DType t) {
       return 0;
   }
 }
+// Where code j (0..31) of block b lies in a Q8_0x16 row of nb blocks (its scale: at 32 * nb + 2 * b).
+inline size_t repackedCodeOffset(int64_t nb, int64_t b, int j) {
+  const int64_t c = b / kRepackBlocks, i = b % kRepackBlocks;
+  const int64_t left = nb - c * kRepackBlocks, n = left < kRepackBlocks ? left : kRepackBlocks;  // in this chunk
+  return size_t(c * kRepackBlocks * kQuantBlock + (j / 4) * 4 * n + 4 * i + j % 4);
+}
 // Bytes of one element of an element type. Block formats have no element size: use rowBytes.
 inline size_t dtypeSize(DType t) { return t == DType::F32 ? 4 : 2; }
 // Bytes of one row of `cols` values: cols * element size, or cols / blockElements blocks for block

@@ -127,8 +127,15 @@ void dequantizeRow(DType t, const unsigned char* blocks, float* out, int64_t k) 
     dequantizeRowKQuant(t, blocks, out, k);
     return;
   }
-  if (isRepacked(t)) {
-    dequantizeRowRepacked(blocks, out, k);
+  if (isRepacked(t)) {  // Q8_0x16: codes + 128 in chunks, then the scales (tensor.h)
+    const int64_t nb = k / kQuantBlock;
+    for (int64_t b = 0; b < nb; b++) {
+      uint16_t h;
+      std::memcpy(&h, blocks + 32 * nb + 2 * b, 2);
+      const float d = f16ToF32(h);
+      for (int j = 0; j < kQuantBlock; j++)
+        out[b * kQuantBlock + j] = d * float(int(blocks[repackedCodeOffset(nb, b, j)]) - 128);
+    }
     return;
   }
   const size_t bb = blockBytes(t);

@@ -129,6 +129,50 @@ void gateUpGroups(ThreadPool& pool, float* out, const Weight& Wg, const float* b
   });
 }
 
+// The 32-wide integer kernels (matmul_quant.cc, matmul_repacked.cc): `four` dots 4 weight rows (rb
+// bytes apart) with one activation row, `one` a single row; an activation row is its int8 codes,
+// block scales and an int32 array the kernel may want (the VNNI kernels' start values), and nb is
+// W.cols / 32.
+using IntGemvFn = void (*)(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad,
+                           const int32_t* extra, int64_t nb);
+struct IntGemvPair {
+  IntGemvFn four, one;
+};
+struct IntRow {
+  const int8_t* q;
+  const float* d;
+  const int32_t* extra;
+};
+
+// out[r * ldo + o - outBase] (+)= W[o] . x[r] + bias[o] for every activation row r < rows (rowOf(r)
+// gives it) and the outputs o of the 4-row groups [g0, g1): each group's weight rows meet every
+// activation row while they are in L1, so W is read once per call.
+template <class RowOf>
+void intGroups(const IntGemvPair& kern, float* out, int64_t ldo, int64_t outBase, int64_t rows, const Weight& W,
+               const float* bias, bool accumulate, int64_t g0, int64_t g1, const RowOf& rowOf) {
+  const int64_t n = W.rows, nb = W.cols / kQuantBlock;
+  const size_t rb = rowBytes(W.dtype, W.cols);
+  const unsigned char* base = static_cast<const unsigned char*>(W.data);
+  float tmp[4];
+  for (int64_t g = g0; g < g1; g++) {
+    const int64_t o = g * 4;
+    const int nr = int(std::min<int64_t>(4, n - o));
+    const unsigned char* wg = base + size_t(o) * rb;
+    for (int64_t r = 0; r < rows; r++) {
+      const IntRow a = rowOf(r);
+      if (nr == 4)
+        kern.four(tmp, wg, rb, a.q, a.d, a.extra, nb);
+      else
+        for (int i = 0; i < nr; i++) kern.one(tmp + i, wg + size_t(i) * rb, rb, a.q, a.d, a.extra, nb);
+      float* dst = out + r * ldo + o - outBase;
+      for (int i = 0; i < nr; i++) {
+        const float y = tmp[i] + (bias ? bias[o + i] : 0.f);
+        dst[i] = accumulate ? dst[i] + y : y;
+      }
+    }
+  }
+}
+
 // The activation rounding of the 32-wide integer kernels (matmul_quant.cc, matmul_repacked.cc), one
 // block of 32: d = max|x| / 127, q = round(x / d); returns d. A block with a non-finite value gets
 // d = NaN and codes 0, so the NaN reaches the output as it would in f32. (llama.cpp rounds

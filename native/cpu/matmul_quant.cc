@@ -182,20 +182,14 @@ DG_VNNI void qgemvVnni512(float* out, const unsigned char* w, size_t rb, const i
   for (int r = 0; r < NR; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + rest[r];
 }
 
-using QGemvFn = void (*)(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad,
-                         const int32_t* lanes, int64_t nb);
-struct QGemvPair {
-  QGemvFn four, one;
-};
-
 template <DType T>
-QGemvPair kernelsFor(QIsa q) {
+IntGemvPair kernelsFor(QIsa q) {
   if (q == QIsa::Vnni) return {qgemvVnni512<T, 4>, qgemvVnni512<T, 1>};
   if (q == QIsa::Avx2) return {qgemvAvx2<T, 4>, qgemvAvx2<T, 1>};
   return {qgemvScalar<T, 4>, qgemvScalar<T, 1>};
 }
 
-QGemvPair quantKernels(Isa isa, DType t) {
+IntGemvPair quantKernels(Isa isa, DType t) {
   const QIsa q = quantIsa(isa);
   return t == DType::Q8_0 ? kernelsFor<DType::Q8_0>(q) : kernelsFor<DType::Q4_0>(q);
 }
@@ -207,33 +201,13 @@ void requireBlocks(const Weight& W) {
                                      "width is a multiple of 32, got " + std::to_string(W.cols) + " columns");
 }
 
-// out[r * ldo + o - outBase] (+)= W[o] . x[r] + bias[o] for every activation row r < rows and the
-// outputs o of the 4-row groups [g0, g1).
-void quantGroups(const QGemvPair& kern, float* out, int64_t ldo, int64_t outBase, const QuantizedRows& x, int64_t rows,
-                 const Weight& W, const float* bias, bool accumulate, int64_t g0, int64_t g1) {
-  const int64_t n = W.rows, nb = W.cols / kQuantBlock;
-  const size_t rb = rowBytes(W.dtype, W.cols);
-  const unsigned char* base = static_cast<const unsigned char*>(W.data);
-  float tmp[4];
-  for (int64_t g = g0; g < g1; g++) {
-    const int64_t o = g * 4;
-    const int nr = int(std::min<int64_t>(4, n - o));
-    const unsigned char* wg = base + size_t(o) * rb;
-    for (int64_t r = 0; r < rows; r++) {
-      const int8_t* aq = x.q + r * x.k;
-      const float* ad = x.d + r * nb;
-      const int32_t* al = x.lanes ? x.lanes + r * x.k / 4 : nullptr;
-      if (nr == 4)
-        kern.four(tmp, wg, rb, aq, ad, al, nb);
-      else
-        for (int i = 0; i < nr; i++) kern.one(tmp + i, wg + size_t(i) * rb, rb, aq, ad, al, nb);
-      float* dst = out + r * ldo + o - outBase;
-      for (int i = 0; i < nr; i++) {
-        const float y = tmp[i] + (bias ? bias[o + i] : 0.f);
-        dst[i] = accumulate ? dst[i] + y : y;
-      }
-    }
-  }
+// intGroups over the activation rows of x.
+void quantGroups(const IntGemvPair& kern, float* out, int64_t ldo, int64_t outBase, const QuantizedRows& x,
+                 int64_t rows, const Weight& W, const float* bias, bool accumulate, int64_t g0, int64_t g1) {
+  const int64_t nb = W.cols / kQuantBlock;
+  intGroups(kern, out, ldo, outBase, rows, W, bias, accumulate, g0, g1, [&](int64_t r) {
+    return IntRow{x.q + r * x.k, x.d + r * nb, x.lanes ? x.lanes + r * x.k / 4 : nullptr};
+  });
 }
 
 }  // namespace
@@ -242,7 +216,7 @@ void matmulQuant(ThreadPool& pool, float* out, int64_t ldo, const float* x, int6
                  const float* bias, bool accumulate) {
   requireBlocks(W);
   const QuantizedRows xq = quantizeActivations(x, ldx, rows, W.cols);
-  const QGemvPair kern = quantKernels(chosenIsa(), W.dtype);
+  const IntGemvPair kern = quantKernels(chosenIsa(), W.dtype);
   runBlocks(pool, (W.rows + 3) / 4, rows * W.rows * W.cols, [&](int64_t g0, int64_t g1, int) {
     quantGroups(kern, out, ldo, 0, xq, rows, W, bias, accumulate, g0, g1);
   });
@@ -265,7 +239,7 @@ void gateUpQuant(ThreadPool& pool, float* out, const float* x, const Weight& Wg,
   requireBlocks(Wg);
   requireBlocks(Wu);
   const QuantizedRows xq = quantizeActivations(x, Wg.cols, 1, Wg.cols);
-  const QGemvPair kg = quantKernels(chosenIsa(), Wg.dtype), ku = quantKernels(chosenIsa(), Wu.dtype);
+  const IntGemvPair kg = quantKernels(chosenIsa(), Wg.dtype), ku = quantKernels(chosenIsa(), Wu.dtype);
   gateUpGroups(pool, out, Wg, bg, Wu, bu,
                [&](float* dst, int64_t outBase, const Weight& W, const float* b, int64_t g0, int64_t g1) {
                  quantGroups(&W == &Wg ? kg : ku, dst, 0, outBase, xq, 1, W, b, false, g0, g1);

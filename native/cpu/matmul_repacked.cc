@@ -33,13 +33,6 @@ constexpr int64_t kChunkCodes = kRepackBlocks * kQuantBlock;  // 512
 
 int64_t chunksOf(int64_t cols) { return (cols / kQuantBlock + kRepackBlocks - 1) / kRepackBlocks; }
 
-// Where code j of block b of a row of nb blocks lies in the Q8_0x16 row (tensor.h).
-size_t codeOffset(int64_t nb, int64_t b, int j) {
-  const int64_t c = b / kRepackBlocks, i = b % kRepackBlocks;
-  const int64_t n = std::min<int64_t>(kRepackBlocks, nb - c * kRepackBlocks);  // blocks in this chunk
-  return size_t(c * kChunkCodes + (j / 4) * 4 * n + 4 * i + j % 4);
-}
-
 // Activation rows in whole chunks: row r's chunk c codes at q + (r * nc + c) * 512 (group g, lane
 // i, byte j = code 4g + j of block i), the block scales at d + (r * nc + c) * 16 and -128 x each
 // block's code sum at start (same index). Lanes past the row's last block hold scale 0, codes 0.
@@ -85,7 +78,8 @@ void rgemvScalar(float* out, const unsigned char* w, size_t rb, const int8_t* aq
     for (int64_t b = 0; b < nb; b++) {
       const int8_t* a = aq + (b / kRepackBlocks) * kChunkCodes + 4 * (b % kRepackBlocks);
       int32_t acc = 0;
-      for (int j = 0; j < kQuantBlock; j++) acc += (int32_t(row[codeOffset(nb, b, j)]) - 128) * a[(j / 4) * 64 + j % 4];
+      for (int j = 0; j < kQuantBlock; j++)
+        acc += (int32_t(row[repackedCodeOffset(nb, b, j)]) - 128) * a[(j / 4) * 64 + j % 4];
       uint16_t h;
       std::memcpy(&h, row + 32 * nb + 2 * b, 2);
       s += float(acc) * (f16ToF32(h) * ad[b]);
@@ -140,13 +134,7 @@ DG_VNNI void rgemvVnni(float* out, const unsigned char* w, size_t rb, const int8
   for (int r = 0; r < NR; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
-using RGemvFn = void (*)(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad,
-                         const int32_t* start, int64_t nb);
-struct RGemvPair {
-  RGemvFn four, one;
-};
-
-RGemvPair repackedKernels() {
+IntGemvPair repackedKernels() {
   if (quantIsa(chosenIsa()) == QIsa::Vnni) return {rgemvVnni<4>, rgemvVnni<1>};
   return {rgemvScalar<4>, rgemvScalar<1>};
 }
@@ -157,33 +145,12 @@ void requireRepacked(const Weight& W) {
                                      "32, got " + dtypeName(W.dtype) + " with " + std::to_string(W.cols) + " columns");
 }
 
-// out[r * ldo + o - outBase] (+)= W[o] . x[r] + bias[o] for every activation row r < rows and the
-// outputs o of the 4-row groups [g0, g1).
-void repackedGroups(const RGemvPair& kern, float* out, int64_t ldo, int64_t outBase, const PackedRows& x, int64_t rows,
-                    const Weight& W, const float* bias, bool accumulate, int64_t g0, int64_t g1) {
-  const int64_t n = W.rows, nb = W.cols / kQuantBlock;
-  const size_t rb = rowBytes(W.dtype, W.cols);
-  const unsigned char* base = static_cast<const unsigned char*>(W.data);
-  float tmp[4];
-  for (int64_t g = g0; g < g1; g++) {
-    const int64_t o = g * 4;
-    const int nr = int(std::min<int64_t>(4, n - o));
-    const unsigned char* wg = base + size_t(o) * rb;
-    for (int64_t r = 0; r < rows; r++) {
-      const int8_t* aq = x.q + r * x.nc * kChunkCodes;
-      const float* ad = x.d + r * x.nc * kRepackBlocks;
-      const int32_t* st = x.start + r * x.nc * kRepackBlocks;
-      if (nr == 4)
-        kern.four(tmp, wg, rb, aq, ad, st, nb);
-      else
-        for (int i = 0; i < nr; i++) kern.one(tmp + i, wg + size_t(i) * rb, rb, aq, ad, st, nb);
-      float* dst = out + r * ldo + o - outBase;
-      for (int i = 0; i < nr; i++) {
-        const float y = tmp[i] + (bias ? bias[o + i] : 0.f);
-        dst[i] = accumulate ? dst[i] + y : y;
-      }
-    }
-  }
+// intGroups over the activation rows of x.
+void repackedGroups(const IntGemvPair& kern, float* out, int64_t ldo, int64_t outBase, const PackedRows& x,
+                    int64_t rows, const Weight& W, const float* bias, bool accumulate, int64_t g0, int64_t g1) {
+  intGroups(kern, out, ldo, outBase, rows, W, bias, accumulate, g0, g1, [&](int64_t r) {
+    return IntRow{x.q + r * x.nc * kChunkCodes, x.d + r * x.nc * kRepackBlocks, x.start + r * x.nc * kRepackBlocks};
+  });
 }
 
 }  // namespace
@@ -192,7 +159,7 @@ void matmulRepacked(ThreadPool& pool, float* out, int64_t ldo, const float* x, i
                     const Weight& W, const float* bias, bool accumulate) {
   requireRepacked(W);
   const PackedRows xq = quantizeActivationsPacked(x, ldx, rows, W.cols);
-  const RGemvPair kern = repackedKernels();
+  const IntGemvPair kern = repackedKernels();
   runBlocks(pool, (W.rows + 3) / 4, rows * W.rows * W.cols, [&](int64_t g0, int64_t g1, int) {
     repackedGroups(kern, out, ldo, 0, xq, rows, W, bias, accumulate, g0, g1);
   });
@@ -205,7 +172,7 @@ void matmulManyRepacked(ThreadPool& pool, const float* x, const GemvJob* jobs, i
       throw Error(kErrArg, "matmulMany: every job must read the same x (equal widths)");
   }
   const PackedRows xq = quantizeActivationsPacked(x, jobs[0].W->cols, 1, jobs[0].W->cols);
-  const RGemvPair kern = repackedKernels();
+  const IntGemvPair kern = repackedKernels();
   runJobGroups(pool, jobs, nJobs, [&](const GemvJob& J, int64_t g0, int64_t g1) {
     repackedGroups(kern, J.out, 0, 0, xq, 1, *J.W, J.bias, J.accumulate, g0, g1);
   });
@@ -218,7 +185,7 @@ void gateUpRepacked(ThreadPool& pool, float* out, const float* x, const Weight& 
   if (Wg.cols != Wu.cols || Wg.rows != Wu.rows)
     throw Error(kErrArg, "gateUpVector: the gate and up weights must have the same shape");
   const PackedRows xq = quantizeActivationsPacked(x, Wg.cols, 1, Wg.cols);
-  const RGemvPair kern = repackedKernels();
+  const IntGemvPair kern = repackedKernels();
   gateUpGroups(pool, out, Wg, bg, Wu, bu,
                [&](float* dst, int64_t outBase, const Weight& W, const float* b, int64_t g0, int64_t g1) {
                  repackedGroups(kern, dst, 0, outBase, xq, 1, W, b, false, g0, g1);
@@ -244,22 +211,11 @@ void repackRowQ8_0(const unsigned char* src, unsigned char* dst, int64_t cols) {
   for (int64_t b = 0; b < nb; b++) {
     const unsigned char* blk = src + size_t(b) * 34;
     std::memcpy(dst + 32 * nb + 2 * b, blk, 2);
-    for (int j = 0; j < kQuantBlock; j++) dst[matmul_detail::codeOffset(nb, b, j)] = uint8_t(blk[2 + j] ^ 0x80);
+    for (int j = 0; j < kQuantBlock; j++) dst[repackedCodeOffset(nb, b, j)] = uint8_t(blk[2 + j] ^ 0x80);
   }
 }
 
 }  // namespace
-
-void dequantizeRowRepacked(const unsigned char* row, float* out, int64_t cols) {
-  const int64_t nb = cols / kQuantBlock;
-  for (int64_t b = 0; b < nb; b++) {
-    uint16_t h;
-    std::memcpy(&h, row + 32 * nb + 2 * b, 2);
-    const float d = f16ToF32(h);
-    for (int j = 0; j < kQuantBlock; j++)
-      out[b * kQuantBlock + j] = d * float(int(row[matmul_detail::codeOffset(nb, b, j)]) - 128);
-  }
-}
 
 void repackWeight(ThreadPool& pool, const Weight& W, unsigned char* out) {
   if (W.dtype != DType::Q8_0 || W.cols % kQuantBlock != 0)
