@@ -14,6 +14,10 @@
 // (matmul.cc). Prefill (rows > 1) uses the same kernel: each thread takes 4-row groups of W and
 // runs every activation row through a group while those weight rows are in L1, so W is still read
 // once per call; it is correct and bandwidth-friendly but not register-tiled across rows.
+//
+// Where the avx512vnni variant runs, the loader repacks Q8_0 matrices into the CPU's own layout
+// (matmul_repacked.cc), so Q8_0 reaches this file there only with DEPTHGATE_CPU_REPACK=0 or as a
+// weight handed to matmul directly (tests, microbenchmarks); Q4_0 always comes here.
 #include <algorithm>
 #include <cmath>
 #include <vector>
