@@ -84,7 +84,7 @@ struct Model {
   double quantizeSeconds = 0;
   // The CPU backend's layouts (repack_model.cc): the repacked copies the views above point into,
   // how many matrices were repacked and how long that took.
-  std::vector<std::vector<unsigned char>> cpuLayoutCopies;
+  std::vector<std::unique_ptr<unsigned char[]>> cpuLayoutCopies;
   int repackedMatrices = 0;
   double repackSeconds = 0;
 };

@@ -8,6 +8,7 @@
 // the LM head gets its own repacked copy beside it.
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "errors.h"
@@ -46,17 +47,20 @@ void repackForCpu(Model& m, int threads, const std::function<bool()>& keepGoing)
   for (LayerWeights& L : m.layers)
     for (Weight* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) targets.push_back(w);
   targets.push_back(&m.lmHead);
-  ThreadPool pool(threads < 1 ? 1 : threads);
+  std::unique_ptr<ThreadPool> pool;  // made for the first Q8_0 matrix: a bf16 model starts no threads
   for (Weight* w : targets) {
     if (w->dtype != DType::Q8_0 || w->cols % kQuantBlock != 0 || w->rows == 0) continue;
     if (keepGoing && !keepGoing()) throw Error(kErrAborted, "model load was aborted");
+    if (!pool) pool = std::make_unique<ThreadPool>(threads < 1 ? 1 : threads);
     Weight r = *w;
     r.dtype = DType::Q8_0x16;
-    // 64 bytes of slack so the chunks start on a cache line: every load of the kernel is aligned.
-    m.cpuLayoutCopies.emplace_back(r.bytes() + 64);
-    unsigned char* raw = m.cpuLayoutCopies.back().data();
+    // 64 bytes of slack so every row starts on a cache line (rows are whole lines): the full chunks'
+    // loads are aligned; a row's last, partial chunk is read with unaligned masked loads. Not
+    // zero-filled: repackWeight writes every byte of every row.
+    m.cpuLayoutCopies.emplace_back(new unsigned char[r.bytes() + 64]);
+    unsigned char* raw = m.cpuLayoutCopies.back().get();
     unsigned char* at = raw + (64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64;
-    repackWeight(pool, *w, at);
+    repackWeight(*pool, *w, at);
     r.data = at;
     const bool stillUsed = w == &m.lmHead && m.embed.data == w->data;  // the embedding table reads it
     m.weightBytes += r.bytes();

@@ -48,11 +48,21 @@ PackedRows quantizeActivationsPacked(const float* x, int64_t ldx, int64_t rows, 
   thread_local std::vector<float> d;
   thread_local std::vector<int32_t> start;
   const int64_t nb = k / kQuantBlock, nc = chunksOf(k);
-  q.assign(size_t(rows * nc * kChunkCodes), 0);
-  d.assign(size_t(rows * nc * kRepackBlocks), 0.f);
-  start.assign(size_t(rows * nc * kRepackBlocks), 0);
+  // No fill: every lane of a block is written below, and only the lanes past the row's last block
+  // (in its last chunk) are zeroed, so a decode step does not write the buffers twice.
+  q.resize(size_t(rows * nc * kChunkCodes));
+  d.resize(size_t(rows * nc * kRepackBlocks));
+  start.resize(size_t(rows * nc * kRepackBlocks));
   int8_t blk[kQuantBlock];
-  for (int64_t r = 0; r < rows; r++)
+  const int64_t used = nb - (nc - 1) * kRepackBlocks;  // blocks in the last chunk, 1..16
+  for (int64_t r = 0; r < rows; r++) {
+    if (used < kRepackBlocks) {
+      const int64_t last = r * nc + nc - 1;
+      for (int g = 0; g < 8; g++)
+        std::memset(q.data() + last * kChunkCodes + g * 64 + used * 4, 0, size_t(4 * (kRepackBlocks - used)));
+      std::fill_n(d.data() + last * kRepackBlocks + used, kRepackBlocks - used, 0.f);
+      std::fill_n(start.data() + last * kRepackBlocks + used, kRepackBlocks - used, 0);
+    }
     for (int64_t b = 0; b < nb; b++) {
       const int64_t c = b / kRepackBlocks, i = b % kRepackBlocks, slot = r * nc * kRepackBlocks + b;
       d[size_t(slot)] = quantizeActivationBlock(x + r * ldx + b * kQuantBlock, blk);
@@ -64,6 +74,7 @@ PackedRows quantizeActivationsPacked(const float* x, int64_t ldx, int64_t rows, 
       }
       start[size_t(slot)] = -128 * sum;
     }
+  }
   return {q.data(), d.data(), start.data(), nc};
 }
 
@@ -207,7 +218,9 @@ namespace {
 
 void repackRowQ8_0(const unsigned char* src, unsigned char* dst, int64_t cols) {
   const int64_t nb = cols / kQuantBlock;
-  std::memset(dst, 0, rowBytes(DType::Q8_0x16, cols));
+  // Codes (32 nb bytes, dense: a partial chunk's groups are 4n bytes) and scales (2 nb) are all
+  // written below; only the padding to the cache line needs zeros.
+  std::memset(dst + 34 * nb, 0, rowBytes(DType::Q8_0x16, cols) - size_t(34 * nb));
   for (int64_t b = 0; b < nb; b++) {
     const unsigned char* blk = src + size_t(b) * 34;
     std::memcpy(dst + 32 * nb + 2 * b, blk, 2);
