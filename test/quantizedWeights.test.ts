@@ -248,3 +248,42 @@ test("the CPU backend's repacked Q8_0 (Q8_0x16) computes what the stored layout 
     await m.dispose();
   }
 });
+
+test('the decode kernels compute the same logits with their software prefetch off (DEPTHGATE_CPU_PREFETCH=0)', async () => {
+  // A prefetch is a hint and must not change a bit: bf16, Q8_0 (repacked where VNNI runs) and the
+  // Q4_K_M mix, one token at a time (the 4-row matrix-vector kernels, which ask for the next group).
+  const dir = tinyModel({ seed: 12, dtype: 'bf16', hidden: 256, intermediate: 512, layers: 2 });
+  const tokens = randomTokens(4, 0, 300, 3);
+  const script = `(async () => {
+    const { loadModel } = require('./dist');
+    const out = {};
+    for (const weights of ['stored', 'q8_0', 'q4_k']) {
+      const m = await loadModel(${JSON.stringify(dir)}, { weights, kvCacheType: 'f32', threads: 2 });
+      const seq = m.createSequence();
+      out[weights] = [];
+      for (const t of ${JSON.stringify(tokens)}) out[weights].push(Array.from((await seq.evaluate([t])).logits[0]));
+      seq.dispose();
+      await m.dispose();
+    }
+    console.log(JSON.stringify(out));
+  })()`;
+  const run = (prefetch?: string) => {
+    const env = { ...process.env };
+    if (prefetch === undefined) delete env.DEPTHGATE_CPU_PREFETCH;
+    else env.DEPTHGATE_CPU_PREFETCH = prefetch;
+    const child = spawnSync(process.execPath, ['-e', script], {
+      cwd: path.join(__dirname, '..'),
+      encoding: 'utf8',
+      env,
+    });
+    expect(child.stderr).toBe('');
+    return JSON.parse(child.stdout) as Record<string, number[][]>;
+  };
+  const on = run(),
+    off = run('0');
+  for (const weights of ['stored', 'q8_0', 'q4_k']) {
+    expect(on[weights]).toHaveLength(tokens.length);
+    expect(on[weights]![0]!.every(Number.isFinite)).toBe(true);
+    expect(on[weights]).toEqual(off[weights]);
+  }
+});

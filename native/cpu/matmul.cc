@@ -79,26 +79,30 @@ struct GemvAvx512 {
   DG_AVX512 static float hsum(V a, V b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
 };
 
-#define GEMV_KERNEL(ATTR, NAME)                                                                    \
-  template <class Ops, DType T, int NR>                                                            \
-  ATTR void NAME(float* out, const unsigned char* w, size_t rowBytes, const float* x, int64_t k) { \
-    using V = typename Ops::V;                                                                     \
-    constexpr int64_t L = Ops::L;                                                                  \
-    V acc0[NR], acc1[NR];                                                                          \
-    for (int r = 0; r < NR; r++) acc0[r] = acc1[r] = Ops::zero();                                  \
-    int64_t i = 0;                                                                                 \
-    for (; i + 2 * L <= k; i += 2 * L) {                                                           \
-      const V x0 = Ops::loadx(x + i), x1 = Ops::loadx(x + i + L);                                  \
-      for (int r = 0; r < NR; r++) {                                                               \
-        acc0[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i), x0, acc0[r]);             \
-        acc1[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i + L), x1, acc1[r]);         \
-      }                                                                                            \
-    }                                                                                              \
-    for (int r = 0; r < NR; r++) {                                                                 \
-      float s = Ops::hsum(acc0[r], acc1[r]);                                                       \
-      for (int64_t t = i; t < k; t++) s += loadScalar<T>(w + r * rowBytes, t) * x[t];              \
-      out[r] = s;                                                                                  \
-    }                                                                                              \
+#define GEMV_KERNEL(ATTR, NAME)                                                                          \
+  template <class Ops, DType T, int NR>                                                                  \
+  ATTR void NAME(float* out, const unsigned char* w, size_t rowBytes, const float* x, int64_t k) {       \
+    using V = typename Ops::V;                                                                           \
+    constexpr int64_t L = Ops::L;                                                                        \
+    V acc0[NR], acc1[NR];                                                                                \
+    for (int r = 0; r < NR; r++) acc0[r] = acc1[r] = Ops::zero();                                        \
+    constexpr size_t es = T == DType::F32 ? 4 : 2;                                                       \
+    const bool pf = NR == 4 && prefetchOn(); /* the next group's rows (prefetchSpan: why) */             \
+    int64_t i = 0;                                                                                       \
+    for (; i + 2 * L <= k; i += 2 * L) {                                                                 \
+      const V x0 = Ops::loadx(x + i), x1 = Ops::loadx(x + i + L);                                        \
+      if (pf)                                                                                            \
+        for (int r = 0; r < NR; r++) prefetchSpan(w + (NR + r) * rowBytes + size_t(i) * es, 2 * L * es); \
+      for (int r = 0; r < NR; r++) {                                                                     \
+        acc0[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i), x0, acc0[r]);                   \
+        acc1[r] = Ops::fmadd(Ops::template load<T>(w + r * rowBytes, i + L), x1, acc1[r]);               \
+      }                                                                                                  \
+    }                                                                                                    \
+    for (int r = 0; r < NR; r++) {                                                                       \
+      float s = Ops::hsum(acc0[r], acc1[r]);                                                             \
+      for (int64_t t = i; t < k; t++) s += loadScalar<T>(w + r * rowBytes, t) * x[t];                    \
+      out[r] = s;                                                                                        \
+    }                                                                                                    \
   }
 
 GEMV_KERNEL(DG_AVX2, gemvAvx2)

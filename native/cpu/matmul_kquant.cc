@@ -90,7 +90,7 @@ inline int32_t q4kMinTerm(const unsigned char* scales, const int16_t* sums) {
 // ---- one weight row dotted with one quantized activation row -------------------------------
 
 template <DType T>
-float kdotScalar(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb) {
+float kdotScalar(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb, size_t) {
   float s = 0.f;
   for (int64_t b = 0; b < nb; b++) {
     const unsigned char* blk = w + size_t(b) * blockBytes(T);
@@ -160,11 +160,13 @@ struct KDotAvx2 {
 // One body per ISA and format. The integer sum of each super-block is reduced to a scalar so the
 // Q6_K offset (32 sum sc_k sum(a)_k) is taken off exactly.
 #define KDOT_KERNELS(ATTR, NAME, DOT)                                                                                 \
-  ATTR float NAME##Q4K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb) {    \
+  ATTR float NAME##Q4K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb,      \
+                       size_t ahead) {                                                                                \
     const __m256i m4 = _mm256_set1_epi8(0x0f);                                                                        \
     float s = 0.f;                                                                                                    \
     for (int64_t b = 0; b < nb; b++) {                                                                                \
       const unsigned char* blk = w + size_t(b) * 144;                                                                 \
+      if (ahead) prefetchSpan(blk + ahead, 144);                                                                      \
       const int8_t* a = aq + b * kSuperBlock;                                                                         \
       __m256i acc = _mm256_setzero_si256();                                                                           \
       for (int c = 0; c < 4; c++) {                                                                                   \
@@ -182,11 +184,13 @@ struct KDotAvx2 {
     }                                                                                                                 \
     return s;                                                                                                         \
   }                                                                                                                   \
-  ATTR float NAME##Q6K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb) {    \
+  ATTR float NAME##Q6K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb,      \
+                       size_t ahead) {                                                                                \
     const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);                                           \
     float s = 0.f;                                                                                                    \
     for (int64_t b = 0; b < nb; b++) {                                                                                \
       const unsigned char* blk = w + size_t(b) * 210;                                                                 \
+      if (ahead) prefetchSpan(blk + ahead, 210);                                                                      \
       const int8_t* a = aq + b * kSuperBlock;                                                                         \
       const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);                                                  \
       __m256i acc = _mm256_setzero_si256();                                                                           \
@@ -259,12 +263,14 @@ inline void q4kScalesMins(const unsigned char* s, uint64_t& scales, uint64_t& mi
   mins = uint64_t(m03) | (uint64_t(m47) << 32);
 }
 
-DG_VNNI float kdotVnni512Q4K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb) {
+DG_VNNI float kdotVnni512Q4K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb,
+                             size_t ahead) {
   const __m512i m4 = _mm512_set1_epi8(0x0f);
   __m512 main = _mm512_setzero_ps();
   __m256 minTerm = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
     const unsigned char* blk = w + size_t(b) * 144;
+    if (ahead) prefetchSpan(blk + ahead, 144);  // 4 rows on: the next group (prefetchSpan: why)
     const int8_t* a = aq + b * kSuperBlock;
     uint64_t sc8, m8;
     q4kScalesMins(blk + 4, sc8, m8);
@@ -292,7 +298,8 @@ DG_VNNI float kdotVnni512Q4K(const unsigned char* w, const int8_t* aq, const flo
   return _mm512_reduce_add_ps(main) - hsum256(minTerm);
 }
 
-DG_VNNI float kdotVnni512Q6K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb) {
+DG_VNNI float kdotVnni512Q6K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb,
+                             size_t ahead) {
   const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x30);
   // The high bits' shifts: left 4 then 2 for codes 0..63 of a half, right 0 then 2 for 64..127.
   const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
@@ -301,6 +308,7 @@ DG_VNNI float kdotVnni512Q6K(const unsigned char* w, const int8_t* aq, const flo
   __m256 offset = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
     const unsigned char* blk = w + size_t(b) * 210;
+    if (ahead) prefetchSpan(blk + ahead, 210);  // 4 rows on: the next group (prefetchSpan: why)
     const int8_t* a = aq + b * kSuperBlock;
     const __m256i sc16y = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));
     const __m512i sc16 = _mm512_zextsi256_si512(sc16y);
@@ -324,7 +332,8 @@ DG_VNNI float kdotVnni512Q6K(const unsigned char* w, const int8_t* aq, const flo
   return _mm512_reduce_add_ps(main) - hsum256(offset);
 }
 
-using KDotFn = float (*)(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb);
+using KDotFn = float (*)(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb,
+                         size_t ahead);
 
 KDotFn kdotKernel(DType t) {
   const QIsa q = quantIsa(chosenIsa());
@@ -348,12 +357,16 @@ void kquantGroups(float* out, int64_t ldo, int64_t outBase, const KRows& x, int6
   const int64_t n = W.rows, nb = W.cols / kSuperBlock;
   const size_t rb = rowBytes(W.dtype, W.cols);
   const unsigned char* base = static_cast<const unsigned char*>(W.data);
+  // The kernels ask for the row 4 on while dotting this one (the first activation row only: the
+  // rest find the weight row in the cache).
+  const size_t ahead = prefetchOn() ? 4 * rb : 0;
   for (int64_t g = g0; g < g1; g++) {
     const int64_t o0 = g * 4, o1 = std::min(n, o0 + 4);
     for (int64_t r = 0; r < rows; r++) {
       for (int64_t o = o0; o < o1; o++) {
         const float y =
-            dot(base + size_t(o) * rb, x.q + r * x.k, x.d + r * nb, x.sums + r * nb * 16, nb) + (bias ? bias[o] : 0.f);
+            dot(base + size_t(o) * rb, x.q + r * x.k, x.d + r * nb, x.sums + r * nb * 16, nb, r == 0 ? ahead : 0) +
+            (bias ? bias[o] : 0.f);
         float& dst = out[r * ldo + o - outBase];
         dst = accumulate ? dst + y : y;
       }

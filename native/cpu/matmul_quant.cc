@@ -121,11 +121,13 @@ struct DotVnni {
                  int64_t nb) {                                                                                     \
     __m256 acc[NR];                                                                                                \
     for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();                                                     \
+    const bool pf = NR == 4 && prefetchOn(); /* the next group's rows (prefetchSpan: why) */                       \
     for (int64_t b = 0; b < nb; b++) {                                                                             \
       const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + b * kQuantBlock));                \
       const float da = ad[b];                                                                                      \
       for (int r = 0; r < NR; r++) {                                                                               \
         const unsigned char* blk = w + r * rb + size_t(b) * kBlockBytes<T>;                                        \
+        if (pf) _mm_prefetch(reinterpret_cast<const char*>(blk + NR * rb), _MM_HINT_T0);                           \
         uint16_t h;                                                                                                \
         std::memcpy(&h, blk, 2);                                                                                   \
         const __m256i p = DOT::dot(loadCodes<T>(blk), a);                                                          \
@@ -160,11 +162,13 @@ DG_VNNI void qgemvVnni512(float* out, const unsigned char* w, size_t rb, const i
   for (int r = 0; r < NR; r++) acc[r] = _mm512_setzero_ps();
   const __m512i flip = _mm512_set1_epi8(char(0x80));
   const __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(B)));
+  const bool pf = NR == 4 && prefetchOn();  // the next group's rows (prefetchSpan: why)
   int64_t b = 0;
   for (; b + 8 <= nb; b += 8) {
     const __m256 da = _mm256_loadu_ps(ad + b);
     __m512 scale[NR];  // lanes 0..7: the 8 blocks' d_w * d_x
     for (int r = 0; r < NR; r++) {
+      if (pf) prefetchSpan(w + (NR + r) * rb + size_t(b * B), size_t(8 * B));
       const __m256i h = _mm256_i32gather_epi32(reinterpret_cast<const int*>(w + r * rb + size_t(b * B)), at, 1);
       scale[r] = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_cvtepi32_epi16(h)), da));
     }

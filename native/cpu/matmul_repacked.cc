@@ -117,6 +117,8 @@ DG_VNNI inline void rchunkVnni(__m512 (&acc)[NR], const unsigned char* w, size_t
   for (int g = 0; g < 8; g++) a[g] = _mm512_loadu_si512(aq + g * 64);
   for (int r = 0; r < NR; r++) {
     const unsigned char* ch = w + r * rb + off;
+    // The next group's row r, same chunk (prefetchSpan: why).
+    if (NR == 4 && prefetchOn()) prefetchSpan(ch + NR * rb, size_t(32 * n));
     // Two chains of four, so the dpbusd latency overlaps.
     __m512i p = st, p2 = _mm512_setzero_si512();
     for (int g = 0; g < 8; g += 2) {
@@ -136,6 +138,8 @@ DG_VNNI void rgemvVnni(float* out, const unsigned char* w, size_t rb, const int8
   __m512 acc[NR];
   for (int r = 0; r < NR; r++) acc[r] = _mm512_setzero_ps();
   const int64_t full = nb / kRepackBlocks, tail = nb % kRepackBlocks;
+  if (NR == 4 && prefetchOn())
+    for (int r = 0; r < NR; r++) prefetchSpan(w + (NR + r) * rb + 32 * nb, size_t(2 * nb));  // next scales
   for (int64_t c = 0; c < full; c++)
     rchunkVnni<NR, true>(acc, w, rb, size_t(c * kChunkCodes), size_t(32 * nb + 32 * c), aq + c * kChunkCodes,
                          ad + c * kRepackBlocks, start + c * kRepackBlocks, kRepackBlocks);
