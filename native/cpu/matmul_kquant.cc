@@ -263,84 +263,115 @@ inline void q4kScalesMins(const unsigned char* s, uint64_t& scales, uint64_t& mi
   mins = uint64_t(m03) | (uint64_t(m47) << 32);
 }
 
-DG_VNNI float kdotVnni512Q4K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb,
-                             size_t ahead) {
+// NR rows (rb bytes apart) at once: the activation's loads and the f32 scale products are shared,
+// and the rows' integer chains are independent, which the one-row form lacked (a 1024-wide Q4_K row
+// is 4 super-blocks, so its reductions and the dpwssd latency were most of a row's time).
+template <int NR>
+DG_VNNI void kdotVnni512Q4K(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad,
+                            const int16_t* as, int64_t nb, size_t ahead) {
   const __m512i m4 = _mm512_set1_epi8(0x0f);
-  __m512 main = _mm512_setzero_ps();
-  __m256 minTerm = _mm256_setzero_ps();
+  __m512 main[NR];
+  __m256 minTerm[NR];
+  for (int r = 0; r < NR; r++) main[r] = _mm512_setzero_ps(), minTerm[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
-    const unsigned char* blk = w + size_t(b) * 144;
-    if (ahead) prefetchSpan(blk + ahead, 144);  // 4 rows on: the next group (prefetchSpan: why)
     const int8_t* a = aq + b * kSuperBlock;
-    uint64_t sc8, m8;
-    q4kScalesMins(blk + 4, sc8, m8);
-    const __m512i sc16 = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc8))));
-    __m512i acc = _mm512_setzero_si512();
+    // Pair p: chunk 2p's codes then chunk 2p+1's; low nibbles are weights 128p + 0..31 and + 64..95.
+    __m512i aLo[2], aHi[2];
     for (int p = 0; p < 2; p++) {
-      const __m512i q = _mm512_loadu_si512(blk + 16 + 64 * p);
-      // Chunk 2p's codes then chunk 2p+1's; low nibbles are weights 128p + 0..31 and + 64..95.
-      const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-      const __m512i aLo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + 128 * p))),
-                                             _mm256_loadu_si256((const __m256i*)(a + 128 * p + 64)), 1);
-      const __m512i aHi =
-          _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + 128 * p + 32))),
-                             _mm256_loadu_si256((const __m256i*)(a + 128 * p + 96)), 1);
-      acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(lo, aLo), scaleLanes(2 * p, sc16));
-      acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(hi, aHi), scaleLanes(2 * p + 1, sc16));
+      aLo[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + 128 * p))),
+                                  _mm256_loadu_si256((const __m256i*)(a + 128 * p + 64)), 1);
+      aHi[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + 128 * p + 32))),
+                                  _mm256_loadu_si256((const __m256i*)(a + 128 * p + 96)), 1);
     }
-    main = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(halfAtF16c(blk) * ad[b]), main);
-    // sum_j m_j (sum of sub-block j's 32 codes): each min against its two 16-wide sums.
-    const __m128i mb = _mm_cvtsi64_si128(int64_t(m8));
-    const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mb, mb));
-    const __m256i mt = _mm256_madd_epi16(mins16, _mm256_loadu_si256((const __m256i*)(as + b * 16)));
-    minTerm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mt), _mm256_set1_ps(halfAtF16c(blk + 2) * ad[b]), minTerm);
+    const __m256i sums = _mm256_loadu_si256((const __m256i*)(as + b * 16));
+    for (int r = 0; r < NR; r++) {
+      const unsigned char* blk = w + r * rb + size_t(b) * 144;
+      if (ahead) prefetchSpan(blk + ahead, 144);  // the next group (prefetchSpan: why)
+      uint64_t sc8, m8;
+      q4kScalesMins(blk + 4, sc8, m8);
+      const __m512i sc16 = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc8))));
+      __m512i acc = _mm512_setzero_si512();
+      for (int p = 0; p < 2; p++) {
+        const __m512i q = _mm512_loadu_si512(blk + 16 + 64 * p);
+        const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(lo, aLo[p]), scaleLanes(2 * p, sc16));
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(hi, aHi[p]), scaleLanes(2 * p + 1, sc16));
+      }
+      main[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(halfAtF16c(blk) * ad[b]), main[r]);
+      // sum_j m_j (sum of sub-block j's 32 codes): each min against its two 16-wide sums.
+      const __m128i mb = _mm_cvtsi64_si128(int64_t(m8));
+      const __m256i mt = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mb, mb)), sums);
+      minTerm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mt), _mm256_set1_ps(halfAtF16c(blk + 2) * ad[b]), minTerm[r]);
+    }
   }
-  return _mm512_reduce_add_ps(main) - hsum256(minTerm);
+  for (int r = 0; r < NR; r++) out[r] = _mm512_reduce_add_ps(main[r]) - hsum256(minTerm[r]);
 }
 
-DG_VNNI float kdotVnni512Q6K(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb,
-                             size_t ahead) {
+template <int NR>
+DG_VNNI void kdotVnni512Q6K(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad,
+                            const int16_t* as, int64_t nb, size_t ahead) {
   const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x30);
   // The high bits' shifts: left 4 then 2 for codes 0..63 of a half, right 0 then 2 for 64..127.
   const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
   const __m512i shr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-  __m512 main = _mm512_setzero_ps();
-  __m256 offset = _mm256_setzero_ps();
+  __m512 main[NR];
+  __m256 offset[NR];
+  for (int r = 0; r < NR; r++) main[r] = _mm512_setzero_ps(), offset[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
-    const unsigned char* blk = w + size_t(b) * 210;
-    if (ahead) prefetchSpan(blk + ahead, 210);  // 4 rows on: the next group (prefetchSpan: why)
     const int8_t* a = aq + b * kSuperBlock;
-    const __m256i sc16y = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));
-    const __m512i sc16 = _mm512_zextsi256_si512(sc16y);
-    __m512i acc = _mm512_setzero_si512();
-    for (int h = 0; h < 2; h++) {
-      const __m512i l = _mm512_loadu_si512(blk + 64 * h);
-      const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h)));
-      const __m512i q01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, shl), m2));
-      const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                                          _mm512_and_si512(_mm512_srlv_epi16(hb, shr), m2));
-      acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q01, _mm512_loadu_si512(a + 128 * h)),
-                                scaleLanes(4 + 2 * h, sc16));
-      acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q23, _mm512_loadu_si512(a + 128 * h + 64)),
-                                scaleLanes(5 + 2 * h, sc16));
+    __m512i av[4];
+    for (int i = 0; i < 4; i++) av[i] = _mm512_loadu_si512(a + 64 * i);
+    const __m256i sums = _mm256_loadu_si256((const __m256i*)(as + b * 16));
+    for (int r = 0; r < NR; r++) {
+      const unsigned char* blk = w + r * rb + size_t(b) * 210;
+      if (ahead) prefetchSpan(blk + ahead, 210);  // the next group (prefetchSpan: why)
+      const __m256i sc16y = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));
+      const __m512i sc16 = _mm512_zextsi256_si512(sc16y);
+      __m512i acc = _mm512_setzero_si512();
+      for (int h = 0; h < 2; h++) {
+        const __m512i l = _mm512_loadu_si512(blk + 64 * h);
+        const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h)));
+        const __m512i q01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, shl), m2));
+        const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                            _mm512_and_si512(_mm512_srlv_epi16(hb, shr), m2));
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q01, av[2 * h]), scaleLanes(4 + 2 * h, sc16));
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q23, av[2 * h + 1]), scaleLanes(5 + 2 * h, sc16));
+      }
+      const float d = halfAtF16c(blk + 208) * ad[b];
+      main[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(d), main[r]);
+      const __m256i off = _mm256_madd_epi16(sc16y, sums);
+      offset[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(32.f * d), offset[r]);
     }
-    const float d = halfAtF16c(blk + 208) * ad[b];
-    main = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(d), main);
-    const __m256i off = _mm256_madd_epi16(sc16y, _mm256_loadu_si256((const __m256i*)(as + b * 16)));
-    offset = _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(32.f * d), offset);
   }
-  return _mm512_reduce_add_ps(main) - hsum256(offset);
+  for (int r = 0; r < NR; r++) out[r] = _mm512_reduce_add_ps(main[r]) - hsum256(offset[r]);
 }
 
-using KDotFn = float (*)(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb,
-                         size_t ahead);
+// NR rows, rb bytes apart, dotted with one activation row into out[0..NR).
+using KDotFn = void (*)(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad,
+                        const int16_t* as, int64_t nb, size_t ahead);
+using KDotRowFn = float (*)(const unsigned char* w, const int8_t* aq, const float* ad, const int16_t* as, int64_t nb,
+                            size_t ahead);
+struct KDotPair {
+  KDotFn four, one;
+};
 
-KDotFn kdotKernel(DType t) {
+// The one-row kernels (scalar, AVX2) as an NR-row one.
+template <KDotRowFn F, int NR>
+void rowsOf(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad, const int16_t* as,
+            int64_t nb, size_t ahead) {
+  for (int r = 0; r < NR; r++) out[r] = F(w + r * rb, aq, ad, as, nb, ahead);
+}
+
+KDotPair kdotKernels(DType t) {
   const QIsa q = quantIsa(chosenIsa());
   const bool q4 = t == DType::Q4_K;
-  if (q == QIsa::Vnni) return q4 ? kdotVnni512Q4K : kdotVnni512Q6K;
-  if (q == QIsa::Avx2) return q4 ? kdotAvx2Q4K : kdotAvx2Q6K;
-  return q4 ? kdotScalar<DType::Q4_K> : kdotScalar<DType::Q6_K>;
+  if (q == QIsa::Vnni)
+    return q4 ? KDotPair{kdotVnni512Q4K<4>, kdotVnni512Q4K<1>} : KDotPair{kdotVnni512Q6K<4>, kdotVnni512Q6K<1>};
+  if (q == QIsa::Avx2)
+    return q4 ? KDotPair{rowsOf<kdotAvx2Q4K, 4>, rowsOf<kdotAvx2Q4K, 1>}
+              : KDotPair{rowsOf<kdotAvx2Q6K, 4>, rowsOf<kdotAvx2Q6K, 1>};
+  return q4 ? KDotPair{rowsOf<kdotScalar<DType::Q4_K>, 4>, rowsOf<kdotScalar<DType::Q4_K>, 1>}
+            : KDotPair{rowsOf<kdotScalar<DType::Q6_K>, 4>, rowsOf<kdotScalar<DType::Q6_K>, 1>};
 }
 
 void requireSuperBlocks(const Weight& W) {
@@ -353,22 +384,32 @@ void requireSuperBlocks(const Weight& W) {
 // outputs o of the 4-row groups [g0, g1).
 void kquantGroups(float* out, int64_t ldo, int64_t outBase, const KRows& x, int64_t rows, const Weight& W,
                   const float* bias, bool accumulate, int64_t g0, int64_t g1) {
-  const KDotFn dot = kdotKernel(W.dtype);
+  const KDotPair kern = kdotKernels(W.dtype);
   const int64_t n = W.rows, nb = W.cols / kSuperBlock;
   const size_t rb = rowBytes(W.dtype, W.cols);
   const unsigned char* base = static_cast<const unsigned char*>(W.data);
-  // The kernels ask for the row 4 on while dotting this one (the first activation row only: the
-  // rest find the weight row in the cache).
-  const size_t ahead = prefetchOn() ? 4 * rb : 0;
+  // The kernels ask for rows a few groups on while dotting these (the first activation row only:
+  // the rest find the weight rows in the cache), whole groups at least 8 KB ahead: a 1024-wide
+  // Q4_K group is only 2.3 KB, and in a microbenchmark (2816 x 1024, 2 threads, out of cache) one
+  // group ahead read 17 GB/s, three 18-20 GB/s, none 11-13 GB/s. Longer rows keep one group.
+  const size_t ahead = prefetchOn() ? 4 * rb * std::max<size_t>(1, 8192 / (4 * rb)) : 0;
+  float tmp[4];
   for (int64_t g = g0; g < g1; g++) {
-    const int64_t o0 = g * 4, o1 = std::min(n, o0 + 4);
+    const int64_t o0 = g * 4;
+    const int nr = int(std::min<int64_t>(4, n - o0));
+    const unsigned char* wg = base + size_t(o0) * rb;
     for (int64_t r = 0; r < rows; r++) {
-      for (int64_t o = o0; o < o1; o++) {
-        const float y =
-            dot(base + size_t(o) * rb, x.q + r * x.k, x.d + r * nb, x.sums + r * nb * 16, nb, r == 0 ? ahead : 0) +
-            (bias ? bias[o] : 0.f);
-        float& dst = out[r * ldo + o - outBase];
-        dst = accumulate ? dst + y : y;
+      const int8_t* aq = x.q + r * x.k;
+      const float* ad = x.d + r * nb;
+      const int16_t* as = x.sums + r * nb * 16;
+      if (nr == 4)
+        kern.four(tmp, wg, rb, aq, ad, as, nb, r == 0 ? ahead : 0);
+      else
+        for (int i = 0; i < nr; i++) kern.one(tmp + i, wg + size_t(i) * rb, rb, aq, ad, as, nb, 0);
+      float* dst = out + r * ldo + o0 - outBase;
+      for (int i = 0; i < nr; i++) {
+        const float y = tmp[i] + (bias ? bias[o0 + i] : 0.f);
+        dst[i] = accumulate ? dst[i] + y : y;
       }
     }
   }
