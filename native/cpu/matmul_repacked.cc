@@ -11,7 +11,8 @@
 // its first operand) and each lane starts from -128 x the block's activation code sum. A row's
 // last, partial chunk is read with masked loads, so the layout needs no padding blocks and a row is
 // as many bytes as in Q8_0, rounded up to a cache line (a microbenchmark on a 16384 x 4096 Q8_0
-// matrix, 2 threads: 3.9 ms against 5.2 ms for the stored layout, 3.7 ms for the streaming read).
+// matrix, 2 threads: 3.9 ms against 5.2 ms for the stored layout, 3.7 ms for a one-stream-per-thread read; both
+// kernels before the prefetch of matmul_common.h).
 //
 // The activation row is quantized exactly as for the stored layout (quantizeActivationBlock), so
 // a Q8_0x16 matmul equals the Q8_0 one up to the f32 summation order.
