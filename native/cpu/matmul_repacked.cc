@@ -107,10 +107,11 @@ DG_VNNI inline __m512i loadGroup(const unsigned char* ch, int g, int n, __mmask1
 }
 
 // One chunk of n <= 16 blocks of NR rows (codes at w + r * rb + off, scales at + scaleOff) into acc;
-// a partial chunk (n < 16) is read with masked loads, its missing lanes 0.
+// a partial chunk (n < 16) is read with masked loads, its missing lanes 0. pf: ask for the next
+// group's rows of the same chunk (prefetchSpan: why).
 template <int NR, bool Full>
 DG_VNNI inline void rchunkVnni(__m512 (&acc)[NR], const unsigned char* w, size_t rb, size_t off, size_t scaleOff,
-                               const int8_t* aq, const float* ad, const int32_t* start, int n) {
+                               const int8_t* aq, const float* ad, const int32_t* start, int n, bool pf) {
   const __mmask16 m = Full ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
   const __m512 dx = _mm512_loadu_ps(ad);
   const __m512i st = _mm512_loadu_si512(start);
@@ -118,8 +119,7 @@ DG_VNNI inline void rchunkVnni(__m512 (&acc)[NR], const unsigned char* w, size_t
   for (int g = 0; g < 8; g++) a[g] = _mm512_loadu_si512(aq + g * 64);
   for (int r = 0; r < NR; r++) {
     const unsigned char* ch = w + r * rb + off;
-    // The next group's row r, same chunk (prefetchSpan: why).
-    if (NR == 4 && prefetchOn()) prefetchSpan(ch + NR * rb, size_t(32 * n));
+    if (pf) prefetchSpan(ch + NR * rb, size_t(32 * n));
     // Two chains of four, so the dpbusd latency overlaps.
     __m512i p = st, p2 = _mm512_setzero_si512();
     for (int g = 0; g < 8; g += 2) {
@@ -139,14 +139,15 @@ DG_VNNI void rgemvVnni(float* out, const unsigned char* w, size_t rb, const int8
   __m512 acc[NR];
   for (int r = 0; r < NR; r++) acc[r] = _mm512_setzero_ps();
   const int64_t full = nb / kRepackBlocks, tail = nb % kRepackBlocks;
-  if (NR == 4 && prefetchOn())
+  const bool pf = NR == 4 && prefetchOn();  // the next group's rows (prefetchSpan: why)
+  if (pf)
     for (int r = 0; r < NR; r++) prefetchSpan(w + (NR + r) * rb + 32 * nb, size_t(2 * nb));  // next scales
   for (int64_t c = 0; c < full; c++)
     rchunkVnni<NR, true>(acc, w, rb, size_t(c * kChunkCodes), size_t(32 * nb + 32 * c), aq + c * kChunkCodes,
-                         ad + c * kRepackBlocks, start + c * kRepackBlocks, kRepackBlocks);
+                         ad + c * kRepackBlocks, start + c * kRepackBlocks, kRepackBlocks, pf);
   if (tail)
     rchunkVnni<NR, false>(acc, w, rb, size_t(full * kChunkCodes), size_t(32 * nb + 32 * full), aq + full * kChunkCodes,
-                          ad + full * kRepackBlocks, start + full * kRepackBlocks, int(tail));
+                          ad + full * kRepackBlocks, start + full * kRepackBlocks, int(tail), pf);
   for (int r = 0; r < NR; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
