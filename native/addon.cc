@@ -28,6 +28,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   if (f.avx512bw) feats.Set(k++, "avx512bw");
   o.Set("cpuFeatures", feats);
   o.Set("cpuKernels", Napi::String::New(env, cpuKernelVariant()));
+  o.Set("cpuPrefetch", Napi::String::New(env, cpuPrefetchLevel()));
   o.Set("usableProcessors", Napi::Number::New(env, usableProcessors()));
   CudaProbe cuda = probeCuda();
   Napi::Array backends = Napi::Array::New(env);

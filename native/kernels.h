@@ -13,6 +13,7 @@ namespace dg {
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false;
   bool avx512vl = false, avx512vnni = false;  // the block-quantized kernels' int8 dot (vpdpbusd)
+  bool amd = false;                           // CPUID vendor "AuthenticAMD" (the prefetch level: matmul_common.h)
 };
 const CpuFeatures& cpuFeatures();
 // "avx512", "avx2" or "scalar"; DEPTHGATE_CPU_KERNELS=scalar|avx2|avx512 caps it (for tests).
@@ -20,6 +21,9 @@ const char* cpuKernelVariant();
 // The block-quantized kernels' variant under cpuKernelVariant(): "avx512vnni" (the avx512 variant
 // on a processor with AVX512_VNNI and AVX512VL), "avx2" (avx2, or avx512 without VNNI) or "scalar".
 const char* quantKernelVariant();
+// Where the decode kernels' software prefetch puts the next row group: "l2", "l1" or "off"
+// (cpu/matmul_common.h, prefetchLevel: why and the default). Read once.
+const char* cpuPrefetchLevel();
 
 // cpu/matmul.cc: out[r, o] = sum_i x[r, i] * W[o, i] (+ bias[o]), r < rows, o < W.rows.
 // x is [rows, W.cols] with row stride ldx; out is [rows, W.rows] with row stride ldo.

@@ -179,6 +179,7 @@ export interface NativeAddon {
   buildInfo(): {
     cpuFeatures: string[];
     cpuKernels: string;
+    cpuPrefetch: 'l1' | 'l2' | 'off';
     usableProcessors: number;
     backends: string[];
     napiVersion: number;

@@ -169,7 +169,7 @@ async function info(argv: string[]): Promise<number> {
   if (args.flag('help')) return help('info');
   const b = getBuildInfo();
   console.log(
-    `depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'}); ${b.usableProcessors} usable processor(s)`,
+    `depthgate ${b.version}: backends ${b.backends.join(', ')}; CPU kernels ${b.cpuKernels} (${b.cpuFeatures.join(' ') || 'no SIMD extensions'}), prefetch ${b.cpuPrefetch}; ${b.usableProcessors} usable processor(s)`,
   );
   console.log(
     `addon: ${b.addonPath} (${b.prebuilt ? 'prebuilt' : 'local build'}, napi ${b.napiVersion}${b.glibc ? `, glibc ${b.glibc}` : ''})`,

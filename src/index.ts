@@ -74,6 +74,11 @@ export interface BuildInfo {
   /** The CPU kernel variant in use: avx512, avx2 or scalar. */
   cpuKernels: string;
   /**
+   * Where the decode kernels' software prefetch asks for the next weight rows: `l2` (the default on
+   * AMD processors), `l1` (elsewhere) or `off`. `DEPTHGATE_CPU_PREFETCH=0|off|l1|l2` chooses it.
+   */
+  cpuPrefetch: 'l1' | 'l2' | 'off';
+  /**
    * Processors this process may use: its CPU affinity mask, capped by a cgroup CPU quota (docker
    * `--cpus`, Kubernetes limits). The default thread count of {@link loadModel}.
    */
@@ -100,6 +105,7 @@ export function getBuildInfo(): BuildInfo {
     addonPath,
     cpuFeatures: b.cpuFeatures,
     cpuKernels: b.cpuKernels,
+    cpuPrefetch: b.cpuPrefetch,
     usableProcessors: b.usableProcessors,
     napiVersion: b.napiVersion,
     prebuilt: addonPath.split(/[\\/]/).includes('prebuilds'),

@@ -249,14 +249,14 @@ test("the CPU backend's repacked Q8_0 (Q8_0x16) computes what the stored layout 
   }
 });
 
-test('the decode kernels compute the same logits with their software prefetch off (DEPTHGATE_CPU_PREFETCH=0)', async () => {
-  // A prefetch is a hint and must not change a bit: bf16, Q8_0 (repacked where VNNI runs) and the
+test('the decode kernels compute the same logits with their software prefetch into L1, into L2 and off (DEPTHGATE_CPU_PREFETCH)', async () => {
+  // A prefetch is a hint and must not change a bit, wherever it puts the lines: bf16, Q8_0 (repacked where VNNI runs) and the
   // Q4_K_M mix, one token at a time (the 4-row matrix-vector kernels, which ask for the next group).
   const dir = tinyModel({ seed: 12, dtype: 'bf16', hidden: 256, intermediate: 512, layers: 2 });
   const tokens = randomTokens(4, 0, 300, 3);
   const script = `(async () => {
-    const { loadModel } = require('./dist');
-    const out = {};
+    const { loadModel, getBuildInfo } = require('./dist');
+    const out = { level: getBuildInfo().cpuPrefetch };
     for (const weights of ['stored', 'q8_0', 'q4_k']) {
       const m = await loadModel(${JSON.stringify(dir)}, { weights, kvCacheType: 'f32', threads: 2 });
       const seq = m.createSequence();
@@ -277,13 +277,18 @@ test('the decode kernels compute the same logits with their software prefetch of
       env,
     });
     expect(child.stderr).toBe('');
-    return JSON.parse(child.stdout) as Record<string, number[][]>;
+    return JSON.parse(child.stdout) as Record<string, number[][]> & { level: string };
   };
-  const on = run(),
+  const byDefault = run(),
+    l1 = run('l1'),
+    l2 = run('l2'),
     off = run('0');
+  // The default is the vendor's level (native/cpu/matmul_common.h); the variable overrides it.
+  expect(['l1', 'l2']).toContain(byDefault.level);
+  expect([l1.level, l2.level, off.level]).toEqual(['l1', 'l2', 'off']);
   for (const weights of ['stored', 'q8_0', 'q4_k']) {
-    expect(on[weights]).toHaveLength(tokens.length);
-    expect(on[weights]![0]!.every(Number.isFinite)).toBe(true);
-    expect(on[weights]).toEqual(off[weights]);
+    expect(off[weights]).toHaveLength(tokens.length);
+    expect(off[weights]![0]!.every(Number.isFinite)).toBe(true);
+    for (const on of [byDefault, l1, l2]) expect(on[weights]).toEqual(off[weights]);
   }
 });

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "matmul_common.h"
 
 namespace dg {
 
@@ -26,6 +27,8 @@ const CpuFeatures& cpuFeatures() {
     f.avx512bw = __builtin_cpu_supports("avx512bw");
     f.avx512vl = __builtin_cpu_supports("avx512vl");
     f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+    unsigned vendor[3] = {0, 0, 0};  // leaf 0: the vendor string in EBX, EDX, ECX
+    if (__get_cpuid(0, &a, &vendor[0], &vendor[2], &vendor[1])) f.amd = std::memcmp(vendor, "AuthenticAMD", 12) == 0;
 #endif
     return f;
   }();
@@ -50,6 +53,11 @@ const char* cpuKernelVariant() {
     return chosen == 2 ? "avx512" : chosen == 1 ? "avx2" : "scalar";
   }();
   return variant;
+}
+
+const char* cpuPrefetchLevel() {
+  const matmul_detail::PrefetchLevel l = matmul_detail::prefetchLevel();
+  return l == matmul_detail::PrefetchLevel::L2 ? "l2" : l == matmul_detail::PrefetchLevel::L1 ? "l1" : "off";
 }
 
 }  // namespace dg

@@ -57,21 +57,38 @@ inline QIsa quantIsa(Isa isa) {
 // Software prefetch of the next row group (the decode kernels). A matrix-vector product reads its
 // weight rows once, a few rows at a time, and one thread's reads are held back by how many lines
 // its hardware prefetchers keep in flight, worst for short rows (a 1024-wide Q8_0 row is 17
-// lines). On this project's 2-vCPU VM a streaming read of 4-row groups of 17-line rows went from
-// 20 to 25.5 GB/s with the next group asked for line by line (a burst per group was worse), and
-// batch-1 decode of the bench model from 30 to 19-20 ms/token in bf16, 14.8 to 11.5 in Q8_0 and 13
-// to 10 in Q4_K_M. prefetchSpan asks for the lines of [p, p + bytes); it is a hint (it never faults,
-// so past the end of a matrix is harmless). DEPTHGATE_CPU_PREFETCH=0 turns it off, for comparison.
-inline bool prefetchOn() {
-  static const bool on = [] {
+// lines). On this project's 2-vCPU Intel Xeon VM a streaming read of 4-row groups of 17-line rows
+// went from 20 to 25.5 GB/s with the next group asked for line by line (a burst per group was
+// worse), and batch-1 decode of the bench model from 30 to 19-20 ms/token in bf16, 14.8 to 11.5 in
+// Q8_0 and 13 to 10 in Q4_K_M, with the lines asked into L1 (prefetcht0).
+// Where the lines go matters as much, and differs by vendor. On a 2-vCPU AMD EPYC (Zen 4) VM,
+// asking into L2 (prefetcht1; t2 measured the same) instead of L1 took the bench model from 18.9
+// to 15 ms/token in bf16, 11.3 to 8.8 in Q8_0 and 7.4 to 4.8 in Q4_K_M (alternating runs, medians
+// of 3), likely because an L1 prefetch there holds one of L1's few miss buffers until its line
+// arrives, so the kernels' own loads wait behind the hints (a reading, not measured). So the
+// default is L2 on AMD and L1 elsewhere, the level each was measured at (an L2 prefetch on Intel
+// is unmeasured: DEPTHGATE_CPU_PREFETCH=l2 tries it). DEPTHGATE_CPU_PREFETCH=0 (or off) turns the
+// prefetch off, l1 / l2 choose the level; any other value keeps the default. prefetchSpan asks for
+// the lines of [p, p + bytes); it is a hint (it never faults, so past the end of a matrix is
+// harmless, and never changes a result).
+enum class PrefetchLevel { Off, L1, L2 };
+inline PrefetchLevel prefetchLevel() {
+  static const PrefetchLevel level = [] {
     const char* v = std::getenv("DEPTHGATE_CPU_PREFETCH");
-    return !(v && std::strcmp(v, "0") == 0);
+    if (v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0)) return PrefetchLevel::Off;
+    if (v && std::strcmp(v, "l1") == 0) return PrefetchLevel::L1;
+    if (v && std::strcmp(v, "l2") == 0) return PrefetchLevel::L2;
+    return cpuFeatures().amd ? PrefetchLevel::L2 : PrefetchLevel::L1;
   }();
-  return on;
+  return level;
 }
+inline bool prefetchOn() { return prefetchLevel() != PrefetchLevel::Off; }
 inline void prefetchSpan(const void* p, size_t bytes) {
   const char* c = static_cast<const char*>(p);
-  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+  if (prefetchLevel() == PrefetchLevel::L2)
+    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T1);
+  else
+    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
 }
 
 // The sum of the 8 lanes.

@@ -127,7 +127,7 @@ struct DotVnni {
       const float da = ad[b];                                                                                      \
       for (int r = 0; r < NR; r++) {                                                                               \
         const unsigned char* blk = w + r * rb + size_t(b) * kBlockBytes<T>;                                        \
-        if (pf) _mm_prefetch(reinterpret_cast<const char*>(blk + NR * rb), _MM_HINT_T0);                           \
+        if (pf) prefetchSpan(blk + NR * rb, 1); /* the line of the next group's block */                           \
         uint16_t h;                                                                                                \
         std::memcpy(&h, blk, 2);                                                                                   \
         const __m256i p = DOT::dot(loadCodes<T>(blk), a);                                                          \
