@@ -22,7 +22,7 @@ const char* cpuKernelVariant();
 // on a processor with AVX512_VNNI and AVX512VL), "avx2" (avx2, or avx512 without VNNI) or "scalar".
 const char* quantKernelVariant();
 // Where the decode kernels' software prefetch puts the next row group: "l2", "l1" or "off"
-// (cpu/matmul_common.h, prefetchLevel: why and the default). Read once.
+// (cpu/matmul_common.h, kPrefetchLevel: why and the default). Read once.
 const char* cpuPrefetchLevel();
 
 // cpu/matmul.cc: out[r, o] = sum_i x[r, i] * W[o, i] (+ bias[o]), r < rows, o < W.rows.

@@ -56,8 +56,8 @@ const char* cpuKernelVariant() {
 }
 
 const char* cpuPrefetchLevel() {
-  const matmul_detail::PrefetchLevel l = matmul_detail::prefetchLevel();
-  return l == matmul_detail::PrefetchLevel::L2 ? "l2" : l == matmul_detail::PrefetchLevel::L1 ? "l1" : "off";
+  static const char* const names[] = {"off", "l1", "l2"};  // PrefetchLevel's order
+  return names[int(matmul_detail::kPrefetchLevel)];
 }
 
 }  // namespace dg

@@ -72,20 +72,20 @@ inline QIsa quantIsa(Isa isa) {
 // the lines of [p, p + bytes); it is a hint (it never faults, so past the end of a matrix is
 // harmless, and never changes a result).
 enum class PrefetchLevel { Off, L1, L2 };
-inline PrefetchLevel prefetchLevel() {
-  static const PrefetchLevel level = [] {
-    const char* v = std::getenv("DEPTHGATE_CPU_PREFETCH");
-    if (v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0)) return PrefetchLevel::Off;
-    if (v && std::strcmp(v, "l1") == 0) return PrefetchLevel::L1;
-    if (v && std::strcmp(v, "l2") == 0) return PrefetchLevel::L2;
-    return cpuFeatures().amd ? PrefetchLevel::L2 : PrefetchLevel::L1;
-  }();
-  return level;
+inline PrefetchLevel readPrefetchLevel() {
+  const char* v = std::getenv("DEPTHGATE_CPU_PREFETCH");
+  if (v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0)) return PrefetchLevel::Off;
+  if (v && std::strcmp(v, "l1") == 0) return PrefetchLevel::L1;
+  if (v && std::strcmp(v, "l2") == 0) return PrefetchLevel::L2;
+  return cpuFeatures().amd ? PrefetchLevel::L2 : PrefetchLevel::L1;
 }
-inline bool prefetchOn() { return prefetchLevel() != PrefetchLevel::Off; }
+// Read once, when the addon loads: a namespace-scope constant rather than a function-local static,
+// so prefetchSpan, called per row inside the kernels' loops, reads it with no guard check.
+inline const PrefetchLevel kPrefetchLevel = readPrefetchLevel();
+inline bool prefetchOn() { return kPrefetchLevel != PrefetchLevel::Off; }
 inline void prefetchSpan(const void* p, size_t bytes) {
   const char* c = static_cast<const char*>(p);
-  if (prefetchLevel() == PrefetchLevel::L2)
+  if (kPrefetchLevel == PrefetchLevel::L2)
     for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T1);
   else
     for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
