@@ -50,17 +50,37 @@ export function copyBandwidth(bytes = 512 * 2 ** 20, reps = 8): number {
  * its floor is bytes read per token divided by this figure, not by the copy bandwidth.
  */
 export function readBandwidth(threads: number, bytes = 2 ** 30, reps = 5): number {
-  const src = new Uint8Array(bytes);
-  for (let i = 0; i < bytes; i += 4096) src[i] = (i >>> 12) & 255; // touch every page first
-  const readSum = binding.native().kernels.readSum;
-  readSum(src, threads);
-  let best = Infinity;
-  for (let r = 0; r < reps; r++) {
-    const t0 = process.hrtime.bigint();
-    readSum(src, threads);
-    best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9);
+  return new ReadProbe(threads, bytes).measure(reps);
+}
+
+/**
+ * readBandwidth's buffer, kept, so the bandwidth can be measured again and again between timed
+ * runs: on a shared machine it drifts within seconds, and a floor measured once beside a run
+ * minutes later can even put a run below it.
+ */
+export class ReadProbe {
+  private readonly src: Uint8Array;
+
+  constructor(
+    private readonly threads: number,
+    bytes = 2 ** 30,
+  ) {
+    this.src = new Uint8Array(bytes);
+    for (let i = 0; i < bytes; i += 4096) this.src[i] = (i >>> 12) & 255; // touch every page first
+    binding.native().kernels.readSum(this.src, threads);
   }
-  return bytes / best;
+
+  /** Bytes per second, the best of `reps` passes. */
+  measure(reps = 5): number {
+    const readSum = binding.native().kernels.readSum;
+    let best = Infinity;
+    for (let r = 0; r < reps; r++) {
+      const t0 = process.hrtime.bigint();
+      readSum(this.src, this.threads);
+      best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9);
+    }
+    return this.src.length / best;
+  }
 }
 
 /** Median, min and max of a list: how the benchmarks report a figure on a noisy machine. */

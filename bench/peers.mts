@@ -27,7 +27,7 @@ import {
   depthgate,
   gitCommit,
   machine,
-  readBandwidth,
+  ReadProbe,
   saveResult,
   spread,
   testing,
@@ -325,6 +325,9 @@ for (const f of formats) files[f] = ggufFile(f, pkg);
 const bf16Logits: Float32Array[][] = [];
 const readBw: number[] = [];
 const copyBw: number[] = [];
+// The floor's bandwidth, on all threads: before each file, and again after every round of the two
+// engines, each round's runs then set against that round's figure (paired, as the engines are).
+const probe = new ReadProbe(usable);
 const decode: unknown[] = [];
 const agreement: unknown[] = [];
 const summaryRows: Record<string, Record<string, string>> = {};
@@ -339,7 +342,7 @@ for (const format of formats) {
     continue;
   }
   // The floor's bandwidth, measured in this run just before this file's timings, on all threads.
-  readBw.push(readBandwidth(usable));
+  readBw.push(probe.measure());
   copyBw.push(copyBandwidth());
   const peerModel = await llama.loadModel({ modelPath: info.path, gpuLayers: 0 });
   for (const threads of threadCounts) {
@@ -359,6 +362,7 @@ for (const format of formats) {
     const seq = ctx.getSequence();
     const dgRuns: number[] = [];
     const peerRuns: number[] = [];
+    const roundBw: number[] = [];
     if (dg) await timeDepthgate(dg, 8); // warm-up
     await timePeer(seq, 8);
     for (let r = 0; r < runs; r++) {
@@ -368,6 +372,7 @@ for (const format of formats) {
         if (who === 'depthgate' && dg) dgRuns.push(await timeDepthgate(dg, nTokens));
         if (who === 'peer') peerRuns.push(await timePeer(seq, nTokens));
       }
+      roundBw.push(probe.measure(2));
     }
     const dgWeightBytes = dg?.info.weightBytes ?? null;
     const peerKv = `${nlc.GgmlType[ctx.kvCacheKeyType]}/${nlc.GgmlType[ctx.kvCacheValueType]}`;
@@ -375,16 +380,23 @@ for (const format of formats) {
     await ctx.dispose();
     await dg?.dispose();
     const bytes = info.bytesPerToken;
-    // against the bandwidth measured just before this file's timings (the machine's load drifts)
-    const readFloorMs = (bytes / readBw[readBw.length - 1]!) * 1e3;
+    // Each round's floor, from the bandwidth measured right after it (the machine's load drifts),
+    // and each run against its round's floor.
+    const roundFloorMs = roundBw.map((bw) => (bytes / bw) * 1e3);
+    const readFloor = spread(roundFloorMs);
+    const readFloorMs = readFloor.median;
     const copyFloorMs = (bytes / copyBw[copyBw.length - 1]!) * 1e3;
     const peerStats = stats(peerRuns);
     const dgStats = dg ? stats(dgRuns) : null;
+    const dgToFloor = spread(dgRuns.map((ms, r) => ms / roundFloorMs[r]!));
+    const peerToFloor = spread(peerRuns.map((ms, r) => ms / roundFloorMs[r]!));
     decode.push({
       format,
       threads,
       bytesPerTokenMB: bytes / 1e6,
       readBandwidthGBs: readBw[readBw.length - 1]! / 1e9,
+      roundReadBandwidthGBs: spread(roundBw.map((x) => x / 1e9)),
+      readFloorMsPerTokenRounds: readFloor,
       copyBandwidthGBs: copyBw[copyBw.length - 1]! / 1e9,
       depthgateWeightBytes: dgWeightBytes,
       readFloorMsPerToken: readFloorMs,
@@ -394,28 +406,30 @@ for (const format of formats) {
             supported: true,
             kvCache: 'bf16 (default)',
             msPerToken: dgStats,
-            ratioToReadFloor: dgStats.median / readFloorMs,
+            ratioToReadFloor: dgToFloor.median,
+            ratioToReadFloorRounds: dgToFloor,
           }
         : { supported: false, error: dgError },
       nodeLlamaCpp: {
         kvCache: `${peerKv} (default)`,
         flashAttention: peerFlash,
         msPerToken: peerStats,
-        ratioToReadFloor: peerStats.median / readFloorMs,
+        ratioToReadFloor: peerToFloor.median,
+        ratioToReadFloorRounds: peerToFloor,
       },
       depthgateSpeedup: dgStats ? peerStats.median / dgStats.median : null,
       loadAverage: os.loadavg().map((x) => +x.toFixed(2)),
     });
     summaryRows[`${format} ${threads}t`] = {
       'MB/token': (bytes / 1e6).toFixed(0),
-      'read floor ms': readFloorMs.toFixed(1),
+      'read floor ms': fmt(readFloor),
       'depthgate ms/token': dgStats ? fmt(dgStats) : 'not supported by this build',
       'depthgate tok/s': dgStats ? dgStats.tokensPerSecond.toFixed(1) : '-',
       'node-llama-cpp ms/token': fmt(peerStats),
       'node-llama-cpp tok/s': peerStats.tokensPerSecond.toFixed(1),
       'dg speed-up': dgStats ? (peerStats.median / dgStats.median).toFixed(2) + 'x' : '-',
-      'dg / floor': dgStats ? (dgStats.median / readFloorMs).toFixed(2) : '-',
-      'nlc / floor': (peerStats.median / readFloorMs).toFixed(2),
+      'dg / floor': dgStats ? fmt(dgToFloor, 2) : '-',
+      'nlc / floor': fmt(peerToFloor, 2),
     };
     console.log(`${format}, ${threads} threads:`, summaryRows[`${format} ${threads}t`]);
   }
@@ -506,7 +520,7 @@ const result = {
   date: new Date().toISOString(),
   machine: machine(),
   loadAverage: { start: loadStart, end: os.loadavg().map((x) => +x.toFixed(2)) },
-  note: 'ms/token: median [min, max] over runs of batch-1 greedy decode (a 16-token prompt, then --tokens tokens; time from the first generated token to the last), the two engines alternating A B B A in one process on the same GGUF file. Floor = bytes read per token (every tensor but the embedding table, of which one row is read) / read bandwidth (a streaming read over 1 GiB on all usable processors, measured just before each file is timed); the copy figure (one thread, STREAM convention) beside it. The machine is shared: see loadAverage.',
+  note: 'ms/token: median [min, max] over runs of batch-1 greedy decode (a 16-token prompt, then --tokens tokens; time from the first generated token to the last), the two engines alternating A B B A in one process on the same GGUF file. Floor = bytes read per token (every tensor but the embedding table, of which one row is read) / read bandwidth (a streaming read over 1 GiB on all usable processors, best of 2 passes, measured after every round of the two engines); each run is set against its own round\'s floor, and "dg / floor" is the median [min, max] of those ratios (readBandwidthGBs: measured once before the file, best of 5); the copy figure (one thread, STREAM convention) beside it. The machine is shared: see loadAverage.',
   peer,
   model: { ...BENCH_SHAPE },
   threads: threadCounts,

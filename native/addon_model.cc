@@ -200,7 +200,7 @@ class LoadJob : public PromiseJob {
     });
     if (weights_ != "stored")
       quantizeModel(*model, weights_, threads_, [&] { return !flagSet(abort_) && !d.cancelled(); });
-    if (!cuda_) repackForCpu(*model, threads_, [&] { return !flagSet(abort_) && !d.cancelled(); });
+    if (!cuda_) layOutForCpu(*model, threads_, [&] { return !flagSet(abort_) && !d.cancelled(); });
     std::shared_ptr<Model> shared(std::move(model));
     std::unique_ptr<Ops> ops = cuda_ ? createCudaOps(0) : std::unique_ptr<Ops>(createCpuOps(threads_));
     engine_ = std::make_shared<Engine>(shared, std::move(ops), kvType_);
@@ -263,7 +263,9 @@ Napi::Value NativeModel::Info(const Napi::CallbackInfo& info) {
   o.Set("weights", Napi::String::New(env, m.weightFormat));
   o.Set("quantizeMs", Napi::Number::New(env, m.quantizeSeconds * 1000.0));
   o.Set("repackedMatrices", Napi::Number::New(env, m.repackedMatrices));
-  o.Set("repackMs", Napi::Number::New(env, m.repackSeconds * 1000.0));
+  o.Set("placedMatrices", Napi::Number::New(env, m.placedMatrices));
+  o.Set("hugePages", Napi::Boolean::New(env, m.cpuHugePages));
+  o.Set("cpuLayoutMs", Napi::Number::New(env, m.cpuLayoutSeconds * 1000.0));
   o.Set("backend", Napi::String::New(env, e->ops().name()));
   o.Set("kvCacheType", Napi::String::New(env, e->kvType() == DType::F32   ? "f32"
                                               : e->kvType() == DType::F16 ? "f16"

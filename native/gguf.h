@@ -110,6 +110,11 @@ class GgufFile : public TensorFile {
   const GgufHeader& header() const { return header_; }
   // Tensor data copied out of the mapping (rows reordered on load); freed with the file.
   std::vector<std::unique_ptr<unsigned char[]>>& ownedCopies() { return owned_; }
+  bool ownsCopy(const void* p) const override {
+    for (const auto& c : owned_)
+      if (c && c.get() == p) return true;
+    return false;
+  }
   bool freeCopy(const void* p) override {
     for (auto& c : owned_)
       if (c && c.get() == p) {

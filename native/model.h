@@ -9,6 +9,7 @@
 
 #include "safetensors.h"
 #include "tensor.h"
+#include "weight_arena.h"
 
 namespace dg {
 
@@ -82,11 +83,14 @@ struct Model {
   std::string weightFormat = "stored";
   std::vector<std::vector<unsigned char>> quantizedCopies;
   double quantizeSeconds = 0;
-  // The CPU backend's layouts (repack_model.cc): the repacked copies the views above point into,
-  // how many matrices were repacked and how long that took.
-  std::vector<std::unique_ptr<unsigned char[]>> cpuLayoutCopies;
+  // The CPU backend's layouts (cpu_layout.cc): the arena the views above point into, how many
+  // matrices were repacked and how many copied as they are, whether the arena was advised for huge
+  // pages, and how long all that took.
+  std::unique_ptr<WeightArena> cpuArena;
   int repackedMatrices = 0;
-  double repackSeconds = 0;
+  int placedMatrices = 0;
+  bool cpuHugePages = false;
+  double cpuLayoutSeconds = 0;
 };
 
 // Opens `files` (the checkpoint's shards, then any add-on files with router weights), checks that exactly the tensors
@@ -108,10 +112,13 @@ std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::
 // (kErrUnsupported) or holds a non-finite value (kErrFormat); the model then holds no copies.
 void quantizeModel(Model& m, const std::string& format, int threads, const std::function<bool()>& keepGoing);
 
-// repack_model.cc: for a model the CPU backend will run, repacks every Q8_0 projection and the LM
-// head into Q8_0x16 (tensor.h) when cpuRepacksQ8_0() (kernels.h), giving back the bytes each
-// replaces. Throws dg::Error (kErrAborted) when keepGoing says stop; the model stays whole.
-void repackForCpu(Model& m, int threads, const std::function<bool()>& keepGoing);
+// cpu_layout.cc: for a model the CPU backend will run, copies every projection and the LM head
+// into one arena (weight_arena.h): Q8_0 repacked into Q8_0x16 (tensor.h) when cpuRepacksQ8_0()
+// (kernels.h), the rest as they are when the arena gets transparent huge pages and
+// DEPTHGATE_CPU_HUGEPAGES is not "0". Gives back the bytes each copy replaces. Throws dg::Error
+// (kErrAborted) when keepGoing says stop, kErrMemory when the arena cannot be reserved; the model
+// stays whole.
+void layOutForCpu(Model& m, int threads, const std::function<bool()>& keepGoing);
 
 // Drops the mapped file pages wholly inside [p, p + n) from this process (quantize_model.cc): a copy
 // replaced them, and the page cache keeps them for whoever else reads the file. Pages shared with

@@ -39,6 +39,11 @@ class TensorFile {
     (void)p;
     return false;
   }
+  // Whether p is the start of such a copy.
+  virtual bool ownsCopy(const void* p) const {
+    (void)p;
+    return false;
+  }
   // Whether p points into this file's mapping.
   bool maps(const void* p) const {
     const unsigned char* b = static_cast<const unsigned char*>(map_);

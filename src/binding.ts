@@ -132,9 +132,12 @@ export interface NativeModelInfo {
   weights: WeightFormat;
   /** Milliseconds spent quantizing on load (0 for 'stored'). */
   quantizeMs: number;
-  /** Q8_0 matrices repacked into the CPU backend's layout at load, and the milliseconds it took. */
+  /** The CPU backend's copies at load: Q8_0 matrices repacked, others copied as they are, whether
+   * their memory was advised for huge pages, and the milliseconds it all took. */
   repackedMatrices: number;
-  repackMs: number;
+  placedMatrices: number;
+  hugePages: boolean;
+  cpuLayoutMs: number;
   /** K and V bytes per position of one sequence, every layer, in the cache dtype. */
   kvBytesPerToken: number;
   files: string[];

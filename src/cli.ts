@@ -188,15 +188,22 @@ async function info(argv: string[]): Promise<number> {
     console.log(`parameters: ${i.parameters.toLocaleString('en-US')} (${(i.parameters / 1e6).toFixed(2)} M)`);
     console.log(`dtype: ${i.dtype}`);
     if (i.weights === 'stored')
-      console.log(`weights: ${bytes(i.weightBytes)} memory-mapped from ${i.files.length} file(s)`);
+      console.log(
+        `weights: ${bytes(i.weightBytes)} ${i.placedMatrices > 0 || i.repackedMatrices > 0 ? 'read' : 'memory-mapped'} from ${i.files.length} file(s)`,
+      );
     else
       console.log(
         `weights: ${bytes(i.weightBytes)}, quantized on load to ${i.weights} in ${i.quantizeMs.toFixed(0)} ms from ${i.files.length} file(s)`,
       );
-    if (i.repackedMatrices > 0)
+    if (i.repackedMatrices > 0 || i.placedMatrices > 0) {
+      const what = [
+        ...(i.repackedMatrices > 0 ? [`${i.repackedMatrices} Q8_0 matrices repacked for the VNNI kernel`] : []),
+        ...(i.placedMatrices > 0 ? [`${i.placedMatrices} matrices copied`] : []),
+      ];
       console.log(
-        `CPU layout: ${i.repackedMatrices} Q8_0 matrices repacked for the VNNI kernel in ${i.repackMs.toFixed(0)} ms`,
+        `CPU layout: ${what.join(', ')} in ${i.cpuLayoutMs.toFixed(0)} ms, ${i.hugePages ? 'in memory advised for 2 MB huge pages' : 'on 4 KB pages'}`,
       );
+    }
     console.log(
       `KV cache: ${bytes(i.kvBytesPerToken)} per token; ${bytes(i.kvBytesPerToken * i.contextSize)} at the full context of ${i.contextSize}`,
     );

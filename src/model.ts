@@ -69,8 +69,19 @@ export interface ModelInfo {
    * replaces are given back; `weightBytes` counts the copies.
    */
   repackedMatrices: number;
-  /** Milliseconds the repacking at load took (0 when nothing was repacked). */
-  repackMs: number;
+  /**
+   * Matrices (projections and the LM head) the CPU backend copied as they are at load into memory
+   * advised for transparent huge pages, so that decode streams them with 2 MB pages instead of
+   * 4 KB ones. Only when the kernel offers huge pages (`/sys/kernel/mm/transparent_hugepage/enabled`
+   * is `always` or `madvise`) and DEPTHGATE_CPU_HUGEPAGES is not `0`; 0 on CUDA. The bytes each copy
+   * replaces are given back (mapped file pages are dropped from the process; the page cache keeps
+   * them), and `weightBytes` counts the copies.
+   */
+  placedMatrices: number;
+  /** Whether the CPU backend's copies (repacked or placed) live in memory advised for huge pages. */
+  hugePages: boolean;
+  /** Milliseconds the CPU backend's copies took at load (0 when none was made). */
+  cpuLayoutMs: number;
   /** The backend running the model: 'cpu' or 'cuda'. */
   backend: string;
   /** Decoder layers. */
@@ -308,7 +319,9 @@ export class Model implements AsyncDisposable {
       weights: ni.weights,
       quantizeMs: ni.quantizeMs,
       repackedMatrices: ni.repackedMatrices,
-      repackMs: ni.repackMs,
+      placedMatrices: ni.placedMatrices,
+      hugePages: ni.hugePages,
+      cpuLayoutMs: ni.cpuLayoutMs,
       backend: ni.backend,
       numLayers: c.numLayers,
       hiddenSize: c.hiddenSize,

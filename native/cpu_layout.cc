@@ -1,0 +1,137 @@
+// The CPU backend's layouts, made at load. Every matrix that decode streams (the decoder layers'
+// projections and the LM head) gets a copy in one WeightArena (weight_arena.h), front to back in
+// the order decode reads them:
+//   - a Q8_0 matrix is repacked into Q8_0x16 (tensor.h; why in cpu/matmul_repacked.cc) when
+//     cpuRepacksQ8_0();
+//   - any other matrix is copied as it is when the arena gets transparent huge pages (why in
+//     weight_arena.h), unless DEPTHGATE_CPU_HUGEPAGES=0; without huge pages a copy gains nothing.
+// One matrix at a time, and the bytes each copy replaces are given back at once: a quantized-on-load
+// copy is freed, a GGUF row-order copy is freed, mapped file pages are dropped from the process
+// (the page cache keeps them). So memory stays near one copy of the weights (the arena is virtual
+// until written), and every step leaves the model whole: each view points at the old bytes or at
+// the new ones. A matrix whose bytes cannot be given back is not copied.
+// The embedding table keeps its stored layout and place (rows are looked up by token), except that
+// with tied embeddings a copied LM head takes the table with it (they are one tensor); a repacked
+// LM head gets its own copy beside the table.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "errors.h"
+#include "kernels.h"
+#include "model.h"
+#include "threadpool.h"
+#include "weight_arena.h"
+
+namespace dg {
+
+namespace {
+
+// Whether giveBack(m, p, ...) can free or drop the bytes at p.
+bool canGiveBack(const Model& m, const void* p) {
+  for (const auto& c : m.quantizedCopies)
+    if (!c.empty() && c.data() == p) return true;
+  for (const auto& f : m.store.files())
+    if (f->ownsCopy(p) || f->maps(p)) return true;
+  return false;
+}
+
+// Frees the bytes at `p` when the model owns them (a quantized-on-load copy, a GGUF row-order
+// copy) and drops them from the process when they are mapped file pages; false when neither.
+bool giveBack(Model& m, const void* p, size_t n) {
+  for (auto& c : m.quantizedCopies)
+    if (!c.empty() && c.data() == p) {
+      std::vector<unsigned char>().swap(c);
+      return true;
+    }
+  for (const auto& f : m.store.files())
+    if (f->freeCopy(p)) return true;
+  for (const auto& f : m.store.files())
+    if (f->maps(p)) {
+      releasePages(p, n);
+      return true;
+    }
+  return false;
+}
+
+// memcpy in 1 MB pieces across the pool: the arena's first touch (a page fault that clears each
+// page) and the read of the source take about as long as the copy itself.
+void copyBytes(ThreadPool& pool, void* dst, const void* src, size_t n) {
+  constexpr size_t kPiece = size_t(1) << 20;
+  pool.parallelFor(int64_t((n + kPiece - 1) / kPiece), [&](int64_t b, int64_t e, int) {
+    const size_t lo = size_t(b) * kPiece, hi = std::min(n, size_t(e) * kPiece);
+    std::memcpy(static_cast<unsigned char*>(dst) + lo, static_cast<const unsigned char*>(src) + lo, hi - lo);
+  });
+}
+
+enum class Layout { Keep, Repack, Copy };
+
+bool hugePagesWanted() {
+  const char* v = std::getenv("DEPTHGATE_CPU_HUGEPAGES");
+  return !(v && std::strcmp(v, "0") == 0) && transparentHugePagesOn();
+}
+
+}  // namespace
+
+void layOutForCpu(Model& m, int threads, const std::function<bool()>& keepGoing) {
+  const auto start = std::chrono::steady_clock::now();
+  const bool repack = cpuRepacksQ8_0(), copy = hugePagesWanted();
+  std::vector<Weight*> targets;
+  for (LayerWeights& L : m.layers)
+    for (Weight* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) targets.push_back(w);
+  targets.push_back(&m.lmHead);
+  const bool tied = m.lmHead.data == m.embed.data;
+  std::vector<Layout> plan;
+  size_t capacity = 0;
+  for (Weight* w : targets) {
+    Layout l = Layout::Keep;
+    if (w->rows == 0 || w->cols == 0)
+      l = Layout::Keep;
+    else if (repack && w->dtype == DType::Q8_0 && w->cols % kQuantBlock == 0)
+      l = Layout::Repack;
+    else if (copy && canGiveBack(m, w->data))
+      l = Layout::Copy;
+    plan.push_back(l);
+    if (l == Layout::Repack) capacity += WeightArena::footprint(w->rows * rowBytes(DType::Q8_0x16, w->cols));
+    if (l == Layout::Copy) capacity += WeightArena::footprint(w->bytes());
+  }
+  if (capacity == 0) return;
+  m.cpuArena = std::make_unique<WeightArena>(capacity, copy, "the CPU backend's copy of the weights");
+  m.cpuHugePages = m.cpuArena->hugePages();
+  // The threads repack and copy; made here, so a model with nothing to copy starts none.
+  ThreadPool pool(threads < 1 ? 1 : threads);
+  for (size_t i = 0; i < targets.size(); i++) {
+    Weight* w = targets[i];
+    if (plan[i] == Layout::Keep) continue;
+    if (keepGoing && !keepGoing()) throw Error(kErrAborted, "model load was aborted");
+    Weight r = *w;
+    if (plan[i] == Layout::Repack) {
+      r.dtype = DType::Q8_0x16;
+      // Rows are whole cache lines and the arena's pieces start on one, so the full chunks'
+      // loads are aligned; a row's last, partial chunk is read with unaligned masked loads. Not
+      // zero-filled: repackWeight writes every byte of every row.
+      r.data = m.cpuArena->take(r.bytes());
+      repackWeight(pool, *w, static_cast<unsigned char*>(const_cast<void*>(r.data)));
+      m.repackedMatrices++;
+    } else {
+      r.data = m.cpuArena->take(r.bytes());
+      copyBytes(pool, const_cast<void*>(r.data), w->data, w->bytes());
+      m.placedMatrices++;
+    }
+    // With tied embeddings the table reads the old bytes: a repacked head leaves them in place,
+    // a copied one takes the table along.
+    const bool tableToo = w == &m.lmHead && tied;
+    const bool stillUsed = tableToo && plan[i] == Layout::Repack;
+    m.weightBytes += r.bytes();
+    if (!stillUsed && giveBack(m, w->data, w->bytes())) m.weightBytes -= w->bytes();
+    if (tableToo && !stillUsed) m.embed.data = r.data;
+    *w = r;
+  }
+  m.cpuLayoutSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace dg

@@ -1,0 +1,64 @@
+#include "weight_arena.h"
+
+#include <sys/mman.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "errors.h"
+
+namespace dg {
+
+namespace {
+constexpr size_t kHugePage = size_t(1) << 21;
+}
+
+bool transparentHugePagesOn() {
+  static const bool on = [] {
+    std::FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f) return false;
+    char buf[128] = {0};
+    const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+    std::fclose(f);
+    buf[n] = 0;
+    // The mode in effect is the bracketed one: "always [madvise] never".
+    return std::strstr(buf, "[always]") != nullptr || std::strstr(buf, "[madvise]") != nullptr;
+  }();
+  return on;
+}
+
+WeightArena::WeightArena(size_t capacity, bool hugePages, const char* what) : capacity_(capacity) {
+  // Reserve one huge page more than rounded up, and start at the first 2 MB boundary inside: the
+  // kernel can back a huge page only where the range covers a whole aligned 2 MB.
+  const size_t rounded = (capacity + kHugePage - 1) / kHugePage * kHugePage;
+  mapBytes_ = rounded + kHugePage;
+  void* p = mmap(nullptr, mapBytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    throw Error(kErrMemory, std::string("out of memory: ") + std::to_string(capacity) + " bytes for " + what);
+  map_ = p;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  base_ = reinterpret_cast<unsigned char*>((a + kHugePage - 1) / kHugePage * kHugePage);
+#ifdef MADV_HUGEPAGE
+  // A refusal (a kernel without THP) only means 4 KB pages: the arena works either way.
+  hugePages_ = hugePages && transparentHugePagesOn() && madvise(base_, rounded, MADV_HUGEPAGE) == 0;
+#else
+  (void)hugePages;
+#endif
+}
+
+WeightArena::~WeightArena() {
+  if (map_) munmap(map_, mapBytes_);
+}
+
+unsigned char* WeightArena::take(size_t n) {
+  const size_t need = footprint(n);
+  if (need > capacity_ - used_)
+    throw Error(kErrArg, "WeightArena: " + std::to_string(n) + " bytes asked past the capacity of " +
+                             std::to_string(capacity_) + " (" + std::to_string(used_) + " used)");
+  unsigned char* p = base_ + used_;
+  used_ += need;
+  return p;
+}
+
+}  // namespace dg
