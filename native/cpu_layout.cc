@@ -100,7 +100,11 @@ void layOutForCpu(Model& m, int threads, const std::function<bool()>& keepGoing)
     if (l == Layout::Copy) capacity += WeightArena::footprint(w->bytes());
   }
   if (capacity == 0) return;
-  m.cpuArena = std::make_unique<WeightArena>(capacity, copy, "the CPU backend's copy of the weights");
+  // The reason names the switch that makes the copy smaller.
+  m.cpuArena = std::make_unique<WeightArena>(
+      capacity, copy,
+      copy ? "the CPU backend's copy of the weights (DEPTHGATE_CPU_HUGEPAGES=0 copies Q8_0 only)"
+           : "the CPU backend's repacked Q8_0 weights (DEPTHGATE_CPU_REPACK=0 keeps them as stored)");
   m.cpuHugePages = m.cpuArena->hugePages();
   // The threads repack and copy; made here, so a model with nothing to copy starts none.
   ThreadPool pool(threads < 1 ? 1 : threads);
