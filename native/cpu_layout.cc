@@ -5,6 +5,7 @@
 //     cpuRepacksQ8_0();
 //   - any other matrix is copied as it is when the arena gets transparent huge pages (why in
 //     weight_arena.h), unless DEPTHGATE_CPU_HUGEPAGES=0; without huge pages a copy gains nothing.
+// All of it within copyLimit(): a model that fits only as mapped pages stays mapped.
 // One matrix at a time, and the bytes each copy replaces are given back at once: a quantized-on-load
 // copy is freed, a GGUF row-order copy is freed, mapped file pages are dropped from the process
 // (the page cache keeps them). So memory stays near one copy of the weights (the arena is virtual
@@ -70,6 +71,21 @@ void copyBytes(ThreadPool& pool, void* dst, const void* src, size_t n) {
 
 enum class Layout { Keep, Repack, Copy };
 
+// The most bytes the copies may take: DEPTHGATE_CPU_COPY_LIMIT (bytes) when it is a number, else
+// the memory still available less 1 GiB. Mapped file pages can be dropped and read again when
+// memory runs short, a copy cannot (without swap): a model that only fits mapped stays mapped.
+size_t copyLimit() {
+  if (const char* v = std::getenv("DEPTHGATE_CPU_COPY_LIMIT")) {
+    char* end = nullptr;
+    const unsigned long long n = std::strtoull(v, &end, 10);
+    if (end != v && *end == 0) return size_t(n);
+  }
+  const size_t avail = availableMemoryBytes();
+  if (avail == 0) return SIZE_MAX;  // unknown: no limit
+  constexpr size_t kMargin = size_t(1) << 30;
+  return avail > kMargin ? avail - kMargin : 0;
+}
+
 bool hugePagesWanted() {
   const char* v = std::getenv("DEPTHGATE_CPU_HUGEPAGES");
   return !(v && std::strcmp(v, "0") == 0) && transparentHugePagesOn();
@@ -86,7 +102,7 @@ void layOutForCpu(Model& m, int threads, const std::function<bool()>& keepGoing)
   targets.push_back(&m.lmHead);
   const bool tied = m.lmHead.data == m.embed.data;
   std::vector<Layout> plan;
-  size_t capacity = 0;
+  size_t repackBytes = 0, copyBytesTotal = 0;
   for (Weight* w : targets) {
     Layout l = Layout::Keep;
     if (w->rows == 0 || w->cols == 0)
@@ -96,9 +112,16 @@ void layOutForCpu(Model& m, int threads, const std::function<bool()>& keepGoing)
     else if (copy && canGiveBack(m, w->data))
       l = Layout::Copy;
     plan.push_back(l);
-    if (l == Layout::Repack) capacity += WeightArena::footprint(w->rows * rowBytes(DType::Q8_0x16, w->cols));
-    if (l == Layout::Copy) capacity += WeightArena::footprint(w->bytes());
+    if (l == Layout::Repack) repackBytes += WeightArena::footprint(w->rows * rowBytes(DType::Q8_0x16, w->cols));
+    if (l == Layout::Copy) copyBytesTotal += WeightArena::footprint(w->bytes());
   }
+  // Within the limit, the repacks first (they change the kernel), then the copies; all of a kind or
+  // none of it.
+  const size_t limit = copyLimit();
+  const bool repackFits = repackBytes <= limit, copyFits = repackFits && copyBytesTotal <= limit - repackBytes;
+  for (Layout& l : plan)
+    if ((l == Layout::Repack && !repackFits) || (l == Layout::Copy && !copyFits)) l = Layout::Keep;
+  const size_t capacity = (repackFits ? repackBytes : 0) + (copyFits ? copyBytesTotal : 0);
   if (capacity == 0) return;
   // The reason names the switch that makes the copy smaller.
   m.cpuArena = std::make_unique<WeightArena>(

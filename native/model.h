@@ -115,7 +115,8 @@ void quantizeModel(Model& m, const std::string& format, int threads, const std::
 // cpu_layout.cc: for a model the CPU backend will run, copies every projection and the LM head
 // into one arena (weight_arena.h): Q8_0 repacked into Q8_0x16 (tensor.h) when cpuRepacksQ8_0()
 // (kernels.h), the rest as they are when the arena gets transparent huge pages and
-// DEPTHGATE_CPU_HUGEPAGES is not "0". Gives back the bytes each copy replaces. Throws dg::Error
+// DEPTHGATE_CPU_HUGEPAGES is not "0"; all within the memory available (see cpu_layout.cc). Gives
+// back the bytes each copy replaces. Throws dg::Error
 // (kErrAborted) when keepGoing says stop, kErrMemory when the arena cannot be reserved; the model
 // stays whole.
 void layOutForCpu(Model& m, int threads, const std::function<bool()>& keepGoing);

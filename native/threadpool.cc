@@ -288,10 +288,6 @@ void ThreadPool::workerLoop(int id) {
   }
 }
 
-namespace {
-
-// The cgroup directory of this process for a controller: v2 ("0::/path") when `controller` is
-// empty, else the v1 line naming it ("4:cpu,cpuacct:/path").
 std::string cgroupPath(const char* controller) {
   FILE* f = std::fopen("/proc/self/cgroup", "r");
   if (!f) return "";
@@ -313,6 +309,8 @@ std::string cgroupPath(const char* controller) {
   std::fclose(f);
   return found;
 }
+
+namespace {
 
 bool readLongs(const std::string& file, long long* a, long long* b) {
   FILE* f = std::fopen(file.c_str(), "r");

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -103,5 +104,9 @@ class ThreadPool {
 // Processors this process may run on: the affinity mask, capped by a cgroup CPU quota
 // (cgroup v2 cpu.max or v1 cpu.cfs_quota_us / cpu.cfs_period_us), rounded up, at least 1.
 int usableProcessors();
+
+// The cgroup directory of this process for a controller: v2 ("0::/path") when `controller` is
+// empty, else the v1 line naming it ("4:cpu,cpuacct:/path"); "" when there is none.
+std::string cgroupPath(const char* controller);
 
 }  // namespace dg

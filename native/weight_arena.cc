@@ -2,11 +2,13 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
 #include "errors.h"
+#include "threadpool.h"
 
 namespace dg {
 
@@ -26,6 +28,35 @@ bool transparentHugePagesOn() {
     return std::strstr(buf, "[always]") != nullptr || std::strstr(buf, "[madvise]") != nullptr;
   }();
   return on;
+}
+
+size_t availableMemoryBytes() {
+  size_t avail = 0;
+  if (std::FILE* f = std::fopen("/proc/meminfo", "r")) {
+    char line[256];
+    unsigned long long kb = 0;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+        avail = size_t(kb) * 1024;
+        break;
+      }
+    std::fclose(f);
+  }
+  if (avail == 0) return 0;
+  const std::string v2 = cgroupPath("");
+  for (std::string dir = v2; !v2.empty();) {
+    unsigned long long max = 0, current = 0;
+    std::FILE* fm = std::fopen(("/sys/fs/cgroup" + dir + "/memory.max").c_str(), "r");
+    std::FILE* fc = std::fopen(("/sys/fs/cgroup" + dir + "/memory.current").c_str(), "r");
+    // "max" (no limit) does not parse as a number.
+    if (fm && fc && std::fscanf(fm, "%llu", &max) == 1 && std::fscanf(fc, "%llu", &current) == 1)
+      avail = std::min(avail, size_t(max > current ? max - current : 0));
+    if (fm) std::fclose(fm);
+    if (fc) std::fclose(fc);
+    if (dir.empty() || dir == "/") break;
+    dir = dir.substr(0, dir.rfind('/'));
+  }
+  return avail;
 }
 
 WeightArena::WeightArena(size_t capacity, bool hugePages, const char* what) : capacity_(capacity) {

@@ -18,6 +18,11 @@ namespace dg {
 // missing (not Linux, no THP) or says [never]. Read once.
 bool transparentHugePagesOn();
 
+// Bytes this process can still take without swapping or meeting its memory limit: /proc/meminfo's
+// MemAvailable, less for a cgroup v2 memory.max of this process's cgroup or an ancestor (its max
+// less what it holds). 0 when /proc/meminfo cannot be read (not Linux): unknown.
+size_t availableMemoryBytes();
+
 // One reservation of `capacity` bytes: virtual until written (an untouched tail takes no memory),
 // handed out front to back in 64-byte-aligned pieces, released whole when the arena is destroyed.
 class WeightArena {

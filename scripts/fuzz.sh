@@ -13,7 +13,7 @@ command -v clang++ >/dev/null || { echo "fuzz: clang++ not found (apt-get instal
 out="${FUZZ_OUT:-$(mktemp -d)}"
 mkdir -p "$out" test/fuzz/crashes
 flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Inative -Itest/native -Itest/fuzz)
-common=(native/json.cc native/mapguard.cc native/safetensors.cc native/gguf.cc native/gguf_model.cc native/model.cc native/cpu/convert.cc native/cpu/kquant.cc native/cpu/features.cc native/weight_arena.cc)
+common=(native/json.cc native/mapguard.cc native/safetensors.cc native/gguf.cc native/gguf_model.cc native/model.cc native/cpu/convert.cc native/cpu/kquant.cc native/cpu/features.cc native/weight_arena.cc native/threadpool.cc)
 clang++ "${flags[@]}" test/fuzz/fuzz_json.cc native/json.cc -o "$out/fuzz_json"
 clang++ "${flags[@]}" test/fuzz/fuzz_safetensors.cc "${common[@]}" -o "$out/fuzz_safetensors"
 clang++ "${flags[@]}" test/fuzz/fuzz_model.cc "${common[@]}" -o "$out/fuzz_model"

@@ -73,8 +73,10 @@ export interface ModelInfo {
    * Matrices (projections and the LM head) the CPU backend copied as they are at load into memory
    * advised for transparent huge pages, so that decode streams them with 2 MB pages instead of
    * 4 KB ones. Only when the kernel offers huge pages (`/sys/kernel/mm/transparent_hugepage/enabled`
-   * is `always` or `madvise`) and DEPTHGATE_CPU_HUGEPAGES is not `0`; 0 on CUDA. The bytes each copy
-   * replaces are given back (mapped file pages are dropped from the process; the page cache keeps
+   * is `always` or `madvise`) and DEPTHGATE_CPU_HUGEPAGES is not `0`; 0 on CUDA. The copies (and the
+   * repacked Q8_0) are made only when they fit in the memory still available less 1 GiB, or in
+   * DEPTHGATE_CPU_COPY_LIMIT bytes: a model that fits only as mapped pages stays mapped. The bytes each
+   * copy replaces are given back (mapped file pages are dropped from the process; the page cache keeps
    * them), and `weightBytes` counts the copies.
    */
   placedMatrices: number;

@@ -28,10 +28,10 @@ interface Run {
   decode: number[][];
 }
 
-// Loads in a child process with DEPTHGATE_CPU_HUGEPAGES set to `hugePages` (undefined: unset;
-// jest's process.env is not the process's environment, which the addon reads), and computes the
+// Loads in a child process with the variables in `vars` set (undefined: unset; jest's process.env
+// is not the process's environment, which the addon reads), and computes the
 // logits of a prompt at once (the tile kernels) and one token at a time (the matrix-vector kernels).
-function run(model: string, options: LoadOptions, hugePages: string | undefined, tokens: number[]): Run {
+function run(model: string, options: LoadOptions, vars: Record<string, string | undefined>, tokens: number[]): Run {
   const script = `(async () => {
     const { loadModel } = require('./dist');
     const m = await loadModel(${JSON.stringify(model)}, { kvCacheType: 'f32', threads: 2, ...${JSON.stringify(options)} });
@@ -46,8 +46,8 @@ function run(model: string, options: LoadOptions, hugePages: string | undefined,
     await m.dispose();
   })()`;
   const env = { ...process.env };
-  if (hugePages === undefined) delete env.DEPTHGATE_CPU_HUGEPAGES;
-  else env.DEPTHGATE_CPU_HUGEPAGES = hugePages;
+  for (const k of ['DEPTHGATE_CPU_HUGEPAGES', 'DEPTHGATE_CPU_COPY_LIMIT', 'DEPTHGATE_CPU_REPACK']) delete env[k];
+  for (const [k, v] of Object.entries(vars)) if (v !== undefined) env[k] = v;
   const child = spawnSync(process.execPath, ['-e', script], { cwd: path.join(__dirname, '..'), encoding: 'utf8', env });
   expect(child.stderr).toBe('');
   return JSON.parse(child.stdout) as Run;
@@ -83,8 +83,8 @@ describe.each<[string, () => string, LoadOptions]>([
   test('computes the same logits with the copies as without, and counts the same bytes', () => {
     const model = make();
     const tokens = randomTokens(5, 0, 250, 31);
-    const placed = run(model, options, undefined, tokens);
-    const kept = run(model, options, '0', tokens);
+    const placed = run(model, options, {}, tokens);
+    const kept = run(model, options, { DEPTHGATE_CPU_HUGEPAGES: '0' }, tokens);
     // Without huge pages nothing is copied as it is, so the arena only holds repacked matrices.
     expect(kept.info.placedMatrices).toBe(0);
     expect(kept.info.hugePages).toBe(false);
@@ -103,8 +103,28 @@ describe.each<[string, () => string, LoadOptions]>([
 test('DEPTHGATE_CPU_HUGEPAGES=0 copies nothing as it is; unset, a bf16 model has its 8 matrices copied where THP is on', () => {
   const dir = tinyModel({ seed: 26, dtype: 'bf16', layers: 1 });
   const tokens = [3, 7];
-  const off = run(dir, {}, '0', tokens);
-  const on = run(dir, {}, undefined, tokens);
+  const off = run(dir, {}, { DEPTHGATE_CPU_HUGEPAGES: '0' }, tokens);
+  const on = run(dir, {}, {}, tokens);
   expect(off.info.placedMatrices).toBe(0);
   expect(on.info.placedMatrices).toBe(thpOn() ? 8 : 0);
+});
+
+test('DEPTHGATE_CPU_COPY_LIMIT caps the copies: within it both kinds are made, at 0 none (the weights stay as loaded)', () => {
+  // Q8_0 on load: repacked where VNNI runs, and no other matrix to copy; a bf16 model: copies only.
+  const q8 = tinyModel({ seed: 27, dtype: 'bf16', layers });
+  const tokens = randomTokens(4, 0, 250, 33);
+  const none = run(q8, { weights: 'q8_0' }, { DEPTHGATE_CPU_COPY_LIMIT: '0' }, tokens);
+  const stored = run(q8, { weights: 'q8_0' }, { DEPTHGATE_CPU_REPACK: '0', DEPTHGATE_CPU_HUGEPAGES: '0' }, tokens);
+  const roomy = run(q8, { weights: 'q8_0' }, { DEPTHGATE_CPU_COPY_LIMIT: String(2 ** 40) }, tokens);
+  expect(none.info.repackedMatrices).toBe(0);
+  expect(none.info.placedMatrices).toBe(0);
+  expect(none.info.hugePages).toBe(false);
+  // No copy: the stored layout's kernel, the same code as with the repack and the copies off.
+  expect(none.decode).toEqual(stored.decode);
+  expect(none.info.weightBytes).toBe(stored.info.weightBytes);
+  expect(roomy.info.repackedMatrices + roomy.info.placedMatrices).toBe(
+    thpOn() || roomy.info.repackedMatrices > 0 ? matrices : 0,
+  );
+  const bf = run(tinyModel({ seed: 28, dtype: 'bf16', layers }), {}, { DEPTHGATE_CPU_COPY_LIMIT: '0' }, tokens);
+  expect(bf.info.placedMatrices).toBe(0);
 });
