@@ -75,7 +75,8 @@ enum class Layout { Keep, Repack, Copy };
 // the memory still available less 1 GiB. Mapped file pages can be dropped and read again when
 // memory runs short, a copy cannot (without swap): a model that only fits mapped stays mapped.
 size_t copyLimit() {
-  if (const char* v = std::getenv("DEPTHGATE_CPU_COPY_LIMIT")) {
+  const char* v = std::getenv("DEPTHGATE_CPU_COPY_LIMIT");
+  if (v && *v >= '0' && *v <= '9') {  // digits only: strtoull would wrap "-1" round
     char* end = nullptr;
     const unsigned long long n = std::strtoull(v, &end, 10);
     if (end != v && *end == 0) return size_t(n);
