@@ -32,31 +32,37 @@ namespace dg {
 
 namespace {
 
-// Whether giveBack(m, p, ...) can free or drop the bytes at p.
-bool canGiveBack(const Model& m, const void* p) {
-  for (const auto& c : m.quantizedCopies)
-    if (!c.empty() && c.data() == p) return true;
-  for (const auto& f : m.store.files())
-    if (f->ownsCopy(p) || f->maps(p)) return true;
-  return false;
+// What holds the bytes at p, if the model can give them back: a quantized-on-load copy, a file's
+// own copy (GGUF rows put back in HF order), or a file's mapping; all null when none of them.
+struct Holder {
+  std::vector<unsigned char>* quantized = nullptr;
+  TensorFile* copyOf = nullptr;
+  TensorFile* mapping = nullptr;
+  explicit operator bool() const { return quantized || copyOf || mapping; }
+};
+
+Holder holderOf(Model& m, const void* p) {
+  Holder h;
+  for (auto& c : m.quantizedCopies)
+    if (!c.empty() && c.data() == p) h.quantized = &c;
+  for (const auto& f : m.store.files()) {
+    if (f->ownsCopy(p)) h.copyOf = f.get();
+    if (f->maps(p)) h.mapping = f.get();
+  }
+  return h;
 }
 
-// Frees the bytes at `p` when the model owns them (a quantized-on-load copy, a GGUF row-order
-// copy) and drops them from the process when they are mapped file pages; false when neither.
+// Frees the n bytes at p when the model owns them and drops them from the process when they are
+// mapped file pages (the page cache keeps them); false when the model holds them in neither way.
 bool giveBack(Model& m, const void* p, size_t n) {
-  for (auto& c : m.quantizedCopies)
-    if (!c.empty() && c.data() == p) {
-      std::vector<unsigned char>().swap(c);
-      return true;
-    }
-  for (const auto& f : m.store.files())
-    if (f->freeCopy(p)) return true;
-  for (const auto& f : m.store.files())
-    if (f->maps(p)) {
-      releasePages(p, n);
-      return true;
-    }
-  return false;
+  const Holder h = holderOf(m, p);
+  if (h.quantized)
+    std::vector<unsigned char>().swap(*h.quantized);
+  else if (h.copyOf)
+    h.copyOf->freeCopy(p);
+  else if (h.mapping)
+    releasePages(p, n);
+  return bool(h);
 }
 
 // memcpy in 1 MB pieces across the pool: the arena's first touch (a page fault that clears each
@@ -110,7 +116,7 @@ void layOutForCpu(Model& m, int threads, const std::function<bool()>& keepGoing)
       l = Layout::Keep;
     else if (repack && w->dtype == DType::Q8_0 && w->cols % kQuantBlock == 0)
       l = Layout::Repack;
-    else if (copy && canGiveBack(m, w->data))
+    else if (copy && holderOf(m, w->data))
       l = Layout::Copy;
     plan.push_back(l);
     if (l == Layout::Repack) repackBytes += WeightArena::footprint(w->rows * rowBytes(DType::Q8_0x16, w->cols));
