@@ -50,8 +50,33 @@ static void testExactlyOnce(int threads, ThreadPool::Mode mode, int loops) {
   check(ok, name + ": every index exactly once");
   check(idsOk, name + ": worker ids in range");
   check(rangesOk, name + ": chunks inside the loop");
-  if (mode == ThreadPool::Mode::Fixed && threads > 1 && int(std::thread::hardware_concurrency()) > 1)
-    check(pool.stats().workerChunks > 0, name + ": the workers took part");
+}
+
+// The workers of a fixed pool take part. Counting their chunks after a run of tiny loops is not a
+// test: on a loaded machine the caller can claim every chunk before a worker is scheduled (CI saw
+// exactly that). Here each chunk the caller runs waits until some worker has run a chunk, so the
+// caller cannot take them all; the check fails only if no worker runs one within 10 seconds.
+static void testWorkersTakePart(int threads) {
+  ThreadPool pool(threads, ThreadPool::Mode::Fixed);
+  if (pool.size() < 2) return;  // no workers to take part
+  std::atomic<bool> workerRan{false};
+  bool timedOut = false;
+  pool.parallelFor(int64_t(threads) * 4, [&](int64_t, int64_t, int w) {
+    if (w != 0) {
+      workerRan.store(true);
+      return;
+    }
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (!workerRan.load()) {
+      if (Clock::now() > deadline) {
+        timedOut = true;
+        return;
+      }
+      std::this_thread::yield();
+    }
+  });
+  check(workerRan.load() && !timedOut && pool.stats().workerChunks > 0,
+        "threads " + std::to_string(threads) + " fixed: the workers took part");
 }
 
 // A busy thread that runs until `stop`.
@@ -182,6 +207,7 @@ static void testLoadCheck() {
 int main() {
   for (int t : {1, 2, 3, 5}) {
     testExactlyOnce(t, ThreadPool::Mode::Fixed, 3000);
+    if (t > 1) testWorkersTakePart(t);
     testExactlyOnce(t, ThreadPool::Mode::Adaptive, 3000);
   }
   testOversubscribedThreads();
