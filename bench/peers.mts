@@ -520,7 +520,7 @@ const result = {
   date: new Date().toISOString(),
   machine: machine(),
   loadAverage: { start: loadStart, end: os.loadavg().map((x) => +x.toFixed(2)) },
-  note: 'ms/token: median [min, max] over runs of batch-1 greedy decode (a 16-token prompt, then --tokens tokens; time from the first generated token to the last), the two engines alternating A B B A in one process on the same GGUF file. Floor = bytes read per token (every tensor but the embedding table, of which one row is read) / read bandwidth (a streaming read over 1 GiB on all usable processors, best of 2 passes, measured after every round of the two engines); each run is set against its own round\'s floor, and "dg / floor" is the median [min, max] of those ratios (readBandwidthGBs: measured once before the file, best of 5); the copy figure (one thread, STREAM convention) beside it. The machine is shared: see loadAverage.',
+  note: 'ms/token: median [min, max] over runs of batch-1 greedy decode (a 16-token prompt, then --tokens tokens; time from the first generated token to the last), the two engines alternating A B B A in one process on the same GGUF file. Floor = bytes read per token (every tensor but the embedding table, of which one row is read) / read bandwidth (a streaming read over 1 GiB on all usable processors, on 2 MB-aligned memory advised for huge pages like the CPU backend\'s weights, read as one stream and as eight streams per thread, the best of 2 passes of each, measured after every round of the two engines; bandwidth.readProbe gives the best of each stream count); each run is set against its own round\'s floor, and "dg / floor" is the median [min, max] of those ratios (readBandwidthGBs: measured once before the file, best of 5); the copy figure (one thread, STREAM convention) beside it. The machine is shared: see loadAverage.',
   peer,
   model: { ...BENCH_SHAPE },
   threads: threadCounts,
@@ -531,6 +531,7 @@ const result = {
   bandwidth: {
     readThreads: usable,
     readGBs: spread(readBw.map((x) => x / 1e9)),
+    readProbe: probe.describe(),
     copyGBs: spread(copyBw.map((x) => x / 1e9)),
   },
   files,

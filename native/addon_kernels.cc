@@ -1,5 +1,5 @@
 // Kernels exposed for tests and microbenchmarks (synchronous, single call each, on the calling
-// thread): native().kernels.{matmul, rmsnorm, copy, readSum}.
+// thread): native().kernels.{matmul, rmsnorm, copy, readSum, hugePageBuffer}.
 #include <napi.h>
 
 #include <algorithm>
@@ -12,6 +12,7 @@
 #include "errors.h"
 #include "kernels.h"
 #include "threadpool.h"
+#include "weight_arena.h"
 
 namespace dg {
 
@@ -89,40 +90,81 @@ Napi::Value KernelCopy(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// readSum(src, threads): sums src as 64-bit words on `threads` threads and returns the sum's low
-// 32 bits (so the reads cannot be optimised away). This is the read half of a decode step's
-// bandwidth floor: a matrix-vector product streams its weights and writes almost nothing, so a
-// copy (read + write, one thread) understates what the machine can read. Eight independent
+// readSum(src, threads, streams = 8): sums src as 64-bit words on `threads` threads and returns
+// the sum's low 32 bits (so the reads cannot be optimised away). This is the read half of a decode
+// step's bandwidth floor: a matrix-vector product streams its weights and writes almost nothing,
+// so a copy (read + write, one thread) understates what the machine can read. Eight independent
 // accumulators over 64-byte lines let the compiler vectorise the loop and keep loads in flight.
+//
+// `streams` (1-64): each thread's range is cut into that many parts, read a line of each in turn.
+// Which count reads fastest depends on the machine, so the benchmarks' floor takes the best of
+// several (bench/machine.mts ReadProbe): on the Intel Xeon VM one sequential stream per thread
+// reached about 14 GB/s on 2 threads and 8 streams 28-30; on the AMD EPYC (Zen 4) VM, on 2 MB
+// pages, 1 stream read 25-29 GB/s and 8 streams 15-19. A floor from one pattern alone can sit
+// below what the engine reaches.
 Napi::Value KernelReadSum(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsTypedArray()) throwArg(env, "readSum(src, threads) needs a typed array");
+  if (!info[0].IsTypedArray()) throwArg(env, "readSum(src, threads, streams) needs a typed array");
   auto s = info[0].As<Napi::TypedArray>();
   int threads = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 1;
+  int64_t streams = 8;
+  if (info.Length() > 2 && !info[2].IsUndefined()) {
+    const double v = info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : 0;
+    if (!(v >= 1 && v <= 64 && v == double(int64_t(v))))
+      throwArg(env, "readSum: streams must be an integer from 1 to 64");
+    streams = int64_t(v);
+  }
   const auto* base = static_cast<const uint8_t*>(s.ArrayBuffer().Data()) + s.ByteOffset();
   const int64_t lines = int64_t(s.ByteLength() / 64);
   std::vector<uint64_t> partial(size_t(threads < 1 ? 1 : threads) * 8, 0);
   kernelPool(threads < 1 ? 1 : threads).parallelFor(lines, [&](int64_t b, int64_t e, int worker) {
     uint64_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    // kStreams parts of [b, e) read a line of each in turn: one sequential stream per thread is
-    // held back by how many lines one stream's prefetch keeps in flight (about 14 GB/s on 2 threads
-    // of this project's VM, where 8 streams reach 28-30 GB/s); decode kernels read several rows at
-    // once, and the floor must be what the memory can give, not what one access pattern gets.
-    constexpr int64_t kStreams = 8;
-    const int64_t part = (e - b) / kStreams;
+    const int64_t part = (e - b) / streams;
     auto add = [&](int64_t l) {
       uint64_t w[8];
       std::memcpy(w, base + l * 64, 64);
       for (int k = 0; k < 8; k++) acc[k] += w[k];
     };
-    for (int64_t i = 0; i < part; i++)
-      for (int64_t s = 0; s < kStreams; s++) add(b + s * part + i);
-    for (int64_t l = b + kStreams * part; l < e; l++) add(l);
+    if (streams == 1) {
+      for (int64_t l = b; l < e; l++) add(l);
+    } else {
+      for (int64_t i = 0; i < part; i++)
+        for (int64_t st = 0; st < streams; st++) add(b + st * part + i);
+      for (int64_t l = b + streams * part; l < e; l++) add(l);
+    }
     for (int k = 0; k < 8; k++) partial[size_t(worker) * 8 + size_t(k)] += acc[k];
   });
   uint64_t sum = 0;
   for (uint64_t v : partial) sum += v;
   return Napi::Number::New(env, double(uint32_t(sum)));
+}
+
+// hugePageBuffer(bytes) -> {data: Uint8Array, hugePages: boolean}: zeroed memory laid out like the
+// CPU backend's copy of the weights (a WeightArena: 2 MB aligned, advised for transparent huge
+// pages when the kernel offers them), so the benchmarks' read floor is measured on the same kind
+// of pages decode reads, not on 4 KB pages that a 2 MB-paged engine can outrun. Freed when the
+// array is collected.
+Napi::Value KernelHugePageBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const double v = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
+  if (!(v >= 64 && v <= double(int64_t(1) << 40) && v == double(int64_t(v))))
+    throwArg(env, "hugePageBuffer: bytes must be an integer from 64 to 2^40");
+  const size_t bytes = size_t(v);
+  WeightArena* arena = nullptr;
+  unsigned char* data = nullptr;
+  try {
+    arena = new WeightArena(bytes, true, "the read-bandwidth probe's buffer");
+    data = arena->take(bytes);
+  } catch (const Error& e) {
+    delete arena;
+    throw makeError(env, e.code, e.what(), "");
+  }
+  auto ab = Napi::ArrayBuffer::New(
+      env, data, bytes, [](Napi::Env, void*, WeightArena* a) { delete a; }, arena);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("data", Napi::Uint8Array::New(env, bytes, ab, 0));
+  out.Set("hugePages", Napi::Boolean::New(env, arena->hugePages()));
+  return out;
 }
 
 }  // namespace
@@ -133,6 +175,7 @@ Napi::Object makeKernels(Napi::Env env) {
   kernels.Set("rmsnorm", Napi::Function::New(env, KernelRmsnorm));
   kernels.Set("copy", Napi::Function::New(env, KernelCopy));
   kernels.Set("readSum", Napi::Function::New(env, KernelReadSum));
+  kernels.Set("hugePageBuffer", Napi::Function::New(env, KernelHugePageBuffer));
   return kernels;
 }
 

@@ -208,7 +208,8 @@ export interface NativeAddon {
       threads?: number,
     ): void;
     copy(dst: ArrayBufferView, src: ArrayBufferView): void;
-    readSum(src: ArrayBufferView, threads: number): number;
+    readSum(src: ArrayBufferView, threads: number, streams?: number): number;
+    hugePageBuffer(bytes: number): { data: Uint8Array; hugePages: boolean };
   };
 }
 
