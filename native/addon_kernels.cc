@@ -100,8 +100,8 @@ Napi::Value KernelCopy(const Napi::CallbackInfo& info) {
 // Which count reads fastest depends on the machine, so the benchmarks' floor takes the best of
 // several (bench/machine.mts ReadProbe): on the Intel Xeon VM one sequential stream per thread
 // reached about 14 GB/s on 2 threads and 8 streams 28-30; on the AMD EPYC (Zen 4) VM, on 2 MB
-// pages, 1 stream read 25-29 GB/s and 8 streams 15-19. A floor from one pattern alone can sit
-// below what the engine reaches.
+// pages, 1 stream read 22-41 GB/s and 8 streams 10-30, one stream the faster in every paired
+// measurement. A floor from one pattern alone can sit below what the engine reaches.
 Napi::Value KernelReadSum(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsTypedArray()) throwArg(env, "readSum(src, threads, streams) needs a typed array");
@@ -125,7 +125,7 @@ Napi::Value KernelReadSum(const Napi::CallbackInfo& info) {
       std::memcpy(w, base + l * 64, 64);
       for (int k = 0; k < 8; k++) acc[k] += w[k];
     };
-    if (streams == 1) {
+    if (streams == 1) {  // the general loop's order, written as the plain sequential loop it is
       for (int64_t l = b; l < e; l++) add(l);
     } else {
       for (int64_t i = 0; i < part; i++)

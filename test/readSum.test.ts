@@ -21,12 +21,7 @@ function randomBytes(bytes: Uint8Array): Uint8Array {
 }
 
 test.each([1, 2, 3])('readSum sums every 64-byte line on %i thread(s)', (threads) => {
-  const bytes = new Uint8Array(64 * 4099); // not a multiple of any chunk size
-  let x = 12345;
-  for (let i = 0; i < bytes.length; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    bytes[i] = x >>> 24;
-  }
+  const bytes = randomBytes(new Uint8Array(64 * 4099)); // not a multiple of any chunk size
   const want = wordSumLow32(bytes);
   expect(native().kernels.readSum(bytes, threads)).toBe(want);
   bytes[64 * 4098 + 56] ^= 0x01; // the last word of the last line counts (its low byte reaches the low 32 bits)
