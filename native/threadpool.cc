@@ -288,6 +288,10 @@ void ThreadPool::workerLoop(int id) {
   }
 }
 
+namespace {
+
+// The cgroup directory of this process for a controller: v2 ("0::/path") when `controller` is
+// empty, else the v1 line naming it ("4:cpu,cpuacct:/path"); "" when there is none.
 std::string cgroupPath(const char* controller) {
   FILE* f = std::fopen("/proc/self/cgroup", "r");
   if (!f) return "";
@@ -310,6 +314,19 @@ std::string cgroupPath(const char* controller) {
   return found;
 }
 
+}  // namespace
+
+std::vector<std::string> cgroupDirs(const char* controller) {
+  std::vector<std::string> dirs;
+  const std::string path = cgroupPath(controller);
+  for (std::string dir = path; !path.empty();) {
+    dirs.push_back(dir);
+    if (dir.empty() || dir == "/") break;
+    dir = dir.substr(0, dir.rfind('/'));
+  }
+  return dirs;
+}
+
 namespace {
 
 bool readLongs(const std::string& file, long long* a, long long* b) {
@@ -330,22 +347,16 @@ double cpuQuota() {
   auto consider = [&](double q) {
     if (q > 0 && (best == 0 || q < best)) best = q;
   };
-  std::string v2 = cgroupPath("");
-  for (std::string dir = v2; !v2.empty();) {
+  for (const std::string& dir : cgroupDirs("")) {
     long long quota = 0, period = 0;
     if (readLongs("/sys/fs/cgroup" + dir + "/cpu.max", &quota, &period) && quota > 0 && period > 0)
       consider(double(quota) / double(period));
-    if (dir.empty() || dir == "/") break;
-    dir = dir.substr(0, dir.rfind('/'));
   }
-  std::string v1 = cgroupPath("cpu");
-  for (std::string dir = v1; !v1.empty();) {
+  for (const std::string& dir : cgroupDirs("cpu")) {
     long long quota = 0, period = 0;
     if (readLongs("/sys/fs/cgroup/cpu" + dir + "/cpu.cfs_quota_us", &quota, nullptr) &&
         readLongs("/sys/fs/cgroup/cpu" + dir + "/cpu.cfs_period_us", &period, nullptr) && quota > 0 && period > 0)
       consider(double(quota) / double(period));
-    if (dir.empty() || dir == "/") break;
-    dir = dir.substr(0, dir.rfind('/'));
   }
   return best;
 }

@@ -105,8 +105,9 @@ class ThreadPool {
 // (cgroup v2 cpu.max or v1 cpu.cfs_quota_us / cpu.cfs_period_us), rounded up, at least 1.
 int usableProcessors();
 
-// The cgroup directory of this process for a controller: v2 ("0::/path") when `controller` is
-// empty, else the v1 line naming it ("4:cpu,cpuacct:/path"); "" when there is none.
-std::string cgroupPath(const char* controller);
+// The cgroup directories whose limits apply to this process for a controller (v2 when `controller`
+// is empty, else the v1 hierarchy naming it): its own cgroup first, then each ancestor up to the
+// root (a limit may be set on any of them); empty when /proc/self/cgroup names none.
+std::vector<std::string> cgroupDirs(const char* controller);
 
 }  // namespace dg

@@ -43,8 +43,7 @@ size_t availableMemoryBytes() {
     std::fclose(f);
   }
   if (avail == 0) return 0;
-  const std::string v2 = cgroupPath("");
-  for (std::string dir = v2; !v2.empty();) {
+  for (const std::string& dir : cgroupDirs("")) {
     unsigned long long max = 0, current = 0;
     std::FILE* fm = std::fopen(("/sys/fs/cgroup" + dir + "/memory.max").c_str(), "r");
     std::FILE* fc = std::fopen(("/sys/fs/cgroup" + dir + "/memory.current").c_str(), "r");
@@ -53,8 +52,6 @@ size_t availableMemoryBytes() {
       avail = std::min(avail, size_t(max > current ? max - current : 0));
     if (fm) std::fclose(fm);
     if (fc) std::fclose(fc);
-    if (dir.empty() || dir == "/") break;
-    dir = dir.substr(0, dir.rfind('/'));
   }
   return avail;
 }

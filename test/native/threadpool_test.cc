@@ -204,12 +204,27 @@ static void testLoadCheck() {
   restoreAffinity(saved);
 }
 
+// cgroupDirs: the process's own cgroup first, each next entry its parent, ending at the root.
+// (v2, and the v1 memory and cpu hierarchies, whichever this machine has; a nested one walks up.)
+static void testCgroupDirs() {
+  for (const char* controller : {"", "memory", "cpu"}) {
+    const std::vector<std::string> dirs = cgroupDirs(controller);
+    bool ok = true;
+    for (size_t i = 1; i < dirs.size(); i++)
+      ok = ok && dirs[i].size() < dirs[i - 1].size() && dirs[i - 1].compare(0, dirs[i].size(), dirs[i]) == 0 &&
+           dirs[i - 1][dirs[i].size()] == '/';
+    if (!dirs.empty()) ok = ok && (dirs.back().empty() || dirs.back() == "/");
+    check(ok, std::string("cgroupDirs(\"") + controller + "\"): own cgroup first, then each parent up to the root");
+  }
+}
+
 int main() {
   for (int t : {1, 2, 3, 5}) {
     testExactlyOnce(t, ThreadPool::Mode::Fixed, 3000);
     if (t > 1) testWorkersTakePart(t);
     testExactlyOnce(t, ThreadPool::Mode::Adaptive, 3000);
   }
+  testCgroupDirs();
   testOversubscribedThreads();
   testLoadCheck();
   std::printf("%d passed, %d failed\n", passed, failed);
