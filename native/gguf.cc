@@ -370,7 +370,9 @@ GgufFile::GgufFile(const std::string& path, bool mapData) : TensorFile(path) {
   }
   if (!mapData) return;
   if (size_ > header_.dataOffset) mapWhole();
-  const char* base = static_cast<const char*>(map_) + header_.dataOffset;
+  // No mapping (a file that ends where its data would begin, so every tensor is empty): no base
+  // either, since an offset from a null pointer is undefined (the fuzzer found this).
+  const char* base = map_ ? static_cast<const char*>(map_) + header_.dataOffset : nullptr;
   for (auto& g : header_.tensors) {
     TensorEntry e;
     e.name = g.name;

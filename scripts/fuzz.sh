@@ -35,6 +35,7 @@ for variant in "" "--dtype bf16 --tied" "--arch qwen2 --dtype f16" "--shards 2";
   node -e "require('./dist/testing/index.js').convertToGguf(process.argv[1], process.argv[2])" "$d" "$seeds/gguf/$(basename "$d").gguf"
 done
 cp test/fuzz/regressions/* "$seeds/st/" 2>/dev/null || true
+cp test/fuzz/regressions/gguf/* "$seeds/gguf/" 2>/dev/null || true  # inputs that once failed fuzz_gguf
 
 summary="${FUZZ_SUMMARY:-}"
 if [ -z "$summary" ] && [ "$secs" -ge 300 ]; then summary="test/fuzz/runs/$(date -u +%Y%m%dT%H%MZ)-${secs}s.txt"; fi
