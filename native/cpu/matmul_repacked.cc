@@ -106,50 +106,52 @@ DG_VNNI inline __m512i loadGroup(const unsigned char* ch, int g, int n, __mmask1
   return Full ? _mm512_loadu_si512(ch + g * 64) : _mm512_maskz_loadu_epi32(m, ch + g * 4 * n);
 }
 
-// One chunk of n <= 16 blocks of NR rows (codes at w + r * rb + off, scales at + scaleOff) into acc;
-// a partial chunk (n < 16) is read with masked loads, its missing lanes 0. pf: ask for the rows of
-// the group two on, the same chunk (prefetchSpan: why; on the AMD VM two groups on took Q8_0 decode
-// of the bench model from 8.5-8.8 to 7.5-8.1 ms/token against one, and three were no better).
-template <int NR, bool Full>
-DG_VNNI inline void rchunkVnni(__m512 (&acc)[NR], const unsigned char* w, size_t rb, size_t off, size_t scaleOff,
-                               const int8_t* aq, const float* ad, const int32_t* start, int n, bool pf) {
+// One chunk of n <= 16 blocks of one row (codes at row + off, scales at row + scaleOff) into acc; a
+// partial chunk (n < 16) is read with masked loads, its missing lanes 0.
+template <bool Full>
+DG_VNNI inline __m512 rchunkVnni(__m512 acc, const unsigned char* row, size_t off, size_t scaleOff, const int8_t* aq,
+                                 const float* ad, const int32_t* start, int n) {
   const __mmask16 m = Full ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
-  const __m512 dx = _mm512_loadu_ps(ad);
-  const __m512i st = _mm512_loadu_si512(start);
-  __m512i a[8];
-  for (int g = 0; g < 8; g++) a[g] = _mm512_loadu_si512(aq + g * 64);
-  for (int r = 0; r < NR; r++) {
-    const unsigned char* ch = w + r * rb + off;
-    if (pf) prefetchSpan(ch + 2 * NR * rb, size_t(32 * n));
-    // Two chains of four, so the dpbusd latency overlaps.
-    __m512i p = st, p2 = _mm512_setzero_si512();
-    for (int g = 0; g < 8; g += 2) {
-      p = _mm512_dpbusd_epi32(p, loadGroup<Full>(ch, g, n, m), a[g]);
-      p2 = _mm512_dpbusd_epi32(p2, loadGroup<Full>(ch, g + 1, n, m), a[g + 1]);
-    }
-    const __m256i h = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * rb + scaleOff))
-                           : _mm256_maskz_loadu_epi16(m, w + r * rb + scaleOff);
-    const __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(h), dx);
-    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, p2)), s, acc[r]);
+  const unsigned char* ch = row + off;
+  // Two chains of four, so the dpbusd latency overlaps.
+  __m512i p = _mm512_loadu_si512(start), p2 = _mm512_setzero_si512();
+  for (int g = 0; g < 8; g += 2) {
+    p = _mm512_dpbusd_epi32(p, loadGroup<Full>(ch, g, n, m), _mm512_loadu_si512(aq + g * 64));
+    p2 = _mm512_dpbusd_epi32(p2, loadGroup<Full>(ch, g + 1, n, m), _mm512_loadu_si512(aq + g * 64 + 64));
   }
+  const __m256i h = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + scaleOff))
+                         : _mm256_maskz_loadu_epi16(m, row + scaleOff);
+  const __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(ad));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, p2)), s, acc);
 }
 
+// NR rows, each read whole (codes, then scales) before the next, so a group's bytes are read in
+// address order. Why not chunk by chunk across the NR rows, sharing the activation loads, as the
+// other 4-row kernels do: that reads NR x 2 places a row apart at once, and out of cache it
+// streamed worse. On the AMD VM (2 threads, 2816 x 1024 out of cache, weights on huge pages,
+// prefetch on) this kernel streamed 23-28 GB/s chunk by chunk and 26-31 in row order, with a plain
+// read of the same bytes at 30-36; Q8_0 decode of the bench model went from 9.4-9.6 to 8.4-8.6
+// ms/token (alternating runs). The activation loads it repeats hit L1. pf: ask for the row two
+// groups on (prefetchSpan: why), whole; one, two or three groups on were the same within the
+// noise in decode.
 template <int NR>
 DG_VNNI void rgemvVnni(float* out, const unsigned char* w, size_t rb, const int8_t* aq, const float* ad,
                        const int32_t* start, int64_t nb) {
-  __m512 acc[NR];
-  for (int r = 0; r < NR; r++) acc[r] = _mm512_setzero_ps();
   const int64_t full = nb / kRepackBlocks, tail = nb % kRepackBlocks;
-  const bool pf = NR == 4 && prefetchOn();  // the rows two groups on (rchunkVnni)
-  if (pf)
-    for (int r = 0; r < NR; r++) prefetchSpan(w + (2 * NR + r) * rb + 32 * nb, size_t(2 * nb));  // their scales
-  for (int64_t c = 0; c < full; c++)
-    rchunkVnni<NR, true>(acc, w, rb, size_t(c * kChunkCodes), size_t(32 * nb + 32 * c), aq + c * kChunkCodes,
-                         ad + c * kRepackBlocks, start + c * kRepackBlocks, kRepackBlocks, pf);
-  if (tail)
-    rchunkVnni<NR, false>(acc, w, rb, size_t(full * kChunkCodes), size_t(32 * nb + 32 * full), aq + full * kChunkCodes,
-                          ad + full * kRepackBlocks, start + full * kRepackBlocks, int(tail), pf);
-  for (int r = 0; r < NR; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+  const bool pf = NR == 4 && prefetchOn();
+  for (int r = 0; r < NR; r++) {
+    const unsigned char* row = w + r * rb;
+    if (pf) prefetchSpan(row + 2 * NR * rb, rb);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t c = 0; c < full; c++)
+      acc = rchunkVnni<true>(acc, row, size_t(c * kChunkCodes), size_t(32 * nb + 32 * c), aq + c * kChunkCodes,
+                             ad + c * kRepackBlocks, start + c * kRepackBlocks, kRepackBlocks);
+    if (tail)
+      acc =
+          rchunkVnni<false>(acc, row, size_t(full * kChunkCodes), size_t(32 * nb + 32 * full), aq + full * kChunkCodes,
+                            ad + full * kRepackBlocks, start + full * kRepackBlocks, int(tail));
+    out[r] = _mm512_reduce_add_ps(acc);
+  }
 }
 
 IntGemvPair repackedKernels() {
