@@ -253,14 +253,19 @@ DG_VNNI inline __m512i scaleLanes(int v, __m512i scales16) {
 
 // Q4_K's 8 scales and 8 mins of a super-block as bytes, from the 12 packed ones (q4kScaleMin for
 // all eight at once: 4 words of shifts and masks).
-inline void q4kScalesMins(const unsigned char* s, uint64_t& scales, uint64_t& mins) {
-  uint32_t u[3];
-  std::memcpy(u, s, 12);
+struct Q4kScalesMins {
+  uint64_t scales, mins;
+};
+inline Q4kScalesMins q4kScalesMins(const unsigned char* s) {
+  uint64_t u01;
+  uint32_t u2;
+  std::memcpy(&u01, s, 8);
+  std::memcpy(&u2, s + 8, 4);
+  const uint32_t u0 = uint32_t(u01), u1 = uint32_t(u01 >> 32);
   const uint32_t lo6 = 0x3f3f3f3f, lo4 = 0x0f0f0f0f, lo2 = 0x03030303;
-  const uint32_t sc03 = u[0] & lo6, sc47 = (u[2] & lo4) | (((u[0] >> 6) & lo2) << 4);
-  const uint32_t m03 = u[1] & lo6, m47 = ((u[2] >> 4) & lo4) | (((u[1] >> 6) & lo2) << 4);
-  scales = uint64_t(sc03) | (uint64_t(sc47) << 32);
-  mins = uint64_t(m03) | (uint64_t(m47) << 32);
+  const uint32_t sc03 = u0 & lo6, sc47 = (u2 & lo4) | (((u0 >> 6) & lo2) << 4);
+  const uint32_t m03 = u1 & lo6, m47 = ((u2 >> 4) & lo4) | (((u1 >> 6) & lo2) << 4);
+  return {uint64_t(sc03) | (uint64_t(sc47) << 32), uint64_t(m03) | (uint64_t(m47) << 32)};
 }
 
 // NR rows (rb bytes apart) at once: the activation's loads and the f32 scale products are shared,
@@ -284,12 +289,13 @@ DG_VNNI void kdotVnni512Q4K(float* out, const unsigned char* w, size_t rb, const
                                   _mm256_loadu_si256((const __m256i*)(a + 128 * p + 96)), 1);
     }
     const __m256i sums = _mm256_loadu_si256((const __m256i*)(as + b * 16));
+    const __m128 dx = _mm_set1_ps(ad[b]);
+#pragma GCC unroll 4
     for (int r = 0; r < NR; r++) {
       const unsigned char* blk = w + r * rb + size_t(b) * 144;
       if (ahead) prefetchSpan(blk + ahead, 144);  // the next group (prefetchSpan: why)
-      uint64_t sc8, m8;
-      q4kScalesMins(blk + 4, sc8, m8);
-      const __m512i sc16 = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc8))));
+      const Q4kScalesMins sm = q4kScalesMins(blk + 4);
+      const __m512i sc16 = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sm.scales))));
       __m512i acc = _mm512_setzero_si512();
       for (int p = 0; p < 2; p++) {
         const __m512i q = _mm512_loadu_si512(blk + 16 + 64 * p);
@@ -297,11 +303,15 @@ DG_VNNI void kdotVnni512Q4K(float* out, const unsigned char* w, size_t rb, const
         acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(lo, aLo[p]), scaleLanes(2 * p, sc16));
         acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(hi, aHi[p]), scaleLanes(2 * p + 1, sc16));
       }
-      main[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(halfAtF16c(blk) * ad[b]), main[r]);
+      // d and dmin in one conversion, both times d_x.
+      int32_t ddm;
+      std::memcpy(&ddm, blk, 4);
+      const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(ddm)), dx);
+      main[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_broadcastss_ps(dd), main[r]);
       // sum_j m_j (sum of sub-block j's 32 codes): each min against its two 16-wide sums.
-      const __m128i mb = _mm_cvtsi64_si128(int64_t(m8));
+      const __m128i mb = _mm_cvtsi64_si128(int64_t(sm.mins));
       const __m256i mt = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mb, mb)), sums);
-      minTerm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mt), _mm256_set1_ps(halfAtF16c(blk + 2) * ad[b]), minTerm[r]);
+      minTerm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mt), _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), minTerm[r]);
     }
   }
   for (int r = 0; r < NR; r++) out[r] = _mm512_reduce_add_ps(main[r]) - hsum256(minTerm[r]);
